@@ -1,0 +1,115 @@
+"""The REST API: routes parse the request into one service call and own no logic.
+
+Errors from the one tree map onto statuses (``error.status``) with a JSON body
+``{"error": kind, "message": one line, ...facts}``. The OpenAPI schema is at
+``/openapi.json`` and browsable at ``/docs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from corral.domain.specs import VMCreate
+from corral.errors import CorralError, InvalidSpec
+from corral.service.manager import Manager
+
+API = "/v1"
+
+
+def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await manager.open()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await manager.close()
+
+    app = FastAPI(title="Corral", version="0.1.0", lifespan=lifespan,
+                  description="A virtual machine manager on QEMU.")
+
+    @app.exception_handler(CorralError)
+    async def corral_error(_req: Request, err: CorralError) -> JSONResponse:
+        return JSONResponse(err.to_dict(), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_req: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0]
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        spec_err = InvalidSpec(".".join(loc) or "body", str(first.get("msg", "invalid")))
+        return JSONResponse(spec_err.to_dict(), status_code=422)
+
+    @app.get(f"{API}/host")
+    async def host_info() -> dict[str, Any]:
+        return manager.host_info()
+
+    @app.get(f"{API}/vms")
+    async def list_vms() -> list[dict[str, Any]]:
+        return manager.list()
+
+    @app.post(f"{API}/vms", status_code=201)
+    async def create_vm(spec: VMCreate, start: bool = False, wait: bool = False,
+                        timeout: float = 120) -> dict[str, Any]:
+        view = await manager.create(spec.model_dump(exclude_unset=True))
+        if start:
+            try:
+                view = await manager.start(spec.name, wait=wait, timeout=timeout)
+            except CorralError:
+                if manager.get(spec.name)["state"] == "defined":
+                    await manager.destroy(spec.name)  # run = create + start: all or nothing
+                raise
+        return view
+
+    @app.get(f"{API}/vms/{{name}}")
+    async def get_vm(name: str) -> dict[str, Any]:
+        return manager.get(name)
+
+    @app.delete(f"{API}/vms/{{name}}", status_code=204)
+    async def destroy_vm(name: str) -> None:
+        await manager.destroy(name)
+
+    @app.post(f"{API}/vms/{{name}}/start")
+    async def start_vm(name: str, wait: bool = False, timeout: float = 120) -> dict[str, Any]:
+        return await manager.start(name, wait=wait, timeout=timeout)
+
+    @app.post(f"{API}/vms/{{name}}/wait")
+    async def wait_vm(name: str, timeout: float = 120) -> dict[str, Any]:
+        return await manager.wait_ready(name, timeout)
+
+    @app.post(f"{API}/vms/{{name}}/pause")
+    async def pause_vm(name: str) -> dict[str, Any]:
+        return await manager.pause(name)
+
+    @app.post(f"{API}/vms/{{name}}/resume")
+    async def resume_vm(name: str) -> dict[str, Any]:
+        return await manager.resume(name)
+
+    @app.post(f"{API}/vms/{{name}}/shutdown")
+    async def shutdown_vm(name: str, timeout: float = 60) -> dict[str, Any]:
+        return await manager.shutdown(name, timeout)
+
+    @app.post(f"{API}/vms/{{name}}/stop")
+    async def stop_vm(name: str, force: bool = True, timeout: float = 60) -> dict[str, Any]:
+        return await manager.stop(name, force=force, timeout=timeout)
+
+    @app.post(f"{API}/vms/{{name}}/reboot")
+    async def reboot_vm(name: str, wait: bool = False, timeout: float = 120) -> dict[str, Any]:
+        return await manager.reboot(name, wait=wait, timeout=timeout)
+
+    @app.get(f"{API}/vms/{{name}}/logs")
+    async def vm_logs(name: str, offset: int = 0, limit: int = 1 << 20) -> dict[str, Any]:
+        return manager.logs(name, offset, limit)
+
+    @app.get(f"{API}/events")
+    async def events(since: int = 0, vm: str | None = None) -> list[dict[str, Any]]:
+        return manager.events(since, vm)
+
+    return app

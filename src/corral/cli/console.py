@@ -1,0 +1,52 @@
+"""An interactive serial console: the terminal in raw mode, bytes both ways, Ctrl-] detaches."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import sys
+import termios
+import tty
+
+from corral.errors import CorralError
+
+DETACH = b"\x1d"  # Ctrl-]
+
+
+def attach(path: str, name: str) -> int:
+    """:raises CorralError: when the console socket cannot be reached."""
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.connect(path)
+    except OSError as err:
+        raise CorralError(f"cannot reach the console of '{name}': {err.strerror}") from err
+    stdin = sys.stdin.fileno()
+    interactive = os.isatty(stdin)
+    saved = termios.tcgetattr(stdin) if interactive else None
+    if interactive:
+        sys.stderr.write(f"Connected to {name}'s console; Ctrl-] to detach.\r\n")
+        tty.setraw(stdin)
+        sock.sendall(b"\r")
+    try:
+        while True:
+            ready, _, _ = select.select([stdin, sock], [], [])
+            if sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                os.write(sys.stdout.fileno(), data)
+            if stdin in ready:
+                data = os.read(stdin, 1024)
+                if not data:
+                    break
+                if interactive and DETACH in data:
+                    sock.sendall(data.split(DETACH, 1)[0])
+                    break
+                sock.sendall(data)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+            sys.stderr.write("\r\nDetached.\n")
+        sock.close()
+    return 0

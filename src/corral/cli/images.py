@@ -1,0 +1,70 @@
+"""``corral image build|list``: run in the CLI process (files only; no daemon needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from corral.config import Paths
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, title: str, width: int = 30) -> None:
+        self.title = title
+        self.width = width
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self._last = ""
+
+    def __call__(self, step: str, fraction: float) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        if self.tty:
+            filled = int(self.width * fraction)
+            bar = "#" * filled + "-" * (self.width - filled)
+            sys.stderr.write(f"\r{self.title} [{bar}] {fraction * 100:3.0f}% {step[:40]:<40}")
+            sys.stderr.flush()
+        elif step != self._last:
+            sys.stderr.write(f"{self.title}: {fraction * 100:3.0f}% {step}\n")
+        self._last = step
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+        sys.stderr.write(f"{self.title}: done in {time.monotonic() - self.started:.1f} s\n")
+
+
+def build(args: argparse.Namespace) -> int:
+    from corral.images.tiny import build_tiny
+
+    root = Path(args.dest) if args.dest else Paths.from_env().images
+    dest = root / args.name
+    existed = (dest / "image.json").is_file() and not args.force
+    bar = ProgressBar(f"building image {args.name}")
+    path = build_tiny(dest, force=args.force, progress=None if existed else bar)
+    if not existed:
+        bar.done()
+    manifest = json.loads((path / "image.json").read_text())
+    if args.json:
+        print(json.dumps({"path": str(path), **manifest}, indent=2))
+    else:
+        print(f"image {args.name} {'is already built' if existed else 'built'} at {path}")
+    return 0
+
+
+def list_images(args: argparse.Namespace) -> int:
+    from corral.images.catalog import list_images as _list
+
+    images = _list(Paths.from_env())
+    rows = [{"name": i.name, "arch": i.arch, "path": str(i.dir),
+             "built_at": i.manifest.get("built_at")} for i in images]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<16} {r['arch']:<8} {r['path']}")
+    return 0

@@ -1,0 +1,301 @@
+"""The ``corral`` command: a thin client of the daemon (see ``corral --help``).
+
+Only the standard library is imported on the path of ordinary commands, so ``corral list``
+or ``corral pause`` costs a few tens of milliseconds; ``serve`` and ``image build`` import
+their heavier parts when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from corral import errors
+from corral.cli import render
+
+EPILOG = """\
+examples:
+  corral serve &                          start the daemon (CORRAL_HOME picks the data dir)
+  corral image build tiny                 build the default guest image from Debian packages
+  corral run web --memory 256M            create and boot a VM, return when it is ready
+  corral list                             all VMs and their states
+  corral show web --json                  one VM, as JSON for scripts
+  corral pause web; corral resume web
+  corral console web                      the serial console (Ctrl-] detaches)
+  corral shutdown web; corral destroy web
+
+environment:
+  CORRAL_HOME    data directory (default /var/lib/corral as root, else ~/.local/share/corral)
+  CORRAL_SOCKET  the daemon's socket (default $CORRAL_HOME/corral.sock)
+  CORRAL_ACCEL   force the accelerator: kvm or tcg (default: detected)
+
+exit status: 0 ok, 2 invalid input, 3 not found, 4 already exists, 5 wrong state,
+6 timeout, 7 guest agent error, 8 daemon not running, 1 other errors.
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32, width=100)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from corral.client import Client
+
+    return Client(args.socket)
+
+
+def _print(args: argparse.Namespace, data: Any, human: str | None = None) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True))
+    elif human is not None:
+        print(human)
+
+
+def _spec_from(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    for key in ("image", "cpus", "memory", "kernel", "initrd", "cmdline", "machine"):
+        value = getattr(args, key, None)
+        if value is not None:
+            spec[key] = value
+    if args.disk:
+        spec["disks"] = [render.parse_disk(d) for d in args.disk]
+    if args.nic is not None:
+        spec["nics"] = [] if args.nic == ["none"] else [render.parse_nic(n) for n in args.nic]
+    return spec
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    vm = _client(args).create(args.name, **_spec_from(args))
+    _print(args, vm, f"defined {vm['name']} ({render.brief(vm)}); boot it with "
+                     f"'corral start {vm['name']}'")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    vm = _client(args).create(args.name, start=True, wait=not args.no_wait,
+                              timeout=args.timeout, **_spec_from(args))
+    _print(args, vm, f"{vm['name']} is {render.state(vm)} after {time.monotonic() - t0:.2f} s"
+                     f" ({render.brief(vm)}); console: corral console {vm['name']}")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    vm = _client(args).start(args.name, wait=args.wait, timeout=args.timeout)
+    _print(args, vm, f"{vm['name']} is {render.state(vm)}")
+    return 0
+
+
+def _simple(op: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        client = _client(args)
+        kwargs: dict[str, Any] = {}
+        if op in ("shutdown", "stop") and args.timeout is not None:
+            kwargs["timeout"] = args.timeout
+        if op == "stop":
+            kwargs["force"] = args.force
+        if op == "reboot":
+            kwargs.update(wait=args.wait, timeout=args.timeout)
+        vm = getattr(client, op)(args.name, **kwargs)
+        _print(args, vm, f"{vm['name']} is {render.state(vm)}")
+        return 0
+    return run
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    _client(args).destroy(args.name)
+    _print(args, {"name": args.name, "destroyed": True}, f"destroyed {args.name}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    vms = _client(args).list()
+    _print(args, vms, render.vm_table(vms))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    vm = _client(args).get(args.name)
+    _print(args, vm, render.vm_detail(vm))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    offset = -args.tail if args.tail else 0
+    while True:
+        out = client.logs(args.name, offset=offset)
+        sys.stdout.write(out["data"])
+        sys.stdout.flush()
+        offset = out["offset"]
+        if not args.follow:
+            return 0
+        time.sleep(0.25)
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from corral.cli.console import attach
+
+    vm = _client(args).get(args.name)
+    if not vm.get("console_socket"):
+        raise errors.InvalidState(args.name, "attach to the console of", vm["state"],
+                                  ["running", "paused"])
+    return attach(vm["console_socket"], args.name)
+
+
+def cmd_host_info(args: argparse.Namespace) -> int:
+    info = _client(args).host_info()
+    _print(args, info, render.host(info))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from corral import daemon
+
+    daemon.main(Path(args.socket) if args.socket else None)
+    return 0
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from corral.cli.images import build
+
+    return build(args)
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    from corral.cli.images import list_images
+
+    return list_images(args)
+
+
+def _add_spec_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("virtual hardware")
+    g.add_argument("--image", help="guest image to boot (default: tiny)")
+    g.add_argument("--cpus", type=int, metavar="N", help="number of vCPUs (default: 1)")
+    g.add_argument("--memory", metavar="SIZE", help="memory, e.g. 256M or 2G (default: 256M)")
+    g.add_argument("--machine", choices=["q35", "microvm"], help="machine type (default: q35)")
+    g.add_argument("--kernel", metavar="FILE", help="boot this kernel instead of an image")
+    g.add_argument("--initrd", metavar="FILE", help="initrd for --kernel")
+    g.add_argument("--cmdline", metavar="ARGS", help="kernel command line for --kernel")
+    g.add_argument("--disk", action="append", metavar="SPEC",
+                   help="add a disk: SIZE (new qcow2, e.g. 1G), or path=FILE[,format=raw]"
+                        "[,readonly=on], or size=SIZE[,format=raw]; repeatable")
+    g.add_argument("--nic", action="append", metavar="SPEC",
+                   help="a NIC: user[,mac=52:54:00:..] (user-mode networking, the default), "
+                        "or none; repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", metavar="PATH", default=os.environ.get("CORRAL_SOCKET"),
+                        help="the daemon's unix socket (default: $CORRAL_HOME/corral.sock)")
+    js = argparse.ArgumentParser(add_help=False)
+    js.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    parser = argparse.ArgumentParser(
+        prog="corral", formatter_class=_Formatter, epilog=EPILOG,
+        description="Corral manages virtual machines on QEMU: create, start, pause, resume, "
+                    "shut down and destroy them, and reach their consoles.")
+    parser.add_argument("--version", action="version", version="corral 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Any, help_: str, desc: str = "", parents: tuple[Any, ...] = (),
+            vm: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=desc or help_,
+                           formatter_class=_Formatter, parents=[common, *parents])
+        if vm:
+            p.add_argument("name", metavar="NAME", help="the VM's name")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("serve", cmd_serve, "run the daemon (VMs outlive it; it re-adopts them)",
+            "Run the Corral daemon in the foreground. It owns the store, one QMP connection "
+            "per VM and the REST API on a unix socket. Stopping it leaves VMs running; the "
+            "next daemon re-adopts them.", vm=False)
+
+    p = add("create", cmd_create, "define a VM (does not boot it)",
+            "Define a VM: allocate its disks and NICs and record it. Boot it with "
+            "'corral start'. NAME: 1-32 of a-z, 0-9 and '-'.", (js,))
+    _add_spec_options(p)
+
+    p = add("run", cmd_run, "create a VM and start it, waiting until it is ready",
+            "Create and start a VM in one step; returns when the guest agent answers. "
+            "If the start fails, nothing is left behind.", (js,))
+    _add_spec_options(p)
+    p.add_argument("--no-wait", action="store_true", help="return once QEMU runs")
+    p.add_argument("--timeout", type=float, metavar="S", help="readiness timeout (default 120)")
+
+    p = add("start", cmd_start, "boot a defined or stopped VM", parents=(js,))
+    p.add_argument("--wait", action="store_true",
+                   help="return when the guest is ready (its agent answered)")
+    p.add_argument("--timeout", type=float, metavar="S", help="readiness timeout (default 120)")
+
+    add("pause", _simple("pause"), "freeze a running VM's vCPUs", parents=(js,))
+    add("resume", _simple("resume"), "let a paused VM run again", parents=(js,))
+    p = add("shutdown", _simple("shutdown"), "power a VM off gracefully",
+            "Ask the guest to power off through its agent (or the ACPI power button when it "
+            "has none); force it off after --timeout seconds.", (js,))
+    p.add_argument("--timeout", type=float, metavar="S", help="seconds before forcing (60)")
+    p = add("stop", _simple("stop"), "stop a VM (--force: at once, like pulling the plug)",
+            parents=(js,))
+    p.add_argument("--force", action="store_true", help="stop at once instead of shutting down")
+    p.add_argument("--timeout", type=float, metavar="S", help="without --force: seconds "
+                                                               "before forcing (60)")
+    p = add("reboot", _simple("reboot"), "reboot a VM (agent, else hard reset)", parents=(js,))
+    p.add_argument("--wait", action="store_true", help="return when the guest is ready again")
+    p.add_argument("--timeout", type=float, metavar="S", help="readiness timeout (default 120)")
+    add("destroy", cmd_destroy, "stop a VM if it runs and remove all it owns", parents=(js,))
+    add("list", cmd_list, "list VMs", parents=(js,), vm=False)
+    add("show", cmd_show, "show one VM: state, accelerator, pid, uptime, boot time",
+        parents=(js,))
+    add("console", cmd_console, "attach to a VM's serial console (Ctrl-] detaches)")
+    p = add("logs", cmd_logs, "print a VM's serial log")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    p.add_argument("--tail", type=int, metavar="BYTES", help="start this many bytes from the end")
+
+    hp = sub.add_parser("host", help="facts about this host", formatter_class=_Formatter)
+    hsub = hp.add_subparsers(dest="host_command", metavar="COMMAND", required=True)
+    p = hsub.add_parser("info", help="CPUs, memory, accelerator in use and why",
+                        parents=[common, js], formatter_class=_Formatter)
+    p.set_defaults(func=cmd_host_info)
+
+    ip = sub.add_parser("image", help="guest images", formatter_class=_Formatter)
+    isub = ip.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
+    p = isub.add_parser("build", help="build a guest image from Debian packages",
+                        description="Build a guest image from Debian's packages (needs root "
+                                    "and apt). 'tiny': Debian's cloud kernel, busybox and the "
+                                    "QEMU guest agent in an initramfs; boots in about 2 s "
+                                    "under TCG.", parents=[js], formatter_class=_Formatter)
+    p.add_argument("name", choices=["tiny"], help="which image")
+    p.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    p.add_argument("--dest", metavar="DIR", help="image directory (default $CORRAL_HOME/images)")
+    p.set_defaults(func=cmd_image_build)
+    p = isub.add_parser("list", help="list built images", parents=[js],
+                        formatter_class=_Formatter)
+    p.set_defaults(func=cmd_image_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except errors.CorralError as err:
+        print(f"corral: error: {err.message}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

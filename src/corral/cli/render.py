@@ -1,0 +1,111 @@
+"""Human output for the CLI: tables and detail views. Stdlib only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corral.errors import InvalidSpec
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n >> 20}M"
+
+
+def state(vm: dict[str, Any]) -> str:
+    s = str(vm["state"])
+    if s == "running" and vm.get("ready"):
+        return "running and ready"
+    return s
+
+
+def brief(vm: dict[str, Any]) -> str:
+    return f"{vm['cpus']} vCPU, {_mib(vm['memory_bytes'])}, {vm.get('image') or 'kernel'}"
+
+
+def _secs(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}s"
+
+
+def vm_table(vms: list[dict[str, Any]]) -> str:
+    rows = [("NAME", "STATE", "READY", "CPUS", "MEMORY", "PID", "UPTIME")]
+    for vm in vms:
+        up = vm.get("uptime_seconds")
+        rows.append((vm["name"], vm["state"], "yes" if vm.get("ready") else "-",
+                     str(vm["cpus"]), _mib(vm["memory_bytes"]), str(vm.get("pid") or "-"),
+                     "-" if up is None else f"{up:.0f}s"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def vm_detail(vm: dict[str, Any]) -> str:
+    lines = [
+        ("name", vm["name"]), ("state", state(vm)), ("accelerator", vm.get("accel") or "-"),
+        ("pid", vm.get("pid") or "-"), ("vcpus", vm["cpus"]),
+        ("memory", _mib(vm["memory_bytes"])), ("machine", vm["machine"]),
+        ("image", vm.get("image") or "-"), ("uptime", _secs(vm.get("uptime_seconds"))),
+        ("start to ready", _secs(vm.get("boot_seconds"))),
+    ]
+    for nic in vm.get("nics", []):
+        lines.append(("nic", f"{nic['mode']} mac={nic['mac']}"))
+    for disk in vm.get("disks", []):
+        lines.append(("disk", f"{disk['path']} ({disk['format']}"
+                              f"{', read-only' if disk['readonly'] else ''})"))
+    if vm.get("exit_reason"):
+        lines.append(("last exit", vm["exit_reason"]))
+    if vm.get("console_socket"):
+        lines.append(("console", f"corral console {vm['name']}"))
+    lines.append(("serial log", vm["serial_log"]))
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in lines)
+
+
+def host(info: dict[str, Any]) -> str:
+    lines = [
+        ("cpus", info["cpus"]),
+        ("memory", f"{info['memory_bytes'] >> 20} MiB ({info['memory_available_bytes'] >> 20} "
+                   "MiB available)"),
+        ("accelerator", f"{info['accel']}: {info['accel_reason']}"),
+        ("qemu", info.get("qemu_version") or "not installed"),
+        ("data directory", info.get("home", "-")),
+        ("vms", f"{info.get('vms', 0)} ({info.get('vms_running', 0)} running)"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in lines)
+
+
+def _kv(field: str, text: str, first_key: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for i, part in enumerate(p for p in text.split(",") if p):
+        key, eq, value = part.partition("=")
+        if not eq:
+            if i == 0:
+                key, value = first_key, part
+            else:
+                raise InvalidSpec(field, f"'{part}' in '{text}' is not key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_disk(text: str) -> dict[str, Any]:
+    """``1G`` | ``size=1G[,format=raw]`` | ``path=FILE[,format=..][,readonly=on]``."""
+    kv = _kv("disk", text, "size")
+    disk: dict[str, Any] = {}
+    for key, value in kv.items():
+        if key in ("size", "path", "format"):
+            disk[key] = value
+        elif key == "readonly":
+            disk[key] = value.lower() in ("on", "yes", "true", "1")
+        else:
+            raise InvalidSpec("disk", f"unknown option '{key}'; use size, path, format or "
+                                      "readonly")
+    return disk
+
+
+def parse_nic(text: str) -> dict[str, Any]:
+    """``user[,mac=52:54:00:..]``."""
+    kv = _kv("nic", text, "mode")
+    unknown = set(kv) - {"mode", "mac"}
+    if unknown:
+        raise InvalidSpec("nic", f"unknown option '{sorted(unknown)[0]}'; use mac")
+    return kv

@@ -1,0 +1,164 @@
+"""``corral.Client``: the Python API, a thin client of the daemon's REST API.
+
+Standard library only (``http.client`` over the unix socket, one kept-alive connection), so
+importing it costs milliseconds; the CLI is built on it::
+
+    from corral import Client
+    c = Client()                      # $CORRAL_SOCKET or $CORRAL_HOME/corral.sock
+    c.create("web", memory="256M")
+    c.start("web", wait=True)
+    c.pause("web"); c.resume("web")
+    c.destroy("web")
+
+Errors come back as the same tree the daemon raised (:mod:`corral.errors`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from corral import errors
+from corral.config import default_socket
+
+_KINDS: dict[str, type[errors.CorralError]] = {
+    "not_found": errors.NotFound, "already_exists": errors.AlreadyExists,
+    "timeout": errors.Timeout, "agent_error": errors.AgentError,
+    "daemon_unavailable": errors.DaemonUnavailable,
+}
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def _error(status: int, body: dict[str, Any]) -> errors.CorralError:
+    kind = str(body.get("error", "error"))
+    message = str(body.get("message", f"daemon answered {status}"))
+    if kind == "invalid_spec":
+        field = str(body.get("field", "body"))
+        return errors.InvalidSpec(field, message.removeprefix(f"{field}: "))
+    if kind == "invalid_state":
+        err = errors.InvalidState("?", "?", "?", [])
+        err.args = (message,)
+        err.message = message
+        err.vm, err.state = str(body.get("vm", "")), str(body.get("state", ""))
+        return err
+    cls = _KINDS.get(kind, errors.CorralError)
+    err2 = cls(message)
+    err2.status = status
+    return err2
+
+
+class Client:
+    """A connection to ``corral serve``. Every method raises :class:`~corral.errors.CorralError`
+    subclasses; :class:`~corral.errors.DaemonUnavailable` when the daemon is not running."""
+
+    def __init__(self, socket_path: str | Path | None = None, timeout: float = 300.0) -> None:
+        self.socket_path = str(socket_path or default_socket())
+        self.timeout = timeout
+        self._conn: _UnixConnection | None = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+        """One REST call; returns the decoded JSON (None for 204)."""
+        params = {k: (str(v).lower() if isinstance(v, bool) else v)
+                  for k, v in query.items() if v is not None}
+        url = "/v1" + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        for attempt in (1, 2):  # a kept-alive connection the daemon closed is retried once
+            if self._conn is None:
+                self._conn = _UnixConnection(self.socket_path, self.timeout)
+            try:
+                self._conn.request(method, url, payload, headers)
+                resp = self._conn.getresponse()
+                data = resp.read()
+                break
+            except (FileNotFoundError, ConnectionRefusedError) as err:
+                self.close()
+                raise errors.DaemonUnavailable(
+                    f"the Corral daemon is not running at {self.socket_path}; start it with "
+                    "'corral serve' (or set CORRAL_SOCKET)") from err
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.close()
+                if attempt == 2:
+                    raise
+            except TimeoutError as err:
+                self.close()
+                raise errors.Timeout(f"the daemon did not answer {method} {path} in "
+                                     f"{self.timeout:g} s") from err
+        decoded = json.loads(data) if data else None
+        if resp.status >= 400:
+            raise _error(resp.status, decoded if isinstance(decoded, dict) else {})
+        return decoded
+
+    # --- the VM lifecycle ---
+    def create(self, name: str, *, start: bool = False, wait: bool = False,
+               timeout: float | None = None, **spec: Any) -> dict[str, Any]:
+        """Define a VM (``start=True`` also boots it; ``wait=True`` until it is ready)."""
+        out: dict[str, Any] = self.request("POST", "/vms", {"name": name, **spec},
+                                           start=start or None, wait=wait or None,
+                                           timeout=timeout)
+        return out
+
+    def start(self, name: str, wait: bool = False, timeout: float | None = None) -> Any:
+        return self.request("POST", f"/vms/{name}/start", wait=wait or None, timeout=timeout)
+
+    def wait_ready(self, name: str, timeout: float | None = None) -> Any:
+        return self.request("POST", f"/vms/{name}/wait", timeout=timeout)
+
+    def pause(self, name: str) -> Any:
+        return self.request("POST", f"/vms/{name}/pause")
+
+    def resume(self, name: str) -> Any:
+        return self.request("POST", f"/vms/{name}/resume")
+
+    def shutdown(self, name: str, timeout: float | None = None) -> Any:
+        return self.request("POST", f"/vms/{name}/shutdown", timeout=timeout)
+
+    def stop(self, name: str, force: bool = True, timeout: float | None = None) -> Any:
+        return self.request("POST", f"/vms/{name}/stop", force=force, timeout=timeout)
+
+    def reboot(self, name: str, wait: bool = False, timeout: float | None = None) -> Any:
+        return self.request("POST", f"/vms/{name}/reboot", wait=wait or None, timeout=timeout)
+
+    def destroy(self, name: str) -> None:
+        self.request("DELETE", f"/vms/{name}")
+
+    def get(self, name: str) -> Any:
+        return self.request("GET", f"/vms/{name}")
+
+    def list(self) -> Any:
+        return self.request("GET", "/vms")
+
+    def logs(self, name: str, offset: int = 0) -> Any:
+        return self.request("GET", f"/vms/{name}/logs", offset=offset)
+
+    def host_info(self) -> Any:
+        return self.request("GET", "/host")
+
+    def events(self, since: int = 0, vm: str | None = None) -> Any:
+        return self.request("GET", "/events", since=since, vm=vm)

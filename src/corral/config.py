@@ -1,0 +1,71 @@
+"""Where Corral keeps things. Stdlib only: the CLI imports this on its lean path.
+
+``CORRAL_HOME`` is the data directory (default ``/var/lib/corral`` as root,
+``~/.local/share/corral`` otherwise): ``images/``, ``vms/<name>/``, ``run/``, ``corral.db``
+and the daemon's socket ``corral.sock`` (``CORRAL_SOCKET`` overrides). ``CORRAL_IMAGE_PATH``
+adds read-only image directories, searched after ``$CORRAL_HOME/images``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+_SUN_PATH_MAX = 107  # a unix socket path must fit sockaddr_un
+
+
+def default_home() -> Path:
+    env = os.environ.get("CORRAL_HOME")
+    if env:
+        return Path(env).expanduser().absolute()
+    if os.geteuid() == 0:
+        return Path("/var/lib/corral")
+    return Path.home() / ".local" / "share" / "corral"
+
+
+def default_socket(home: Path | None = None) -> Path:
+    env = os.environ.get("CORRAL_SOCKET")
+    if env:
+        return Path(env).expanduser().absolute()
+    return (home or default_home()) / "corral.sock"
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+
+    @classmethod
+    def from_env(cls) -> Paths:
+        return cls(default_home())
+
+    @property
+    def db(self) -> Path:
+        return self.home / "corral.db"
+
+    @property
+    def images(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def image_path(self) -> list[Path]:
+        extra = os.environ.get("CORRAL_IMAGE_PATH", "")
+        return [self.images] + [Path(p) for p in extra.split(":") if p]
+
+    def vm_dir(self, name: str) -> Path:
+        return self.home / "vms" / name
+
+    @property
+    def run(self) -> Path:
+        """Sockets and pidfiles. Falls back to a short path when the home is too deep for
+        unix socket names."""
+        run = self.home / "run"
+        if len(str(run)) + 48 <= _SUN_PATH_MAX:
+            return run
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
+        base = Path("/run") if os.access("/run", os.W_OK) else Path("/tmp")
+        return base / f"corral-{digest}"
+
+    def run_dir(self, name: str) -> Path:
+        return self.run / name

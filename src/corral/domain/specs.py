@@ -1,0 +1,166 @@
+"""What a user asks for: VM specs, parsed, validated and defaulted in that order.
+
+* **Parse**: pydantic checks the shape; unknown fields are refused (``extra="forbid"``).
+* **Validate**: named rules check the meaning against the host's facts
+  (:func:`validate_against_host`); each failure is an :class:`~corral.errors.InvalidSpec`
+  that names the field and the fix.
+* **Default**: :func:`normalise` fills every default in one place, so the stored spec is
+  complete and a VM starts the same way after an upgrade changes a default.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from corral.domain.sizes import parse_size
+from corral.errors import InvalidSpec
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+DEFAULT_IMAGE = "tiny"
+DEFAULT_MEMORY = 256 << 20
+MIN_MEMORY = 64 << 20
+MAX_CPUS = 255
+Machine = Literal["q35", "microvm"]
+
+
+def check_name(name: str, field: str = "name") -> str:
+    """:raises InvalidSpec: unless ``name`` is 1-32 of a-z, 0-9 and '-', starting alnum."""
+    if not NAME_RE.match(name):
+        raise InvalidSpec(field, f"'{name}' is not a valid name; use 1-32 lowercase letters,"
+                                 " digits and '-', starting with a letter or digit")
+    return name
+
+
+class DiskRequest(BaseModel):
+    """A disk for a new VM: a new blank disk of ``size``, or an existing file at ``path``."""
+
+    model_config = ConfigDict(extra="forbid")
+    size: str | None = None
+    path: str | None = None
+    format: Literal["qcow2", "raw"] | None = None
+    readonly: bool = False
+
+
+class NicRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["user"] = "user"
+    mac: str | None = None
+
+
+class VMCreate(BaseModel):
+    """The body of a create request, as a user writes it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    image: str | None = None
+    cpus: int = 1
+    memory: str | int = "256M"
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    machine: Machine = "q35"
+    cpu_model: str = "max"
+    disks: list[DiskRequest] = Field(default_factory=list)
+    nics: list[NicRequest] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
+
+
+class DiskSpec(BaseModel):
+    """A disk as stored: always a file path and a format."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    format: Literal["qcow2", "raw"]
+    readonly: bool = False
+    owned: bool = True  # made by Corral for this VM, removed with it
+
+
+class NicSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["user"] = "user"
+    mac: str
+
+
+class VMSpec(BaseModel):
+    """A complete, defaulted VM spec: what the engine turns into a QEMU command line."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    arch: str = "x86_64"
+    image: str | None
+    cpus: int
+    memory_bytes: int
+    kernel: str
+    initrd: str | None
+    cmdline: str
+    machine: Machine
+    cpu_model: str
+    disks: list[DiskSpec]
+    nics: list[NicSpec]
+    agent: bool = True
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    cpus: int
+    memory_bytes: int
+
+
+def parse_create(body: object) -> VMCreate:
+    """Parse a request body.
+
+    :raises InvalidSpec: naming the first wrong field.
+    """
+    try:
+        return VMCreate.model_validate(body)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        cause = first.get("ctx", {}).get("error")
+        if isinstance(cause, InvalidSpec):
+            raise InvalidSpec(cause.field, cause.message.split(": ", 1)[-1]) from err
+        raise InvalidSpec(field, first["msg"]) from err
+
+
+def validate_against_host(req: VMCreate, host: HostFacts) -> int:
+    """Check the meaning of ``req``; return the memory size in bytes.
+
+    :raises InvalidSpec: naming the field and how to fix it.
+    """
+    if req.cpus < 1:
+        raise InvalidSpec("cpus", f"{req.cpus} is not a CPU count; give at least 1")
+    if req.cpus > MAX_CPUS:
+        raise InvalidSpec("cpus", f"{req.cpus} is more than QEMU's limit of {MAX_CPUS}")
+    memory = parse_size("memory", req.memory)
+    if memory < MIN_MEMORY:
+        raise InvalidSpec("memory", f"{req.memory} is too small; give at least 64M")
+    if memory > host.memory_bytes:
+        raise InvalidSpec("memory", f"{req.memory} is more than this host's "
+                                    f"{host.memory_bytes >> 20} MiB; give less")
+    if req.kernel is None and (req.initrd or req.cmdline):
+        raise InvalidSpec("kernel", "--initrd and --cmdline need --kernel")
+    for i, nic in enumerate(req.nics or []):
+        if nic.mac is not None and not MAC_RE.match(nic.mac.lower()):
+            raise InvalidSpec(f"nics.{i}.mac", f"'{nic.mac}' is not a MAC like 52:54:00:12:34:56")
+    for i, disk in enumerate(req.disks):
+        if (disk.size is None) == (disk.path is None):
+            raise InvalidSpec(f"disks.{i}", "give either size (a new disk) or path (a file)")
+        if disk.size is not None:
+            parse_size(f"disks.{i}.size", disk.size, default_unit="G")
+    return memory
+
+
+def new_mac() -> str:
+    """A random locally administered MAC in QEMU's 52:54:00 range."""
+    tail = secrets.token_bytes(3)
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)

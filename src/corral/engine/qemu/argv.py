@@ -1,0 +1,106 @@
+"""Turn a VM spec into a QEMU command line. Pure: no I/O, so golden files can pin it.
+
+Devices are JSON objects (``-device '{"driver": …}'``) in QEMU's own schema, so the same dict
+can later feed ``device_add`` for hot-plug.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.domain.specs import VMSpec
+
+AGENT_PORT = "org.qemu.guest_agent.0"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one VM's sockets and files live."""
+
+    dir: Path
+
+    @property
+    def qmp(self) -> Path:
+        return self.dir / "qmp.sock"
+
+    @property
+    def agent(self) -> Path:
+        return self.dir / "qga.sock"
+
+    @property
+    def console(self) -> Path:
+        return self.dir / "console.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "qemu.pid"
+
+
+def binary(arch: str) -> str:
+    return f"qemu-system-{arch}"
+
+
+def _dev(obj: dict[str, object]) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
+          tsc_khz: int | None = None, daemonize: bool = True) -> list[str]:
+    """The full argv for ``spec``.
+
+    ``-no-shutdown`` keeps QEMU alive after a guest poweroff only where the service wants it;
+    here a guest poweroff ends the process, and the exit is what marks the VM stopped.
+    """
+    microvm = spec.machine == "microvm"
+    bus = "device" if microvm else "pci"
+    machine = "microvm,rtc=on" if microvm else "q35"
+    cmdline = spec.cmdline
+    if tsc_khz and "tsc_early_khz=" not in cmdline:
+        cmdline += f" tsc_early_khz={tsc_khz}"
+    cmdline += f" GUEST_HOSTNAME={spec.name}"
+    argv = [
+        binary(spec.arch),
+        "-name", f"guest={spec.name},process=crl-{spec.name}"[:200],
+        "-nodefaults", "-no-user-config", "-display", "none",
+        "-machine", machine, "-accel", accel, "-cpu", spec.cpu_model,
+        "-m", f"{spec.memory_bytes >> 20}M", "-smp", str(spec.cpus),
+        "-kernel", spec.kernel,
+    ]
+    if spec.initrd:
+        argv += ["-initrd", spec.initrd]
+    argv += ["-append", cmdline]
+    if microvm:
+        argv += ["-global", "virtio-mmio.force-legacy=false"]
+    argv += [
+        "-chardev", f"socket,id=serial0,path={run.console},server=on,wait=off,"
+                    f"logfile={serial_log},logappend=on",
+        "-serial", "chardev:serial0",
+        "-qmp", f"unix:{run.qmp},server=on,wait=off",
+    ]
+    if spec.agent:
+        argv += [
+            "-chardev", f"socket,id=qga0,path={run.agent},server=on,wait=off",
+            "-device", _dev({"driver": f"virtio-serial-{bus}", "id": "vser0"}),
+            "-device", _dev({"driver": "virtserialport", "chardev": "qga0", "id": "qga0port",
+                             "name": AGENT_PORT}),
+        ]
+    for i, nic in enumerate(spec.nics):
+        argv += ["-netdev", f"user,id=net{i}",
+                 "-device", _dev({"driver": f"virtio-net-{bus}", "netdev": f"net{i}",
+                                  "mac": nic.mac, "id": f"nic{i}"})]
+    for i, disk in enumerate(spec.disks):
+        node = f"disk{i}"
+        argv += [
+            "-blockdev", _dev({"driver": disk.format, "node-name": node,
+                               "read-only": disk.readonly,
+                               "file": {"driver": "file", "filename": disk.path,
+                                        "node-name": f"{node}-file",
+                                        "read-only": disk.readonly}}),
+            "-device", _dev({"driver": f"virtio-blk-{bus}", "drive": node, "id": f"vd{i}"}),
+        ]
+    argv += ["-msg", "timestamp=on"]
+    if daemonize:
+        argv += ["-daemonize", "-pidfile", str(run.pidfile)]
+    return argv

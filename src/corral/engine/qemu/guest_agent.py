@@ -1,0 +1,137 @@
+"""The QEMU guest agent (QGA) protocol over the VM's virtio-serial socket.
+
+The channel is a byte stream that outlives guest reboots, so a reply may be stale. Every
+session therefore starts with ``guest-sync-delimited`` and a random id: the host sends a raw
+``0xFF`` byte (which makes the agent drop any half-read request), the agent answers with
+``0xFF`` followed by the JSON reply, and everything before the reply carrying our id is
+discarded. Requests sent before the guest opens its port wait in the socket, so one
+connection made at start-up is answered the moment the agent comes up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+from corral.errors import AgentError, Timeout
+
+
+class GuestAgent:
+    """One connection to a guest agent. Not safe for concurrent calls: the caller serialises."""
+
+    def __init__(self, vm: str, path: Path) -> None:
+        self.vm = vm
+        self.path = path
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self.lock = asyncio.Lock()
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._reader is None or self._writer is None:
+            try:
+                self._reader, self._writer = await asyncio.open_unix_connection(
+                    str(self.path), limit=64 << 20)
+            except OSError as err:
+                raise AgentError(f"guest agent socket of '{self.vm}' is not there: "
+                                 f"{err.strerror}") from err
+        return self._reader, self._writer
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        self._reader = self._writer = None
+
+    async def _read_reply(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise AgentError(f"guest agent channel of '{self.vm}' closed")
+            line = line.lstrip(b"\xff").strip()
+            if not line:
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue  # noise from a half-written reply before a reboot
+            if isinstance(msg, dict):
+                return msg
+
+    async def sync(self, timeout: float) -> None:
+        """Flush the channel and make sure the next reply is ours.
+
+        :raises Timeout: when the agent does not answer in ``timeout`` seconds.
+        """
+        reader, writer = await self._open()
+        ident = secrets.randbelow(1 << 31)
+        writer.write(b"\xff" + json.dumps({"execute": "guest-sync-delimited",
+                                           "arguments": {"id": ident}}).encode() + b"\n")
+        await writer.drain()
+
+        async def until_ours() -> None:
+            while True:
+                msg = await self._read_reply(reader)
+                if msg.get("return") == ident:
+                    return
+
+        try:
+            await asyncio.wait_for(until_ours(), timeout)
+        except TimeoutError as err:
+            raise Timeout(f"guest agent of '{self.vm}' did not answer in {timeout:g} s") from err
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None,
+                      timeout: float = 30.0, expect_reply: bool = True) -> Any:
+        """Sync, then run one agent command and return its result.
+
+        :raises AgentError: when the agent reports an error.
+        :raises Timeout: when it does not answer in ``timeout`` seconds.
+        """
+        async with self.lock:
+            try:
+                await self.sync(timeout)
+                reader, writer = await self._open()
+                msg: dict[str, Any] = {"execute": command}
+                if arguments:
+                    msg["arguments"] = arguments
+                writer.write(json.dumps(msg).encode() + b"\n")
+                await writer.drain()
+                if not expect_reply:
+                    return None
+                try:
+                    reply = await asyncio.wait_for(self._read_reply(reader), timeout)
+                except TimeoutError as err:
+                    raise Timeout(f"guest agent of '{self.vm}' did not answer {command} in "
+                                  f"{timeout:g} s") from err
+            except (Timeout, AgentError, OSError):
+                await self.close()  # the next call starts on a fresh channel
+                raise
+        if "error" in reply:
+            err = reply["error"]
+            raise AgentError(f"guest agent of '{self.vm}': {err.get('desc', err)}")
+        return reply.get("return")
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until the agent answers a sync, retrying as the guest boots.
+
+        :raises Timeout: when it has not answered after ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise Timeout(f"guest agent of '{self.vm}' did not answer in {timeout:g} s")
+            try:
+                async with self.lock:
+                    await self.sync(min(left, 2.0))
+                return
+            except Timeout:
+                continue  # the request waits in the socket; a fresh id catches a late agent
+            except (AgentError, OSError):
+                await self.close()
+                await asyncio.sleep(min(0.05, max(left, 0)))

@@ -1,0 +1,210 @@
+"""Launch, adopt, watch and kill QEMU processes.
+
+Each VM is a QEMU started with ``-daemonize -pidfile``: QEMU's first process returns once the
+monitor socket exists (so there is nothing to poll), and the VM lives on in its own session
+when the daemon stops. The daemon makes itself a *child subreaper*, so the daemonized QEMUs it
+starts are its children and it reaps them the moment they exit; QEMUs adopted after a daemon
+restart are not its children, and a zombie counts as exited for them.
+
+Exits are seen through a pidfd (``os.pidfd_open`` + ``loop.add_reader``): it turns readable
+when the process exits, zombie or not, and it cannot be fooled by pid reuse. Identity on
+adoption is the pid plus its start time (``/proc/PID/stat`` field 22) plus our monitor socket
+on its command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.errors import LaunchFailed
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux only)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot, or None if it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    if fields[0] in ("Z", "X"):  # fields[0] is the state, field 3 of stat
+        return None
+    return int(fields[19])
+
+
+def zombie_status(pid: int) -> int | None:
+    """The exit status of a zombie that is not our child, read before its parent reaps it
+    (``/proc/PID/stat`` field 52, in ``waitpid`` encoding); negative for a signal."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    if len(fields) < 50 or fields[0] != "Z":
+        return None
+    status = int(fields[49])
+    return -(status & 0x7F) if status & 0x7F else (status >> 8) & 0xFF
+
+
+def cmdline_of(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a QEMU ended: ``returncode`` (negative: killed by that signal), None if unknown."""
+
+    returncode: int | None
+
+    def describe(self) -> str:
+        if self.returncode is None:
+            return "exited (status unknown: not our child)"
+        if self.returncode < 0:
+            try:
+                return f"killed by {signal.Signals(-self.returncode).name}"
+            except ValueError:
+                return f"killed by signal {-self.returncode}"
+        return f"exited with status {self.returncode}"
+
+
+class Process:
+    """A live QEMU process, known by pid and start time, watched through a pidfd."""
+
+    def __init__(self, pid: int, started: int) -> None:
+        self.pid = pid
+        self.started = started
+        self._pidfd: int | None = None
+        self.exit: Exit | None = None
+        self._exited = asyncio.Event()
+
+    @classmethod
+    def adopt(cls, pid: int, started: int | None, marker: str) -> Process | None:
+        """The process ``pid`` if it is still the QEMU we started (same start time and
+        ``marker`` on its command line), else None."""
+        now = start_time(pid)
+        if now is None or (started is not None and now != started):
+            return None
+        if not any(marker in arg for arg in cmdline_of(pid)):
+            return None
+        return cls(pid, now)
+
+    def watch(self, on_exit: Callable[[Exit], None]) -> None:
+        """Call ``on_exit`` once, from the event loop, when the process exits."""
+        loop = asyncio.get_running_loop()
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            self._finish(on_exit)
+            return
+
+        def ready() -> None:
+            loop.remove_reader(self._pidfd)  # type: ignore[arg-type]
+            self._finish(on_exit)
+
+        loop.add_reader(self._pidfd, ready)
+
+    def _reap(self) -> Exit:
+        if self._pidfd is None:
+            return Exit(None)
+        try:
+            res = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            return Exit(zombie_status(self.pid))
+        if res is None:
+            return Exit(None)
+        code = res.si_status
+        if res.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+            code = -code
+        return Exit(code)
+
+    def _finish(self, on_exit: Callable[[Exit], None]) -> None:
+        if self.exit is not None:
+            return
+        self.exit = self._reap()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._exited.set()
+        on_exit(self.exit)
+
+    @property
+    def alive(self) -> bool:
+        return self.exit is None
+
+    def signal(self, sig: int) -> None:
+        if self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the exit; True if it happened within ``timeout``."""
+        try:
+            await asyncio.wait_for(self._exited.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def unwatch(self) -> None:
+        """Stop watching (the daemon is shutting down; the VM lives on)."""
+        if self._pidfd is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            except RuntimeError:
+                pass
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+async def launch(argv: list[str], pidfile: Path, timeout: float = 30.0) -> Process:
+    """Start a daemonizing QEMU and return its process.
+
+    :raises LaunchFailed: with the exit code, the full command line and QEMU's own words
+        when it does not come up.
+    """
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    except FileNotFoundError as err:
+        raise LaunchFailed(argv, 127, f"{argv[0]} is not installed (apt-get install "
+                                      "qemu-system-x86)", what="QEMU would not start") from err
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError as exc:
+        proc.kill()
+        await proc.wait()
+        raise LaunchFailed(argv, -1, f"no answer in {timeout} s",
+                           what="QEMU would not start") from exc
+    if proc.returncode != 0:
+        raise LaunchFailed(argv, proc.returncode or 1, err.decode(errors="replace"),
+                           out.decode(errors="replace"), what="QEMU would not start")
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise LaunchFailed(argv, 0, f"no pid in {pidfile}", what="QEMU would not start") from exc
+    started = start_time(pid)
+    if started is None:
+        raise LaunchFailed(argv, 0, "QEMU exited right after starting",
+                           what="QEMU would not start")
+    return Process(pid, started)

@@ -1,0 +1,80 @@
+"""A narrow typed facade over ``qemu.qmp``: one monitor connection per VM.
+
+QEMU serves one QMP client at a time, so the daemon is the only one that ever connects.
+Every event goes to one callback; ``qemu.qmp``'s default listener keeps events in an
+unbounded queue, so one task drains it for the life of the connection. ``qemu.qmp`` types
+stay inside this module: callers see dicts and :class:`~corral.errors.MonitorError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import ExecuteError, QMPClient, QMPError
+
+from corral.errors import MonitorError, Timeout
+
+log = logging.getLogger(__name__)
+EventHandler = Callable[[str, dict[str, Any]], None]
+
+# qemu.qmp logs every disconnect as an error; Corral reports exits itself.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
+
+class Monitor:
+    """The QMP connection of one VM."""
+
+    def __init__(self, name: str, on_event: EventHandler) -> None:
+        self.name = name
+        self._client = QMPClient(name)
+        self._on_event = on_event
+        self._drain: asyncio.Task[None] | None = None
+
+    async def connect(self, path: Path, timeout: float = 10.0) -> None:
+        """Connect and negotiate capabilities.
+
+        :raises Timeout: when the monitor does not answer in ``timeout`` seconds.
+        """
+        try:
+            await asyncio.wait_for(self._client.connect(str(path)), timeout)
+        except (TimeoutError, QMPError, OSError) as err:
+            raise Timeout(f"QEMU monitor of '{self.name}' did not answer at {path}: {err}") from err
+        self._drain = asyncio.create_task(self._pump(), name=f"qmp-events-{self.name}")
+
+    async def _pump(self) -> None:
+        async for event in self._client.events:
+            try:
+                self._on_event(str(event["event"]), dict(event.get("data", {})))
+            except Exception:  # one bad handler must not stop the stream
+                log.exception("event handler failed for %s", self.name)
+
+    async def execute(self, command: str, arguments: Mapping[str, object] | None = None,
+                      timeout: float = 30.0) -> Any:
+        """Run a QMP command and return its result.
+
+        :raises MonitorError: when QEMU refuses it or the connection is gone.
+        :raises Timeout: when QEMU does not answer in ``timeout`` seconds.
+        """
+        try:
+            return await asyncio.wait_for(self._client.execute(command, arguments), timeout)
+        except ExecuteError as err:
+            raise MonitorError(command, err.error_class, err.error.desc) from err
+        except TimeoutError as err:
+            raise Timeout(f"QEMU did not answer {command} in {timeout} s") from err
+        except (QMPError, OSError, EOFError) as err:
+            raise MonitorError(command, "Disconnected", f"monitor connection lost ({err})") from err
+
+    async def close(self) -> None:
+        """Disconnect; never raises (QEMU may have closed the socket first)."""
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._drain
+            self._drain = None
+        with contextlib.suppress(Exception):
+            await self._client.disconnect()

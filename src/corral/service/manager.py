@@ -1,0 +1,583 @@
+"""The VM manager: one method per use case.
+
+Every operation follows the same shape: check the transition against the one table in
+:mod:`corral.domain.states`, do the work, commit the new state last, and record an event in
+the same transaction. A failed operation puts the VM back where it was and removes what it
+made. Operations on one VM are serialised by a per-VM lock; QMP events and process exits
+arrive from the event loop and update the state at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from corral.config import Paths
+from corral.domain import specs as sp
+from corral.domain.states import LIVE, OPERATIONS, State, allowed, check, from_qmp_status
+from corral.engine import accel as accel_mod
+from corral.engine.qemu import argv as qargv
+from corral.engine.qemu.guest_agent import GuestAgent
+from corral.engine.qemu.process import Exit, Process, become_subreaper, launch
+from corral.engine.qemu.qmp import Monitor
+from corral.errors import (
+    AgentError,
+    AlreadyExists,
+    CorralError,
+    InvalidSpec,
+    InvalidState,
+    NotFound,
+    Timeout,
+)
+from corral.images import catalog
+from corral.service import host, storage
+from corral.store.db import Store, VMRecord
+
+log = logging.getLogger(__name__)
+READY_TIMEOUT = 120.0
+
+
+@dataclass
+class Runtime:
+    """What the daemon holds for one live VM."""
+
+    process: Process
+    monitor: Monitor
+    agent: GuestAgent | None
+    ready_task: asyncio.Task[None] | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    expected_exit: str | None = None  # set when Corral (or the guest) asked QEMU to end
+    reset: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Manager:
+    """The in-process VM manager. The daemon serves it; tests may drive it directly."""
+
+    def __init__(self, paths: Paths | None = None) -> None:
+        self.paths = paths or Paths.from_env()
+        self.accel = accel_mod.detect()
+        self.tsc_khz = accel_mod.tsc_khz()
+        self.store: Store | None = None
+        self._rt: dict[str, Runtime] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    # ----- life of the manager -------------------------------------------------------------
+    async def open(self) -> None:
+        """Open the store and re-adopt every VM whose QEMU is still alive."""
+        become_subreaper()
+        for d in (self.paths.home, self.paths.images, self.paths.run):
+            d.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.paths.db)
+        for rec in self.db.list_vms():
+            await self._reconcile(rec)
+
+    async def close(self) -> None:
+        """Let go of every VM without stopping it: they outlive the daemon."""
+        for rt in list(self._rt.values()):
+            if rt.ready_task:
+                rt.ready_task.cancel()
+            rt.process.unwatch()
+            await rt.monitor.close()
+            if rt.agent:
+                await rt.agent.close()
+        self._rt.clear()
+        if self.store:
+            self.store.close()
+
+    @property
+    def db(self) -> Store:
+        assert self.store is not None, "Manager.open() was not called"
+        return self.store
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _get(self, name: str) -> VMRecord:
+        rec = self.db.get_vm(name)
+        if rec is None:
+            raise NotFound(f"no VM named '{name}'; see 'corral list'")
+        return rec
+
+    def _set(self, rec: VMRecord, state: State, kind: str | None = None,
+             **detail: Any) -> None:
+        if rec.state != state and not allowed(rec.state, state):
+            raise InvalidState(rec.name, f"move to {state.value}", rec.state.value,
+                               [s.value for s in State if allowed(s, state)])
+        rec.state = state
+        self.db.update_vm(rec, kind or state.value, detail)
+
+    # ----- create ---------------------------------------------------------------------------
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Define a VM (it does not boot).
+
+        :raises InvalidSpec: a field is wrong (named in the error).
+        :raises AlreadyExists: the name is taken.
+        """
+        req = sp.parse_create(body)
+        memory = sp.validate_against_host(req, host.facts())
+        async with self._lock(req.name):
+            if self.db.get_vm(req.name) is not None:
+                raise AlreadyExists(f"a VM named '{req.name}' exists; pick another name or "
+                                    f"'corral destroy {req.name}'")
+            spec = self._resolve(req, memory)
+            vm_dir = self.paths.vm_dir(req.name)
+            if vm_dir.exists():  # left by a crash between mkdir and commit
+                shutil.rmtree(vm_dir)
+            vm_dir.mkdir(parents=True)
+            try:
+                spec.disks = await storage.prepare_disks(req.disks, vm_dir)
+                rec = VMRecord(name=req.name, uid=str(uuid.uuid4()), spec=spec,
+                               state=State.DEFINED)
+                self.db.add_vm(rec)
+            except BaseException:
+                shutil.rmtree(vm_dir, ignore_errors=True)
+                raise
+        return self._view(rec)
+
+    def _resolve(self, req: sp.VMCreate, memory: int) -> sp.VMSpec:
+        if req.kernel:
+            kernel = Path(req.kernel).expanduser()
+            if not kernel.is_file():
+                raise InvalidSpec("kernel", f"no file '{req.kernel}'; give the path of a kernel")
+            initrd = Path(req.initrd).expanduser() if req.initrd else None
+            if initrd and not initrd.is_file():
+                raise InvalidSpec("initrd", f"no file '{req.initrd}'; give the path of an initrd")
+            image_name, arch, agent = None, "x86_64", True
+            kpath, ipath = str(kernel.absolute()), str(initrd.absolute()) if initrd else None
+            cmdline = req.cmdline or "console=ttyS0 panic=-1"
+        else:
+            image = catalog.resolve(self.paths, req.image or sp.DEFAULT_IMAGE)
+            image_name, arch, agent = image.name, image.arch, image.agent
+            kpath = str(image.kernel)
+            ipath = str(image.initrd) if image.initrd else None
+            cmdline = image.cmdline
+        nics = [sp.NicSpec(mac=(n.mac or sp.new_mac()).lower())
+                for n in (req.nics if req.nics is not None else [sp.NicRequest()])]
+        return sp.VMSpec(name=req.name, arch=arch, image=image_name, cpus=req.cpus,
+                         memory_bytes=memory, kernel=kpath, initrd=ipath, cmdline=cmdline,
+                         machine=req.machine, cpu_model=req.cpu_model, disks=[], nics=nics,
+                         agent=agent)
+
+    # ----- start ----------------------------------------------------------------------------
+    async def start(self, name: str, wait: bool = False,
+                    timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        """Boot a defined or stopped VM. With ``wait``, return once the guest agent answers.
+
+        On failure the VM is back in its previous state and nothing it made is left.
+
+        :raises InvalidState: the VM is not defined, stopped or crashed.
+        :raises LaunchFailed: QEMU would not start (its own words are in the message).
+        :raises Timeout: with ``wait``, the guest was not ready in time (it keeps running).
+        """
+        async with self._lock(name):
+            rec = self._get(name)
+            check(name, "start", rec.state)
+            before = rec.state
+            run = qargv.RunPaths(self.paths.run_dir(name))
+            self._set(rec, State.STARTING)
+            try:
+                await self._launch(rec, run)
+            except BaseException as err:
+                self._cleanup_run(run)
+                rec.state = before
+                rec.exit_reason = f"start failed: {err}"
+                self.db.update_vm(rec, "start_failed", {"error": str(err)})
+                raise
+        if wait:
+            await self.wait_ready(name, timeout)
+        return self._view(self._get(name))
+
+    async def _launch(self, rec: VMRecord, run: qargv.RunPaths) -> None:
+        run.dir.mkdir(parents=True, exist_ok=True)
+        self._cleanup_run(run, keep_dir=True)
+        serial = self.paths.vm_dir(rec.name) / "serial.log"
+        argv = qargv.build(rec.spec, run, serial, self.accel.name, self.tsc_khz)
+        # the agent connects before the guest boots: its first sync waits in the socket
+        proc = await launch(argv, run.pidfile)
+        rt = Runtime(proc, Monitor(rec.name, lambda ev, data: self._on_event(rec.name, ev,
+                                                                             data)),
+                     GuestAgent(rec.name, run.agent) if rec.spec.agent else None)
+        try:
+            await rt.monitor.connect(run.qmp)
+        except BaseException:
+            proc.signal(9)
+            await proc.wait(5)
+            raise
+        self._rt[rec.name] = rt
+        proc.watch(lambda exit_: self._on_exit(rec.name, rt, exit_))
+        rec.pid, rec.pid_start, rec.accel = proc.pid, proc.started, self.accel.name
+        rec.started_at, rec.ready_at, rec.exit_reason = time.time(), None, None
+        self._set(rec, State.RUNNING, "started", pid=proc.pid)
+        self._watch_ready(rec.name, rt)
+
+    def _watch_ready(self, name: str, rt: Runtime, fresh: bool = False) -> None:
+        """Watch in the background until the guest agent answers, then mark the VM ready.
+        ``fresh``: the guest rebooted, so the old agent channel is dropped first."""
+        if rt.agent is None:
+            return
+        agent = rt.agent
+
+        async def watch() -> None:
+            if fresh:
+                await agent.close()
+            try:
+                await agent.wait_ready(READY_TIMEOUT)
+            except Timeout:
+                log.warning("guest agent of %s did not answer in %s s", name, READY_TIMEOUT)
+                return
+            rec = self.db.get_vm(name)
+            if rec is not None and self._rt.get(name) is rt:
+                rec.ready_at = time.time()
+                self.db.update_vm(rec, "ready", {"boot_seconds": self._boot_seconds(rec)})
+                rt.ready.set()
+
+        rt.ready.clear()
+        if rt.ready_task:
+            rt.ready_task.cancel()
+        rt.ready_task = asyncio.create_task(watch(), name=f"ready-{name}")
+
+    async def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        """Wait until the guest agent of a running VM answers.
+
+        :raises Timeout: when it has not answered after ``timeout`` seconds.
+        :raises InvalidState: when the VM is not running or has no guest agent.
+        """
+        rt = self._rt.get(name)
+        rec = self._get(name)
+        if rt is None or rt.agent is None:
+            raise InvalidState(name, "wait for", rec.state.value, ["running with an agent"])
+        exited = asyncio.ensure_future(rt.process.wait())
+        ready = asyncio.ensure_future(rt.ready.wait())
+        try:
+            done, _ = await asyncio.wait({exited, ready}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            ready.cancel()
+        if ready not in done:
+            rec = self._get(name)
+            if exited in done:
+                raise InvalidState(name, "wait for", rec.state.value, ["running"])
+            raise Timeout(f"VM '{name}' is running but its guest agent did not answer in "
+                          f"{timeout:g} s; see 'corral logs {name}'")
+        return self._view(self._get(name))
+
+    # ----- pause / resume -------------------------------------------------------------------
+    async def pause(self, name: str) -> dict[str, Any]:
+        """:raises InvalidState: unless the VM is running."""
+        return await self._qmp_op(name, "pause", "stop", State.PAUSED)
+
+    async def resume(self, name: str) -> dict[str, Any]:
+        """:raises InvalidState: unless the VM is paused."""
+        return await self._qmp_op(name, "resume", "cont", State.RUNNING)
+
+    async def _qmp_op(self, name: str, op: str, command: str, target: State) -> dict[str, Any]:
+        async with self._lock(name):
+            rec = self._get(name)
+            check(name, op, rec.state)
+            await self._runtime(rec).monitor.execute(command)
+            if rec.state != target:
+                self._set(rec, target)
+            return self._view(rec)
+
+    def _runtime(self, rec: VMRecord) -> Runtime:
+        rt = self._rt.get(rec.name)
+        if rt is None:
+            raise CorralError(f"VM '{rec.name}' is {rec.state.value} but the daemon holds no "
+                              "process for it")
+        return rt
+
+    # ----- shutdown / stop / reboot ---------------------------------------------------------
+    async def shutdown(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Ask the guest to power off (guest agent if it answers, else the ACPI power
+        button); force it off after ``timeout`` seconds.
+
+        :raises InvalidState: unless the VM is running or paused.
+        """
+        async with self._lock(name):
+            rec = self._get(name)
+            check(name, "shutdown", rec.state)
+            rt = self._runtime(rec)
+            was_paused = rec.state == State.PAUSED
+            self._set(rec, State.STOPPING, "shutdown_requested")
+            rt.expected_exit = "shut down"
+            how = "acpi"
+            if rt.agent is not None and rt.ready.is_set() and not was_paused:
+                try:
+                    await rt.agent.execute("guest-shutdown", {"mode": "powerdown"}, timeout=5,
+                                           expect_reply=False)
+                    how = "agent"
+                except (AgentError, Timeout):
+                    how = "acpi"
+            if how == "acpi":
+                with contextlib.suppress(CorralError):
+                    if was_paused:
+                        await rt.monitor.execute("cont")
+                    await rt.monitor.execute("system_powerdown")
+            if not await rt.process.wait(timeout):
+                rt.expected_exit = f"forced off after the guest ignored a {timeout:g} s shutdown"
+                await self._kill(rt)
+            return self._view(self._get(name))
+
+    async def stop(self, name: str, force: bool = True, timeout: float = 60.0) -> dict[str, Any]:
+        """Stop a VM: at once with ``force`` (like pulling the plug), else as :meth:`shutdown`.
+
+        :raises InvalidState: unless the VM has a running QEMU.
+        """
+        if not force:
+            return await self.shutdown(name, timeout)
+        async with self._lock(name):
+            rec = self._get(name)
+            check(name, "stop", rec.state)
+            rt = self._runtime(rec)
+            rt.expected_exit = "forced off"
+            await self._kill(rt)
+            return self._view(self._get(name))
+
+    async def _kill(self, rt: Runtime) -> None:
+        """End QEMU: ``quit`` (flushes its disks), then SIGKILL if it lingers."""
+        with contextlib.suppress(CorralError):
+            await rt.monitor.execute("quit", timeout=2)
+        if not await rt.process.wait(2):
+            rt.process.signal(9)
+            await rt.process.wait(5)
+
+    async def reboot(self, name: str, wait: bool = False,
+                     timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        """Reboot the guest: through the agent if it answers, else a hard reset.
+
+        :raises InvalidState: unless the VM is running.
+        """
+        async with self._lock(name):
+            rec = self._get(name)
+            check(name, "reboot", rec.state)
+            rt = self._runtime(rec)
+            rt.reset.clear()
+            done = False
+            if rt.agent is not None and rt.ready.is_set():
+                try:
+                    await rt.agent.execute("guest-shutdown", {"mode": "reboot"}, timeout=5,
+                                           expect_reply=False)
+                    done = True
+                except (AgentError, Timeout):
+                    done = False
+            if done:
+                try:
+                    await asyncio.wait_for(rt.reset.wait(), 15)
+                except TimeoutError:
+                    done = False
+            if not done:
+                await rt.monitor.execute("system_reset")
+                self._on_reset(name, rt)
+            self.db.update_vm(rec, "rebooted", {})
+        if wait:
+            await self.wait_ready(name, timeout)
+        return self._view(self._get(name))
+
+    # ----- destroy --------------------------------------------------------------------------
+    async def destroy(self, name: str) -> None:
+        """Stop the VM if it runs and remove everything Corral made for it."""
+        async with self._lock(name):
+            rec = self._get(name)
+            rt = self._rt.get(name)
+            if rt is not None:
+                rt.expected_exit = "destroyed"
+                await self._kill(rt)
+            run = qargv.RunPaths(self.paths.run_dir(name))
+            self._cleanup_run(run)
+            shutil.rmtree(self.paths.vm_dir(name), ignore_errors=True)
+            self.db.delete_vm(name)
+        self._locks.pop(name, None)
+
+    # ----- events from QEMU -----------------------------------------------------------------
+    def _on_event(self, name: str, event: str, data: dict[str, Any]) -> None:
+        rt = self._rt.get(name)
+        rec = self.db.get_vm(name)
+        if rt is None or rec is None:
+            return
+        if event == "STOP" and rec.state == State.RUNNING:
+            self._set(rec, State.PAUSED, "paused", by="qemu")
+        elif event == "RESUME" and rec.state == State.PAUSED:
+            self._set(rec, State.RUNNING, "resumed", by="qemu")
+        elif event == "SHUTDOWN":
+            reason = str(data.get("reason", ""))
+            if rt.expected_exit is None:
+                rt.expected_exit = ("guest powered off" if data.get("guest")
+                                    else f"QEMU shut down ({reason})")
+            if reason == "guest-panic":
+                rt.expected_exit = None
+            if rec.state in (State.RUNNING, State.PAUSED):
+                self._set(rec, State.STOPPING, "shutdown", reason=reason)
+        elif event == "RESET":
+            self._on_reset(name, rt)
+        elif event == "GUEST_PANICKED":
+            rt.expected_exit = None
+            rec.exit_reason = "guest kernel panicked"
+            rt.process.signal(9)
+
+    def _on_reset(self, name: str, rt: Runtime) -> None:
+        rec = self.db.get_vm(name)
+        if rec is None:
+            return
+        rt.reset.set()
+        rec.ready_at = None
+        rec.started_at = time.time()
+        self.db.update_vm(rec, "reset", {})
+        self._watch_ready(name, rt, fresh=True)
+
+    def _on_exit(self, name: str, rt: Runtime, exit_: Exit) -> None:
+        if self._rt.get(name) is not rt:
+            return
+        del self._rt[name]
+        if rt.ready_task:
+            rt.ready_task.cancel()
+        self._background(self._close_runtime(rt))
+        self._cleanup_run(qargv.RunPaths(self.paths.run_dir(name)), keep_dir=False)
+        rec = self.db.get_vm(name)
+        if rec is None:
+            return
+        rec.pid = rec.pid_start = None
+        rec.ready_at = None
+        if rt.expected_exit is not None:
+            rec.exit_reason = rt.expected_exit
+            self._set(rec, State.STOPPED, "stopped", reason=rt.expected_exit)
+        else:
+            rec.exit_reason = rec.exit_reason or f"QEMU {exit_.describe()}"
+            self._set(rec, State.CRASHED, "crashed", reason=rec.exit_reason)
+
+    async def _close_runtime(self, rt: Runtime) -> None:
+        await rt.monitor.close()
+        if rt.agent:
+            await rt.agent.close()
+
+    def _cleanup_run(self, run: qargv.RunPaths, keep_dir: bool = False) -> None:
+        for path in (run.qmp, run.agent, run.console, run.pidfile):
+            path.unlink(missing_ok=True)
+        if not keep_dir:
+            with contextlib.suppress(OSError):
+                run.dir.rmdir()
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ----- adoption after a daemon restart --------------------------------------------------
+    async def _reconcile(self, rec: VMRecord) -> None:
+        run = qargv.RunPaths(self.paths.run_dir(rec.name))
+        proc = None
+        pid = rec.pid
+        if pid is None:
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(run.pidfile.read_text().strip())
+        if pid is not None:
+            proc = Process.adopt(pid, rec.pid_start, str(run.qmp))
+        if proc is None:
+            if rec.state in LIVE:
+                stopping = rec.state == State.STOPPING
+                rec.pid = rec.pid_start = None
+                rec.ready_at = None
+                rec.exit_reason = ("stopped while the daemon was down" if stopping
+                                   else "QEMU was gone when the daemon started")
+                self._set(rec, State.STOPPED if stopping or rec.state == State.STARTING
+                          else State.CRASHED)
+            self._cleanup_run(run)
+            return
+        rt = Runtime(proc, Monitor(rec.name, lambda ev, d: self._on_event(rec.name, ev, d)),
+                     GuestAgent(rec.name, run.agent) if rec.spec.agent else None)
+        try:
+            await rt.monitor.connect(run.qmp)
+            status = await rt.monitor.execute("query-status")
+        except CorralError as err:
+            log.warning("cannot adopt %s: %s", rec.name, err)
+            await rt.monitor.close()
+            return
+        self._rt[rec.name] = rt
+        proc.watch(lambda exit_: self._on_exit(rec.name, rt, exit_))
+        rec.pid, rec.pid_start = proc.pid, proc.started
+        state = from_qmp_status(str(status["status"]))
+        if state not in (State.RUNNING, State.PAUSED):
+            state = State.PAUSED
+        if rec.state != state and allowed(rec.state, state):
+            rec.state = state
+        self.db.update_vm(rec, "adopted", {"pid": proc.pid})
+        if rec.ready_at is not None:
+            rt.ready.set()
+        else:
+            self._watch_ready(rec.name, rt)
+
+    # ----- queries --------------------------------------------------------------------------
+    @staticmethod
+    def _boot_seconds(rec: VMRecord) -> float | None:
+        if rec.ready_at is None or rec.started_at is None:
+            return None
+        return round(rec.ready_at - rec.started_at, 3)
+
+    def _view(self, rec: VMRecord) -> dict[str, Any]:
+        live = rec.state in LIVE and rec.name in self._rt
+        run = self.paths.run_dir(rec.name)
+        return {
+            "name": rec.name,
+            "uid": rec.uid,
+            "state": rec.state.value,
+            "ready": rec.ready_at is not None and live,
+            "accel": rec.accel if live else None,
+            "pid": rec.pid if live else None,
+            "cpus": rec.spec.cpus,
+            "memory_bytes": rec.spec.memory_bytes,
+            "machine": rec.spec.machine,
+            "arch": rec.spec.arch,
+            "image": rec.spec.image,
+            "uptime_seconds": round(time.time() - rec.started_at, 3)
+            if live and rec.started_at else None,
+            "boot_seconds": self._boot_seconds(rec) if live else None,
+            "exit_reason": rec.exit_reason,
+            "nics": [n.model_dump() for n in rec.spec.nics],
+            "disks": [d.model_dump() for d in rec.spec.disks],
+            "console_socket": str(run / "console.sock") if live else None,
+            "serial_log": str(self.paths.vm_dir(rec.name) / "serial.log"),
+            "created_at": rec.created_at,
+            "operations": sorted(op for op, states in OPERATIONS.items()
+                                 if rec.state in states),
+        }
+
+    def get(self, name: str) -> dict[str, Any]:
+        """:raises NotFound: no VM of that name."""
+        return self._view(self._get(name))
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self._view(r) for r in self.db.list_vms()]
+
+    def host_info(self) -> dict[str, Any]:
+        info = host.info(self.accel)
+        vms = self.db.list_vms()
+        info.update(home=str(self.paths.home), vms=len(vms),
+                    vms_running=sum(1 for r in vms if r.state in LIVE))
+        return info
+
+    def logs(self, name: str, offset: int = 0, limit: int = 1 << 20) -> dict[str, Any]:
+        """The serial log from byte ``offset``: ``{"data", "offset"}`` (next offset)."""
+        self._get(name)
+        path = self.paths.vm_dir(name) / "serial.log"
+        try:
+            with path.open("rb") as f:
+                if offset < 0:
+                    f.seek(0, 2)
+                    offset = max(0, f.tell() + offset)
+                f.seek(offset)
+                data = f.read(limit)
+        except FileNotFoundError:
+            data = b""
+        return {"data": data.decode(errors="replace"), "offset": offset + len(data)}
+
+    def events(self, since: int = 0, vm: str | None = None) -> list[dict[str, Any]]:
+        return self.db.events(since, vm)

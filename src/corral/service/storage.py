@@ -1,0 +1,41 @@
+"""Disks for new VMs: blank qcow2/raw files made with ``qemu-img``, or existing files checked
+with ``qemu-img info``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from corral.domain.sizes import parse_size
+from corral.domain.specs import DiskRequest, DiskSpec
+from corral.errors import CommandFailed, InvalidSpec
+from corral.host.runner import arun
+
+
+async def prepare_disks(requests: list[DiskRequest], vm_dir: Path) -> list[DiskSpec]:
+    """Make or check each disk. Files made here live in ``vm_dir`` and go with the VM.
+
+    :raises InvalidSpec: a path that is missing or not a disk image.
+    """
+    disks: list[DiskSpec] = []
+    for i, req in enumerate(requests):
+        if req.size is not None:
+            fmt = req.format or "qcow2"
+            path = vm_dir / f"disk{i}.{fmt}"
+            size = parse_size(f"disks.{i}.size", req.size, default_unit="G")
+            await arun(["qemu-img", "create", "-q", "-f", fmt, path, str(size)],
+                       what="qemu-img could not create the disk")
+            disks.append(DiskSpec(path=str(path), format=fmt, readonly=req.readonly))
+            continue
+        assert req.path is not None
+        path = Path(req.path).expanduser().absolute()
+        if not path.is_file():
+            raise InvalidSpec(f"disks.{i}.path", f"no file '{req.path}'")
+        try:
+            res = await arun(["qemu-img", "info", "--output=json", "-U", path])
+            detected = json.loads(res.stdout)["format"]
+        except (CommandFailed, ValueError, KeyError) as err:
+            raise InvalidSpec(f"disks.{i}.path", f"'{req.path}' is not a disk image") from err
+        fmt = req.format or ("qcow2" if detected == "qcow2" else "raw")
+        disks.append(DiskSpec(path=str(path), format=fmt, readonly=req.readonly, owned=False))
+    return disks

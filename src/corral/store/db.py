@@ -1,0 +1,142 @@
+"""The store: SQLite through SQLAlchemy Core, schema kept by Alembic migrations.
+
+Every write is one transaction, so a daemon killed in the middle of an operation leaves the
+last committed state; the daemon reconciles that with the live processes when it starts again.
+SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit is atomic and survives a killed
+process without an fsync per write (it is the fsync that would make a pause cost milliseconds).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
+
+from corral.domain.specs import VMSpec
+from corral.domain.states import State
+from corral.store.schema import events, vms
+
+HEAD = "0001"
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass
+class VMRecord:
+    name: str
+    uid: str
+    spec: VMSpec
+    state: State
+    pid: int | None = None
+    pid_start: int | None = None
+    accel: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    ready_at: float | None = None
+    exit_reason: str | None = None
+    updated_at: float = 0.0
+
+    @classmethod
+    def from_row(cls, row: Any) -> VMRecord:
+        data = dict(row._mapping)
+        data["spec"] = VMSpec.model_validate_json(data["spec"])
+        data["state"] = State(data["state"])
+        return cls(**data)
+
+    def to_row(self) -> dict[str, Any]:
+        row = {f.name: getattr(self, f.name) for f in fields(self)}
+        row["spec"] = self.spec.model_dump_json()
+        row["state"] = self.state.value
+        return row
+
+
+def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+class Store:
+    """All of Corral's persistent state."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(f"sqlite:///{path}")
+        event.listen(self.engine, "connect", _pragmas)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.engine.begin() as conn:
+            try:
+                current = conn.exec_driver_sql(
+                    "SELECT version_num FROM alembic_version").scalar()
+            except Exception:
+                current = None
+        if current == HEAD:
+            return
+        from alembic import command  # imported only when there is work to do
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def add_vm(self, rec: VMRecord) -> None:
+        rec.created_at = rec.updated_at = time.time()
+        with self._tx() as conn:
+            conn.execute(insert(vms).values(**rec.to_row()))
+            self._event(conn, rec.name, "created", {})
+
+    def update_vm(self, rec: VMRecord, kind: str | None = None,
+                  detail: dict[str, Any] | None = None) -> None:
+        """Write ``rec`` and, in the same transaction, an event of ``kind``."""
+        rec.updated_at = time.time()
+        with self._tx() as conn:
+            conn.execute(update(vms).where(vms.c.name == rec.name).values(**rec.to_row()))
+            if kind:
+                self._event(conn, rec.name, kind, detail or {})
+
+    def get_vm(self, name: str) -> VMRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(vms).where(vms.c.name == name)).first()
+        return VMRecord.from_row(row) if row else None
+
+    def list_vms(self) -> list[VMRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(vms).order_by(vms.c.created_at)).all()
+        return [VMRecord.from_row(r) for r in rows]
+
+    def delete_vm(self, name: str) -> None:
+        with self._tx() as conn:
+            conn.execute(delete(vms).where(vms.c.name == name))
+            self._event(conn, name, "destroyed", {})
+
+    def _event(self, conn: Connection, vm: str, kind: str, detail: dict[str, Any]) -> None:
+        conn.execute(insert(events).values(ts=time.time(), vm=vm, kind=kind,
+                                           detail=json.dumps(detail)))
+
+    def events(self, since: int = 0, vm: str | None = None,
+               limit: int = 1000) -> list[dict[str, Any]]:
+        query = select(events).where(events.c.id > since).order_by(events.c.id).limit(limit)
+        if vm is not None:
+            query = query.where(events.c.vm == vm)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [{**dict(r._mapping), "detail": json.loads(r.detail)} for r in rows]
+
+    def close(self) -> None:
+        self.engine.dispose()

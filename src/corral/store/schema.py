@@ -1,0 +1,32 @@
+"""The store's tables (SQLAlchemy Core). Changes go through an Alembic migration."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+vms = Table(
+    "vms", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("uid", String(36), nullable=False),
+    Column("spec", Text, nullable=False),  # JSON of corral.domain.specs.VMSpec
+    Column("state", String(16), nullable=False),
+    Column("pid", Integer),
+    Column("pid_start", Integer),  # /proc/PID/stat start time, guards against pid reuse
+    Column("accel", String(8)),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("ready_at", Float),
+    Column("exit_reason", Text),
+    Column("updated_at", Float, nullable=False),
+)
+
+events = Table(
+    "events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("vm", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("detail", Text, nullable=False, default="{}"),
+)
