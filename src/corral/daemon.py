@@ -58,4 +58,5 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None) -> 
 
 def main(socket_path: Path | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     asyncio.run(serve(socket_path))

@@ -3,16 +3,16 @@
 Every error Corral raises on purpose derives from :class:`CorralError`. Front doors map the
 tree onto exit codes and HTTP statuses, so a user never sees a traceback for their own mistake::
 
-    CorralError                      (500 / exit 1)  something went wrong inside Corral or the host
-    ├── InvalidSpec                  (422 / exit 2)  a request names a bad value; ``field`` says which
-    ├── NotFound                     (404 / exit 3)  no VM (or image) of that name
+    CorralError                      (500 / exit 1)  a failure inside Corral or the host
+    ├── InvalidSpec                  (422 / exit 2)  a bad value; ``field`` says which
+    ├── NotFound                     (404 / exit 3)  no VM or image of that name
     ├── AlreadyExists                (409 / exit 4)  the name is taken
-    ├── InvalidState                 (409 / exit 5)  the operation is not legal in the VM's state
-    ├── Timeout                      (504 / exit 6)  something did not happen in time
-    ├── CommandFailed                (500 / exit 1)  a host command failed (argv, returncode, stderr)
+    ├── InvalidState                 (409 / exit 5)  not legal in the VM's current state
+    ├── Timeout                      (504 / exit 6)  it did not happen in time
+    ├── CommandFailed                (500 / exit 1)  a host command failed (argv, returncode)
     │   └── LaunchFailed                             QEMU would not start
-    ├── MonitorError                 (500 / exit 1)  QMP refused a command (qmp_command, error_class)
-    ├── AgentError                   (502 / exit 7)  the guest agent failed or did not answer
+    ├── MonitorError                 (500 / exit 1)  QMP refused (qmp_command, error_class)
+    ├── AgentError                   (502 / exit 7)  the guest agent failed or was silent
     └── DaemonUnavailable            (503 / exit 8)  the CLI or Client cannot reach ``corral serve``
 """
 

@@ -53,7 +53,7 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
 
     @app.get(f"{API}/vms")
     async def list_vms() -> list[dict[str, Any]]:
-        return manager.list()
+        return manager.list_vms()
 
     @app.post(f"{API}/vms", status_code=201)
     async def create_vm(spec: VMCreate, start: bool = False, wait: bool = False,

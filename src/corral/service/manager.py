@@ -387,7 +387,7 @@ class Manager:
     async def destroy(self, name: str) -> None:
         """Stop the VM if it runs and remove everything Corral made for it."""
         async with self._lock(name):
-            rec = self._get(name)
+            self._get(name)
             rt = self._rt.get(name)
             if rt is not None:
                 rt.expected_exit = "destroyed"
@@ -554,7 +554,7 @@ class Manager:
         """:raises NotFound: no VM of that name."""
         return self._view(self._get(name))
 
-    def list(self) -> list[dict[str, Any]]:
+    def list_vms(self) -> list[dict[str, Any]]:
         return [self._view(r) for r in self.db.list_vms()]
 
     def host_info(self) -> dict[str, Any]:

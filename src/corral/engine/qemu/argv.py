@@ -42,6 +42,11 @@ def binary(arch: str) -> str:
     return f"qemu-system-{arch}"
 
 
+def _opt(path: Path | str) -> str:
+    """A path inside a QEMU ``key=value,...`` option: commas are doubled."""
+    return str(path).replace(",", ",,")
+
+
 def _dev(obj: dict[str, object]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
@@ -74,14 +79,14 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
     if microvm:
         argv += ["-global", "virtio-mmio.force-legacy=false"]
     argv += [
-        "-chardev", f"socket,id=serial0,path={run.console},server=on,wait=off,"
-                    f"logfile={serial_log},logappend=on",
+        "-chardev", f"socket,id=serial0,path={_opt(run.console)},server=on,wait=off,"
+                    f"logfile={_opt(serial_log)},logappend=on",
         "-serial", "chardev:serial0",
-        "-qmp", f"unix:{run.qmp},server=on,wait=off",
+        "-qmp", f"unix:{_opt(run.qmp)},server=on,wait=off",
     ]
     if spec.agent:
         argv += [
-            "-chardev", f"socket,id=qga0,path={run.agent},server=on,wait=off",
+            "-chardev", f"socket,id=qga0,path={_opt(run.agent)},server=on,wait=off",
             "-device", _dev({"driver": f"virtio-serial-{bus}", "id": "vser0"}),
             "-device", _dev({"driver": "virtserialport", "chardev": "qga0", "id": "qga0port",
                              "name": AGENT_PORT}),

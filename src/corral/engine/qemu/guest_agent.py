@@ -104,9 +104,9 @@ class GuestAgent:
                     return None
                 try:
                     reply = await asyncio.wait_for(self._read_reply(reader), timeout)
-                except TimeoutError as err:
+                except TimeoutError as exc:
                     raise Timeout(f"guest agent of '{self.vm}' did not answer {command} in "
-                                  f"{timeout:g} s") from err
+                                  f"{timeout:g} s") from exc
             except (Timeout, AgentError, OSError):
                 await self.close()  # the next call starts on a fresh channel
                 raise

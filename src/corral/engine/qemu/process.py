@@ -15,6 +15,7 @@ on its command line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import signal
@@ -152,10 +153,8 @@ class Process:
 
     def signal(self, sig: int) -> None:
         if self._pidfd is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._pidfd, sig)
-            except ProcessLookupError:
-                pass
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait for the exit; True if it happened within ``timeout``."""
@@ -168,10 +167,8 @@ class Process:
     def unwatch(self) -> None:
         """Stop watching (the daemon is shutting down; the VM lives on)."""
         if self._pidfd is not None:
-            try:
+            with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop().remove_reader(self._pidfd)
-            except RuntimeError:
-                pass
             os.close(self._pidfd)
             self._pidfd = None
 
@@ -190,14 +187,14 @@ async def launch(argv: list[str], pidfile: Path, timeout: float = 30.0) -> Proce
         raise LaunchFailed(argv, 127, f"{argv[0]} is not installed (apt-get install "
                                       "qemu-system-x86)", what="QEMU would not start") from err
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, errout = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError as exc:
         proc.kill()
         await proc.wait()
         raise LaunchFailed(argv, -1, f"no answer in {timeout} s",
                            what="QEMU would not start") from exc
     if proc.returncode != 0:
-        raise LaunchFailed(argv, proc.returncode or 1, err.decode(errors="replace"),
+        raise LaunchFailed(argv, proc.returncode or 1, errout.decode(errors="replace"),
                            out.decode(errors="replace"), what="QEMU would not start")
     try:
         pid = int(pidfile.read_text().strip())

@@ -49,7 +49,8 @@ class Monitor:
     async def _pump(self) -> None:
         async for event in self._client.events:
             try:
-                self._on_event(str(event["event"]), dict(event.get("data", {})))
+                data = event.get("data", {})
+                self._on_event(str(event["event"]), dict(data) if isinstance(data, dict) else {})
             except Exception:  # one bad handler must not stop the stream
                 log.exception("event handler failed for %s", self.name)
 
@@ -63,7 +64,7 @@ class Monitor:
         try:
             return await asyncio.wait_for(self._client.execute(command, arguments), timeout)
         except ExecuteError as err:
-            raise MonitorError(command, err.error_class, err.error.desc) from err
+            raise MonitorError(command, err.error_class, str(err)) from err
         except TimeoutError as err:
             raise Timeout(f"QEMU did not answer {command} in {timeout} s") from err
         except (QMPError, OSError, EOFError) as err:

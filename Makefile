@@ -1,0 +1,54 @@
+# The only entry points: `make demo` and `make test` (both idempotent; both install what they need).
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio lz4 iproute2
+# binaries whose presence proves the packages above are installed
+APT_PROBES := qemu-system-x86_64 qemu-img busybox cpio lz4 ip
+IMAGES := build/images
+
+.PHONY: demo test deps apt venv image lint unit integration bench clean
+
+demo: deps
+	$(BIN)/corral image build tiny
+	scripts/demo.sh
+
+test: deps $(IMAGES)/tiny/image.json lint
+	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/pytest -q
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+integration: deps $(IMAGES)/tiny/image.json
+	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/pytest -q tests/integration
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+deps: apt venv
+
+apt:
+	@missing=0; for b in $(APT_PROBES); do command -v $$b >/dev/null || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+
+venv: $(BIN)/corral
+
+$(BIN)/corral: pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+image: $(IMAGES)/tiny/image.json
+
+$(IMAGES)/tiny/image.json: | venv
+	$(BIN)/corral image build tiny --dest $(IMAGES)
+
+bench: deps $(IMAGES)/tiny/image.json
+	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/python bench/lifecycle.py
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

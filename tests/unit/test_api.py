@@ -1,0 +1,106 @@
+"""The REST API's contract without QEMU: statuses, error bodies, OpenAPI, defined VMs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from corral.api.app import create_app
+from corral.config import Paths
+from corral.service.manager import Manager
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    images = tmp_path / "home" / "images" / "tiny"
+    images.mkdir(parents=True)
+    (images / "vmlinux").write_bytes(b"\x7fELF")
+    (images / "image.json").write_text(json.dumps(
+        {"name": "tiny", "kernel": "vmlinux", "cmdline": "console=ttyS0", "agent": True}))
+    manager = Manager(Paths(tmp_path / "home"))
+    await manager.open()
+    app = create_app(manager, manage_lifecycle=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://corral") as client:
+        yield client
+    await manager.close()
+
+
+async def test_create_show_list_destroy(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    r = await api.post("/v1/vms", json={"name": "a1", "memory": "128M", "cpus": 2,
+                                        "disks": [{"size": "1G"}]})
+    assert r.status_code == 201, r.text
+    vm = r.json()
+    assert vm["state"] == "defined" and vm["memory_bytes"] == 128 << 20 and vm["cpus"] == 2
+    assert vm["nics"][0]["mac"].startswith("52:54:00:")
+    disk = Path(vm["disks"][0]["path"])
+    assert disk.is_file()
+    assert [v["name"] for v in (await api.get("/v1/vms")).json()] == ["a1"]
+    assert (await api.get("/v1/vms/a1")).json()["operations"] == ["destroy", "start"]
+    assert (await api.delete("/v1/vms/a1")).status_code == 204
+    assert not disk.exists() and not (tmp_path / "home" / "vms" / "a1").exists()
+    assert (await api.get("/v1/vms/a1")).status_code == 404
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"name": "a", "memory": "12X"}, "memory"),
+    ({"name": "a", "cpus": 0}, "cpus"),
+    ({"name": "a", "memory": "100T"}, "memory"),
+    ({"name": "Bad_Name"}, "name"),
+    ({"name": "a", "kernel": "/no/such/kernel"}, "kernel"),
+    ({"name": "a", "image": "nope"}, "image"),
+    ({"name": "a", "colour": "red"}, "colour"),
+    ({"name": "a", "disks": [{"path": "/no/such.img"}]}, "disks.0.path"),
+])
+async def test_bad_specs_are_422_and_create_nothing(api: httpx.AsyncClient, tmp_path: Path,
+                                                    body: dict[str, object], field: str) -> None:
+    r = await api.post("/v1/vms", json=body)
+    assert r.status_code == 422, r.text
+    err = r.json()
+    assert err["error"] == "invalid_spec" and err["field"] == field
+    assert err["message"].startswith(field)
+    assert (await api.get("/v1/vms")).json() == []
+    assert not list((tmp_path / "home" / "vms").glob("*"))
+
+
+async def test_name_taken_is_409(api: httpx.AsyncClient) -> None:
+    assert (await api.post("/v1/vms", json={"name": "dup"})).status_code == 201
+    r = await api.post("/v1/vms", json={"name": "dup"})
+    assert r.status_code == 409 and r.json()["error"] == "already_exists"
+
+
+@pytest.mark.parametrize("op", ["pause", "resume", "shutdown", "stop", "reboot"])
+async def test_wrong_state_is_409_and_changes_nothing(api: httpx.AsyncClient, op: str) -> None:
+    await api.post("/v1/vms", json={"name": "w"})
+    r = await api.post(f"/v1/vms/w/{op}")
+    assert r.status_code == 409, r.text
+    body = r.json()
+    assert body["error"] == "invalid_state" and body["state"] == "defined"
+    assert (await api.get("/v1/vms/w")).json()["state"] == "defined"
+
+
+async def test_unknown_vm_is_404(api: httpx.AsyncClient) -> None:
+    for method, path in [("GET", "/v1/vms/ghost"), ("POST", "/v1/vms/ghost/start"),
+                         ("POST", "/v1/vms/ghost/pause"), ("DELETE", "/v1/vms/ghost"),
+                         ("GET", "/v1/vms/ghost/logs")]:
+        r = await api.request(method, path)
+        assert r.status_code == 404, (method, path)
+        assert "ghost" in r.json()["message"]
+
+
+async def test_openapi_and_host(api: httpx.AsyncClient) -> None:
+    schema = (await api.get("/openapi.json")).json()
+    assert "/v1/vms/{name}/pause" in schema["paths"]
+    host = (await api.get("/v1/host")).json()
+    assert host["accel"] in ("kvm", "tcg") and host["cpus"] >= 1 and host["accel_reason"]
+
+
+async def test_events_are_recorded(api: httpx.AsyncClient) -> None:
+    await api.post("/v1/vms", json={"name": "e1"})
+    await api.delete("/v1/vms/e1")
+    kinds = [e["kind"] for e in (await api.get("/v1/events", params={"vm": "e1"})).json()]
+    assert kinds == ["created", "destroyed"]

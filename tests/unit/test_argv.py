@@ -1,0 +1,53 @@
+"""Golden files for generated QEMU command lines. Regenerate with CORRAL_REGEN_GOLDEN=1."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from corral.domain.specs import DiskSpec, NicSpec, VMSpec
+from corral.engine.qemu.argv import RunPaths, build
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def spec(**over: object) -> VMSpec:
+    base: dict[str, object] = dict(
+        name="web", image="tiny", cpus=2, memory_bytes=256 << 20,
+        kernel="/img/tiny/vmlinux", initrd="/img/tiny/initrd.lz4",
+        cmdline="console=ttyS0 quiet", machine="q35", cpu_model="max",
+        disks=[DiskSpec(path="/vms/web/disk0.qcow2", format="qcow2")],
+        nics=[NicSpec(mac="52:54:00:00:00:01")])
+    base.update(over)
+    return VMSpec.model_validate(base)
+
+
+CASES = {
+    "q35": spec(),
+    "microvm": spec(machine="microvm", disks=[], nics=[NicSpec(mac="52:54:00:00:00:02")]),
+    "kernel-no-agent": spec(agent=False, initrd=None, nics=[],
+                            disks=[DiskSpec(path="/data/raw.img", format="raw", readonly=True,
+                                            owned=False)]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str) -> None:
+    argv = build(CASES[case], RunPaths(Path("/run/corral/web")), Path("/vms/web/serial.log"),
+                 "tcg", tsc_khz=2600000)
+    path = GOLDEN / f"argv-{case}.json"
+    if os.environ.get("CORRAL_REGEN_GOLDEN"):
+        path.write_text(json.dumps(argv, indent=1) + "\n")
+    assert argv == json.loads(path.read_text())
+
+
+def test_device_args_are_qemu_json() -> None:
+    argv = build(CASES["q35"], RunPaths(Path("/r")), Path("/s"), "kvm")
+    devices = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-device"]
+    assert {d["driver"] for d in devices} >= {"virtio-net-pci", "virtio-blk-pci",
+                                               "virtserialport"}
+    assert argv[argv.index("-accel") + 1] == "kvm"
+    assert "tsc_early_khz" not in argv[argv.index("-append") + 1]

@@ -1,0 +1,60 @@
+"""The CLI without a daemon: help pages, argument parsing, clear errors, a lean import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from corral.cli import render
+from corral.cli.main import build_parser, main
+from corral.errors import InvalidSpec
+
+COMMANDS = ["serve", "create", "run", "start", "pause", "resume", "shutdown", "stop", "reboot",
+            "destroy", "list", "show", "console", "logs"]
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "host info", "image build", "image list"])
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([*command.split(), "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: corral " + command)
+
+
+def test_top_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and "exit status:" in out and "CORRAL_HOME" in out
+
+
+def test_daemon_not_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["list", "--socket", str(tmp_path / "none.sock")])
+    err = capsys.readouterr().err
+    assert code == 8
+    assert err.count("\n") == 1 and "corral serve" in err and "Traceback" not in err
+
+
+def test_disk_and_nic_options() -> None:
+    assert render.parse_disk("2G") == {"size": "2G"}
+    assert render.parse_disk("path=/x.img,format=raw,readonly=on") == {
+        "path": "/x.img", "format": "raw", "readonly": True}
+    assert render.parse_nic("user,mac=52:54:00:00:00:09") == {"mode": "user",
+                                                              "mac": "52:54:00:00:00:09"}
+    with pytest.raises(InvalidSpec):
+        render.parse_disk("size=1G,colour=red")
+    with pytest.raises(InvalidSpec):
+        render.parse_nic("user,vlan=3")
+
+
+def test_cli_import_stays_lean() -> None:
+    code = ("import sys, corral.cli.main, corral.client; "
+            "heavy = {'fastapi', 'sqlalchemy', 'pydantic', 'uvicorn', 'qemu', 'asyncio'}; "
+            "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
