@@ -63,14 +63,14 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
             try:
                 view = await manager.start(spec.name, wait=wait, timeout=timeout)
             except CorralError:
-                if manager.get(spec.name)["state"] == "defined":
+                if (await manager.get(spec.name))["state"] == "defined":
                     await manager.destroy(spec.name)  # run = create + start: all or nothing
                 raise
         return view
 
     @app.get(f"{API}/vms/{{name}}")
     async def get_vm(name: str) -> dict[str, Any]:
-        return manager.get(name)
+        return await manager.get(name)
 
     @app.delete(f"{API}/vms/{{name}}", status_code=204)
     async def destroy_vm(name: str) -> None:

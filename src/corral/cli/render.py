@@ -40,7 +40,9 @@ def vm_table(vms: list[dict[str, Any]]) -> str:
 
 def vm_detail(vm: dict[str, Any]) -> str:
     lines = [
-        ("name", vm["name"]), ("state", state(vm)), ("accelerator", vm.get("accel") or "-"),
+        ("name", vm["name"]), ("state", state(vm)),
+        ("qemu status", vm.get("qemu_status") or "-"),
+        ("accelerator", vm.get("accel") or "-"),
         ("pid", vm.get("pid") or "-"), ("vcpus", vm["cpus"]),
         ("memory", _mib(vm["memory_bytes"])), ("machine", vm["machine"]),
         ("image", vm.get("image") or "-"), ("uptime", _secs(vm.get("uptime_seconds"))),

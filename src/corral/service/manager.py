@@ -550,9 +550,19 @@ class Manager:
                                  if rec.state in states),
         }
 
-    def get(self, name: str) -> dict[str, Any]:
-        """:raises NotFound: no VM of that name."""
-        return self._view(self._get(name))
+    async def get(self, name: str) -> dict[str, Any]:
+        """One VM, with QEMU's own run state asked live over QMP.
+
+        :raises NotFound: no VM of that name.
+        """
+        view = self._view(self._get(name))
+        rt = self._rt.get(name)
+        view["qemu_status"] = None
+        if rt is not None:
+            with contextlib.suppress(CorralError):
+                status = await rt.monitor.execute("query-status", timeout=2)
+                view["qemu_status"] = status["status"]
+        return view
 
     def list_vms(self) -> list[dict[str, Any]]:
         return [self._view(r) for r in self.db.list_vms()]

@@ -1,0 +1,69 @@
+"""VMs outlive the daemon and are re-adopted; QEMU deaths are seen as crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from corral.client import Client
+
+from .conftest import Daemon
+
+
+def wait_state(c: Client, name: str, state: str, within: float) -> dict[str, object]:
+    deadline = time.monotonic() + within
+    while True:
+        vm: dict[str, object] = c.get(name)
+        if vm["state"] == state or time.monotonic() > deadline:
+            return vm
+        time.sleep(0.02)
+
+
+def test_daemon_restart_readopts_running_vm(daemon: Daemon) -> None:
+    c = daemon.client
+    vm = c.create("keep", start=True, wait=True)
+    pid = vm["pid"]
+    daemon.stop()
+    os.kill(pid, 0)  # still alive without the daemon
+    daemon.start()
+    vm = daemon.client.get("keep")
+    assert vm["state"] == "running" and vm["pid"] == pid and vm["ready"]
+    assert vm["qemu_status"] == "running"
+    c = daemon.client
+    assert c.pause("keep")["state"] == "paused"
+    daemon.stop()
+    daemon.start()
+    c = daemon.client
+    vm = c.get("keep")
+    assert vm["state"] == "paused" and vm["pid"] == pid
+    assert c.resume("keep")["state"] == "running"
+
+
+def test_kill_9_is_seen_as_crashed_within_a_second(daemon: Daemon) -> None:
+    c = daemon.client
+    if c.list() == [] or c.get("keep")["state"] != "running":
+        c.create("keep", start=True, wait=True)
+    pid = c.get("keep")["pid"]
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    vm = wait_state(c, "keep", "crashed", 1.0)
+    assert vm["state"] == "crashed", vm
+    assert time.monotonic() - t0 < 1.0
+    assert "SIGKILL" in str(vm["exit_reason"]) or "exited" in str(vm["exit_reason"])
+    assert vm["pid"] is None
+    # a crashed VM can start again
+    assert c.start("keep", wait=True)["state"] == "running"
+
+
+def test_vm_that_died_while_daemon_was_down_is_crashed(daemon: Daemon) -> None:
+    c = daemon.client
+    vm = c.get("keep")
+    assert vm["state"] == "running"
+    daemon.stop()
+    os.kill(vm["pid"], signal.SIGKILL)
+    daemon.start()
+    vm = daemon.client.get("keep")
+    assert vm["state"] == "crashed"
+    assert "gone" in str(vm["exit_reason"])
+    daemon.client.destroy("keep")
