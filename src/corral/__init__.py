@@ -6,16 +6,16 @@ CLI starts in milliseconds.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is slow to import; keep `import corral` cheap
 
 __version__ = "0.1.0"
 __all__ = ["Client", "__version__"]
 
 if TYPE_CHECKING:
-    from corral.client import Client
+    from corral.client import Client as Client
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name == "Client":
         from corral.client import Client
 

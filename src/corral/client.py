@@ -15,15 +15,17 @@ Errors come back as the same tree the daemon raised (:mod:`corral.errors`).
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import urllib.parse
 from pathlib import Path
-from typing import Any
 
 from corral import errors
 from corral.config import default_socket
+
+TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
+if TYPE_CHECKING:
+    from typing import Any
 
 _KINDS: dict[str, type[errors.CorralError]] = {
     "not_found": errors.NotFound, "already_exists": errors.AlreadyExists,
@@ -32,20 +34,77 @@ _KINDS: dict[str, type[errors.CorralError]] = {
 }
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+class _Transport:
+    """HTTP/1.1 over a unix socket, kept alive. Hand-written because ``http.client`` pulls in
+    the ``email`` package, which alone costs the CLI more than its whole time budget."""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self._buf = b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self._buf = b""
+
+    def _connect(self) -> socket.socket:
+        if self.sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+        return self.sock
+
+    def _read_until(self, sep: bytes) -> bytes:
+        assert self.sock is not None
+        while sep not in self._buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("the daemon closed the connection")
+            self._buf += chunk
+        head, _, self._buf = self._buf.partition(sep)
+        return head
+
+    def _read_exact(self, n: int) -> bytes:
+        assert self.sock is not None
+        while len(self._buf) < n:
+            chunk = self.sock.recv(max(65536, n - len(self._buf)))
+            if not chunk:
+                raise ConnectionResetError("the daemon closed the connection")
+            self._buf += chunk
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def request(self, method: str, url: str, body: bytes | None) -> tuple[int, bytes]:
+        sock = self._connect()
+        head = f"{method} {url} HTTP/1.1\r\nHost: corral\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        elif method in ("POST", "PUT"):
+            head += "Content-Length: 0\r\n"
+        sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        lines = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip()
+                   for k, _, v in (line.partition(":") for line in lines[1:])}
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            data = b""
+            while size := int(self._read_until(b"\r\n").split(b";")[0], 16):
+                data += self._read_exact(size)
+                self._read_exact(2)
+            self._read_until(b"\r\n")
+        else:
+            data = self._read_exact(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, data
 
 
 def _error(status: int, body: dict[str, Any]) -> errors.CorralError:
@@ -73,12 +132,10 @@ class Client:
     def __init__(self, socket_path: str | Path | None = None, timeout: float = 300.0) -> None:
         self.socket_path = str(socket_path or default_socket())
         self.timeout = timeout
-        self._conn: _UnixConnection | None = None
+        self._conn = _Transport(self.socket_path, timeout)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._conn.close()
 
     def __enter__(self) -> Client:
         return self
@@ -92,31 +149,28 @@ class Client:
                   for k, v in query.items() if v is not None}
         url = "/v1" + path + ("?" + urllib.parse.urlencode(params) if params else "")
         payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
         for attempt in (1, 2):  # a kept-alive connection the daemon closed is retried once
-            if self._conn is None:
-                self._conn = _UnixConnection(self.socket_path, self.timeout)
+            fresh = self._conn.sock is None
             try:
-                self._conn.request(method, url, payload, headers)
-                resp = self._conn.getresponse()
-                data = resp.read()
+                status, data = self._conn.request(method, url, payload)
                 break
             except (FileNotFoundError, ConnectionRefusedError) as err:
                 self.close()
                 raise errors.DaemonUnavailable(
                     f"the Corral daemon is not running at {self.socket_path}; start it with "
                     "'corral serve' (or set CORRAL_SOCKET)") from err
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError) as err:
                 self.close()
-                if attempt == 2:
-                    raise
+                if fresh or attempt == 2:
+                    raise errors.DaemonUnavailable(
+                        f"the Corral daemon at {self.socket_path} closed the connection") from err
             except TimeoutError as err:
                 self.close()
                 raise errors.Timeout(f"the daemon did not answer {method} {path} in "
                                      f"{self.timeout:g} s") from err
         decoded = json.loads(data) if data else None
-        if resp.status >= 400:
-            raise _error(resp.status, decoded if isinstance(decoded, dict) else {})
+        if status >= 400:
+            raise _error(status, decoded if isinstance(decoded, dict) else {})
         return decoded
 
     # --- the VM lifecycle ---

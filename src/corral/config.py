@@ -8,9 +8,7 @@ adds read-only image directories, searched after ``$CORRAL_HOME/images``.
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 _SUN_PATH_MAX = 107  # a unix socket path must fit sockaddr_un
@@ -32,9 +30,17 @@ def default_socket(home: Path | None = None) -> Path:
     return (home or default_home()) / "corral.sock"
 
 
-@dataclass(frozen=True)
 class Paths:
-    home: Path
+    """The layout of one data directory. (A plain class: ``dataclasses`` is slow to import.)"""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Paths) and other.home == self.home
+
+    def __hash__(self) -> int:
+        return hash(self.home)
 
     @classmethod
     def from_env(cls) -> Paths:
@@ -63,6 +69,8 @@ class Paths:
         run = self.home / "run"
         if len(str(run)) + 48 <= _SUN_PATH_MAX:
             return run
+        import hashlib
+
         digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
         base = Path("/run") if os.access("/run", os.W_OK) else Path("/tmp")
         return base / f"corral-{digest}"

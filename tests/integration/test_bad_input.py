@@ -13,7 +13,7 @@ from .conftest import Daemon, qemu_pids
 
 
 def one_line_error(res: object) -> str:
-    err = str(getattr(res, "stderr"))
+    err = str(res.stderr)
     assert err.startswith("corral: error: "), err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     return err

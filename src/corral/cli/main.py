@@ -12,10 +12,13 @@ import json
 import os
 import sys
 import time
-from typing import Any
 
 from corral import errors
 from corral.cli import render
+
+TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
+if TYPE_CHECKING:
+    from typing import Any
 
 EPILOG = """\
 examples:

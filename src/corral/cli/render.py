@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from corral.errors import InvalidSpec
+
+TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _mib(n: int | None) -> str:
