@@ -67,3 +67,30 @@ def test_vm_that_died_while_daemon_was_down_is_crashed(daemon: Daemon) -> None:
     assert vm["state"] == "crashed"
     assert "gone" in str(vm["exit_reason"])
     daemon.client.destroy("keep")
+
+
+def test_daemon_killed_mid_start_leaves_a_consistent_store(daemon: Daemon) -> None:
+    import threading
+
+    c = daemon.client
+    c.create("mid")
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            Client(daemon.socket).start("mid")
+        except BaseException as err:  # the daemon dies under it
+            errors.append(err)
+
+    t = threading.Thread(target=start)
+    t.start()
+    time.sleep(0.02)
+    daemon.stop(signal.SIGKILL)
+    t.join(10)
+    daemon.start()
+    vm = daemon.client.get("mid")
+    # either the start never happened, or its QEMU was found and adopted
+    assert vm["state"] in ("defined", "stopped", "running"), vm
+    if vm["state"] == "running":
+        assert vm["pid"] and vm["qemu_status"] == "running"
+    daemon.client.destroy("mid")

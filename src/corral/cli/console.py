@@ -28,9 +28,13 @@ def attach(path: str, name: str) -> int:
         sys.stderr.write(f"Connected to {name}'s console; Ctrl-] to detach.\r\n")
         tty.setraw(stdin)
         sock.sendall(b"\r")
+    inputs = [stdin, sock]
     try:
         while True:
-            ready, _, _ = select.select([stdin, sock], [], [])
+            # piped input: once it ends, print what the guest still says for a moment
+            ready, _, _ = select.select(inputs, [], [], None if stdin in inputs else 1.0)
+            if not ready:
+                break
             if sock in ready:
                 data = sock.recv(65536)
                 if not data:
@@ -39,7 +43,8 @@ def attach(path: str, name: str) -> int:
             if stdin in ready:
                 data = os.read(stdin, 1024)
                 if not data:
-                    break
+                    inputs.remove(stdin)
+                    continue
                 if interactive and DETACH in data:
                     sock.sendall(data.split(DETACH, 1)[0])
                     break
