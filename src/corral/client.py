@@ -25,6 +25,7 @@ from corral.config import default_socket
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 _KINDS: dict[str, type[errors.CorralError]] = {
@@ -82,11 +83,12 @@ class _Transport:
         data, self._buf = self._buf[:n], self._buf[n:]
         return data
 
-    def request(self, method: str, url: str, body: bytes | None) -> tuple[int, bytes]:
+    def request(self, method: str, url: str, body: bytes | None,
+                content_type: str = "application/json") -> tuple[int, bytes]:
         sock = self._connect()
         head = f"{method} {url} HTTP/1.1\r\nHost: corral\r\n"
         if body is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
         elif method in ("POST", "PUT"):
             head += "Content-Length: 0\r\n"
         sock.sendall(head.encode() + b"\r\n" + (body or b""))
@@ -143,16 +145,22 @@ class Client:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+    def request(self, method: str, route: str, body: Any = None, **query: Any) -> Any:
         """One REST call; returns the decoded JSON (None for 204)."""
+        payload = json.dumps(body).encode() if body is not None else None
+        data = self.raw_request(method, route, payload, **query)
+        return json.loads(data) if data else None
+
+    def raw_request(self, method: str, route: str, payload: bytes | None = None,
+                    content_type: str = "application/json", **query: Any) -> bytes:
+        """One REST call with a raw body; returns the raw response body."""
         params = {k: (str(v).lower() if isinstance(v, bool) else v)
                   for k, v in query.items() if v is not None}
-        url = "/v1" + path + ("?" + urllib.parse.urlencode(params) if params else "")
-        payload = json.dumps(body).encode() if body is not None else None
+        url = "/v1" + route + ("?" + urllib.parse.urlencode(params) if params else "")
         for attempt in (1, 2):  # a kept-alive connection the daemon closed is retried once
             fresh = self._conn.sock is None
             try:
-                status, data = self._conn.request(method, url, payload)
+                status, data = self._conn.request(method, url, payload, content_type)
                 break
             except (FileNotFoundError, ConnectionRefusedError) as err:
                 self.close()
@@ -166,12 +174,15 @@ class Client:
                         f"the Corral daemon at {self.socket_path} closed the connection") from err
             except TimeoutError as err:
                 self.close()
-                raise errors.Timeout(f"the daemon did not answer {method} {path} in "
+                raise errors.Timeout(f"the daemon did not answer {method} {route} in "
                                      f"{self.timeout:g} s") from err
-        decoded = json.loads(data) if data else None
         if status >= 400:
+            try:
+                decoded = json.loads(data) if data else {}
+            except ValueError:
+                decoded = {"message": data.decode(errors="replace")[:200]}
             raise _error(status, decoded if isinstance(decoded, dict) else {})
-        return decoded
+        return data
 
     # --- the VM lifecycle ---
     def create(self, name: str, *, start: bool = False, wait: bool = False,
@@ -214,6 +225,30 @@ class Client:
 
     def logs(self, name: str, offset: int = 0) -> Any:
         return self.request("GET", f"/vms/{name}/logs", offset=offset)
+
+    # --- inside the guest (through its agent) ---
+    def exec(self, name: str, argv: Sequence[str], timeout: float = 60.0,
+             stdin: bytes | None = None) -> dict[str, Any]:
+        """Run ``argv`` in the guest; ``stdout``/``stderr`` come back as bytes."""
+        import base64
+
+        body: dict[str, Any] = {"argv": list(argv), "timeout": timeout}
+        if stdin is not None:
+            body["stdin"] = base64.b64encode(stdin).decode()
+        out: dict[str, Any] = self.request("POST", f"/vms/{name}/exec", body)
+        out["stdout"] = base64.b64decode(out["stdout"])
+        out["stderr"] = base64.b64decode(out["stderr"])
+        return out
+
+    def read_file(self, name: str, path: str) -> bytes:
+        return self.raw_request("GET", f"/vms/{name}/files", path=path)
+
+    def write_file(self, name: str, path: str, data: bytes) -> Any:
+        return json.loads(self.raw_request("PUT", f"/vms/{name}/files", data,
+                                           "application/octet-stream", path=path))
+
+    def addresses(self, name: str) -> Any:
+        return self.request("GET", f"/vms/{name}/addresses")
 
     def host_info(self) -> Any:
         return self.request("GET", "/host")

@@ -13,13 +13,23 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from corral.domain.specs import VMCreate
 from corral.errors import CorralError, InvalidSpec
+from corral.service import guest
 from corral.service.manager import Manager
 
 API = "/v1"
+
+
+class ExecRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    argv: list[str] = Field(min_length=1)
+    timeout: float = 60.0
+    stdin: str | None = None  # base64
+    env: list[str] | None = None
 
 
 def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
@@ -107,6 +117,26 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
     @app.get(f"{API}/vms/{{name}}/logs")
     async def vm_logs(name: str, offset: int = 0, limit: int = 1 << 20) -> dict[str, Any]:
         return manager.logs(name, offset, limit)
+
+    @app.post(f"{API}/vms/{{name}}/exec")
+    async def exec_in_vm(name: str, req: ExecRequest) -> dict[str, Any]:
+        import base64
+
+        stdin = base64.b64decode(req.stdin) if req.stdin is not None else None
+        return await guest.exec_command(manager, name, req.argv, req.timeout, stdin, req.env)
+
+    @app.get(f"{API}/vms/{{name}}/files")
+    async def read_guest_file(name: str, path: str) -> Response:
+        data = await guest.read_file(manager, name, path)
+        return Response(data, media_type="application/octet-stream")
+
+    @app.put(f"{API}/vms/{{name}}/files")
+    async def write_guest_file(name: str, path: str, request: Request) -> dict[str, Any]:
+        return await guest.write_file(manager, name, path, await request.body())
+
+    @app.get(f"{API}/vms/{{name}}/addresses")
+    async def guest_addresses(name: str) -> list[dict[str, Any]]:
+        return await guest.addresses(manager, name)
 
     @app.get(f"{API}/events")
     async def events(since: int = 0, vm: str | None = None) -> list[dict[str, Any]]:

@@ -151,6 +151,39 @@ def cmd_console(args: argparse.Namespace) -> int:
     return attach(vm["console_socket"], args.name)
 
 
+def cmd_exec(args: argparse.Namespace) -> int:
+    command = args.command_argv[1:] if args.command_argv[:1] == ["--"] else args.command_argv
+    if not command:
+        raise errors.InvalidSpec("command", "give the command to run after '--', e.g. "
+                                            f"corral exec {args.name} -- uname -a")
+    stdin = None if sys.stdin.isatty() or not args.stdin else sys.stdin.buffer.read()
+    res = _client(args).exec(args.name, command, timeout=args.timeout, stdin=stdin)
+    if args.json:
+        res["stdout"] = res["stdout"].decode(errors="replace")
+        res["stderr"] = res["stderr"].decode(errors="replace")
+        _print(args, res)
+    else:
+        sys.stdout.buffer.write(res["stdout"])
+        sys.stdout.flush()
+        sys.stderr.buffer.write(res["stderr"])
+        sys.stderr.flush()
+    if res.get("signal"):
+        return 128 + int(res["signal"])
+    return int(res.get("exitcode") or 0)
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    from corral.cli.files import copy
+
+    return copy(_client(args), args.src, args.dest, args.json)
+
+
+def cmd_ip(args: argparse.Namespace) -> int:
+    ifaces = _client(args).addresses(args.name)
+    _print(args, ifaces, "\n".join(ip for i in ifaces for ip in i["ipv4"]))
+    return 0
+
+
 def cmd_host_info(args: argparse.Namespace) -> int:
     info = _client(args).host_info()
     _print(args, info, render.host(info))
@@ -262,6 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("logs", cmd_logs, "print a VM's serial log")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     p.add_argument("--tail", type=int, metavar="BYTES", help="start this many bytes from the end")
+
+    p = add("exec", cmd_exec, "run a command in the guest, print its output, exit with its code",
+            "Run a command inside the guest through its agent. Its stdout and stderr are "
+            "printed when it ends, and corral exits with its exit code (128+N when killed by "
+            "signal N).", (js,))
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="give up after S seconds (default 60)")
+    p.add_argument("--stdin", action="store_true", help="send corral's stdin to the command")
+    p.add_argument("command_argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]",
+                   help="the command and its arguments")
+    p = add("cp", cmd_cp, "copy files between the host and a guest",
+            "Copy a file into a guest (corral cp FILE VM:/path) or out of one (corral cp "
+            "VM:/path FILE). Binary-safe, in 1 MiB chunks, checked with SHA-256 on both "
+            "sides. Only the local path you name is written.", (js,), vm=False)
+    p.add_argument("src", metavar="SRC", help="FILE or VM:/path")
+    p.add_argument("dest", metavar="DEST", help="VM:/path or FILE (a directory keeps the name)")
+    add("ip", cmd_ip, "print the guest's IPv4 addresses (from its agent)", parents=(js,))
 
     hp = sub.add_parser("host", help="facts about this host", formatter_class=_Formatter)
     hsub = hp.add_subparsers(dest="host_command", metavar="COMMAND", required=True)

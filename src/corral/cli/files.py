@@ -1,0 +1,60 @@
+"""``corral cp``: files between the host and a guest."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from corral.errors import InvalidSpec
+
+
+def _split(spec: str) -> tuple[str | None, str]:
+    vm, sep, path = spec.partition(":")
+    if sep and vm and "/" not in vm:
+        return vm, path
+    return None, spec
+
+
+def copy(client: Any, src: str, dest: str, as_json: bool) -> int:
+    """:raises InvalidSpec: when neither or both sides name a VM, or a local path is wrong."""
+    src_vm, src_path = _split(src)
+    dest_vm, dest_path = _split(dest)
+    if (src_vm is None) == (dest_vm is None):
+        raise InvalidSpec("cp", "name exactly one side as VM:/path, e.g. "
+                                "corral cp file.txt web:/tmp/file.txt")
+    if dest_vm is not None:
+        local = Path(src_path)
+        if not local.is_file():
+            raise InvalidSpec("cp", f"no file '{src_path}' on this host")
+        if dest_path.endswith("/"):
+            dest_path += local.name
+        out = client.write_file(dest_vm, dest_path, local.read_bytes())
+    else:
+        assert src_vm is not None
+        data = client.read_file(src_vm, src_path)
+        target = Path(dest_path)
+        if target.is_dir():
+            target = target / Path(src_path).name
+        if not target.parent.is_dir():
+            raise InvalidSpec("cp", f"no directory '{target.parent}' on this host")
+        # write beside the target, then rename: never a half-written file under its name
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        import hashlib
+
+        out = {"path": str(target), "size": len(data),
+               "sha256": hashlib.sha256(data).hexdigest()}
+    if as_json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"copied {out['size']} bytes (sha256 {out['sha256'][:16]}…)")
+    return 0
