@@ -152,7 +152,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    command = args.command_argv[1:] if args.command_argv[:1] == ["--"] else args.command_argv
+    command = args.command_argv
     if not command:
         raise errors.InvalidSpec("command", "give the command to run after '--', e.g. "
                                             f"corral exec {args.name} -- uname -a")
@@ -303,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="give up after S seconds (default 60)")
     p.add_argument("--stdin", action="store_true", help="send corral's stdin to the command")
-    p.add_argument("command_argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]",
-                   help="the command and its arguments")
+    p.add_argument("command_argv", nargs="*", metavar="-- CMD [ARG ...]",
+                   help="the command and its arguments, after '--'")
     p = add("cp", cmd_cp, "copy files between the host and a guest",
             "Copy a file into a guest (corral cp FILE VM:/path) or out of one (corral cp "
             "VM:/path FILE). Binary-safe, in 1 MiB chunks, checked with SHA-256 on both "
@@ -338,7 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    tail: list[str] | None = None
+    if "--" in argv:  # everything after '--' belongs to the guest command, options included
+        cut = argv.index("--")
+        argv, tail = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    if tail is not None:
+        if not hasattr(args, "command_argv"):
+            parser.error("'--' is only for 'corral exec NAME -- CMD'")
+        args.command_argv = tail
     try:
         return int(args.func(args))
     except errors.CorralError as err:

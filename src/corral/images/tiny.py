@@ -409,7 +409,7 @@ def build_tiny(dest: Path, *, force: bool = False,
     :param progress: called as ``progress(step, fraction_done)`` while the build moves on.
     :raises ImageBuildError: or another :class:`CorralError` with a one-line message.
     """
-    dest = Path(dest)
+    dest = Path(dest).absolute()  # the build changes directories; relative paths would break
     if (dest / "image.json").exists() and not force:
         return dest
     report: Progress = progress or (lambda _step, _fraction: None)
