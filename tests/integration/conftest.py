@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CORRAL = str(Path(sys.executable).parent / "corral")
 
 pytestmark = pytest.mark.integration
+HOMES: list[Path] = []  # every data directory this test session made
 
 
 def _skip_reason() -> str | None:
@@ -134,6 +135,7 @@ def assert_nothing_left(home: Path, run_dir: Path | None = None) -> None:
 @pytest.fixture(scope="module")
 def daemon(image_path: str) -> Iterator[Daemon]:
     home = Path(tempfile.mkdtemp(prefix="crl-", dir="/tmp"))
+    HOMES.append(home)
     d = Daemon(home, image_path)
     d.start()
     try:
@@ -178,3 +180,12 @@ def make_vm(daemon: Daemon, request: pytest.FixtureRequest) -> Iterator[Any]:
             print(f"\n--- serial log of {name} ---\n{daemon.serial(name)[-3000:]}")
         with contextlib.suppress(CorralError):
             daemon.client.destroy(name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_after_the_suite() -> Iterator[None]:
+    """After every integration test: no QEMU of a test home and no run directory remain."""
+    yield
+    for home in HOMES:
+        assert qemu_pids(str(home)) == [], f"QEMU processes of {home} are still running"
+        assert not home.exists(), f"test home {home} left behind"

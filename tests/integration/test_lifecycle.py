@@ -121,3 +121,15 @@ def test_python_client_and_list(daemon: Daemon) -> None:
     assert host["cpus"] == os.cpu_count()
     c.destroy("pyc")
     assert c.list() == []
+
+
+def test_shutdown_of_paused_vm_uses_acpi_power_button(daemon: Daemon) -> None:
+    c = daemon.client
+    c.create("acpi", start=True, wait=True)
+    c.pause("acpi")
+    t0 = time.monotonic()
+    vm = c.shutdown("acpi", timeout=20)
+    assert vm["state"] == "stopped" and vm["exit_reason"] == "shut down"
+    assert time.monotonic() - t0 < 15  # the guest acted on the button; not forced after 20 s
+    assert "corral-guest: poweroff" in daemon.serial("acpi")
+    c.destroy("acpi")

@@ -104,3 +104,11 @@ async def test_events_are_recorded(api: httpx.AsyncClient) -> None:
     await api.delete("/v1/vms/e1")
     kinds = [e["kind"] for e in (await api.get("/v1/events", params={"vm": "e1"})).json()]
     assert kinds == ["created", "destroyed"]
+
+
+async def test_failed_create_removes_disks_it_made(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    r = await api.post("/v1/vms", json={"name": "half", "disks": [
+        {"size": "64M"}, {"path": str(tmp_path / "missing.img")}]})
+    assert r.status_code == 422 and r.json()["field"] == "disks.1.path"
+    assert not (tmp_path / "home" / "vms" / "half").exists()
+    assert (await api.get("/v1/vms")).json() == []
