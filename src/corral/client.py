@@ -214,6 +214,14 @@ class Client:
     def reboot(self, name: str, wait: bool = False, timeout: float | None = None) -> Any:
         return self.request("POST", f"/vms/{name}/reboot", wait=wait or None, timeout=timeout)
 
+    def save(self, name: str, file: str | None = None) -> Any:
+        """Write the VM's whole state to a file and stop it (``saved``)."""
+        return self.request("POST", f"/vms/{name}/save", file=file)
+
+    def restore(self, name: str, wait: bool = False, timeout: float | None = None) -> Any:
+        """Bring a saved VM back where it was."""
+        return self.request("POST", f"/vms/{name}/restore", wait=wait or None, timeout=timeout)
+
     def destroy(self, name: str) -> None:
         self.request("DELETE", f"/vms/{name}")
 

@@ -57,7 +57,7 @@ def test_wrong_states(daemon: Daemon, make_vm: object) -> None:
     assert d.cli("start", "st", "--wait").returncode == 0
     pid = d.client.get("st")["pid"]
     for op, msg in [("resume", "it is running (needs paused)"),
-                    ("start", "it is running (needs defined, stopped, crashed)")]:
+                    ("start", "it is running (needs defined, stopped, saved, crashed)")]:
         res = d.cli(op, "st")
         assert res.returncode == 5 and msg in one_line_error(res), res.stderr
     vm = d.client.get("st")

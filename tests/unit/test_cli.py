@@ -13,7 +13,7 @@ from corral.cli.main import build_parser, main
 from corral.errors import InvalidSpec
 
 COMMANDS = ["serve", "create", "run", "start", "pause", "resume", "shutdown", "stop", "reboot",
-            "exec", "cp", "ip",
+            "exec", "cp", "ip", "save", "restore",
             "destroy", "list", "show", "console", "logs"]
 
 

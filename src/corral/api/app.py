@@ -114,6 +114,14 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
     async def reboot_vm(name: str, wait: bool = False, timeout: float = 120) -> dict[str, Any]:
         return await manager.reboot(name, wait=wait, timeout=timeout)
 
+    @app.post(f"{API}/vms/{{name}}/save")
+    async def save_vm(name: str, file: str | None = None) -> dict[str, Any]:
+        return await manager.save(name, file)
+
+    @app.post(f"{API}/vms/{{name}}/restore")
+    async def restore_vm(name: str, wait: bool = False, timeout: float = 120) -> dict[str, Any]:
+        return await manager.restore(name, wait=wait, timeout=timeout)
+
     @app.get(f"{API}/vms/{{name}}/logs")
     async def vm_logs(name: str, offset: int = 0, limit: int = 1 << 20) -> dict[str, Any]:
         return manager.logs(name, offset, limit)

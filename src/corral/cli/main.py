@@ -102,8 +102,10 @@ def _simple(op: str) -> Any:
             kwargs["timeout"] = args.timeout
         if op == "stop":
             kwargs["force"] = args.force
-        if op == "reboot":
+        if op in ("reboot", "restore"):
             kwargs.update(wait=args.wait, timeout=args.timeout)
+        if op == "save" and args.file:
+            kwargs["file"] = args.file
         vm = getattr(client, op)(args.name, **kwargs)
         _print(args, vm, f"{vm['name']} is {render.state(vm)}")
         return 0
@@ -286,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "before forcing (60)")
     p = add("reboot", _simple("reboot"), "reboot a VM (agent, else hard reset)", parents=(js,))
     p.add_argument("--wait", action="store_true", help="return when the guest is ready again")
+    p.add_argument("--timeout", type=float, metavar="S", help="readiness timeout (default 120)")
+    p = add("save", _simple("save"), "save a VM's whole state to a file and stop it",
+            "Pause the guest, write its memory and device state to a file (written under a "
+            "temporary name, synced, then renamed) and end its QEMU; the VM becomes 'saved'. "
+            "'corral restore' (or 'corral start') brings it back exactly where it was.", (js,))
+    p.add_argument("--file", metavar="F", help="where to write the state (default: managed, "
+                                               "in the VM's directory)")
+    p = add("restore", _simple("restore"), "bring a saved VM back where it was", parents=(js,))
+    p.add_argument("--wait", action="store_true", help="return when the guest agent answers")
     p.add_argument("--timeout", type=float, metavar="S", help="readiness timeout (default 120)")
     add("destroy", cmd_destroy, "stop a VM if it runs and remove all it owns", parents=(js,))
     add("list", cmd_list, "list VMs", parents=(js,), vm=False)

@@ -53,7 +53,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 
 #: The user's verbs and the states each is legal in.
 OPERATIONS: dict[str, frozenset[State]] = {
-    "start": frozenset({S.DEFINED, S.STOPPED, S.CRASHED}),
+    "start": frozenset({S.DEFINED, S.STOPPED, S.CRASHED, S.SAVED}),
     "pause": frozenset({S.RUNNING}),
     "resume": frozenset({S.PAUSED}),
     "shutdown": frozenset({S.RUNNING, S.PAUSED}),

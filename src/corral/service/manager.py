@@ -15,7 +15,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ class Runtime:
     ready_task: asyncio.Task[None] | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     expected_exit: str | None = None  # set when Corral (or the guest) asked QEMU to end
+    exit_state: State = State.STOPPED  # where an expected exit leaves the VM
     reset: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -178,6 +179,8 @@ class Manager:
         :raises LaunchFailed: QEMU would not start (its own words are in the message).
         :raises Timeout: with ``wait``, the guest was not ready in time (it keeps running).
         """
+        if self._get(name).state == State.SAVED:  # like a managed save: start resumes it
+            return await self.restore(name, wait, timeout)
         async with self._lock(name):
             rec = self._get(name)
             check(name, "start", rec.state)
@@ -197,11 +200,21 @@ class Manager:
         return self._view(self._get(name))
 
     async def _launch(self, rec: VMRecord, run: qargv.RunPaths) -> None:
+        await self._spawn(rec, run)
+        rec.started_at, rec.ready_at, rec.exit_reason = time.time(), None, None
+        self._set(rec, State.RUNNING, "started", pid=rec.pid)
+        self._watch_ready(rec.name, self._rt[rec.name])
+
+    async def _spawn(self, rec: VMRecord, run: qargv.RunPaths, incoming: bool = False,
+                     ) -> Runtime:
+        """Start QEMU for ``rec``, connect its monitor and watch its exit. With ``incoming``
+        it waits for a migration stream (``-incoming defer``) instead of booting."""
         run.dir.mkdir(parents=True, exist_ok=True)
         self._cleanup_run(run, keep_dir=True)
         serial = self.paths.vm_dir(rec.name) / "serial.log"
         argv = qargv.build(rec.spec, run, serial, self.accel.name, self.tsc_khz)
-        # the agent connects before the guest boots: its first sync waits in the socket
+        if incoming:
+            argv += ["-incoming", "defer"]
         proc = await launch(argv, run.pidfile)
         rt = Runtime(proc, Monitor(rec.name, lambda ev, data: self._on_event(rec.name, ev,
                                                                              data)),
@@ -215,11 +228,11 @@ class Manager:
         self._rt[rec.name] = rt
         proc.watch(lambda exit_: self._on_exit(rec.name, rt, exit_))
         rec.pid, rec.pid_start, rec.accel = proc.pid, proc.started, self.accel.name
-        rec.started_at, rec.ready_at, rec.exit_reason = time.time(), None, None
-        self._set(rec, State.RUNNING, "started", pid=proc.pid)
-        self._watch_ready(rec.name, rt)
+        return rt
 
-    def _watch_ready(self, name: str, rt: Runtime, fresh: bool = False) -> None:
+    def _watch_ready(self, name: str, rt: Runtime, fresh: bool = False,
+                     on_ready: Callable[[Manager, str, Runtime], Awaitable[None]] | None = None,
+                     ) -> None:
         """Watch in the background until the guest agent answers, then mark the VM ready.
         ``fresh``: the guest rebooted, so the old agent channel is dropped first."""
         if rt.agent is None:
@@ -234,6 +247,8 @@ class Manager:
             except Timeout:
                 log.warning("guest agent of %s did not answer in %s s", name, READY_TIMEOUT)
                 return
+            if on_ready is not None:
+                await on_ready(self, name, rt)
             rec = self.db.get_vm(name)
             if rec is not None and self._rt.get(name) is rt:
                 rec.ready_at = time.time()
@@ -270,6 +285,19 @@ class Manager:
             raise Timeout(f"VM '{name}' is running but its guest agent did not answer in "
                           f"{timeout:g} s; see 'corral logs {name}'")
         return self._view(self._get(name))
+
+    async def save(self, name: str, file: str | None = None) -> dict[str, Any]:
+        """See :func:`corral.service.saved.save`."""
+        from corral.service import saved
+
+        return await saved.save(self, name, file)
+
+    async def restore(self, name: str, wait: bool = False,
+                      timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        """See :func:`corral.service.saved.restore`."""
+        from corral.service import saved
+
+        return await saved.restore(self, name, wait, timeout)
 
     # ----- pause / resume -------------------------------------------------------------------
     async def pause(self, name: str) -> dict[str, Any]:
@@ -449,7 +477,7 @@ class Manager:
         rec.ready_at = None
         if rt.expected_exit is not None:
             rec.exit_reason = rt.expected_exit
-            self._set(rec, State.STOPPED, "stopped", reason=rt.expected_exit)
+            self._set(rec, rt.exit_state, rt.exit_state.value, reason=rt.expected_exit)
         else:
             rec.exit_reason = rec.exit_reason or f"QEMU {exit_.describe()}"
             self._set(rec, State.CRASHED, "crashed", reason=rec.exit_reason)

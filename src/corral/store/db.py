@@ -22,7 +22,7 @@ from corral.domain.specs import VMSpec
 from corral.domain.states import State
 from corral.store.schema import events, vms
 
-HEAD = "0001"
+HEAD = "0002"
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -40,6 +40,9 @@ class VMRecord:
     ready_at: float | None = None
     exit_reason: str | None = None
     updated_at: float = 0.0
+    saved_state: str | None = None
+    saved_running: bool | None = None
+    current_snapshot: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> VMRecord:

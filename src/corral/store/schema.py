@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, Float, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -20,6 +20,20 @@ vms = Table(
     Column("ready_at", Float),
     Column("exit_reason", Text),
     Column("updated_at", Float, nullable=False),
+    Column("saved_state", Text),  # path of the state file while the VM is saved
+    Column("saved_running", Boolean),  # whether it ran (else was paused) when saved
+    Column("current_snapshot", String(64)),  # parent of the next snapshot
+)
+
+snapshots = Table(
+    "snapshots", metadata,
+    Column("vm", String(64), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("parent", String(64)),
+    Column("created_at", Float, nullable=False),
+    Column("memory", Boolean, nullable=False),  # holds the running state, not only disks
+    Column("running", Boolean, nullable=False),  # the guest ran (else was paused) when taken
+    Column("vm_state", String(16), nullable=False),
 )
 
 events = Table(

@@ -70,6 +70,37 @@ class Monitor:
         except (QMPError, OSError, EOFError) as err:
             raise MonitorError(command, "Disconnected", f"monitor connection lost ({err})") from err
 
+    async def send_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU an open file descriptor (SCM_RIGHTS) under ``name`` (``getfd``), for
+        ``fd:NAME`` migration URIs: QEMU never opens a path of ours, and no shell runs."""
+        try:
+            self._client.send_fd_scm(fd)
+        except (QMPError, OSError) as err:
+            raise MonitorError("getfd", "Disconnected", f"cannot pass a file ({err})") from err
+        await self.execute("getfd", {"fdname": name})
+
+    async def wait_migration(self, timeout: float = 600.0) -> dict[str, Any]:
+        """Poll ``query-migrate`` until the migration completes.
+
+        :raises MonitorError: when it fails (QEMU's reason in the message).
+        :raises Timeout: when it is still running after ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.001
+        while True:
+            info: dict[str, Any] = await self.execute("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                return info
+            if status in ("failed", "cancelled"):
+                raise MonitorError("migrate", "MigrationFailed",
+                                   str(info.get("error-desc", status)))
+            if loop.time() > deadline:
+                raise Timeout(f"migration still {status} after {timeout:g} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
     async def close(self) -> None:
         """Disconnect; never raises (QEMU may have closed the socket first)."""
         if self._drain is not None:

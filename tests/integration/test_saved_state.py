@@ -1,0 +1,114 @@
+"""Save and restore on real guests: the guest carries on exactly where it stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.errors import CorralError
+
+from .conftest import Daemon, qemu_pids
+
+COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done) "
+           ">/dev/null 2>&1 &")
+
+
+def counter(d: Daemon, name: str) -> int:
+    return int(d.client.exec(name, ["cat", "/tmp/counter"])["stdout"])
+
+
+def uptime(d: Daemon, name: str) -> float:
+    return float(d.client.exec(name, ["cat", "/proc/uptime"])["stdout"].split()[0])
+
+
+@pytest.fixture(scope="module")
+def vm(daemon: Daemon) -> Iterator[str]:
+    daemon.client.create("sv", start=True, wait=True)
+    daemon.client.exec("sv", ["sh", "-c", COUNTER])
+    time.sleep(0.3)
+    yield "sv"
+    with contextlib.suppress(CorralError):
+        daemon.client.destroy("sv")
+
+
+def test_save_restore_continues_the_guest(daemon: Daemon, vm: str) -> None:
+    c = daemon.client
+    ip_before = [(i["name"], i["mac"], i["ipv4"]) for i in c.addresses(vm)]
+    before, up_before = counter(daemon, vm), uptime(daemon, vm)
+    saved = c.save(vm)
+    assert saved["state"] == "saved" and saved["pid"] is None
+    assert qemu_pids(str(daemon.home)) == []  # its QEMU is gone while saved
+    state_file = daemon.home / "vms" / vm / "saved.state"
+    assert state_file.is_file() and state_file.stat().st_size > 1 << 20
+    time.sleep(2)  # time passes on the host while the guest is saved
+    restored = c.restore(vm, wait=True)
+    assert restored["state"] == "running" and restored["ready"]
+    after, up_after = counter(daemon, vm), uptime(daemon, vm)
+    # the counter carries on from where it was: no reset, and not the 2 s (40 ticks) skipped
+    assert before <= after < before + 30, (before, after)
+    assert up_before <= up_after < up_before + 1.5, (up_before, up_after)
+    time.sleep(0.3)
+    assert counter(daemon, vm) > after  # the counting process still runs
+    assert [(i["name"], i["mac"], i["ipv4"]) for i in c.addresses(vm)] == ip_before
+    assert not state_file.exists()  # a managed save is used up by its restore
+    # the guest clock was set from the host's
+    guest_now = int(c.exec(vm, ["date", "+%s"])["stdout"])
+    assert abs(guest_now - time.time()) < 3
+
+
+def test_paused_save_restores_paused_and_start_restores(daemon: Daemon, vm: str) -> None:
+    c = daemon.client
+    c.pause(vm)
+    assert c.save(vm)["state"] == "saved"
+    vm_view = c.start(vm)  # starting a saved VM restores it
+    assert vm_view["state"] == "paused"
+    c.resume(vm)
+    c.wait_ready(vm, timeout=30)
+    first = counter(daemon, vm)
+    time.sleep(0.3)
+    assert counter(daemon, vm) > first
+
+
+def test_disk_full_keeps_the_vm_running_and_leaves_no_file(daemon: Daemon, vm: str) -> None:
+    small = Path(tempfile.mkdtemp(prefix="corral-full-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(small)], check=True)
+    try:
+        target = small / "vm.state"
+        res = daemon.cli("save", vm, "--file", str(target))
+        assert res.returncode == 1
+        assert "cannot write the state" in res.stderr and res.stderr.count("\n") == 1
+        assert list(small.iterdir()) == []  # no partial state anywhere
+        vm_view = daemon.client.get(vm)
+        assert vm_view["state"] == "running" and vm_view["qemu_status"] == "running"
+        first = counter(daemon, vm)
+        time.sleep(0.3)
+        assert counter(daemon, vm) > first
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+        small.rmdir()
+
+
+def test_user_file_and_unreadable_state(daemon: Daemon, vm: str, tmp_path: Path) -> None:
+    c = daemon.client
+    target = tmp_path / "my.state"
+    c.save(vm, file=str(target))
+    assert target.is_file()
+    good = target.read_bytes()
+    target.write_bytes(good[: len(good) // 3])  # damaged: QEMU cannot accept it
+    with pytest.raises(CorralError) as info:
+        c.restore(vm)
+    assert "the saved state is kept" in info.value.message
+    vm_view = c.get(vm)
+    assert vm_view["state"] == "saved" and target.exists()
+    assert qemu_pids(str(daemon.home)) == []
+    target.write_bytes(good)
+    assert c.restore(vm, wait=True)["state"] == "running"
+    assert target.exists()  # the user's own file is kept
+    os.unlink(target)
