@@ -222,6 +222,20 @@ class Client:
         """Bring a saved VM back where it was."""
         return self.request("POST", f"/vms/{name}/restore", wait=wait or None, timeout=timeout)
 
+    # --- snapshots ---
+    def snapshot_create(self, name: str, snapshot: str, memory: bool = False) -> Any:
+        return self.request("POST", f"/vms/{name}/snapshots",
+                            {"name": snapshot, "memory": memory})
+
+    def snapshot_list(self, name: str) -> Any:
+        return self.request("GET", f"/vms/{name}/snapshots")
+
+    def snapshot_revert(self, name: str, snapshot: str) -> Any:
+        return self.request("POST", f"/vms/{name}/snapshots/{snapshot}/revert")
+
+    def snapshot_delete(self, name: str, snapshot: str) -> None:
+        self.request("DELETE", f"/vms/{name}/snapshots/{snapshot}")
+
     def destroy(self, name: str) -> None:
         self.request("DELETE", f"/vms/{name}")
 

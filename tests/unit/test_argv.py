@@ -20,7 +20,7 @@ def spec(**over: object) -> VMSpec:
         kernel="/img/tiny/vmlinux", initrd="/img/tiny/initrd.lz4",
         cmdline="console=ttyS0 quiet", machine="q35", cpu_model="max",
         disks=[DiskSpec(path="/vms/web/disk0.qcow2", format="qcow2")],
-        nics=[NicSpec(mac="52:54:00:00:00:01")])
+        nics=[NicSpec(mac="52:54:00:00:00:01")], vmstate="/vms/web/vmstate.qcow2")
     base.update(over)
     return VMSpec.model_validate(base)
 
@@ -28,7 +28,7 @@ def spec(**over: object) -> VMSpec:
 CASES = {
     "q35": spec(),
     "microvm": spec(machine="microvm", disks=[], nics=[NicSpec(mac="52:54:00:00:00:02")]),
-    "kernel-no-agent": spec(agent=False, initrd=None, nics=[],
+    "kernel-no-agent": spec(agent=False, initrd=None, nics=[], vmstate=None,
                             disks=[DiskSpec(path="/data/raw.img", format="raw", readonly=True,
                                             owned=False)]),
 }

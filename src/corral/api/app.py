@@ -18,10 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral.domain.specs import VMCreate
 from corral.errors import CorralError, InvalidSpec
-from corral.service import guest
+from corral.service import guest, snapshots
 from corral.service.manager import Manager
 
 API = "/v1"
+
+
+class SnapshotRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    memory: bool = False
 
 
 class ExecRequest(BaseModel):
@@ -121,6 +127,22 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
     @app.post(f"{API}/vms/{{name}}/restore")
     async def restore_vm(name: str, wait: bool = False, timeout: float = 120) -> dict[str, Any]:
         return await manager.restore(name, wait=wait, timeout=timeout)
+
+    @app.post(f"{API}/vms/{{name}}/snapshots", status_code=201)
+    async def create_snapshot(name: str, req: SnapshotRequest) -> dict[str, Any]:
+        return await snapshots.create(manager, name, req.name, req.memory)
+
+    @app.get(f"{API}/vms/{{name}}/snapshots")
+    async def list_snapshots(name: str) -> list[dict[str, Any]]:
+        return snapshots.tree(manager, name)
+
+    @app.post(f"{API}/vms/{{name}}/snapshots/{{snapshot}}/revert")
+    async def revert_snapshot(name: str, snapshot: str) -> dict[str, Any]:
+        return await snapshots.revert(manager, name, snapshot)
+
+    @app.delete(f"{API}/vms/{{name}}/snapshots/{{snapshot}}", status_code=204)
+    async def delete_snapshot(name: str, snapshot: str) -> None:
+        await snapshots.delete(manager, name, snapshot)
 
     @app.get(f"{API}/vms/{{name}}/logs")
     async def vm_logs(name: str, offset: int = 0, limit: int = 1 << 20) -> dict[str, Any]:

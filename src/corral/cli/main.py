@@ -186,6 +186,24 @@ def cmd_ip(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    c = _client(args)
+    if args.snapshot_command == "create":
+        snap = c.snapshot_create(args.name, args.snapshot, memory=args.memory)
+        _print(args, snap, f"snapshot {args.snapshot} of {args.name} taken"
+                           f"{' with its running state' if snap['memory'] else ''}")
+    elif args.snapshot_command == "list":
+        snaps = c.snapshot_list(args.name)
+        _print(args, snaps, render.snapshot_tree(snaps))
+    elif args.snapshot_command == "revert":
+        vm = c.snapshot_revert(args.name, args.snapshot)
+        _print(args, vm, f"{args.name} reverted to {args.snapshot}; it is {render.state(vm)}")
+    else:
+        c.snapshot_delete(args.name, args.snapshot)
+        _print(args, {"deleted": args.snapshot}, f"snapshot {args.snapshot} removed")
+    return 0
+
+
 def cmd_host_info(args: argparse.Namespace) -> int:
     info = _client(args).host_info()
     _print(args, info, render.host(info))
@@ -323,6 +341,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC", help="FILE or VM:/path")
     p.add_argument("dest", metavar="DEST", help="VM:/path or FILE (a directory keeps the name)")
     add("ip", cmd_ip, "print the guest's IPv4 addresses (from its agent)", parents=(js,))
+
+    sp = sub.add_parser("snapshot", help="snapshots of a VM (a tree)", formatter_class=_Formatter,
+                        description="Named points a VM can go back to. With --memory a "
+                                    "snapshot keeps the running state too, and reverting "
+                                    "puts the guest back at that very moment.")
+    ssub = sp.add_subparsers(dest="snapshot_command", metavar="COMMAND", required=True)
+    for verb, help_ in (("create", "take a snapshot of a running, paused or stopped VM"),
+                        ("list", "list a VM's snapshots as a tree"),
+                        ("revert", "go back to a snapshot (later changes are lost)"),
+                        ("rm", "remove a snapshot")):
+        p = ssub.add_parser(verb, help=help_, description=help_, parents=[common, js],
+                            formatter_class=_Formatter)
+        p.add_argument("name", metavar="VM", help="the VM")
+        if verb != "list":
+            p.add_argument("snapshot", metavar="NAME", help="the snapshot")
+        if verb == "create":
+            p.add_argument("--memory", action="store_true",
+                           help="keep the running state (RAM, devices) too")
+        p.set_defaults(func=cmd_snapshot)
 
     hp = sub.add_parser("host", help="facts about this host", formatter_class=_Formatter)
     hsub = hp.add_subparsers(dest="host_command", metavar="COMMAND", required=True)

@@ -64,6 +64,17 @@ def vm_detail(vm: dict[str, Any]) -> str:
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in lines)
 
 
+def snapshot_tree(snaps: list[dict[str, Any]]) -> str:
+    if not snaps:
+        return "no snapshots"
+    lines = []
+    for s in snaps:
+        kind = "memory+disk" if s["memory"] else "disk"
+        mark = "  <- current" if s.get("current") else ""
+        lines.append(f"{'  ' * s['depth']}{s['name']}  ({kind}, {s['vm_state']}){mark}")
+    return "\n".join(lines)
+
+
 def host(info: dict[str, Any]) -> str:
     lines = [
         ("cpus", info["cpus"]),

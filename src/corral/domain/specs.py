@@ -108,6 +108,7 @@ class VMSpec(BaseModel):
     disks: list[DiskSpec]
     nics: list[NicSpec]
     agent: bool = True
+    vmstate: str | None = None  # qcow2 file (no guest device) that holds snapshots' RAM
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,7 @@ class Manager:
             vm_dir.mkdir(parents=True)
             try:
                 spec.disks = await storage.prepare_disks(req.disks, vm_dir)
+                spec.vmstate = await storage.make_vmstate(vm_dir)
                 rec = VMRecord(name=req.name, uid=str(uuid.uuid4()), spec=spec,
                                state=State.DEFINED)
                 self.db.add_vm(rec)
@@ -206,7 +207,7 @@ class Manager:
         self._watch_ready(rec.name, self._rt[rec.name])
 
     async def _spawn(self, rec: VMRecord, run: qargv.RunPaths, incoming: bool = False,
-                     ) -> Runtime:
+                     extra: list[str] | None = None) -> Runtime:
         """Start QEMU for ``rec``, connect its monitor and watch its exit. With ``incoming``
         it waits for a migration stream (``-incoming defer``) instead of booting."""
         run.dir.mkdir(parents=True, exist_ok=True)
@@ -215,6 +216,7 @@ class Manager:
         argv = qargv.build(rec.spec, run, serial, self.accel.name, self.tsc_khz)
         if incoming:
             argv += ["-incoming", "defer"]
+        argv += extra or []
         proc = await launch(argv, run.pidfile)
         rt = Runtime(proc, Monitor(rec.name, lambda ev, data: self._on_event(rec.name, ev,
                                                                              data)),
@@ -432,9 +434,10 @@ class Manager:
         rec = self.db.get_vm(name)
         if rt is None or rec is None:
             return
-        if event == "STOP" and rec.state == State.RUNNING:
+        busy = self._lock(name).locked()  # a Corral operation sets the state it causes itself
+        if event == "STOP" and rec.state == State.RUNNING and not busy:
             self._set(rec, State.PAUSED, "paused", by="qemu")
-        elif event == "RESUME" and rec.state == State.PAUSED:
+        elif event == "RESUME" and rec.state == State.PAUSED and not busy:
             self._set(rec, State.RUNNING, "resumed", by="qemu")
         elif event == "SHUTDOWN":
             reason = str(data.get("reason", ""))

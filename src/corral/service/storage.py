@@ -12,6 +12,14 @@ from corral.errors import CommandFailed, InvalidSpec
 from corral.host.runner import arun
 
 
+async def make_vmstate(vm_dir: Path) -> str:
+    """The small qcow2 file, seen by no guest device, where memory snapshots keep RAM."""
+    path = vm_dir / "vmstate.qcow2"
+    await arun(["qemu-img", "create", "-q", "-f", "qcow2", path, "1G"],
+               what="qemu-img could not create the snapshot state file")
+    return str(path)
+
+
 async def prepare_disks(requests: list[DiskRequest], vm_dir: Path) -> list[DiskSpec]:
     """Make or check each disk. Files made here live in ``vm_dir`` and go with the VM.
 

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, create_engine, delete, event, insert,
 
 from corral.domain.specs import VMSpec
 from corral.domain.states import State
-from corral.store.schema import events, vms
+from corral.store.schema import events, snapshots, vms
 
 HEAD = "0002"
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -126,7 +126,38 @@ class Store:
     def delete_vm(self, name: str) -> None:
         with self._tx() as conn:
             conn.execute(delete(vms).where(vms.c.name == name))
+            conn.execute(delete(snapshots).where(snapshots.c.vm == name))
             self._event(conn, name, "destroyed", {})
+
+    # --- snapshots ---
+    def add_snapshot(self, snap: dict[str, Any]) -> None:
+        with self._tx() as conn:
+            conn.execute(insert(snapshots).values(**snap))
+            conn.execute(update(vms).where(vms.c.name == snap["vm"])
+                         .values(current_snapshot=snap["name"], updated_at=time.time()))
+            self._event(conn, snap["vm"], "snapshot_created", {"snapshot": snap["name"]})
+
+    def list_snapshots(self, vm: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(snapshots).where(snapshots.c.vm == vm)
+                                .order_by(snapshots.c.created_at)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def delete_snapshot(self, vm: str, name: str) -> None:
+        """Remove a snapshot; its children hang from its parent from now on."""
+        with self._tx() as conn:
+            row = conn.execute(select(snapshots).where(
+                (snapshots.c.vm == vm) & (snapshots.c.name == name))).first()
+            if row is None:
+                return
+            conn.execute(update(snapshots).where(
+                (snapshots.c.vm == vm) & (snapshots.c.parent == name)).values(parent=row.parent))
+            conn.execute(update(vms).where(
+                (vms.c.name == vm) & (vms.c.current_snapshot == name)).values(
+                current_snapshot=row.parent))
+            conn.execute(delete(snapshots).where(
+                (snapshots.c.vm == vm) & (snapshots.c.name == name)))
+            self._event(conn, vm, "snapshot_deleted", {"snapshot": name})
 
     def _event(self, conn: Connection, vm: str, kind: str, detail: dict[str, Any]) -> None:
         conn.execute(insert(events).values(ts=time.time(), vm=vm, kind=kind,

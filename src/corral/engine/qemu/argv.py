@@ -13,6 +13,11 @@ from pathlib import Path
 from corral.domain.specs import VMSpec
 
 AGENT_PORT = "org.qemu.guest_agent.0"
+VMSTATE_NODE = "vmstate"
+
+
+def disk_node(index: int) -> str:
+    return f"disk{index}"
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
                  "-device", _dev({"driver": f"virtio-net-{bus}", "netdev": f"net{i}",
                                   "mac": nic.mac, "id": f"nic{i}"})]
     for i, disk in enumerate(spec.disks):
-        node = f"disk{i}"
+        node = disk_node(i)
         argv += [
             "-blockdev", _dev({"driver": disk.format, "node-name": node,
                                "read-only": disk.readonly,
@@ -105,6 +110,10 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
                                         "read-only": disk.readonly}}),
             "-device", _dev({"driver": f"virtio-blk-{bus}", "drive": node, "id": f"vd{i}"}),
         ]
+    if spec.vmstate:
+        argv += ["-blockdev", _dev({"driver": "qcow2", "node-name": VMSTATE_NODE,
+                                    "file": {"driver": "file", "filename": spec.vmstate,
+                                             "node-name": f"{VMSTATE_NODE}-file"}})]
     argv += ["-msg", "timestamp=on"]
     if daemonize:
         argv += ["-daemonize", "-pidfile", str(run.pidfile)]
