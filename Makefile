@@ -44,8 +44,8 @@ $(BIN)/corral: pyproject.toml
 
 image: $(IMAGES)/tiny/image.json
 
-$(IMAGES)/tiny/image.json: | venv
-	$(BIN)/corral image build tiny --dest $(IMAGES)
+$(IMAGES)/tiny/image.json: src/corral/images/tiny.py $(wildcard src/corral/images/guest/*) | venv
+	$(BIN)/corral image build tiny --force --dest $(IMAGES)
 
 bench: deps $(IMAGES)/tiny/image.json
 	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/python bench/lifecycle.py

@@ -222,6 +222,31 @@ class Client:
         """Bring a saved VM back where it was."""
         return self.request("POST", f"/vms/{name}/restore", wait=wait or None, timeout=timeout)
 
+    # --- named disks ---
+    def disk_create(self, name: str, size: str | None = None, format: str = "qcow2",
+                    source: str | None = None) -> Any:
+        body: dict[str, Any] = {"name": name, "size": size, "format": format}
+        if source:
+            body["from"] = source
+        return self.request("POST", "/disks", body)
+
+    def disk_list(self) -> Any:
+        return self.request("GET", "/disks")
+
+    def disk_resize(self, name: str, size: str) -> Any:
+        return self.request("POST", f"/disks/{name}/resize", size=size)
+
+    def disk_delete(self, name: str) -> None:
+        self.request("DELETE", f"/disks/{name}")
+
+    def attach_disk(self, vm: str, disk: str, readonly: bool = False,
+                    iops: int | None = None, bps: int | None = None) -> Any:
+        return self.request("POST", f"/vms/{vm}/disks", {"disk": disk, "readonly": readonly,
+                                                         "iops": iops, "bps": bps})
+
+    def detach_disk(self, vm: str, disk: str) -> Any:
+        return self.request("DELETE", f"/vms/{vm}/disks/{disk}")
+
     # --- snapshots ---
     def snapshot_create(self, name: str, snapshot: str, memory: bool = False) -> Any:
         return self.request("POST", f"/vms/{name}/snapshots",

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral.domain.specs import VMCreate
 from corral.errors import CorralError, InvalidSpec
-from corral.service import guest, snapshots
+from corral.service import disks, guest, snapshots
 from corral.service.manager import Manager
 
 API = "/v1"
@@ -28,6 +28,22 @@ class SnapshotRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     memory: bool = False
+
+
+class DiskCreateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    size: str | None = None
+    format: str = "qcow2"
+    source: str | None = Field(default=None, alias="from")
+
+
+class AttachRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    disk: str
+    readonly: bool = False
+    iops: int | None = Field(default=None, ge=0)
+    bps: int | None = Field(default=None, ge=0)
 
 
 class ExecRequest(BaseModel):
@@ -143,6 +159,34 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
     @app.delete(f"{API}/vms/{{name}}/snapshots/{{snapshot}}", status_code=204)
     async def delete_snapshot(name: str, snapshot: str) -> None:
         await snapshots.delete(manager, name, snapshot)
+
+    @app.post(f"{API}/disks", status_code=201)
+    async def create_disk(req: DiskCreateRequest) -> dict[str, Any]:
+        return await disks.create(manager, req.name, req.size, req.format, req.source)
+
+    @app.get(f"{API}/disks")
+    async def list_disks() -> list[dict[str, Any]]:
+        return await disks.list_all(manager)
+
+    @app.get(f"{API}/disks/{{disk}}")
+    async def show_disk(disk: str) -> dict[str, Any]:
+        return await disks.show(manager, disk)
+
+    @app.post(f"{API}/disks/{{disk}}/resize")
+    async def resize_disk(disk: str, size: str) -> dict[str, Any]:
+        return await disks.resize(manager, disk, size)
+
+    @app.delete(f"{API}/disks/{{disk}}", status_code=204)
+    async def remove_disk(disk: str) -> None:
+        await disks.remove(manager, disk)
+
+    @app.post(f"{API}/vms/{{name}}/disks")
+    async def attach_disk(name: str, req: AttachRequest) -> dict[str, Any]:
+        return await disks.attach(manager, name, req.disk, req.readonly, req.iops, req.bps)
+
+    @app.delete(f"{API}/vms/{{name}}/disks/{{disk}}")
+    async def detach_disk(name: str, disk: str) -> dict[str, Any]:
+        return await disks.detach(manager, name, disk)
 
     @app.get(f"{API}/vms/{{name}}/logs")
     async def vm_logs(name: str, offset: int = 0, limit: int = 1 << 20) -> dict[str, Any]:

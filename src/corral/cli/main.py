@@ -204,6 +204,43 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_disk(args: argparse.Namespace) -> int:
+    c = _client(args)
+    verb = args.disk_command
+    if verb == "create":
+        disk = c.disk_create(args.name, args.size, args.format, args.source)
+        _print(args, disk, f"disk {disk['name']} created: {disk['path']}")
+    elif verb == "list":
+        disks = c.disk_list()
+        _print(args, disks, render.disk_table(disks))
+    elif verb == "resize":
+        disk = c.disk_resize(args.name, args.size)
+        _print(args, disk, f"disk {disk['name']} is now {disk['size_bytes'] >> 20} MiB")
+    else:
+        c.disk_delete(args.name)
+        _print(args, {"deleted": args.name}, f"disk {args.name} removed")
+    return 0
+
+
+def cmd_attach_disk(args: argparse.Namespace) -> int:
+    iops = args.iops
+    bps = None
+    if args.bps:
+        from corral.domain.sizes import parse_size
+
+        bps = parse_size("bps", args.bps, default_unit="K") if not args.bps.isdigit() \
+            else int(args.bps)
+    vm = _client(args).attach_disk(args.name, args.disk, args.readonly, iops, bps)
+    _print(args, vm, f"disk {args.disk} attached to {args.name}")
+    return 0
+
+
+def cmd_detach_disk(args: argparse.Namespace) -> int:
+    vm = _client(args).detach_disk(args.name, args.disk)
+    _print(args, vm, f"disk {args.disk} detached from {args.name}")
+    return 0
+
+
 def cmd_host_info(args: argparse.Namespace) -> int:
     info = _client(args).host_info()
     _print(args, info, render.host(info))
@@ -341,6 +378,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC", help="FILE or VM:/path")
     p.add_argument("dest", metavar="DEST", help="VM:/path or FILE (a directory keeps the name)")
     add("ip", cmd_ip, "print the guest's IPv4 addresses (from its agent)", parents=(js,))
+
+    dp = sub.add_parser("disk", help="named disks (create, list, resize, rm)",
+                        formatter_class=_Formatter,
+                        description="Disks that live on their own and attach to one VM at a "
+                                    "time ('corral attach-disk'); hot-plugged into running "
+                                    "q35 VMs.")
+    dsub = dp.add_subparsers(dest="disk_command", metavar="COMMAND", required=True)
+    p = dsub.add_parser("create", help="make a disk", parents=[common, js],
+                        formatter_class=_Formatter, description="Make a blank disk, or a "
+                        "linked clone (qcow2 overlay) of an image's disk with --from.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--size", metavar="SIZE", help="e.g. 10G (a bare number is GiB)")
+    p.add_argument("--format", choices=["qcow2", "raw"], default="qcow2")
+    p.add_argument("--from", dest="source", metavar="IMAGE", help="clone this image's disk")
+    p.set_defaults(func=cmd_disk)
+    p = dsub.add_parser("list", help="list disks", parents=[common, js],
+                        formatter_class=_Formatter)
+    p.set_defaults(func=cmd_disk)
+    p = dsub.add_parser("resize", help="grow a disk (also while attached)",
+                        parents=[common, js], formatter_class=_Formatter)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("size", metavar="SIZE", help="the new size, e.g. 20G")
+    p.set_defaults(func=cmd_disk)
+    p = dsub.add_parser("rm", help="remove a disk (refused while attached)",
+                        parents=[common, js], formatter_class=_Formatter)
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_disk)
+
+    p = add("attach-disk", cmd_attach_disk, "attach a named disk (hot-plug when running)",
+            "Attach a named disk to a VM. A running q35 VM gets it at once: the guest sees a "
+            "new /dev/vdX.", (js,))
+    p.add_argument("disk", metavar="DISK")
+    p.add_argument("--readonly", action="store_true", help="attach read-only")
+    p.add_argument("--iops", type=int, metavar="N", help="limit to N IO operations a second")
+    p.add_argument("--bps", metavar="RATE", help="limit to RATE bytes a second (e.g. 2M)")
+    p = add("detach-disk", cmd_detach_disk, "detach a named disk (hot-unplug when running)",
+            parents=(js,))
+    p.add_argument("disk", metavar="DISK")
 
     sp = sub.add_parser("snapshot", help="snapshots of a VM (a tree)", formatter_class=_Formatter,
                         description="Named points a VM can go back to. With --memory a "

@@ -64,6 +64,16 @@ def vm_detail(vm: dict[str, Any]) -> str:
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in lines)
 
 
+def disk_table(disks: list[dict[str, Any]]) -> str:
+    rows = [("NAME", "FORMAT", "SIZE", "USED", "ATTACHED TO")]
+    for d in disks:
+        rows.append((d["name"], d["format"], _mib(d.get("size_bytes")),
+                     _mib(d.get("allocated_bytes")), d.get("vm") or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
 def snapshot_tree(snaps: list[dict[str, Any]]) -> str:
     if not snaps:
         return "no snapshots"

@@ -83,6 +83,14 @@ class DiskSpec(BaseModel):
     format: Literal["qcow2", "raw"]
     readonly: bool = False
     owned: bool = True  # made by Corral for this VM, removed with it
+    id: str | None = None  # stable QEMU node/device id; None: by position (disk0, disk1 …)
+    name: str | None = None  # a named disk (corral disk create) attached to this VM
+    iops: int | None = None  # IO limits: operations and bytes per second, read+write
+    bps: int | None = None
+    port: str | None = None  # the hot-plug port it sits behind (q35), if hot-plugged
+
+    def node(self, index: int) -> str:
+        return self.id or f"disk{index}"
 
 
 class NicSpec(BaseModel):

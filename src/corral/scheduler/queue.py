@@ -162,7 +162,9 @@ class AdmissionQueue:
             raise AlreadyExists(f"request '{request.id}' is already queued")
         if request.vm in self._vms:
             raise AlreadyExists(f"VM '{request.vm}' is already queued")
-        queued = dataclasses.replace(request, seq=self._next_seq)
+        queued = Request(request.id, request.vm, request.owner, request.cpus, request.memory,
+                         request.disk, request.priority, request.expected_runtime,
+                         request.arrival, self._next_seq)
         self._next_seq += 1
         self._waiting[queued.id] = queued
         self._vms.add(queued.vm)
@@ -295,6 +297,8 @@ def next_to_start(queue: AdmissionQueue, inventory: Inventory, now: float) -> li
     The caller starts each, then calls ``queue.start(request.id)`` and
     ``inventory.reserve(request.reservation(now))``.
     """
+    if not len(queue):
+        return []
     order = queue.ordered(now)
     room = inventory.capacity - inventory.allocated
     chosen: list[Request] = []

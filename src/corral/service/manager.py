@@ -38,7 +38,7 @@ from corral.errors import (
     Timeout,
 )
 from corral.images import catalog
-from corral.service import host, storage
+from corral.service import disks, host, storage
 from corral.store.db import Store, VMRecord
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,23 @@ class Runtime:
     expected_exit: str | None = None  # set when Corral (or the guest) asked QEMU to end
     exit_state: State = State.STOPPED  # where an expected exit leaves the VM
     reset: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: list[tuple[str, Callable[[dict[str, Any]], bool], asyncio.Future[None]]] = field(
+        default_factory=list)
+
+    def watch_event(self, event: str, match: Callable[[dict[str, Any]], bool]
+                    ) -> asyncio.Future[None]:
+        """A future that completes when QEMU sends ``event`` with data that ``match``es."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append((event, match, fut))
+        return fut
+
+    def deliver(self, event: str, data: dict[str, Any]) -> None:
+        for waiter in list(self.waiters):
+            name, match, fut = waiter
+            if name == event and not fut.done() and match(data):
+                fut.set_result(None)
+            if fut.done():
+                self.waiters.remove(waiter)
 
 
 class Manager:
@@ -201,7 +218,9 @@ class Manager:
         return self._view(self._get(name))
 
     async def _launch(self, rec: VMRecord, run: qargv.RunPaths) -> None:
-        await self._spawn(rec, run)
+        rt = await self._spawn(rec, run)
+        for i, disk in enumerate(rec.spec.disks):
+            await disks.apply_limits(rt, disk, disk.node(i), rec.spec.machine == "q35")
         rec.started_at, rec.ready_at, rec.exit_reason = time.time(), None, None
         self._set(rec, State.RUNNING, "started", pid=rec.pid)
         self._watch_ready(rec.name, self._rt[rec.name])
@@ -424,6 +443,9 @@ class Manager:
                 await self._kill(rt)
             run = qargv.RunPaths(self.paths.run_dir(name))
             self._cleanup_run(run)
+            for disk in self._get(name).spec.disks:
+                if disk.name:  # a named disk outlives the VM; it is only detached
+                    self.db.set_disk_vm(disk.name, None)
             shutil.rmtree(self.paths.vm_dir(name), ignore_errors=True)
             self.db.delete_vm(name)
         self._locks.pop(name, None)
@@ -434,6 +456,7 @@ class Manager:
         rec = self.db.get_vm(name)
         if rt is None or rec is None:
             return
+        rt.deliver(event, data)
         busy = self._lock(name).locked()  # a Corral operation sets the state it causes itself
         if event == "STOP" and rec.state == State.RUNNING and not busy:
             self._set(rec, State.PAUSED, "paused", by="qemu")
@@ -593,6 +616,9 @@ class Manager:
             with contextlib.suppress(CorralError):
                 status = await rt.monitor.execute("query-status", timeout=2)
                 view["qemu_status"] = status["status"]
+                per_node = await disks.stats(rt)
+                for i, disk in enumerate(view["disks"]):
+                    disk["stats"] = per_node.get(disk.get("id") or f"disk{i}")
         return view
 
     def list_vms(self) -> list[dict[str, Any]]:

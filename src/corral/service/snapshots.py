@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from corral.domain.specs import check_name
 from corral.domain.states import LIVE, State
-from corral.engine.qemu.argv import VMSTATE_NODE, RunPaths, disk_node
+from corral.engine.qemu.argv import VMSTATE_NODE, RunPaths
 from corral.errors import (
     AgentError,
     AlreadyExists,
@@ -56,7 +56,7 @@ def _disks(rec: VMRecord) -> list[tuple[str, str]]:
             continue
         if disk.format != "qcow2":
             raise InvalidSpec(f"disks.{i}", f"{disk.path} is raw; snapshots need qcow2 disks")
-        out.append((disk_node(i), disk.path))
+        out.append((disk.node(i), disk.path))
     return out
 
 

@@ -20,9 +20,9 @@ from sqlalchemy import Connection, Engine, create_engine, delete, event, insert,
 
 from corral.domain.specs import VMSpec
 from corral.domain.states import State
-from corral.store.schema import events, snapshots, vms
+from corral.store.schema import disks, events, snapshots, vms
 
-HEAD = "0002"
+HEAD = "0003"
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -128,6 +128,37 @@ class Store:
             conn.execute(delete(vms).where(vms.c.name == name))
             conn.execute(delete(snapshots).where(snapshots.c.vm == name))
             self._event(conn, name, "destroyed", {})
+
+    # --- named disks ---
+    def add_disk(self, row: dict[str, Any]) -> None:
+        with self._tx() as conn:
+            conn.execute(insert(disks).values(created_at=time.time(), vm=None, **row))
+            self._event(conn, row["name"], "disk_created", {"path": row["path"]})
+
+    def get_disk(self, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(disks).where(disks.c.name == name)).first()
+        return dict(row._mapping) if row else None
+
+    def list_disks(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(disks).order_by(disks.c.created_at)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def set_disk_vm(self, name: str, vm: str | None, rec: VMRecord | None = None) -> None:
+        """Record where a disk is attached, with the VM's new spec in the same transaction."""
+        with self._tx() as conn:
+            conn.execute(update(disks).where(disks.c.name == name).values(vm=vm))
+            if rec is not None:
+                rec.updated_at = time.time()
+                conn.execute(update(vms).where(vms.c.name == rec.name).values(**rec.to_row()))
+            self._event(conn, rec.name if rec else name,
+                        "disk_attached" if vm else "disk_detached", {"disk": name})
+
+    def delete_disk(self, name: str) -> None:
+        with self._tx() as conn:
+            conn.execute(delete(disks).where(disks.c.name == name))
+            self._event(conn, name, "disk_deleted", {})
 
     # --- snapshots ---
     def add_snapshot(self, snap: dict[str, Any]) -> None:

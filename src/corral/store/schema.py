@@ -25,6 +25,15 @@ vms = Table(
     Column("current_snapshot", String(64)),  # parent of the next snapshot
 )
 
+disks = Table(
+    "disks", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("path", Text, nullable=False),
+    Column("format", String(8), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("vm", String(64)),  # the VM it is attached to, if any
+)
+
 snapshots = Table(
     "snapshots", metadata,
     Column("vm", String(64), primary_key=True),

@@ -10,14 +10,34 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.domain.specs import VMSpec
+from corral.domain.specs import DiskSpec, VMSpec
 
 AGENT_PORT = "org.qemu.guest_agent.0"
 VMSTATE_NODE = "vmstate"
 
 
+HOTPLUG_PORTS = 4  # empty PCIe root ports on q35, so disks and NICs can be hot-plugged
+
+
 def disk_node(index: int) -> str:
     return f"disk{index}"
+
+
+def disk_blockdev(disk: DiskSpec, node: str) -> dict[str, object]:
+    """The ``-blockdev`` / ``blockdev-add`` object of a disk. QEMU's image locking stays on,
+    so a disk another QEMU holds read-write cannot be opened."""
+    return {"driver": disk.format, "node-name": node, "read-only": disk.readonly,
+            "file": {"driver": "file", "filename": disk.path, "node-name": f"{node}-file",
+                     "read-only": disk.readonly}}
+
+
+def disk_device(disk: DiskSpec, node: str, bus: str, port: str | None = None
+                ) -> dict[str, object]:
+    """The ``-device`` / ``device_add`` object of a virtio disk."""
+    dev: dict[str, object] = {"driver": f"virtio-blk-{bus}", "drive": node, "id": f"vd-{node}"}
+    if port:
+        dev["bus"] = port
+    return dev
 
 
 @dataclass(frozen=True)
@@ -101,15 +121,13 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
                  "-device", _dev({"driver": f"virtio-net-{bus}", "netdev": f"net{i}",
                                   "mac": nic.mac, "id": f"nic{i}"})]
     for i, disk in enumerate(spec.disks):
-        node = disk_node(i)
-        argv += [
-            "-blockdev", _dev({"driver": disk.format, "node-name": node,
-                               "read-only": disk.readonly,
-                               "file": {"driver": "file", "filename": disk.path,
-                                        "node-name": f"{node}-file",
-                                        "read-only": disk.readonly}}),
-            "-device", _dev({"driver": f"virtio-blk-{bus}", "drive": node, "id": f"vd{i}"}),
-        ]
+        node = disk.node(i)
+        argv += ["-blockdev", _dev(disk_blockdev(disk, node)),
+                 "-device", _dev(disk_device(disk, node, bus, disk.port))]
+    if not microvm:
+        for i in range(HOTPLUG_PORTS):
+            argv += ["-device", _dev({"driver": "pcie-root-port", "id": f"hp{i}",
+                                      "chassis": i + 1, "slot": i + 1})]
     if spec.vmstate:
         argv += ["-blockdev", _dev({"driver": "qcow2", "node-name": VMSTATE_NODE,
                                     "file": {"driver": "file", "filename": spec.vmstate,
