@@ -79,3 +79,21 @@ def test_snapshot_tree_memory_and_disk(daemon: Daemon) -> None:
     assert d.cli("snapshot", "rm", "snap", "s1").returncode == 0
     assert [(s["name"], s["parent"]) for s in c.snapshot_list("snap")] == [("s2", None)]
     c.destroy("snap")
+
+
+def test_memory_revert_of_a_stopped_vm(daemon: Daemon) -> None:
+    d, c = daemon, daemon.client
+    c.create("cold", start=True, wait=True)
+    sh(d, "cold", COUNTER)
+    time.sleep(0.3)
+    c.snapshot_create("cold", "m1", memory=True)
+    at_snapshot = int(sh(d, "cold", "cat /tmp/counter"))
+    sh(d, "cold", "touch /tmp/after")
+    c.stop("cold")
+    vm = c.snapshot_revert("cold", "m1")
+    assert vm["state"] == "running"
+    c.wait_ready("cold", timeout=30)
+    assert sh(d, "cold", "test -e /tmp/after && echo yes || echo no").strip() == "no"
+    resumed = int(sh(d, "cold", "cat /tmp/counter"))
+    assert at_snapshot - 2 <= resumed < at_snapshot + 12, (at_snapshot, resumed)
+    c.destroy("cold")

@@ -195,11 +195,22 @@ async def revert(m: Manager, name: str, snapshot: str) -> dict[str, Any]:
         if snap["memory"]:  # a stopped VM comes back at the snapshot's running moment
             run = RunPaths(m.paths.run_dir(name))
             m._set(rec, State.STARTING)
+            fresh = None
             try:
-                await m._spawn(rec, run, extra=["-loadvm", snapshot]
-                               + ([] if snap["running"] else ["-S"]))
+                # held before its first instruction, loaded through the job API, which (unlike
+                # -loadvm) names the node that holds the RAM
+                fresh = await m._spawn(rec, run, extra=["-S"])
+                await _job(fresh.monitor, "snapshot-load", {
+                    "tag": snapshot, "vmstate": VMSTATE_NODE,
+                    "devices": [node for node, _ in disks] + [VMSTATE_NODE]})
+                if snap["running"]:
+                    await fresh.monitor.execute("cont")
             except BaseException:
+                if fresh is not None:
+                    fresh.expected_exit = "revert failed"
+                    await m._kill(fresh)
                 m._cleanup_run(run)
+                rec = m._get(name)
                 rec.state = State.STOPPED
                 m.db.update_vm(rec, "start_failed", {})
                 raise

@@ -76,8 +76,21 @@ def _dev(obj: dict[str, object]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class RamFile:
+    """Guest RAM kept in a file: ``shared`` (writes reach the file: a template being made) or
+    private (copy-on-write: a warm-started clone that shares the unchanged pages)."""
+
+    path: Path
+    shared: bool
+
+
+RAM_ID = "pc.ram"  # QEMU's own name for machine RAM, so states move between both backends
+
+
 def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
-          tsc_khz: int | None = None, daemonize: bool = True) -> list[str]:
+          tsc_khz: int | None = None, daemonize: bool = True,
+          ram: RamFile | None = None) -> list[str]:
     """The full argv for ``spec``.
 
     ``-no-shutdown`` keeps QEMU alive after a guest poweroff only where the service wants it;
@@ -85,7 +98,14 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
     """
     microvm = spec.machine == "microvm"
     bus = "device" if microvm else "pci"
-    machine = "microvm,rtc=on" if microvm else "q35"
+    machine = ("microvm,rtc=on" if microvm else "q35") + f",memory-backend={RAM_ID}"
+    size = spec.memory_bytes
+    if ram is None:
+        backend: dict[str, object] = {"qom-type": "memory-backend-ram", "id": RAM_ID,
+                                      "size": size}
+    else:
+        backend = {"qom-type": "memory-backend-file", "id": RAM_ID, "size": size,
+                   "mem-path": str(ram.path), "share": ram.shared}
     cmdline = spec.cmdline
     if tsc_khz and "tsc_early_khz=" not in cmdline:
         cmdline += f" tsc_early_khz={tsc_khz}"
@@ -95,7 +115,8 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
         "-name", f"guest={spec.name},process=crl-{spec.name}"[:200],
         "-nodefaults", "-no-user-config", "-display", "none",
         "-machine", machine, "-accel", accel, "-cpu", spec.cpu_model,
-        "-m", f"{spec.memory_bytes >> 20}M", "-smp", str(spec.cpus),
+        "-m", f"{spec.memory_bytes >> 20}M", "-object", _dev(backend),
+        "-smp", str(spec.cpus),
         "-kernel", spec.kernel,
     ]
     if spec.initrd:
