@@ -43,6 +43,20 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None) -> 
     sock.bind(str(socket_path))
     os.chmod(socket_path, 0o600)
     sock.listen(128)
+    loop = asyncio.get_running_loop()
+    default = loop.get_exception_handler()
+
+    def quiet_disconnects(loop: asyncio.AbstractEventLoop, ctx: dict[str, object]) -> None:
+        # qemu.qmp leaves a reader future behind when QEMU closes the monitor first (quit,
+        # kill): that is how VMs end, not an error
+        if isinstance(ctx.get("exception"), EOFError | ConnectionResetError):
+            return
+        if default is not None:
+            default(loop, ctx)
+        else:
+            loop.default_exception_handler(ctx)
+
+    loop.set_exception_handler(quiet_disconnects)
     manager = Manager(paths)
     app = create_app(manager)
     config = uvicorn.Config(app, loop="none", http="httptools", lifespan="on",

@@ -90,6 +90,11 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
     @app.post(f"{API}/vms", status_code=201)
     async def create_vm(spec: VMCreate, start: bool = False, wait: bool = False,
                         timeout: float = 120) -> dict[str, Any]:
+        if spec.from_snapshot is not None:
+            from corral.service.warm import warm_start
+
+            return await warm_start(manager, spec.name, spec.from_snapshot,
+                                    wait=wait or start, timeout=timeout)
         view = await manager.create(spec.model_dump(exclude_unset=True))
         if start:
             try:

@@ -61,6 +61,8 @@ def _print(args: argparse.Namespace, data: Any, human: str | None = None) -> Non
 
 def _spec_from(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {}
+    if getattr(args, "from_snapshot", None):
+        spec["from_snapshot"] = args.from_snapshot
     for key in ("image", "cpus", "memory", "kernel", "initrd", "cmdline", "machine"):
         value = getattr(args, key, None)
         if value is not None:
@@ -323,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
             "If the start fails, nothing is left behind.", (js,))
     _add_spec_options(p)
     p.add_argument("--no-wait", action="store_true", help="return once QEMU runs")
+    p.add_argument("--from-snapshot", metavar="VM:SNAPSHOT",
+                   help="warm start: begin as a copy of a memory snapshot instead of booting")
     p.add_argument("--timeout", type=float, metavar="S", help="readiness timeout (default 120)")
 
     p = add("start", cmd_start, "boot a defined or stopped VM", parents=(js,))

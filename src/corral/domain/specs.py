@@ -68,6 +68,7 @@ class VMCreate(BaseModel):
     cpu_model: str = "max"
     disks: list[DiskRequest] = Field(default_factory=list)
     nics: list[NicRequest] | None = None
+    from_snapshot: str | None = None  # "VM:SNAPSHOT": a warm start from a memory snapshot
 
     @field_validator("name")
     @classmethod

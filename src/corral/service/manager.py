@@ -226,13 +226,14 @@ class Manager:
         self._watch_ready(rec.name, self._rt[rec.name])
 
     async def _spawn(self, rec: VMRecord, run: qargv.RunPaths, incoming: bool = False,
-                     extra: list[str] | None = None) -> Runtime:
+                     extra: list[str] | None = None, ram: qargv.RamFile | None = None
+                     ) -> Runtime:
         """Start QEMU for ``rec``, connect its monitor and watch its exit. With ``incoming``
         it waits for a migration stream (``-incoming defer``) instead of booting."""
         run.dir.mkdir(parents=True, exist_ok=True)
         self._cleanup_run(run, keep_dir=True)
         serial = self.paths.vm_dir(rec.name) / "serial.log"
-        argv = qargv.build(rec.spec, run, serial, self.accel.name, self.tsc_khz)
+        argv = qargv.build(rec.spec, run, serial, self.accel.name, self.tsc_khz, ram=ram)
         if incoming:
             argv += ["-incoming", "defer"]
         argv += extra or []

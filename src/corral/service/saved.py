@@ -28,6 +28,7 @@ from corral.engine.qemu import argv as qargv
 from corral.errors import AgentError, CorralError, InvalidSpec, MonitorError, Timeout
 
 if TYPE_CHECKING:
+    from corral.engine.qemu.qmp import Monitor
     from corral.service.manager import Manager, Runtime
 
 UNLIMITED = 1 << 40  # bytes per second: no cap
@@ -41,7 +42,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-async def write_state(rt: Runtime, target: Path) -> int:
+async def write_state(monitor: Monitor, target: Path) -> int:
     """Stream the (stopped) VM's state into ``target`` atomically; returns its size.
 
     :raises CorralError: when the stream fails (no partial file is left).
@@ -50,12 +51,12 @@ async def write_state(rt: Runtime, target: Path) -> int:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         try:
-            await rt.monitor.send_fd(fd, "corral-state")
+            await monitor.send_fd(fd, "corral-state")
         finally:
             os.close(fd)
-        await rt.monitor.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
-        await rt.monitor.execute("migrate", {"uri": "fd:corral-state"})
-        await rt.monitor.wait_migration()
+        await monitor.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
+        await monitor.execute("migrate", {"uri": "fd:corral-state"})
+        await monitor.wait_migration()
         fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
@@ -72,18 +73,18 @@ async def write_state(rt: Runtime, target: Path) -> int:
         raise
 
 
-async def read_state(rt: Runtime, source: Path) -> None:
+async def read_state(monitor: Monitor, source: Path) -> None:
     """Feed ``source`` to a QEMU started with ``-incoming defer`` and wait until it is in.
 
     :raises MonitorError: when QEMU refuses the state.
     """
     fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        await rt.monitor.send_fd(fd, "corral-state")
+        await monitor.send_fd(fd, "corral-state")
     finally:
         os.close(fd)
-    await rt.monitor.execute("migrate-incoming", {"uri": "fd:corral-state"})
-    await rt.monitor.wait_migration()
+    await monitor.execute("migrate-incoming", {"uri": "fd:corral-state"})
+    await monitor.wait_migration()
 
 
 async def save(m: Manager, name: str, file: str | None = None) -> dict[str, Any]:
@@ -107,7 +108,7 @@ async def save(m: Manager, name: str, file: str | None = None) -> dict[str, Any]
         try:
             if was_running:
                 await rt.monitor.execute("stop")
-            size = await write_state(rt, target)
+            size = await write_state(rt.monitor, target)
         except BaseException as err:
             if was_running:
                 with contextlib.suppress(CorralError):
@@ -143,7 +144,7 @@ async def restore(m: Manager, name: str, wait: bool = False,
         try:
             rt = await m._spawn(rec, run, incoming=True)
             rt.expected_exit, rt.exit_state = "restore failed", State.SAVED
-            await read_state(rt, source)
+            await read_state(rt.monitor, source)
             if rec.saved_running:
                 await rt.monitor.execute("cont")
         except BaseException as err:

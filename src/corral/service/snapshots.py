@@ -255,3 +255,6 @@ async def delete(m: Manager, name: str, snapshot: str) -> None:
             for path in paths:
                 await arun(["qemu-img", "snapshot", "-d", snapshot, path], check=False)
         m.db.delete_snapshot(name, snapshot)
+        from corral.service.warm import drop_templates
+
+        drop_templates(m, name, snapshot)

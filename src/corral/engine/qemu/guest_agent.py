@@ -122,15 +122,17 @@ class GuestAgent:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
+        attempt = 0.02  # short at first: a restored guest answers within tens of milliseconds,
+        while True:     # but a request that reached it mid-restore may never be answered
             left = deadline - loop.time()
             if left <= 0:
                 raise Timeout(f"guest agent of '{self.vm}' did not answer in {timeout:g} s")
             try:
                 async with self.lock:
-                    await self.sync(min(left, 2.0))
+                    await self.sync(min(left, attempt))
                 return
             except Timeout:
+                attempt = min(attempt * 2, 1.0)
                 continue  # the request waits in the socket; a fresh id catches a late agent
             except (AgentError, OSError):
                 await self.close()

@@ -1,0 +1,193 @@
+"""Warm starts: a new VM that begins life as a copy of a memory snapshot, running in tens of
+milliseconds instead of booting for seconds.
+
+The first warm start from a snapshot makes a *template* of it (once, kept beside the source
+VM): the snapshot's disks as standalone qcow2 files, its RAM in a plain file, and its device
+state in a small migration stream made with ``x-ignore-shared`` (the RAM is not in it). A
+template is made by a helper QEMU that loads the snapshot with its RAM in that file mapped
+shared, so the file ends up holding the guest's memory.
+
+Each clone then maps the RAM file *private* (copy-on-write: clones share every page they have
+not written, through the page cache), gets qcow2 overlays on the template's disks, reads the
+device state, and continues. It then takes its own identity through its guest agent: the
+host's clock, its own hostname and MAC.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from corral.domain import specs as sp
+from corral.domain.states import State
+from corral.engine.qemu import argv as qargv
+from corral.engine.qemu.process import launch
+from corral.engine.qemu.qmp import Monitor
+from corral.errors import AgentError, AlreadyExists, CorralError, InvalidSpec, Timeout
+from corral.host.runner import arun
+from corral.service import saved, snapshots, storage
+from corral.store.db import VMRecord
+
+if TYPE_CHECKING:
+    from corral.service.manager import Manager, Runtime
+
+
+def template_dir(m: Manager, src: str, snapshot: str) -> Path:
+    return m.paths.vm_dir(src) / "templates" / snapshot
+
+
+async def ensure_template(m: Manager, src: str, snapshot: str) -> Path:
+    """The template of ``src``'s memory snapshot, made on first use.
+
+    :raises InvalidSpec: the snapshot keeps no running state.
+    """
+    tdir = template_dir(m, src, snapshot)
+    if (tdir / "template.json").is_file():
+        return tdir
+    rec = m._get(src)
+    snap = snapshots._find(m, src, snapshot)
+    if not snap["memory"]:
+        raise InvalidSpec("from_snapshot", f"snapshot '{snapshot}' of '{src}' has no running "
+                                           "state; take one with --memory")
+    work = tdir.with_name(f".{snapshot}.tmp-{uuid.uuid4().hex[:6]}")
+    work.mkdir(parents=True)
+    try:
+        spec = rec.spec.model_copy(deep=True)
+        for i, disk in enumerate(spec.disks):
+            if disk.readonly:
+                continue
+            copy = work / f"disk{i}.qcow2"
+            await arun(["qemu-img", "convert", "-U", "-O", "qcow2", "-l",
+                        f"snapshot.name={snapshot}", "-f", disk.format, disk.path, copy],
+                       what="qemu-img could not copy the snapshot's disk")
+            spec.disks[i] = disk.model_copy(update={"path": str(copy), "format": "qcow2"})
+        assert rec.spec.vmstate is not None
+        shutil.copyfile(rec.spec.vmstate, work / "vmstate.qcow2")
+        spec.vmstate = str(work / "vmstate.qcow2")
+        await _capture(m, spec, snapshot, work)
+        (work / "template.json").write_text(json.dumps(
+            {"src": src, "snapshot": snapshot, "running": snap["running"],
+             "spec": spec.model_dump(), "created_at": time.time()}))
+        # the paths inside point into `work`; after the rename they point into `tdir`
+        meta = (work / "template.json").read_text().replace(str(work), str(tdir))
+        (work / "template.json").write_text(meta)
+        work.rename(tdir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return tdir
+
+
+async def _capture(m: Manager, spec: sp.VMSpec, snapshot: str, work: Path) -> None:
+    """Load the snapshot in a helper QEMU whose RAM is ``work/ram`` (shared), then write the
+    device state alone to ``work/dev.state``."""
+    run = qargv.RunPaths(m.paths.run / f".tmpl-{uuid.uuid4().hex[:8]}")
+    run.dir.mkdir(parents=True)
+    argv = qargv.build(spec, run, work / "serial.log", m.accel.name, m.tsc_khz,
+                       ram=qargv.RamFile(work / "ram", shared=True)) + ["-S"]
+    proc = await launch(argv, run.pidfile)
+    monitor = Monitor(f"template-{snapshot}", lambda _e, _d: None)
+    try:
+        await monitor.connect(run.qmp)
+        await snapshots._job(monitor, "snapshot-load", {
+            "tag": snapshot, "vmstate": qargv.VMSTATE_NODE,
+            "devices": [qargv.VMSTATE_NODE]})
+        await monitor.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "x-ignore-shared", "state": True}]})
+        await saved.write_state(monitor, work / "dev.state")
+        await monitor.execute("quit")
+    finally:
+        await monitor.close()
+        proc.signal(9)
+        await proc.wait(5)
+        shutil.rmtree(run.dir, ignore_errors=True)
+
+
+async def warm_start(m: Manager, name: str, source: str, wait: bool = True,
+                     timeout: float = 60.0) -> dict[str, Any]:
+    """Create ``name`` from ``source`` ("VM:SNAPSHOT") and start it from the snapshot's
+    running state. A failure leaves no VM behind.
+
+    :raises InvalidSpec: ``source`` is malformed or names a snapshot without memory.
+    :raises AlreadyExists: the name is taken.
+    """
+    sp.check_name(name)
+    src, sep, snapshot = source.partition(":")
+    if not sep or not src or not snapshot:
+        raise InvalidSpec("from_snapshot", f"'{source}' is not VM:SNAPSHOT")
+    if m.db.get_vm(name) is not None:
+        raise AlreadyExists(f"a VM named '{name}' exists; pick another name")
+    tdir = await ensure_template(m, src, snapshot)
+    meta = json.loads((tdir / "template.json").read_text())
+    tspec = sp.VMSpec.model_validate(meta["spec"])
+    vm_dir = m.paths.vm_dir(name)
+    vm_dir.mkdir(parents=True)
+    try:
+        disks = []
+        for i, disk in enumerate(tspec.disks):
+            if disk.readonly:
+                disks.append(disk)
+                continue
+            overlay = vm_dir / f"disk{i}.qcow2"
+            await arun(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                        disk.path, overlay], what="qemu-img could not make the clone's disk")
+            disks.append(disk.model_copy(update={"path": str(overlay), "owned": True,
+                                                 "name": None, "port": disk.port}))
+        spec = tspec.model_copy(update={
+            "name": name, "disks": disks, "vmstate": await storage.make_vmstate(vm_dir),
+            "nics": [n.model_copy(update={"mac": sp.new_mac()}) for n in tspec.nics]})
+        rec = VMRecord(name=name, uid=str(uuid.uuid4()), spec=spec, state=State.DEFINED)
+        m.db.add_vm(rec)
+    except BaseException:
+        shutil.rmtree(vm_dir, ignore_errors=True)
+        raise
+    try:
+        async with m._lock(name):
+            await _resume_from(m, rec, tdir, bool(meta["running"]))
+    except BaseException:
+        await m.destroy(name)
+        raise
+    if wait:
+        await m.wait_ready(name, timeout)
+    return m._view(m._get(name))
+
+
+async def _resume_from(m: Manager, rec: VMRecord, tdir: Path, running: bool) -> None:
+    run = qargv.RunPaths(m.paths.run_dir(rec.name))
+    m._set(rec, State.STARTING)
+    rt = await m._spawn(rec, run, incoming=True,
+                        ram=qargv.RamFile(tdir / "ram", shared=False))
+    await rt.monitor.execute("migrate-set-capabilities", {"capabilities": [
+        {"capability": "x-ignore-shared", "state": True}]})
+    await saved.read_state(rt.monitor, tdir / "dev.state")
+    if running:
+        await rt.monitor.execute("cont")
+    rec.started_at, rec.ready_at, rec.exit_reason = time.time(), None, None
+    m._set(rec, State.RUNNING if running else State.PAUSED, "warm_started",
+           template=str(tdir))
+    m._watch_ready(rec.name, rt, on_ready=_take_identity)
+
+
+async def _take_identity(m: Manager, name: str, rt: Runtime) -> None:
+    """The clone wakes up as its template: give it the host's time, its name and MACs."""
+    if rt.agent is None:
+        return
+    rec = m._get(name)
+    script = [f"hostname {name}"]
+    for i, nic in enumerate(rec.spec.nics):
+        script.append(f"ip link set dev eth{i} address {nic.mac}")
+    try:
+        await rt.agent.execute("guest-set-time", {"time": time.time_ns()}, timeout=5)
+        await rt.agent.execute("guest-exec", {"path": "sh", "arg": ["-c", "; ".join(script)]},
+                               timeout=5)
+    except (AgentError, Timeout, CorralError):
+        pass  # the VM runs; its identity fix-up is best effort and visible in 'corral show'
+
+
+def drop_templates(m: Manager, vm: str, snapshot: str) -> None:
+    """Forget the template of a snapshot that is going away."""
+    shutil.rmtree(template_dir(m, vm, snapshot), ignore_errors=True)
