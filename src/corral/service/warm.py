@@ -88,7 +88,8 @@ async def _capture(m: Manager, spec: sp.VMSpec, snapshot: str, work: Path) -> No
     run = qargv.RunPaths(m.paths.run / f".tmpl-{uuid.uuid4().hex[:8]}")
     run.dir.mkdir(parents=True)
     argv = qargv.build(spec, run, work / "serial.log", m.accel.name, m.tsc_khz,
-                       ram=qargv.RamFile(work / "ram", shared=True)) + ["-S"]
+                       ram=qargv.RamFile(work / "ram", shared=True))
+    argv.append("-S")
     proc = await launch(argv, run.pidfile)
     monitor = Monitor(f"template-{snapshot}", lambda _e, _d: None)
     try:
