@@ -222,6 +222,18 @@ class Client:
         """Bring a saved VM back where it was."""
         return self.request("POST", f"/vms/{name}/restore", wait=wait or None, timeout=timeout)
 
+    # --- portability ---
+    def export(self, name: str, file: str) -> Any:
+        """Write the VM (spec, disks, snapshots, saved state) into one file."""
+        import os
+
+        return self.request("POST", f"/vms/{name}/export", file=os.path.abspath(file))
+
+    def import_vm(self, file: str, name: str | None = None) -> Any:
+        import os
+
+        return self.request("POST", "/import", file=os.path.abspath(file), name=name)
+
     # --- named disks ---
     def disk_create(self, name: str, size: str | None = None, format: str = "qcow2",
                     source: str | None = None) -> Any:

@@ -193,6 +193,23 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
     async def detach_disk(name: str, disk: str) -> dict[str, Any]:
         return await disks.detach(manager, name, disk)
 
+    @app.post(f"{API}/vms/{{name}}/export")
+    async def export_vm(name: str, file: str) -> dict[str, Any]:
+        import asyncio
+
+        from corral.service import portable
+
+        async with manager._lock(name):
+            return await asyncio.to_thread(portable.export, manager, name, file)
+
+    @app.post(f"{API}/import", status_code=201)
+    async def import_vm(file: str, name: str | None = None) -> dict[str, Any]:
+        import asyncio
+
+        from corral.service import portable
+
+        return await asyncio.to_thread(portable.import_vm, manager, file, name)
+
     @app.get(f"{API}/vms/{{name}}/logs")
     async def vm_logs(name: str, offset: int = 0, limit: int = 1 << 20) -> dict[str, Any]:
         return manager.logs(name, offset, limit)

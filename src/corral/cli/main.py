@@ -243,6 +243,20 @@ def cmd_detach_disk(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    out = _client(args).export(args.name, args.file)
+    _print(args, out, f"exported {args.name} to {out['file']} ({out['size'] >> 20} MiB"
+                      f"{', with its saved state' if out['saved'] else ''})")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    vm = _client(args).import_vm(args.file, args.name)
+    _print(args, vm, f"imported {vm['name']}: it is {vm['state']}"
+                     + ("; 'corral start' resumes it" if vm["state"] == "saved" else ""))
+    return 0
+
+
 def cmd_host_info(args: argparse.Namespace) -> int:
     info = _client(args).host_info()
     _print(args, info, render.host(info))
@@ -357,6 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("restore", _simple("restore"), "bring a saved VM back where it was", parents=(js,))
     p.add_argument("--wait", action="store_true", help="return when the guest agent answers")
     p.add_argument("--timeout", type=float, metavar="S", help="readiness timeout (default 120)")
+    p = add("export", cmd_export, "write a stopped or saved VM into one file",
+            "Write the VM's spec, disks, snapshots and saved state (if it is saved) into one "
+            "file, with a checksum for each part. Save or stop it first.", (js,))
+    p.add_argument("file", metavar="FILE")
+    p = add("import", cmd_import, "recreate a VM from an export file",
+            "Recreate a VM from a file made by 'corral export', on this or another data "
+            "directory. The file is checked whole before anything is created.", (js,),
+            vm=False)
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--name", metavar="NAME", help="import under another name (new MACs)")
     add("destroy", cmd_destroy, "stop a VM if it runs and remove all it owns", parents=(js,))
     add("list", cmd_list, "list VMs", parents=(js,), vm=False)
     add("show", cmd_show, "show one VM: state, accelerator, pid, uptime, boot time",
