@@ -222,6 +222,11 @@ class Client:
         """Bring a saved VM back where it was."""
         return self.request("POST", f"/vms/{name}/restore", wait=wait or None, timeout=timeout)
 
+    def clone(self, src: str, new: str, full: bool = False,
+              snapshot: str | None = None) -> Any:
+        return self.request("POST", f"/vms/{src}/clone", new=new, full=full or None,
+                            snapshot=snapshot)
+
     # --- portability ---
     def export(self, name: str, file: str) -> Any:
         """Write the VM (spec, disks, snapshots, saved state) into one file."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 from .conftest import Daemon
@@ -62,3 +63,29 @@ def test_warm_start_from_snapshot(daemon: Daemon) -> None:
     c.snapshot_delete("gold", "base")
     assert not (d.home / "vms" / "gold" / "templates" / "base").exists()
     c.destroy("gold")
+
+
+def test_clones_of_a_stopped_vm_and_of_a_snapshot(daemon: Daemon) -> None:
+    d, c = daemon, daemon.client
+    c.create("orig", disks=[{"size": "32M"}], start=True, wait=True)
+    sh(d, "orig", "printf ORIG-1 | dd of=/dev/vda bs=512 seek=5 conv=notrunc,fsync 2>/dev/null")
+    c.stop("orig")
+    res = d.cli("clone", "orig", "full1", "--json")
+    assert res.returncode == 0, res.stderr
+    c.snapshot_create("orig", "s")
+    c.clone("orig", "lnk1", snapshot="s")
+    c.start("orig", wait=True)
+    sh(d, "orig", "printf ORIG-2 | dd of=/dev/vda bs=512 seek=5 conv=notrunc,fsync 2>/dev/null")
+    for name in ("full1", "lnk1"):
+        vm = c.start(name, wait=True)
+        assert vm["nics"][0]["mac"] != c.get("orig")["nics"][0]["mac"]
+        assert sh(d, name, "hostname") == name  # a cold boot under its own name
+        assert sh(d, name, "dd if=/dev/vda bs=512 skip=5 count=1 2>/dev/null | head -c 6") \
+            == "ORIG-1"
+    backing = subprocess.run(["qemu-img", "info", "-U", "--output=json",
+                              c.get("lnk1")["disks"][0]["path"]], capture_output=True,
+                             text=True, check=True).stdout
+    assert "backing-filename" in backing  # linked: an overlay on the snapshot's frozen disk
+    assert d.cli("clone", "orig", "nope").returncode == 5  # current disks of a running VM
+    for name in ("full1", "lnk1", "orig"):
+        c.destroy(name)

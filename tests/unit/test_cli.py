@@ -13,7 +13,7 @@ from corral.cli.main import build_parser, main
 from corral.errors import InvalidSpec
 
 COMMANDS = ["serve", "create", "run", "start", "pause", "resume", "shutdown", "stop", "reboot",
-            "exec", "cp", "ip", "save", "restore", "export", "import",
+            "exec", "cp", "ip", "save", "restore", "export", "import", "clone",
             "destroy", "list", "show", "console", "logs"]
 
 

@@ -193,6 +193,13 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
     async def detach_disk(name: str, disk: str) -> dict[str, Any]:
         return await disks.detach(manager, name, disk)
 
+    @app.post(f"{API}/vms/{{name}}/clone", status_code=201)
+    async def clone_vm(name: str, new: str, full: bool = False,
+                       snapshot: str | None = None) -> dict[str, Any]:
+        from corral.service.warm import clone
+
+        return await clone(manager, name, new, full, snapshot)
+
     @app.post(f"{API}/vms/{{name}}/export")
     async def export_vm(name: str, file: str) -> dict[str, Any]:
         import asyncio

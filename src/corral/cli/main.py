@@ -243,6 +243,15 @@ def cmd_detach_disk(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clone(args: argparse.Namespace) -> int:
+    src, _, snap = args.src.partition(":")
+    vm = _client(args).clone(src, args.new, args.full, snap or None)
+    kind = "full copy" if args.full or not snap else "linked"
+    _print(args, vm, f"{vm['name']} cloned from {args.src} ({kind}); "
+                     f"start it with 'corral start {vm['name']}'")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     out = _client(args).export(args.name, args.file)
     _print(args, out, f"exported {args.name} to {out['file']} ({out['size'] >> 20} MiB"
@@ -371,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("restore", _simple("restore"), "bring a saved VM back where it was", parents=(js,))
     p.add_argument("--wait", action="store_true", help="return when the guest agent answers")
     p.add_argument("--timeout", type=float, metavar="S", help="readiness timeout (default 120)")
+    p = add("clone", cmd_clone, "define a new VM as a clone of a VM or of a snapshot",
+            "Clone SRC (a stopped VM: a full copy of its disks) or SRC:SNAPSHOT (linked by "
+            "default: qcow2 overlays on the snapshot's frozen disks; --full copies them). "
+            "The clone gets its own name, MACs and state file.", (js,), vm=False)
+    p.add_argument("src", metavar="SRC[:SNAPSHOT]")
+    p.add_argument("new", metavar="NEW")
+    p.add_argument("--full", action="store_true", help="independent copies of the disks")
     p = add("export", cmd_export, "write a stopped or saved VM into one file",
             "Write the VM's spec, disks, snapshots and saved state (if it is saved) into one "
             "file, with a checksum for each part. Save or stop it first.", (js,))

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.domain import specs as sp
-from corral.domain.states import State
+from corral.domain.states import LIVE, State
 from corral.engine.qemu import argv as qargv
 from corral.engine.qemu.process import launch
 from corral.engine.qemu.qmp import Monitor
-from corral.errors import AgentError, AlreadyExists, CorralError, InvalidSpec, Timeout
+from corral.errors import AgentError, AlreadyExists, CorralError, InvalidSpec, InvalidState, Timeout
 from corral.host.runner import arun
 from corral.service import saved, snapshots, storage
 from corral.store.db import VMRecord
@@ -40,19 +40,20 @@ def template_dir(m: Manager, src: str, snapshot: str) -> Path:
     return m.paths.vm_dir(src) / "templates" / snapshot
 
 
-async def ensure_template(m: Manager, src: str, snapshot: str) -> Path:
-    """The template of ``src``'s memory snapshot, made on first use.
+async def ensure_template(m: Manager, src: str, snapshot: str, memory: bool = True) -> Path:
+    """The template of ``src``'s snapshot, made on first use: its disks, and with
+    ``memory`` its running state too.
 
-    :raises InvalidSpec: the snapshot keeps no running state.
+    :raises InvalidSpec: ``memory`` is asked of a snapshot that keeps no running state.
     """
     tdir = template_dir(m, src, snapshot)
+    snap = snapshots._find(m, src, snapshot)
+    if memory and not snap["memory"]:
+        raise InvalidSpec("from_snapshot", f"snapshot '{snapshot}' of '{src}' has no running "
+                                           "state; take one with --memory")
     if (tdir / "template.json").is_file():
         return tdir
     rec = m._get(src)
-    snap = snapshots._find(m, src, snapshot)
-    if not snap["memory"]:
-        raise InvalidSpec("from_snapshot", f"snapshot '{snapshot}' of '{src}' has no running "
-                                           "state; take one with --memory")
     work = tdir.with_name(f".{snapshot}.tmp-{uuid.uuid4().hex[:6]}")
     work.mkdir(parents=True)
     try:
@@ -65,12 +66,14 @@ async def ensure_template(m: Manager, src: str, snapshot: str) -> Path:
                         f"snapshot.name={snapshot}", "-f", disk.format, disk.path, copy],
                        what="qemu-img could not copy the snapshot's disk")
             spec.disks[i] = disk.model_copy(update={"path": str(copy), "format": "qcow2"})
-        assert rec.spec.vmstate is not None
-        shutil.copyfile(rec.spec.vmstate, work / "vmstate.qcow2")
-        spec.vmstate = str(work / "vmstate.qcow2")
-        await _capture(m, spec, snapshot, work)
+        if snap["memory"]:
+            assert rec.spec.vmstate is not None
+            shutil.copyfile(rec.spec.vmstate, work / "vmstate.qcow2")
+            spec.vmstate = str(work / "vmstate.qcow2")
+            await _capture(m, spec, snapshot, work)
         (work / "template.json").write_text(json.dumps(
             {"src": src, "snapshot": snapshot, "running": snap["running"],
+             "memory": bool(snap["memory"]),
              "spec": spec.model_dump(), "created_at": time.time()}))
         # the paths inside point into `work`; after the rename they point into `tdir`
         meta = (work / "template.json").read_text().replace(str(work), str(tdir))
@@ -124,28 +127,7 @@ async def warm_start(m: Manager, name: str, source: str, wait: bool = True,
         raise AlreadyExists(f"a VM named '{name}' exists; pick another name")
     tdir = await ensure_template(m, src, snapshot)
     meta = json.loads((tdir / "template.json").read_text())
-    tspec = sp.VMSpec.model_validate(meta["spec"])
-    vm_dir = m.paths.vm_dir(name)
-    vm_dir.mkdir(parents=True)
-    try:
-        disks = []
-        for i, disk in enumerate(tspec.disks):
-            if disk.readonly:
-                disks.append(disk)
-                continue
-            overlay = vm_dir / f"disk{i}.qcow2"
-            await arun(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                        disk.path, overlay], what="qemu-img could not make the clone's disk")
-            disks.append(disk.model_copy(update={"path": str(overlay), "owned": True,
-                                                 "name": None, "port": disk.port}))
-        spec = tspec.model_copy(update={
-            "name": name, "disks": disks, "vmstate": await storage.make_vmstate(vm_dir),
-            "nics": [n.model_copy(update={"mac": sp.new_mac()}) for n in tspec.nics]})
-        rec = VMRecord(name=name, uid=str(uuid.uuid4()), spec=spec, state=State.DEFINED)
-        m.db.add_vm(rec)
-    except BaseException:
-        shutil.rmtree(vm_dir, ignore_errors=True)
-        raise
+    rec = await _define_clone(m, name, sp.VMSpec.model_validate(meta["spec"]), full=False)
     try:
         async with m._lock(name):
             await _resume_from(m, rec, tdir, bool(meta["running"]))
@@ -155,6 +137,72 @@ async def warm_start(m: Manager, name: str, source: str, wait: bool = True,
     if wait:
         await m.wait_ready(name, timeout)
     return m._view(m._get(name))
+
+
+async def _define_clone(m: Manager, name: str, base: sp.VMSpec, full: bool,
+                        snapshot: str | None = None) -> VMRecord:
+    """Define ``name`` with ``base``'s hardware, its own MACs, and disks that are overlays on
+    ``base``'s (linked) or copies of them (``full``, from ``snapshot`` if given)."""
+    vm_dir = m.paths.vm_dir(name)
+    vm_dir.mkdir(parents=True)
+    try:
+        disks = []
+        for i, disk in enumerate(base.disks):
+            if disk.readonly:
+                disks.append(disk)
+                continue
+            target = vm_dir / f"disk{i}.qcow2"
+            if full:
+                argv: list[str | Path] = ["qemu-img", "convert", "-U", "-O", "qcow2", "-f",
+                                          disk.format, disk.path, target]
+                if snapshot:
+                    argv[4:4] = ["-l", f"snapshot.name={snapshot}"]
+            else:
+                argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                        disk.path, target]
+            await arun(argv, what="qemu-img could not make the clone's disk")
+            disks.append(disk.model_copy(update={"path": str(target), "owned": True,
+                                                 "format": "qcow2", "name": None}))
+        spec = base.model_copy(update={
+            "name": name, "disks": disks, "vmstate": await storage.make_vmstate(vm_dir),
+            "nics": [n.model_copy(update={"mac": sp.new_mac()}) for n in base.nics]})
+        rec = VMRecord(name=name, uid=str(uuid.uuid4()), spec=spec, state=State.DEFINED)
+        m.db.add_vm(rec)
+    except BaseException:
+        shutil.rmtree(vm_dir, ignore_errors=True)
+        raise
+    return rec
+
+
+async def clone(m: Manager, src: str, name: str, full: bool = False,
+                snapshot: str | None = None) -> dict[str, Any]:
+    """Define ``name`` as a clone of ``src``: of its current disks (a full copy: they would
+    keep changing under a linked clone; the VM must not run) or of one of its snapshots
+    (linked by default: qcow2 overlays on the snapshot's frozen disks).
+
+    :raises InvalidState: a clone of current disks is asked of a VM that runs.
+    :raises AlreadyExists: the name is taken.
+    """
+    sp.check_name(name)
+    if m.db.get_vm(name) is not None:
+        raise AlreadyExists(f"a VM named '{name}' exists; pick another name")
+    async with m._lock(src):
+        rec = m._get(src)
+        if snapshot is None:
+            if rec.state in LIVE:
+                raise InvalidState(src, "clone", rec.state.value,
+                                   ["defined", "stopped", "crashed", "saved"])
+            new = await _define_clone(m, name, rec.spec, full=True)
+        elif full:
+            snapshots._find(m, src, snapshot)
+            new = await _define_clone(m, name, rec.spec, full=True, snapshot=snapshot)
+        else:
+            tdir = await ensure_template(m, src, snapshot, memory=False)
+            meta = json.loads((tdir / "template.json").read_text())
+            new = await _define_clone(m, name, sp.VMSpec.model_validate(meta["spec"]),
+                                      full=False)
+    m.db.update_vm(new, "cloned", {"from": src, "snapshot": snapshot, "full": full})
+    return m._view(new)
 
 
 async def _resume_from(m: Manager, rec: VMRecord, tdir: Path, running: bool) -> None:
