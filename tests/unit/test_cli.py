@@ -17,7 +17,8 @@ COMMANDS = ["serve", "create", "run", "start", "pause", "resume", "shutdown", "s
             "destroy", "list", "show", "console", "logs"]
 
 
-@pytest.mark.parametrize("command", [*COMMANDS, "host info", "image build", "image list"])
+@pytest.mark.parametrize("command", [*COMMANDS, "host info", "image build", "image list",
+                                     "image import", "image rm"])
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args([*command.split(), "--help"])

@@ -241,6 +241,10 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
     async def guest_addresses(name: str) -> list[dict[str, Any]]:
         return await guest.addresses(manager, name)
 
+    @app.delete(f"{API}/images/{{image}}", status_code=204)
+    async def remove_image(image: str) -> None:
+        manager.remove_image(image)
+
     @app.get(f"{API}/events")
     async def events(since: int = 0, vm: str | None = None) -> list[dict[str, Any]]:
         return manager.events(since, vm)

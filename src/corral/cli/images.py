@@ -56,6 +56,22 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_(args: argparse.Namespace) -> int:
+    from corral.images.importer import import_image
+
+    root = Path(args.dest) if args.dest else Paths.from_env().images
+    bar = ProgressBar(f"importing image {args.name}")
+    path = import_image(root, args.name, Path(args.file).absolute(), agent=args.agent,
+                        root_device=args.root_device, progress=bar)
+    bar.done()
+    manifest = json.loads((path / "image.json").read_text())
+    if args.json:
+        print(json.dumps({"path": str(path), **manifest}, indent=2))
+    else:
+        print(f"image {args.name} imported at {path}")
+    return 0
+
+
 def list_images(args: argparse.Namespace) -> int:
     from corral.images.catalog import list_images as _list
 

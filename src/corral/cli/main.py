@@ -287,6 +287,18 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return build(args)
 
 
+def cmd_image_import(args: argparse.Namespace) -> int:
+    from corral.cli.images import import_
+
+    return import_(args)
+
+
+def cmd_image_rm(args: argparse.Namespace) -> int:
+    _client(args).request("DELETE", f"/images/{args.name}")
+    _print(args, {"deleted": args.name}, f"image {args.name} removed")
+    return 0
+
+
 def cmd_image_list(args: argparse.Namespace) -> int:
     from corral.cli.images import list_images
 
@@ -500,6 +512,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = isub.add_parser("list", help="list built images", parents=[js],
                         formatter_class=_Formatter)
     p.set_defaults(func=cmd_image_list)
+    p = isub.add_parser("import", help="import a qcow2 or raw disk image file",
+                        description="Import a disk image (a distribution's cloud image, for "
+                                    "one) as a Corral image. It is checked with qemu-img and "
+                                    "refused when damaged or not a disk image; VMs made from "
+                                    "it boot their own overlays of it.",
+                        parents=[js], formatter_class=_Formatter)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--agent", action="store_true",
+                   help="the image runs qemu-guest-agent (Corral then waits for it)")
+    p.add_argument("--root-device", choices=["virtio", "nvme"], default="virtio",
+                   help="how the root disk is attached (default virtio)")
+    p.add_argument("--dest", metavar="DIR", help="image directory (default $CORRAL_HOME/images)")
+    p.set_defaults(func=cmd_image_import)
+    p = isub.add_parser("rm", help="remove an image (refused while a VM uses it)",
+                        parents=[common, js], formatter_class=_Formatter)
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_image_rm)
     return parser
 
 

@@ -85,6 +85,8 @@ class DiskSpec(BaseModel):
     readonly: bool = False
     owned: bool = True  # made by Corral for this VM, removed with it
     id: str | None = None  # stable QEMU node/device id; None: by position (disk0, disk1 …)
+    bus: Literal["virtio", "nvme"] = "virtio"
+    boot: bool = False  # the disk firmware boots from (images without a kernel)
     name: str | None = None  # a named disk (corral disk create) attached to this VM
     iops: int | None = None  # IO limits: operations and bytes per second, read+write
     bps: int | None = None
@@ -109,7 +111,7 @@ class VMSpec(BaseModel):
     image: str | None
     cpus: int
     memory_bytes: int
-    kernel: str
+    kernel: str | None  # None: firmware boots the first disk
     initrd: str | None
     cmdline: str
     machine: Machine
@@ -157,8 +159,8 @@ def validate_against_host(req: VMCreate, host: HostFacts) -> int:
     if memory > host.memory_bytes:
         raise InvalidSpec("memory", f"{req.memory} is more than this host's "
                                     f"{host.memory_bytes >> 20} MiB; give less")
-    if req.kernel is None and (req.initrd or req.cmdline):
-        raise InvalidSpec("kernel", "--initrd and --cmdline need --kernel")
+    if req.kernel is None and req.initrd:
+        raise InvalidSpec("kernel", "--initrd needs --kernel")
     for i, nic in enumerate(req.nics or []):
         if nic.mac is not None and not MAC_RE.match(nic.mac.lower()):
             raise InvalidSpec(f"nics.{i}.mac", f"'{nic.mac}' is not a MAC like 52:54:00:12:34:56")

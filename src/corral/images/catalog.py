@@ -18,8 +18,19 @@ class Image:
     manifest: dict[str, Any]
 
     @property
-    def kernel(self) -> Path:
-        return self.dir / str(self.manifest["kernel"])
+    def kernel(self) -> Path | None:
+        kernel = self.manifest.get("kernel")
+        return self.dir / str(kernel) if kernel else None
+
+    @property
+    def disk(self) -> Path | None:
+        """The root disk new VMs get an overlay of (disk images), or None (RAM root)."""
+        disk = self.manifest.get("disk")
+        return self.dir / str(disk) if disk else None
+
+    @property
+    def root_bus(self) -> str:
+        return str(self.manifest.get("root_device", "virtio"))
 
     @property
     def initrd(self) -> Path | None:

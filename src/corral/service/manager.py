@@ -153,6 +153,11 @@ class Manager:
             vm_dir.mkdir(parents=True)
             try:
                 spec.disks = await storage.prepare_disks(req.disks, vm_dir)
+                image = catalog.find(self.paths, spec.image) if spec.image else None
+                if image is not None and image.disk is not None:
+                    root = await storage.make_root(image.disk, vm_dir, image.root_bus,
+                                                   boot=spec.kernel is None)
+                    spec.disks.insert(0, root)
                 spec.vmstate = await storage.make_vmstate(vm_dir)
                 rec = VMRecord(name=req.name, uid=str(uuid.uuid4()), spec=spec,
                                state=State.DEFINED)
@@ -163,6 +168,13 @@ class Manager:
         return self._view(rec)
 
     def _resolve(self, req: sp.VMCreate, memory: int) -> sp.VMSpec:
+        """Kernel, initrd and command line come from ``--kernel`` … when given, else from the
+        image; an image with a disk gives the VM an overlay of it either way."""
+        image = None
+        if req.image or not req.kernel:
+            image = catalog.resolve(self.paths, req.image or sp.DEFAULT_IMAGE)
+        image_name, arch = (image.name, image.arch) if image else (None, "x86_64")
+        agent = image.agent if image else True
         if req.kernel:
             kernel = Path(req.kernel).expanduser()
             if not kernel.is_file():
@@ -170,15 +182,14 @@ class Manager:
             initrd = Path(req.initrd).expanduser() if req.initrd else None
             if initrd and not initrd.is_file():
                 raise InvalidSpec("initrd", f"no file '{req.initrd}'; give the path of an initrd")
-            image_name, arch, agent = None, "x86_64", True
-            kpath, ipath = str(kernel.absolute()), str(initrd.absolute()) if initrd else None
+            kpath: str | None = str(kernel.absolute())
+            ipath = str(initrd.absolute()) if initrd else None
             cmdline = req.cmdline or "console=ttyS0 panic=-1"
         else:
-            image = catalog.resolve(self.paths, req.image or sp.DEFAULT_IMAGE)
-            image_name, arch, agent = image.name, image.arch, image.agent
-            kpath = str(image.kernel)
+            assert image is not None
+            kpath = str(image.kernel) if image.kernel else None
             ipath = str(image.initrd) if image.initrd else None
-            cmdline = image.cmdline
+            cmdline = req.cmdline or image.cmdline
         nics = [sp.NicSpec(mac=(n.mac or sp.new_mac()).lower())
                 for n in (req.nics if req.nics is not None else [sp.NicRequest()])]
         return sp.VMSpec(name=req.name, arch=arch, image=image_name, cpus=req.cpus,
@@ -631,6 +642,20 @@ class Manager:
         info.update(home=str(self.paths.home), vms=len(vms),
                     vms_running=sum(1 for r in vms if r.state in LIVE))
         return info
+
+    def remove_image(self, name: str) -> None:
+        """:raises InvalidState: while a VM uses it. :raises NotFound: no such image."""
+        image = catalog.find(self.paths, name)
+        if image is None:
+            raise NotFound(f"no image named '{name}'; see 'corral image list'")
+        users = sorted(r.name for r in self.db.list_vms() if r.spec.image == name)
+        if users:
+            raise InvalidState(name, "remove image", f"used by {', '.join(users)}",
+                               ["unused (destroy those VMs first)"])
+        if image.dir.parent != self.paths.images:
+            raise CorralError(f"image '{name}' lives in {image.dir.parent}, outside "
+                              f"{self.paths.images}; remove it there")
+        shutil.rmtree(image.dir)
 
     def logs(self, name: str, offset: int = 0, limit: int = 1 << 20) -> dict[str, Any]:
         """The serial log from byte ``offset``: ``{"data", "offset"}`` (next offset)."""

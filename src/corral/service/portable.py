@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from corral.domain import specs as sp
 from corral.domain.states import LIVE, State
 from corral.errors import AlreadyExists, CorralError, InvalidSpec, InvalidState
+from corral.host.runner import run
 from corral.images import catalog
 from corral.store.db import VMRecord
 
@@ -62,7 +63,7 @@ def export(m: Manager, name: str, file: str) -> dict[str, Any]:
         members[f"disk{i}.{disk.format}"] = Path(disk.path)
     if spec.vmstate:
         members["vmstate.qcow2"] = Path(spec.vmstate)
-    if spec.image is None:
+    if spec.image is None and spec.kernel:
         members["kernel"] = Path(spec.kernel)
         if spec.initrd:
             members["initrd"] = Path(spec.initrd)
@@ -138,7 +139,7 @@ def import_vm(m: Manager, file: str, new_name: str | None = None) -> dict[str, A
         work.mkdir(parents=True)
         try:
             _unpack(tar, path, work, expected)
-            rec = _record(m, manifest, spec, name, new_name is not None, vm_dir)
+            rec = _record(m, manifest, spec, name, new_name is not None, vm_dir, work.name)
             work.rename(vm_dir)
             m.db.add_vm(rec)
             for snap in manifest.get("snapshots", []):
@@ -175,20 +176,25 @@ def _unpack(tar: tarfile.TarFile, path: Path, work: Path, expected: dict[str, st
 
 
 def _record(m: Manager, manifest: dict[str, Any], spec: sp.VMSpec, name: str, renamed: bool,
-            vm_dir: Path) -> VMRecord:
+            vm_dir: Path, work_name: str) -> VMRecord:
     for i, disk in enumerate(spec.disks):
         spec.disks[i] = disk.model_copy(update={
             "path": str(vm_dir / f"disk{i}.{disk.format}"), "owned": True, "name": None,
             "port": disk.port})
     if spec.vmstate:
         spec.vmstate = str(vm_dir / "vmstate.qcow2")
-    if spec.image is None:
+    if spec.image is None and spec.kernel:
         spec.kernel = str(vm_dir / "kernel")
         spec.initrd = str(vm_dir / "initrd") if spec.initrd else None
-    else:
+    elif spec.image is not None:
         image = catalog.resolve(m.paths, spec.image)
-        spec.kernel = str(image.kernel)
+        spec.kernel = str(image.kernel) if image.kernel else None
         spec.initrd = str(image.initrd) if image.initrd else None
+        if image.disk is not None and spec.disks and spec.disks[0].id == "root":
+            # the root overlay sat on the exporter's copy of the image: point it at ours
+            root = vm_dir.with_name(work_name) / Path(spec.disks[0].path).name
+            run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(image.disk), root],
+                what="qemu-img could not attach the root disk to this host's image")
     spec.name = name
     if renamed:  # a copy beside the original, not a move: it needs its own MACs
         spec.nics = [n.model_copy(update={"mac": sp.new_mac()}) for n in spec.nics]

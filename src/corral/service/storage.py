@@ -12,6 +12,18 @@ from corral.errors import CommandFailed, InvalidSpec
 from corral.host.runner import arun
 
 
+async def make_root(image_disk: Path, vm_dir: Path, bus: str, boot: bool) -> DiskSpec:
+    """A qcow2 overlay of an image's root disk (a linked clone: the image stays read-only)."""
+    info = json.loads((await arun(["qemu-img", "info", "--output=json", "-U",
+                                   image_disk])).stdout)
+    path = vm_dir / "root.qcow2"
+    await arun(["qemu-img", "create", "-q", "-f", "qcow2", "-F", info["format"], "-b",
+                str(image_disk.absolute()), path],
+               what="qemu-img could not make the VM's root disk")
+    return DiskSpec(path=str(path), format="qcow2", id="root",
+                    bus="nvme" if bus == "nvme" else "virtio", boot=boot)
+
+
 async def make_vmstate(vm_dir: Path) -> str:
     """The small qcow2 file, seen by no guest device, where memory snapshots keep RAM."""
     path = vm_dir / "vmstate.qcow2"

@@ -34,9 +34,15 @@ def disk_blockdev(disk: DiskSpec, node: str) -> dict[str, object]:
 def disk_device(disk: DiskSpec, node: str, bus: str, port: str | None = None
                 ) -> dict[str, object]:
     """The ``-device`` / ``device_add`` object of a virtio disk."""
-    dev: dict[str, object] = {"driver": f"virtio-blk-{bus}", "drive": node, "id": f"vd-{node}"}
+    if disk.bus == "nvme":
+        dev: dict[str, object] = {"driver": "nvme", "drive": node, "id": f"vd-{node}",
+                                  "serial": node}
+    else:
+        dev = {"driver": f"virtio-blk-{bus}", "drive": node, "id": f"vd-{node}"}
     if port:
         dev["bus"] = port
+    if disk.boot:
+        dev["bootindex"] = 0
     return dev
 
 
@@ -117,11 +123,12 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
         "-machine", machine, "-accel", accel, "-cpu", spec.cpu_model,
         "-m", f"{spec.memory_bytes >> 20}M", "-object", _dev(backend),
         "-smp", str(spec.cpus),
-        "-kernel", spec.kernel,
     ]
-    if spec.initrd:
-        argv += ["-initrd", spec.initrd]
-    argv += ["-append", cmdline]
+    if spec.kernel:
+        argv += ["-kernel", spec.kernel]
+        if spec.initrd:
+            argv += ["-initrd", spec.initrd]
+        argv += ["-append", cmdline]
     if microvm:
         argv += ["-global", "virtio-mmio.force-legacy=false"]
     argv += [
