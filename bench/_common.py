@@ -224,7 +224,7 @@ def fmt_num(value: float) -> str:
 def fmt_summary(s: Summary | None) -> str:
     if s is None:
         return "—"
-    return f"{fmt_num(s.median)} ({fmt_num(s.low)}–{fmt_num(s.high)})"
+    return f"{fmt_num(s.median)} ({fmt_num(s.low)}-{fmt_num(s.high)})"
 
 
 def ratio(num: Summary | float | None, den: Summary | float | None) -> str:
@@ -232,7 +232,7 @@ def ratio(num: Summary | float | None, den: Summary | float | None) -> str:
     b = den.median if isinstance(den, Summary) else den
     if a is None or b is None or b == 0:
         return "—"
-    return f"{a / b:.2f}×"
+    return f"{a / b:.2f}x"
 
 
 def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -286,6 +286,9 @@ class System:
         raise NotImplementedError
 
     def pid(self, role: str) -> int:
+        raise NotImplementedError
+
+    def list_vms(self) -> float:
         raise NotImplementedError
 
     def close(self) -> None:

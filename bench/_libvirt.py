@@ -11,16 +11,23 @@ There is no systemd here, so the benchmark starts ``virtlogd`` and ``libvirtd`` 
 foreground, as its own children) and stops them at the end. libvirtd runs under
 ``_subreaper.py`` so its daemonized QEMUs are reaped at once (caveat 1 of
 shared/notes/baseline-libvirt-vs-raw-qemu.md).
+
+Where ``/dev/kvm`` exists but only root may open it, libvirt 9.0 finds KVM in its (root)
+capability probe but not usable for its ``libvirt-qemu`` user, judges its capability cache
+stale and re-probes QEMU (~0.6 s) on every domain start. For the run, ``/dev/kvm`` is made
+``root:kvm 0660`` (what udev does on a standard Debian host) and put back afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import importlib
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -36,6 +43,7 @@ PACKAGES = ["libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-clients", "
 LIBVIRT_SOCK = Path("/run/libvirt/libvirt-sock")
 VIRTLOGD_SOCK = Path("/run/libvirt/virtlogd-sock")
 SUBREAPER = Path(__file__).with_name("_subreaper.py")
+KVM = Path("/dev/kvm")
 
 
 class LibvirtUnavailable(Exception):
@@ -116,10 +124,13 @@ class LibvirtHost:
         self.lv: Any = None  # the libvirt module
         self.lvq: Any = None  # libvirt_qemu
         self.version = ""
+        self.notes: list[str] = []
+        self._kvm_saved: tuple[int, int, int] | None = None
 
     def start(self) -> None:
         """:raises LibvirtUnavailable: with the reason."""
         install()
+        self._kvm_to_group()
         try:
             self.lv = importlib.import_module("libvirt")
             self.lvq = importlib.import_module("libvirt_qemu")
@@ -153,6 +164,29 @@ class LibvirtHost:
         ver = self.conn.getLibVersion()
         self.version = f"libvirt {ver // 1000000}.{ver // 1000 % 1000}.{ver % 1000}"
 
+    def _kvm_to_group(self) -> None:
+        if not KVM.exists():
+            return
+        st = KVM.stat()
+        gid = grp.getgrnam("kvm").gr_gid
+        if st.st_gid == gid and st.st_mode & 0o060 == 0o060:
+            return
+        self._kvm_saved = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+        os.chown(KVM, st.st_uid, gid)
+        os.chmod(KVM, 0o660)
+        was = f"{grp.getgrgid(st.st_gid).gr_name} {stat.S_IMODE(st.st_mode):04o}"
+        note = (f"/dev/kvm was group {was}: made group kvm 0660 for the run (as udev does on "
+                "Debian; else libvirt re-probes QEMU on every start), restored after")
+        if note not in self.notes:
+            self.notes.append(note)
+
+    def _restore_kvm(self) -> None:
+        if self._kvm_saved is not None:
+            uid, gid, mode = self._kvm_saved
+            os.chown(KVM, uid, gid)
+            os.chmod(KVM, mode)
+            self._kvm_saved = None
+
     def _wait_for(self, sock: Path, proc: subprocess.Popen[bytes], what: str) -> None:
         deadline = time.monotonic() + 30
         while not _listening(sock):
@@ -165,6 +199,10 @@ class LibvirtHost:
         """RSS and PSS of libvirtd plus virtlogd."""
         assert self.libvirtd_pid is not None and self.virtlogd is not None
         return memory_of(self.libvirtd_pid) + memory_of(self.virtlogd.pid)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
     def stop(self) -> None:
         if self.conn is not None:
@@ -181,6 +219,7 @@ class LibvirtHost:
                 proc.kill()
                 proc.wait(5)
         self.wrapper = self.virtlogd = None
+        self._restore_kvm()
 
 
 def domain_xml(name: str, kernel: Path, initrd: Path, cmdline: str, memory_mib: int,
@@ -224,7 +263,7 @@ class LibvirtPy(System):
         self.root = root
         self.prefix = prefix
         self.memory_mib = memory_mib
-        self.cmdline = cmdline
+        self.cmdline = cmdline  # with @NAME@ where the domain name goes
         # libvirt relabels the kernel and initrd for its QEMU user: give it private copies
         img = root / "img"
         img.mkdir(parents=True, exist_ok=True)
@@ -242,7 +281,7 @@ class LibvirtPy(System):
 
     def prepare(self, role: str) -> None:
         name = self.name(role)
-        cmdline = self.cmdline.replace("GUEST_HOSTNAME=@", f"GUEST_HOSTNAME={name}")
+        cmdline = self.cmdline.replace("@NAME@", name)
         xml = domain_xml(name, self.kernel, self.initrd, cmdline, self.memory_mib,
                          self.root / f"{name}.serial.log")
         self.host.conn.defineXML(xml)

@@ -13,7 +13,8 @@ from corral.cli.main import build_parser, main
 from corral.errors import InvalidSpec
 
 COMMANDS = ["serve", "create", "run", "start", "pause", "resume", "shutdown", "stop", "reboot",
-            "exec", "cp", "ip", "save", "restore", "export", "import", "clone",
+            "exec", "cp", "ip", "save", "restore", "export", "import", "clone", "model",
+            "simulate",
             "destroy", "list", "show", "console", "logs"]
 
 

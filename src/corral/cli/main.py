@@ -492,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="keep the running state (RAM, devices) too")
         p.set_defaults(func=cmd_snapshot)
 
+    from corral.cli import models as model_commands
+
+    model_commands.register(sub, common, js)
+
     hp = sub.add_parser("host", help="facts about this host", formatter_class=_Formatter)
     hsub = hp.add_subparsers(dest="host_command", metavar="COMMAND", required=True)
     p = hsub.add_parser("info", help="CPUs, memory, accelerator in use and why",

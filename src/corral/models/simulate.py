@@ -14,9 +14,9 @@ model of it. Every policy replays the same list of jobs (common random numbers),
 differences between policies are the policies', not the random draws'.
 
 Figures per policy: mean and 95th percentile **response time** (arrival → end), mean and
-maximum **wait** (arrival → start; the maximum shows starvation), **throughput** (jobs per
-second over the whole run) and **utilisation** (the time-average share of the host's vCPUs
-allocated).
+maximum **wait** (arrival → start; the maximum shows starvation), the mean wait of each
+owner (what ``fair`` evens out), **throughput** (jobs per second over the whole run) and
+**utilisation** (the time-average share of the host's vCPUs allocated).
 
 With 1-vCPU jobs on a host of c vCPUs (overcommit 1.0) and FCFS, the simulation is an M/M/c
 queue (M/G/c for cv ≠ 1), so its figures must agree with :mod:`corral.models.queueing`; the
@@ -25,9 +25,10 @@ unit tests check that they do.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -122,6 +123,7 @@ class PolicyResult:
     max_wait: float
     throughput: float
     utilisation: float
+    owner_mean_wait: dict[str, float]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,6 +173,8 @@ def _trace_job(i: int, item: object) -> Job:
     unknown = set(item) - _TRACE_FIELDS
     if unknown:
         raise InvalidSpec(f"{where}.{sorted(unknown)[0]}", "unknown field")
+    if "runtime" not in item and not {"start", "end"} <= set(item):
+        raise InvalidSpec(f"{where}.runtime", "missing; give runtime, or start and end")
     try:
         runtime = item["runtime"] if "runtime" in item else item["end"] - item["start"]
         expected = item.get("expected_runtime")
@@ -186,6 +190,8 @@ def _trace_job(i: int, item: object) -> Job:
         raise InvalidSpec(where, f"not a job: {err}") from err
     if not (math.isfinite(job.arrival) and math.isfinite(job.runtime) and job.runtime > 0):
         raise InvalidSpec(where, "arrival must be a time and runtime a duration above 0")
+    if job.cpus < 1 or job.memory < 0:
+        raise InvalidSpec(where, "a job needs at least 1 CPU and memory of 0 or more")
     return job
 
 
@@ -201,7 +207,7 @@ def host_for(jobs: Sequence[Job], cpus: int, memory: int | None = None) -> Resou
 
 def simulate(jobs: Sequence[Job], host: Resources, policy: str = "fcfs", *,
              backfill: bool = False, aging_rate: float = DEFAULT_AGING_RATE) -> PolicyResult:
-    """Replay ``jobs`` (sorted by arrival) on ``host`` (overcommit 1.0) under one policy.
+    """Replay ``jobs``, in arrival order, on ``host`` (overcommit 1.0) under one policy.
 
     :raises InvalidSpec: for an unknown policy, no jobs, or a job larger than the host
         (it would wait forever).
@@ -218,33 +224,34 @@ def simulate(jobs: Sequence[Job], host: Resources, policy: str = "fcfs", *,
     ends = [0.0] * len(jobs)
     area = [0.0, 0.0]  # ∫ allocated vCPUs dt, time of the last change
 
-    def account() -> None:
-        area[0] += inventory.allocated.cpus * (env.now - area[1])
-        area[1] = env.now
+    def account(now: float) -> None:
+        area[0] += inventory.allocated.cpus * (now - area[1])
+        area[1] = now
 
-    def dispatch() -> None:
-        now = env.now
+    def dispatch(now: float) -> None:
         for request in next_to_start(queue, inventory, now):
-            account()
+            account(now)
             queue.start(request.id)
             inventory.reserve(request.reservation(now))
             k = int(request.id)
             starts[k] = now
-            env.timeout(jobs[k].runtime).callbacks.append(lambda _, k=k: finish(k))
+            env.timeout(jobs[k].runtime).callbacks.append(functools.partial(finish, k))
 
-    def finish(k: int) -> None:
-        account()
+    def finish(k: int, _ended: simpy.Event) -> None:
+        now = env.now
+        account(now)
         inventory.release(str(k))
-        ends[k] = env.now
-        dispatch()
+        ends[k] = now
+        dispatch(now)
 
-    def arrivals() -> Any:
+    def arrivals() -> Generator[simpy.Event, Any, None]:
         for k, job in enumerate(jobs):
             if job.arrival > env.now:
                 yield env.timeout(job.arrival - env.now)
+            now = env.now
             queue.submit(Request(str(k), str(k), job.owner, job.cpus, job.memory, 0,
-                                 job.priority, job.expected_runtime, env.now))
-            dispatch()
+                                 job.priority, job.expected_runtime, now))
+            dispatch(now)
 
     env.process(arrivals())
     env.run()
@@ -258,9 +265,13 @@ def _result(label: str, jobs: Sequence[Job], starts: list[float], ends: list[flo
     response = sorted(e - j.arrival for j, e in zip(jobs, ends, strict=True))
     waits = [s - j.arrival for j, s in zip(jobs, starts, strict=True)]
     span = max(ends) - jobs[0].arrival
+    by_owner: dict[str, list[float]] = {}
+    for job, wait in zip(jobs, waits, strict=True):
+        by_owner.setdefault(job.owner, []).append(wait)
     return PolicyResult(label, n, sum(response) / n, response[math.ceil(0.95 * n) - 1],
                         sum(waits) / n, max(waits), n / span if span > 0 else math.inf,
-                        busy / span if span > 0 else 1.0)
+                        busy / span if span > 0 else 1.0,
+                        {owner: sum(w) / len(w) for owner, w in sorted(by_owner.items())})
 
 
 def compare(jobs: Sequence[Job], host: Resources, policies: str = "fcfs,sjf,priority,fair",

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,13 +136,6 @@ class AdmissionQueue:
 
     def __len__(self) -> int:
         return len(self._waiting)
-
-    def __contains__(self, request_id: object) -> bool:
-        return request_id in self._waiting
-
-    def __iter__(self) -> Iterator[Request]:
-        """The waiting requests in arrival order (not policy order: see :meth:`ordered`)."""
-        return iter(list(self._waiting.values()))
 
     def get(self, request_id: str) -> Request:
         """:raises NotFound: when no request of that id waits."""
@@ -297,16 +290,20 @@ def next_to_start(queue: AdmissionQueue, inventory: Inventory, now: float) -> li
     The caller starts each, then calls ``queue.start(request.id)`` and
     ``inventory.reserve(request.reservation(now))``.
     """
-    if not len(queue):
+    cap, held = inventory.capacity, inventory.allocated
+    cpus, memory, disk = cap.cpus - held.cpus, cap.memory - held.memory, cap.disk - held.disk
+    if not len(queue) or cpus < 1:  # every request needs a vCPU: nothing can start
         return []
     order = queue.ordered(now)
-    room = inventory.capacity - inventory.allocated
     chosen: list[Request] = []
-    while len(chosen) < len(order) and order[len(chosen)].resources.fits_in(room):
-        room = room - order[len(chosen)].resources
-        chosen.append(order[len(chosen)])
+    for r in order:  # plain integers: this loop runs at every arrival and every end
+        if r.cpus > cpus or r.memory > memory or r.disk > disk:
+            break
+        cpus, memory, disk = cpus - r.cpus, memory - r.memory, disk - r.disk
+        chosen.append(r)
     if not queue.backfill or len(chosen) == len(order):
         return chosen
+    room = Resources(cpus, memory, disk)
     head = order[len(chosen)]
     shadow = earliest_start(head.resources, inventory, now, [r.reservation(now) for r in chosen])
     if shadow is None:

@@ -136,6 +136,9 @@ class Inventory:
     Built from the host's totals, its overcommit ratios and the reservations of the VMs that
     already run (after a daemon restart those may exceed a capacity that was lowered since;
     they are kept, and nothing more fits until enough of them end).
+
+    :raises InvalidSpec: when a total is negative.
+    :raises AlreadyExists: when two reservations name the same VM.
     """
 
     def __init__(self, total: Resources, ratios: Overcommit | None = None,
@@ -193,7 +196,9 @@ class Inventory:
 
     def fits(self, need: Resources) -> bool:
         """Whether ``need`` fits in what is free now."""
-        return (self._allocated + need).fits_in(self.capacity)
+        held, cap = self._allocated, self.capacity
+        return (held.cpus + need.cpus <= cap.cpus and held.memory + need.memory <= cap.memory
+                and held.disk + need.disk <= cap.disk)
 
     def reserve(self, reservation: Reservation) -> None:
         """Account a starting VM.
@@ -213,7 +218,9 @@ class Inventory:
         """
         held = self._held.pop(vm, None)
         if held is not None:
-            self._allocated = self._allocated - held.resources
+            a = self._allocated
+            self._allocated = Resources(a.cpus - held.cpus, a.memory - held.memory,
+                                        a.disk - held.disk)
         return held
 
     def to_dict(self) -> dict[str, object]:
@@ -233,4 +240,6 @@ class Inventory:
         if reservation.vm in self._held:
             raise AlreadyExists(f"VM '{reservation.vm}' already holds a reservation")
         self._held[reservation.vm] = reservation
-        self._allocated = self._allocated + reservation.resources
+        a = self._allocated
+        self._allocated = Resources(a.cpus + reservation.cpus, a.memory + reservation.memory,
+                                    a.disk + reservation.disk)

@@ -99,8 +99,10 @@ class TimeSlicer:
             self._run_time[vm] = 0.0
 
         short = len(self._waiting) - (self.slots - len(self._running))
-        expired = sorted((t, vm) for vm, t in self._running.items() if now - t >= self.quantum)
-        pause = [vm for _, vm in expired[:max(short, 0)]]
+        # oldest slice first; equal starts keep ring order (the sort is stable)
+        expired = sorted((vm for vm, t in self._running.items() if now - t >= self.quantum),
+                         key=self._running.__getitem__)
+        pause = expired[:max(short, 0)]
         for vm in pause:
             del self._running[vm]
         resume: list[str] = []

@@ -125,13 +125,13 @@ class Manager:
             raise NotFound(f"no VM named '{name}'; see 'corral list'")
         return rec
 
-    def _set(self, rec: VMRecord, state: State, kind: str | None = None,
+    def _set(self, rec: VMRecord, state: State, kind: str | None = None, wait: bool = True,
              **detail: Any) -> None:
         if rec.state != state and not allowed(rec.state, state):
             raise InvalidState(rec.name, f"move to {state.value}", rec.state.value,
                                [s.value for s in State if allowed(s, state)])
         rec.state = state
-        self.db.update_vm(rec, kind or state.value, detail)
+        self.db.update_vm(rec, kind or state.value, detail, wait=wait)
 
     # ----- create ---------------------------------------------------------------------------
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -346,8 +346,8 @@ class Manager:
             rec = self._get(name)
             check(name, op, rec.state)
             await self._runtime(rec).monitor.execute(command)
-            if rec.state != target:
-                self._set(rec, target)
+            if rec.state != target:  # QEMU knows it too: adoption re-reads it after a crash
+                self._set(rec, target, wait=False)
             return self._view(rec)
 
     def _runtime(self, rec: VMRecord) -> Runtime:

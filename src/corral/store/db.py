@@ -9,7 +9,9 @@ process without an fsync per write (it is the fsync that would make a pause cost
 from __future__ import annotations
 
 import json
+import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -23,6 +25,7 @@ from corral.domain.states import State
 from corral.store.schema import disks, events, snapshots, vms
 
 HEAD = "0003"
+log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -58,6 +61,11 @@ class VMRecord:
         return row
 
 
+def _log_failure(done: Future[None]) -> None:
+    if done.exception() is not None:
+        log.error("a queued store write failed: %s", done.exception())
+
+
 def _pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -67,13 +75,24 @@ def _pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 class Store:
-    """All of Corral's persistent state."""
+    """All of Corral's persistent state.
+
+    The daemon is the store's only writer, so VM records are read once and then served from
+    memory; every change is written through in one transaction before it is cached. (A read
+    from SQLite plus parsing the spec would cost more than the pause it describes.)
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(f"sqlite:///{path}")
+        self.engine: Engine = create_engine(f"sqlite:///{path}",
+                                            connect_args={"check_same_thread": False})
+        # one writer thread: writes stay in order, and hot paths need not wait for them
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="corral-store")
         event.listen(self.engine, "connect", _pragmas)
         self._migrate()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(vms).order_by(vms.c.created_at)).all()
+        self._vms: dict[str, VMRecord] = {r.name: VMRecord.from_row(r) for r in rows}
 
     def _migrate(self) -> None:
         with self.engine.begin() as conn:
@@ -103,31 +122,44 @@ class Store:
         with self._tx() as conn:
             conn.execute(insert(vms).values(**rec.to_row()))
             self._event(conn, rec.name, "created", {})
+        self._vms[rec.name] = rec
 
     def update_vm(self, rec: VMRecord, kind: str | None = None,
-                  detail: dict[str, Any] | None = None) -> None:
-        """Write ``rec`` and, in the same transaction, an event of ``kind``."""
+                  detail: dict[str, Any] | None = None, wait: bool = True) -> None:
+        """Write ``rec`` and, in the same transaction, an event of ``kind``.
+
+        ``wait=False`` returns before the write is on disk (it is queued, in order, on the
+        writer thread). Only for facts QEMU itself can tell again after a crash of the
+        daemon, such as running versus paused, which adoption reads with ``query-status``.
+        """
         rec.updated_at = time.time()
-        with self._tx() as conn:
-            conn.execute(update(vms).where(vms.c.name == rec.name).values(**rec.to_row()))
-            if kind:
-                self._event(conn, rec.name, kind, detail or {})
+        row = rec.to_row()
+        self._vms[rec.name] = rec
+
+        def write() -> None:
+            with self._tx() as conn:
+                conn.execute(update(vms).where(vms.c.name == row["name"]).values(**row))
+                if kind:
+                    self._event(conn, row["name"], kind, detail or {})
+
+        done = self._writer.submit(write)
+        if wait:
+            done.result()
+        else:
+            done.add_done_callback(_log_failure)
 
     def get_vm(self, name: str) -> VMRecord | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(vms).where(vms.c.name == name)).first()
-        return VMRecord.from_row(row) if row else None
+        return self._vms.get(name)
 
     def list_vms(self) -> list[VMRecord]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(vms).order_by(vms.c.created_at)).all()
-        return [VMRecord.from_row(r) for r in rows]
+        return sorted(self._vms.values(), key=lambda r: r.created_at)
 
     def delete_vm(self, name: str) -> None:
         with self._tx() as conn:
             conn.execute(delete(vms).where(vms.c.name == name))
             conn.execute(delete(snapshots).where(snapshots.c.vm == name))
             self._event(conn, name, "destroyed", {})
+        self._vms.pop(name, None)
 
     # --- named disks ---
     def add_disk(self, row: dict[str, Any]) -> None:
@@ -152,6 +184,7 @@ class Store:
             if rec is not None:
                 rec.updated_at = time.time()
                 conn.execute(update(vms).where(vms.c.name == rec.name).values(**rec.to_row()))
+                self._vms[rec.name] = rec
             self._event(conn, rec.name if rec else name,
                         "disk_attached" if vm else "disk_detached", {"disk": name})
 
@@ -167,6 +200,8 @@ class Store:
             conn.execute(update(vms).where(vms.c.name == snap["vm"])
                          .values(current_snapshot=snap["name"], updated_at=time.time()))
             self._event(conn, snap["vm"], "snapshot_created", {"snapshot": snap["name"]})
+        if snap["vm"] in self._vms:
+            self._vms[snap["vm"]].current_snapshot = snap["name"]
 
     def list_snapshots(self, vm: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -189,6 +224,9 @@ class Store:
             conn.execute(delete(snapshots).where(
                 (snapshots.c.vm == vm) & (snapshots.c.name == name)))
             self._event(conn, vm, "snapshot_deleted", {"snapshot": name})
+        rec = self._vms.get(vm)
+        if rec is not None and rec.current_snapshot == name:
+            rec.current_snapshot = row.parent
 
     def _event(self, conn: Connection, vm: str, kind: str, detail: dict[str, Any]) -> None:
         conn.execute(insert(events).values(ts=time.time(), vm=vm, kind=kind,
@@ -203,5 +241,10 @@ class Store:
             rows = conn.execute(query).all()
         return [{**dict(r._mapping), "detail": json.loads(r.detail)} for r in rows]
 
+    def flush(self) -> None:
+        """Wait until every queued write is on disk."""
+        self._writer.submit(lambda: None).result()
+
     def close(self) -> None:
+        self._writer.shutdown(wait=True)
         self.engine.dispose()
