@@ -2,9 +2,9 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio lz4 iproute2
+APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio lz4 iproute2 dnsmasq-base nftables
 # binaries whose presence proves the packages above are installed
-APT_PROBES := qemu-system-x86_64 qemu-img busybox cpio lz4 ip
+APT_PROBES := qemu-system-x86_64 qemu-img busybox cpio lz4 ip dnsmasq nft
 IMAGES := build/images
 
 .PHONY: demo test deps apt venv image lint unit integration bench clean

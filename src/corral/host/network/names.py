@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 from collections.abc import Collection
 from typing import Literal
@@ -67,25 +68,23 @@ def make(kind: Kind, *ids: str | int, taken: Collection[str] = ()) -> str:
         return prefix + readable  # cannot be taken by anything else: the key is injective
     salt = 0
     while True:
-        digest = hashlib.sha256(f"{kind}\0{readable}\0{salt}".encode()).digest()
+        digest = hashlib.sha256(json.dumps([kind, parts, salt]).encode()).digest()
         name = prefix + base64.b32encode(digest).decode().lower()[:room]
         if name not in taken:
             return name
         salt += 1
 
 
-def check(field: str, name: str, kind: Kind | None = None) -> str:
-    """Return ``name`` if Linux and Corral both accept it.
+def check(field: str, name: str) -> str:
+    """Return ``name`` if Linux accepts it as an interface or namespace name.
 
-    :raises InvalidSpec: when it is longer than 15 characters, has characters an interface
-        name cannot have, or lacks the prefix of ``kind``.
+    :raises InvalidSpec: (naming ``field``) when it is longer than 15 characters or has
+        characters such a name cannot have.
     """
     if len(name) > MAX_LEN:
         raise InvalidSpec(field, f"'{name}' is {len(name)} characters; at most {MAX_LEN}")
     if not _VALID.match(name):
         raise InvalidSpec(field, f"'{name}' may hold only letters, digits, '.', '_' and '-'")
-    if kind is not None and not name.startswith(PREFIXES[kind]):
-        raise InvalidSpec(field, f"'{name}' must start with '{PREFIXES[kind]}'")
     return name
 
 
