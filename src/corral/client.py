@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 _KINDS: dict[str, type[errors.CorralError]] = {
     "not_found": errors.NotFound, "already_exists": errors.AlreadyExists,
     "timeout": errors.Timeout, "agent_error": errors.AgentError,
-    "daemon_unavailable": errors.DaemonUnavailable,
+    "daemon_unavailable": errors.DaemonUnavailable, "no_capacity": errors.NoCapacity,
 }
 
 
@@ -39,7 +39,7 @@ class _Transport:
     """HTTP/1.1 over a unix socket, kept alive. Hand-written because ``http.client`` pulls in
     the ``email`` package, which alone costs the CLI more than its whole time budget."""
 
-    def __init__(self, path: str, timeout: float) -> None:
+    def __init__(self, path: str, timeout: float | None) -> None:
         self.path = path
         self.timeout = timeout
         self.sock: socket.socket | None = None
@@ -131,7 +131,8 @@ class Client:
     """A connection to ``corral serve``. Every method raises :class:`~corral.errors.CorralError`
     subclasses; :class:`~corral.errors.DaemonUnavailable` when the daemon is not running."""
 
-    def __init__(self, socket_path: str | Path | None = None, timeout: float = 300.0) -> None:
+    def __init__(self, socket_path: str | Path | None = None,
+                 timeout: float | None = 300.0) -> None:
         self.socket_path = str(socket_path or default_socket())
         self.timeout = timeout
         self._conn = _Transport(self.socket_path, timeout)
@@ -186,15 +187,36 @@ class Client:
 
     # --- the VM lifecycle ---
     def create(self, name: str, *, start: bool = False, wait: bool = False,
-               timeout: float | None = None, **spec: Any) -> dict[str, Any]:
+               timeout: float | None = None, queue: bool = True,
+               **spec: Any) -> dict[str, Any]:
         """Define a VM (``start=True`` also boots it; ``wait=True`` until it is ready)."""
         out: dict[str, Any] = self.request("POST", "/vms", {"name": name, **spec},
                                            start=start or None, wait=wait or None,
-                                           timeout=timeout)
+                                           timeout=timeout, queue=None if queue else False)
         return out
 
-    def start(self, name: str, wait: bool = False, timeout: float | None = None) -> Any:
-        return self.request("POST", f"/vms/{name}/start", wait=wait or None, timeout=timeout)
+    def start(self, name: str, wait: bool = False, timeout: float | None = None,
+              queue: bool = True) -> Any:
+        """Boot a VM, or queue it when the host is full (``queue=False``: fail instead)."""
+        return self.request("POST", f"/vms/{name}/start", wait=wait or None, timeout=timeout,
+                            queue=None if queue else False)
+
+    def queue(self) -> Any:
+        return self.request("GET", "/queue")
+
+    def batch(self, argv: Sequence[str], timeout: float = 600.0, queue: bool = True,
+              **spec: Any) -> dict[str, Any]:
+        """Run ``argv`` in a fresh VM that is destroyed afterwards; stdout/stderr as bytes."""
+        import base64
+
+        out: dict[str, Any] = self.request("POST", "/batch", {
+            "spec": spec, "argv": list(argv), "timeout": timeout, "queue": queue})
+        out["stdout"] = base64.b64decode(out["stdout"])
+        out["stderr"] = base64.b64decode(out["stderr"])
+        return out
+
+    def trace(self) -> Any:
+        return self.request("GET", "/trace")
 
     def wait_ready(self, name: str, timeout: float | None = None) -> Any:
         return self.request("POST", f"/vms/{name}/wait", timeout=timeout)

@@ -12,6 +12,7 @@ tree onto exit codes and HTTP statuses, so a user never sees a traceback for the
     ├── CommandFailed                (500 / exit 1)  a host command failed (argv, returncode)
     │   └── LaunchFailed                             QEMU would not start
     ├── MonitorError                 (500 / exit 1)  QMP refused (qmp_command, error_class)
+    ├── NoCapacity                   (409 / exit 9)  the host is full and queueing was refused
     ├── AgentError                   (502 / exit 7)  the guest agent failed or was silent
     └── DaemonUnavailable            (503 / exit 8)  the CLI or Client cannot reach ``corral serve``
 """
@@ -119,6 +120,14 @@ class MonitorError(CorralError):
         self.error_class = error_class
 
 
+class NoCapacity(CorralError):
+    """Not enough capacity to start now, and the caller asked not to queue."""
+
+    status = 409
+    exit_code = 9
+    kind = "no_capacity"
+
+
 class AgentError(CorralError):
     status = 502
     exit_code = 7
@@ -133,5 +142,6 @@ class DaemonUnavailable(CorralError):
 
 __all__ = [
     "AgentError", "AlreadyExists", "CommandFailed", "CorralError", "DaemonUnavailable",
-    "InvalidSpec", "InvalidState", "LaunchFailed", "MonitorError", "NotFound", "Timeout",
+    "InvalidSpec", "InvalidState", "LaunchFailed", "MonitorError", "NoCapacity", "NotFound",
+    "Timeout",
 ]

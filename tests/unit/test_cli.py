@@ -14,7 +14,7 @@ from corral.errors import InvalidSpec
 
 COMMANDS = ["serve", "create", "run", "start", "pause", "resume", "shutdown", "stop", "reboot",
             "exec", "cp", "ip", "save", "restore", "export", "import", "clone", "model",
-            "simulate",
+            "simulate", "queue", "trace",
             "destroy", "list", "show", "console", "logs"]
 
 

@@ -23,7 +23,7 @@ EXPECTED_OPS = {
     "pause": {S.RUNNING},
     "resume": {S.PAUSED},
     "shutdown": {S.RUNNING, S.PAUSED},
-    "stop": {S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING},
+    "stop": {S.QUEUED, S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING},
     "reboot": {S.RUNNING},
     "destroy": set(State) - {S.DESTROYED},
     "save": {S.RUNNING, S.PAUSED},

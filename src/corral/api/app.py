@@ -53,6 +53,18 @@ class AttachRequest(BaseModel):
     bps: int | None = Field(default=None, ge=0)
 
 
+class BatchSpec(VMCreate):
+    name: str = ""  # made up when empty
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spec: BatchSpec | None = None
+    argv: list[str] = Field(min_length=1)
+    timeout: float = 600.0
+    queue: bool = True
+
+
 class ExecRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     argv: list[str] = Field(min_length=1)
@@ -96,16 +108,19 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
 
     @app.post(f"{API}/vms", status_code=201)
     async def create_vm(spec: VMCreate, start: bool = False, wait: bool = False,
-                        timeout: float = 120) -> dict[str, Any]:
+                        timeout: float = 120, queue: bool = True) -> dict[str, Any]:
         if spec.from_snapshot is not None:
+            from corral.domain.specs import scheduling
+            from corral.service import host
             from corral.service.warm import warm_start
 
             return await warm_start(manager, spec.name, spec.from_snapshot,
-                                    wait=wait or start, timeout=timeout)
+                                    wait=wait or start, timeout=timeout, queue=queue,
+                                    sched=scheduling(spec, host.facts()))
         view = await manager.create(spec.model_dump(exclude_unset=True))
         if start:
             try:
-                view = await manager.start(spec.name, wait=wait, timeout=timeout)
+                view = await manager.start(spec.name, wait=wait, timeout=timeout, queue=queue)
             except CorralError:
                 if (await manager.get(spec.name))["state"] == "defined":
                     await manager.destroy(spec.name)  # run = create + start: all or nothing
@@ -121,8 +136,26 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
         await manager.destroy(name)
 
     @app.post(f"{API}/vms/{{name}}/start")
-    async def start_vm(name: str, wait: bool = False, timeout: float = 120) -> dict[str, Any]:
-        return await manager.start(name, wait=wait, timeout=timeout)
+    async def start_vm(name: str, wait: bool = False, timeout: float = 120,
+                       queue: bool = True) -> dict[str, Any]:
+        return await manager.start(name, wait=wait, timeout=timeout, queue=queue)
+
+    @app.get(f"{API}/queue")
+    async def queue_entries() -> list[dict[str, Any]]:
+        return manager.queue()
+
+    @app.post(f"{API}/batch")
+    async def run_batch(req: BatchRequest) -> dict[str, Any]:
+        from corral.service import batch
+
+        spec = req.spec.model_dump(exclude_unset=True) if req.spec else {}
+        return await batch.run(manager, spec, req.argv, req.timeout, req.queue)
+
+    @app.get(f"{API}/trace")
+    async def trace() -> list[dict[str, Any]]:
+        from corral.service import batch
+
+        return batch.trace(manager)
 
     @app.post(f"{API}/vms/{{name}}/wait")
     async def wait_vm(name: str, timeout: float = 120) -> dict[str, Any]:

@@ -37,7 +37,7 @@ environment:
   CORRAL_ACCEL   force the accelerator: kvm or tcg (default: detected)
 
 exit status: 0 ok, 2 invalid input, 3 not found, 4 already exists, 5 wrong state,
-6 timeout, 7 guest agent error, 8 daemon not running, 1 other errors.
+6 timeout, 7 guest agent error, 8 daemon not running, 9 no capacity, 1 other errors.
 """
 
 
@@ -71,6 +71,14 @@ def _spec_from(args: argparse.Namespace) -> dict[str, Any]:
         spec["disks"] = [render.parse_disk(d) for d in args.disk]
     if args.nic is not None:
         spec["nics"] = [] if args.nic == ["none"] else [render.parse_nic(n) for n in args.nic]
+    for key in ("owner", "priority", "expected_runtime", "cpu_weight", "cpu_max"):
+        value = getattr(args, key, None)
+        if value is not None:
+            spec[key] = value
+    if getattr(args, "timeslice", False):
+        spec["timeslice"] = True
+    if getattr(args, "pin", None):
+        spec["pin"] = render.parse_cpus(args.pin)
     return spec
 
 
@@ -82,16 +90,60 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.rm or args.command_argv:
+        return _run_batch(args)
+    if not args.name:
+        raise errors.InvalidSpec("name", "give the new VM's name (or --rm -- CMD for a batch "
+                                         "VM)")
     t0 = time.monotonic()
     vm = _client(args).create(args.name, start=True, wait=not args.no_wait,
-                              timeout=args.timeout, **_spec_from(args))
+                              timeout=args.timeout, queue=not args.no_queue,
+                              **_spec_from(args))
     _print(args, vm, f"{vm['name']} is {render.state(vm)} after {time.monotonic() - t0:.2f} s"
                      f" ({render.brief(vm)}); console: corral console {vm['name']}")
     return 0
 
 
+def _run_batch(args: argparse.Namespace) -> int:
+    if not (args.rm and args.command_argv):
+        raise errors.InvalidSpec("command", "a batch VM needs both --rm and a command after "
+                                            "'--', e.g. corral run --rm -- uname -a")
+    spec = _spec_from(args)
+    if args.name:
+        spec["name"] = args.name
+    from corral.client import Client
+
+    client = Client(args.socket, timeout=None)  # a batch may wait in the queue for long
+    res = client.batch(args.command_argv, timeout=args.timeout or 600.0,
+                       queue=not args.no_queue, **spec)
+    if args.json:
+        res["stdout"] = res["stdout"].decode(errors="replace")
+        res["stderr"] = res["stderr"].decode(errors="replace")
+        _print(args, res)
+    else:
+        sys.stdout.buffer.write(res["stdout"])
+        sys.stdout.flush()
+        sys.stderr.buffer.write(res["stderr"])
+        sys.stderr.flush()
+    if res.get("signal"):
+        return 128 + int(res["signal"])
+    return int(res.get("exitcode") or 0)
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    entries = _client(args).queue()
+    _print(args, entries, render.queue_table(entries))
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    print(json.dumps(_client(args).trace(), indent=1))
+    return 0
+
+
 def cmd_start(args: argparse.Namespace) -> int:
-    vm = _client(args).start(args.name, wait=args.wait, timeout=args.timeout)
+    vm = _client(args).start(args.name, wait=args.wait, timeout=args.timeout,
+                             queue=not args.no_queue)
     _print(args, vm, f"{vm['name']} is {render.state(vm)}")
     return 0
 
@@ -320,6 +372,17 @@ def _add_spec_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nic", action="append", metavar="SPEC",
                    help="a NIC: user[,mac=52:54:00:..] (user-mode networking, the default), "
                         "or none; repeatable")
+    s = p.add_argument_group("scheduling")
+    s.add_argument("--owner", metavar="NAME", help="who it belongs to (fair sharing)")
+    s.add_argument("--priority", type=int, metavar="N", help="queue priority (higher first)")
+    s.add_argument("--expected-runtime", metavar="DURATION",
+                   help="how long it will run, e.g. 30s or 5m (shortest-job-first, backfill)")
+    s.add_argument("--timeslice", action="store_true",
+                   help="share CPU slots round robin with other time-sliced VMs")
+    s.add_argument("--cpu-weight", type=int, metavar="W", help="relative CPU share 1-10000 "
+                                                                "(100 is normal)")
+    s.add_argument("--cpu-max", metavar="PCT", help="cap CPU use, e.g. 50%% of one CPU")
+    s.add_argument("--pin", metavar="CPUS", help="pin vCPU threads to host CPUs, e.g. 0,1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,16 +418,31 @@ def build_parser() -> argparse.ArgumentParser:
             "'corral start'. NAME: 1-32 of a-z, 0-9 and '-'.", (js,))
     _add_spec_options(p)
 
-    p = add("run", cmd_run, "create a VM and start it, waiting until it is ready",
-            "Create and start a VM in one step; returns when the guest agent answers. "
-            "If the start fails, nothing is left behind.", (js,))
+    p = sub.add_parser(
+        "run", help="create a VM and start it, waiting until it is ready",
+        description="Create and start a VM in one step; returns when the guest agent answers. "
+                    "If the start fails, nothing is left behind. With --rm and a command after "
+                    "'--', run a batch VM: boot a fresh VM (waiting in the admission queue if "
+                    "the host is full), run the command in it, print its output, exit with "
+                    "its exit code, and destroy the VM.",
+        formatter_class=_Formatter, parents=[common, js])
+    p.add_argument("name", metavar="NAME", nargs="?", help="the VM's name (optional with --rm)")
+    p.set_defaults(func=cmd_run)
     _add_spec_options(p)
+    p.add_argument("--rm", action="store_true", help="batch: destroy the VM after the command")
+    p.add_argument("--no-queue", action="store_true",
+                   help="fail at once when the host is full instead of waiting")
+    p.add_argument("command_argv", nargs="*", metavar="-- CMD [ARG ...]",
+                   help="with --rm: the command to run in the guest")
     p.add_argument("--no-wait", action="store_true", help="return once QEMU runs")
     p.add_argument("--from-snapshot", metavar="VM:SNAPSHOT",
                    help="warm start: begin as a copy of a memory snapshot instead of booting")
     p.add_argument("--timeout", type=float, metavar="S", help="readiness timeout (default 120)")
 
-    p = add("start", cmd_start, "boot a defined or stopped VM", parents=(js,))
+    p = add("start", cmd_start, "boot a defined or stopped VM (queued if the host is full)",
+            parents=(js,))
+    p.add_argument("--no-queue", action="store_true",
+                   help="fail at once when the host is full instead of waiting")
     p.add_argument("--wait", action="store_true",
                    help="return when the guest is ready (its agent answered)")
     p.add_argument("--timeout", type=float, metavar="S", help="readiness timeout (default 120)")
@@ -411,6 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", metavar="NAME", help="import under another name (new MACs)")
     add("destroy", cmd_destroy, "stop a VM if it runs and remove all it owns", parents=(js,))
     add("list", cmd_list, "list VMs", parents=(js,), vm=False)
+    add("queue", cmd_queue, "VMs waiting for capacity, in the order they will start",
+        parents=(js,), vm=False)
+    add("trace", cmd_trace, "every start request's arrival, start and end as JSON (for "
+                            "'corral simulate --trace')", vm=False)
     add("show", cmd_show, "show one VM: state, accelerator, pid, uptime, boot time",
         parents=(js,))
     add("console", cmd_console, "attach to a VM's serial console (Ctrl-] detaches)")
@@ -547,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if tail is not None:
         if not hasattr(args, "command_argv"):
-            parser.error("'--' is only for 'corral exec NAME -- CMD'")
+            parser.error("'--' is only for 'corral exec NAME -- CMD' and 'corral run --rm'")
         args.command_argv = tail
     try:
         return int(args.func(args))

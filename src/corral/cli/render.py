@@ -74,6 +74,32 @@ def disk_table(disks: list[dict[str, Any]]) -> str:
                      for r in rows)
 
 
+def parse_cpus(text: str) -> list[int]:
+    """``0,2-3`` -> [0, 2, 3]."""
+    cpus: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            cpus.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError as err:
+        raise InvalidSpec("pin", f"'{text}' is not a CPU list like 0,2-3") from err
+    return cpus
+
+
+def queue_table(entries: list[dict[str, Any]]) -> str:
+    if not entries:
+        return "the queue is empty"
+    rows = [("POS", "VM", "OWNER", "CPUS", "MEMORY", "PRIORITY", "EXPECTED", "WAITING")]
+    for e in entries:
+        exp = e.get("expected_runtime")
+        rows.append((str(e["position"]), e["vm"], e["owner"], str(e["cpus"]),
+                     _mib(e["memory_bytes"]), f"{e['effective_priority']:g}",
+                     "-" if exp is None else f"{exp:g}s", f"{e['waiting_seconds']:.1f}s"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
 def snapshot_tree(snaps: list[dict[str, Any]]) -> str:
     if not snaps:
         return "no snapshots"
@@ -85,6 +111,22 @@ def snapshot_tree(snaps: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _capacity(sched: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not sched:
+        return []
+    cap = sched["capacity"]
+    lines = []
+    for kind, ratio_key in (("cpus", "cpu"), ("memory", "memory"), ("disk", "disk")):
+        fmt = str if kind == "cpus" else _mib
+        lines.append((f"{kind} allocated", f"{fmt(cap['allocated'][kind])} of "
+                      f"{fmt(cap['total'][kind])} (overcommit {cap['overcommit'][ratio_key]:g}: "
+                      f"capacity {fmt(cap['capacity'][kind])}, free {fmt(cap['free'][kind])}, "
+                      f"allocation ratio {cap['allocation_ratio'][kind]:.2f})"))
+    lines.append(("queue", f"{sched['queued']} waiting, policy {sched['policy']}"
+                           + (" with backfill" if sched["backfill"] else "")))
+    return lines
+
+
 def host(info: dict[str, Any]) -> str:
     lines = [
         ("cpus", info["cpus"]),
@@ -93,6 +135,7 @@ def host(info: dict[str, Any]) -> str:
         ("accelerator", f"{info['accel']}: {info['accel_reason']}"),
         ("qemu", info.get("qemu_version") or "not installed"),
         ("data directory", info.get("home", "-")),
+        *_capacity(info.get("scheduler")),
         ("vms", f"{info.get('vms', 0)} ({info.get('vms_running', 0)} running)"),
     ]
     width = max(len(k) for k, _ in lines)

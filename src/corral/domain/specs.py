@@ -69,6 +69,13 @@ class VMCreate(BaseModel):
     disks: list[DiskRequest] = Field(default_factory=list)
     nics: list[NicRequest] | None = None
     from_snapshot: str | None = None  # "VM:SNAPSHOT": a warm start from a memory snapshot
+    owner: str = "default"
+    priority: int = 0
+    expected_runtime: str | float | None = None  # "30s", "5m", or seconds
+    timeslice: bool = False
+    cpu_weight: int | None = None
+    cpu_max: str | float | None = None  # "50%" or 50
+    pin: list[int] | None = None
 
     @field_validator("name")
     @classmethod
@@ -102,6 +109,19 @@ class NicSpec(BaseModel):
     mac: str
 
 
+class Scheduling(BaseModel):
+    """How the scheduler treats a VM: who owns it, how urgent and long it is, CPU sharing."""
+
+    model_config = ConfigDict(extra="forbid")
+    owner: str = "default"
+    priority: int = 0
+    expected_runtime: float | None = None  # seconds, as the user declared
+    timeslice: bool = False  # shares CPU slots round robin with the other time-sliced VMs
+    cpu_weight: int | None = None  # relative CPU share, 1-10000 (100 is the default)
+    cpu_max: float | None = None  # cap in percent of one CPU (50: half a CPU)
+    pin: list[int] | None = None  # host CPUs its vCPU threads may run on
+
+
 class VMSpec(BaseModel):
     """A complete, defaulted VM spec: what the engine turns into a QEMU command line."""
 
@@ -120,6 +140,8 @@ class VMSpec(BaseModel):
     nics: list[NicSpec]
     agent: bool = True
     vmstate: str | None = None  # qcow2 file (no guest device) that holds snapshots' RAM
+    sched: Scheduling = Field(default_factory=lambda: Scheduling())
+    warm_template: str | None = None  # set until its first start: resume this template
 
 
 @dataclass(frozen=True)
@@ -170,6 +192,51 @@ def validate_against_host(req: VMCreate, host: HostFacts) -> int:
         if disk.size is not None:
             parse_size(f"disks.{i}.size", disk.size, default_unit="G")
     return memory
+
+
+def parse_duration(field: str, value: str | float) -> float:
+    """Seconds from ``30``, ``30s``, ``5m``, ``1.5h``.
+
+    :raises InvalidSpec: naming ``field`` when it is not a positive duration.
+    """
+    text = str(value).strip().lower()
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(text[-1:])
+    number = text[:-1] if scale else text
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds != seconds:
+        raise InvalidSpec(field, f"'{value}' is not a duration; use e.g. 30s, 5m or 2h")
+    return seconds
+
+
+def scheduling(req: VMCreate, host: HostFacts) -> Scheduling:
+    """The scheduling part of a request, checked.
+
+    :raises InvalidSpec: naming the field.
+    """
+    if not re.match(r"^[A-Za-z0-9_.@-]{1,64}$", req.owner):
+        raise InvalidSpec("owner", f"'{req.owner}' is not an owner name")
+    if req.cpu_weight is not None and not 1 <= req.cpu_weight <= 10000:
+        raise InvalidSpec("cpu_weight", f"{req.cpu_weight} is out of range; give 1-10000")
+    cap = None
+    if req.cpu_max is not None:
+        try:
+            cap = float(str(req.cpu_max).strip().rstrip("%"))
+        except ValueError:
+            cap = -1.0
+        if not 0 < cap <= 100 * host.cpus:
+            raise InvalidSpec("cpu_max", f"'{req.cpu_max}' is not a CPU cap; give a percentage "
+                                         f"of one CPU up to {100 * host.cpus}%, e.g. 50%")
+    if req.pin is not None and (not req.pin or any(not 0 <= c < host.cpus for c in req.pin)):
+        raise InvalidSpec("pin", f"{req.pin} names CPUs this host does not have "
+                                 f"(0-{host.cpus - 1})")
+    return Scheduling(owner=req.owner, priority=req.priority,
+                      expected_runtime=None if req.expected_runtime is None
+                      else parse_duration("expected_runtime", req.expected_runtime),
+                      timeslice=req.timeslice, cpu_weight=req.cpu_weight, cpu_max=cap,
+                      pin=req.pin)
 
 
 def new_mac() -> str:

@@ -19,6 +19,7 @@ from corral.errors import InvalidState
 
 class State(enum.StrEnum):
     DEFINED = "defined"
+    QUEUED = "queued"
     STARTING = "starting"
     RUNNING = "running"
     PAUSED = "paused"
@@ -38,16 +39,17 @@ LIVE = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.SAVING, S.RESTO
 
 #: Every move the service may make, whether a user asked or an event caused it.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    S.DEFINED: frozenset({S.STARTING, S.DESTROYED}),
+    S.DEFINED: frozenset({S.STARTING, S.QUEUED, S.DESTROYED}),
+    S.QUEUED: frozenset({S.STARTING, S.RESTORING, S.DEFINED, S.STOPPED, S.DESTROYED}),
     S.STARTING: frozenset({S.RUNNING, S.PAUSED, S.STOPPED, S.CRASHED, S.DESTROYED}),
     S.RUNNING: frozenset({S.PAUSED, S.STOPPING, S.STOPPED, S.SAVING, S.CRASHED, S.DESTROYED}),
     S.PAUSED: frozenset({S.RUNNING, S.STOPPING, S.STOPPED, S.SAVING, S.CRASHED, S.DESTROYED}),
     S.STOPPING: frozenset({S.STOPPED, S.RUNNING, S.PAUSED, S.CRASHED, S.DESTROYED}),
-    S.STOPPED: frozenset({S.STARTING, S.DESTROYED}),
+    S.STOPPED: frozenset({S.STARTING, S.QUEUED, S.DESTROYED}),
     S.SAVING: frozenset({S.SAVED, S.RUNNING, S.PAUSED, S.CRASHED, S.DESTROYED}),
     S.SAVED: frozenset({S.RESTORING, S.STOPPED, S.DESTROYED}),
     S.RESTORING: frozenset({S.RUNNING, S.PAUSED, S.SAVED, S.CRASHED, S.DESTROYED}),
-    S.CRASHED: frozenset({S.STARTING, S.STOPPED, S.DESTROYED}),
+    S.CRASHED: frozenset({S.STARTING, S.QUEUED, S.STOPPED, S.DESTROYED}),
     S.DESTROYED: frozenset(),
 }
 
@@ -57,7 +59,7 @@ OPERATIONS: dict[str, frozenset[State]] = {
     "pause": frozenset({S.RUNNING}),
     "resume": frozenset({S.PAUSED}),
     "shutdown": frozenset({S.RUNNING, S.PAUSED}),
-    "stop": frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING}),
+    "stop": frozenset({S.QUEUED, S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING}),
     "reboot": frozenset({S.RUNNING}),
     "destroy": frozenset(set(State) - {S.DESTROYED}),
     "save": frozenset({S.RUNNING, S.PAUSED}),

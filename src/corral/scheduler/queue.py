@@ -137,6 +137,10 @@ class AdmissionQueue:
     def __len__(self) -> int:
         return len(self._waiting)
 
+    def waiting(self) -> list[Request]:
+        """The waiting requests in arrival order."""
+        return list(self._waiting.values())
+
     def get(self, request_id: str) -> Request:
         """:raises NotFound: when no request of that id waits."""
         try:

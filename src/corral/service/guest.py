@@ -24,7 +24,11 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20
 
 
-def _agent(manager: Manager, name: str) -> GuestAgent:
+async def _agent(manager: Manager, name: str, within: float = 60.0) -> GuestAgent:
+    """The agent of a running VM; a time-sliced VM that is between slices is waited for."""
+    deadline = time.monotonic() + within
+    while name in manager.sched.sliced_out and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
     rec = manager._get(name)
     rt = manager._rt.get(name)
     if rec.state != State.RUNNING or rt is None:
@@ -45,7 +49,7 @@ async def exec_command(manager: Manager, name: str, argv: list[str], timeout: fl
     """
     if not argv:
         raise AgentError("no command given")
-    agent = _agent(manager, name)
+    agent = await _agent(manager, name)
     args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
     if stdin is not None:
         args["input-data"] = base64.b64encode(stdin).decode()
@@ -87,7 +91,7 @@ async def read_file(manager: Manager, name: str, path: str) -> bytes:
 
     :raises AgentError: the path does not exist or cannot be read (the guest's words).
     """
-    agent = _agent(manager, name)
+    agent = await _agent(manager, name)
     handle = await agent.execute("guest-file-open", {"path": path, "mode": "rb"})
     parts: list[bytes] = []
     try:
@@ -109,7 +113,7 @@ async def write_file(manager: Manager, name: str, path: str, data: bytes) -> dic
 
     :raises AgentError: the directory does not exist or is not writable (the guest's words).
     """
-    agent = _agent(manager, name)
+    agent = await _agent(manager, name)
     handle = await agent.execute("guest-file-open", {"path": path, "mode": "wb"})
     try:
         for off in range(0, len(data), CHUNK) or [0]:
@@ -127,7 +131,7 @@ async def write_file(manager: Manager, name: str, path: str, data: bytes) -> dic
 async def addresses(manager: Manager, name: str, timeout: float = 10.0
                     ) -> list[dict[str, Any]]:
     """The guest's interfaces as its agent reports them (loopback left out)."""
-    agent = _agent(manager, name)
+    agent = await _agent(manager, name)
     ifaces = await agent.execute("guest-network-get-interfaces", timeout=timeout)
     out = []
     for iface in ifaces or []:

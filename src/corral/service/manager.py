@@ -37,8 +37,10 @@ from corral.errors import (
     NotFound,
     Timeout,
 )
+from corral.host import cgroups
 from corral.images import catalog
 from corral.service import disks, host, storage
+from corral.service.scheduling import Scheduler
 from corral.store.db import Store, VMRecord
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ class Manager:
         self.accel = accel_mod.detect()
         self.tsc_khz = accel_mod.tsc_khz()
         self.store: Store | None = None
+        self._sched: Scheduler | None = None
         self._rt: dict[str, Runtime] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[None]] = set()
@@ -97,6 +100,9 @@ class Manager:
         self.store = Store(self.paths.db)
         for rec in self.db.list_vms():
             await self._reconcile(rec)
+        self._sched = Scheduler(self)
+        self.sched.load()
+        self.sched.dispatch()
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: they outlive the daemon."""
@@ -108,8 +114,15 @@ class Manager:
             if rt.agent:
                 await rt.agent.close()
         self._rt.clear()
+        if self._sched is not None:
+            await self._sched.close()
         if self.store:
             self.store.close()
+
+    @property
+    def sched(self) -> Scheduler:
+        assert self._sched is not None, "Manager.open() was not called"
+        return self._sched
 
     @property
     def db(self) -> Store:
@@ -147,6 +160,7 @@ class Manager:
                 raise AlreadyExists(f"a VM named '{req.name}' exists; pick another name or "
                                     f"'corral destroy {req.name}'")
             spec = self._resolve(req, memory)
+            spec.sched = sp.scheduling(req, host.facts())
             vm_dir = self.paths.vm_dir(req.name)
             if vm_dir.exists():  # left by a crash between mkdir and commit
                 shutil.rmtree(vm_dir)
@@ -198,40 +212,93 @@ class Manager:
                          agent=agent)
 
     # ----- start ----------------------------------------------------------------------------
-    async def start(self, name: str, wait: bool = False,
-                    timeout: float = READY_TIMEOUT) -> dict[str, Any]:
-        """Boot a defined or stopped VM. With ``wait``, return once the guest agent answers.
+    async def start(self, name: str, wait: bool = False, timeout: float = READY_TIMEOUT,
+                    queue: bool = True) -> dict[str, Any]:
+        """Boot a defined or stopped VM, or queue it when the host is full (it then starts
+        by itself when capacity frees). With ``wait``, return once the guest agent answers,
+        waiting in the queue first if need be.
 
         On failure the VM is back in its previous state and nothing it made is left.
 
         :raises InvalidState: the VM is not defined, stopped or crashed.
+        :raises InvalidSpec: the VM is larger than the whole host.
+        :raises NoCapacity: it does not fit now and ``queue`` is false.
         :raises LaunchFailed: QEMU would not start (its own words are in the message).
         :raises Timeout: with ``wait``, the guest was not ready in time (it keeps running).
         """
         if self._get(name).state == State.SAVED:  # like a managed save: start resumes it
             return await self.restore(name, wait, timeout)
+        t0 = time.monotonic()
         async with self._lock(name):
             rec = self._get(name)
             check(name, "start", rec.state)
-            before = rec.state
-            run = qargv.RunPaths(self.paths.run_dir(name))
-            self._set(rec, State.STARTING)
-            try:
-                await self._launch(rec, run)
-            except BaseException as err:
-                self._cleanup_run(run)
-                rec.state = before
-                rec.exit_reason = f"start failed: {err}"
-                self.db.update_vm(rec, "start_failed", {"error": str(err)})
-                raise
+            s = rec.spec.sched
+            self.db.update_vm(rec, "requested", {
+                "owner": s.owner, "priority": s.priority, "expected_runtime": s.expected_runtime,
+                "cpus": rec.spec.cpus, "memory": rec.spec.memory_bytes})
+            if self.sched.admit(rec, queue):
+                await self._boot(rec, rec.state)
         if wait:
-            await self.wait_ready(name, timeout)
+            await self._wait_admitted(name, timeout)
+            await self.wait_ready(name, max(0.1, timeout - (time.monotonic() - t0)))
         return self._view(self._get(name))
+
+    async def _boot(self, rec: VMRecord, before: State) -> None:
+        """Launch an admitted VM (its capacity is reserved): a cold boot, or the resume of a
+        warm-start template. On failure the reservation is released and the VM is
+        ``before`` again."""
+        run = qargv.RunPaths(self.paths.run_dir(rec.name))
+        self._set(rec, State.STARTING)
+        try:
+            if rec.spec.warm_template:
+                from corral.service import warm
+
+                await warm.resume_template(self, rec)
+            else:
+                await self._launch(rec, run)
+        except BaseException as err:
+            rt = self._rt.pop(rec.name, None)
+            if rt is not None and rt.process.alive:
+                rt.expected_exit = "start failed"
+                await self._kill(rt)
+            self._cleanup_run(run)
+            self.sched.release(rec.name)
+            rec.state = before
+            rec.pid = rec.pid_start = None
+            rec.exit_reason = f"start failed: {err}"
+            self.db.update_vm(rec, "start_failed", {"error": str(err)})
+            raise
+        if rec.spec.sched.timeslice:
+            self.sched.poke()
+
+    async def _start_admitted(self, name: str) -> None:
+        """Start a VM the queue has just admitted (its capacity is reserved)."""
+        async with self._lock(name):
+            rec = self.db.get_vm(name)
+            if rec is None or rec.state != State.QUEUED:
+                self.sched.release(name)  # cancelled meanwhile
+                return
+            with contextlib.suppress(CorralError):  # recorded on the VM as start_failed
+                await self._boot(rec, State.DEFINED if rec.started_at is None
+                                 else State.STOPPED)
+
+    async def _wait_admitted(self, name: str, timeout: float) -> None:
+        """Wait while the VM is queued (or starting).
+
+        :raises Timeout: when it is still queued after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while (rec := self._get(name)).state in (State.QUEUED, State.STARTING):
+            if time.monotonic() > deadline:
+                raise Timeout(f"VM '{name}' is still {rec.state.value} after {timeout:g} s; "
+                              "see 'corral queue'")
+            await asyncio.sleep(0.05)
 
     async def _launch(self, rec: VMRecord, run: qargv.RunPaths) -> None:
         rt = await self._spawn(rec, run)
         for i, disk in enumerate(rec.spec.disks):
             await disks.apply_limits(rt, disk, disk.node(i), rec.spec.machine == "q35")
+        await self.sched.place_process(rec, rt.process.pid)
         rec.started_at, rec.ready_at, rec.exit_reason = time.time(), None, None
         self._set(rec, State.RUNNING, "started", pid=rec.pid)
         self._watch_ready(rec.name, self._rt[rec.name])
@@ -339,6 +406,7 @@ class Manager:
 
     async def resume(self, name: str) -> dict[str, Any]:
         """:raises InvalidState: unless the VM is paused."""
+        self.sched.sliced_out.discard(name)
         return await self._qmp_op(name, "resume", "cont", State.RUNNING)
 
     async def _qmp_op(self, name: str, op: str, command: str, target: State) -> dict[str, Any]:
@@ -394,11 +462,15 @@ class Manager:
 
         :raises InvalidState: unless the VM has a running QEMU.
         """
-        if not force:
+        if not force and self._get(name).state != State.QUEUED:
             return await self.shutdown(name, timeout)
         async with self._lock(name):
             rec = self._get(name)
             check(name, "stop", rec.state)
+            if rec.state == State.QUEUED:  # stopping a queued VM cancels its request
+                self.sched.cancel(rec, State.DEFINED if rec.started_at is None
+                                  else State.STOPPED)
+                return self._view(rec)
             rt = self._runtime(rec)
             rt.expected_exit = "forced off"
             await self._kill(rt)
@@ -448,7 +520,8 @@ class Manager:
     async def destroy(self, name: str) -> None:
         """Stop the VM if it runs and remove everything Corral made for it."""
         async with self._lock(name):
-            self._get(name)
+            if self._get(name).state == State.QUEUED:
+                self.sched.cancel(self._get(name), State.DEFINED)
             rt = self._rt.get(name)
             if rt is not None:
                 rt.expected_exit = "destroyed"
@@ -506,6 +579,8 @@ class Manager:
         del self._rt[name]
         if rt.ready_task:
             rt.ready_task.cancel()
+        cgroups.remove(name)
+        self.sched.release(name)
         self._background(self._close_runtime(rt))
         self._cleanup_run(qargv.RunPaths(self.paths.run_dir(name)), keep_dir=False)
         rec = self.db.get_vm(name)
@@ -638,6 +713,7 @@ class Manager:
 
     def host_info(self) -> dict[str, Any]:
         info = host.info(self.accel)
+        info["scheduler"] = self.sched.info()
         vms = self.db.list_vms()
         info.update(home=str(self.paths.home), vms=len(vms),
                     vms_running=sum(1 for r in vms if r.state in LIVE))
@@ -656,6 +732,9 @@ class Manager:
             raise CorralError(f"image '{name}' lives in {image.dir.parent}, outside "
                               f"{self.paths.images}; remove it there")
         shutil.rmtree(image.dir)
+
+    def queue(self) -> list[dict[str, Any]]:
+        return self.sched.entries()
 
     def logs(self, name: str, offset: int = 0, limit: int = 1 << 20) -> dict[str, Any]:
         """The serial log from byte ``offset``: ``{"data", "offset"}`` (next offset)."""

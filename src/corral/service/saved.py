@@ -138,6 +138,7 @@ async def restore(m: Manager, name: str, wait: bool = False,
         if not rec.saved_state or not source.is_file():
             raise CorralError(f"the saved state of '{name}' is missing ({source}); "
                               f"'corral destroy {name}' or define it again")
+        m.sched.reserve_now(rec)
         m._set(rec, State.RESTORING)
         run = qargv.RunPaths(m.paths.run_dir(name))
         rt = None
@@ -151,6 +152,7 @@ async def restore(m: Manager, name: str, wait: bool = False,
             if rt is not None:
                 await m._kill(rt)
             m._cleanup_run(run)
+            m.sched.release(name)
             rec = m._get(name)
             rec.state, rec.pid, rec.pid_start = State.SAVED, None, None
             rec.exit_reason = f"restore failed: {err}"

@@ -112,7 +112,8 @@ async def _capture(m: Manager, spec: sp.VMSpec, snapshot: str, work: Path) -> No
 
 
 async def warm_start(m: Manager, name: str, source: str, wait: bool = True,
-                     timeout: float = 60.0) -> dict[str, Any]:
+                     timeout: float = 60.0, queue: bool = True,
+                     sched: sp.Scheduling | None = None) -> dict[str, Any]:
     """Create ``name`` from ``source`` ("VM:SNAPSHOT") and start it from the snapshot's
     running state. A failure leaves no VM behind.
 
@@ -127,20 +128,21 @@ async def warm_start(m: Manager, name: str, source: str, wait: bool = True,
         raise AlreadyExists(f"a VM named '{name}' exists; pick another name")
     tdir = await ensure_template(m, src, snapshot)
     meta = json.loads((tdir / "template.json").read_text())
-    rec = await _define_clone(m, name, sp.VMSpec.model_validate(meta["spec"]), full=False)
-    try:
-        async with m._lock(name):
-            await _resume_from(m, rec, tdir, bool(meta["running"]))
+    rec = await _define_clone(m, name, sp.VMSpec.model_validate(meta["spec"]), full=False,
+                              sched=sched)
+    rec.spec.warm_template = str(tdir)
+    m.db.update_vm(rec, "warm_start_requested", {"template": str(tdir)})
+    try:  # through admission like any start: it may wait in the queue
+        return await m.start(name, wait=wait, timeout=timeout, queue=queue)
     except BaseException:
-        await m.destroy(name)
+        if m._get(name).state in (State.DEFINED, State.STOPPED, State.CRASHED):
+            await m.destroy(name)  # a warm start that never ran leaves no VM
         raise
-    if wait:
-        await m.wait_ready(name, timeout)
-    return m._view(m._get(name))
 
 
 async def _define_clone(m: Manager, name: str, base: sp.VMSpec, full: bool,
-                        snapshot: str | None = None) -> VMRecord:
+                        snapshot: str | None = None,
+                        sched: sp.Scheduling | None = None) -> VMRecord:
     """Define ``name`` with ``base``'s hardware, its own MACs, and disks that are overlays on
     ``base``'s (linked) or copies of them (``full``, from ``snapshot`` if given)."""
     vm_dir = m.paths.vm_dir(name)
@@ -165,7 +167,8 @@ async def _define_clone(m: Manager, name: str, base: sp.VMSpec, full: bool,
                                                  "format": "qcow2", "name": None}))
         spec = base.model_copy(update={
             "name": name, "disks": disks, "vmstate": await storage.make_vmstate(vm_dir),
-            "nics": [n.model_copy(update={"mac": sp.new_mac()}) for n in base.nics]})
+            "nics": [n.model_copy(update={"mac": sp.new_mac()}) for n in base.nics],
+            "sched": sched or sp.Scheduling(), "warm_template": None})
         rec = VMRecord(name=name, uid=str(uuid.uuid4()), spec=spec, state=State.DEFINED)
         m.db.add_vm(rec)
     except BaseException:
@@ -205,9 +208,13 @@ async def clone(m: Manager, src: str, name: str, full: bool = False,
     return m._view(new)
 
 
-async def _resume_from(m: Manager, rec: VMRecord, tdir: Path, running: bool) -> None:
+async def resume_template(m: Manager, rec: VMRecord) -> None:
+    """Start ``rec`` (admitted, ``starting``) from its warm-start template instead of
+    booting it; the template is used once."""
+    assert rec.spec.warm_template is not None
+    tdir = Path(rec.spec.warm_template)
+    running = bool(json.loads((tdir / "template.json").read_text())["running"])
     run = qargv.RunPaths(m.paths.run_dir(rec.name))
-    m._set(rec, State.STARTING)
     rt = await m._spawn(rec, run, incoming=True,
                         ram=qargv.RamFile(tdir / "ram", shared=False))
     await rt.monitor.execute("migrate-set-capabilities", {"capabilities": [
@@ -216,6 +223,7 @@ async def _resume_from(m: Manager, rec: VMRecord, tdir: Path, running: bool) -> 
     if running:
         await rt.monitor.execute("cont")
     rec.started_at, rec.ready_at, rec.exit_reason = time.time(), None, None
+    rec.spec.warm_template = None  # from now on it boots, saves and restores as itself
     m._set(rec, State.RUNNING if running else State.PAUSED, "warm_started",
            template=str(tdir))
     m._watch_ready(rec.name, rt, on_ready=_take_identity)

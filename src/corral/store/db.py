@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -22,9 +22,9 @@ from sqlalchemy import Connection, Engine, create_engine, delete, event, insert,
 
 from corral.domain.specs import VMSpec
 from corral.domain.states import State
-from corral.store.schema import disks, events, snapshots, vms
+from corral.store.schema import disks, events, kv, snapshots, vms
 
-HEAD = "0003"
+HEAD = "0004"
 log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -119,9 +119,12 @@ class Store:
 
     def add_vm(self, rec: VMRecord) -> None:
         rec.created_at = rec.updated_at = time.time()
-        with self._tx() as conn:
-            conn.execute(insert(vms).values(**rec.to_row()))
-            self._event(conn, rec.name, "created", {})
+        def write() -> None:
+            with self._tx() as conn:
+                conn.execute(insert(vms).values(**rec.to_row()))
+                self._event(conn, rec.name, "created", {})
+
+        self._run(write)
         self._vms[rec.name] = rec
 
     def update_vm(self, rec: VMRecord, kind: str | None = None,
@@ -155,17 +158,49 @@ class Store:
         return sorted(self._vms.values(), key=lambda r: r.created_at)
 
     def delete_vm(self, name: str) -> None:
-        with self._tx() as conn:
-            conn.execute(delete(vms).where(vms.c.name == name))
-            conn.execute(delete(snapshots).where(snapshots.c.vm == name))
-            self._event(conn, name, "destroyed", {})
+        def write() -> None:
+            with self._tx() as conn:
+                conn.execute(delete(vms).where(vms.c.name == name))
+                conn.execute(delete(snapshots).where(snapshots.c.vm == name))
+                self._event(conn, name, "destroyed", {})
+
+        self._run(write)
         self._vms.pop(name, None)
+
+    # --- small documents ---
+    def put_doc(self, key: str, value: Any, vm: VMRecord | None = None,
+                kind: str | None = None, detail: dict[str, Any] | None = None) -> None:
+        """Write a JSON document, with an optional VM record and event, in one transaction."""
+        text = json.dumps(value)
+        row = vm.to_row() if vm is not None else None
+        if vm is not None:
+            vm.updated_at = time.time()
+            self._vms[vm.name] = vm
+
+        def write() -> None:
+            with self._tx() as conn:
+                conn.execute(delete(kv).where(kv.c.key == key))
+                conn.execute(insert(kv).values(key=key, value=text))
+                if row is not None:
+                    conn.execute(update(vms).where(vms.c.name == row["name"]).values(**row))
+                if kind:
+                    self._event(conn, row["name"] if row else key, kind, detail or {})
+
+        self._writer.submit(write).result()
+
+    def get_doc(self, key: str) -> Any:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(kv.c.value).where(kv.c.key == key)).scalar()
+        return json.loads(value) if value is not None else None
 
     # --- named disks ---
     def add_disk(self, row: dict[str, Any]) -> None:
-        with self._tx() as conn:
-            conn.execute(insert(disks).values(created_at=time.time(), vm=None, **row))
-            self._event(conn, row["name"], "disk_created", {"path": row["path"]})
+        def write() -> None:
+            with self._tx() as conn:
+                conn.execute(insert(disks).values(created_at=time.time(), vm=None, **row))
+                self._event(conn, row["name"], "disk_created", {"path": row["path"]})
+
+        self._run(write)
 
     def get_disk(self, name: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -179,27 +214,36 @@ class Store:
 
     def set_disk_vm(self, name: str, vm: str | None, rec: VMRecord | None = None) -> None:
         """Record where a disk is attached, with the VM's new spec in the same transaction."""
-        with self._tx() as conn:
-            conn.execute(update(disks).where(disks.c.name == name).values(vm=vm))
-            if rec is not None:
-                rec.updated_at = time.time()
-                conn.execute(update(vms).where(vms.c.name == rec.name).values(**rec.to_row()))
-                self._vms[rec.name] = rec
-            self._event(conn, rec.name if rec else name,
-                        "disk_attached" if vm else "disk_detached", {"disk": name})
+        def write() -> None:
+            with self._tx() as conn:
+                conn.execute(update(disks).where(disks.c.name == name).values(vm=vm))
+                if rec is not None:
+                    rec.updated_at = time.time()
+                    conn.execute(update(vms).where(vms.c.name == rec.name).values(**rec.to_row()))
+                    self._vms[rec.name] = rec
+                self._event(conn, rec.name if rec else name,
+                            "disk_attached" if vm else "disk_detached", {"disk": name})
+
+        self._run(write)
 
     def delete_disk(self, name: str) -> None:
-        with self._tx() as conn:
-            conn.execute(delete(disks).where(disks.c.name == name))
-            self._event(conn, name, "disk_deleted", {})
+        def write() -> None:
+            with self._tx() as conn:
+                conn.execute(delete(disks).where(disks.c.name == name))
+                self._event(conn, name, "disk_deleted", {})
+
+        self._run(write)
 
     # --- snapshots ---
     def add_snapshot(self, snap: dict[str, Any]) -> None:
-        with self._tx() as conn:
-            conn.execute(insert(snapshots).values(**snap))
-            conn.execute(update(vms).where(vms.c.name == snap["vm"])
-                         .values(current_snapshot=snap["name"], updated_at=time.time()))
-            self._event(conn, snap["vm"], "snapshot_created", {"snapshot": snap["name"]})
+        def write() -> None:
+            with self._tx() as conn:
+                conn.execute(insert(snapshots).values(**snap))
+                conn.execute(update(vms).where(vms.c.name == snap["vm"])
+                             .values(current_snapshot=snap["name"], updated_at=time.time()))
+                self._event(conn, snap["vm"], "snapshot_created", {"snapshot": snap["name"]})
+
+        self._run(write)
         if snap["vm"] in self._vms:
             self._vms[snap["vm"]].current_snapshot = snap["name"]
 
@@ -211,22 +255,29 @@ class Store:
 
     def delete_snapshot(self, vm: str, name: str) -> None:
         """Remove a snapshot; its children hang from its parent from now on."""
-        with self._tx() as conn:
-            row = conn.execute(select(snapshots).where(
-                (snapshots.c.vm == vm) & (snapshots.c.name == name))).first()
-            if row is None:
-                return
-            conn.execute(update(snapshots).where(
-                (snapshots.c.vm == vm) & (snapshots.c.parent == name)).values(parent=row.parent))
-            conn.execute(update(vms).where(
-                (vms.c.name == vm) & (vms.c.current_snapshot == name)).values(
-                current_snapshot=row.parent))
-            conn.execute(delete(snapshots).where(
-                (snapshots.c.vm == vm) & (snapshots.c.name == name)))
-            self._event(conn, vm, "snapshot_deleted", {"snapshot": name})
+        parent: list[str | None] = []
+
+        def write() -> None:
+            with self._tx() as conn:
+                row = conn.execute(select(snapshots).where(
+                    (snapshots.c.vm == vm) & (snapshots.c.name == name))).first()
+                if row is None:
+                    return
+                parent.append(row.parent)
+                conn.execute(update(snapshots).where(
+                    (snapshots.c.vm == vm) & (snapshots.c.parent == name)).values(
+                    parent=row.parent))
+                conn.execute(update(vms).where(
+                    (vms.c.name == vm) & (vms.c.current_snapshot == name)).values(
+                    current_snapshot=row.parent))
+                conn.execute(delete(snapshots).where(
+                    (snapshots.c.vm == vm) & (snapshots.c.name == name)))
+                self._event(conn, vm, "snapshot_deleted", {"snapshot": name})
+
+        self._run(write)
         rec = self._vms.get(vm)
-        if rec is not None and rec.current_snapshot == name:
-            rec.current_snapshot = row.parent
+        if parent and rec is not None and rec.current_snapshot == name:
+            rec.current_snapshot = parent[0]
 
     def _event(self, conn: Connection, vm: str, kind: str, detail: dict[str, Any]) -> None:
         conn.execute(insert(events).values(ts=time.time(), vm=vm, kind=kind,
@@ -240,6 +291,10 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [{**dict(r._mapping), "detail": json.loads(r.detail)} for r in rows]
+
+    def _run(self, write: Callable[[], None]) -> None:
+        """Run ``write`` on the writer thread, after every write queued before it."""
+        self._writer.submit(write).result()
 
     def flush(self) -> None:
         """Wait until every queued write is on disk."""

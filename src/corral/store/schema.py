@@ -34,6 +34,12 @@ disks = Table(
     Column("vm", String(64)),  # the VM it is attached to, if any
 )
 
+kv = Table(
+    "kv", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),  # JSON
+)
+
 snapshots = Table(
     "snapshots", metadata,
     Column("vm", String(64), primary_key=True),

@@ -1,0 +1,300 @@
+"""The daemon's scheduler: capacity accounting, the admission queue, CPU time slices and
+cgroup limits, on top of the pure code in :mod:`corral.scheduler`.
+
+* **Accounting.** Every VM holds a reservation (vCPUs, memory) from the moment it is admitted
+  until its QEMU exits; ``corral host info`` shows totals, allocations and the ratios. The
+  totals are the host's, scaled by the overcommit ratios (CPU 4.0, memory 1.0, disk 1.0 by
+  default; ``CORRAL_CPU_RATIO`` …). ``CORRAL_HOST_CPUS`` / ``CORRAL_HOST_MEMORY`` pretend to
+  a smaller host (tests, or to keep room for other work).
+* **Admission.** A start that does not fit (or finds others already waiting) enters the
+  queue and the VM becomes ``queued``; it starts by itself when capacity frees, in the order
+  of the policy (``CORRAL_QUEUE_POLICY``: fcfs, sjf, priority, fair; ``CORRAL_BACKFILL=1``).
+  ``--no-queue`` fails at once instead. The queue is stored with every change, so a daemon
+  restart keeps it and its order.
+* **Time slices.** VMs created ``--timeslice`` take no CPU reservation; instead at most
+  ``CORRAL_TIMESLICE_SLOTS`` of them run at once and the daemon pauses and resumes them in
+  turn every ``CORRAL_QUANTUM`` seconds.
+* **cgroups.** ``--cpu-weight`` and ``--cpu-max`` put the VM's QEMU in its own cgroup
+  (v1 ``cpu.shares``/``cpu.cfs_quota_us`` or v2 ``cpu.weight``/``cpu.max``); ``--pin`` sets
+  its vCPU threads' affinity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from corral.domain.states import LIVE, State
+from corral.errors import CorralError, NoCapacity
+from corral.host import cgroups
+from corral.scheduler.queue import AdmissionQueue, Request, next_to_start
+from corral.scheduler.resources import (
+    Inventory,
+    Overcommit,
+    Reservation,
+    Resources,
+    capacity_message,
+)
+from corral.scheduler.timeslice import TimeSlicer
+from corral.service import host
+
+if TYPE_CHECKING:
+    from corral.service.manager import Manager
+    from corral.store.db import VMRecord
+
+log = logging.getLogger(__name__)
+QUEUE_DOC = "admission_queue"
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError as err:
+        raise CorralError(f"{name}={value!r} is not a number") from err
+
+
+@dataclass(frozen=True)
+class Settings:
+    cpus: int
+    memory: int
+    disk: int
+    ratios: Overcommit
+    policy: str
+    backfill: bool
+    slots: int
+    quantum: float
+
+    @classmethod
+    def from_env(cls, m: Manager) -> Settings:
+        total_mem = host.memory_bytes()[0]
+        disk = shutil.disk_usage(m.paths.home).total
+        from corral.domain.sizes import parse_size
+
+        memory = os.environ.get("CORRAL_HOST_MEMORY")
+        return cls(
+            cpus=int(_env_float("CORRAL_HOST_CPUS", os.cpu_count() or 1)),
+            memory=parse_size("CORRAL_HOST_MEMORY", memory) if memory else total_mem,
+            disk=disk,
+            ratios=Overcommit(_env_float("CORRAL_CPU_RATIO", 4.0),
+                              _env_float("CORRAL_MEMORY_RATIO", 1.0),
+                              _env_float("CORRAL_DISK_RATIO", 1.0)),
+            policy=os.environ.get("CORRAL_QUEUE_POLICY", "fcfs"),
+            backfill=os.environ.get("CORRAL_BACKFILL", "") in ("1", "true", "yes"),
+            slots=int(_env_float("CORRAL_TIMESLICE_SLOTS", os.cpu_count() or 1)),
+            quantum=_env_float("CORRAL_QUANTUM", 2.0))
+
+
+def _need(rec: VMRecord) -> Resources:
+    cpus = 0 if rec.spec.sched.timeslice else rec.spec.cpus
+    return Resources(cpus, rec.spec.memory_bytes, 0)
+
+
+class Scheduler:
+    """Capacity, queue and time slices of one host."""
+
+    def __init__(self, m: Manager) -> None:
+        self.m = m
+        self.settings = Settings.from_env(m)
+        s = self.settings
+        self.inventory = Inventory(Resources(s.cpus, s.memory, s.disk), s.ratios)
+        self.queue = AdmissionQueue(s.policy, backfill=s.backfill)
+        self.slicer = TimeSlicer(s.slots, s.quantum)
+        self._slice_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.sliced_out: set[str] = set()  # time-sliced VMs the slicer holds paused
+
+    # ----- restart -----
+    def load(self) -> None:
+        """Rebuild reservations from the live VMs and the queue from the store."""
+        for rec in self.m.db.list_vms():
+            if rec.state in LIVE:
+                self.inventory.reserve(self._reservation(rec, rec.started_at or time.time()))
+        doc = self.m.db.get_doc(QUEUE_DOC)
+        if doc:
+            saved = AdmissionQueue.from_dict(doc)
+            if (saved.policy, saved.backfill) == (self.queue.policy, self.queue.backfill):
+                self.queue = saved
+            else:  # the daemon's policy changed: keep the requests in arrival order
+                for req in saved.waiting():
+                    self.queue.submit(req)
+        for req in self.queue.waiting():  # VMs destroyed while the daemon was down
+            queued = self.m.db.get_vm(req.vm)
+            if queued is None or queued.state != State.QUEUED:
+                self.queue.cancel(req.id)
+        self._slice_task = asyncio.create_task(self._slice_loop(), name="timeslicer")
+
+    async def close(self) -> None:
+        if self._slice_task is not None:
+            self._slice_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._slice_task
+
+    def _reservation(self, rec: VMRecord, now: float) -> Reservation:
+        need = _need(rec)
+        rt = rec.spec.sched.expected_runtime
+        return Reservation(rec.name, need.cpus, need.memory, need.disk,
+                           None if rt is None else now + rt)
+
+    def _save_queue(self, rec: VMRecord | None = None, kind: str | None = None,
+                    **detail: Any) -> None:
+        self.m.db.put_doc(QUEUE_DOC, self.queue.to_dict(), rec, kind, detail)
+
+    # ----- admission -----
+    def admit(self, rec: VMRecord, queue: bool = True) -> bool:
+        """Reserve capacity for ``rec`` now (True), or queue it (False; the VM is then
+        ``queued`` and recorded with the queue in one transaction).
+
+        :raises InvalidSpec: the VM is larger than the whole host (it would wait forever).
+        :raises NoCapacity: it does not fit now and ``queue`` is false.
+        """
+        need = _need(rec)
+        self.inventory.check_request(need)
+        now = time.time()
+        if len(self.queue) == 0 and self.inventory.fits(need):
+            self.inventory.reserve(self._reservation(rec, now))
+            return True
+        if not queue:
+            short = self.inventory.shortages(need)
+            if short:
+                raise NoCapacity(capacity_message(short))
+            raise NoCapacity(f"not enough capacity: {len(self.queue)} requests are waiting "
+                             "ahead of this one")
+        sched = rec.spec.sched
+        req = self.queue.submit(Request(
+            id=uuid.uuid4().hex[:12], vm=rec.name, owner=sched.owner, cpus=max(need.cpus, 1),
+            memory=need.memory, disk=need.disk, priority=sched.priority,
+            expected_runtime=sched.expected_runtime, arrival=now))
+        rec.state = State.QUEUED
+        self._save_queue(rec, "queued", request=req.id, position=self.queue.position(req.id,
+                                                                                      now))
+        return False
+
+    def reserve_now(self, rec: VMRecord) -> None:
+        """Reserve capacity for ``rec`` at once, ahead of the queue (a restore: the VM held
+        it before it was saved).
+
+        :raises NoCapacity: it does not fit.
+        """
+        need = _need(rec)
+        if not self.inventory.fits(need):
+            raise NoCapacity(capacity_message(self.inventory.shortages(need)))
+        self.inventory.reserve(self._reservation(rec, time.time()))
+
+    def cancel(self, rec: VMRecord, state: State) -> None:
+        """Take a queued VM out of the queue; it moves to ``state``."""
+        for req in self.queue.waiting():
+            if req.vm == rec.name:
+                self.queue.cancel(req.id)
+        rec.state = state
+        self._save_queue(rec, "dequeued")
+
+    def release(self, name: str) -> None:
+        """The VM's QEMU is gone: free its capacity and start whoever now fits."""
+        self.sliced_out.discard(name)
+        if self.inventory.release(name) is not None:
+            self.dispatch()
+        self._wake.set()
+
+    def dispatch(self) -> None:
+        now = time.time()
+        for req in next_to_start(self.queue, self.inventory, now):
+            self.queue.start(req.id)
+            rec = self.m.db.get_vm(req.vm)
+            if rec is None:
+                continue
+            self.inventory.reserve(self._reservation(rec, now))
+            self._save_queue()
+            self.m._background(self.m._start_admitted(req.vm))
+
+    def entries(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [{"position": e.position, "vm": e.request.vm, "owner": e.request.owner,
+                 "cpus": e.request.cpus, "memory_bytes": e.request.memory,
+                 "priority": e.request.priority, "effective_priority":
+                     round(e.effective_priority, 3),
+                 "expected_runtime": e.request.expected_runtime,
+                 "waiting_seconds": round(e.waiting, 3), "request": e.request.id}
+                for e in self.queue.entries(now)]
+
+    def info(self) -> dict[str, Any]:
+        s = self.settings
+        return {"capacity": self.inventory.to_dict(), "policy": s.policy,
+                "backfill": s.backfill, "queued": len(self.queue),
+                "timeslice": {"slots": s.slots, "quantum": s.quantum,
+                              "fairness": round(self.slicer.fairness(), 4),
+                              "run_seconds": {k: round(v, 3) for k, v in
+                                              self.slicer.run_time.items()}}}
+
+    # ----- after launch: cgroups and pinning -----
+    async def place_process(self, rec: VMRecord, pid: int) -> None:
+        """Put a new QEMU under its CPU weight/cap and pin its vCPUs, as the spec asks."""
+        sched = rec.spec.sched
+        if sched.cpu_weight is not None or sched.cpu_max is not None:
+            cgroups.apply(rec.name, pid, sched.cpu_weight, sched.cpu_max)
+        if sched.pin:
+            rt = self.m._rt.get(rec.name)
+            if rt is not None:
+                for cpu in await rt.monitor.execute("query-cpus-fast"):
+                    os.sched_setaffinity(int(cpu["thread-id"]), set(sched.pin))
+
+    # ----- time slices -----
+    def wanting(self) -> list[str]:
+        """Time-sliced VMs whose guests want CPU: running, or held paused by the slicer."""
+        out = []
+        for rec in self.m.db.list_vms():
+            if not rec.spec.sched.timeslice or rec.name not in self.m._rt:
+                continue
+            if rec.state == State.RUNNING or (rec.state == State.PAUSED
+                                              and rec.name in self.sliced_out):
+                out.append(rec.name)
+        return out
+
+    async def _slice_loop(self) -> None:
+        while True:
+            try:
+                await self._slice_once()
+            except Exception:
+                log.exception("time slicer step failed")
+            nxt = self.slicer.next_tick()
+            delay = max(0.01, (nxt - time.time())) if nxt else 3600.0
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def _slice_once(self) -> None:
+        wanting = self.wanting()
+        if not wanting and not self.slicer.running and not self.slicer.waiting:
+            return
+        step = self.slicer.tick(time.time(), wanting)
+        for name in step.pause:
+            await self._hold(name, pause=True)
+        for name in step.resume:
+            await self._hold(name, pause=False)
+
+    async def _hold(self, name: str, pause: bool) -> None:
+        rt = self.m._rt.get(name)
+        rec = self.m.db.get_vm(name)
+        if rt is None or rec is None:
+            return
+        async with self.m._lock(name):
+            if pause and rec.state == State.RUNNING:
+                await rt.monitor.execute("stop")
+                self.sliced_out.add(name)
+                self.m._set(rec, State.PAUSED, "timeslice_out", wait=False)
+            elif not pause and name in self.sliced_out and rec.state == State.PAUSED:
+                await rt.monitor.execute("cont")
+                self.sliced_out.discard(name)
+                self.m._set(rec, State.RUNNING, "timeslice_in", wait=False)
