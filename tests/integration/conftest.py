@@ -72,11 +72,11 @@ def qemu_pids(marker: str) -> list[int]:
 class Daemon:
     """A ``corral serve`` subprocess with its own data directory."""
 
-    def __init__(self, home: Path, image_path: str) -> None:
+    def __init__(self, home: Path, image_path: str, **env: str) -> None:
         self.home = home
         self.socket = home / "corral.sock"
         self.env = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_IMAGE_PATH": image_path,
-                    "CORRAL_SOCKET": str(self.socket)}
+                    "CORRAL_SOCKET": str(self.socket), **env}
         self.proc: subprocess.Popen[bytes] | None = None
         self.client = Client(self.socket, timeout=180)
 
@@ -132,11 +132,12 @@ def assert_nothing_left(home: Path, run_dir: Path | None = None) -> None:
     assert not vms.exists() or list(vms.iterdir()) == [], "VM directories left behind"
 
 
-@pytest.fixture(scope="module")
-def daemon(image_path: str) -> Iterator[Daemon]:
+@contextlib.contextmanager
+def running_daemon(image_path: str, **env: str) -> Iterator[Daemon]:
+    """A daemon with its own data directory (and settings), torn down with a leak check."""
     home = Path(tempfile.mkdtemp(prefix="crl-", dir="/tmp"))
     HOMES.append(home)
-    d = Daemon(home, image_path)
+    d = Daemon(home, image_path, **env)
     d.start()
     try:
         yield d
@@ -153,6 +154,12 @@ def daemon(image_path: str) -> Iterator[Daemon]:
             for pid in qemu_pids(str(home)):
                 os.kill(pid, signal.SIGKILL)
             shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def daemon(image_path: str) -> Iterator[Daemon]:
+    with running_daemon(image_path) as d:
+        yield d
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
