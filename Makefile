@@ -2,10 +2,15 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio lz4 iproute2 dnsmasq-base nftables
+APT_PACKAGES := qemu-system-x86 qemu-system-arm qemu-utils busybox-static cpio lz4 iproute2 \
+	dnsmasq-base nftables debootstrap e2fsprogs
 # binaries whose presence proves the packages above are installed
-APT_PROBES := qemu-system-x86_64 qemu-img busybox cpio lz4 ip dnsmasq nft
+APT_PROBES := qemu-system-x86_64 qemu-system-aarch64 qemu-img busybox cpio lz4 ip dnsmasq nft \
+	debootstrap mkfs.ext4
 IMAGES := build/images
+# the guest images the tests boot (tiny also writes tiny-disk beside it)
+TEST_IMAGES := $(IMAGES)/tiny/image.json $(IMAGES)/tiny-arm64/image.json \
+	$(IMAGES)/debian/image.json
 
 .PHONY: demo test deps apt venv image lint unit integration bench clean
 
@@ -13,13 +18,13 @@ demo: deps
 	$(BIN)/corral image build tiny
 	scripts/demo.sh
 
-test: deps $(IMAGES)/tiny/image.json lint
+test: deps $(TEST_IMAGES) lint
 	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/pytest -q
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-integration: deps $(IMAGES)/tiny/image.json
+integration: deps $(TEST_IMAGES)
 	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/pytest -q tests/integration
 
 lint: venv
@@ -42,10 +47,18 @@ $(BIN)/corral: pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-image: $(IMAGES)/tiny/image.json
+image: $(TEST_IMAGES)
 
-$(IMAGES)/tiny/image.json: src/corral/images/tiny.py $(wildcard src/corral/images/guest/*) | venv
+GUEST_FILES := src/corral/images/_build.py $(wildcard src/corral/images/guest/*)
+
+$(IMAGES)/tiny/image.json: src/corral/images/tiny.py $(GUEST_FILES) | venv
 	$(BIN)/corral image build tiny --force --dest $(IMAGES)
+
+$(IMAGES)/tiny-arm64/image.json: src/corral/images/arm64.py $(GUEST_FILES) | venv
+	$(BIN)/corral image build tiny-arm64 --force --dest $(IMAGES)
+
+$(IMAGES)/debian/image.json: src/corral/images/debian.py | venv
+	$(BIN)/corral image build debian --force --dest $(IMAGES)
 
 bench: deps $(IMAGES)/tiny/image.json
 	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/python bench/lifecycle.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -346,4 +347,6 @@ def test_build_tiny_swaps_the_new_image_in(tmp_path: Path, monkeypatch: pytest.M
     assert tiny.build_tiny(dest, progress=lambda s, f: steps.append((s, f))) == dest
     assert (dest / "image.json").read_text() == '{"new": true}'
     assert steps[-1] == ("done", 1.0)
-    assert sorted(p.name for p in dest.parent.iterdir()) == ["tiny"]
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["tiny", "tiny-disk"]
+    assert json.loads((dest.parent / "tiny-disk" / "image.json").read_text())["disk"] == \
+        "../tiny/root.qcow2"
