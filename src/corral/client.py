@@ -32,6 +32,7 @@ _KINDS: dict[str, type[errors.CorralError]] = {
     "not_found": errors.NotFound, "already_exists": errors.AlreadyExists,
     "timeout": errors.Timeout, "agent_error": errors.AgentError,
     "daemon_unavailable": errors.DaemonUnavailable, "no_capacity": errors.NoCapacity,
+    "needs_root": errors.NeedsRoot,
 }
 
 
@@ -335,6 +336,81 @@ class Client:
 
     def addresses(self, name: str) -> Any:
         return self.request("GET", f"/vms/{name}/addresses")
+
+    # --- virtual networks, routers, firewall rules and NICs ---
+    def network_create(self, name: str, subnet: str, dhcp: bool = True,
+                       isolated: bool = False) -> Any:
+        """A virtual switch on ``subnet`` with DHCP and DNS (``NAME.corral``) unless
+        ``dhcp=False``; ``isolated``: no router may join it."""
+        return self.request("POST", "/networks", {"name": name, "subnet": subnet,
+                                                  "dhcp": dhcp, "isolated": isolated})
+
+    def network_list(self) -> Any:
+        return self.request("GET", "/networks")
+
+    def network_show(self, name: str) -> Any:
+        """One network, with each port's DHCP lease and rx/tx counters."""
+        return self.request("GET", f"/networks/{name}")
+
+    def network_delete(self, name: str) -> None:
+        self.request("DELETE", f"/networks/{name}")
+
+    def network_policy(self, name: str, policy: str) -> Any:
+        """What happens to traffic to the network's VMs that no rule allows."""
+        return self.request("PUT", f"/networks/{name}/policy", {"policy": policy})
+
+    def topology(self, format: str = "text") -> str:
+        """Switches, routers and VMs as a text tree, or as a Graphviz graph (``dot``)."""
+        return self.raw_request("GET", "/topology", format=format).decode()
+
+    def router_create(self, name: str, uplink: bool = False) -> Any:
+        return self.request("POST", "/routers", {"name": name, "uplink": uplink})
+
+    def router_list(self) -> Any:
+        return self.request("GET", "/routers")
+
+    def router_show(self, name: str) -> Any:
+        return self.request("GET", f"/routers/{name}")
+
+    def router_delete(self, name: str) -> None:
+        self.request("DELETE", f"/routers/{name}")
+
+    def router_attach(self, name: str, network: str) -> Any:
+        return self.request("POST", f"/routers/{name}/networks", {"network": network})
+
+    def router_detach(self, name: str, network: str) -> Any:
+        return self.request("DELETE", f"/routers/{name}/networks/{network}")
+
+    def forward_add(self, router: str, proto: str, host_port: int, vm: str, port: int) -> Any:
+        """Publish ``vm``:``port`` on host port ``host_port`` through ``router``'s uplink."""
+        return self.request("POST", f"/routers/{router}/forwards",
+                            {"proto": proto, "host_port": host_port, "vm": vm, "port": port})
+
+    def forward_list(self) -> Any:
+        return self.request("GET", "/forwards")
+
+    def forward_delete(self, router: str, proto: str, host_port: int) -> None:
+        self.request("DELETE", f"/routers/{router}/forwards/{proto}/{host_port}")
+
+    def firewall_add(self, target: str, allow: str, source: str = "0.0.0.0/0") -> Any:
+        """Allow ``allow`` (``tcp/22``) from ``source`` to a network's VMs or to one VM."""
+        return self.request("POST", "/firewall/rules",
+                            {"target": target, "allow": allow, "from": source})
+
+    def firewall_list(self) -> Any:
+        return self.request("GET", "/firewall")
+
+    def firewall_delete(self, rule_id: int) -> None:
+        self.request("DELETE", f"/firewall/rules/{rule_id}")
+
+    def attach_nic(self, vm: str, network: str, mac: str | None = None,
+                   ip: str | None = None) -> Any:
+        """A NIC on ``network``; a running q35 VM gets it at once (hot-plug)."""
+        return self.request("POST", f"/vms/{vm}/nics", {"network": network, "mac": mac,
+                                                        "ip": ip})
+
+    def detach_nic(self, vm: str, nic: str) -> Any:
+        return self.request("DELETE", f"/vms/{vm}/nics/{nic}")
 
     def host_info(self) -> Any:
         return self.request("GET", "/host")

@@ -8,11 +8,13 @@ tree onto exit codes and HTTP statuses, so a user never sees a traceback for the
     ├── NotFound                     (404 / exit 3)  no VM or image of that name
     ├── AlreadyExists                (409 / exit 4)  the name is taken
     ├── InvalidState                 (409 / exit 5)  not legal in the VM's current state
+    │   └── InUse                                    a network, router or disk still in use
     ├── Timeout                      (504 / exit 6)  it did not happen in time
     ├── CommandFailed                (500 / exit 1)  a host command failed (argv, returncode)
     │   └── LaunchFailed                             QEMU would not start
     ├── MonitorError                 (500 / exit 1)  QMP refused (qmp_command, error_class)
     ├── NoCapacity                   (409 / exit 9)  the host is full and queueing was refused
+    ├── NeedsRoot                    (403 / exit 10) only a daemon running as root can do it
     ├── AgentError                   (502 / exit 7)  the guest agent failed or was silent
     └── DaemonUnavailable            (503 / exit 8)  the CLI or Client cannot reach ``corral serve``
 """
@@ -84,6 +86,16 @@ class InvalidState(CorralError):
                 "required": list(self.required)}
 
 
+class InUse(InvalidState):
+    """Something cannot go (or change) while others use it; ``users`` names them."""
+
+    def __init__(self, what: str, name: str, operation: str, users: Sequence[str]) -> None:
+        super().__init__(name, operation, "in use", ["unused"])
+        self.message = f"cannot {operation} {what} '{name}': used by {', '.join(users)}"
+        self.args = (self.message,)
+        self.users = tuple(users)
+
+
 class Timeout(CorralError):
     status = 504
     exit_code = 6
@@ -128,6 +140,14 @@ class NoCapacity(CorralError):
     kind = "no_capacity"
 
 
+class NeedsRoot(CorralError):
+    """Bridges, taps, namespaces and nftables need a daemon that runs as root."""
+
+    status = 403
+    exit_code = 10
+    kind = "needs_root"
+
+
 class AgentError(CorralError):
     status = 502
     exit_code = 7
@@ -141,7 +161,7 @@ class DaemonUnavailable(CorralError):
 
 
 __all__ = [
-    "AgentError", "AlreadyExists", "CommandFailed", "CorralError", "DaemonUnavailable",
-    "InvalidSpec", "InvalidState", "LaunchFailed", "MonitorError", "NoCapacity", "NotFound",
-    "Timeout",
+    "AgentError", "AlreadyExists", "CommandFailed", "CorralError", "DaemonUnavailable", "InUse",
+    "InvalidSpec", "InvalidState", "LaunchFailed", "MonitorError", "NeedsRoot", "NoCapacity",
+    "NotFound", "Timeout",
 ]

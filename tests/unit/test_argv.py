@@ -28,6 +28,12 @@ def spec(**over: object) -> VMSpec:
 CASES = {
     "q35": spec(),
     "microvm": spec(machine="microvm", disks=[], nics=[NicSpec(mac="52:54:00:00:00:02")]),
+    "q35-nics": spec(disks=[], vmstate=None, nics=[
+        NicSpec(mac="52:54:00:00:00:03", mode="network", network="lan", ip="10.20.0.10",
+                ifname="crl-tweb.0", planned_for="web"),
+        NicSpec(mac="52:54:00:00:00:04", hostfwd=["tcp::8022-:22", "udp:127.0.0.1:53-:53"]),
+        NicSpec(mac="52:54:00:00:00:05", mode="network", network="dmz", ip="10.30.0.10",
+                ifname="crl-tweb.2", planned_for="web", id="nic2", port="hp1")]),
     "kernel-no-agent": spec(agent=False, initrd=None, nics=[], vmstate=None,
                             disks=[DiskSpec(path="/data/raw.img", format="raw", readonly=True,
                                             owned=False)]),

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.api.networks import routes as network_routes
 from corral.domain.specs import VMCreate
 from corral.errors import CorralError, InvalidSpec
 from corral.service import disks, guest, snapshots
@@ -86,6 +87,7 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
 
     app = FastAPI(title="Corral", version="0.1.0", lifespan=lifespan,
                   description="A virtual machine manager on QEMU.")
+    app.include_router(network_routes(manager))
 
     @app.exception_handler(CorralError)
     async def corral_error(_req: Request, err: CorralError) -> JSONResponse:

@@ -39,13 +39,17 @@ class ProgressBar:
 
 
 def build(args: argparse.Namespace) -> int:
+    from corral.images.arm64 import build_tiny_arm64
+    from corral.images.debian import build_debian
     from corral.images.tiny import build_tiny
 
+    builders = {"tiny": build_tiny, "tiny-arm64": build_tiny_arm64, "debian": build_debian}
+    build_image = builders[args.name]
     root = Path(args.dest) if args.dest else Paths.from_env().images
     dest = root / args.name
     existed = (dest / "image.json").is_file() and not args.force
     bar = ProgressBar(f"building image {args.name}")
-    path = build_tiny(dest, force=args.force, progress=None if existed else bar)
+    path = build_image(dest, force=args.force, progress=None if existed else bar)
     if not existed:
         bar.done()
     manifest = json.loads((path / "image.json").read_text())

@@ -50,8 +50,8 @@ def vm_detail(vm: dict[str, Any]) -> str:
         ("image", vm.get("image") or "-"), ("uptime", _secs(vm.get("uptime_seconds"))),
         ("start to ready", _secs(vm.get("boot_seconds"))),
     ]
-    for nic in vm.get("nics", []):
-        lines.append(("nic", f"{nic['mode']} mac={nic['mac']}"))
+    for i, n in enumerate(vm.get("nics", [])):
+        lines.append(("nic", nic(n, i)))
     for disk in vm.get("disks", []):
         lines.append(("disk", f"{disk['path']} ({disk['format']}"
                               f"{', read-only' if disk['readonly'] else ''})"))
@@ -72,6 +72,16 @@ def disk_table(disks: list[dict[str, Any]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)
+
+
+def read_text_file(field: str, path: str) -> str:
+    """:raises InvalidSpec: when the file cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidSpec(field, f"cannot read '{path}': {getattr(err, 'strerror', err)}") \
+            from err
 
 
 def parse_cpus(text: str) -> list[int]:
@@ -171,9 +181,60 @@ def parse_disk(text: str) -> dict[str, Any]:
 
 
 def parse_nic(text: str) -> dict[str, Any]:
-    """``user[,mac=52:54:00:..]``."""
-    kv = _kv("nic", text, "mode")
-    unknown = set(kv) - {"mode", "mac"}
-    if unknown:
-        raise InvalidSpec("nic", f"unknown option '{sorted(unknown)[0]}'; use mac")
-    return kv
+    """``user[,mac=52:54:00:..][,hostfwd=tcp:8022-:22]...`` (user-mode networking; forwards
+    repeat) or ``NET[,mac=..][,ip=10.20.0.5]`` (a port on the network NET)."""
+    head, *rest = text.split(",")
+    nic: dict[str, Any] = {}
+    if "=" in head:
+        rest.insert(0, head)
+    elif head == "user":
+        nic["mode"] = "user"
+    elif head:
+        nic["network"] = head
+    forwards: list[str] = []
+    for part in rest:
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if not eq:
+            raise InvalidSpec("nic", f"'{part}' in '{text}' is not key=value")
+        if key not in ("mode", "network", "mac", "ip", "hostfwd"):
+            raise InvalidSpec("nic", f"unknown option '{key}'; use mac, ip or hostfwd")
+        if key == "hostfwd":
+            forwards.append(value)
+        else:
+            nic[key] = value
+    if forwards:
+        nic["hostfwd"] = forwards
+    return nic
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> 1.5K (powers of 1024)."""
+    value, unit = float(n), ""
+    for bigger in ("K", "M", "G", "T"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f}{unit}" if unit else str(n)
+
+
+def counters(c: dict[str, int]) -> str:
+    """rx/tx bytes and packets, as the guest sees them."""
+    return (f"rx {human_bytes(c['rx_bytes'])}B/{c['rx_packets']}p "
+            f"tx {human_bytes(c['tx_bytes'])}B/{c['tx_packets']}p")
+
+
+def nic(n: dict[str, Any], index: int) -> str:
+    """One NIC of ``corral show``: where it is, its addresses and counters."""
+    parts = [n.get("id") or f"nic{index}"]
+    if n.get("mode") == "network":
+        parts += [f"network {n['network']}", f"ip {n.get('ip') or '-'}"]
+        if n.get("lease"):
+            parts.append(f"lease {n['lease']}")
+    else:
+        parts += ["user-mode", *n.get("hostfwd", [])]
+    parts.append(f"mac {n['mac']}")
+    if n.get("guest_interface"):
+        parts.append(f"{n['guest_interface']} {' '.join(n.get('guest_addresses', []))}")
+    if n.get("counters"):
+        parts.append(counters(n["counters"]))
+    return "  ".join(parts)

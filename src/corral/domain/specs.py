@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from corral.domain.nics import check_nic
 from corral.domain.sizes import parse_size
 from corral.errors import InvalidSpec
 
@@ -26,7 +27,9 @@ DEFAULT_IMAGE = "tiny"
 DEFAULT_MEMORY = 256 << 20
 MIN_MEMORY = 64 << 20
 MAX_CPUS = 255
-Machine = Literal["q35", "microvm"]
+Machine = Literal["q35", "microvm", "virt"]
+Arch = Literal["x86_64", "aarch64"]
+MACHINES: dict[str, tuple[str, ...]] = {"x86_64": ("q35", "microvm"), "aarch64": ("virt",)}
 
 
 def check_name(name: str, field: str = "name") -> str:
@@ -48,9 +51,16 @@ class DiskRequest(BaseModel):
 
 
 class NicRequest(BaseModel):
+    """A NIC for a new VM: user-mode networking (with host port forwards ``hostfwd``), or a
+    port on the Corral network ``network`` (with a fixed ``ip`` if given); see
+    :mod:`corral.domain.nics`."""
+
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["user"] = "user"
+    mode: Literal["user", "network"] | None = None  # None: "network" when network is named
     mac: str | None = None
+    network: str | None = None
+    ip: str | None = None
+    hostfwd: list[str] = Field(default_factory=list)
 
 
 class VMCreate(BaseModel):
@@ -64,8 +74,12 @@ class VMCreate(BaseModel):
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = None
-    machine: Machine = "q35"
-    cpu_model: str = "max"
+    machine: Machine | None = None  # default: the image's, else q35
+    arch: Arch | None = None  # default: the image's
+    cpu_model: str | None = None  # default: the image's, else max
+    user_data: str | None = None  # cloud-init user-data (the text); makes a NoCloud seed
+    ssh_keys: list[str] | None = None  # public keys for cloud-init's default user
+    hostname: str | None = None  # for cloud-init (default: the VM's name)
     disks: list[DiskRequest] = Field(default_factory=list)
     nics: list[NicRequest] | None = None
     from_snapshot: str | None = None  # "VM:SNAPSHOT": a warm start from a memory snapshot
@@ -104,9 +118,23 @@ class DiskSpec(BaseModel):
 
 
 class NicSpec(BaseModel):
+    """A NIC as stored. A network NIC's port (address, tap) is planned by the network
+    service for the VM named in ``planned_for``; a copy of it (a clone's) is planned anew."""
+
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["user"] = "user"
+    mode: Literal["user", "network"] = "user"
     mac: str
+    id: str | None = None  # stable QEMU device id; None: by position (nic0, nic1 …)
+    hostfwd: list[str] = Field(default_factory=list)  # user mode, canonical (tcp::8022-:22)
+    network: str | None = None
+    ip: str | None = None  # the address the network reserved for it
+    fixed_ip: bool = False  # the user chose ``ip``
+    ifname: str | None = None  # its tap on the network's bridge
+    planned_for: str | None = None
+    port: str | None = None  # the hot-plug port it sits behind (q35), if hot-plugged
+
+    def device(self, index: int) -> str:
+        return self.id or f"nic{index}"
 
 
 class Scheduling(BaseModel):
@@ -127,7 +155,7 @@ class VMSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str
-    arch: str = "x86_64"
+    arch: Arch = "x86_64"
     image: str | None
     cpus: int
     memory_bytes: int
@@ -186,6 +214,7 @@ def validate_against_host(req: VMCreate, host: HostFacts) -> int:
     for i, nic in enumerate(req.nics or []):
         if nic.mac is not None and not MAC_RE.match(nic.mac.lower()):
             raise InvalidSpec(f"nics.{i}.mac", f"'{nic.mac}' is not a MAC like 52:54:00:12:34:56")
+        check_nic(f"nics.{i}", nic.mode, nic.network, nic.ip, nic.hostfwd)
     for i, disk in enumerate(req.disks):
         if (disk.size is None) == (disk.path is None):
             raise InvalidSpec(f"disks.{i}", "give either size (a new disk) or path (a file)")

@@ -134,7 +134,7 @@ def _find(rec: VMRecord, disk: str) -> tuple[int, DiskSpec]:
 
 
 def _free_port(rec: VMRecord) -> str:
-    used = {d.port for d in rec.spec.disks}
+    used = {d.port for d in rec.spec.disks} | {n.port for n in rec.spec.nics}  # NICs too
     for i in range(HOTPLUG_PORTS):
         if f"hp{i}" not in used:
             return f"hp{i}"

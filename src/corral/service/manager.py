@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from corral.config import Paths
 from corral.domain import specs as sp
@@ -39,7 +40,8 @@ from corral.errors import (
 )
 from corral.host import cgroups
 from corral.images import catalog
-from corral.service import disks, host, storage
+from corral.service import disks, host, netrestart, nics, storage
+from corral.service.networks import Networks
 from corral.service.scheduling import Scheduler
 from corral.store.db import Store, VMRecord
 
@@ -87,6 +89,7 @@ class Manager:
         self.tsc_khz = accel_mod.tsc_khz()
         self.store: Store | None = None
         self._sched: Scheduler | None = None
+        self.networks = Networks(self)
         self._rt: dict[str, Runtime] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[None]] = set()
@@ -100,6 +103,7 @@ class Manager:
         self.store = Store(self.paths.db)
         for rec in self.db.list_vms():
             await self._reconcile(rec)
+        await netrestart.reconcile(self)  # before the queue may start VMs on networks
         self._sched = Scheduler(self)
         self.sched.load()
         self.sched.dispatch()
@@ -172,7 +176,10 @@ class Manager:
                     root = await storage.make_root(image.disk, vm_dir, image.root_bus,
                                                    boot=spec.kernel is None)
                     spec.disks.insert(0, root)
+                if req.user_data is not None or req.ssh_keys or req.hostname:
+                    spec.disks.append(storage.make_seed(vm_dir, req))
                 spec.vmstate = await storage.make_vmstate(vm_dir)
+                nics.plan_nics(self, spec)  # no await from here to add_vm: addresses stay ours
                 rec = VMRecord(name=req.name, uid=str(uuid.uuid4()), spec=spec,
                                state=State.DEFINED)
                 self.db.add_vm(rec)
@@ -186,8 +193,20 @@ class Manager:
         image; an image with a disk gives the VM an overlay of it either way."""
         image = None
         if req.image or not req.kernel:
-            image = catalog.resolve(self.paths, req.image or sp.DEFAULT_IMAGE)
-        image_name, arch = (image.name, image.arch) if image else (None, "x86_64")
+            default = sp.DEFAULT_IMAGE if req.arch in (None, "x86_64") else "tiny-arm64"
+            image = catalog.resolve(self.paths, req.image or default)
+        image_name, arch = (image.name, image.arch) if image else (None, req.arch or "x86_64")
+        if req.arch is not None and req.arch != arch:
+            raise InvalidSpec("arch", f"image '{image_name}' is {arch}, not {req.arch}; pick an "
+                                      f"{req.arch} image (e.g. tiny-arm64)")
+        if arch not in sp.MACHINES:
+            raise InvalidSpec("arch", f"{arch} guests are not supported")
+        manifest = image.manifest if image else {}
+        machine = req.machine or manifest.get("machine") or sp.MACHINES[arch][0]
+        if machine not in sp.MACHINES[arch]:
+            raise InvalidSpec("machine", f"{machine} is not an {arch} machine; use "
+                                         + " or ".join(sp.MACHINES[arch]))
+        cpu_model = req.cpu_model or manifest.get("cpu") or "max"
         agent = image.agent if image else True
         if req.kernel:
             kernel = Path(req.kernel).expanduser()
@@ -204,11 +223,15 @@ class Manager:
             kpath = str(image.kernel) if image.kernel else None
             ipath = str(image.initrd) if image.initrd else None
             cmdline = req.cmdline or image.cmdline
-        nics = [sp.NicSpec(mac=(n.mac or sp.new_mac()).lower())
-                for n in (req.nics if req.nics is not None else [sp.NicRequest()])]
-        return sp.VMSpec(name=req.name, arch=arch, image=image_name, cpus=req.cpus,
+        nic_specs = [sp.NicSpec(mode=n.mode or ("network" if n.network else "user"),
+                                mac=(n.mac or sp.new_mac()).lower(), network=n.network,
+                                ip=n.ip, fixed_ip=n.ip is not None, hostfwd=n.hostfwd)
+                     for n in (req.nics if req.nics is not None else [sp.NicRequest()])]
+        return sp.VMSpec(name=req.name, arch=cast(sp.Arch, arch), image=image_name,
+                         cpus=req.cpus,
                          memory_bytes=memory, kernel=kpath, initrd=ipath, cmdline=cmdline,
-                         machine=req.machine, cpu_model=req.cpu_model, disks=[], nics=nics,
+                         machine=cast(sp.Machine, machine), cpu_model=cpu_model, disks=[],
+                         nics=nic_specs,
                          agent=agent)
 
     # ----- start ----------------------------------------------------------------------------
@@ -310,12 +333,19 @@ class Manager:
         it waits for a migration stream (``-incoming defer``) instead of booting."""
         run.dir.mkdir(parents=True, exist_ok=True)
         self._cleanup_run(run, keep_dir=True)
+        await nics.plug(self, rec)  # the taps of its network NICs, which QEMU opens by name
         serial = self.paths.vm_dir(rec.name) / "serial.log"
-        argv = qargv.build(rec.spec, run, serial, self.accel.name, self.tsc_khz, ram=ram)
+        # KVM runs only the host's own architecture; other guests are always emulated
+        accel = self.accel.name if rec.spec.arch == os.uname().machine else "tcg"
+        argv = qargv.build(rec.spec, run, serial, accel, self.tsc_khz, ram=ram)
         if incoming:
             argv += ["-incoming", "defer"]
         argv += extra or []
-        proc = await launch(argv, run.pidfile)
+        try:
+            proc = await launch(argv, run.pidfile)
+        except BaseException:
+            nics.unplug(self, rec.name)
+            raise
         rt = Runtime(proc, Monitor(rec.name, lambda ev, data: self._on_event(rec.name, ev,
                                                                              data)),
                      GuestAgent(rec.name, run.agent) if rec.spec.agent else None)
@@ -324,6 +354,7 @@ class Manager:
         except BaseException:
             proc.signal(9)
             await proc.wait(5)
+            nics.unplug(self, rec.name)
             raise
         self._rt[rec.name] = rt
         proc.watch(lambda exit_: self._on_exit(rec.name, rt, exit_))
@@ -532,7 +563,9 @@ class Manager:
                 if disk.name:  # a named disk outlives the VM; it is only detached
                     self.db.set_disk_vm(disk.name, None)
             shutil.rmtree(self.paths.vm_dir(name), ignore_errors=True)
+            spec = self._get(name).spec
             self.db.delete_vm(name)
+            await nics.forget(self, name, spec)
         self._locks.pop(name, None)
 
     # ----- events from QEMU -----------------------------------------------------------------
@@ -583,6 +616,7 @@ class Manager:
         self.sched.release(name)
         self._background(self._close_runtime(rt))
         self._cleanup_run(qargv.RunPaths(self.paths.run_dir(name)), keep_dir=False)
+        nics.unplug(self, name)
         rec = self.db.get_vm(name)
         if rec is None:
             return
@@ -706,6 +740,7 @@ class Manager:
                 per_node = await disks.stats(rt)
                 for i, disk in enumerate(view["disks"]):
                     disk["stats"] = per_node.get(disk.get("id") or f"disk{i}")
+        await nics.live(self, name, view)
         return view
 
     def list_vms(self) -> list[dict[str, Any]]:

@@ -4,10 +4,11 @@ with ``qemu-img info``."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 from corral.domain.sizes import parse_size
-from corral.domain.specs import DiskRequest, DiskSpec
+from corral.domain.specs import DiskRequest, DiskSpec, VMCreate
 from corral.errors import CommandFailed, InvalidSpec
 from corral.host.runner import arun
 
@@ -22,6 +23,30 @@ async def make_root(image_disk: Path, vm_dir: Path, bus: str, boot: bool) -> Dis
                what="qemu-img could not make the VM's root disk")
     return DiskSpec(path=str(path), format="qcow2", id="root",
                     bus="nvme" if bus == "nvme" else "virtio", boot=boot)
+
+
+def make_seed(vm_dir: Path, req: VMCreate) -> DiskSpec:
+    """A cloud-init NoCloud seed (``cidata``) for the VM, attached read-only. Without
+    user-data, a default one sets the hostname and makes user ``corral`` with the keys.
+
+    :raises InvalidSpec: user-data or a hostname cloud-init would not accept.
+    """
+    from corral.images import cloudinit
+
+    hostname = req.hostname or req.name
+    keys = req.ssh_keys or []
+    user_data = req.user_data
+    if user_data is None:
+        user_data = cloudinit.default_user_data(hostname, keys)
+    else:
+        cloudinit.check_user_data(user_data)
+    meta: dict[str, object] = {"instance-id": f"{req.name}-{uuid.uuid4().hex[:8]}",
+                               "local-hostname": hostname}
+    if keys:
+        meta["public-keys"] = keys
+    path = cloudinit.make_seed(vm_dir / "seed.iso", user_data=user_data, meta_data=meta)
+    # virtio-blk, not an IDE CD: cloud kernels have no AHCI driver
+    return DiskSpec(path=str(path), format="raw", readonly=True, id="seed")
 
 
 async def make_vmstate(vm_dir: Path) -> str:

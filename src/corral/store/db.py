@@ -24,7 +24,7 @@ from corral.domain.specs import VMSpec
 from corral.domain.states import State
 from corral.store.schema import disks, events, kv, snapshots, vms
 
-HEAD = "0004"
+HEAD = "0005"
 log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -59,3 +59,58 @@ events = Table(
     Column("kind", String(32), nullable=False),
     Column("detail", Text, nullable=False, default="{}"),
 )
+
+# --- virtual networks (corral.store.networks) ---
+networks = Table(
+    "networks", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("plan", Text, nullable=False),  # JSON of corral.host.network.NetworkPlan
+    Column("isolated", Boolean, nullable=False),  # no router may join it
+    Column("policy", String(8), nullable=False),  # the firewall's default: accept or drop
+    Column("created_at", Float, nullable=False),
+)
+
+routers = Table(
+    "routers", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("plan", Text, nullable=False),  # JSON of corral.host.network.RouterPlan
+    Column("created_at", Float, nullable=False),
+)
+
+router_legs = Table(
+    "router_legs", metadata,
+    Column("network", String(64), primary_key=True),  # a network has one router at most
+    Column("router", String(64), nullable=False),
+    Column("plan", Text, nullable=False),  # JSON of corral.host.network.Leg
+)
+
+forwards = Table(
+    "forwards", metadata,
+    Column("proto", String(4), primary_key=True),
+    Column("host_port", Integer, primary_key=True),
+    Column("router", String(64), nullable=False),
+    Column("vm", String(64), nullable=False),
+    Column("ip", String(15), nullable=False),
+    Column("port", Integer, nullable=False),
+)
+
+firewall_rules = Table(
+    "firewall_rules", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("network", String(64)),  # a network's rule; None: a VM's, on each of its networks
+    Column("vm", String(64)),  # the VM the rule opens, or None: every VM of the network
+    Column("proto", String(4), nullable=False),
+    Column("port", Integer),  # None: every port
+    Column("source", String(18), nullable=False),
+    sqlite_autoincrement=True,  # a removed rule's id is never handed out again
+)
+
+net_records = Table(
+    "net_records", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),  # the order they were made
+    Column("owner", String(140), nullable=False, index=True),  # network:N, router:R[/N], vm:V
+    Column("kind", String(16), nullable=False),
+    Column("name", String(32), nullable=False),
+    Column("netns", String(16)),
+    Column("detail", Text, nullable=False),
+)

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.domain.specs import DiskSpec, VMSpec
+from corral.domain.specs import DiskSpec, NicSpec, VMSpec
 
 AGENT_PORT = "org.qemu.guest_agent.0"
 VMSTATE_NODE = "vmstate"
@@ -43,6 +43,40 @@ def disk_device(disk: DiskSpec, node: str, bus: str, port: str | None = None
         dev["bus"] = port
     if disk.boot:
         dev["bootindex"] = 0
+    return dev
+
+
+def nic_netdev(nic: NicSpec, index: int) -> dict[str, object]:
+    """The ``netdev_add`` object of a NIC's backend: QEMU's user-mode networking, or the tap
+    the network service made (QEMU opens it by name; no scripts run)."""
+    netdev_id = "net" + nic.device(index).removeprefix("nic")
+    if nic.mode == "user":
+        return {"type": "user", "id": netdev_id, "hostfwd": [{"str": h} for h in nic.hostfwd]}
+    return {"type": "tap", "id": netdev_id, "ifname": nic.ifname, "script": "no",
+            "downscript": "no", "vnet_hdr": True}
+
+
+def netdev_option(netdev: dict[str, object]) -> str:
+    """A ``netdev_add`` object as the ``-netdev`` option string."""
+    parts = [str(netdev["type"])]
+    for key, value in netdev.items():
+        if key == "type":
+            continue
+        if isinstance(value, list):
+            parts += [f"{key}={_opt(item['str'])}" for item in value]
+        else:
+            parts.append(f"{key}={'on' if value is True else _opt(str(value))}")
+    return ",".join(parts)
+
+
+def nic_device(nic: NicSpec, index: int, bus: str) -> dict[str, object]:
+    """The ``-device`` / ``device_add`` object of a virtio NIC."""
+    device = nic.device(index)
+    dev: dict[str, object] = {"driver": f"virtio-net-{bus}",
+                              "netdev": "net" + device.removeprefix("nic"), "mac": nic.mac,
+                              "id": device}
+    if nic.port:
+        dev["bus"] = nic.port
     return dev
 
 
@@ -104,7 +138,8 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
     """
     microvm = spec.machine == "microvm"
     bus = "device" if microvm else "pci"
-    machine = ("microvm,rtc=on" if microvm else "q35") + f",memory-backend={RAM_ID}"
+    machine = {"microvm": "microvm,rtc=on"}.get(spec.machine, spec.machine)
+    machine += f",memory-backend={RAM_ID}"
     size = spec.memory_bytes
     if ram is None:
         backend: dict[str, object] = {"qom-type": "memory-backend-ram", "id": RAM_ID,
@@ -113,7 +148,7 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
         backend = {"qom-type": "memory-backend-file", "id": RAM_ID, "size": size,
                    "mem-path": str(ram.path), "share": ram.shared}
     cmdline = spec.cmdline
-    if tsc_khz and "tsc_early_khz=" not in cmdline:
+    if tsc_khz and spec.arch == "x86_64" and "tsc_early_khz=" not in cmdline:
         cmdline += f" tsc_early_khz={tsc_khz}"
     cmdline += f" GUEST_HOSTNAME={spec.name}"
     argv = [
@@ -144,18 +179,22 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
             "-device", _dev({"driver": "virtserialport", "chardev": "qga0", "id": "qga0port",
                              "name": AGENT_PORT}),
         ]
+    # a device once hot-plugged behind a root port comes after the ports (QEMU makes devices
+    # in command-line order), which is also where it was in the QEMU it was plugged into
+    behind_ports: list[str] = []
     for i, nic in enumerate(spec.nics):
-        argv += ["-netdev", f"user,id=net{i}",
-                 "-device", _dev({"driver": f"virtio-net-{bus}", "netdev": f"net{i}",
-                                  "mac": nic.mac, "id": f"nic{i}"})]
+        argv += ["-netdev", netdev_option(nic_netdev(nic, i))]
+        (behind_ports if nic.port else argv).extend(["-device", _dev(nic_device(nic, i, bus))])
     for i, disk in enumerate(spec.disks):
         node = disk.node(i)
-        argv += ["-blockdev", _dev(disk_blockdev(disk, node)),
-                 "-device", _dev(disk_device(disk, node, bus, disk.port))]
+        argv += ["-blockdev", _dev(disk_blockdev(disk, node))]
+        (behind_ports if disk.port else argv).extend(
+            ["-device", _dev(disk_device(disk, node, bus, disk.port))])
     if not microvm:
         for i in range(HOTPLUG_PORTS):
             argv += ["-device", _dev({"driver": "pcie-root-port", "id": f"hp{i}",
                                       "chassis": i + 1, "slot": i + 1})]
+    argv += behind_ports
     if spec.vmstate:
         argv += ["-blockdev", _dev({"driver": "qcow2", "node-name": VMSTATE_NODE,
                                     "file": {"driver": "file", "filename": spec.vmstate,

@@ -37,6 +37,10 @@ router and once bridged from the router's leg to the VM. If the host's NAT chang
 between, the second sight would clash with the first in the host's connection tracking and be
 dropped. So the host's NAT never touches what goes to a router (port forwards go to the
 router's own address, and the router rewrites them to the VM), only what leaves elsewhere.
+"Elsewhere" excludes the networks' bridges: with ``br_netfilter`` a forwarded connection
+from the host (source: the host's transfer address) passes the host's ``postrouting`` again
+when the router's leg bridges it to the VM, and masquerading it there would give it the
+address of some other host interface, to which the VM's answer could never find its way.
 
 ``fwd`` is a keyword in nft: no chain may be named so.
 """
@@ -60,6 +64,7 @@ Cmd = dict[str, Any]
 Policy = Literal["accept", "drop"]
 PROTOS = ("tcp", "udp", "icmp")
 UPLINK_WILDCARD = names.PREFIXES["uplink"] + "*"  # matches the uplink of every router
+BRIDGE_WILDCARD = names.PREFIXES["bridge"] + "*"  # and the bridge of every network
 
 _ACCEPT: Cmd = {"accept": None}
 _DROP: Cmd = {"drop": None}
@@ -248,7 +253,8 @@ def host_table(table: str, uplink: str, transfer: IPv4Network, router_ip: IPv4Ad
     cmds.append(_rule("ip", table, "postrouting", _is(_meta("oifname"), uplink),
                       _is(_ip("saddr"), _addr("127.0.0.0/8")), {"masquerade": None}))
     cmds.append(_rule("ip", table, "postrouting", _is(_ip("saddr"), _addr(str(transfer))),
-                      _is(_meta("oifname"), UPLINK_WILDCARD, "!="), {"masquerade": None}))
+                      _is(_meta("oifname"), UPLINK_WILDCARD, "!="),
+                      _is(_meta("oifname"), BRIDGE_WILDCARD, "!="), {"masquerade": None}))
     cmds.append(_rule("ip", table, "isolate", _is(_meta("iifname"), uplink),
                       _is(_meta("oifname"), UPLINK_WILDCARD), _DROP))
     return cmds

@@ -1,0 +1,146 @@
+"""The topology of the virtual networks, as a tree of text or as a Graphviz graph.
+
+:func:`topology` reads it from the daemon's state (no host calls); :func:`render` is pure::
+
+    host
+    └── router gw  uplink: host 10.255.0.1, router 10.255.0.2
+        ├── forward tcp/8080 -> web:80
+        └── network lan  10.20.0.0/24  gateway 10.20.0.1  dhcp
+            ├── vm web  nic0  10.20.0.10  running
+            └── vm db  nic0  10.20.0.11  stopped
+    network iso  10.40.0.0/24  isolated  dhcp
+    user-mode networking
+    └── vm x  nic0  tcp::8022-:22  running
+
+``dot`` draws the same: the host as a house, routers as octagons, networks as boxes, VMs as
+ellipses, and each line labelled with the address at its end (``dot -Tsvg`` makes a picture).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.service.manager import Manager
+
+Tree = tuple[str, list[Any]]  # (label, children)
+
+
+def topology(m: Manager) -> dict[str, Any]:
+    """Networks (with their ports), routers (with their forwards) and user-mode NICs."""
+    net = m.networks
+    states = {r.name: r.state.value for r in m.db.list_vms()}
+    nets = []
+    for name, row in net.db.networks.items():
+        leg = net.db.legs.get(name)
+        nets.append({
+            "name": name, "subnet": row.plan.subnet, "gateway": row.plan.gateway,
+            "dhcp": row.plan.dhcp, "isolated": row.isolated,
+            "router": leg.router if leg else None,
+            "ports": [{"vm": p.vm, "nic": _device(m, p.vm, p.ifname), "ip": p.ip,
+                       "state": states.get(p.vm)} for p in net.ports(name)]})
+    routers = [{"name": name, "uplink": plan.uplink is not None,
+                "host_address": str(plan.host_ip.ip) if plan.uplink else None,
+                "router_address": str(plan.router_ip.ip) if plan.uplink else None,
+                "forwards": [{"proto": f.forward.proto, "host_port": f.forward.host_port,
+                              "vm": f.vm, "port": f.forward.port}
+                             for f in net.db.forwards.values() if f.forward.router == name]}
+               for name, plan in net.db.routers.items()]
+    user = [{"vm": rec.name, "nic": nic.device(i), "hostfwd": nic.hostfwd,
+             "state": rec.state.value}
+            for rec in m.db.list_vms() for i, nic in enumerate(rec.spec.nics)
+            if nic.mode == "user"]
+    return {"networks": nets, "routers": routers, "user": user}
+
+
+def _device(m: Manager, vm: str, ifname: str) -> str | None:
+    rec = m.db.get_vm(vm)
+    return next((n.device(i) for i, n in enumerate(rec.spec.nics if rec else [])
+                 if n.ifname == ifname), None)
+
+
+def render(topo: dict[str, Any], format: str = "text") -> str:
+    """``topo`` as a text tree (``text``) or a Graphviz graph (``dot``)."""
+    return _dot(topo) if format == "dot" else _text(topo)
+
+
+def _network_label(n: dict[str, Any]) -> str:
+    flags = [f"gateway {n['gateway']}" if n["router"] else "",
+             "isolated" if n["isolated"] else "", "dhcp" if n["dhcp"] else "no dhcp"]
+    return "  ".join([f"network {n['name']}", n["subnet"], *[f for f in flags if f]])
+
+
+def _network_tree(n: dict[str, Any]) -> Tree:
+    return (_network_label(n), [(f"vm {p['vm']}  {p['nic']}  {p['ip']}  {p['state']}", [])
+                                for p in n["ports"]])
+
+
+def _text(topo: dict[str, Any]) -> str:
+    roots: list[Tree] = []
+    uplinked: list[Tree] = []
+    for r in topo["routers"]:
+        label = f"router {r['name']}"
+        if r["uplink"]:
+            label += f"  uplink: host {r['host_address']}, router {r['router_address']}"
+        children: list[Tree] = [(f"forward {f['proto']}/{f['host_port']} -> "
+                                 f"{f['vm']}:{f['port']}", []) for f in r["forwards"]]
+        children += [_network_tree(n) for n in topo["networks"] if n["router"] == r["name"]]
+        (uplinked if r["uplink"] else roots).append((label, children))
+    if uplinked:
+        roots.insert(0, ("host", uplinked))
+    roots += [_network_tree(n) for n in topo["networks"] if n["router"] is None]
+    if topo["user"]:
+        roots.append(("user-mode networking", [
+            (f"vm {u['vm']}  {u['nic']}  {' '.join(u['hostfwd']) or 'no forwards'}  "
+             f"{u['state']}", []) for u in topo["user"]]))
+    if not roots:
+        return "no networks, routers or NICs yet"
+    lines: list[str] = []
+    for label, children in roots:
+        lines.append(label)
+        _branches(children, "", lines)
+    return "\n".join(lines)
+
+
+def _branches(children: list[Tree], prefix: str, lines: list[str]) -> None:
+    for i, (label, grandchildren) in enumerate(children):
+        last = i == len(children) - 1
+        lines.append(f"{prefix}{'└── ' if last else '├── '}{label}")
+        _branches(grandchildren, prefix + ("    " if last else "│   "), lines)
+
+
+def _dot(topo: dict[str, Any]) -> str:
+    q = json.dumps  # a JSON string is a valid DOT string: quotes and \n escaped alike
+    out = ["graph corral {", '  graph [rankdir=LR, fontname="Helvetica"];',
+           '  node [fontname="Helvetica", fontsize=10];',
+           '  edge [fontname="Helvetica", fontsize=9];']
+    if any(r["uplink"] for r in topo["routers"]):
+        out.append('  "host" [shape=house, label="host"];')
+    for r in topo["routers"]:
+        out.append(f"  {q('router:' + r['name'])} [shape=octagon, label={q(r['name'])}];")
+        if r["uplink"]:
+            out.append(f"  \"host\" -- {q('router:' + r['name'])} "
+                       f"[label={q(r['host_address'] + ' / ' + r['router_address'])}];")
+    vms: dict[str, str] = {}
+    for n in topo["networks"]:
+        node = q("network:" + n["name"])
+        style = "rounded,dashed" if n["isolated"] else "rounded"
+        out.append(f"  {node} [shape=box, style={q(style)}, "
+                   f"label={q(n['name'] + chr(10) + n['subnet'])}];")
+        if n["router"]:
+            out.append(f"  {q('router:' + n['router'])} -- {node} [label={q(n['gateway'])}];")
+        for p in n["ports"]:
+            vms[p["vm"]] = p["state"]
+            out.append(f"  {node} -- {q('vm:' + p['vm'])} "
+                       f"[label={q(str(p['nic']) + ' ' + p['ip'])}];")
+    if topo["user"]:
+        out.append('  "user" [shape=box, style="dashed", label="user-mode networking"];')
+    for u in topo["user"]:
+        vms[u["vm"]] = u["state"]
+        out.append(f"  \"user\" -- {q('vm:' + u['vm'])} "
+                   f"[label={q(' '.join([u['nic'], *u['hostfwd']]))}];")
+    for vm, state in vms.items():
+        out.append(f"  {q('vm:' + vm)} [shape=ellipse, label={q(vm + chr(10) + state)}];")
+    out.append("}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,371 @@
+"""Virtual networks as the daemon runs them: switches, their firewalls, and the daemon's
+bookkeeping of every host object it made (the parts themselves are :mod:`corral.host.network`).
+
+The units and who owns what::
+
+    network lan    bridge, DHCP/DNS namespace + dnsmasq, nft tables     records network:lan
+    router gw      namespace, uplink veth, NAT tables                   records router:gw
+    leg gw/lan     veth from lan's bridge into gw, route back           records router:gw/lan
+    VM web         a tap per network NIC while its QEMU runs            records vm:web
+    NIC web/nic0   address, MAC and tap name, planned once              in web's spec
+
+Every change has the same shape. First, *synchronously* (no ``await`` between check and
+write, so two requests cannot both take an address): check the request, plan it with the
+library's pure planners and write the unit's row (:mod:`corral.store.networks`). Then, under
+one lock for the whole host, make or remove the parts in a thread (each call takes 5-100 ms)
+and write their records. A failure while making rolls back the parts (the library does) and
+the row (this layer does). A daemon killed half-way finds rows whose parts are missing (it
+makes them) and records without a row (it removes their parts) when it starts again:
+:func:`reconcile` calls the same ``ensure_*`` functions with the full state, so nothing is
+made twice and nothing is lost.
+
+Only a daemon running as root makes bridges, taps, namespaces and nft tables; any other gets
+:class:`~corral.errors.NeedsRoot` with a one-line reason, and offers VMs user-mode networking
+(``--nic user,hostfwd=…``) instead. The files of each network's dnsmasq are under
+``$CORRAL_HOME/networks/``; dnsmasq reads them as ``nobody``, so that directory and the ones
+above it must be searchable by others (the library refuses otherwise, and says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from corral.domain.specs import check_name
+from corral.errors import AlreadyExists, CommandFailed, InUse, InvalidSpec, NeedsRoot, NotFound
+from corral.host.network import (
+    Firewall,
+    Host,
+    Port,
+    RouterPlan,
+    counters,
+    ensure_network,
+    leases,
+    parse_rule,
+    plan_network,
+    remove,
+    update_network,
+)
+from corral.host.network.nft import Policy
+from corral.store.networks import NetStore, NetworkRow, RuleRow
+
+if TYPE_CHECKING:
+    from corral.service.manager import Manager
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+USER_MODE_HINT = "without root, VMs get user-mode networking: --nic user[,hostfwd=tcp:8022-:22]"
+
+
+def require_root(action: str) -> None:
+    """:raises NeedsRoot: unless the daemon runs as root."""
+    if os.geteuid() != 0:
+        raise NeedsRoot(f"cannot {action}: that needs a daemon running as root (this one runs "
+                        f"as uid {os.geteuid()}); {USER_MODE_HINT}")
+
+
+def reap_dnsmasq_zombies() -> None:
+    """Reap what dnsmasq leaves behind when it daemonizes: its first child exits once the
+    daemon runs, and since the Corral daemon is a child subreaper it becomes our zombie.
+    Only zombies named dnsmasq are reaped: QEMU's exits belong to their pidfd watchers."""
+    me = str(os.getpid())
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text() if proc.name.isdigit() else ""
+        except OSError:
+            continue
+        comm, _, rest = stat.partition(" (")[2].rpartition(") ")
+        if comm == "dnsmasq" and rest.split()[:2] == ["Z", me]:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(proc.name), os.WNOHANG)
+
+
+class Networks:
+    """The daemon's networks: the stored state, the one lock for changes to the host, and
+    where the host's parts go. A :class:`~corral.service.manager.Manager` holds one."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.m = manager
+        self.lock = asyncio.Lock()
+        self._db: NetStore | None = None
+
+    @property
+    def db(self) -> NetStore:
+        if self._db is None:
+            self._db = NetStore(self.m.db)
+        return self._db
+
+    @property
+    def host(self) -> Host:
+        return Host(run_dir=self.m.paths.home / "networks")
+
+    @staticmethod
+    async def call(fn: Callable[..., T], *args: Any) -> T:
+        """Run a host-side library call in a thread (netlink, nft and dnsmasq block)."""
+        return await asyncio.to_thread(fn, *args)
+
+    def network(self, name: str) -> NetworkRow:
+        """:raises NotFound: no network of that name."""
+        row = self.db.networks.get(name)
+        if row is None:
+            raise NotFound(f"no network named '{name}'; see 'corral network list'")
+        return row
+
+    def router(self, name: str) -> RouterPlan:
+        """:raises NotFound: no router of that name."""
+        plan = self.db.routers.get(name)
+        if plan is None:
+            raise NotFound(f"no router named '{name}'; see 'corral router list'")
+        return plan
+
+    def taken(self) -> set[str]:
+        """Every Linux name recorded or planned: new names must avoid them."""
+        names = {r.name for r in self.db.records()}
+        for row in self.db.networks.values():
+            names |= {row.plan.bridge, row.plan.netns, row.plan.veth}
+        for plan in self.db.routers.values():
+            names |= {plan.netns, *([plan.uplink] if plan.uplink else [])}
+        names |= {leg.veth for leg in self.db.legs.values()}
+        return names | {n.ifname for r in self.m.db.list_vms() for n in r.spec.nics if n.ifname}
+
+    def ports(self, network: str) -> list[Port]:
+        """The ports of every NIC planned on ``network``, oldest VM first. The first NIC of
+        each VM carries its name in DNS; an address or tap already taken by an older VM (a
+        copy not yet planned again) is left out."""
+        out: list[Port] = []
+        for rec in self.m.db.list_vms():
+            named = False
+            for nic in rec.spec.nics:
+                if nic.network != network or nic.planned_for != rec.name \
+                        or not nic.ip or not nic.ifname:
+                    continue
+                if any(p.ip == nic.ip or p.ifname == nic.ifname for p in out):
+                    continue
+                out.append(Port(network, rec.name, nic.ifname, nic.mac, nic.ip,
+                                None if named else rec.name))
+                named = True
+        return out
+
+    def firewall(self, network: str) -> Firewall:
+        """The network's default policy with its own rules and those of its VMs."""
+        row = self.network(network)
+        vms = {p.vm for p in self.ports(network)}
+        rules = tuple(r.rule for r in self.db.rules.values()
+                      if r.network == network or (r.network is None and r.rule.vm in vms))
+        return Firewall(row.policy, rules)
+
+    async def apply(self, network: str) -> None:
+        """Bring the network's DHCP entries, anti-spoofing and firewall in line with the
+        store. Call it holding :attr:`lock`."""
+        plan = self.network(network).plan
+        await self.call(update_network, self.host, plan, self.ports(network),
+                        self.firewall(network))
+
+
+# -- networks --------------------------------------------------------------------------------
+
+async def create(m: Manager, name: str, subnet: str, dhcp: bool = True,
+                 isolated: bool = False) -> dict[str, Any]:
+    """Make network ``name``: a bridge, and with ``dhcp`` a dnsmasq serving its NICs'
+    reservations and names. ``isolated``: no router may ever join it.
+
+    :raises InvalidSpec: a bad name, or a subnet that is malformed, too small or overlaps
+        another network's.
+    :raises AlreadyExists: the name is taken.
+    :raises NeedsRoot: the daemon does not run as root.
+    :raises CorralError: a part could not be made (nothing is left of it then).
+    """
+    check_name(name)
+    require_root(f"create network '{name}'")
+    net = m.networks
+    if name in net.db.networks:
+        raise AlreadyExists(f"a network named '{name}' exists")
+    existing = {f"network '{n}'": r.plan.network for n, r in net.db.networks.items()}
+    plan = plan_network(name, subnet, existing=existing, taken=net.taken(), dhcp=dhcp)
+    net.db.add_network(NetworkRow(plan, isolated, "accept", time.time()))
+    try:
+        async with net.lock:
+            made = await net.call(ensure_network, net.host, plan, [], net.firewall(name))
+            net.db.set_records(f"network:{name}", made.records)
+            reap_dnsmasq_zombies()
+    except BaseException:
+        net.db.delete_network(name)
+        raise
+    return await show(m, name)
+
+
+async def remove_network(m: Manager, name: str) -> None:
+    """Remove network ``name`` and every part of it.
+
+    :raises InUse: NICs or a router use it.
+    :raises NotFound: no such network.
+    """
+    net = m.networks
+    net.network(name)
+    users = [f"{rec.name} ({nic.device(i)})" for rec in m.db.list_vms()
+             for i, nic in enumerate(rec.spec.nics) if nic.network == name]
+    if name in net.db.legs:
+        users.append(f"router {net.db.legs[name].router}")
+    if users:
+        raise InUse("network", name, "remove", users)
+    net.db.delete_network(name)
+    async with net.lock:
+        await net.call(remove, net.db.records(f"network:{name}"))
+        net.db.drop_records(f"network:{name}")
+
+
+def tap_counters(ifname: str) -> dict[str, int] | None:
+    """A tap's counters as its guest sees them (the tap's rx is what the guest sent), or
+    None while the tap does not exist."""
+    try:
+        c = counters(ifname)
+    except CommandFailed:
+        return None
+    return {"rx_bytes": c.tx_bytes, "tx_bytes": c.rx_bytes, "rx_packets": c.tx_packets,
+            "tx_packets": c.rx_packets, "rx_dropped": c.tx_dropped, "tx_dropped": c.rx_dropped}
+
+
+def taps_counters(taps: list[str]) -> list[dict[str, int] | None]:
+    return [tap_counters(tap) for tap in taps]
+
+
+def view(m: Manager, name: str) -> dict[str, Any]:
+    """A network as stored (no host calls)."""
+    net = m.networks
+    row = net.network(name)
+    plan = row.plan
+    leg = net.db.legs.get(name)
+    return {
+        "name": name, "subnet": plan.subnet, "gateway": plan.gateway,
+        "dhcp": plan.dhcp, "dhcp_server": plan.dhcp_server if plan.dhcp else None,
+        "pool": f"{plan.pool_start}-{plan.pool_end}", "isolated": row.isolated,
+        "bridge": plan.bridge, "router": leg.router if leg else None, "policy": row.policy,
+        "rules": [rule_view(r) for r in net.db.rules.values() if r.network == name],
+        "ports": [{"vm": p.vm, "nic": _nic_id(m, p), "mac": p.mac, "ip": p.ip,
+                   "tap": p.ifname, "dns": f"{p.hostname}.corral" if p.hostname else None}
+                  for p in net.ports(name)],
+        "created_at": row.created_at,
+    }
+
+
+def _nic_id(m: Manager, port: Port) -> str | None:
+    rec = m.db.get_vm(port.vm)
+    for i, nic in enumerate(rec.spec.nics if rec else []):
+        if nic.ifname == port.ifname:
+            return nic.device(i)
+    return None
+
+
+async def show(m: Manager, name: str) -> dict[str, Any]:
+    """A network with, for each port, the address its DHCP lease holds and its counters.
+
+    :raises NotFound: no such network.
+    """
+    net = m.networks
+    out = view(m, name)
+    held = await net.call(leases, net.host, net.network(name).plan)
+    stats = await net.call(taps_counters, [p["tap"] for p in out["ports"]])
+    for port, stat in zip(out["ports"], stats, strict=True):
+        port["lease"] = held.get(port["mac"])
+        port["counters"] = stat
+    return out
+
+
+def list_all(m: Manager) -> list[dict[str, Any]]:
+    return [view(m, name) for name in m.networks.db.networks]
+
+
+# -- firewall --------------------------------------------------------------------------------
+
+def rule_view(row: RuleRow) -> dict[str, Any]:
+    r = row.rule
+    allow = r.proto if r.port is None else f"{r.proto}/{r.port}"
+    return {"id": row.id, "network": row.network, "vm": r.vm, "allow": allow,
+            "from": r.source}
+
+
+def _networks_of(m: Manager, vm: str) -> list[str]:
+    rec = m.db.get_vm(vm)
+    nets = [n.network for n in (rec.spec.nics if rec else []) if n.network]
+    return sorted(set(nets))
+
+
+async def add_rule(m: Manager, target: str, allow: str, source: str = "0.0.0.0/0"
+                   ) -> dict[str, Any]:
+    """Allow ``allow`` (``tcp/22``, ``udp``, ``icmp``) from ``source`` to every VM of a
+    network, or to one VM on each of its networks. ``target`` is a network's or a VM's name
+    (``network:NAME`` or ``vm:NAME`` when both exist).
+
+    :raises InvalidSpec: a malformed rule, or a target that names nothing (or two things).
+    :raises NeedsRoot: the daemon does not run as root.
+    :raises CorralError: the host cannot filter bridged traffic (br_netfilter).
+    """
+    require_root("add a firewall rule")
+    net = m.networks
+    kind, _, name = target.rpartition(":")
+    is_net, is_vm = name in net.db.networks, m.db.get_vm(name) is not None
+    if kind not in ("", "network", "vm") or (kind == "network" and not is_net) \
+            or (kind == "vm" and not is_vm) or not (is_net or is_vm):
+        raise InvalidSpec("target", f"'{target}' is neither a network nor a VM")
+    if not kind and is_net and is_vm:
+        raise InvalidSpec("target", f"'{name}' is a network and a VM: write network:{name} "
+                                    f"or vm:{name}")
+    for_vm = kind == "vm" or (not kind and not is_net)
+    row = net.db.add_rule(None if for_vm else name,
+                          parse_rule(allow, source, vm=name if for_vm else None))
+    affected = _networks_of(m, name) if for_vm else [name]
+    try:
+        async with net.lock:
+            for network in affected:
+                await net.apply(network)
+    except BaseException:
+        net.db.delete_rules([row.id])
+        raise
+    return rule_view(row)
+
+
+async def remove_rule(m: Manager, rule_id: int) -> None:
+    """:raises NotFound: no rule with that id."""
+    net = m.networks
+    row = net.db.rules.get(rule_id)
+    if row is None:
+        raise NotFound(f"no firewall rule {rule_id}; see 'corral firewall list'")
+    affected = [row.network] if row.network else _networks_of(m, str(row.rule.vm))
+    net.db.delete_rules([rule_id])
+    async with net.lock:
+        for network in affected:
+            await net.apply(network)
+
+
+async def set_policy(m: Manager, network: str, policy: str) -> dict[str, Any]:
+    """Set what happens to traffic to the network's VMs that no rule allows.
+
+    :raises InvalidSpec: a policy other than accept or drop.
+    :raises NotFound: no such network.
+    """
+    require_root("set a firewall policy")
+    net = m.networks
+    before = net.network(network).policy
+    if policy not in ("accept", "drop"):
+        raise InvalidSpec("policy", f"'{policy}': expected accept or drop")
+    new: Policy = "accept" if policy == "accept" else "drop"
+    net.db.set_policy(network, new)
+    try:
+        async with net.lock:
+            await net.apply(network)
+    except BaseException:
+        net.db.set_policy(network, before)
+        raise
+    return view(m, network)
+
+
+def list_rules(m: Manager) -> dict[str, Any]:
+    net = m.networks
+    return {"policies": {n: r.policy for n, r in net.db.networks.items()},
+            "rules": [rule_view(r) for r in net.db.rules.values()]}
