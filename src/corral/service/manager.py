@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -363,6 +363,7 @@ class Manager:
 
     def _watch_ready(self, name: str, rt: Runtime, fresh: bool = False,
                      on_ready: Callable[[Manager, str, Runtime], Awaitable[None]] | None = None,
+                     then: Callable[[Manager, str, Runtime], Awaitable[None]] | None = None,
                      ) -> None:
         """Watch in the background until the guest agent answers, then mark the VM ready.
         ``fresh``: the guest rebooted, so the old agent channel is dropped first."""
@@ -385,6 +386,8 @@ class Manager:
                 rec.ready_at = time.time()
                 self.db.update_vm(rec, "ready", {"boot_seconds": self._boot_seconds(rec)})
                 rt.ready.set()
+                if then is not None:
+                    self._background(then(self, name, rt))
 
         rt.ready.clear()
         if rt.ready_task:
@@ -641,7 +644,7 @@ class Manager:
             with contextlib.suppress(OSError):
                 run.dir.rmdir()
 
-    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _background(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -99,7 +99,7 @@ class Monitor:
             if loop.time() > deadline:
                 raise Timeout(f"migration still {status} after {timeout:g} s")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.02)
+            delay = min(delay * 2, 0.005)
 
     async def close(self) -> None:
         """Disconnect; never raises (QEMU may have closed the socket first)."""
