@@ -94,8 +94,10 @@ class CorralSystem(System):
     def __init__(self, home: Path, images: str) -> None:
         self.home = home
         self.socket = home / "corral.sock"
+        # 20 idle 1-vCPU guests on 2 CPUs exceed the default CPU overcommit (4.0): raise it, or
+        # the admission queue would (rightly) hold the later ones back
         self.env = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_SOCKET": str(self.socket),
-                    "CORRAL_IMAGE_PATH": images}
+                    "CORRAL_IMAGE_PATH": images, "CORRAL_CPU_RATIO": "16"}
         self.client = Client(self.socket, timeout=180)
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -395,11 +395,16 @@ class Manager:
         rt.ready_task = asyncio.create_task(watch(), name=f"ready-{name}")
 
     async def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
-        """Wait until the guest agent of a running VM answers.
+        """Wait until the guest agent of a running VM answers (a queued VM is waited for
+        through the queue first).
 
         :raises Timeout: when it has not answered after ``timeout`` seconds.
         :raises InvalidState: when the VM is not running or has no guest agent.
         """
+        t0 = time.monotonic()
+        if self._get(name).state in (State.QUEUED, State.STARTING):
+            await self._wait_admitted(name, timeout)
+            timeout = max(0.1, timeout - (time.monotonic() - t0))
         rt = self._rt.get(name)
         rec = self._get(name)
         if rt is None or rt.agent is None:
