@@ -45,6 +45,8 @@ venv: $(BIN)/corral
 $(BIN)/corral: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	# bytecode now, even where PYTHONDONTWRITEBYTECODE is set: the CLI must start in milliseconds
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m compileall -q src/corral >/dev/null
 	touch $@
 
 image: $(TEST_IMAGES)

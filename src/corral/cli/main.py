@@ -400,7 +400,35 @@ def _add_spec_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--pin", metavar="CPUS", help="pin vCPU threads to host CPUs, e.g. 0,1")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Null:
+    """Stands in for the parsers of commands this run does not use: building all of them
+    costs more than the CLI's whole time budget. Every call is accepted and ignored."""
+
+    def __getattr__(self, _name: str) -> Any:
+        return self._ignore
+
+    def _ignore(self, *_args: Any, **_kwargs: Any) -> Any:
+        return self
+
+
+class _OnlySub:
+    """The ``corral`` subcommands, of which only ``only`` is built (all when None)."""
+
+    def __init__(self, real: Any, only: str | None) -> None:
+        self.real = real
+        self.only = only
+        self.names: set[str] = set()
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        self.names.add(name)
+        if self.only is None or name == self.only:
+            return self.real.add_parser(name, **kwargs)
+        return _Null()
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``corral`` parser; with ``only``, just that command's part of it is built (a
+    name it does not know builds everything, so argparse can list the choices)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--socket", metavar="PATH", default=os.environ.get("CORRAL_SOCKET"),
                         help="the daemon's unix socket (default: $CORRAL_HOME/corral.sock)")
@@ -412,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Corral manages virtual machines on QEMU: create, start, pause, resume, "
                     "shut down and destroy them, and reach their consoles.")
     parser.add_argument("--version", action="version", version="corral 0.1.0")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    real_sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub: Any = _OnlySub(real_sub, only)
 
     def add(name: str, func: Any, help_: str, desc: str = "", parents: tuple[Any, ...] = (),
             vm: bool = True) -> argparse.ArgumentParser:
@@ -421,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         if vm:
             p.add_argument("name", metavar="NAME", help="the VM's name")
         p.set_defaults(func=func)
-        return p
+        return p  # type: ignore[no-any-return]
 
     p = add("serve", cmd_serve, "run the daemon (VMs outlive it; it re-adopts them)",
             "Run the Corral daemon in the foreground. It owns the store, one QMP connection "
@@ -639,12 +668,16 @@ def build_parser() -> argparse.ArgumentParser:
                         parents=[common, js], formatter_class=_Formatter)
     p.add_argument("name", metavar="NAME")
     p.set_defaults(func=cmd_image_rm)
+    parser._corral_names = sub.names  # type: ignore[attr-defined]
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
+    word = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(word)
+    if word is None or word not in getattr(parser, "_corral_names", ()):
+        parser = build_parser()
     tail: list[str] | None = None
     if "--" in argv:  # everything after '--' belongs to the guest command, options included
         cut = argv.index("--")
