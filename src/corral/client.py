@@ -25,7 +25,7 @@ from corral.config import default_socket
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
     from typing import Any
 
 _KINDS: dict[str, type[errors.CorralError]] = {
@@ -83,6 +83,33 @@ class _Transport:
             self._buf += chunk
         data, self._buf = self._buf[:n], self._buf[n:]
         return data
+
+    def stream_lines(self, method: str, url: str, body: bytes) -> Iterator[tuple[int, bytes]]:
+        """Send a request and yield ``(status, line)`` for each line of the (chunked) answer
+        as it arrives; the connection is not reused afterwards."""
+        sock = self._connect()
+        sock.sendall(f"{method} {url} HTTP/1.1\r\nHost: corral\r\nConnection: close\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                     .encode() + body)
+        lines = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip()
+                   for k, _, v in (line.partition(":") for line in lines[1:])}
+        pending = b""
+        try:
+            if headers.get("transfer-encoding", "").lower() != "chunked":
+                yield status, self._read_exact(int(headers.get("content-length", "0")))
+                return
+            while size := int(self._read_until(b"\r\n").split(b";")[0], 16):
+                pending += self._read_exact(size)
+                self._read_exact(2)
+                *done, pending = pending.split(b"\n")
+                for line in done:
+                    yield status, line
+            if pending:
+                yield status, pending
+        finally:
+            self.close()
 
     def request(self, method: str, url: str, body: bytes | None,
                 content_type: str = "application/json") -> tuple[int, bytes]:
@@ -326,6 +353,35 @@ class Client:
         out["stdout"] = base64.b64decode(out["stdout"])
         out["stderr"] = base64.b64decode(out["stderr"])
         return out
+
+    def exec_stream(self, name: str, argv: Sequence[str], timeout: float = 60.0,
+                    stdin: bytes | None = None) -> Iterator[dict[str, Any]]:
+        """Run ``argv`` in the guest and yield its output as it comes: ``{"stdout": bytes}``
+        and ``{"stderr": bytes}`` chunks, then ``{"exitcode": N, "signal": S}``.
+
+        :raises CorralError: as :meth:`exec` does, also when it fails half-way.
+        """
+        import base64
+
+        body: dict[str, Any] = {"argv": list(argv), "timeout": timeout}
+        if stdin is not None:
+            body["stdin"] = base64.b64encode(stdin).decode()
+        params = urllib.parse.urlencode({"stream": "true"})
+        url = f"/v1/vms/{name}/exec?{params}"
+        try:
+            for status, line in self._conn.stream_lines("POST", url, json.dumps(body).encode()):
+                event = json.loads(line) if line.strip() else {}
+                if status >= 400 or "error" in event:
+                    raise _error(status if status >= 400 else 500, event)
+                for key in ("stdout", "stderr"):
+                    if key in event:
+                        event[key] = base64.b64decode(event[key])
+                if event:
+                    yield event
+        except (FileNotFoundError, ConnectionRefusedError) as err:
+            raise errors.DaemonUnavailable(
+                f"the Corral daemon is not running at {self.socket_path}; start it with "
+                "'corral serve' (or set CORRAL_SOCKET)") from err
 
     def read_file(self, name: str, path: str) -> bytes:
         return self.raw_request("GET", f"/vms/{name}/files", path=path)

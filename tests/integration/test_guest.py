@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from corral.errors import AgentError, InvalidState, Timeout
 
-from .conftest import Daemon
+from .conftest import CORRAL, Daemon
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +38,33 @@ def test_exec_output_and_exit_codes(daemon: Daemon, vm: str) -> None:
 
 def test_exec_of_missing_command_gives_the_guests_error(daemon: Daemon, vm: str) -> None:
     res = daemon.cli("exec", vm, "--", "no-such-command")
+    assert res.returncode == 127  # the guest shell's word, as over ssh
+    assert "no-such-command" in res.stderr and "not found" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = daemon.cli("exec", vm, "--json", "--", "no-such-command")  # not streamed: the agent
     assert res.returncode == 7
     assert res.stderr.startswith("corral: error: guest agent of 'g1':")
     assert "no-such-command" in res.stderr and "Traceback" not in res.stderr
     res = daemon.cli("exec", vm)
     assert res.returncode == 2 and "give the command" in res.stderr
+
+
+def test_exec_streams_output_as_it_comes(daemon: Daemon, vm: str) -> None:
+    t0 = time.monotonic()
+    proc = subprocess.Popen([CORRAL, "exec", vm, "--", "sh", "-c",
+                             "echo first; echo warn >&2; sleep 2; echo second; exit 4"],
+                            env=daemon.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    seen_first = time.monotonic() - t0
+    rest, err = proc.communicate(timeout=30)
+    total = time.monotonic() - t0
+    assert first == b"first\n" and rest == b"second\n" and err == b"warn\n"
+    assert proc.returncode == 4
+    assert total >= 2.0 and seen_first < total - 1.5, (seen_first, total)
+    chunks = list(daemon.client.exec_stream(vm, ["sh", "-c", "printf a; sleep 1; printf b"]))
+    assert b"".join(c.get("stdout", b"") for c in chunks) == b"ab"
+    assert chunks[-1]["exitcode"] == 0
 
 
 def test_five_mib_binary_round_trip(daemon: Daemon, vm: str, tmp_path: Path) -> None:

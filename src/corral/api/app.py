@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.networks import routes as network_routes
@@ -263,12 +263,30 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
     async def vm_logs(name: str, offset: int = 0, limit: int = 1 << 20) -> dict[str, Any]:
         return manager.logs(name, offset, limit)
 
-    @app.post(f"{API}/vms/{{name}}/exec")
-    async def exec_in_vm(name: str, req: ExecRequest) -> dict[str, Any]:
+    @app.post(f"{API}/vms/{{name}}/exec", response_model=None)
+    async def exec_in_vm(name: str, req: ExecRequest,
+                         stream: bool = False) -> dict[str, Any] | StreamingResponse:
+        """Run a command in the guest; ``stream=true`` answers NDJSON lines as output comes:
+        ``{"stdout": b64}``, ``{"stderr": b64}``, … then ``{"exitcode": N, "signal": S}``
+        (or ``{"error": …}`` if it fails half-way)."""
         import base64
 
         stdin = base64.b64decode(req.stdin) if req.stdin is not None else None
-        return await guest.exec_command(manager, name, req.argv, req.timeout, stdin, req.env)
+        if not stream:
+            return await guest.exec_command(manager, name, req.argv, req.timeout, stdin,
+                                            req.env)
+        events = guest.exec_stream(manager, name, req.argv, req.timeout, stdin)
+        first = await anext(events)  # errors before any output are still a plain 4xx/5xx
+
+        async def lines() -> AsyncIterator[bytes]:
+            yield json.dumps(first).encode() + b"\n"
+            try:
+                async for event in events:
+                    yield json.dumps(event).encode() + b"\n"
+            except CorralError as err:
+                yield json.dumps(err.to_dict()).encode() + b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     @app.get(f"{API}/vms/{{name}}/files")
     async def read_guest_file(name: str, path: str) -> Response:

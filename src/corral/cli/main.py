@@ -219,6 +219,17 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise errors.InvalidSpec("command", "give the command to run after '--', e.g. "
                                             f"corral exec {args.name} -- uname -a")
     stdin = None if sys.stdin.isatty() or not args.stdin else sys.stdin.buffer.read()
+    if not args.json:  # stream the output as the command writes it
+        end: dict[str, Any] = {}
+        for event in _client(args).exec_stream(args.name, command, args.timeout, stdin):
+            for key, out in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+                if key in event:
+                    out.buffer.write(event[key])
+                    out.flush()
+            end = event
+        if end.get("signal"):
+            return 128 + int(end["signal"])
+        return int(end.get("exitcode") or 0)
     res = _client(args).exec(args.name, command, timeout=args.timeout, stdin=stdin)
     if args.json:
         res["stdout"] = res["stdout"].decode(errors="replace")

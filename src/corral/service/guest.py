@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import time
+import uuid
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from corral.domain.states import State
@@ -146,3 +149,70 @@ async def addresses(manager: Manager, name: str, timeout: float = 10.0
                      if a.get("ip-address-type") == "ipv4"],
         })
     return out
+
+
+async def exec_stream(manager: Manager, name: str, argv: list[str], timeout: float = 60.0,
+                      stdin: bytes | None = None) -> AsyncIterator[dict[str, Any]]:
+    """Run ``argv`` in the guest and yield its output as it comes: ``{"stdout": b64}`` and
+    ``{"stderr": b64}`` chunks, then ``{"exitcode", "signal"}``.
+
+    The agent only hands back captured output when a process ends, so the command runs under
+    ``sh -c 'exec "$@" >F.out 2>F.err'`` (its argv untouched) and the two files are read as
+    they grow; a seek before every read clears the stream's sticky end-of-file. A command
+    that does not exist ends with the shell's message and exit code 127.
+
+    :raises Timeout: the command still runs after ``timeout`` seconds.
+    """
+    if not argv:
+        raise AgentError("no command given")
+    agent = await _agent(manager, name)
+    prefix = f"/tmp/.corral-exec-{uuid.uuid4().hex[:10]}"
+    args: dict[str, Any] = {"path": "sh", "arg": ["-c", 'exec "$@" >"$0.out" 2>"$0.err"',
+                                                  prefix, *argv]}
+    if stdin is not None:
+        args["input-data"] = base64.b64encode(stdin).decode()
+    t0 = time.monotonic()
+    pid = int((await agent.execute("guest-exec", args, timeout=min(timeout, 30)))["pid"])
+    handles: dict[str, int] = {}
+    delay = 0.005
+    try:
+        while True:
+            status = await agent.execute("guest-exec-status", {"pid": pid}, timeout=30)
+            for stream in ("stdout", "stderr"):
+                async for chunk in _drain(agent, handles, stream, f"{prefix}.{stream[3:]}"):
+                    yield {stream: base64.b64encode(chunk).decode()}
+            if status.get("exited"):
+                yield {"exitcode": status.get("exitcode"), "signal": status.get("signal"),
+                       "seconds": round(time.monotonic() - t0, 4)}
+                return
+            if time.monotonic() - t0 > timeout:
+                raise Timeout(f"'{argv[0]}' still runs in '{name}' after {timeout:g} s "
+                              f"(guest pid {pid})")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+    finally:
+        for handle in handles.values():
+            with contextlib.suppress(CorralError):
+                await agent.execute("guest-file-close", {"handle": handle})
+        with contextlib.suppress(CorralError):
+            await agent.execute("guest-exec", {"path": "rm", "arg": ["-f", f"{prefix}.out",
+                                                                    f"{prefix}.err"]})
+
+
+async def _drain(agent: GuestAgent, handles: dict[str, int], stream: str,
+                 path: str) -> AsyncIterator[bytes]:
+    """Yield what ``path`` holds beyond what was read before (opening it once it exists)."""
+    if stream not in handles:
+        try:
+            handles[stream] = int(await agent.execute("guest-file-open",
+                                                      {"path": path, "mode": "r"}))
+        except AgentError:
+            return  # the shell has not made it yet
+    handle = handles[stream]
+    await agent.execute("guest-file-seek", {"handle": handle, "offset": 0, "whence": "cur"})
+    while True:
+        chunk = await agent.execute("guest-file-read", {"handle": handle, "count": CHUNK})
+        data = base64.b64decode(chunk.get("buf-b64", ""))
+        if not data:
+            return
+        yield data
