@@ -10,7 +10,11 @@ if ! $C list >/dev/null 2>&1; then
   nohup $C serve >>"$CORRAL_HOME/daemon.log" 2>&1 </dev/null &
   for _ in $(seq 100); do $C list >/dev/null 2>&1 && break; sleep 0.1; done
 fi
-state=$($C show demo --json 2>/dev/null | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["state"])' || echo none)
+if out=$($C show demo --json 2>/dev/null); then
+  state=$(printf '%s' "$out" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+else
+  state=none
+fi
 case "$state" in
   none) $C run demo ;;
   running|paused) echo "demo is already $state" ;;
