@@ -110,6 +110,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_status(res: dict[str, Any]) -> int:
+    """A guest command's exit status as a shell gives it: 128+N when killed by signal N."""
+    if res.get("signal"):
+        return 128 + int(res["signal"])
+    return int(res.get("exitcode") or 0)
+
+
+def _command_result(args: argparse.Namespace, res: dict[str, Any]) -> int:
+    """Print a finished guest command's output (or all of it as JSON); return its status."""
+    if args.json:
+        res["stdout"] = res["stdout"].decode(errors="replace")
+        res["stderr"] = res["stderr"].decode(errors="replace")
+        _print(args, res)
+    else:
+        sys.stdout.buffer.write(res["stdout"])
+        sys.stdout.flush()
+        sys.stderr.buffer.write(res["stderr"])
+        sys.stderr.flush()
+    return _exit_status(res)
+
+
 def _run_batch(args: argparse.Namespace) -> int:
     if not (args.rm and args.command_argv):
         raise errors.InvalidSpec("command", "a batch VM needs both --rm and a command after "
@@ -122,18 +143,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     client = Client(args.socket, timeout=None)  # a batch may wait in the queue for long
     res = client.batch(args.command_argv, timeout=args.timeout or 600.0,
                        queue=not args.no_queue, **spec)
-    if args.json:
-        res["stdout"] = res["stdout"].decode(errors="replace")
-        res["stderr"] = res["stderr"].decode(errors="replace")
-        _print(args, res)
-    else:
-        sys.stdout.buffer.write(res["stdout"])
-        sys.stdout.flush()
-        sys.stderr.buffer.write(res["stderr"])
-        sys.stderr.flush()
-    if res.get("signal"):
-        return 128 + int(res["signal"])
-    return int(res.get("exitcode") or 0)
+    return _command_result(args, res)
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
@@ -227,22 +237,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
                     out.buffer.write(event[key])
                     out.flush()
             end = event
-        if end.get("signal"):
-            return 128 + int(end["signal"])
-        return int(end.get("exitcode") or 0)
+        return _exit_status(end)
     res = _client(args).exec(args.name, command, timeout=args.timeout, stdin=stdin)
-    if args.json:
-        res["stdout"] = res["stdout"].decode(errors="replace")
-        res["stderr"] = res["stderr"].decode(errors="replace")
-        _print(args, res)
-    else:
-        sys.stdout.buffer.write(res["stdout"])
-        sys.stdout.flush()
-        sys.stderr.buffer.write(res["stderr"])
-        sys.stderr.flush()
-    if res.get("signal"):
-        return 128 + int(res["signal"])
-    return int(res.get("exitcode") or 0)
+    return _command_result(args, res)
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
