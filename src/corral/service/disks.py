@@ -133,6 +133,22 @@ def _find(rec: VMRecord, disk: str) -> tuple[int, DiskSpec]:
     raise NotFound(f"disk '{disk}' is not attached to '{rec.name}'")
 
 
+def check_pluggable(rec: VMRecord, what: str) -> bool:
+    """Whether a ``what`` (disk, NIC) can be attached to the VM now; True if it must be
+    hot-plugged into a running QEMU.
+
+    :raises InvalidState: the VM is busy, or a running microvm (it has no hot-plug).
+    """
+    if rec.state not in ATTACHABLE:
+        raise InvalidState(rec.name, f"attach a {what} to", rec.state.value,
+                           [s.value for s in ATTACHABLE])
+    live = rec.state in LIVE
+    if live and rec.spec.machine == "microvm":
+        raise InvalidState(rec.name, f"hot-plug a {what} into", "a running microvm",
+                           ["stopped (microvm has no hot-plug; use q35)"])
+    return live
+
+
 def _free_port(rec: VMRecord) -> str:
     used = {d.port for d in rec.spec.disks} | {n.port for n in rec.spec.nics}  # NICs too
     for i in range(HOTPLUG_PORTS):
@@ -153,13 +169,7 @@ async def attach(m: Manager, vm: str, name: str, readonly: bool = False,
         if row["vm"]:
             raise InvalidState(name, "attach disk", f"attached to '{row['vm']}'",
                                ["detached"])
-        if rec.state not in ATTACHABLE:
-            raise InvalidState(vm, "attach a disk to", rec.state.value,
-                               [s.value for s in ATTACHABLE])
-        live = rec.state in LIVE
-        if live and rec.spec.machine == "microvm":
-            raise InvalidState(vm, "hot-plug a disk into", "a running microvm",
-                               ["stopped (microvm has no hot-plug; use q35)"])
+        live = check_pluggable(rec, "disk")
         ids = {d.node(i) for i, d in enumerate(rec.spec.disks)}
         node = next(f"disk{i}" for i in range(len(ids) + 1) if f"disk{i}" not in ids)
         disk = DiskSpec(path=row["path"], format=row["format"], readonly=readonly, owned=False,

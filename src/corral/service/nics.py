@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from corral.store.db import VMRecord
 
 log = logging.getLogger(__name__)
-ATTACHABLE = (State.DEFINED, State.STOPPED, State.CRASHED, State.RUNNING, State.PAUSED)
 
 
 def _port(vm: str, nic: NicSpec) -> Port:
@@ -201,13 +200,7 @@ async def attach(m: Manager, vm: str, network: str, mac: str | None = None,
     """
     async with m._lock(vm):
         rec = m._get(vm)
-        if rec.state not in ATTACHABLE:
-            raise InvalidState(vm, "attach a NIC to", rec.state.value,
-                               [s.value for s in ATTACHABLE])
-        live = rec.state in LIVE
-        if live and rec.spec.machine == "microvm":
-            raise InvalidState(vm, "hot-plug a NIC into", "a running microvm",
-                               ["stopped (microvm has no hot-plug; use q35)"])
+        live = disks.check_pluggable(rec, "NIC")
         used = {n.device(i) for i, n in enumerate(rec.spec.nics)}
         device = next(f"nic{k}" for k in range(len(used) + 1) if f"nic{k}" not in used)
         nic = NicSpec(mode="network", mac=(mac or new_mac()).lower(), network=network, ip=ip,
