@@ -12,15 +12,21 @@ from .conftest import CORRAL, Daemon
 
 
 def read_until(fd: int, marker: bytes, within: float) -> bytes:
+    """Read the terminal until ``marker``, answering the shell's cursor-position queries
+    (ESC[6n) as a real terminal does: busybox ash's line editor waits for the answer, and
+    typing into that wait would be read as the answer."""
     seen = b""
     deadline = time.monotonic() + within
     while marker not in seen and time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 0.2)
         if ready:
             try:
-                seen += os.read(fd, 4096)
+                chunk = os.read(fd, 4096)
             except OSError:
                 break
+            seen += chunk
+            for _ in range(chunk.count(b"\x1b[6n")):
+                os.write(fd, b"\x1b[1;1R")
     return seen
 
 
@@ -32,6 +38,7 @@ def test_interactive_console_and_detach(daemon: Daemon, make_vm: object) -> None
         os.execve(CORRAL, [CORRAL, "console", "con"], daemon.env)
     try:
         read_until(fd, b"Ctrl-]", 10)
+        read_until(fd, b"\x1b[6n", 5)  # the prompt our attach asked for
         os.write(fd, b"echo marker$((6*7))\r")
         out = read_until(fd, b"marker42", 10)
         assert b"marker42" in out, out

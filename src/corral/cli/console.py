@@ -12,6 +12,7 @@ import tty
 from corral.errors import CorralError
 
 DETACH = b"\x1d"  # Ctrl-]
+CURSOR_QUERY, CURSOR_REPLY = b"\x1b[6n", b"\x1b[1;1R"  # "where is the cursor?" and an answer
 
 
 def attach(path: str, name: str) -> int:
@@ -40,6 +41,9 @@ def attach(path: str, name: str) -> int:
                 if not data:
                     break
                 os.write(sys.stdout.fileno(), data)
+                if not interactive:  # no terminal to answer the shell's cursor query: we do,
+                    for _ in range(data.count(CURSOR_QUERY)):  # or it eats our next line
+                        sock.sendall(CURSOR_REPLY)
             if stdin in ready:
                 data = os.read(stdin, 1024)
                 if not data:
