@@ -9,13 +9,16 @@ import ctypes
 import json
 import os
 import secrets
+import signal
 import socket
 import statistics
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -293,3 +296,18 @@ class System:
 
     def close(self) -> None:
         """Remove everything this system started (safe to call after a failure)."""
+
+
+def _interrupt(_sig: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_benchmark(main: Callable[[], int]) -> NoReturn:
+    """Run a benchmark's ``main`` so that Ctrl-C and SIGTERM unwind through its cleanup."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; everything the benchmark started was cleaned up", file=sys.stderr)
+        sys.exit(130)

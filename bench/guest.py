@@ -31,17 +31,14 @@ import os
 import platform
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from _common import become_subreaper, ms_since, render_table
+from _common import become_subreaper, ms_since, render_table, run_benchmark
 from _guest_common import RawQemu, Samples, cell, get, interleave, log, tratio
 from lifecycle import CorralSystem, image_path
 
@@ -159,14 +156,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(_sig: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     images = image_path()
     os.environ["CORRAL_IMAGE_PATH"] = images
     become_subreaper()
@@ -286,8 +278,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; everything the benchmark started was cleaned up", file=sys.stderr)
-        sys.exit(130)
+    run_benchmark(main)

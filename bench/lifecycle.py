@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import _libvirt
@@ -53,6 +52,7 @@ from _common import (
     memory_of,
     ms_since,
     reap,
+    run_benchmark,
     wait_gone,
 )
 from _report import Results, report, write_json
@@ -545,14 +545,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(_sig: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     images = image_path()
     os.environ["CORRAL_IMAGE_PATH"] = images
     become_subreaper()
@@ -619,8 +614,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; everything the benchmark started was cleaned up", file=sys.stderr)
-        sys.exit(130)
+    run_benchmark(main)

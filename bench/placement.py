@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 import time
@@ -35,36 +34,9 @@ from corral.models.queueing import mmc
 from corral.models.simulate import Workload, compare, host_for
 from corral.scheduler.placement import Host, PlacementRequest, Placer, Weigher
 from corral.scheduler.resources import Resources
+from corral.scheduler.synthetic import synthetic
 
 GiB = 1 << 30
-
-
-def synthetic(n_hosts: int, n_requests: int, seed: int) -> tuple[list[Host],
-                                                                  list[PlacementRequest]]:
-    rng = random.Random(seed)
-    hosts = []
-    for i in range(n_hosts):
-        labels = {"zone": rng.choice("abcd")}
-        if rng.random() < 0.1:
-            labels["gpu"] = "yes"
-        hosts.append(Host(f"h{i}", rng.choice([8, 16, 32]), rng.choice([48, 96, 192]) * GiB,
-                          rng.choice([500, 1000]) * GiB, labels))
-    requests = []
-    for i in range(n_requests):
-        need: dict[str, str] = {}
-        if rng.random() < 0.2:
-            need["zone"] = rng.choice("abcd")
-        if rng.random() < 0.02:
-            need["gpu"] = "yes"
-        group = rng.randrange(max(n_requests // 50, 1)) if rng.random() < 0.1 else None
-        affinity = f"g{group}" if group is not None and group % 4 == 0 else None
-        anti = f"g{group}" if group is not None and group % 4 else None
-        if affinity:
-            need.clear()  # a group that lives together cannot need different zones
-        requests.append(PlacementRequest(f"r{i}", rng.choice([1, 2, 4, 8]),
-                                         rng.choice([1, 2, 4, 8, 16]) * GiB,
-                                         rng.choice([10, 20, 40]) * GiB, need, affinity, anti))
-    return hosts, requests
 
 
 def naive_placement(hosts: list[Host], requests: Sequence[PlacementRequest],

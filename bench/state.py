@@ -53,17 +53,14 @@ import os
 import platform
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import _libvirt
-from _common import Memory, become_subreaper, memory_of, ms_since, render_table
+from _common import Memory, become_subreaper, memory_of, ms_since, render_table, run_benchmark
 from _guest_common import (
     Agent,
     Op,
@@ -690,9 +687,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(_sig: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
 
 def run(b: Bench, args: argparse.Namespace, stack: contextlib.ExitStack, token: str) -> None:
     c = b.c
@@ -740,8 +734,6 @@ def run(b: Bench, args: argparse.Namespace, stack: contextlib.ExitStack, token: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     images = image_path()
     os.environ["CORRAL_IMAGE_PATH"] = images
     become_subreaper()
@@ -775,8 +767,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; everything the benchmark started was cleaned up", file=sys.stderr)
-        sys.exit(130)
+    run_benchmark(main)

@@ -10,6 +10,7 @@ import pytest
 from corral.errors import AlreadyExists, InvalidSpec, NotFound
 from corral.scheduler.placement import Host, PlacementRequest, Placer
 from corral.scheduler.resources import Overcommit, Resources
+from corral.scheduler.synthetic import synthetic
 
 GiB = 1 << 30
 
@@ -118,34 +119,6 @@ def test_bad_input() -> None:
         placer.release("nope")
     with pytest.raises(NotFound):
         placer.free("nope")
-
-
-def synthetic(n_hosts: int, n_requests: int, seed: int) -> tuple[list[Host],
-                                                                  list[PlacementRequest]]:
-    rng = random.Random(seed)
-    hs = []
-    for i in range(n_hosts):
-        labels = {"zone": rng.choice("abcd")}
-        if rng.random() < 0.1:
-            labels["gpu"] = "yes"
-        hs.append(Host(f"h{i}", rng.choice([8, 16, 32]), rng.choice([48, 96, 192]) * GiB,
-                       rng.choice([500, 1000]) * GiB, labels))
-    reqs = []
-    for i in range(n_requests):
-        need: dict[str, str] = {}
-        if rng.random() < 0.2:
-            need["zone"] = rng.choice("abcd")
-        if rng.random() < 0.02:
-            need["gpu"] = "yes"
-        group = rng.randrange(max(n_requests // 50, 1)) if rng.random() < 0.1 else None
-        affinity = f"g{group}" if group is not None and group % 4 == 0 else None
-        anti = f"g{group}" if group is not None and group % 4 else None
-        if affinity:
-            need.clear()  # a group that lives together cannot need different zones
-        reqs.append(PlacementRequest(f"r{i}", rng.choice([1, 2, 4, 8]),
-                                     rng.choice([1, 2, 4, 8, 16]) * GiB,
-                                     rng.choice([10, 20, 40]) * GiB, need, affinity, anti))
-    return hs, reqs
 
 
 @pytest.mark.parametrize("weigher", ["spread", "pack"])
