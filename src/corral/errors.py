@@ -16,6 +16,7 @@ tree onto exit codes and HTTP statuses, so a user never sees a traceback for the
     ├── NoCapacity                   (409 / exit 9)  the host is full and queueing was refused
     ├── NeedsRoot                    (403 / exit 10) only a daemon running as root can do it
     ├── AgentError                   (502 / exit 7)  the guest agent failed or was silent
+    ├── DiskFull                     (507 / exit 11) the host's disk is full
     └── DaemonUnavailable            (503 / exit 8)  the CLI or Client cannot reach ``corral serve``
 """
 
@@ -154,6 +155,14 @@ class AgentError(CorralError):
     kind = "agent_error"
 
 
+class DiskFull(CorralError):
+    """The host ran out of disk space; nothing was changed."""
+
+    status = 507
+    exit_code = 11
+    kind = "disk_full"
+
+
 class DaemonUnavailable(CorralError):
     status = 503
     exit_code = 8
@@ -161,7 +170,8 @@ class DaemonUnavailable(CorralError):
 
 
 __all__ = [
-    "AgentError", "AlreadyExists", "CommandFailed", "CorralError", "DaemonUnavailable", "InUse",
+    "AgentError", "AlreadyExists", "CommandFailed", "CorralError", "DaemonUnavailable", "DiskFull",
+    "InUse",
     "InvalidSpec", "InvalidState", "LaunchFailed", "MonitorError", "NeedsRoot", "NoCapacity",
     "NotFound", "Timeout",
 ]

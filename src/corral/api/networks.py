@@ -134,7 +134,7 @@ def routes(m: Manager) -> APIRouter:
 
     @r.get("/forwards")
     async def list_forwards() -> list[dict[str, Any]]:
-        return [routers.forward_view(f) for f in m.networks.db.forwards.values()]
+        return [routers.forward_view(f) for f in m.net.db.forwards.values()]
 
     @r.post("/routers/{name}/forwards", status_code=201)
     async def add_forward(name: str, req: ForwardRequest) -> dict[str, Any]:

@@ -89,10 +89,20 @@ class Manager:
         self.tsc_khz = accel_mod.tsc_khz()
         self.store: Store | None = None
         self._sched: Scheduler | None = None
-        self.networks = Networks(self)
+        self.net = Networks(self)
         self._rt: dict[str, Runtime] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[None]] = set()
+        from corral.service import slices
+
+        self.vms = slices.VMs(self)
+        self.snapshots = slices.Snapshots(self)
+        self.disks = slices.Disks(self)
+        self.guest = slices.Guest(self)
+        self.images = slices.Images(self)
+        self.host = slices.Host(self)
+        self.networks = slices.Networks(self)
+        self.routers = slices.Routers(self)
 
     # ----- life of the manager -------------------------------------------------------------
     async def open(self) -> None:

@@ -29,7 +29,7 @@ Tree = tuple[str, list[Any]]  # (label, children)
 
 def topology(m: Manager) -> dict[str, Any]:
     """Networks (with their ports), routers (with their forwards) and user-mode NICs."""
-    net = m.networks
+    net = m.net
     states = {r.name: r.state.value for r in m.db.list_vms()}
     nets = []
     for name, row in net.db.networks.items():

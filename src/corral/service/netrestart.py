@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 async def reconcile(m: Manager) -> None:
     """Bring the host in line with the stored networks (see the module doc)."""
-    net = m.networks
+    net = m.net
     if net.db.empty():
         return
     if os.geteuid() != 0:
@@ -63,7 +63,7 @@ async def reconcile(m: Manager) -> None:
 
 
 def _reconcile(m: Manager) -> None:
-    net = m.networks
+    net = m.net
     db, host = net.db, net.host
     for owner in db.owners():
         if not _exists(m, owner):
@@ -102,7 +102,7 @@ def _reconcile(m: Manager) -> None:
 
 
 def _exists(m: Manager, owner: str) -> bool:
-    db = m.networks.db
+    db = m.net.db
     kind, _, unit = owner.partition(":")
     if kind == "network":
         return unit in db.networks

@@ -183,7 +183,7 @@ async def create(m: Manager, name: str, subnet: str, dhcp: bool = True,
     """
     check_name(name)
     require_root(f"create network '{name}'")
-    net = m.networks
+    net = m.net
     if name in net.db.networks:
         raise AlreadyExists(f"a network named '{name}' exists")
     existing = {f"network '{n}'": r.plan.network for n, r in net.db.networks.items()}
@@ -206,7 +206,7 @@ async def remove_network(m: Manager, name: str) -> None:
     :raises InUse: NICs or a router use it.
     :raises NotFound: no such network.
     """
-    net = m.networks
+    net = m.net
     net.network(name)
     users = [f"{rec.name} ({nic.device(i)})" for rec in m.db.list_vms()
              for i, nic in enumerate(rec.spec.nics) if nic.network == name]
@@ -237,7 +237,7 @@ def taps_counters(taps: list[str]) -> list[dict[str, int] | None]:
 
 def view(m: Manager, name: str) -> dict[str, Any]:
     """A network as stored (no host calls)."""
-    net = m.networks
+    net = m.net
     row = net.network(name)
     plan = row.plan
     leg = net.db.legs.get(name)
@@ -267,7 +267,7 @@ async def show(m: Manager, name: str) -> dict[str, Any]:
 
     :raises NotFound: no such network.
     """
-    net = m.networks
+    net = m.net
     out = view(m, name)
     held = await net.call(leases, net.host, net.network(name).plan)
     stats = await net.call(taps_counters, [p["tap"] for p in out["ports"]])
@@ -278,7 +278,7 @@ async def show(m: Manager, name: str) -> dict[str, Any]:
 
 
 def list_all(m: Manager) -> list[dict[str, Any]]:
-    return [view(m, name) for name in m.networks.db.networks]
+    return [view(m, name) for name in m.net.db.networks]
 
 
 # -- firewall --------------------------------------------------------------------------------
@@ -307,7 +307,7 @@ async def add_rule(m: Manager, target: str, allow: str, source: str = "0.0.0.0/0
     :raises CorralError: the host cannot filter bridged traffic (br_netfilter).
     """
     require_root("add a firewall rule")
-    net = m.networks
+    net = m.net
     kind, _, name = target.rpartition(":")
     is_net, is_vm = name in net.db.networks, m.db.get_vm(name) is not None
     if kind not in ("", "network", "vm") or (kind == "network" and not is_net) \
@@ -332,7 +332,7 @@ async def add_rule(m: Manager, target: str, allow: str, source: str = "0.0.0.0/0
 
 async def remove_rule(m: Manager, rule_id: int) -> None:
     """:raises NotFound: no rule with that id."""
-    net = m.networks
+    net = m.net
     row = net.db.rules.get(rule_id)
     if row is None:
         raise NotFound(f"no firewall rule {rule_id}; see 'corral firewall list'")
@@ -350,7 +350,7 @@ async def set_policy(m: Manager, network: str, policy: str) -> dict[str, Any]:
     :raises NotFound: no such network.
     """
     require_root("set a firewall policy")
-    net = m.networks
+    net = m.net
     before = net.network(network).policy
     if policy not in ("accept", "drop"):
         raise InvalidSpec("policy", f"'{policy}': expected accept or drop")
@@ -366,6 +366,6 @@ async def set_policy(m: Manager, network: str, policy: str) -> dict[str, Any]:
 
 
 def list_rules(m: Manager) -> dict[str, Any]:
-    net = m.networks
+    net = m.net
     return {"policies": {n: r.policy for n, r in net.db.networks.items()},
             "rules": [rule_view(r) for r in net.db.rules.values()]}

@@ -60,7 +60,7 @@ def _index(nic: NicSpec, position: int) -> int:
 def _plan(m: Manager, vm: str, position: int, nic: NicSpec, siblings: list[NicSpec],
           field: str) -> None:
     """Plan ``nic`` (of ``vm``, whose NICs are ``siblings``) on its network, in place."""
-    net = m.networks
+    net = m.net
     require_root(f"put VM '{vm}' on network '{nic.network}'")
     row = net.db.networks.get(str(nic.network))
     if row is None:
@@ -90,7 +90,7 @@ def plan_nics(m: Manager, spec: VMSpec) -> None:
     """
     forwarded = {key: f"'{vm}'" for key, vm in routers.user_forwards(m).items()}
     forwarded |= {key: f"router {row.forward.router}"
-                  for key, row in m.networks.db.forwards.items()}
+                  for key, row in m.net.db.forwards.items()}
     for i, nic in enumerate(spec.nics):
         rules = [parse_hostfwd(f"nics.{i}.hostfwd", rule) for rule in nic.hostfwd]
         for rule in rules:
@@ -126,7 +126,7 @@ async def plug(m: Manager, rec: VMRecord) -> None:
     if not nics:
         return
     require_root(f"start VM '{rec.name}' with NICs on networks")
-    net = m.networks
+    net = m.net
     stale = [i for i, n in nics if _stale(m, rec, n)]
     others = {n.mac for r in m.db.list_vms() if r.name != rec.name for n in r.spec.nics}
     for i in stale:
@@ -154,7 +154,7 @@ async def plug(m: Manager, rec: VMRecord) -> None:
 
 def unplug(m: Manager, name: str) -> None:
     """Remove the taps of VM ``name`` (its QEMU has ended); a failure is logged."""
-    net = m.networks
+    net = m.net
     records = net.db.records(f"vm:{name}")
     if not records:
         return
@@ -170,7 +170,7 @@ async def forget(m: Manager, name: str, spec: VMSpec) -> None:
     """After VM ``name`` is destroyed: remove its taps, its DHCP entries and anti-spoofing
     rules, the forwards to it and the firewall rules for it (a failure is logged: the VM is
     gone either way)."""
-    net = m.networks
+    net = m.net
     networks = sorted({str(n.network) for n in spec.nics
                        if n.network and n.planned_for == name and n.network in net.db.networks})
     rules = [r.id for r in net.db.rules.values() if r.rule.vm == name]
@@ -208,7 +208,7 @@ async def attach(m: Manager, vm: str, network: str, mac: str | None = None,
                       port=disks._free_port(rec) if rec.spec.machine == "q35" else None)
         _plan(m, vm, len(rec.spec.nics), nic, rec.spec.nics, "nic")
         rec.spec.nics.append(nic)
-        net = m.networks
+        net = m.net
         try:
             async with net.lock:
                 if live:
@@ -240,7 +240,7 @@ async def _hotplug(m: Manager, rec: VMRecord, nic: NicSpec) -> None:
 
 async def _unwire(m: Manager, vm: str, nic: NicSpec) -> None:
     """Take a NIC's tap and reservation off its network (the NIC is out of the spec)."""
-    net = m.networks
+    net = m.net
     async with net.lock:
         await net.call(remove, [r for r in net.db.records(f"vm:{vm}") if r.name == nic.ifname])
         net.db.drop_records(f"vm:{vm}", [str(nic.ifname)])
@@ -269,7 +269,7 @@ async def detach(m: Manager, vm: str, ref: str, timeout: float = 30.0) -> dict[s
         index = _find(rec, ref)
         nic = rec.spec.nics[index]
         using = [f"forward {key[0]}/{key[1]} of router {f.forward.router}"
-                 for key, f in m.networks.db.forwards.items()
+                 for key, f in m.net.db.forwards.items()
                  if f.vm == vm and f.forward.ip == nic.ip]
         if using:
             raise InUse("NIC", f"{vm}/{nic.device(index)}", "detach", using)
@@ -303,7 +303,7 @@ async def live(m: Manager, name: str, view: dict[str, Any]) -> None:
     """Add to each NIC of ``view`` what it carries now: the address of its DHCP lease and its
     counters (from its tap; for user-mode NICs from the guest agent), and the addresses the
     guest agent reports for it."""
-    net = m.networks
+    net = m.net
     rt = m._rt.get(name)
     guest: dict[str, dict[str, Any]] = {}
     running = m._get(name).state == State.RUNNING  # a paused guest's agent cannot answer

@@ -44,7 +44,7 @@ def view(m: Manager, name: str) -> dict[str, Any]:
 
     :raises NotFound: no such router.
     """
-    net = m.networks
+    net = m.net
     plan = net.router(name)
     return {
         "name": name,
@@ -65,7 +65,7 @@ def forward_view(row: ForwardRow) -> dict[str, Any]:
 
 
 def list_all(m: Manager) -> list[dict[str, Any]]:
-    return [view(m, name) for name in m.networks.db.routers]
+    return [view(m, name) for name in m.net.db.routers]
 
 
 async def create(m: Manager, name: str, uplink: bool = False) -> dict[str, Any]:
@@ -78,7 +78,7 @@ async def create(m: Manager, name: str, uplink: bool = False) -> dict[str, Any]:
     """
     check_name(name)
     require_root(f"create router '{name}'")
-    net = m.networks
+    net = m.net
     if name in net.db.routers:
         raise AlreadyExists(f"a router named '{name}' exists")
     plan = plan_router(name, uplink=uplink, taken=net.taken(),
@@ -96,7 +96,7 @@ async def create(m: Manager, name: str, uplink: bool = False) -> dict[str, Any]:
 
 async def remove_router(m: Manager, name: str) -> None:
     """:raises InUse: networks are still attached. :raises NotFound: no such router."""
-    net = m.networks
+    net = m.net
     net.router(name)
     legs = sorted(leg.network for leg in net.db.legs.values() if leg.router == name)
     if legs:
@@ -114,7 +114,7 @@ async def attach_network(m: Manager, name: str, network: str) -> dict[str, Any]:
     :raises NotFound: no such router or network.
     """
     require_root(f"attach router '{name}'")
-    net = m.networks
+    net = m.net
     plan, row = net.router(name), net.network(network)
     if row.isolated:
         raise InvalidSpec("network", f"network '{network}' is isolated: no router may join it")
@@ -136,7 +136,7 @@ async def detach_network(m: Manager, name: str, network: str) -> dict[str, Any]:
     :raises InUse: forwards go to VMs on that network.
     :raises NotFound: no such router, or it is not attached to the network.
     """
-    net = m.networks
+    net = m.net
     net.router(name)
     leg = net.db.legs.get(network)
     if leg is None or leg.router != name:
@@ -176,7 +176,7 @@ async def add_forward(m: Manager, name: str, proto: str, host_port: int, vm: str
     :raises NotFound: no such router or VM.
     """
     require_root("forward a host port")
-    net = m.networks
+    net = m.net
     plan = net.router(name)
     rec = m._get(vm)
     mine = {leg.network for leg in net.db.legs.values() if leg.router == name}
@@ -204,7 +204,7 @@ async def add_forward(m: Manager, name: str, proto: str, host_port: int, vm: str
 
 async def remove_forward(m: Manager, name: str, proto: str, host_port: int) -> None:
     """:raises NotFound: router ``name`` does not forward that port."""
-    net = m.networks
+    net = m.net
     plan = net.router(name)
     row = net.db.forwards.get((proto, host_port))
     if row is None or row.forward.router != name:
@@ -217,7 +217,7 @@ async def remove_forward(m: Manager, name: str, proto: str, host_port: int) -> N
 async def _publish(m: Manager, plan: RouterPlan) -> None:
     """Make the router's (and the host's) NAT rules match its stored forwards; call it
     holding the network lock."""
-    net = m.networks
+    net = m.net
     mine = [f.forward for f in net.db.forwards.values() if f.forward.router == plan.name]
     await net.call(set_forwards, net.host, plan, mine)
 
@@ -225,7 +225,7 @@ async def _publish(m: Manager, plan: RouterPlan) -> None:
 async def forget_vm_forwards(m: Manager, vm: str, ips: set[str] | None = None) -> None:
     """Drop the forwards to ``vm`` (only to ``ips``, if given) and republish their routers;
     call it holding the network lock."""
-    net = m.networks
+    net = m.net
     gone = [key for key, f in net.db.forwards.items()
             if f.vm == vm and (ips is None or f.forward.ip in ips)]
     routers = {net.db.forwards[key].forward.router for key in gone}
