@@ -25,7 +25,9 @@ from corral.config import Paths
 from corral.domain import specs as sp
 from corral.domain.states import LIVE, OPERATIONS, State, allowed, check, from_qmp_status
 from corral.engine import accel as accel_mod
+from corral.engine.driver import Driver
 from corral.engine.qemu import argv as qargv
+from corral.engine.qemu.driver import QemuDriver
 from corral.engine.qemu.guest_agent import GuestAgent
 from corral.engine.qemu.process import Exit, Process, become_subreaper, launch
 from corral.engine.qemu.qmp import Monitor
@@ -83,10 +85,11 @@ class Runtime:
 class Manager:
     """The in-process VM manager. The daemon serves it; tests may drive it directly."""
 
-    def __init__(self, paths: Paths | None = None) -> None:
+    def __init__(self, paths: Paths | None = None, driver: Driver | None = None) -> None:
         self.paths = paths or Paths.from_env()
         self.accel = accel_mod.detect()
         self.tsc_khz = accel_mod.tsc_khz()
+        self.driver: Driver = driver or QemuDriver(self.accel.name, self.tsc_khz)
         self.store: Store | None = None
         self._sched: Scheduler | None = None
         self.net = Networks(self)

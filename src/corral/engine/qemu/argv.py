@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.domain.specs import DiskSpec, NicSpec, VMSpec
+from corral.engine.driver import RamFile as RamFile  # re-exported for callers of build()
 
 AGENT_PORT = "org.qemu.guest_agent.0"
 VMSTATE_NODE = "vmstate"
@@ -114,15 +115,6 @@ def _opt(path: Path | str) -> str:
 
 def _dev(obj: dict[str, object]) -> str:
     return json.dumps(obj, separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class RamFile:
-    """Guest RAM kept in a file: ``shared`` (writes reach the file: a template being made) or
-    private (copy-on-write: a warm-started clone that shares the unchanged pages)."""
-
-    path: Path
-    shared: bool
 
 
 RAM_ID = "pc.ram"  # QEMU's own name for machine RAM, so states move between both backends

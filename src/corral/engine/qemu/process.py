@@ -20,9 +20,9 @@ import ctypes
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from corral.engine.driver import ExitStatus
 from corral.errors import LaunchFailed
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -70,21 +70,7 @@ def cmdline_of(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
-@dataclass(frozen=True)
-class Exit:
-    """How a QEMU ended: ``returncode`` (negative: killed by that signal), None if unknown."""
-
-    returncode: int | None
-
-    def describe(self) -> str:
-        if self.returncode is None:
-            return "exited (status unknown: not our child)"
-        if self.returncode < 0:
-            try:
-                return f"killed by {signal.Signals(-self.returncode).name}"
-            except ValueError:
-                return f"killed by signal {-self.returncode}"
-        return f"exited with status {self.returncode}"
+Exit = ExitStatus  # how a QEMU ended
 
 
 class Process:
