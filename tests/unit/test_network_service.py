@@ -17,7 +17,6 @@ from corral import client, errors
 from corral.api.app import create_app
 from corral.config import Paths
 from corral.host.network import Made
-from corral.service import nics
 from corral.service.manager import Manager
 from corral.service.networks import Networks
 
@@ -212,7 +211,7 @@ async def test_a_clone_gets_its_own_port_when_it_first_starts(home: Path, host: 
         lan = (await http.get("/v1/networks/lan")).json()
         assert [p["vm"] for p in lan["ports"]] == ["web"], "the copy takes nothing yet"
         host.calls.clear()
-        await nics.plug(manager, manager._get("copy"))
+        await manager.runtime.hooks.plug(manager.runtime.get("copy"))
         nic = (await http.get("/v1/vms/copy")).json()["nics"][0]
         assert (nic["planned_for"], nic["ip"], nic["ifname"]) == ("copy", "10.20.0.11",
                                                                   "crl-tcopy.0")

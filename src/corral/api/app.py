@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from corral.api.networks import routes as network_routes
 from corral.domain.specs import VMCreate
 from corral.errors import CorralError, InvalidSpec
-from corral.service import disks, guest, snapshots
 from corral.service.manager import Manager
 
 API = "/v1"
@@ -102,166 +101,137 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
 
     @app.get(f"{API}/host")
     async def host_info() -> dict[str, Any]:
-        return manager.host_info()
+        return manager.host.info()
 
     @app.get(f"{API}/vms")
     async def list_vms() -> Response:
-        return _json(manager.list_vms())
+        return _json(manager.vms.list())
 
     @app.post(f"{API}/vms", status_code=201)
     async def create_vm(spec: VMCreate, start: bool = False, wait: bool = False,
                         timeout: float = 120, queue: bool = True) -> dict[str, Any]:
-        if spec.from_snapshot is not None:
-            from corral.domain.specs import scheduling
-            from corral.service import host
-            from corral.service.warm import warm_start
-
-            return await warm_start(manager, spec.name, spec.from_snapshot,
-                                    wait=wait or start, timeout=timeout, queue=queue,
-                                    sched=scheduling(spec, host.facts()))
-        view = await manager.create(spec.model_dump(exclude_unset=True))
-        if start:
-            try:
-                view = await manager.start(spec.name, wait=wait, timeout=timeout, queue=queue)
-            except CorralError:
-                if (await manager.get(spec.name))["state"] == "defined":
-                    await manager.destroy(spec.name)  # run = create + start: all or nothing
-                raise
-        return view
+        return await manager.vms.create(spec.model_dump(exclude_unset=True), start=start,
+                                        wait=wait, timeout=timeout, queue=queue)
 
     @app.get(f"{API}/vms/{{name}}")
     async def get_vm(name: str) -> Response:
-        return _json(await manager.get(name))
+        return _json(await manager.vms.get(name))
 
     @app.delete(f"{API}/vms/{{name}}", status_code=204)
     async def destroy_vm(name: str) -> None:
-        await manager.destroy(name)
+        await manager.vms.rm(name)
 
     @app.post(f"{API}/vms/{{name}}/start")
     async def start_vm(name: str, wait: bool = False, timeout: float = 120,
                        queue: bool = True) -> dict[str, Any]:
-        return await manager.start(name, wait=wait, timeout=timeout, queue=queue)
+        return await manager.vms.start(name, wait=wait, timeout=timeout, queue=queue)
 
     @app.get(f"{API}/queue")
     async def queue_entries() -> list[dict[str, Any]]:
-        return manager.queue()
+        return manager.host.queue()
 
     @app.post(f"{API}/batch")
     async def run_batch(req: BatchRequest) -> dict[str, Any]:
-        from corral.service import batch
-
         spec = req.spec.model_dump(exclude_unset=True) if req.spec else {}
-        return await batch.run(manager, spec, req.argv, req.timeout, req.queue)
+        return await manager.host.batch(spec, req.argv, req.timeout, req.queue)
 
     @app.get(f"{API}/trace")
     async def trace() -> list[dict[str, Any]]:
-        from corral.service import batch
-
-        return batch.trace(manager)
+        return manager.host.trace()
 
     @app.post(f"{API}/vms/{{name}}/wait")
     async def wait_vm(name: str, timeout: float = 120) -> dict[str, Any]:
-        return await manager.wait_ready(name, timeout)
+        return await manager.vms.wait_ready(name, timeout)
 
     @app.post(f"{API}/vms/{{name}}/pause")
     async def pause_vm(name: str) -> Response:
-        return _json(await manager.pause(name))
+        return _json(await manager.vms.pause(name))
 
     @app.post(f"{API}/vms/{{name}}/resume")
     async def resume_vm(name: str) -> Response:
-        return _json(await manager.resume(name))
+        return _json(await manager.vms.resume(name))
 
     @app.post(f"{API}/vms/{{name}}/shutdown")
     async def shutdown_vm(name: str, timeout: float = 60) -> dict[str, Any]:
-        return await manager.shutdown(name, timeout)
+        return await manager.vms.shutdown(name, timeout)
 
     @app.post(f"{API}/vms/{{name}}/stop")
     async def stop_vm(name: str, force: bool = True, timeout: float = 60) -> dict[str, Any]:
-        return await manager.stop(name, force=force, timeout=timeout)
+        return await manager.vms.stop(name, force=force, timeout=timeout)
 
     @app.post(f"{API}/vms/{{name}}/reboot")
     async def reboot_vm(name: str, wait: bool = False, timeout: float = 120) -> dict[str, Any]:
-        return await manager.reboot(name, wait=wait, timeout=timeout)
+        return await manager.vms.reboot(name, wait=wait, timeout=timeout)
 
     @app.post(f"{API}/vms/{{name}}/save")
     async def save_vm(name: str, file: str | None = None) -> dict[str, Any]:
-        return await manager.save(name, file)
+        return await manager.vms.save(name, file)
 
     @app.post(f"{API}/vms/{{name}}/restore")
     async def restore_vm(name: str, wait: bool = False, timeout: float = 120) -> dict[str, Any]:
-        return await manager.restore(name, wait=wait, timeout=timeout)
+        return await manager.vms.restore(name, wait=wait, timeout=timeout)
 
     @app.post(f"{API}/vms/{{name}}/snapshots", status_code=201)
     async def create_snapshot(name: str, req: SnapshotRequest) -> dict[str, Any]:
-        return await snapshots.create(manager, name, req.name, req.memory)
+        return await manager.snapshots.create(name, req.name, memory=req.memory)
 
     @app.get(f"{API}/vms/{{name}}/snapshots")
     async def list_snapshots(name: str) -> list[dict[str, Any]]:
-        return snapshots.tree(manager, name)
+        return manager.snapshots.list(name)
 
     @app.post(f"{API}/vms/{{name}}/snapshots/{{snapshot}}/revert")
     async def revert_snapshot(name: str, snapshot: str) -> dict[str, Any]:
-        return await snapshots.revert(manager, name, snapshot)
+        return await manager.snapshots.revert(name, snapshot)
 
     @app.delete(f"{API}/vms/{{name}}/snapshots/{{snapshot}}", status_code=204)
     async def delete_snapshot(name: str, snapshot: str) -> None:
-        await snapshots.delete(manager, name, snapshot)
+        await manager.snapshots.rm(name, snapshot)
 
     @app.post(f"{API}/disks", status_code=201)
     async def create_disk(req: DiskCreateRequest) -> dict[str, Any]:
-        return await disks.create(manager, req.name, req.size, req.format, req.source)
+        return await manager.disks.create(req.name, req.size, req.format, req.source)
 
     @app.get(f"{API}/disks")
     async def list_disks() -> list[dict[str, Any]]:
-        return await disks.list_all(manager)
+        return await manager.disks.list()
 
     @app.get(f"{API}/disks/{{disk}}")
     async def show_disk(disk: str) -> dict[str, Any]:
-        return await disks.show(manager, disk)
+        return await manager.disks.get(disk)
 
     @app.post(f"{API}/disks/{{disk}}/resize")
     async def resize_disk(disk: str, size: str) -> dict[str, Any]:
-        return await disks.resize(manager, disk, size)
+        return await manager.disks.resize(disk, size)
 
     @app.delete(f"{API}/disks/{{disk}}", status_code=204)
     async def remove_disk(disk: str) -> None:
-        await disks.remove(manager, disk)
+        await manager.disks.rm(disk)
 
     @app.post(f"{API}/vms/{{name}}/disks")
     async def attach_disk(name: str, req: AttachRequest) -> dict[str, Any]:
-        return await disks.attach(manager, name, req.disk, req.readonly, req.iops, req.bps)
+        return await manager.disks.attach(name, req.disk, readonly=req.readonly,
+                                          iops=req.iops, bps=req.bps)
 
     @app.delete(f"{API}/vms/{{name}}/disks/{{disk}}")
     async def detach_disk(name: str, disk: str) -> dict[str, Any]:
-        return await disks.detach(manager, name, disk)
+        return await manager.disks.detach(name, disk)
 
     @app.post(f"{API}/vms/{{name}}/clone", status_code=201)
     async def clone_vm(name: str, new: str, full: bool = False,
                        snapshot: str | None = None) -> dict[str, Any]:
-        from corral.service.warm import clone
-
-        return await clone(manager, name, new, full, snapshot)
+        return await manager.vms.clone(name, new, full=full, snapshot=snapshot)
 
     @app.post(f"{API}/vms/{{name}}/export")
     async def export_vm(name: str, file: str) -> dict[str, Any]:
-        import asyncio
-
-        from corral.service import portable
-
-        async with manager._lock(name):
-            return await asyncio.to_thread(portable.export, manager, name, file)
+        return await manager.vms.export(name, file)
 
     @app.post(f"{API}/import", status_code=201)
     async def import_vm(file: str, name: str | None = None) -> dict[str, Any]:
-        import asyncio
-
-        from corral.service import portable
-
-        return await asyncio.to_thread(portable.import_vm, manager, file, name)
+        return await manager.vms.import_(file, name)
 
     @app.get(f"{API}/vms/{{name}}/logs")
     async def vm_logs(name: str, offset: int = 0, limit: int = 1 << 20) -> dict[str, Any]:
-        return manager.logs(name, offset, limit)
+        return manager.vms.logs(name, offset, limit)
 
     @app.post(f"{API}/vms/{{name}}/exec", response_model=None)
     async def exec_in_vm(name: str, req: ExecRequest,
@@ -273,9 +243,8 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
 
         stdin = base64.b64decode(req.stdin) if req.stdin is not None else None
         if not stream:
-            return await guest.exec_command(manager, name, req.argv, req.timeout, stdin,
-                                            req.env)
-        events = guest.exec_stream(manager, name, req.argv, req.timeout, stdin)
+            return await manager.guest.exec(name, req.argv, req.timeout, stdin, req.env)
+        events = manager.guest.exec_stream(name, req.argv, req.timeout, stdin)
         first = await anext(events)  # errors before any output are still a plain 4xx/5xx
 
         async def lines() -> AsyncIterator[bytes]:
@@ -290,23 +259,23 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
 
     @app.get(f"{API}/vms/{{name}}/files")
     async def read_guest_file(name: str, path: str) -> Response:
-        data = await guest.read_file(manager, name, path)
+        data = await manager.guest.read_file(name, path)
         return Response(data, media_type="application/octet-stream")
 
     @app.put(f"{API}/vms/{{name}}/files")
     async def write_guest_file(name: str, path: str, request: Request) -> dict[str, Any]:
-        return await guest.write_file(manager, name, path, await request.body())
+        return await manager.guest.write_file(name, path, await request.body())
 
     @app.get(f"{API}/vms/{{name}}/addresses")
     async def guest_addresses(name: str) -> list[dict[str, Any]]:
-        return await guest.addresses(manager, name)
+        return await manager.guest.addresses(name)
 
     @app.delete(f"{API}/images/{{image}}", status_code=204)
     async def remove_image(image: str) -> None:
-        manager.remove_image(image)
+        manager.images.rm(image)
 
     @app.get(f"{API}/events")
     async def events(since: int = 0, vm: str | None = None) -> list[dict[str, Any]]:
-        return manager.events(since, vm)
+        return manager.vms.events(since, vm)
 
     return app

@@ -30,7 +30,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.service import netgraph, networks, nics, routers
+from corral.service import netgraph
 from corral.service.manager import Manager
 
 
@@ -86,82 +86,82 @@ def routes(m: Manager) -> APIRouter:
 
     @r.post("/networks", status_code=201)
     async def create_network(req: NetworkCreate) -> dict[str, Any]:
-        return await networks.create(m, req.name, req.subnet, req.dhcp, req.isolated)
+        return await m.networks.create(req.name, req.subnet, dhcp=req.dhcp, isolated=req.isolated)
 
     @r.get("/networks")
     async def list_networks() -> list[dict[str, Any]]:
-        return networks.list_all(m)
+        return m.networks.list()
 
     @r.get("/networks/{name}")
     async def show_network(name: str) -> dict[str, Any]:
-        return await networks.show(m, name)
+        return await m.networks.get(name)
 
     @r.delete("/networks/{name}", status_code=204)
     async def remove_network(name: str) -> None:
-        await networks.remove_network(m, name)
+        await m.networks.rm(name)
 
     @r.put("/networks/{name}/policy")
     async def set_policy(name: str, req: PolicyRequest) -> dict[str, Any]:
-        return await networks.set_policy(m, name, req.policy)
+        return await m.networks.set_policy(name, req.policy)
 
     @r.get("/topology")
     async def topology(format: Literal["text", "dot"] = "text") -> PlainTextResponse:
-        return PlainTextResponse(netgraph.render(netgraph.topology(m), format))
+        return PlainTextResponse(netgraph.render(m.networks.topology(), format))
 
     @r.post("/routers", status_code=201)
     async def create_router(req: RouterCreate) -> dict[str, Any]:
-        return await routers.create(m, req.name, req.uplink)
+        return await m.routers.create(req.name, uplink=req.uplink)
 
     @r.get("/routers")
     async def list_routers() -> list[dict[str, Any]]:
-        return routers.list_all(m)
+        return m.routers.list()
 
     @r.get("/routers/{name}")
     async def show_router(name: str) -> dict[str, Any]:
-        return routers.view(m, name)
+        return m.routers.get(name)
 
     @r.delete("/routers/{name}", status_code=204)
     async def remove_router(name: str) -> None:
-        await routers.remove_router(m, name)
+        await m.routers.rm(name)
 
     @r.post("/routers/{name}/networks")
     async def attach_network(name: str, req: LegRequest) -> dict[str, Any]:
-        return await routers.attach_network(m, name, req.network)
+        return await m.routers.attach(name, req.network)
 
     @r.delete("/routers/{name}/networks/{network}")
     async def detach_network(name: str, network: str) -> dict[str, Any]:
-        return await routers.detach_network(m, name, network)
+        return await m.routers.detach(name, network)
 
     @r.get("/forwards")
     async def list_forwards() -> list[dict[str, Any]]:
-        return [routers.forward_view(f) for f in m.net.db.forwards.values()]
+        return m.routers.forwards()
 
     @r.post("/routers/{name}/forwards", status_code=201)
     async def add_forward(name: str, req: ForwardRequest) -> dict[str, Any]:
-        return await routers.add_forward(m, name, req.proto, req.host_port, req.vm, req.port)
+        return await m.routers.add_forward(name, req.proto, req.host_port, req.vm, req.port)
 
     @r.delete("/routers/{name}/forwards/{proto}/{host_port}", status_code=204)
     async def remove_forward(name: str, proto: str, host_port: int) -> None:
-        await routers.remove_forward(m, name, proto, host_port)
+        await m.routers.rm_forward(name, proto, host_port)
 
     @r.get("/firewall")
     async def list_rules() -> dict[str, Any]:
-        return networks.list_rules(m)
+        return m.networks.rules()
 
     @r.post("/firewall/rules", status_code=201)
     async def add_rule(req: RuleRequest) -> dict[str, Any]:
-        return await networks.add_rule(m, req.target, req.allow, req.source)
+        return await m.networks.add_rule(req.target, req.allow, req.source)
 
     @r.delete("/firewall/rules/{rule_id}", status_code=204)
     async def remove_rule(rule_id: int) -> None:
-        await networks.remove_rule(m, rule_id)
+        await m.networks.rm_rule(rule_id)
 
     @r.post("/vms/{name}/nics")
     async def attach_nic(name: str, req: NicAttachRequest) -> dict[str, Any]:
-        return await nics.attach(m, name, req.network, req.mac, req.ip)
+        return await m.networks.attach_nic(name, req.network, req.mac, req.ip)
 
     @r.delete("/vms/{name}/nics/{nic}")
     async def detach_nic(name: str, nic: str) -> dict[str, Any]:
-        return await nics.detach(m, name, nic)
+        return await m.networks.detach_nic(name, nic)
 
     return r

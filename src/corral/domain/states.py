@@ -41,7 +41,9 @@ LIVE = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.SAVING, S.RESTO
 TRANSITIONS: dict[State, frozenset[State]] = {
     S.DEFINED: frozenset({S.STARTING, S.QUEUED, S.DESTROYED}),
     S.QUEUED: frozenset({S.STARTING, S.RESTORING, S.DEFINED, S.STOPPED, S.DESTROYED}),
-    S.STARTING: frozenset({S.RUNNING, S.PAUSED, S.STOPPED, S.CRASHED, S.DESTROYED}),
+    # a failed start goes back where it came from: defined, stopped or crashed
+    S.STARTING: frozenset({S.RUNNING, S.PAUSED, S.DEFINED, S.STOPPED, S.CRASHED,
+                           S.DESTROYED}),
     S.RUNNING: frozenset({S.PAUSED, S.STOPPING, S.STOPPED, S.SAVING, S.CRASHED, S.DESTROYED}),
     S.PAUSED: frozenset({S.RUNNING, S.STOPPING, S.STOPPED, S.SAVING, S.CRASHED, S.DESTROYED}),
     S.STOPPING: frozenset({S.STOPPED, S.RUNNING, S.PAUSED, S.CRASHED, S.DESTROYED}),

@@ -81,6 +81,7 @@ class GuestInterface:
     name: str
     mac: str | None
     addresses: list[tuple[str, int, str]]   # (address, prefix, "ipv4"|"ipv6")
+    counters: dict[str, int] | None = None  # rx_bytes, tx_bytes, rx_packets, … when known
 
 
 class Machine(Protocol):
@@ -128,7 +129,10 @@ class Machine(Protocol):
 
     # -- devices -----------------------------------------------------------------------------
     async def add_disk(self, disk: DiskSpec, node: str) -> None: ...
-    async def remove_disk(self, node: str, timeout: float) -> None: ...
+    async def remove_disk(self, node: str, timeout: float) -> None:
+        """Ask the guest to let go of a disk and wait ``timeout`` for it (0: take it back at
+        once, before the guest could use it)."""
+    async def resize_disk(self, node: str, size: int) -> None: ...
     async def set_io_limits(self, node: str, iops: int, bps: int, pci: bool) -> None: ...
     async def block_stats(self) -> dict[str, dict[str, int]]: ...
     async def add_nic(self, nic: NicSpec, position: int) -> None: ...

@@ -15,53 +15,46 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError, NotFound
-from corral.service import guest
 
 if TYPE_CHECKING:
-    from corral.service.manager import Manager
+    from corral.service.guest import GuestService
+    from corral.service.runtime import VMRuntime
+    from corral.service.vms import VMs
 
 START_EVENTS = ("started", "warm_started", "restored")
 END_EVENTS = ("stopped", "crashed", "destroyed", "saved")
 
 
-async def run(m: Manager, spec: dict[str, Any], argv: list[str], timeout: float,
-              queue: bool = True, wait_timeout: float = 24 * 3600.0) -> dict[str, Any]:
-    """Create, start, run ``argv``, destroy. ``spec`` is a create body without a name (one
+async def run(vms: VMs, guest: GuestService, spec: dict[str, Any], argv: list[str],
+              timeout: float, queue: bool = True, wait_timeout: float = 24 * 3600.0
+              ) -> dict[str, Any]:
+    """Create, start, run ``argv``, remove. ``spec`` is a create body without a name (one
     is made up unless given); ``from_snapshot`` makes it a warm start.
 
-    :raises CorralError: as create and start do; the VM is destroyed whatever happens.
+    :raises CorralError: as create and start do; the VM is removed whatever happens.
     """
-    name = spec.pop("name", None) or f"batch-{uuid.uuid4().hex[:8]}"
-    source = spec.pop("from_snapshot", None)
+    body = dict(spec)
+    name = body.pop("name", None) or f"batch-{uuid.uuid4().hex[:8]}"
     t0 = time.monotonic()
     try:
-        if source:
-            from corral.domain import specs as sp
-            from corral.service import host
-            from corral.service.warm import warm_start
-
-            req = sp.parse_create({"name": name, **spec})
-            await warm_start(m, name, source, wait=True, timeout=wait_timeout, queue=queue,
-                             sched=sp.scheduling(req, host.facts()))
-        else:
-            await m.create({"name": name, **spec})
-            await m.start(name, wait=True, timeout=wait_timeout, queue=queue)
+        await vms.create({"name": name, **body}, start=True, wait=True, timeout=wait_timeout,
+                         queue=queue)
         t1 = time.monotonic()
-        result = await guest.exec_command(m, name, argv, timeout)
+        result = await guest.exec(name, argv, timeout)
     finally:
         with contextlib.suppress(NotFound, CorralError):
-            await m.destroy(name)
+            await vms.rm(name)
     t2 = time.monotonic()
     return {**result, "name": name, "wait_and_boot_seconds": round(t1 - t0, 4),
             "run_seconds": round(t2 - t1, 4), "total_seconds": round(t2 - t0, 4)}
 
 
-def trace(m: Manager) -> list[dict[str, Any]]:
+def trace(rt: VMRuntime) -> list[dict[str, Any]]:
     """Every start request with its arrival, start and end (wall clock seconds), from the
     event log: the input of ``corral simulate --trace``."""
     open_: dict[str, dict[str, Any]] = {}
     out: list[dict[str, Any]] = []
-    for ev in m.db.events(0, limit=1_000_000):
+    for ev in rt.db.events(0, limit=1_000_000):
         vm, kind = ev["vm"], ev["kind"]
         if kind == "requested":
             d = ev["detail"]

@@ -9,7 +9,6 @@ QEMU's throttling (``block_set_io_throttle``); statistics come from ``query-bloc
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,20 +16,21 @@ from typing import TYPE_CHECKING, Any
 from corral.domain.sizes import parse_size
 from corral.domain.specs import DiskSpec, check_name
 from corral.domain.states import LIVE, State
-from corral.engine.qemu.argv import HOTPLUG_PORTS, disk_blockdev, disk_device
+from corral.engine.qemu.argv import HOTPLUG_PORTS
 from corral.errors import AlreadyExists, CorralError, InvalidSpec, InvalidState, NotFound
 from corral.host.runner import arun
 from corral.images import catalog
 
 if TYPE_CHECKING:
-    from corral.service.manager import Manager, Runtime
+    from corral.engine.driver import Machine
+    from corral.service.runtime import VMRuntime
     from corral.store.db import VMRecord
 
 ATTACHABLE = (State.DEFINED, State.STOPPED, State.CRASHED, State.RUNNING, State.PAUSED)
 
 
-def _row(m: Manager, name: str) -> dict[str, Any]:
-    row = m.db.get_disk(name)
+def _row(rt: VMRuntime, name: str) -> dict[str, Any]:
+    row = rt.db.get_disk(name)
     if row is None:
         raise NotFound(f"no disk named '{name}'; see 'corral disk list'")
     return row
@@ -42,7 +42,7 @@ async def _info(path: str) -> dict[str, Any]:
     return info
 
 
-async def create(m: Manager, name: str, size: str | None, fmt: str = "qcow2",
+async def create(rt: VMRuntime, name: str, size: str | None, fmt: str = "qcow2",
                  source: str | None = None) -> dict[str, Any]:
     """Make a blank disk of ``size``, or a linked clone of image ``source``'s disk.
 
@@ -52,13 +52,13 @@ async def create(m: Manager, name: str, size: str | None, fmt: str = "qcow2",
     check_name(name, "name")
     if fmt not in ("qcow2", "raw"):
         raise InvalidSpec("format", f"'{fmt}' is not a disk format; use qcow2 or raw")
-    if m.db.get_disk(name) is not None:
+    if rt.db.get_disk(name) is not None:
         raise AlreadyExists(f"a disk named '{name}' exists")
-    root = m.paths.home / "disks"
+    root = rt.paths.home / "disks"
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{name}.{fmt}"
     if source is not None:
-        image = catalog.resolve(m.paths, source)
+        image = catalog.resolve(rt.paths, source)
         base = image.manifest.get("disk")
         if not base:
             raise InvalidSpec("from", f"image '{source}' has no disk to clone")
@@ -75,55 +75,55 @@ async def create(m: Manager, name: str, size: str | None, fmt: str = "qcow2",
                 str(parse_size("size", size, default_unit="G"))]
     await arun(argv, what="qemu-img could not create the disk")
     try:
-        m.db.add_disk({"name": name, "path": str(path), "format": fmt})
+        rt.db.add_disk({"name": name, "path": str(path), "format": fmt})
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return await show(m, name)
+    return await show(rt, name)
 
 
-async def show(m: Manager, name: str) -> dict[str, Any]:
-    row = _row(m, name)
+async def show(rt: VMRuntime, name: str) -> dict[str, Any]:
+    row = _row(rt, name)
     info = await _info(row["path"])
     return {**row, "size_bytes": info.get("virtual-size"),
             "allocated_bytes": info.get("actual-size"),
             "backing": info.get("full-backing-filename") or info.get("backing-filename")}
 
 
-async def list_all(m: Manager) -> list[dict[str, Any]]:
-    return [await show(m, row["name"]) for row in m.db.list_disks()]
+async def list_all(rt: VMRuntime) -> list[dict[str, Any]]:
+    return [await show(rt, row["name"]) for row in rt.db.list_disks()]
 
 
-async def resize(m: Manager, name: str, size: str) -> dict[str, Any]:
+async def resize(rt: VMRuntime, name: str, size: str) -> dict[str, Any]:
     """Grow a disk (``block_resize`` when its VM runs, else ``qemu-img resize``).
 
     :raises InvalidSpec: a size smaller than the disk (shrinking loses data).
     """
-    row = _row(m, name)
+    row = _row(rt, name)
     new = parse_size("size", size, default_unit="G")
     current = (await _info(row["path"]))["virtual-size"]
     if new < current:
         raise InvalidSpec("size", f"{size} is smaller than the disk ({current >> 20} MiB); "
                                   "disks only grow")
-    vm = m.db.get_vm(row["vm"]) if row["vm"] else None
+    vm = rt.db.get_vm(row["vm"]) if row["vm"] else None
     if vm is not None and vm.state in LIVE:
-        rt = m._runtime(vm)
+        machine = rt.machine(vm).machine
         node = _find(vm, name)[1].node(_find(vm, name)[0])
-        await rt.monitor.execute("block_resize", {"node-name": node, "size": new})
+        await machine.resize_disk(node, new)
     else:
         await arun(["qemu-img", "resize", "-q", "-f", row["format"], row["path"], str(new)],
                    what="qemu-img could not resize the disk")
-    return await show(m, name)
+    return await show(rt, name)
 
 
-async def remove(m: Manager, name: str) -> None:
+async def remove(rt: VMRuntime, name: str) -> None:
     """:raises InvalidState: while the disk is attached to a VM."""
-    row = _row(m, name)
+    row = _row(rt, name)
     if row["vm"]:
         raise InvalidState(name, "remove disk", f"attached to '{row['vm']}'",
                            ["detached (corral detach-disk)"])
     Path(row["path"]).unlink(missing_ok=True)
-    m.db.delete_disk(name)
+    rt.db.delete_disk(name)
 
 
 def _find(rec: VMRecord, disk: str) -> tuple[int, DiskSpec]:
@@ -157,15 +157,15 @@ def _free_port(rec: VMRecord) -> str:
     raise CorralError(f"'{rec.name}' has no free hot-plug port ({HOTPLUG_PORTS} in use)")
 
 
-async def attach(m: Manager, vm: str, name: str, readonly: bool = False,
+async def attach(rt: VMRuntime, vm: str, name: str, readonly: bool = False,
                  iops: int | None = None, bps: int | None = None) -> dict[str, Any]:
     """Attach a named disk; hot-plug it when the VM runs.
 
     :raises InvalidState: the disk is attached elsewhere, or the VM cannot take it now.
     """
-    async with m._lock(vm):
-        rec = m._get(vm)
-        row = _row(m, name)
+    async with rt.lock(vm):
+        rec = rt.get(vm)
+        row = _row(rt, name)
         if row["vm"]:
             raise InvalidState(name, "attach disk", f"attached to '{row['vm']}'",
                                ["detached"])
@@ -176,69 +176,39 @@ async def attach(m: Manager, vm: str, name: str, readonly: bool = False,
                         id=node, name=name, iops=iops, bps=bps,
                         port=_free_port(rec) if rec.spec.machine == "q35" else None)
         if live:
-            await _hotplug(m._runtime(rec), disk, node)
+            await _hotplug(rt.machine(rec).machine, disk, node)
         rec.spec.disks.append(disk)
-        m.db.set_disk_vm(name, vm, rec)
-        return m._view(rec)
+        rt.db.set_disk_vm(name, vm, rec)
+        return rt.view(rec)
 
 
-async def _hotplug(rt: Runtime, disk: DiskSpec, node: str) -> None:
-    await rt.monitor.execute("blockdev-add", disk_blockdev(disk, node))
+async def _hotplug(machine: Machine, disk: DiskSpec, node: str) -> None:
+    await machine.add_disk(disk, node)
     try:
-        await rt.monitor.execute("device_add", disk_device(disk, node, "pci", disk.port))
-    except CorralError:
-        await rt.monitor.execute("blockdev-del", {"node-name": node})
-        raise
-    try:
-        await apply_limits(rt, disk, node)
+        await apply_limits(machine, disk, node)
     except CorralError:  # take the device back out; the guest never had time to use it
-        await rt.monitor.execute("device_del", {"id": f"vd-{node}"})
+        await machine.remove_disk(node, timeout=0)
         raise
 
 
-async def apply_limits(rt: Runtime, disk: DiskSpec, node: str, pci: bool = True) -> None:
+async def apply_limits(machine: Machine, disk: DiskSpec, node: str, pci: bool = True) -> None:
     """Set the disk's IO limits (0 = none) on the running VM."""
     if disk.iops is None and disk.bps is None:
         return
-    # on PCI the limits sit on the virtio backend, the child of the PCI proxy device
-    device = f"/machine/peripheral/vd-{node}" + ("/virtio-backend" if pci else "")
-    await rt.monitor.execute("block_set_io_throttle", {
-        "id": device, "iops": disk.iops or 0, "iops_rd": 0, "iops_wr": 0,
-        "bps": disk.bps or 0, "bps_rd": 0, "bps_wr": 0})
+    await machine.set_io_limits(node, disk.iops or 0, disk.bps or 0, pci)
 
 
-async def detach(m: Manager, vm: str, name: str, timeout: float = 30.0) -> dict[str, Any]:
+async def detach(rt: VMRuntime, vm: str, name: str, timeout: float = 30.0) -> dict[str, Any]:
     """Detach a named disk; a running guest is asked to let go first.
 
     :raises Timeout: when the guest does not release the device in time (it stays attached).
     """
-    async with m._lock(vm):
-        rec = m._get(vm)
+    async with rt.lock(vm):
+        rec = rt.get(vm)
         index, disk = _find(rec, name)
         node = disk.node(index)
         if rec.state in LIVE:
-            rt = m._runtime(rec)
-            gone = rt.watch_event("DEVICE_DELETED", lambda d: d.get("device") == f"vd-{node}")
-            await rt.monitor.execute("device_del", {"id": f"vd-{node}"})
-            try:
-                await asyncio.wait_for(gone, timeout)
-            except TimeoutError as err:
-                from corral.errors import Timeout
-
-                raise Timeout(f"the guest in '{vm}' did not release disk '{name}' in "
-                              f"{timeout:g} s") from err
-            await rt.monitor.execute("blockdev-del", {"node-name": node})
+            await rt.machine(rec).machine.remove_disk(node, timeout)
         rec.spec.disks.pop(index)
-        m.db.set_disk_vm(name, None, rec)
-        return m._view(rec)
-
-
-async def stats(rt: Runtime) -> dict[str, dict[str, int]]:
-    """Read/write bytes and operations per disk node of a running VM."""
-    out: dict[str, dict[str, int]] = {}
-    for dev in await rt.monitor.execute("query-blockstats"):
-        node = dev.get("node-name") or str(dev.get("qdev", "")).removeprefix("vd-")
-        s = dev.get("stats", {})
-        out[node] = {k: int(s.get(k, 0)) for k in
-                     ("rd_bytes", "wr_bytes", "rd_operations", "wr_operations")}
-    return out
+        rt.db.set_disk_vm(name, None, rec)
+        return rt.view(rec)

@@ -14,34 +14,87 @@ import contextlib
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from corral.domain.states import State
-from corral.engine.qemu.guest_agent import GuestAgent
-from corral.errors import AgentError, CorralError, InvalidState, Timeout
+from corral.errors import AgentError, CorralError, InvalidSpec, InvalidState, Timeout
 
 if TYPE_CHECKING:
-    from corral.service.manager import Manager
+    from corral.engine.driver import Machine
+    from corral.service.runtime import VMRuntime
 
+T = TypeVar("T")
 CHUNK = 1 << 20
+MAX_FILE = 256 << 20      # bytes a file read may bring back through the daemon
+MAX_ARGV_BYTES = 128 << 10  # a guest command line (the agent holds it whole, in base64)
+MAX_ARGS = 4096
 
 
-async def _agent(manager: Manager, name: str, within: float = 60.0) -> GuestAgent:
-    """The agent of a running VM; a time-sliced VM that is between slices is waited for."""
+class GuestService:
+    """The guest slice: what runs inside a VM, through its agent. ``held`` tells whether the
+    time slicer holds a VM paused between slices (it is waited for)."""
+
+    def __init__(self, rt: VMRuntime, held: Callable[[str], bool]) -> None:
+        self.rt = rt
+        self.held = held
+
+    async def call(self, name: str, call: Awaitable[T]) -> T:
+        """Await an agent call; an agent that falls silent makes the VM not ready (until it
+        answers again) instead of leaving ``ready`` true."""
+        try:
+            return await call
+        except Timeout:
+            self.rt.not_ready(name, "the guest agent stopped answering")
+            raise
+
+    async def exec(self, vm: str, argv: list[str], timeout: float = 60.0,
+                   stdin: bytes | None = None, env: list[str] | None = None
+                   ) -> dict[str, Any]:
+        _check_argv(argv)
+        return await exec_command(self, vm, argv, timeout, stdin, env)
+
+    def exec_stream(self, vm: str, argv: list[str], timeout: float = 60.0,
+                    stdin: bytes | None = None) -> AsyncIterator[dict[str, Any]]:
+        _check_argv(argv)
+        return exec_stream(self, vm, argv, timeout, stdin)
+
+    async def read_file(self, vm: str, path: str) -> bytes:
+        return await read_file(self, vm, path)
+
+    async def write_file(self, vm: str, path: str, data: bytes) -> dict[str, Any]:
+        return await write_file(self, vm, path, data)
+
+    async def addresses(self, vm: str) -> list[dict[str, Any]]:
+        return await addresses(self, vm)
+
+
+def _check_argv(argv: list[str]) -> None:
+    """:raises InvalidSpec: no command, or one too large for the guest agent to hold."""
+    if not argv:
+        raise InvalidSpec("argv", "give a command to run")
+    if len(argv) > MAX_ARGS or sum(len(a.encode()) + 1 for a in argv) > MAX_ARGV_BYTES:
+        raise InvalidSpec("argv", f"the command line is larger than {MAX_ARGV_BYTES >> 10} KiB "
+                                  f"or {MAX_ARGS} arguments; pass data through a file "
+                                  "('corral cp') instead")
+
+
+async def _agent(gs: GuestService, name: str, within: float = 60.0) -> Machine:
+    """The machine of a running VM with an agent; a time-sliced VM that is between slices
+    is waited for."""
     deadline = time.monotonic() + within
-    while name in manager.sched.sliced_out and time.monotonic() < deadline:
+    while gs.held(name) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    rec = manager._get(name)
-    rt = manager._rt.get(name)
-    if rec.state != State.RUNNING or rt is None:
+    rec = gs.rt.get(name)
+    live = gs.rt.live.get(name)
+    if rec.state != State.RUNNING or live is None:
         raise InvalidState(name, "reach the guest agent of", rec.state.value, ["running"])
-    if rt.agent is None:
+    if not live.machine.has_agent:
         raise AgentError(f"VM '{name}' has no guest agent")
-    return rt.agent
+    return live.machine
 
 
-async def exec_command(manager: Manager, name: str, argv: list[str], timeout: float = 60.0,
+async def exec_command(gs: GuestService, name: str, argv: list[str], timeout: float = 60.0,
                        stdin: bytes | None = None, env: list[str] | None = None
                        ) -> dict[str, Any]:
     """Run ``argv`` in the guest and wait for it.
@@ -52,19 +105,13 @@ async def exec_command(manager: Manager, name: str, argv: list[str], timeout: fl
     """
     if not argv:
         raise AgentError("no command given")
-    agent = await _agent(manager, name)
-    args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
-    if stdin is not None:
-        args["input-data"] = base64.b64encode(stdin).decode()
-    if env:
-        args["env"] = env
+    machine = await _agent(gs, name)
     t0 = time.monotonic()
-    started = await agent.execute("guest-exec", args, timeout=min(timeout, 30))
-    pid = int(started["pid"])
+    pid = await gs.call(name, machine.guest_exec(argv, stdin, env, timeout=min(timeout, 30)))
     delay = 0.001
     while True:
-        status = await agent.execute("guest-exec-status", {"pid": pid}, timeout=30)
-        if status.get("exited"):
+        status = await gs.call(name, machine.guest_exec_status(pid))
+        if status.exited:
             break
         if time.monotonic() - t0 > timeout:
             raise Timeout(f"'{argv[0]}' still runs in '{name}' after {timeout:g} s "
@@ -72,86 +119,84 @@ async def exec_command(manager: Manager, name: str, argv: list[str], timeout: fl
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
     return {
-        "exitcode": status.get("exitcode"),
-        "signal": status.get("signal"),
-        "stdout": status.get("out-data", ""),
-        "stderr": status.get("err-data", ""),
-        "truncated": bool(status.get("out-truncated") or status.get("err-truncated")),
+        "exitcode": status.exitcode,
+        "signal": status.signal,
+        "stdout": status.stdout,
+        "stderr": status.stderr,
+        "truncated": status.truncated,
         "seconds": round(time.monotonic() - t0, 4),
     }
 
 
-async def _guest_sha256(manager: Manager, name: str, path: str) -> str:
-    res = await exec_command(manager, name, ["sha256sum", path], timeout=120)
+async def _guest_sha256(gs: GuestService, name: str, path: str) -> str:
+    res = await exec_command(gs, name, ["sha256sum", path], timeout=120)
     out = base64.b64decode(res["stdout"]).decode(errors="replace")
     if res["exitcode"] != 0 or not out:
         raise AgentError(f"cannot checksum {path} in '{name}'")
     return out.split()[0]
 
 
-async def read_file(manager: Manager, name: str, path: str) -> bytes:
+async def read_file(gs: GuestService, name: str, path: str, limit: int = MAX_FILE) -> bytes:
     """The content of ``path`` in the guest, checked against the guest's own SHA-256.
 
     :raises AgentError: the path does not exist or cannot be read (the guest's words).
+    :raises InvalidSpec: it holds more than ``limit`` bytes (``/dev/zero`` never ends).
     """
-    agent = await _agent(manager, name)
-    handle = await agent.execute("guest-file-open", {"path": path, "mode": "rb"})
+    machine = await _agent(gs, name)
+    handle = await gs.call(name, machine.guest_open(path, "rb"))
     parts: list[bytes] = []
+    total = 0
     try:
         while True:
-            chunk = await agent.execute("guest-file-read", {"handle": handle, "count": CHUNK})
-            parts.append(base64.b64decode(chunk.get("buf-b64", "")))
-            if chunk.get("eof") or not chunk.get("count"):
+            data, eof = await gs.call(name, machine.guest_read(handle, CHUNK))
+            total += len(data)
+            if total > limit:
+                raise InvalidSpec("path", f"{path} in '{name}' is larger than {limit} bytes; "
+                                          "copy a regular file, or a smaller one")
+            parts.append(data)
+            if eof:
                 break
     finally:
-        await agent.execute("guest-file-close", {"handle": handle})
+        with contextlib.suppress(CorralError):
+            await machine.guest_close(handle)
     data = b"".join(parts)
-    if hashlib.sha256(data).hexdigest() != await _guest_sha256(manager, name, path):
+    if hashlib.sha256(data).hexdigest() != await _guest_sha256(gs, name, path):
         raise CorralError(f"{path} changed or was damaged while it was copied from '{name}'")
     return data
 
 
-async def write_file(manager: Manager, name: str, path: str, data: bytes) -> dict[str, Any]:
+async def write_file(gs: GuestService, name: str, path: str, data: bytes) -> dict[str, Any]:
     """Write ``data`` to ``path`` in the guest (replacing it) and verify its SHA-256.
 
     :raises AgentError: the directory does not exist or is not writable (the guest's words).
     """
-    agent = await _agent(manager, name)
-    handle = await agent.execute("guest-file-open", {"path": path, "mode": "wb"})
+    machine = await _agent(gs, name)
+    handle = await gs.call(name, machine.guest_open(path, "wb"))
     try:
         for off in range(0, len(data), CHUNK) or [0]:
-            await agent.execute("guest-file-write", {
-                "handle": handle, "buf-b64": base64.b64encode(data[off:off + CHUNK]).decode()})
-        await agent.execute("guest-file-flush", {"handle": handle})
+            await gs.call(name, machine.guest_write(handle, data[off:off + CHUNK]))
+        await machine.guest_flush(handle)
     finally:
-        await agent.execute("guest-file-close", {"handle": handle})
+        with contextlib.suppress(CorralError):
+            await machine.guest_close(handle)
     digest = hashlib.sha256(data).hexdigest()
-    if digest != await _guest_sha256(manager, name, path):
+    if digest != await _guest_sha256(gs, name, path):
         raise CorralError(f"{path} in '{name}' does not match what was sent")
     return {"path": path, "size": len(data), "sha256": digest}
 
 
-async def addresses(manager: Manager, name: str, timeout: float = 10.0
+async def addresses(gs: GuestService, name: str, timeout: float = 10.0
                     ) -> list[dict[str, Any]]:
     """The guest's interfaces as its agent reports them (loopback left out)."""
-    agent = await _agent(manager, name)
-    ifaces = await agent.execute("guest-network-get-interfaces", timeout=timeout)
-    out = []
-    for iface in ifaces or []:
-        if iface.get("name") == "lo":
-            continue
-        out.append({
-            "name": iface.get("name"),
-            "mac": iface.get("hardware-address"),
-            "addresses": [f"{a['ip-address']}/{a['prefix']}"
-                          for a in iface.get("ip-addresses", [])],
-            "ipv4": [a["ip-address"] for a in iface.get("ip-addresses", [])
-                     if a.get("ip-address-type") == "ipv4"],
-        })
-    return out
+    machine = await _agent(gs, name)
+    return [{"name": i.name, "mac": i.mac,
+             "addresses": [f"{a}/{p}" for a, p, _ in i.addresses],
+             "ipv4": [a for a, _, kind in i.addresses if kind == "ipv4"]}
+            for i in await gs.call(name, machine.guest_interfaces(timeout=timeout))
+            if i.name != "lo"]
 
 
-async def exec_stream(manager: Manager, name: str, argv: list[str], timeout: float = 60.0,
+async def exec_stream(gs: GuestService, name: str, argv: list[str], timeout: float = 60.0,
                       stdin: bytes | None = None) -> AsyncIterator[dict[str, Any]]:
     """Run ``argv`` in the guest and yield its output as it comes: ``{"stdout": b64}`` and
     ``{"stderr": b64}`` chunks, then ``{"exitcode", "signal"}``.
@@ -165,24 +210,22 @@ async def exec_stream(manager: Manager, name: str, argv: list[str], timeout: flo
     """
     if not argv:
         raise AgentError("no command given")
-    agent = await _agent(manager, name)
+    machine = await _agent(gs, name)
     prefix = f"/tmp/.corral-exec-{uuid.uuid4().hex[:10]}"
-    args: dict[str, Any] = {"path": "sh", "arg": ["-c", 'exec "$@" >"$0.out" 2>"$0.err"',
-                                                  prefix, *argv]}
-    if stdin is not None:
-        args["input-data"] = base64.b64encode(stdin).decode()
     t0 = time.monotonic()
-    pid = int((await agent.execute("guest-exec", args, timeout=min(timeout, 30)))["pid"])
+    pid = await gs.call(name, machine.guest_exec(
+        ["sh", "-c", 'exec "$@" >"$0.out" 2>"$0.err"', prefix, *argv], stdin, capture=False,
+        timeout=min(timeout, 30)))
     handles: dict[str, int] = {}
     delay = 0.005
     try:
         while True:
-            status = await agent.execute("guest-exec-status", {"pid": pid}, timeout=30)
+            status = await gs.call(name, machine.guest_exec_status(pid))
             for stream in ("stdout", "stderr"):
-                async for chunk in _drain(agent, handles, stream, f"{prefix}.{stream[3:]}"):
+                async for chunk in _drain(machine, handles, stream, f"{prefix}.{stream[3:]}"):
                     yield {stream: base64.b64encode(chunk).decode()}
-            if status.get("exited"):
-                yield {"exitcode": status.get("exitcode"), "signal": status.get("signal"),
+            if status.exited:
+                yield {"exitcode": status.exitcode, "signal": status.signal,
                        "seconds": round(time.monotonic() - t0, 4)}
                 return
             if time.monotonic() - t0 > timeout:
@@ -193,26 +236,24 @@ async def exec_stream(manager: Manager, name: str, argv: list[str], timeout: flo
     finally:
         for handle in handles.values():
             with contextlib.suppress(CorralError):
-                await agent.execute("guest-file-close", {"handle": handle})
+                await machine.guest_close(handle)
         with contextlib.suppress(CorralError):
-            await agent.execute("guest-exec", {"path": "rm", "arg": ["-f", f"{prefix}.out",
-                                                                    f"{prefix}.err"]})
+            await machine.guest_exec(["rm", "-f", f"{prefix}.out", f"{prefix}.err"],
+                                     capture=False)
 
 
-async def _drain(agent: GuestAgent, handles: dict[str, int], stream: str,
+async def _drain(machine: Machine, handles: dict[str, int], stream: str,
                  path: str) -> AsyncIterator[bytes]:
     """Yield what ``path`` holds beyond what was read before (opening it once it exists)."""
     if stream not in handles:
         try:
-            handles[stream] = int(await agent.execute("guest-file-open",
-                                                      {"path": path, "mode": "r"}))
+            handles[stream] = await machine.guest_open(path, "r")
         except AgentError:
             return  # the shell has not made it yet
     handle = handles[stream]
-    await agent.execute("guest-file-seek", {"handle": handle, "offset": 0, "whence": "cur"})
+    await machine.guest_seek(handle, 0, "cur")
     while True:
-        chunk = await agent.execute("guest-file-read", {"handle": handle, "count": CHUNK})
-        data = base64.b64decode(chunk.get("buf-b64", ""))
+        data, _ = await machine.guest_read(handle, CHUNK)
         if not data:
             return
         yield data

@@ -22,15 +22,14 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from corral.service.manager import Manager
+    from corral.service.networks import Networks
 
 Tree = tuple[str, list[Any]]  # (label, children)
 
 
-def topology(m: Manager) -> dict[str, Any]:
+def topology(net: Networks) -> dict[str, Any]:
     """Networks (with their ports), routers (with their forwards) and user-mode NICs."""
-    net = m.net
-    states = {r.name: r.state.value for r in m.db.list_vms()}
+    states = {r.name: r.state.value for r in net.rt.db.list_vms()}
     nets = []
     for name, row in net.db.networks.items():
         leg = net.db.legs.get(name)
@@ -38,7 +37,7 @@ def topology(m: Manager) -> dict[str, Any]:
             "name": name, "subnet": row.plan.subnet, "gateway": row.plan.gateway,
             "dhcp": row.plan.dhcp, "isolated": row.isolated,
             "router": leg.router if leg else None,
-            "ports": [{"vm": p.vm, "nic": _device(m, p.vm, p.ifname), "ip": p.ip,
+            "ports": [{"vm": p.vm, "nic": _device(net, p.vm, p.ifname), "ip": p.ip,
                        "state": states.get(p.vm)} for p in net.ports(name)]})
     routers = [{"name": name, "uplink": plan.uplink is not None,
                 "host_address": str(plan.host_ip.ip) if plan.uplink else None,
@@ -49,13 +48,13 @@ def topology(m: Manager) -> dict[str, Any]:
                for name, plan in net.db.routers.items()]
     user = [{"vm": rec.name, "nic": nic.device(i), "hostfwd": nic.hostfwd,
              "state": rec.state.value}
-            for rec in m.db.list_vms() for i, nic in enumerate(rec.spec.nics)
+            for rec in net.rt.db.list_vms() for i, nic in enumerate(rec.spec.nics)
             if nic.mode == "user"]
     return {"networks": nets, "routers": routers, "user": user}
 
 
-def _device(m: Manager, vm: str, ifname: str) -> str | None:
-    rec = m.db.get_vm(vm)
+def _device(net: Networks, vm: str, ifname: str) -> str | None:
+    rec = net.rt.db.get_vm(vm)
     return next((n.device(i) for i, n in enumerate(rec.spec.nics if rec else [])
                  if n.ifname == ifname), None)
 

@@ -56,7 +56,7 @@ from corral.host.network.nft import Policy
 from corral.store.networks import NetStore, NetworkRow, RuleRow
 
 if TYPE_CHECKING:
-    from corral.service.manager import Manager
+    from corral.service.runtime import VMRuntime
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,22 +88,22 @@ def reap_dnsmasq_zombies() -> None:
 
 class Networks:
     """The daemon's networks: the stored state, the one lock for changes to the host, and
-    where the host's parts go. A :class:`~corral.service.manager.Manager` holds one."""
+    where the host's parts go. The VMs' records come from the runtime."""
 
-    def __init__(self, manager: Manager) -> None:
-        self.m = manager
+    def __init__(self, rt: VMRuntime) -> None:
+        self.rt = rt
         self.lock = asyncio.Lock()
         self._db: NetStore | None = None
 
     @property
     def db(self) -> NetStore:
         if self._db is None:
-            self._db = NetStore(self.m.db)
+            self._db = NetStore(self.rt.db)
         return self._db
 
     @property
     def host(self) -> Host:
-        return Host(run_dir=self.m.paths.home / "networks")
+        return Host(run_dir=self.rt.paths.home / "networks")
 
     @staticmethod
     async def call(fn: Callable[..., T], *args: Any) -> T:
@@ -132,14 +132,14 @@ class Networks:
         for plan in self.db.routers.values():
             names |= {plan.netns, *([plan.uplink] if plan.uplink else [])}
         names |= {leg.veth for leg in self.db.legs.values()}
-        return names | {n.ifname for r in self.m.db.list_vms() for n in r.spec.nics if n.ifname}
+        return names | {n.ifname for r in self.rt.db.list_vms() for n in r.spec.nics if n.ifname}
 
     def ports(self, network: str) -> list[Port]:
         """The ports of every NIC planned on ``network``, oldest VM first. The first NIC of
         each VM carries its name in DNS; an address or tap already taken by an older VM (a
         copy not yet planned again) is left out."""
         out: list[Port] = []
-        for rec in self.m.db.list_vms():
+        for rec in self.rt.db.list_vms():
             named = False
             for nic in rec.spec.nics:
                 if nic.network != network or nic.planned_for != rec.name \
@@ -170,7 +170,7 @@ class Networks:
 
 # -- networks --------------------------------------------------------------------------------
 
-async def create(m: Manager, name: str, subnet: str, dhcp: bool = True,
+async def create(net: Networks, name: str, subnet: str, dhcp: bool = True,
                  isolated: bool = False) -> dict[str, Any]:
     """Make network ``name``: a bridge, and with ``dhcp`` a dnsmasq serving its NICs'
     reservations and names. ``isolated``: no router may ever join it.
@@ -183,7 +183,6 @@ async def create(m: Manager, name: str, subnet: str, dhcp: bool = True,
     """
     check_name(name)
     require_root(f"create network '{name}'")
-    net = m.net
     if name in net.db.networks:
         raise AlreadyExists(f"a network named '{name}' exists")
     existing = {f"network '{n}'": r.plan.network for n, r in net.db.networks.items()}
@@ -197,18 +196,17 @@ async def create(m: Manager, name: str, subnet: str, dhcp: bool = True,
     except BaseException:
         net.db.delete_network(name)
         raise
-    return await show(m, name)
+    return await show(net, name)
 
 
-async def remove_network(m: Manager, name: str) -> None:
+async def remove_network(net: Networks, name: str) -> None:
     """Remove network ``name`` and every part of it.
 
     :raises InUse: NICs or a router use it.
     :raises NotFound: no such network.
     """
-    net = m.net
     net.network(name)
-    users = [f"{rec.name} ({nic.device(i)})" for rec in m.db.list_vms()
+    users = [f"{rec.name} ({nic.device(i)})" for rec in net.rt.db.list_vms()
              for i, nic in enumerate(rec.spec.nics) if nic.network == name]
     if name in net.db.legs:
         users.append(f"router {net.db.legs[name].router}")
@@ -235,9 +233,8 @@ def taps_counters(taps: list[str]) -> list[dict[str, int] | None]:
     return [tap_counters(tap) for tap in taps]
 
 
-def view(m: Manager, name: str) -> dict[str, Any]:
+def view(net: Networks, name: str) -> dict[str, Any]:
     """A network as stored (no host calls)."""
-    net = m.net
     row = net.network(name)
     plan = row.plan
     leg = net.db.legs.get(name)
@@ -247,28 +244,27 @@ def view(m: Manager, name: str) -> dict[str, Any]:
         "pool": f"{plan.pool_start}-{plan.pool_end}", "isolated": row.isolated,
         "bridge": plan.bridge, "router": leg.router if leg else None, "policy": row.policy,
         "rules": [rule_view(r) for r in net.db.rules.values() if r.network == name],
-        "ports": [{"vm": p.vm, "nic": _nic_id(m, p), "mac": p.mac, "ip": p.ip,
+        "ports": [{"vm": p.vm, "nic": _nic_id(net, p), "mac": p.mac, "ip": p.ip,
                    "tap": p.ifname, "dns": f"{p.hostname}.corral" if p.hostname else None}
                   for p in net.ports(name)],
         "created_at": row.created_at,
     }
 
 
-def _nic_id(m: Manager, port: Port) -> str | None:
-    rec = m.db.get_vm(port.vm)
+def _nic_id(net: Networks, port: Port) -> str | None:
+    rec = net.rt.db.get_vm(port.vm)
     for i, nic in enumerate(rec.spec.nics if rec else []):
         if nic.ifname == port.ifname:
             return nic.device(i)
     return None
 
 
-async def show(m: Manager, name: str) -> dict[str, Any]:
+async def show(net: Networks, name: str) -> dict[str, Any]:
     """A network with, for each port, the address its DHCP lease holds and its counters.
 
     :raises NotFound: no such network.
     """
-    net = m.net
-    out = view(m, name)
+    out = view(net, name)
     held = await net.call(leases, net.host, net.network(name).plan)
     stats = await net.call(taps_counters, [p["tap"] for p in out["ports"]])
     for port, stat in zip(out["ports"], stats, strict=True):
@@ -277,8 +273,8 @@ async def show(m: Manager, name: str) -> dict[str, Any]:
     return out
 
 
-def list_all(m: Manager) -> list[dict[str, Any]]:
-    return [view(m, name) for name in m.net.db.networks]
+def list_all(net: Networks) -> list[dict[str, Any]]:
+    return [view(net, name) for name in net.db.networks]
 
 
 # -- firewall --------------------------------------------------------------------------------
@@ -290,13 +286,13 @@ def rule_view(row: RuleRow) -> dict[str, Any]:
             "from": r.source}
 
 
-def _networks_of(m: Manager, vm: str) -> list[str]:
-    rec = m.db.get_vm(vm)
+def _networks_of(net: Networks, vm: str) -> list[str]:
+    rec = net.rt.db.get_vm(vm)
     nets = [n.network for n in (rec.spec.nics if rec else []) if n.network]
     return sorted(set(nets))
 
 
-async def add_rule(m: Manager, target: str, allow: str, source: str = "0.0.0.0/0"
+async def add_rule(net: Networks, target: str, allow: str, source: str = "0.0.0.0/0"
                    ) -> dict[str, Any]:
     """Allow ``allow`` (``tcp/22``, ``udp``, ``icmp``) from ``source`` to every VM of a
     network, or to one VM on each of its networks. ``target`` is a network's or a VM's name
@@ -307,9 +303,8 @@ async def add_rule(m: Manager, target: str, allow: str, source: str = "0.0.0.0/0
     :raises CorralError: the host cannot filter bridged traffic (br_netfilter).
     """
     require_root("add a firewall rule")
-    net = m.net
     kind, _, name = target.rpartition(":")
-    is_net, is_vm = name in net.db.networks, m.db.get_vm(name) is not None
+    is_net, is_vm = name in net.db.networks, net.rt.db.get_vm(name) is not None
     if kind not in ("", "network", "vm") or (kind == "network" and not is_net) \
             or (kind == "vm" and not is_vm) or not (is_net or is_vm):
         raise InvalidSpec("target", f"'{target}' is neither a network nor a VM")
@@ -319,7 +314,7 @@ async def add_rule(m: Manager, target: str, allow: str, source: str = "0.0.0.0/0
     for_vm = kind == "vm" or (not kind and not is_net)
     row = net.db.add_rule(None if for_vm else name,
                           parse_rule(allow, source, vm=name if for_vm else None))
-    affected = _networks_of(m, name) if for_vm else [name]
+    affected = _networks_of(net, name) if for_vm else [name]
     try:
         async with net.lock:
             for network in affected:
@@ -330,27 +325,25 @@ async def add_rule(m: Manager, target: str, allow: str, source: str = "0.0.0.0/0
     return rule_view(row)
 
 
-async def remove_rule(m: Manager, rule_id: int) -> None:
+async def remove_rule(net: Networks, rule_id: int) -> None:
     """:raises NotFound: no rule with that id."""
-    net = m.net
     row = net.db.rules.get(rule_id)
     if row is None:
         raise NotFound(f"no firewall rule {rule_id}; see 'corral firewall list'")
-    affected = [row.network] if row.network else _networks_of(m, str(row.rule.vm))
+    affected = [row.network] if row.network else _networks_of(net, str(row.rule.vm))
     net.db.delete_rules([rule_id])
     async with net.lock:
         for network in affected:
             await net.apply(network)
 
 
-async def set_policy(m: Manager, network: str, policy: str) -> dict[str, Any]:
+async def set_policy(net: Networks, network: str, policy: str) -> dict[str, Any]:
     """Set what happens to traffic to the network's VMs that no rule allows.
 
     :raises InvalidSpec: a policy other than accept or drop.
     :raises NotFound: no such network.
     """
     require_root("set a firewall policy")
-    net = m.net
     before = net.network(network).policy
     if policy not in ("accept", "drop"):
         raise InvalidSpec("policy", f"'{policy}': expected accept or drop")
@@ -362,10 +355,9 @@ async def set_policy(m: Manager, network: str, policy: str) -> dict[str, Any]:
     except BaseException:
         net.db.set_policy(network, before)
         raise
-    return view(m, network)
+    return view(net, network)
 
 
-def list_rules(m: Manager) -> dict[str, Any]:
-    net = m.net
+def list_rules(net: Networks) -> dict[str, Any]:
     return {"policies": {n: r.policy for n, r in net.db.networks.items()},
             "rules": [rule_view(r) for r in net.db.rules.values()]}

@@ -20,28 +20,26 @@ runs a DHCP client on every NIC it sees appear (its ``/sbin/hotplug``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
 from corral.domain.nics import parse_hostfwd
 from corral.domain.specs import NicSpec, VMSpec, new_mac
 from corral.domain.states import LIVE, State
-from corral.engine.qemu.argv import nic_device, nic_netdev
 from corral.errors import (
     CorralError,
     InUse,
     InvalidSpec,
     InvalidState,
     NotFound,
-    Timeout,
 )
 from corral.host.network import Port, Record, ensure_tap, leases, plan_port, remove
 from corral.service import disks, routers
 from corral.service.networks import require_root, tap_counters
 
 if TYPE_CHECKING:
-    from corral.service.manager import Manager
+    from corral.engine.driver import GuestInterface
+    from corral.service.networks import Networks
     from corral.store.db import VMRecord
 
 log = logging.getLogger(__name__)
@@ -57,10 +55,9 @@ def _index(nic: NicSpec, position: int) -> int:
     return int(nic.device(position).removeprefix("nic"))
 
 
-def _plan(m: Manager, vm: str, position: int, nic: NicSpec, siblings: list[NicSpec],
+def _plan(net: Networks, vm: str, position: int, nic: NicSpec, siblings: list[NicSpec],
           field: str) -> None:
     """Plan ``nic`` (of ``vm``, whose NICs are ``siblings``) on its network, in place."""
-    net = m.net
     require_root(f"put VM '{vm}' on network '{nic.network}'")
     row = net.db.networks.get(str(nic.network))
     if row is None:
@@ -69,7 +66,7 @@ def _plan(m: Manager, vm: str, position: int, nic: NicSpec, siblings: list[NicSp
     own = [n for n in siblings if n is not nic and n.planned_for == vm and n.ifname]
     ports = [p for p in net.ports(row.plan.name) if p.vm != vm]
     ports += [_port(vm, n) for n in own if n.network == nic.network]
-    others = [n for r in m.db.list_vms() if r.name != vm for n in r.spec.nics]
+    others = [n for r in net.rt.db.list_vms() if r.name != vm for n in r.spec.nics]
     try:
         port = plan_port(row.plan, vm, _index(nic, position), ports=ports,
                          taken=net.taken() | {str(n.ifname) for n in own},
@@ -80,7 +77,7 @@ def _plan(m: Manager, vm: str, position: int, nic: NicSpec, siblings: list[NicSp
     nic.ip, nic.mac, nic.ifname, nic.planned_for = port.ip, port.mac, port.ifname, vm
 
 
-def plan_nics(m: Manager, spec: VMSpec) -> None:
+def plan_nics(net: Networks, spec: VMSpec) -> None:
     """Plan the network NICs of a VM about to be defined, and check its user-mode forwards
     against every forwarded host port. Nothing is made: the taps come with the first start.
 
@@ -88,9 +85,9 @@ def plan_nics(m: Manager, spec: VMSpec) -> None:
         that is taken or outside the network, a host port forwarded already.
     :raises NeedsRoot: a network NIC asked of a daemon that does not run as root.
     """
-    forwarded = {key: f"'{vm}'" for key, vm in routers.user_forwards(m).items()}
+    forwarded = {key: f"'{vm}'" for key, vm in routers.user_forwards(net).items()}
     forwarded |= {key: f"router {row.forward.router}"
-                  for key, row in m.net.db.forwards.items()}
+                  for key, row in net.db.forwards.items()}
     for i, nic in enumerate(spec.nics):
         rules = [parse_hostfwd(f"nics.{i}.hostfwd", rule) for rule in nic.hostfwd]
         for rule in rules:
@@ -101,20 +98,20 @@ def plan_nics(m: Manager, spec: VMSpec) -> None:
             forwarded[key] = f"'{spec.name}'"
         nic.hostfwd = [rule.qemu() for rule in rules]
         if nic.mode == "network":
-            _plan(m, spec.name, i, nic, spec.nics, f"nics.{i}")
+            _plan(net, spec.name, i, nic, spec.nics, f"nics.{i}")
 
 
-def _stale(m: Manager, rec: VMRecord, nic: NicSpec) -> bool:
+def _stale(net: Networks, rec: VMRecord, nic: NicSpec) -> bool:
     """Whether ``nic`` must be planned again: a copy of another VM's, or clashing with a NIC
     of another VM (an import beside the original)."""
     if nic.planned_for != rec.name or not nic.ifname:
         return True
     return any(n.ifname == nic.ifname or n.mac == nic.mac
                or (n.network == nic.network and n.ip == nic.ip)
-               for r in m.db.list_vms() if r.name != rec.name for n in r.spec.nics)
+               for r in net.rt.db.list_vms() if r.name != rec.name for n in r.spec.nics)
 
 
-async def plug(m: Manager, rec: VMRecord) -> None:
+async def plug(net: Networks, rec: VMRecord) -> None:
     """Before QEMU starts: plan the NICs copied from another VM, make a tap for each network
     NIC and bring its networks' DHCP entries and anti-spoofing up to date.
 
@@ -126,15 +123,14 @@ async def plug(m: Manager, rec: VMRecord) -> None:
     if not nics:
         return
     require_root(f"start VM '{rec.name}' with NICs on networks")
-    net = m.net
-    stale = [i for i, n in nics if _stale(m, rec, n)]
-    others = {n.mac for r in m.db.list_vms() if r.name != rec.name for n in r.spec.nics}
+    stale = [i for i, n in nics if _stale(net, rec, n)]
+    others = {n.mac for r in net.rt.db.list_vms() if r.name != rec.name for n in r.spec.nics}
     for i in stale:
         if rec.spec.nics[i].mac in others:  # an import beside its original: its own MAC
             rec.spec.nics[i].mac = new_mac()
-        _plan(m, rec.name, i, rec.spec.nics[i], rec.spec.nics, f"nics.{i}")
+        _plan(net, rec.name, i, rec.spec.nics[i], rec.spec.nics, f"nics.{i}")
     if stale:
-        m.db.update_vm(rec, "nics_planned", {"nics": [rec.spec.nics[i].device(i)
+        net.rt.db.update_vm(rec, "nics_planned", {"nics": [rec.spec.nics[i].device(i)
                                                        for i in stale]})
     async with net.lock:
         made: list[Record] = []
@@ -152,9 +148,8 @@ async def plug(m: Manager, rec: VMRecord) -> None:
             raise
 
 
-def unplug(m: Manager, name: str) -> None:
+def unplug(net: Networks, name: str) -> None:
     """Remove the taps of VM ``name`` (its QEMU has ended); a failure is logged."""
-    net = m.net
     records = net.db.records(f"vm:{name}")
     if not records:
         return
@@ -166,22 +161,21 @@ def unplug(m: Manager, name: str) -> None:
     net.db.drop_records(f"vm:{name}")
 
 
-async def forget(m: Manager, name: str, spec: VMSpec) -> None:
+async def forget(net: Networks, name: str, spec: VMSpec) -> None:
     """After VM ``name`` is destroyed: remove its taps, its DHCP entries and anti-spoofing
     rules, the forwards to it and the firewall rules for it (a failure is logged: the VM is
     gone either way)."""
-    net = m.net
     networks = sorted({str(n.network) for n in spec.nics
                        if n.network and n.planned_for == name and n.network in net.db.networks})
     rules = [r.id for r in net.db.rules.values() if r.rule.vm == name]
     forwards = [f for f in net.db.forwards.values() if f.vm == name]
     if not (networks or rules or forwards or net.db.records(f"vm:{name}")):
         return
-    unplug(m, name)
+    unplug(net, name)
     net.db.delete_rules(rules)
     try:
         async with net.lock:
-            await routers.forget_vm_forwards(m, name)
+            await routers.forget_vm_forwards(net, name)
             for network in networks:
                 await net.apply(network)
     except CorralError as err:
@@ -190,7 +184,7 @@ async def forget(m: Manager, name: str, spec: VMSpec) -> None:
 
 # -- hot-plug ----------------------------------------------------------------------------------
 
-async def attach(m: Manager, vm: str, network: str, mac: str | None = None,
+async def attach(net: Networks, vm: str, network: str, mac: str | None = None,
                  ip: str | None = None) -> dict[str, Any]:
     """Give ``vm`` a NIC on ``network``; a running q35 VM gets it at once (hot-plug).
 
@@ -198,17 +192,16 @@ async def attach(m: Manager, vm: str, network: str, mac: str | None = None,
     :raises InvalidState: the VM cannot take a NIC now (a running microvm, say).
     :raises NeedsRoot: the daemon does not run as root.
     """
-    async with m._lock(vm):
-        rec = m._get(vm)
+    async with net.rt.lock(vm):
+        rec = net.rt.get(vm)
         live = disks.check_pluggable(rec, "NIC")
         used = {n.device(i) for i, n in enumerate(rec.spec.nics)}
         device = next(f"nic{k}" for k in range(len(used) + 1) if f"nic{k}" not in used)
         nic = NicSpec(mode="network", mac=(mac or new_mac()).lower(), network=network, ip=ip,
                       fixed_ip=ip is not None, id=device,
                       port=disks._free_port(rec) if rec.spec.machine == "q35" else None)
-        _plan(m, vm, len(rec.spec.nics), nic, rec.spec.nics, "nic")
+        _plan(net, vm, len(rec.spec.nics), nic, rec.spec.nics, "nic")
         rec.spec.nics.append(nic)
-        net = m.net
         try:
             async with net.lock:
                 if live:
@@ -217,30 +210,21 @@ async def attach(m: Manager, vm: str, network: str, mac: str | None = None,
                     net.db.add_records(f"vm:{vm}", made.records)
                 await net.apply(network)
             if live:
-                await _hotplug(m, rec, nic)
+                await _hotplug(net, rec, nic)
         except BaseException:
             rec.spec.nics.remove(nic)
-            await _unwire(m, vm, nic)
+            await _unwire(net, vm, nic)
             raise
-        m.db.update_vm(rec, "nic_attached", {"nic": device, "network": network})
-        return m._view(rec)
+        net.rt.db.update_vm(rec, "nic_attached", {"nic": device, "network": network})
+        return net.rt.view(rec)
 
 
-async def _hotplug(m: Manager, rec: VMRecord, nic: NicSpec) -> None:
-    rt = m._runtime(rec)
-    position = rec.spec.nics.index(nic)
-    netdev = nic_netdev(nic, position)
-    await rt.monitor.execute("netdev_add", netdev)
-    try:
-        await rt.monitor.execute("device_add", nic_device(nic, position, "pci"))
-    except CorralError:
-        await rt.monitor.execute("netdev_del", {"id": netdev["id"]})
-        raise
+async def _hotplug(net: Networks, rec: VMRecord, nic: NicSpec) -> None:
+    await net.rt.machine(rec).machine.add_nic(nic, rec.spec.nics.index(nic))
 
 
-async def _unwire(m: Manager, vm: str, nic: NicSpec) -> None:
+async def _unwire(net: Networks, vm: str, nic: NicSpec) -> None:
     """Take a NIC's tap and reservation off its network (the NIC is out of the spec)."""
-    net = m.net
     async with net.lock:
         await net.call(remove, [r for r in net.db.records(f"vm:{vm}") if r.name == nic.ifname])
         net.db.drop_records(f"vm:{vm}", [str(nic.ifname)])
@@ -255,7 +239,7 @@ def _find(rec: VMRecord, ref: str) -> int:
     raise NotFound(f"'{rec.name}' has no NIC '{ref}'; see 'corral show {rec.name}'")
 
 
-async def detach(m: Manager, vm: str, ref: str, timeout: float = 30.0) -> dict[str, Any]:
+async def detach(net: Networks, vm: str, ref: str, timeout: float = 30.0) -> dict[str, Any]:
     """Take NIC ``ref`` (its id such as ``nic1``, or its MAC) off ``vm``; a running guest is
     asked to let go of it first.
 
@@ -264,12 +248,12 @@ async def detach(m: Manager, vm: str, ref: str, timeout: float = 30.0) -> dict[s
         bus, which has no hot-plug).
     :raises Timeout: the guest did not release it in time (it stays attached).
     """
-    async with m._lock(vm):
-        rec = m._get(vm)
+    async with net.rt.lock(vm):
+        rec = net.rt.get(vm)
         index = _find(rec, ref)
         nic = rec.spec.nics[index]
         using = [f"forward {key[0]}/{key[1]} of router {f.forward.router}"
-                 for key, f in m.net.db.forwards.items()
+                 for key, f in net.db.forwards.items()
                  if f.vm == vm and f.forward.ip == nic.ip]
         if using:
             raise InUse("NIC", f"{vm}/{nic.device(index)}", "detach", using)
@@ -280,50 +264,36 @@ async def detach(m: Manager, vm: str, ref: str, timeout: float = 30.0) -> dict[s
         for i, other in enumerate(rec.spec.nics):  # ids stay as QEMU knows them
             other.id = other.device(i)
         if live:
-            rt = m._runtime(rec)
-            device = nic.device(index)
-            gone = rt.watch_event("DEVICE_DELETED", lambda d: d.get("device") == device)
-            await rt.monitor.execute("device_del", {"id": device})
-            try:
-                await asyncio.wait_for(gone, timeout)
-            except TimeoutError as err:
-                raise Timeout(f"the guest in '{vm}' did not release {device} in "
-                              f"{timeout:g} s") from err
-            await rt.monitor.execute("netdev_del", {"id": nic_netdev(nic, index)["id"]})
+            await net.rt.machine(rec).machine.remove_nic(nic, index, timeout)
         rec.spec.nics.pop(index)
-        m.db.update_vm(rec, "nic_detached", {"nic": nic.device(index)})
+        net.rt.db.update_vm(rec, "nic_detached", {"nic": nic.device(index)})
         if nic.mode == "network":
-            await _unwire(m, vm, nic)
-        return m._view(rec)
+            await _unwire(net, vm, nic)
+        return net.rt.view(rec)
 
 
 # -- what a NIC carries now --------------------------------------------------------------------
 
-async def live(m: Manager, name: str, view: dict[str, Any]) -> None:
+async def live(net: Networks, name: str, view: dict[str, Any]) -> None:
     """Add to each NIC of ``view`` what it carries now: the address of its DHCP lease and its
     counters (from its tap; for user-mode NICs from the guest agent), and the addresses the
     guest agent reports for it."""
-    net = m.net
-    rt = m._rt.get(name)
-    guest: dict[str, dict[str, Any]] = {}
-    running = m._get(name).state == State.RUNNING  # a paused guest's agent cannot answer
-    if rt is not None and rt.agent is not None and rt.ready.is_set() and running:
+    live = net.rt.live.get(name)
+    guest: dict[str, GuestInterface] = {}
+    running = net.rt.get(name).state == State.RUNNING  # a paused guest's agent cannot answer
+    if live is not None and live.machine.has_agent and live.ready.is_set() and running:
         try:
-            for iface in await rt.agent.execute("guest-network-get-interfaces", timeout=2):
-                guest[str(iface.get("hardware-address", "")).lower()] = iface
+            for iface in await live.machine.guest_interfaces(timeout=2):
+                guest[(iface.mac or "").lower()] = iface
         except CorralError:
             guest = {}
     leased: dict[str, dict[str, str]] = {}
     for nic_view in view["nics"]:
-        iface = guest.get(nic_view["mac"], {})
-        nic_view["guest_addresses"] = [f"{a['ip-address']}/{a['prefix']}"
-                                       for a in iface.get("ip-addresses", [])]
-        nic_view["guest_interface"] = iface.get("name")
-        stats = iface.get("statistics")
-        nic_view["counters"] = None if not stats else {
-            "rx_bytes": stats["rx-bytes"], "tx_bytes": stats["tx-bytes"],
-            "rx_packets": stats["rx-packets"], "tx_packets": stats["tx-packets"],
-            "rx_dropped": stats["rx-dropped"], "tx_dropped": stats["tx-dropped"]}
+        found = guest.get(nic_view["mac"])
+        nic_view["guest_addresses"] = [f"{a}/{p}" for a, p, _ in found.addresses] \
+            if found else []
+        nic_view["guest_interface"] = found.name if found else None
+        nic_view["counters"] = dict(found.counters) if found and found.counters else None
         network = nic_view.get("network")
         if network in net.db.networks and nic_view.get("ifname"):
             if network not in leased:

@@ -30,7 +30,7 @@ from corral.images import catalog
 from corral.store.db import VMRecord
 
 if TYPE_CHECKING:
-    from corral.service.manager import Manager
+    from corral.service.runtime import VMRuntime
 
 FORMAT = "corral-export/1"
 MANIFEST = "corral-export.json"
@@ -44,13 +44,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def export(m: Manager, name: str, file: str) -> dict[str, Any]:
+def export(rt: VMRuntime, name: str, file: str) -> dict[str, Any]:
     """Write VM ``name`` into one file.
 
     :raises InvalidState: the VM has a live QEMU.
     :raises CorralError: the file cannot be written (nothing is left behind).
     """
-    rec = m._get(name)
+    rec = rt.get(name)
     if rec.state in LIVE:
         raise InvalidState(name, "export", rec.state.value,
                            ["defined", "stopped", "saved", "crashed"])
@@ -73,7 +73,7 @@ def export(m: Manager, name: str, file: str) -> dict[str, Any]:
     manifest = {
         "format": FORMAT, "name": name, "spec": spec.model_dump(),
         "saved": bool(saved), "saved_running": rec.saved_running,
-        "snapshots": m.db.list_snapshots(name), "current_snapshot": rec.current_snapshot,
+        "snapshots": rt.db.list_snapshots(name), "current_snapshot": rec.current_snapshot,
         "files": {arc: _sha256(path) for arc, path in members.items()},
     }
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -102,7 +102,7 @@ def _refuse(file: Path, why: str) -> CorralError:
     return InvalidSpec("file", f"{file} is not a Corral export: {why}")
 
 
-def import_vm(m: Manager, file: str, new_name: str | None = None) -> dict[str, Any]:
+def import_vm(rt: VMRuntime, file: str, new_name: str | None = None) -> dict[str, Any]:
     """Recreate a VM from an export.
 
     :raises InvalidSpec: the file is not a (whole, intact) Corral export.
@@ -127,33 +127,33 @@ def import_vm(m: Manager, file: str, new_name: str | None = None) -> dict[str, A
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise _refuse(path, "unknown format")
         name = sp.check_name(new_name or str(manifest.get("name", "")))
-        if m.db.get_vm(name) is not None:
+        if rt.db.get_vm(name) is not None:
             raise AlreadyExists(f"a VM named '{name}' exists; import it with --name NEW")
         try:
             spec = sp.VMSpec.model_validate(manifest["spec"])
         except Exception as err:
             raise _refuse(path, "its spec is not valid") from err
         expected: dict[str, str] = dict(manifest.get("files", {}))
-        vm_dir = m.paths.vm_dir(name)
+        vm_dir = rt.paths.vm_dir(name)
         work = vm_dir.with_name(f".import-{uuid.uuid4().hex[:8]}")
         work.mkdir(parents=True)
         try:
             _unpack(tar, path, work, expected)
-            rec = _record(m, manifest, spec, name, new_name is not None, vm_dir, work.name)
+            rec = _record(rt, manifest, spec, name, new_name is not None, vm_dir, work.name)
             work.rename(vm_dir)
-            m.db.add_vm(rec)
+            rt.db.add_vm(rec)
             for snap in manifest.get("snapshots", []):
-                m.db.add_snapshot({**snap, "vm": name})
+                rt.db.add_snapshot({**snap, "vm": name})
             if manifest.get("current_snapshot") or rec.state == State.SAVED:
-                rec = m._get(name)
+                rec = rt.get(name)
                 rec.current_snapshot = manifest.get("current_snapshot")
-                m.db.update_vm(rec, "imported", {"file": str(path)})
+                rt.db.update_vm(rec, "imported", {"file": str(path)})
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
-            if m.db.get_vm(name) is None:
+            if rt.db.get_vm(name) is None:
                 shutil.rmtree(vm_dir, ignore_errors=True)
             raise
-    return m._view(m._get(name))
+    return rt.view(rt.get(name))
 
 
 def _unpack(tar: tarfile.TarFile, path: Path, work: Path, expected: dict[str, str]) -> None:
@@ -175,7 +175,7 @@ def _unpack(tar: tarfile.TarFile, path: Path, work: Path, expected: dict[str, st
         raise _refuse(path, f"it is truncated: {', '.join(sorted(missing))} missing")
 
 
-def _record(m: Manager, manifest: dict[str, Any], spec: sp.VMSpec, name: str, renamed: bool,
+def _record(rt: VMRuntime, manifest: dict[str, Any], spec: sp.VMSpec, name: str, renamed: bool,
             vm_dir: Path, work_name: str) -> VMRecord:
     for i, disk in enumerate(spec.disks):
         spec.disks[i] = disk.model_copy(update={
@@ -187,7 +187,7 @@ def _record(m: Manager, manifest: dict[str, Any], spec: sp.VMSpec, name: str, re
         spec.kernel = str(vm_dir / "kernel")
         spec.initrd = str(vm_dir / "initrd") if spec.initrd else None
     elif spec.image is not None:
-        image = catalog.resolve(m.paths, spec.image)
+        image = catalog.resolve(rt.paths, spec.image)
         spec.kernel = str(image.kernel) if image.kernel else None
         spec.initrd = str(image.initrd) if image.initrd else None
         if image.disk is not None and spec.disks and spec.disks[0].id == "root":

@@ -36,15 +36,14 @@ from corral.service.networks import require_root
 from corral.store.networks import ForwardRow
 
 if TYPE_CHECKING:
-    from corral.service.manager import Manager
+    from corral.service.networks import Networks
 
 
-def view(m: Manager, name: str) -> dict[str, Any]:
+def view(net: Networks, name: str) -> dict[str, Any]:
     """A router as stored: its uplink, its legs and its forwards.
 
     :raises NotFound: no such router.
     """
-    net = m.net
     plan = net.router(name)
     return {
         "name": name,
@@ -64,11 +63,11 @@ def forward_view(row: ForwardRow) -> dict[str, Any]:
             "ip": f.ip, "port": f.port}
 
 
-def list_all(m: Manager) -> list[dict[str, Any]]:
-    return [view(m, name) for name in m.net.db.routers]
+def list_all(net: Networks) -> list[dict[str, Any]]:
+    return [view(net, name) for name in net.db.routers]
 
 
-async def create(m: Manager, name: str, uplink: bool = False) -> dict[str, Any]:
+async def create(net: Networks, name: str, uplink: bool = False) -> dict[str, Any]:
     """Make router ``name`` (with an uplink to the host if asked).
 
     :raises InvalidSpec: a bad name, or no transfer subnet left for the uplink.
@@ -78,7 +77,6 @@ async def create(m: Manager, name: str, uplink: bool = False) -> dict[str, Any]:
     """
     check_name(name)
     require_root(f"create router '{name}'")
-    net = m.net
     if name in net.db.routers:
         raise AlreadyExists(f"a router named '{name}' exists")
     plan = plan_router(name, uplink=uplink, taken=net.taken(),
@@ -91,12 +89,11 @@ async def create(m: Manager, name: str, uplink: bool = False) -> dict[str, Any]:
     except BaseException:
         net.db.delete_router(name)
         raise
-    return view(m, name)
+    return view(net, name)
 
 
-async def remove_router(m: Manager, name: str) -> None:
+async def remove_router(net: Networks, name: str) -> None:
     """:raises InUse: networks are still attached. :raises NotFound: no such router."""
-    net = m.net
     net.router(name)
     legs = sorted(leg.network for leg in net.db.legs.values() if leg.router == name)
     if legs:
@@ -107,14 +104,13 @@ async def remove_router(m: Manager, name: str) -> None:
         net.db.drop_records(f"router:{name}")
 
 
-async def attach_network(m: Manager, name: str, network: str) -> dict[str, Any]:
+async def attach_network(net: Networks, name: str, network: str) -> dict[str, Any]:
     """Give router ``name`` a leg on ``network``, with the network's gateway address.
 
     :raises InvalidSpec: the network is isolated, or has a router already.
     :raises NotFound: no such router or network.
     """
     require_root(f"attach router '{name}'")
-    net = m.net
     plan, row = net.router(name), net.network(network)
     if row.isolated:
         raise InvalidSpec("network", f"network '{network}' is isolated: no router may join it")
@@ -127,16 +123,15 @@ async def attach_network(m: Manager, name: str, network: str) -> dict[str, Any]:
     except BaseException:
         net.db.delete_leg(network)
         raise
-    return view(m, name)
+    return view(net, name)
 
 
-async def detach_network(m: Manager, name: str, network: str) -> dict[str, Any]:
+async def detach_network(net: Networks, name: str, network: str) -> dict[str, Any]:
     """Take router ``name``'s leg off ``network``.
 
     :raises InUse: forwards go to VMs on that network.
     :raises NotFound: no such router, or it is not attached to the network.
     """
-    net = m.net
     net.router(name)
     leg = net.db.legs.get(network)
     if leg is None or leg.router != name:
@@ -152,13 +147,13 @@ async def detach_network(m: Manager, name: str, network: str) -> dict[str, Any]:
         owner = f"router:{name}/{network}"
         await net.call(remove, net.db.records(owner))
         net.db.drop_records(owner)
-    return view(m, name)
+    return view(net, name)
 
 
-def user_forwards(m: Manager) -> dict[tuple[str, int], str]:
+def user_forwards(net: Networks) -> dict[tuple[str, int], str]:
     """(proto, host port) -> the VM whose user-mode NIC forwards it."""
     out: dict[tuple[str, int], str] = {}
-    for rec in m.db.list_vms():
+    for rec in net.rt.db.list_vms():
         for nic in rec.spec.nics:
             for rule in nic.hostfwd:
                 fwd = parse_hostfwd("hostfwd", rule)
@@ -166,7 +161,7 @@ def user_forwards(m: Manager) -> dict[tuple[str, int], str]:
     return out
 
 
-async def add_forward(m: Manager, name: str, proto: str, host_port: int, vm: str,
+async def add_forward(net: Networks, name: str, proto: str, host_port: int, vm: str,
                       port: int) -> dict[str, Any]:
     """Publish ``vm``:``port`` (its address on one of the router's networks) on host port
     ``host_port`` through router ``name``'s uplink.
@@ -176,15 +171,14 @@ async def add_forward(m: Manager, name: str, proto: str, host_port: int, vm: str
     :raises NotFound: no such router or VM.
     """
     require_root("forward a host port")
-    net = m.net
     plan = net.router(name)
-    rec = m._get(vm)
+    rec = net.rt.get(vm)
     mine = {leg.network for leg in net.db.legs.values() if leg.router == name}
     ips = [n.ip for n in rec.spec.nics if n.network in mine and n.ip]
     if not ips:
         raise InvalidSpec("vm", f"'{vm}' has no NIC on a network of router '{name}' "
                                 f"({', '.join(sorted(mine)) or 'none attached'})")
-    taken_by = user_forwards(m).get((proto, host_port))
+    taken_by = user_forwards(net).get((proto, host_port))
     if taken_by is not None:
         raise InvalidSpec("host_port", f"{proto}/{host_port} is already forwarded to "
                                        f"'{taken_by}' by its user-mode NIC")
@@ -195,40 +189,37 @@ async def add_forward(m: Manager, name: str, proto: str, host_port: int, vm: str
     net.db.add_forward(row)
     try:
         async with net.lock:
-            await _publish(m, plan)
+            await _publish(net, plan)
     except BaseException:
         net.db.delete_forwards([(proto, host_port)])
         raise
     return forward_view(row)
 
 
-async def remove_forward(m: Manager, name: str, proto: str, host_port: int) -> None:
+async def remove_forward(net: Networks, name: str, proto: str, host_port: int) -> None:
     """:raises NotFound: router ``name`` does not forward that port."""
-    net = m.net
     plan = net.router(name)
     row = net.db.forwards.get((proto, host_port))
     if row is None or row.forward.router != name:
         raise NotFound(f"router '{name}' does not forward {proto}/{host_port}")
     net.db.delete_forwards([(proto, host_port)])
     async with net.lock:
-        await _publish(m, plan)
+        await _publish(net, plan)
 
 
-async def _publish(m: Manager, plan: RouterPlan) -> None:
+async def _publish(net: Networks, plan: RouterPlan) -> None:
     """Make the router's (and the host's) NAT rules match its stored forwards; call it
     holding the network lock."""
-    net = m.net
     mine = [f.forward for f in net.db.forwards.values() if f.forward.router == plan.name]
     await net.call(set_forwards, net.host, plan, mine)
 
 
-async def forget_vm_forwards(m: Manager, vm: str, ips: set[str] | None = None) -> None:
+async def forget_vm_forwards(net: Networks, vm: str, ips: set[str] | None = None) -> None:
     """Drop the forwards to ``vm`` (only to ``ips``, if given) and republish their routers;
     call it holding the network lock."""
-    net = m.net
     gone = [key for key, f in net.db.forwards.items()
             if f.vm == vm and (ips is None or f.forward.ip in ips)]
     routers = {net.db.forwards[key].forward.router for key in gone}
     net.db.delete_forwards(gone)
     for router in sorted(routers):
-        await _publish(m, net.router(router))
+        await _publish(net, net.router(router))

@@ -1,181 +1,135 @@
-"""Save and restore a VM's whole state: memory, devices and CPU, through QEMU migration.
+"""Save and restore a VM's whole state: memory, devices and CPU.
 
-Save: pause the guest, stream its state into a file descriptor Corral opened (``getfd`` +
-``migrate fd:``; QEMU opens nothing and no shell runs), wait for ``completed``, fsync, rename
-into place, then end QEMU. The file is written under a temporary name beside its target, so a
-failure (a full disk) never leaves a partial state where a restore would pick it up; the VM
-then runs (or stays paused) as before.
+Save: pause the guest, have the engine stream its state into a file (atomically: a temporary
+name, fsync, rename; a failure such as a full disk never leaves a partial state where a
+restore would pick it up, and the VM then runs or stays paused as before), then end the
+machine.
 
-Restore: start QEMU with the same command line plus ``-incoming defer``, feed it the file
-(``migrate-incoming fd:``), ``cont`` if the guest was running, and set the guest clock through
-the agent (it stood still while saved). A state QEMU cannot accept (another QEMU version or
-machine type) leaves the VM ``saved`` with its file intact.
-
-QEMU 7.2 caps migration at 128 MiB/s even for a stopped VM; Corral lifts the cap.
+Restore: start a machine waiting for a state, feed it the file, continue if the guest was
+running, and set the guest clock through the agent (it stood still while saved). A state the
+engine cannot accept (another QEMU version or machine type) leaves the VM ``saved`` with its
+file intact.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import errno
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.domain.states import State, check
-from corral.engine.qemu import argv as qargv
-from corral.errors import AgentError, CorralError, InvalidSpec, MonitorError, Timeout
+from corral.engine.driver import LaunchOptions, Machine
+from corral.errors import AgentError, CorralError, DiskFull, InvalidSpec, Timeout
+from corral.service import adoption
+from corral.service.runtime import READY_TIMEOUT, VMRuntime
 
 if TYPE_CHECKING:
-    from corral.engine.qemu.qmp import Monitor
-    from corral.service.manager import Manager, Runtime
+    from corral.service.scheduling import Scheduler
 
-UNLIMITED = 1 << 40  # bytes per second: no cap
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+SAVED_STATE = "saved.state"
 
 
-async def write_state(monitor: Monitor, target: Path) -> int:
-    """Stream the (stopped) VM's state into ``target`` atomically; returns its size.
-
-    :raises CorralError: when the stream fails (no partial file is left).
-    """
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            await monitor.send_fd(fd, "corral-state")
-        finally:
-            os.close(fd)
-        await monitor.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
-        await monitor.execute("migrate", {"uri": "fd:corral-state"})
-        await monitor.wait_migration()
-        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        size = tmp.stat().st_size
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        return size
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, MonitorError):
-            raise CorralError(f"cannot write the state to {target}: {err.message}") from err
-        raise
-
-
-async def read_state(monitor: Monitor, source: Path) -> None:
-    """Feed ``source`` to a QEMU started with ``-incoming defer`` and wait until it is in.
-
-    :raises MonitorError: when QEMU refuses the state.
-    """
-    fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        await monitor.send_fd(fd, "corral-state")
-    finally:
-        os.close(fd)
-    await monitor.execute("migrate-incoming", {"uri": "fd:corral-state"})
-    await monitor.wait_migration()
-
-
-async def save(m: Manager, name: str, file: str | None = None) -> dict[str, Any]:
-    """Save a running or paused VM to a file and end its QEMU; the VM becomes ``saved``.
+async def save(rt: VMRuntime, name: str, file: str | None = None) -> dict[str, Any]:
+    """Save a running or paused VM to a file and end its machine; the VM becomes ``saved``.
 
     :raises InvalidState: unless the VM is running or paused.
+    :raises InvalidSpec: ``file`` is relative or its directory does not exist.
+    :raises DiskFull: the host's disk filled up; the VM is as it was.
     :raises CorralError: when the state cannot be written; the VM is as it was.
     """
-    async with m._lock(name):
-        rec = m._get(name)
+    if file is not None and not Path(file).expanduser().is_absolute():
+        raise InvalidSpec("file", f"'{file}' is relative; give an absolute path")
+    async with rt.lock(name):
+        rec = rt.get(name)
         check(name, "save", rec.state)
-        rt = m._runtime(rec)
-        target = Path(file).expanduser().absolute() if file else (
-            m.paths.vm_dir(name) / "saved.state")
+        live = rt.machine(rec)
+        target = Path(file).expanduser() if file else rt.paths.vm_dir(name) / SAVED_STATE
         if not target.parent.is_dir():
             raise InvalidSpec("file", f"no directory '{target.parent}'")
         was_running = rec.state == State.RUNNING
         before = rec.state
-        m._set(rec, State.SAVING)
+        adoption.note(rt, name, tmp=str(target.with_name(f".{target.name}.tmp-")))
+        rt.set_state(rec, State.SAVING)
         t0 = time.monotonic()
         try:
             if was_running:
-                await rt.monitor.execute("stop")
-            size = await write_state(rt.monitor, target)
+                await live.machine.pause()
+            size = await live.machine.save_state(target)
         except BaseException as err:
             if was_running:
                 with contextlib.suppress(CorralError):
-                    await rt.monitor.execute("cont")
-            rec.state = before
-            m.db.update_vm(rec, "save_failed", {"error": str(err)})
+                    await live.machine.cont()
+            rt.set_state(rec, before, "save_failed", error=str(err))
+            adoption.clear(rt, name)
+            if _disk_full(target):
+                raise DiskFull(f"cannot save '{name}': the disk holding {target.parent} is "
+                               "full; free some space and try again (the VM is as it was)"
+                               ) from err
             raise
         rec.saved_state, rec.saved_running = str(target), was_running
-        m.db.update_vm(rec, "state_written", {"file": str(target), "bytes": size,
-                                              "seconds": round(time.monotonic() - t0, 4)})
-        rt.expected_exit, rt.exit_state = "saved", State.SAVED
-        await m._kill(rt)
-        return m._view(m._get(name))
+        rt.record(rec, "state_written", file=str(target), bytes=size,
+                  seconds=round(time.monotonic() - t0, 4))
+        adoption.clear(rt, name)
+        live.expected_exit, live.exit_state = "saved", State.SAVED
+        await rt.kill(live)
+        return rt.view(rt.get(name))
 
 
-async def restore(m: Manager, name: str, wait: bool = False,
-                  timeout: float = 120.0) -> dict[str, Any]:
+def _disk_full(target: Path) -> bool:
+    import os
+
+    try:
+        st = os.statvfs(target.parent)
+    except OSError as err:
+        return err.errno == errno.ENOSPC
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
+async def restore(rt: VMRuntime, sched: Scheduler, name: str, wait: bool = False,
+                  timeout: float = READY_TIMEOUT) -> dict[str, Any]:
     """Bring a saved VM back exactly where it was.
 
     :raises InvalidState: unless the VM is saved.
-    :raises CorralError: when QEMU cannot accept the state; the VM stays saved, file kept.
+    :raises CorralError: when the engine cannot accept the state; the VM stays saved and its
+        file is kept.
     """
-    async with m._lock(name):
-        rec = m._get(name)
+    async with rt.lock(name):
+        rec = rt.get(name)
         check(name, "restore", rec.state)
         source = Path(rec.saved_state or "")
         if not rec.saved_state or not source.is_file():
             raise CorralError(f"the saved state of '{name}' is missing ({source}); "
-                              f"'corral destroy {name}' or define it again")
-        m.sched.reserve_now(rec)
-        m._set(rec, State.RESTORING)
-        run = qargv.RunPaths(m.paths.run_dir(name))
-        rt = None
+                              f"'corral rm {name}' or define it again")
+        sched.reserve_now(rec)
+        rt.set_state(rec, State.RESTORING)
         try:
-            rt = await m._spawn(rec, run, incoming=True)
-            rt.expected_exit, rt.exit_state = "restore failed", State.SAVED
-            await read_state(rt.monitor, source)
-            if rec.saved_running:
-                await rt.monitor.execute("cont")
-        except BaseException as err:
-            if rt is not None:
-                await m._kill(rt)
-            m._cleanup_run(run)
-            m.sched.release(name)
-            rec = m._get(name)
-            rec.state, rec.pid, rec.pid_start = State.SAVED, None, None
-            rec.exit_reason = f"restore failed: {err}"
-            m.db.update_vm(rec, "restore_failed", {"error": str(err)})
-            if isinstance(err, CorralError):
-                raise CorralError(f"cannot restore '{name}' from {source}: {err.message}; "
-                                  "the saved state is kept") from err
-            raise
-        rt.expected_exit, rt.exit_state = None, State.STOPPED
-        if source.parent == m.paths.vm_dir(name):
-            source.unlink(missing_ok=True)  # a managed save is used up; a user's file is kept
+            async with rt.rollback(rec, State.SAVED, "restore_failed"):
+                live = await rt.spawn(rec, LaunchOptions(incoming=True))
+                live.expected_exit, live.exit_state = "restore failed", State.SAVED
+                await live.machine.load_state(source)
+                if rec.saved_running:
+                    await live.machine.cont()
+        except CorralError as err:
+            raise CorralError(f"cannot restore '{name}' from {source}: {err.message}; "
+                              "the saved state is kept") from err
+        live.expected_exit, live.exit_state = None, State.STOPPED
         target = State.RUNNING if rec.saved_running else State.PAUSED
+        managed = source.parent == rt.paths.vm_dir(name)
         rec.saved_state, rec.saved_running = None, None
         rec.ready_at, rec.exit_reason = None, None
-        m._set(rec, target, "restored")
-        m._watch_ready(name, rt, on_ready=_set_clock)
+        rt.set_state(rec, target, "restored")
+        if managed:
+            source.unlink(missing_ok=True)  # a managed save is used up; a user's file is kept
+        rt.watch_ready(name, live, on_ready=set_clock)
     if wait:
-        await m.wait_ready(name, timeout)
-    return m._view(m._get(name))
+        await rt.wait_ready(name, timeout)
+    return rt.view(rt.get(name))
 
 
-async def _set_clock(m: Manager, name: str, rt: Runtime) -> None:
+async def set_clock(_name: str, machine: Machine) -> None:
     """The guest clock stood still while saved: set it from the host's."""
-    if rt.agent is not None:
+    if machine.has_agent:
         with contextlib.suppress(AgentError, Timeout):
-            await rt.agent.execute("guest-set-time", {"time": time.time_ns()}, timeout=5)
+            await machine.guest_set_time(time.time_ns(), timeout=5)

@@ -28,7 +28,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.domain.states import LIVE, State
@@ -43,10 +45,11 @@ from corral.scheduler.resources import (
     capacity_message,
 )
 from corral.scheduler.timeslice import TimeSlicer
-from corral.service import host
+from corral.service import hostfacts
 
 if TYPE_CHECKING:
-    from corral.service.manager import Manager
+    from corral.engine.driver import Machine
+    from corral.service.runtime import VMRuntime
     from corral.store.db import VMRecord
 
 log = logging.getLogger(__name__)
@@ -75,9 +78,9 @@ class Settings:
     quantum: float
 
     @classmethod
-    def from_env(cls, m: Manager) -> Settings:
-        total_mem = host.memory_bytes()[0]
-        disk = shutil.disk_usage(m.paths.home).total
+    def from_env(cls, home: Path) -> Settings:
+        total_mem = hostfacts.memory_bytes()[0]
+        disk = shutil.disk_usage(home).total
         from corral.domain.sizes import parse_size
 
         memory = os.environ.get("CORRAL_HOST_MEMORY")
@@ -102,9 +105,11 @@ def _need(rec: VMRecord) -> Resources:
 class Scheduler:
     """Capacity, queue and time slices of one host."""
 
-    def __init__(self, m: Manager) -> None:
-        self.m = m
-        self.settings = Settings.from_env(m)
+    def __init__(self, rt: VMRuntime) -> None:
+        self.rt = rt
+        self.settings = Settings.from_env(rt.paths.home)
+        #: how an admitted VM is started (set by the composition root: the lifecycle's)
+        self.start_admitted: Callable[[str], Awaitable[None]] | None = None
         s = self.settings
         self.inventory = Inventory(Resources(s.cpus, s.memory, s.disk), s.ratios)
         self.queue = AdmissionQueue(s.policy, backfill=s.backfill)
@@ -116,10 +121,10 @@ class Scheduler:
     # ----- restart -----
     def load(self) -> None:
         """Rebuild reservations from the live VMs and the queue from the store."""
-        for rec in self.m.db.list_vms():
+        for rec in self.rt.db.list_vms():
             if rec.state in LIVE:
                 self.inventory.reserve(self._reservation(rec, rec.started_at or time.time()))
-        doc = self.m.db.get_doc(QUEUE_DOC)
+        doc = self.rt.db.get_doc(QUEUE_DOC)
         if doc:
             saved = AdmissionQueue.from_dict(doc)
             if (saved.policy, saved.backfill) == (self.queue.policy, self.queue.backfill):
@@ -128,7 +133,7 @@ class Scheduler:
                 for req in saved.waiting():
                     self.queue.submit(req)
         for req in self.queue.waiting():  # VMs destroyed while the daemon was down
-            queued = self.m.db.get_vm(req.vm)
+            queued = self.rt.db.get_vm(req.vm)
             if queued is None or queued.state != State.QUEUED:
                 self.queue.cancel(req.id)
         self._slice_task = asyncio.create_task(self._slice_loop(), name="timeslicer")
@@ -147,7 +152,7 @@ class Scheduler:
 
     def _save_queue(self, rec: VMRecord | None = None, kind: str | None = None,
                     **detail: Any) -> None:
-        self.m.db.put_doc(QUEUE_DOC, self.queue.to_dict(), rec, kind, detail)
+        self.rt.db.put_doc(QUEUE_DOC, self.queue.to_dict(), rec, kind, detail)
 
     # ----- admission -----
     def admit(self, rec: VMRecord, queue: bool = True) -> bool:
@@ -174,9 +179,8 @@ class Scheduler:
             id=uuid.uuid4().hex[:12], vm=rec.name, owner=sched.owner, cpus=max(need.cpus, 1),
             memory=need.memory, disk=need.disk, priority=sched.priority,
             expected_runtime=sched.expected_runtime, arrival=now))
-        rec.state = State.QUEUED
-        self._save_queue(rec, "queued", request=req.id, position=self.queue.position(req.id,
-                                                                                      now))
+        self.rt.set_state(rec, State.QUEUED, "queued", doc=(QUEUE_DOC, self.queue.to_dict()),
+                          request=req.id, position=self.queue.position(req.id, now))
         return False
 
     def reserve_now(self, rec: VMRecord) -> None:
@@ -195,8 +199,7 @@ class Scheduler:
         for req in self.queue.waiting():
             if req.vm == rec.name:
                 self.queue.cancel(req.id)
-        rec.state = state
-        self._save_queue(rec, "dequeued")
+        self.rt.set_state(rec, state, "dequeued", doc=(QUEUE_DOC, self.queue.to_dict()))
 
     def release(self, name: str) -> None:
         """The VM's QEMU is gone: free its capacity and start whoever now fits."""
@@ -209,12 +212,13 @@ class Scheduler:
         now = time.time()
         for req in next_to_start(self.queue, self.inventory, now):
             self.queue.start(req.id)
-            rec = self.m.db.get_vm(req.vm)
+            rec = self.rt.db.get_vm(req.vm)
             if rec is None:
                 continue
             self.inventory.reserve(self._reservation(rec, now))
             self._save_queue()
-            self.m._background(self.m._start_admitted(req.vm))
+            assert self.start_admitted is not None, "Scheduler.start_admitted is not set"
+            self.rt.background(self.start_admitted(req.vm))
 
     def entries(self) -> list[dict[str, Any]]:
         now = time.time()
@@ -236,23 +240,21 @@ class Scheduler:
                                               self.slicer.run_time.items()}}}
 
     # ----- after launch: cgroups and pinning -----
-    async def place_process(self, rec: VMRecord, pid: int) -> None:
-        """Put a new QEMU under its CPU weight/cap and pin its vCPUs, as the spec asks."""
+    async def place_process(self, rec: VMRecord, machine: Machine) -> None:
+        """Put a new machine under its CPU weight/cap and pin its vCPUs, as the spec asks."""
         sched = rec.spec.sched
         if sched.cpu_weight is not None or sched.cpu_max is not None:
-            cgroups.apply(rec.name, pid, sched.cpu_weight, sched.cpu_max)
+            cgroups.apply(rec.name, machine.pid, sched.cpu_weight, sched.cpu_max)
         if sched.pin:
-            rt = self.m._rt.get(rec.name)
-            if rt is not None:
-                for cpu in await rt.monitor.execute("query-cpus-fast"):
-                    os.sched_setaffinity(int(cpu["thread-id"]), set(sched.pin))
+            for thread in await machine.vcpu_threads():
+                os.sched_setaffinity(thread, set(sched.pin))
 
     # ----- time slices -----
     def wanting(self) -> list[str]:
         """Time-sliced VMs whose guests want CPU: running, or held paused by the slicer."""
         out = []
-        for rec in self.m.db.list_vms():
-            if not rec.spec.sched.timeslice or rec.name not in self.m._rt:
+        for rec in self.rt.db.list_vms():
+            if not rec.spec.sched.timeslice or rec.name not in self.rt.live:
                 continue
             if rec.state == State.RUNNING or (rec.state == State.PAUSED
                                               and rec.name in self.sliced_out):
@@ -285,16 +287,16 @@ class Scheduler:
             await self._hold(name, pause=False)
 
     async def _hold(self, name: str, pause: bool) -> None:
-        rt = self.m._rt.get(name)
-        rec = self.m.db.get_vm(name)
-        if rt is None or rec is None:
+        live = self.rt.live.get(name)
+        rec = self.rt.db.get_vm(name)
+        if live is None or rec is None:
             return
-        async with self.m._lock(name):
+        async with self.rt.lock(name):
             if pause and rec.state == State.RUNNING:
-                await rt.monitor.execute("stop")
+                await live.machine.pause()
                 self.sliced_out.add(name)
-                self.m._set(rec, State.PAUSED, "timeslice_out", wait=False)
+                self.rt.set_state(rec, State.PAUSED, "timeslice_out", wait=False)
             elif not pause and name in self.sliced_out and rec.state == State.PAUSED:
-                await rt.monitor.execute("cont")
+                await live.machine.cont()
                 self.sliced_out.discard(name)
-                self.m._set(rec, State.RUNNING, "timeslice_in", wait=False)
+                self.rt.set_state(rec, State.RUNNING, "timeslice_in", wait=False)

@@ -1,145 +1,63 @@
-"""The service's public face: one object per resource, one verb per action.
+"""The service's public face for the smaller resources: one object per resource, one verb
+per action, each a thin door onto the use-case module that owns the resource (the VMs and
+guest slices live in :mod:`.vms` and :mod:`.guest`).
 
-Front doors (REST routes, the CLI through the Client, tests) call only these:
-``svc.vms``, ``svc.disks``, ``svc.snapshots``, ``svc.guest``, ``svc.images``, ``svc.host``,
-``svc.networks``, ``svc.routers``. Removal is ``rm`` everywhere.
+Front doors (REST routes, the CLI through the Client, tests) call only the slices on the
+composition root (:class:`corral.service.manager.Manager`): ``vms``, ``disks``,
+``snapshots``, ``guest``, ``images``, ``host``, ``networks``, ``routers``. Removal is ``rm``
+everywhere.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-from collections.abc import AsyncIterator
+import shutil
 from typing import TYPE_CHECKING, Any
 
-from corral.errors import CorralError
+from corral.errors import CorralError, InUse, NotFound
+from corral.images import catalog
 
 if TYPE_CHECKING:
-    from corral.service.manager import Manager
-
-READY_TIMEOUT = 120.0
+    from corral.engine.accel import Accel
+    from corral.service.guest import GuestService
+    from corral.service.lifecycle import Lifecycle
+    from corral.service.networks import Networks as NetState
+    from corral.service.runtime import VMRuntime
+    from corral.service.scheduling import Scheduler
+    from corral.service.vms import VMs
 
 
 class _Slice:
-    def __init__(self, m: Manager) -> None:
-        self._m = m
-
-
-class VMs(_Slice):
-    """Virtual machines: lifecycle, state, logs and events."""
-
-    async def create(self, body: dict[str, Any], *, start: bool = False, wait: bool = False,
-                     timeout: float = READY_TIMEOUT, queue: bool = True) -> dict[str, Any]:
-        """Define a VM; with ``start`` also boot it (all or nothing: a failed start removes
-        the VM it defined). ``from_snapshot`` in the body makes it a warm start."""
-        m = self._m
-        if body.get("from_snapshot") is not None:
-            from corral.domain import specs as sp
-            from corral.service import host
-            from corral.service.warm import warm_start
-
-            req = sp.parse_create(body)
-            return await warm_start(m, req.name, str(body["from_snapshot"]),
-                                    wait=wait or start, timeout=timeout, queue=queue,
-                                    sched=sp.scheduling(req, host.facts()))
-        view = await m.create(body)
-        if start:
-            try:
-                view = await m.start(view["name"], wait=wait, timeout=timeout, queue=queue)
-            except CorralError:
-                if m.db.get_vm(view["name"]) is not None and \
-                        m._get(view["name"]).state.value == "defined":
-                    await m.destroy(view["name"])
-                raise
-        return view
-
-    def list(self) -> list[dict[str, Any]]:
-        return self._m.list_vms()
-
-    async def get(self, name: str) -> dict[str, Any]:
-        return await self._m.get(name)
-
-    async def start(self, name: str, *, wait: bool = False, timeout: float = READY_TIMEOUT,
-                    queue: bool = True) -> dict[str, Any]:
-        return await self._m.start(name, wait=wait, timeout=timeout, queue=queue)
-
-    async def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
-        return await self._m.wait_ready(name, timeout)
-
-    async def pause(self, name: str) -> dict[str, Any]:
-        return await self._m.pause(name)
-
-    async def resume(self, name: str) -> dict[str, Any]:
-        return await self._m.resume(name)
-
-    async def shutdown(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
-        return await self._m.shutdown(name, timeout)
-
-    async def stop(self, name: str, *, force: bool = True, timeout: float = 60.0
-                   ) -> dict[str, Any]:
-        return await self._m.stop(name, force=force, timeout=timeout)
-
-    async def reboot(self, name: str, *, wait: bool = False, timeout: float = READY_TIMEOUT
-                     ) -> dict[str, Any]:
-        return await self._m.reboot(name, wait=wait, timeout=timeout)
-
-    async def save(self, name: str, file: str | None = None) -> dict[str, Any]:
-        return await self._m.save(name, file)
-
-    async def restore(self, name: str, *, wait: bool = False, timeout: float = READY_TIMEOUT
-                      ) -> dict[str, Any]:
-        return await self._m.restore(name, wait=wait, timeout=timeout)
-
-    async def rm(self, name: str) -> None:
-        await self._m.destroy(name)
-
-    async def clone(self, name: str, new: str, *, full: bool = False,
-                    snapshot: str | None = None) -> dict[str, Any]:
-        from corral.service.warm import clone
-
-        return await clone(self._m, name, new, full, snapshot)
-
-    async def export(self, name: str, file: str, *, live: bool = False) -> dict[str, Any]:
-        """Write the VM into one file; ``live`` exports a running VM (paused meanwhile)."""
-        from corral.service import portable
-
-        async with self._m._lock(name):
-            return await asyncio.to_thread(portable.export, self._m, name, file)
-
-    async def import_(self, file: str, name: str | None = None) -> dict[str, Any]:
-        from corral.service import portable
-
-        return await asyncio.to_thread(portable.import_vm, self._m, file, name)
-
-    def logs(self, name: str, offset: int = 0, limit: int = 1 << 20) -> dict[str, Any]:
-        return self._m.logs(name, offset, limit)
-
-    def events(self, since: int = 0, vm: str | None = None) -> builtins.list[dict[str, Any]]:
-        return self._m.events(since, vm)
+    def __init__(self, rt: VMRuntime) -> None:
+        self.rt = rt
 
 
 class Snapshots(_Slice):
     """Snapshots of one VM, as a tree."""
 
+    def __init__(self, rt: VMRuntime, life: Lifecycle) -> None:
+        super().__init__(rt)
+        self.life = life
+
     async def create(self, vm: str, name: str, *, memory: bool = False) -> dict[str, Any]:
         from corral.service import snapshots
 
-        return await snapshots.create(self._m, vm, name, memory)
+        return await snapshots.create(self.rt, vm, name, memory)
 
     def list(self, vm: str) -> list[dict[str, Any]]:
         from corral.service import snapshots
 
-        return snapshots.tree(self._m, vm)
+        return snapshots.tree(self.rt, vm)
 
     async def revert(self, vm: str, name: str) -> dict[str, Any]:
         from corral.service import snapshots
 
-        return await snapshots.revert(self._m, vm, name)
+        return await snapshots.revert(self.life, vm, name)
 
     async def rm(self, vm: str, name: str) -> None:
         from corral.service import snapshots
 
-        await snapshots.delete(self._m, vm, name)
+        await snapshots.delete(self.rt, vm, name)
 
 
 class Disks(_Slice):
@@ -149,220 +67,217 @@ class Disks(_Slice):
                      source: str | None = None) -> dict[str, Any]:
         from corral.service import disks
 
-        return await disks.create(self._m, name, size, format, source)
+        return await disks.create(self.rt, name, size, format, source)
 
     async def list(self) -> list[dict[str, Any]]:
         from corral.service import disks
 
-        return await disks.list_all(self._m)
+        return await disks.list_all(self.rt)
 
     async def get(self, name: str) -> dict[str, Any]:
         from corral.service import disks
 
-        return await disks.show(self._m, name)
+        return await disks.show(self.rt, name)
 
     async def resize(self, name: str, size: str) -> dict[str, Any]:
         from corral.service import disks
 
-        return await disks.resize(self._m, name, size)
+        return await disks.resize(self.rt, name, size)
 
     async def rm(self, name: str) -> None:
         from corral.service import disks
 
-        await disks.remove(self._m, name)
+        await disks.remove(self.rt, name)
 
     async def attach(self, vm: str, disk: str, *, readonly: bool = False,
                      iops: int | None = None, bps: int | None = None) -> dict[str, Any]:
         from corral.service import disks
 
-        return await disks.attach(self._m, vm, disk, readonly, iops, bps)
+        return await disks.attach(self.rt, vm, disk, readonly, iops, bps)
 
     async def detach(self, vm: str, disk: str) -> dict[str, Any]:
         from corral.service import disks
 
-        return await disks.detach(self._m, vm, disk)
-
-
-class Guest(_Slice):
-    """Acting inside a guest through its agent."""
-
-    async def exec(self, vm: str, argv: list[str], timeout: float = 60.0,
-                   stdin: bytes | None = None, env: list[str] | None = None
-                   ) -> dict[str, Any]:
-        from corral.service import guest
-
-        return await guest.exec_command(self._m, vm, argv, timeout, stdin, env)
-
-    def exec_stream(self, vm: str, argv: list[str], timeout: float = 60.0,
-                    stdin: bytes | None = None) -> AsyncIterator[dict[str, Any]]:
-        from corral.service import guest
-
-        return guest.exec_stream(self._m, vm, argv, timeout, stdin)
-
-    async def read_file(self, vm: str, path: str) -> bytes:
-        from corral.service import guest
-
-        return await guest.read_file(self._m, vm, path)
-
-    async def write_file(self, vm: str, path: str, data: bytes) -> dict[str, Any]:
-        from corral.service import guest
-
-        return await guest.write_file(self._m, vm, path, data)
-
-    async def addresses(self, vm: str) -> list[dict[str, Any]]:
-        from corral.service import guest
-
-        return await guest.addresses(self._m, vm)
+        return await disks.detach(self.rt, vm, disk)
 
 
 class Images(_Slice):
     """Guest images known to the daemon."""
 
     def list(self) -> list[dict[str, Any]]:
-        from corral.images import catalog
-
         return [{"name": i.name, "arch": i.arch, "path": str(i.dir),
                  "built_at": i.manifest.get("built_at")}
-                for i in catalog.list_images(self._m.paths)]
+                for i in catalog.list_images(self.rt.paths)]
 
     def rm(self, name: str) -> None:
-        self._m.remove_image(name)
+        """:raises InUse: while a VM uses it. :raises NotFound: no such image."""
+        image = catalog.find(self.rt.paths, name)
+        if image is None:
+            raise NotFound(f"no image named '{name}'; see 'corral image list'")
+        users = sorted(r.name for r in self.rt.db.list_vms() if r.spec.image == name)
+        if users:
+            raise InUse("image", name, "remove", users)
+        if image.dir.parent != self.rt.paths.images:
+            raise CorralError(f"image '{name}' lives in {image.dir.parent}, outside "
+                              f"{self.rt.paths.images}; remove it there")
+        shutil.rmtree(image.dir)
 
 
 class Host(_Slice):
     """The host: inventory, the admission queue, batch jobs and the request trace."""
 
+    def __init__(self, rt: VMRuntime, sched: Scheduler, accel: Accel, vms: VMs,
+                 guest: GuestService) -> None:
+        super().__init__(rt)
+        self.sched = sched
+        self.accel = accel
+        self.vms = vms
+        self.guest = guest
+
     def info(self) -> dict[str, Any]:
-        return self._m.host_info()
+        from corral.domain.states import LIVE
+        from corral.service import hostfacts
 
-    def queue(self) -> list[dict[str, Any]]:
-        return self._m.queue()
+        info = hostfacts.info(self.accel)
+        info["scheduler"] = self.sched.info()
+        vms = self.rt.db.list_vms()
+        info.update(home=str(self.rt.paths.home), vms=len(vms),
+                    vms_running=sum(1 for r in vms if r.state in LIVE))
+        return info
 
-    async def batch(self, spec: dict[str, Any], argv: list[str], timeout: float = 600.0,
-                    queue: bool = True) -> dict[str, Any]:
+    def queue(self) -> builtins.list[dict[str, Any]]:
+        return self.sched.entries()
+
+    async def batch(self, spec: dict[str, Any], argv: builtins.list[str],
+                    timeout: float = 600.0, queue: bool = True) -> dict[str, Any]:
         from corral.service import batch
 
-        return await batch.run(self._m, spec, argv, timeout, queue)
+        return await batch.run(self.vms, self.guest, spec, argv, timeout, queue)
 
-    def trace(self) -> list[dict[str, Any]]:
+    def trace(self) -> builtins.list[dict[str, Any]]:
         from corral.service import batch
 
-        return batch.trace(self._m)
+        return batch.trace(self.rt)
 
 
-class Networks(_Slice):
+class _NetSlice:
+    def __init__(self, net: NetState) -> None:
+        self.net = net
+
+
+class Networks(_NetSlice):
     """Virtual switches (bridges with DHCP and DNS) and their firewall."""
 
     async def create(self, name: str, subnet: str, *, dhcp: bool = True,
                      isolated: bool = False) -> dict[str, Any]:
         from corral.service import networks
 
-        return await networks.create(self._m, name, subnet, dhcp, isolated)
+        return await networks.create(self.net, name, subnet, dhcp, isolated)
 
     def list(self) -> list[dict[str, Any]]:
         from corral.service import networks
 
-        return networks.list_all(self._m)
+        return networks.list_all(self.net)
 
     async def get(self, name: str) -> dict[str, Any]:
         from corral.service import networks
 
-        return await networks.show(self._m, name)
+        return await networks.show(self.net, name)
 
     async def rm(self, name: str, *, force: bool = False) -> builtins.list[str]:
         """Remove a network; with ``force`` first detach what uses it (NICs of stopped VMs
         are forgotten, router legs detached). Returns what ``force`` removed."""
         from corral.service import networks
 
-        await networks.remove_network(self._m, name)
+        await networks.remove_network(self.net, name)
         return []
 
     async def set_policy(self, name: str, policy: str) -> dict[str, Any]:
         from corral.service import networks
 
-        return await networks.set_policy(self._m, name, policy)
+        return await networks.set_policy(self.net, name, policy)
 
     def topology(self) -> dict[str, Any]:
         from corral.service import netgraph
 
-        return netgraph.topology(self._m)
+        return netgraph.topology(self.net)
 
     def rules(self) -> dict[str, Any]:
         from corral.service import networks
 
-        return networks.list_rules(self._m)
+        return networks.list_rules(self.net)
 
     async def add_rule(self, target: str, allow: str, source: str = "0.0.0.0/0"
                        ) -> dict[str, Any]:
         from corral.service import networks
 
-        return await networks.add_rule(self._m, target, allow, source)
+        return await networks.add_rule(self.net, target, allow, source)
 
     async def rm_rule(self, rule_id: int) -> None:
         from corral.service import networks
 
-        await networks.remove_rule(self._m, rule_id)
+        await networks.remove_rule(self.net, rule_id)
 
     async def attach_nic(self, vm: str, network: str, mac: str | None = None,
                          ip: str | None = None) -> dict[str, Any]:
         from corral.service import nics
 
-        return await nics.attach(self._m, vm, network, mac, ip)
+        return await nics.attach(self.net, vm, network, mac, ip)
 
     async def detach_nic(self, vm: str, nic: str) -> dict[str, Any]:
         from corral.service import nics
 
-        return await nics.detach(self._m, vm, nic)
+        return await nics.detach(self.net, vm, nic)
 
 
-class Routers(_Slice):
+class Routers(_NetSlice):
     """Virtual routers (namespaces with forwarding, NAT and port forwards)."""
 
     async def create(self, name: str, *, uplink: bool = False) -> dict[str, Any]:
         from corral.service import routers
 
-        return await routers.create(self._m, name, uplink)
+        return await routers.create(self.net, name, uplink)
 
     def list(self) -> list[dict[str, Any]]:
         from corral.service import routers
 
-        return routers.list_all(self._m)
+        return routers.list_all(self.net)
 
     def get(self, name: str) -> dict[str, Any]:
         from corral.service import routers
 
-        return routers.view(self._m, name)
+        return routers.view(self.net, name)
 
     async def rm(self, name: str, *, force: bool = False) -> builtins.list[str]:
         """Remove a router; with ``force`` first detach its legs and forwards. Returns what
         ``force`` removed."""
         from corral.service import routers
 
-        await routers.remove_router(self._m, name)
+        await routers.remove_router(self.net, name)
         return []
 
     async def attach(self, name: str, network: str) -> dict[str, Any]:
         from corral.service import routers
 
-        return await routers.attach_network(self._m, name, network)
+        return await routers.attach_network(self.net, name, network)
 
     async def detach(self, name: str, network: str) -> dict[str, Any]:
         from corral.service import routers
 
-        return await routers.detach_network(self._m, name, network)
+        return await routers.detach_network(self.net, name, network)
 
     def forwards(self) -> builtins.list[dict[str, Any]]:
         from corral.service import routers
 
-        return [routers.forward_view(f) for f in self._m.net.db.forwards.values()]
+        return [routers.forward_view(f) for f in self.net.db.forwards.values()]
 
     async def add_forward(self, name: str, proto: str, host_port: int, vm: str, port: int
                           ) -> dict[str, Any]:
         from corral.service import routers
 
-        return await routers.add_forward(self._m, name, proto, host_port, vm, port)
+        return await routers.add_forward(self.net, name, proto, host_port, vm, port)
 
     async def rm_forward(self, name: str, proto: str, host_port: int) -> None:
         from corral.service import routers
 
-        await routers.remove_forward(self._m, name, proto, host_port)
+        await routers.remove_forward(self.net, name, proto, host_port)

@@ -17,29 +17,28 @@ reverting to a disk-only snapshot rolls the disks back and boots the guest from 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from corral.domain.specs import check_name
 from corral.domain.states import LIVE, State
-from corral.engine.qemu.argv import VMSTATE_NODE, RunPaths
+from corral.engine.driver import LaunchOptions
+from corral.engine.qemu.argv import VMSTATE_NODE
 from corral.errors import (
     AgentError,
     AlreadyExists,
-    CorralError,
     InvalidSpec,
     InvalidState,
     NotFound,
     Timeout,
 )
 from corral.host.runner import arun
+from corral.service import adoption
+from corral.service.runtime import VMRuntime
 
 if TYPE_CHECKING:
-    from corral.engine.qemu.qmp import Monitor
-    from corral.service.manager import Manager
+    from corral.service.lifecycle import Lifecycle
     from corral.store.db import VMRecord
 
 SNAPSHOT_STATES = (State.RUNNING, State.PAUSED, State.STOPPED, State.DEFINED)
@@ -60,34 +59,8 @@ def _disks(rec: VMRecord) -> list[tuple[str, str]]:
     return out
 
 
-async def _job(monitor: Monitor, command: str, args: dict[str, Any],
-               timeout: float = 300.0) -> None:
-    """Run a QMP job command and wait for it to conclude.
-
-    :raises CorralError: with QEMU's reason when the job fails.
-    """
-    job_id = f"crl-{uuid.uuid4().hex[:8]}"
-    await monitor.execute(command, {"job-id": job_id, **args})
-    deadline = asyncio.get_running_loop().time() + timeout
-    delay = 0.002
-    while True:
-        jobs = await monitor.execute("query-jobs")
-        job = next((j for j in jobs if j.get("id") == job_id), None)
-        if job is None or job.get("status") == "concluded":
-            break
-        if asyncio.get_running_loop().time() > deadline:
-            raise Timeout(f"{command} still runs after {timeout:g} s")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    if job is not None:
-        with contextlib.suppress(CorralError):
-            await monitor.execute("job-dismiss", {"id": job_id})
-        if job.get("error"):
-            raise CorralError(f"{command} failed: {job['error']}")
-
-
-def _find(m: Manager, name: str, snapshot: str) -> dict[str, Any]:
-    for snap in m.db.list_snapshots(name):
+def _find(rt: VMRuntime, name: str, snapshot: str) -> dict[str, Any]:
+    for snap in rt.db.list_snapshots(name):
         if snap["name"] == snapshot:
             return snap
     raise NotFound(f"VM '{name}' has no snapshot '{snapshot}'; see 'corral snapshot list "
@@ -99,17 +72,17 @@ def _refuse(name: str, op: str, state: State) -> None:
         raise InvalidState(name, op, state.value, [s.value for s in SNAPSHOT_STATES])
 
 
-async def create(m: Manager, name: str, snapshot: str, memory: bool = False) -> dict[str, Any]:
+async def create(rt: VMRuntime, name: str, snapshot: str, memory: bool = False) -> dict[str, Any]:
     """Take a snapshot of a running, paused or stopped VM.
 
     :raises InvalidSpec: a bad snapshot name, a raw disk, or ``memory`` on a stopped VM.
     :raises AlreadyExists: the VM has a snapshot of that name.
     """
     check_name(snapshot, "snapshot")
-    async with m._lock(name):
-        rec = m._get(name)
+    async with rt.lock(name):
+        rec = rt.get(name)
         _refuse(name, "snapshot", rec.state)
-        if any(s["name"] == snapshot for s in m.db.list_snapshots(name)):
+        if any(s["name"] == snapshot for s in rt.db.list_snapshots(name)):
             raise AlreadyExists(f"VM '{name}' has a snapshot '{snapshot}' already")
         disks = _disks(rec)
         live = rec.state in LIVE
@@ -118,13 +91,14 @@ async def create(m: Manager, name: str, snapshot: str, memory: bool = False) -> 
                                         "state to keep; snapshot it without --memory")
         if memory and not rec.spec.vmstate:
             raise InvalidSpec("memory", f"'{name}' was defined without a state file")
+        files = [p for _, p in disks] + ([rec.spec.vmstate] if rec.spec.vmstate else [])
+        adoption.note(rt, name, snapshot=snapshot, files=files)
         if live:
-            rt = m._runtime(rec)
+            machine = rt.machine(rec).machine
             devices = [node for node, _ in disks] + ([VMSTATE_NODE] if rec.spec.vmstate else [])
             if devices:
-                await _job(rt.monitor, "snapshot-save", {
-                    "tag": snapshot, "vmstate": VMSTATE_NODE if rec.spec.vmstate
-                    else devices[0], "devices": devices})
+                await machine.snapshot_save(snapshot, VMSTATE_NODE if rec.spec.vmstate
+                                            else devices[0], devices)
         else:
             for _, path in disks:
                 await arun(["qemu-img", "snapshot", "-c", snapshot, path],
@@ -132,15 +106,16 @@ async def create(m: Manager, name: str, snapshot: str, memory: bool = False) -> 
         snap = {"vm": name, "name": snapshot, "parent": rec.current_snapshot,
                 "created_at": time.time(), "memory": memory and live,
                 "running": rec.state == State.RUNNING, "vm_state": rec.state.value}
-        m.db.add_snapshot(snap)
+        rt.db.add_snapshot(snap)
+        adoption.clear(rt, name)
         return snap
 
 
-def tree(m: Manager, name: str) -> list[dict[str, Any]]:
+def tree(rt: VMRuntime, name: str) -> list[dict[str, Any]]:
     """The VM's snapshots, parents before children, each with its ``depth`` and whether it
     is ``current``."""
-    rec = m._get(name)
-    snaps = m.db.list_snapshots(name)
+    rec = rt.get(name)
+    snaps = rt.db.list_snapshots(name)
     children: dict[str | None, list[dict[str, Any]]] = {}
     names = {s["name"] for s in snaps}
     for s in snaps:
@@ -156,105 +131,99 @@ def tree(m: Manager, name: str) -> list[dict[str, Any]]:
     return out
 
 
-async def revert(m: Manager, name: str, snapshot: str) -> dict[str, Any]:
+async def revert(life: Lifecycle, name: str, snapshot: str) -> dict[str, Any]:
     """Go back to ``snapshot``. Later changes are lost.
 
     :raises NotFound: no such snapshot.
     :raises InvalidState: the VM is saved, starting or otherwise busy.
     """
-    async with m._lock(name):
-        rec = m._get(name)
+    rt = life.rt
+    async with rt.lock(name):
+        rec = rt.get(name)
         _refuse(name, "revert", rec.state)
-        snap = _find(m, name, snapshot)
+        snap = _find(rt, name, snapshot)
         disks = _disks(rec)
+        devices = [node for node, _ in disks] + [VMSTATE_NODE]
         if snap["memory"] and rec.state in LIVE:
-            rt = m._runtime(rec)
-            devices = [node for node, _ in disks] + [VMSTATE_NODE]
-            await _job(rt.monitor, "snapshot-load", {
-                "tag": snapshot, "vmstate": VMSTATE_NODE, "devices": devices})
-            await rt.monitor.execute("cont" if snap["running"] else "stop")
+            machine = rt.machine(rec).machine
+            await machine.snapshot_load(snapshot, VMSTATE_NODE, devices)
+            await (machine.cont() if snap["running"] else machine.pause())
             target = State.RUNNING if snap["running"] else State.PAUSED
             if rec.state != target:
-                m._set(rec, target)
+                rt.set_state(rec, target)
             rec.current_snapshot = snapshot
-            m.db.update_vm(rec, "snapshot_reverted", {"snapshot": snapshot})
+            rt.record(rec, "snapshot_reverted", snapshot=snapshot)
             if snap["running"]:
-                m._background(_fix_guest(m, name))
-            return m._view(rec)
+                rt.background(_fix_guest(rt, name))
+            return rt.view(rec)
         was_live = rec.state in LIVE
         if was_live:
-            rt = m._runtime(rec)
-            rt.expected_exit = f"reverted to snapshot {snapshot}"
-            await m._kill(rt)
-            rec = m._get(name)
+            live = rt.machine(rec)
+            live.expected_exit = f"reverted to snapshot {snapshot}"
+            await rt.kill(live)
+            rec = rt.get(name)
         for _, path in disks:
             await arun(["qemu-img", "snapshot", "-a", snapshot, path],
                        what="qemu-img could not revert the snapshot")
         rec.current_snapshot = snapshot
-        m.db.update_vm(rec, "snapshot_reverted", {"snapshot": snapshot})
+        rt.record(rec, "snapshot_reverted", snapshot=snapshot)
         if snap["memory"]:  # a stopped VM comes back at the snapshot's running moment
-            run = RunPaths(m.paths.run_dir(name))
-            m._set(rec, State.STARTING)
-            fresh = None
-            try:
-                # held before its first instruction, loaded through the job API, which (unlike
-                # -loadvm) names the node that holds the RAM
-                fresh = await m._spawn(rec, run, extra=["-S"])
-                await _job(fresh.monitor, "snapshot-load", {
-                    "tag": snapshot, "vmstate": VMSTATE_NODE,
-                    "devices": [node for node, _ in disks] + [VMSTATE_NODE]})
-                if snap["running"]:
-                    await fresh.monitor.execute("cont")
-            except BaseException:
-                if fresh is not None:
-                    fresh.expected_exit = "revert failed"
-                    await m._kill(fresh)
-                m._cleanup_run(run)
-                rec = m._get(name)
-                rec.state = State.STOPPED
-                m.db.update_vm(rec, "start_failed", {})
-                raise
-            rec.started_at, rec.ready_at = time.time(), None
-            m._set(rec, State.RUNNING if snap["running"] else State.PAUSED, "started")
-            m._watch_ready(name, m._rt[name])
-            if snap["running"]:
-                m._background(_fix_guest(m, name))
-            return m._view(m._get(name))
+            await _start_at(life, rec, snapshot, devices, bool(snap["running"]))
+            return rt.view(rt.get(name))
     if was_live:  # a disk-only snapshot of a VM that ran: boot it from the old disks
-        return await m.start(name)
-    return m._view(m._get(name))
+        return await life.start(name)
+    return rt.view(rt.get(name))
 
 
-async def _fix_guest(m: Manager, name: str) -> None:
+async def _start_at(life: Lifecycle, rec: VMRecord, snapshot: str, devices: list[str],
+                    running: bool) -> None:
+    """Start a stopped VM held before its first instruction and load the memory snapshot
+    through the job API (which, unlike ``-loadvm``, names the node that holds the RAM)."""
+    rt = life.rt
+    before = rec.state
+    life.sched.reserve_now(rec)
+    rt.set_state(rec, State.STARTING)
+    async with rt.rollback(rec, before):
+        live = await rt.spawn(rec, LaunchOptions(hold=True))
+        await live.machine.snapshot_load(snapshot, VMSTATE_NODE, devices)
+        if running:
+            await live.machine.cont()
+    rec.started_at, rec.ready_at = time.time(), None
+    rt.set_state(rec, State.RUNNING if running else State.PAUSED, "started")
+    rt.watch_ready(rec.name, live)
+    if running:
+        rt.background(_fix_guest(rt, rec.name))
+
+
+async def _fix_guest(rt: VMRuntime, name: str) -> None:
     """After a memory revert the guest clock is the snapshot's: set it from the host."""
-    rt = m._rt.get(name)
-    if rt is None or rt.agent is None:
+    live = rt.live.get(name)
+    if live is None or not live.machine.has_agent:
         return
     with contextlib.suppress(AgentError, Timeout):
-        await rt.agent.execute("guest-set-time", {"time": time.time_ns()}, timeout=10)
+        await live.machine.guest_set_time(time.time_ns(), timeout=10)
 
 
-async def delete(m: Manager, name: str, snapshot: str) -> None:
+async def delete(rt: VMRuntime, name: str, snapshot: str) -> None:
     """Remove a snapshot; its children keep their place under its parent.
 
     :raises NotFound: no such snapshot.
     """
-    async with m._lock(name):
-        rec = m._get(name)
+    async with rt.lock(name):
+        rec = rt.get(name)
         _refuse(name, "delete a snapshot of", rec.state)
-        _find(m, name, snapshot)
+        _find(rt, name, snapshot)
         disks = _disks(rec)
         if rec.state in LIVE:
-            rt = m._runtime(rec)
+            machine = rt.machine(rec).machine
             devices = [node for node, _ in disks] + ([VMSTATE_NODE] if rec.spec.vmstate else [])
             if devices:
-                await _job(rt.monitor, "snapshot-delete", {"tag": snapshot,
-                                                           "devices": devices})
+                await machine.snapshot_delete(snapshot, devices)
         else:
             paths = [p for _, p in disks] + ([rec.spec.vmstate] if rec.spec.vmstate else [])
             for path in paths:
                 await arun(["qemu-img", "snapshot", "-d", snapshot, path], check=False)
-        m.db.delete_snapshot(name, snapshot)
+        rt.db.delete_snapshot(name, snapshot)
         from corral.service.warm import drop_templates
 
-        drop_templates(m, name, snapshot)
+        drop_templates(rt, name, snapshot)

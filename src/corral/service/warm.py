@@ -20,41 +20,39 @@ import json
 import shutil
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from corral.domain import specs as sp
 from corral.domain.states import LIVE, State
-from corral.engine.qemu import argv as qargv
-from corral.engine.qemu.process import launch
-from corral.engine.qemu.qmp import Monitor
+from corral.engine.driver import LaunchOptions, Machine, RamFile
+from corral.engine.qemu.argv import VMSTATE_NODE
 from corral.errors import AgentError, AlreadyExists, CorralError, InvalidSpec, InvalidState, Timeout
 from corral.host.runner import arun
-from corral.service import saved, snapshots, storage
+from corral.service import provision, snapshots
+from corral.service.runtime import VMRuntime
 from corral.store.db import VMRecord
 
-if TYPE_CHECKING:
-    from corral.service.manager import Manager, Runtime
+
+def template_dir(rt: VMRuntime, src: str, snapshot: str) -> Path:
+    return rt.paths.vm_dir(src) / "templates" / snapshot
 
 
-def template_dir(m: Manager, src: str, snapshot: str) -> Path:
-    return m.paths.vm_dir(src) / "templates" / snapshot
-
-
-async def ensure_template(m: Manager, src: str, snapshot: str, memory: bool = True) -> Path:
+async def ensure_template(rt: VMRuntime, src: str, snapshot: str, memory: bool = True) -> Path:
     """The template of ``src``'s snapshot, made on first use: its disks, and with
     ``memory`` its running state too.
 
     :raises InvalidSpec: ``memory`` is asked of a snapshot that keeps no running state.
     """
-    tdir = template_dir(m, src, snapshot)
-    snap = snapshots._find(m, src, snapshot)
+    tdir = template_dir(rt, src, snapshot)
+    snap = snapshots._find(rt, src, snapshot)
     if memory and not snap["memory"]:
         raise InvalidSpec("from_snapshot", f"snapshot '{snapshot}' of '{src}' has no running "
                                            "state; take one with --memory")
     if (tdir / "template.json").is_file():
         return tdir
-    rec = m._get(src)
+    rec = rt.get(src)
     work = tdir.with_name(f".{snapshot}.tmp-{uuid.uuid4().hex[:6]}")
     work.mkdir(parents=True)
     try:
@@ -71,7 +69,7 @@ async def ensure_template(m: Manager, src: str, snapshot: str, memory: bool = Tr
             assert rec.spec.vmstate is not None
             shutil.copyfile(rec.spec.vmstate, work / "vmstate.qcow2")
             spec.vmstate = str(work / "vmstate.qcow2")
-            await _capture(m, spec, snapshot, work)
+            await _capture(rt, spec, snapshot, work)
         (work / "template.json").write_text(json.dumps(
             {"src": src, "snapshot": snapshot, "running": snap["running"],
              "memory": bool(snap["memory"]),
@@ -86,37 +84,30 @@ async def ensure_template(m: Manager, src: str, snapshot: str, memory: bool = Tr
     return tdir
 
 
-async def _capture(m: Manager, spec: sp.VMSpec, snapshot: str, work: Path) -> None:
-    """Load the snapshot in a helper QEMU whose RAM is ``work/ram`` (shared), then write the
-    device state alone to ``work/dev.state``."""
-    run = qargv.RunPaths(m.paths.run / f".tmpl-{uuid.uuid4().hex[:8]}")
-    run.dir.mkdir(parents=True)
-    argv = qargv.build(spec, run, work / "serial.log", m.accel.name, m.tsc_khz,
-                       ram=qargv.RamFile(work / "ram", shared=True))
-    argv.append("-S")
-    proc = await launch(argv, run.pidfile)
-    monitor = Monitor(f"template-{snapshot}", lambda _e, _d: None)
+async def _capture(rt: VMRuntime, spec: sp.VMSpec, snapshot: str, work: Path) -> None:
+    """Load the snapshot in a helper machine whose RAM is ``work/ram`` (shared), then write
+    the device state alone to ``work/dev.state``."""
+    run_dir = rt.paths.run / f".tmpl-{uuid.uuid4().hex[:8]}"
+    machine = await rt.driver.launch(spec, run_dir, work / "serial.log", lambda _e, _d: None,
+                                     LaunchOptions(hold=True, ram=RamFile(work / "ram",
+                                                                          shared=True)))
     try:
-        await monitor.connect(run.qmp)
-        await snapshots._job(monitor, "snapshot-load", {
-            "tag": snapshot, "vmstate": qargv.VMSTATE_NODE,
-            "devices": [qargv.VMSTATE_NODE]})
-        await monitor.execute("migrate-set-capabilities", {"capabilities": [
-            {"capability": "x-ignore-shared", "state": True}]})
-        await saved.write_state(monitor, work / "dev.state")
-        await monitor.execute("quit")
+        await machine.snapshot_load(snapshot, VMSTATE_NODE, [VMSTATE_NODE])
+        await machine.save_state(work / "dev.state", ignore_shared=True)
+        with contextlib.suppress(CorralError):
+            await machine.quit()
     finally:
-        await monitor.close()
-        proc.signal(9)
-        await proc.wait(5)
-        shutil.rmtree(run.dir, ignore_errors=True)
+        await machine.close()
+        machine.kill()
+        await machine.wait_exit(5)
+        rt.driver.cleanup(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
-async def warm_start(m: Manager, name: str, source: str, wait: bool = True,
-                     timeout: float = 60.0, queue: bool = True,
-                     sched: sp.Scheduling | None = None) -> dict[str, Any]:
-    """Create ``name`` from ``source`` ("VM:SNAPSHOT") and start it from the snapshot's
-    running state. A failure leaves no VM behind.
+async def define_warm(rt: VMRuntime, name: str, source: str,
+                      sched: sp.Scheduling | None = None) -> VMRecord:
+    """Define ``name`` from ``source`` ("VM:SNAPSHOT") to start from the snapshot's running
+    state (its template is made on first use).
 
     :raises InvalidSpec: ``source`` is malformed or names a snapshot without memory.
     :raises AlreadyExists: the name is taken.
@@ -125,28 +116,23 @@ async def warm_start(m: Manager, name: str, source: str, wait: bool = True,
     src, sep, snapshot = source.partition(":")
     if not sep or not src or not snapshot:
         raise InvalidSpec("from_snapshot", f"'{source}' is not VM:SNAPSHOT")
-    if m.db.get_vm(name) is not None:
+    if rt.db.get_vm(name) is not None:
         raise AlreadyExists(f"a VM named '{name}' exists; pick another name")
-    tdir = await ensure_template(m, src, snapshot)
+    tdir = await ensure_template(rt, src, snapshot)
     meta = json.loads((tdir / "template.json").read_text())
-    rec = await _define_clone(m, name, sp.VMSpec.model_validate(meta["spec"]), full=False,
+    rec = await _define_clone(rt, name, sp.VMSpec.model_validate(meta["spec"]), full=False,
                               sched=sched)
     rec.spec.warm_template = str(tdir)
-    m.db.update_vm(rec, "warm_start_requested", {"template": str(tdir)})
-    try:  # through admission like any start: it may wait in the queue
-        return await m.start(name, wait=wait, timeout=timeout, queue=queue)
-    except BaseException:
-        if m._get(name).state in (State.DEFINED, State.STOPPED, State.CRASHED):
-            await m.destroy(name)  # a warm start that never ran leaves no VM
-        raise
+    rt.record(rec, "warm_start_requested", template=str(tdir))
+    return rec
 
 
-async def _define_clone(m: Manager, name: str, base: sp.VMSpec, full: bool,
+async def _define_clone(rt: VMRuntime, name: str, base: sp.VMSpec, full: bool,
                         snapshot: str | None = None,
                         sched: sp.Scheduling | None = None) -> VMRecord:
     """Define ``name`` with ``base``'s hardware, its own MACs, and disks that are overlays on
     ``base``'s (linked) or copies of them (``full``, from ``snapshot`` if given)."""
-    vm_dir = m.paths.vm_dir(name)
+    vm_dir = rt.paths.vm_dir(name)
     vm_dir.mkdir(parents=True)
     try:
         disks = []
@@ -167,18 +153,18 @@ async def _define_clone(m: Manager, name: str, base: sp.VMSpec, full: bool,
             disks.append(disk.model_copy(update={"path": str(target), "owned": True,
                                                  "format": "qcow2", "name": None}))
         spec = base.model_copy(update={
-            "name": name, "disks": disks, "vmstate": await storage.make_vmstate(vm_dir),
+            "name": name, "disks": disks, "vmstate": await provision.make_vmstate(vm_dir),
             "nics": [n.model_copy(update={"mac": sp.new_mac()}) for n in base.nics],
             "sched": sched or sp.Scheduling(), "warm_template": None})
         rec = VMRecord(name=name, uid=str(uuid.uuid4()), spec=spec, state=State.DEFINED)
-        m.db.add_vm(rec)
+        rt.db.add_vm(rec)
     except BaseException:
         shutil.rmtree(vm_dir, ignore_errors=True)
         raise
     return rec
 
 
-async def clone(m: Manager, src: str, name: str, full: bool = False,
+async def clone(rt: VMRuntime, src: str, name: str, full: bool = False,
                 snapshot: str | None = None) -> dict[str, Any]:
     """Define ``name`` as a clone of ``src``: of its current disks (a full copy: they would
     keep changing under a linked clone; the VM must not run) or of one of its snapshots
@@ -188,64 +174,64 @@ async def clone(m: Manager, src: str, name: str, full: bool = False,
     :raises AlreadyExists: the name is taken.
     """
     sp.check_name(name)
-    if m.db.get_vm(name) is not None:
+    if rt.db.get_vm(name) is not None:
         raise AlreadyExists(f"a VM named '{name}' exists; pick another name")
-    async with m._lock(src):
-        rec = m._get(src)
+    async with rt.lock(src):
+        rec = rt.get(src)
         if snapshot is None:
             if rec.state in LIVE:
                 raise InvalidState(src, "clone", rec.state.value,
                                    ["defined", "stopped", "crashed", "saved"])
-            new = await _define_clone(m, name, rec.spec, full=True)
+            new = await _define_clone(rt, name, rec.spec, full=True)
         elif full:
-            snapshots._find(m, src, snapshot)
-            new = await _define_clone(m, name, rec.spec, full=True, snapshot=snapshot)
+            snapshots._find(rt, src, snapshot)
+            new = await _define_clone(rt, name, rec.spec, full=True, snapshot=snapshot)
         else:
-            tdir = await ensure_template(m, src, snapshot, memory=False)
+            tdir = await ensure_template(rt, src, snapshot, memory=False)
             meta = json.loads((tdir / "template.json").read_text())
-            new = await _define_clone(m, name, sp.VMSpec.model_validate(meta["spec"]),
+            new = await _define_clone(rt, name, sp.VMSpec.model_validate(meta["spec"]),
                                       full=False)
-    m.db.update_vm(new, "cloned", {"from": src, "snapshot": snapshot, "full": full})
-    return m._view(new)
+    rt.record(new, "cloned", **{"from": src, "snapshot": snapshot, "full": full})
+    return rt.view(new)
 
 
-async def resume_template(m: Manager, rec: VMRecord) -> None:
+async def resume_template(rt: VMRuntime, rec: VMRecord) -> None:
     """Start ``rec`` (admitted, ``starting``) from its warm-start template instead of
     booting it; the template is used once."""
     assert rec.spec.warm_template is not None
     tdir = Path(rec.spec.warm_template)
     running = bool(json.loads((tdir / "template.json").read_text())["running"])
-    run = qargv.RunPaths(m.paths.run_dir(rec.name))
-    rt = await m._spawn(rec, run, incoming=True,
-                        ram=qargv.RamFile(tdir / "ram", shared=False))
-    await rt.monitor.execute("migrate-set-capabilities", {"capabilities": [
-        {"capability": "x-ignore-shared", "state": True}]})
-    await saved.read_state(rt.monitor, tdir / "dev.state")
+    live = await rt.spawn(rec, LaunchOptions(incoming=True,
+                                             ram=RamFile(tdir / "ram", shared=False)))
+    await live.machine.load_state(tdir / "dev.state", ignore_shared=True)
     if running:
-        await rt.monitor.execute("cont")
+        await live.machine.cont()
     rec.started_at, rec.ready_at, rec.exit_reason = time.time(), None, None
     rec.spec.warm_template = None  # from now on it boots, saves and restores as itself
-    m._set(rec, State.RUNNING if running else State.PAUSED, "warm_started",
-           template=str(tdir))
-    m._watch_ready(rec.name, rt, then=_take_identity)
+    rt.set_state(rec, State.RUNNING if running else State.PAUSED, "warm_started",
+                 template=str(tdir))
+    rt.watch_ready(rec.name, live, then=_take_identity(rt))
 
 
-async def _take_identity(m: Manager, name: str, rt: Runtime) -> None:
-    """The clone wakes up as its template: give it the host's time, its name and MACs, in one
-    short exec just after it is marked ready (``guest-set-time`` would also write the RTC
-    through ``hwclock``, which costs a just-restored guest over 100 ms)."""
-    if rt.agent is None:
-        return
-    rec = m._get(name)
-    script = [f"date -s @{int(time.time())} >/dev/null", f"hostname {name}"]
-    for i, nic in enumerate(rec.spec.nics):
-        script.append(f"ip link set dev eth{i} address {nic.mac}")
-    # best effort: the VM runs either way, and 'corral exec NAME -- hostname' shows it
-    with contextlib.suppress(AgentError, Timeout, CorralError):
-        await rt.agent.execute("guest-exec", {"path": "sh", "arg": ["-c", "; ".join(script)]},
-                               timeout=5)
+def _take_identity(rt: VMRuntime) -> Callable[[str, Machine], Awaitable[None]]:
+    async def take(name: str, machine: Machine) -> None:
+        """The clone wakes up as its template: give it the host's time, its name and MACs,
+        in one short exec just after it is marked ready (``guest-set-time`` would also write
+        the RTC through ``hwclock``, which costs a just-restored guest over 100 ms)."""
+        rec = rt.db.get_vm(name)
+        if rec is None or not machine.has_agent:
+            return
+        script = [f"date -s @{int(time.time())} >/dev/null", f"hostname {name}"]
+        for i, nic in enumerate(rec.spec.nics):
+            script.append(f"ip link set dev eth{i} address {nic.mac}")
+        # best effort: the VM runs either way, and 'corral exec NAME -- hostname' shows it
+        with contextlib.suppress(AgentError, Timeout, CorralError):
+            await machine.guest_exec(["sh", "-c", "; ".join(script)], capture=False,
+                                     timeout=5)
+
+    return take
 
 
-def drop_templates(m: Manager, vm: str, snapshot: str) -> None:
+def drop_templates(rt: VMRuntime, vm: str, snapshot: str) -> None:
     """Forget the template of a snapshot that is going away."""
-    shutil.rmtree(template_dir(m, vm, snapshot), ignore_errors=True)
+    shutil.rmtree(template_dir(rt, vm, snapshot), ignore_errors=True)

@@ -227,6 +227,9 @@ class QemuMachine:
         await self._unplug(f"vd-{node}", timeout)
         await self.monitor.execute("blockdev-del", {"node-name": node})
 
+    async def resize_disk(self, node: str, size: int) -> None:
+        await self.monitor.execute("block_resize", {"node-name": node, "size": size})
+
     async def set_io_limits(self, node: str, iops: int, bps: int, pci: bool) -> None:
         # on PCI the limits sit on the virtio backend, the child of the PCI proxy device
         device = f"/machine/peripheral/vd-{node}" + ("/virtio-backend" if pci else "")
@@ -335,8 +338,16 @@ class QemuMachine:
             name=str(i.get("name")), mac=i.get("hardware-address"),
             addresses=[(str(a["ip-address"]), int(a.get("prefix", 0)),
                         str(a.get("ip-address-type", "")))
-                       for a in i.get("ip-addresses", [])])
+                       for a in i.get("ip-addresses", [])],
+            counters=_counters(i.get("statistics")))
             for i in ifaces or []]
+
+
+def _counters(stats: dict[str, Any] | None) -> dict[str, int] | None:
+    if not stats:
+        return None
+    return {key.replace("-", "_"): int(stats.get(key, 0)) for key in (
+        "rx-bytes", "tx-bytes", "rx-packets", "tx-packets", "rx-dropped", "tx-dropped")}
 
 
 class QemuDriver:

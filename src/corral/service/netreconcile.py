@@ -44,29 +44,27 @@ from corral.service.nics import _port
 from corral.store.networks import NetStore
 
 if TYPE_CHECKING:
-    from corral.service.manager import Manager
+    from corral.service.networks import Networks
 
 log = logging.getLogger(__name__)
 
 
-async def reconcile(m: Manager) -> None:
+async def reconcile(net: Networks) -> None:
     """Bring the host in line with the stored networks (see the module doc)."""
-    net = m.net
     if net.db.empty():
         return
     if os.geteuid() != 0:
         log.warning("the store holds networks, but without root this daemon leaves them be")
         return
     async with net.lock:
-        await net.call(_reconcile, m)
+        await net.call(_reconcile, net)
     reap_dnsmasq_zombies()
 
 
-def _reconcile(m: Manager) -> None:
-    net = m.net
+def _reconcile(net: Networks) -> None:
     db, host = net.db, net.host
     for owner in db.owners():
-        if not _exists(m, owner):
+        if not _exists(net, owner):
             with _unit(owner, "remove"):
                 remove_records(db.records(owner))
                 db.drop_records(owner)
@@ -83,11 +81,11 @@ def _reconcile(m: Manager) -> None:
         with _unit(owner, "make"):
             _keep(db, owner, attach(host, db.routers[leg.router], leg,
                                     db.networks[network].plan))
-    for rec in m.db.list_vms():
+    for rec in net.rt.db.list_vms():
         nics = [n for n in rec.spec.nics if n.mode == "network" and n.ifname
                 and n.planned_for == rec.name and n.network in db.networks]
         with _unit(f"vm:{rec.name}", "find the taps of"):
-            if rec.name in m._rt:
+            if rec.name in net.rt.live:
                 _keep(db, f"vm:{rec.name}", *(ensure_tap(
                     host, db.networks[str(n.network)].plan, _port(rec.name, n)) for n in nics))
             else:
@@ -101,13 +99,13 @@ def _reconcile(m: Manager) -> None:
                 dnsmasq.stop(files)
 
 
-def _exists(m: Manager, owner: str) -> bool:
-    db = m.net.db
+def _exists(net: Networks, owner: str) -> bool:
+    db = net.db
     kind, _, unit = owner.partition(":")
     if kind == "network":
         return unit in db.networks
     if kind == "vm":
-        return unit in m._rt and m.db.get_vm(unit) is not None
+        return unit in net.rt.live and net.rt.db.get_vm(unit) is not None
     router, _, network = unit.partition("/")
     if network:
         return network in db.legs and db.legs[network].router == router

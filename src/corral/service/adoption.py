@@ -1,0 +1,189 @@
+"""What a starting daemon does before it serves: take up every VM whose machine is still
+alive, settle the ones an earlier daemon left half-way through an operation, and remove what
+no record owns in its own home.
+
+A daemon can die at any moment inside an operation. Each long operation therefore writes a
+*pending* note in the store before it changes anything outside it (a state file being
+written, a snapshot being taken) and clears it when it commits; adoption finishes or undoes
+whatever a note still names:
+
+* ``restoring`` with a machine still waiting for its state (``inmigrate``): the machine is
+  ended and the VM is ``saved`` again, its file intact. With the state loaded, the VM is
+  taken up running or paused and the used-up managed state file is removed.
+* ``saving`` with a machine that finished or never began streaming: the machine is kept, the
+  VM comes back ``paused`` (resume it), and the partial state file is removed.
+* a snapshot being taken: a tag the store does not know is removed from the VM's disks, so
+  the name can be used again and the RAM it held is freed.
+* ``starting`` from a warm-start template that never got its state: ended, back to
+  ``defined``.
+* directories under ``vms/`` that no VM owns (a create cut short), temporary files of saves,
+  imports and templates, and run directories of VMs that are gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from corral.domain.states import LIVE, State, allowed, from_qmp_status
+from corral.errors import CorralError
+from corral.host.runner import arun
+from corral.service.runtime import Live, VMRuntime
+from corral.store.db import VMRecord
+
+log = logging.getLogger(__name__)
+PENDING = "pending/"
+
+
+def note(rt: VMRuntime, vm: str, **what: Any) -> None:
+    """Write a pending note for ``vm`` (before an operation changes files or disks)."""
+    rt.db.put_doc(PENDING + vm, what)
+
+
+def clear(rt: VMRuntime, vm: str) -> None:
+    """The operation committed (or was undone): the note goes."""
+    rt.db.put_doc(PENDING + vm, None)
+
+
+async def adopt_all(rt: VMRuntime) -> None:
+    """Take up or settle every VM in the store, then sweep the home."""
+    for rec in rt.db.list_vms():
+        try:
+            await _adopt(rt, rec)
+        except CorralError as err:
+            log.warning("cannot adopt %s: %s", rec.name, err)
+        await _settle_note(rt, rec)
+    _sweep(rt)
+
+
+async def _adopt(rt: VMRuntime, rec: VMRecord) -> None:
+    run_dir = rt.run_dir(rec.name)
+    machine = await rt.driver.adopt(rec.spec, run_dir, rec.pid, rec.pid_start,
+                                    rt.event_handler(rec.name))
+    if machine is None:
+        _gone(rt, rec)
+        rt.driver.cleanup(run_dir)
+        return
+    status = await machine.status()
+    if status == "inmigrate":  # a restore or warm start that never got its state
+        await _end(rt, Live(machine))
+        back = State.SAVED if rec.state == State.RESTORING else (
+            State.DEFINED if rec.started_at is None else State.STOPPED)
+        rec.pid = rec.pid_start = None
+        rec.exit_reason = "the daemon stopped while it was loading the VM's state"
+        _force(rt, rec, back, "adopted")
+        return
+    live = rt.attach(rec, machine)
+    state = from_qmp_status(status)
+    if state not in (State.RUNNING, State.PAUSED):
+        state = State.PAUSED  # a save cut short: the guest is held; resume it
+    if rec.state == State.SAVING and state == State.RUNNING:
+        state = State.PAUSED
+    if rec.state == State.RESTORING and rec.saved_state:
+        managed = Path(rec.saved_state).parent == rt.paths.vm_dir(rec.name)
+        if managed:
+            Path(rec.saved_state).unlink(missing_ok=True)
+        rec.saved_state = rec.saved_running = None
+    _force(rt, rec, state, "adopted", pid=machine.pid)
+    if rec.ready_at is not None:
+        live.ready.set()
+    else:
+        rt.watch_ready(rec.name, live)
+
+
+def _gone(rt: VMRuntime, rec: VMRecord) -> None:
+    """The VM's machine is gone: say how it ended."""
+    if rec.state not in LIVE:
+        return
+    rec.pid = rec.pid_start = None
+    rec.ready_at = None
+    if rec.state == State.RESTORING and rec.saved_state and Path(rec.saved_state).is_file():
+        rec.exit_reason = "the daemon stopped while restoring; the saved state is kept"
+        _force(rt, rec, State.SAVED)
+        return
+    stopping = rec.state in (State.STOPPING, State.STARTING)
+    rec.exit_reason = ("stopped while the daemon was down" if stopping
+                       else "QEMU was gone when the daemon started")
+    _force(rt, rec, State.STOPPED if stopping else State.CRASHED)
+
+
+def _force(rt: VMRuntime, rec: VMRecord, state: State, kind: str | None = None,
+           **detail: Any) -> None:
+    """Settle a VM after a restart: through the table when it allows the move, else (a
+    state the table cannot reach from an interrupted one) recorded as adoption found it."""
+    if rec.state == state or allowed(rec.state, state):
+        rt.set_state(rec, state, kind, **detail)
+    else:
+        rec.state = state
+        rt.record(rec, kind or state.value, **detail)
+
+
+async def _end(rt: VMRuntime, live: Live) -> None:
+    live.machine.watch_exit(lambda _status: None)  # reaped; nobody else holds it
+    await rt.kill(live)
+    await live.machine.close()
+    rt.driver.cleanup(rt.run_dir(live.machine.name))
+
+
+async def _settle_note(rt: VMRuntime, rec: VMRecord) -> None:
+    """Finish or undo what a pending note names."""
+    pending = rt.db.get_doc(PENDING + rec.name)
+    if not pending:
+        return
+    tmp = pending.get("tmp")
+    if tmp:  # a save that never committed
+        for path in Path(tmp).parent.glob(Path(tmp).name + "*"):
+            path.unlink(missing_ok=True)
+    tag = pending.get("snapshot")
+    if tag and not any(s["name"] == tag for s in rt.db.list_snapshots(rec.name)):
+        await _drop_tag(rt, rec, str(tag), [str(p) for p in pending.get("files", [])])
+    clear(rt, rec.name)
+
+
+async def _drop_tag(rt: VMRuntime, rec: VMRecord, tag: str, files: list[str]) -> None:
+    """Remove a snapshot tag the store never heard of from the VM's disks."""
+    live = rt.live.get(rec.name)
+    if live is not None:
+        with contextlib.suppress(CorralError):
+            await live.machine.snapshot_delete(tag, list(pending_nodes(rec)))
+        return
+    for path in files:
+        with contextlib.suppress(CorralError):
+            await arun(["qemu-img", "snapshot", "-d", tag, path], check=False)
+
+
+def pending_nodes(rec: VMRecord) -> list[str]:
+    """The nodes a snapshot of ``rec`` covers (its writable disks and the state file)."""
+    from corral.engine.qemu.argv import VMSTATE_NODE
+
+    nodes = [d.node(i) for i, d in enumerate(rec.spec.disks)
+             if not d.readonly and d.format == "qcow2"]
+    return nodes + ([VMSTATE_NODE] if rec.spec.vmstate else [])
+
+
+def _sweep(rt: VMRuntime) -> None:
+    """Remove what no record owns, in this daemon's own home only."""
+    names = {r.name for r in rt.db.list_vms()}
+    vms_dir = rt.paths.home / "vms"
+    if vms_dir.is_dir():
+        for child in vms_dir.iterdir():
+            if child.name.startswith(".import-") or (child.is_dir() and
+                                                      child.name not in names):
+                shutil.rmtree(child, ignore_errors=True)
+                continue
+            for tmp in child.glob(".*.tmp-*"):
+                tmp.unlink(missing_ok=True)
+            templates = child / "templates"
+            if templates.is_dir():
+                for work in templates.glob(".*.tmp-*"):
+                    shutil.rmtree(work, ignore_errors=True)
+    run = rt.paths.run
+    if run.is_dir():  # run directories of VMs (a pidfile or sockets) that are gone
+        for child in run.iterdir():
+            ours = child.name.startswith(".tmpl-") or (child / "qemu.pid").exists() or (
+                child / "qmp.sock").exists()
+            if child.is_dir() and ours and child.name not in names:
+                shutil.rmtree(child, ignore_errors=True)

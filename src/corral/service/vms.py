@@ -1,0 +1,269 @@
+"""The VMs slice: define, run, show, list and remove VMs; every other verb of a VM's life is
+delegated to the use-case module that owns it (lifecycle, saved state, warm starts, export).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from corral.domain import specs as sp
+from corral.domain.states import State
+from corral.errors import AlreadyExists, CorralError, InvalidSpec
+from corral.images import catalog
+from corral.service import hostfacts, nics, provision
+from corral.service.lifecycle import Lifecycle
+from corral.service.runtime import READY_TIMEOUT, VMRuntime
+from corral.store.db import VMRecord
+
+if TYPE_CHECKING:
+    from corral.service.networks import Networks
+    from corral.service.scheduling import Scheduler
+
+MAX_LOG_READ = 16 << 20
+
+
+class VMs:
+    """Virtual machines: lifecycle, state, logs and events."""
+
+    def __init__(self, rt: VMRuntime, sched: Scheduler, net: Networks) -> None:
+        self.rt = rt
+        self.sched = sched
+        self.net = net
+        self.life = Lifecycle(rt, sched)
+
+    # ----- define ----------------------------------------------------------------------------
+    async def create(self, body: dict[str, Any], *, start: bool = False, wait: bool = False,
+                     timeout: float = READY_TIMEOUT, queue: bool = True) -> dict[str, Any]:
+        """Define a VM; with ``start`` also boot it (all or nothing: a failed start removes
+        the VM it defined). ``from_snapshot`` in the body makes it a warm start.
+
+        :raises InvalidSpec: a field is wrong (named in the error).
+        :raises AlreadyExists: the name is taken.
+        """
+        if body.get("from_snapshot") is not None:
+            from corral.service import warm
+
+            req = sp.parse_create(body)
+            rec = await warm.define_warm(self.rt, req.name, str(body["from_snapshot"]),
+                                         sp.scheduling(req, hostfacts.facts()))
+            start, wait = True, wait or start  # a warm start runs at once
+        else:
+            rec = await self.define(body)
+        if not start:
+            return self.rt.view(rec)
+        try:
+            return await self.life.start(rec.name, wait=wait, timeout=timeout, queue=queue)
+        except BaseException:  # all or nothing: a VM that never ran is removed
+            gone = self.rt.db.get_vm(rec.name)
+            if gone is not None and gone.state == State.DEFINED:
+                await self.rm(rec.name)
+            raise
+
+    async def define(self, body: dict[str, Any]) -> VMRecord:
+        """Make a VM's record and its disks; nothing boots. A failure leaves nothing."""
+        rt = self.rt
+        req = sp.parse_create(body)
+        memory = sp.validate_against_host(req, hostfacts.facts())
+        async with rt.lock(req.name):
+            if rt.db.get_vm(req.name) is not None:
+                raise AlreadyExists(f"a VM named '{req.name}' exists; pick another name or "
+                                    f"'corral rm {req.name}'")
+            spec = _resolve(rt, req, memory)
+            spec.sched = sp.scheduling(req, hostfacts.facts())
+            vm_dir = rt.paths.vm_dir(req.name)
+            if vm_dir.exists():  # left by a crash between mkdir and commit
+                shutil.rmtree(vm_dir)
+            vm_dir.mkdir(parents=True)
+            try:
+                spec.disks = await provision.prepare_disks(req.disks, vm_dir)
+                image = catalog.find(rt.paths, spec.image) if spec.image else None
+                if image is not None and image.disk is not None:
+                    root = await provision.make_root(image.disk, vm_dir, image.root_bus,
+                                                     boot=spec.kernel is None)
+                    spec.disks.insert(0, root)
+                if req.user_data is not None or req.ssh_keys or req.hostname:
+                    spec.disks.append(provision.make_seed(vm_dir, req))
+                spec.vmstate = await provision.make_vmstate(vm_dir)
+                nics.plan_nics(self.net, spec)  # no await until add_vm: addresses stay ours
+                rec = VMRecord(name=req.name, uid=str(uuid.uuid4()), spec=spec,
+                               state=State.DEFINED)
+                rt.db.add_vm(rec)
+            except BaseException:
+                shutil.rmtree(vm_dir, ignore_errors=True)
+                raise
+        return rec
+
+    # ----- read ------------------------------------------------------------------------------
+    def list(self) -> builtins.list[dict[str, Any]]:
+        return [self.rt.view(r) for r in self.rt.db.list_vms()]
+
+    async def get(self, name: str) -> dict[str, Any]:
+        """One VM, with QEMU's own run state asked live.
+
+        :raises NotFound: no VM of that name.
+        """
+        rt = self.rt
+        view = rt.view(rt.get(name))
+        view["qemu_status"] = None
+        live = rt.live.get(name)
+        if live is not None:
+            try:
+                view["qemu_status"] = await live.machine.status(timeout=2)
+                per_node = await live.machine.block_stats()
+                for i, disk in enumerate(view["disks"]):
+                    disk["stats"] = per_node.get(disk.get("id") or f"disk{i}")
+            except (CorralError, OSError):
+                pass  # the machine is ending: the view says what the store knows
+        await nics.live(self.net, name, view)
+        return view
+
+    def logs(self, name: str, offset: int = 0, limit: int = 1 << 20) -> dict[str, Any]:
+        """The serial log from byte ``offset`` (negative: from the end): ``{"data",
+        "offset"}`` (the next offset).
+
+        :raises InvalidSpec: ``limit`` is not between 0 and 16 MiB.
+        """
+        self.rt.get(name)
+        if not 0 <= limit <= MAX_LOG_READ:
+            raise InvalidSpec("limit", f"read at most {MAX_LOG_READ} bytes at once")
+        path = self.rt.paths.vm_dir(name) / "serial.log"
+        try:
+            with path.open("rb") as f:
+                size = f.seek(0, 2)
+                offset = max(0, size + offset) if offset < 0 else min(offset, size)
+                f.seek(offset)
+                data = f.read(limit)
+        except FileNotFoundError:
+            data = b""
+        return {"data": data.decode(errors="replace"), "offset": offset + len(data)}
+
+    def events(self, since: int = 0, vm: str | None = None) -> builtins.list[dict[str, Any]]:
+        return self.rt.db.events(since, vm)
+
+    # ----- remove ----------------------------------------------------------------------------
+    async def rm(self, name: str) -> None:
+        """Stop the VM if it runs and remove everything Corral made for it.
+
+        :raises NotFound: no VM of that name.
+        """
+        rt = self.rt
+        async with rt.lock(name):
+            rec = rt.get(name)
+            if rec.state == State.QUEUED:
+                self.sched.cancel(rec, State.DEFINED)
+            live = rt.live.get(name)
+            if live is not None:
+                live.expected_exit = "destroyed"
+                await rt.kill(live)
+            rt.driver.cleanup(rt.run_dir(name))
+            rec = rt.get(name)
+            for disk in rec.spec.disks:
+                if disk.name:  # a named disk outlives the VM; it is only detached
+                    rt.db.set_disk_vm(disk.name, None)
+            rt.db.delete_vm(name)
+            shutil.rmtree(rt.paths.vm_dir(name), ignore_errors=True)
+            await rt.hooks.forget(name, rec.spec)
+        rt.forget(name)
+
+    # ----- the rest of a VM's life -------------------------------------------------------------
+    async def start(self, name: str, *, wait: bool = False, timeout: float = READY_TIMEOUT,
+                    queue: bool = True) -> dict[str, Any]:
+        return await self.life.start(name, wait=wait, timeout=timeout, queue=queue)
+
+    async def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        return await self.life.wait_ready(name, timeout)
+
+    async def pause(self, name: str) -> dict[str, Any]:
+        return await self.life.pause(name)
+
+    async def resume(self, name: str) -> dict[str, Any]:
+        return await self.life.resume(name)
+
+    async def shutdown(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
+        return await self.life.shutdown(name, timeout)
+
+    async def stop(self, name: str, *, force: bool = True, timeout: float = 60.0
+                   ) -> dict[str, Any]:
+        return await self.life.stop(name, force=force, timeout=timeout)
+
+    async def reboot(self, name: str, *, wait: bool = False, timeout: float = READY_TIMEOUT
+                     ) -> dict[str, Any]:
+        return await self.life.reboot(name, wait=wait, timeout=timeout)
+
+    async def save(self, name: str, file: str | None = None) -> dict[str, Any]:
+        from corral.service import saved
+
+        return await saved.save(self.rt, name, file)
+
+    async def restore(self, name: str, *, wait: bool = False, timeout: float = READY_TIMEOUT
+                      ) -> dict[str, Any]:
+        from corral.service import saved
+
+        return await saved.restore(self.rt, self.sched, name, wait, timeout)
+
+    async def clone(self, name: str, new: str, *, full: bool = False,
+                    snapshot: str | None = None) -> dict[str, Any]:
+        from corral.service import warm
+
+        return await warm.clone(self.rt, name, new, full, snapshot)
+
+    async def export(self, name: str, file: str, *, live: bool = False) -> dict[str, Any]:
+        """Write the VM into one file; ``live`` exports a running VM (paused meanwhile)."""
+        from corral.service import portable
+
+        async with self.rt.lock(name):
+            return await asyncio.to_thread(portable.export, self.rt, name, file)
+
+    async def import_(self, file: str, name: str | None = None) -> dict[str, Any]:
+        from corral.service import portable
+
+        return await asyncio.to_thread(portable.import_vm, self.rt, file, name)
+
+
+def _resolve(rt: VMRuntime, req: sp.VMCreate, memory: int) -> sp.VMSpec:
+    """Kernel, initrd and command line come from ``--kernel`` … when given, else from the
+    image; an image with a disk gives the VM an overlay of it either way."""
+    image = None
+    if req.image or not req.kernel:
+        default = sp.DEFAULT_IMAGE if req.arch in (None, "x86_64") else "tiny-arm64"
+        image = catalog.resolve(rt.paths, req.image or default)
+    image_name, arch = (image.name, image.arch) if image else (None, req.arch or "x86_64")
+    if req.arch is not None and req.arch != arch:
+        raise InvalidSpec("arch", f"image '{image_name}' is {arch}, not {req.arch}; pick an "
+                                  f"{req.arch} image (e.g. tiny-arm64)")
+    if arch not in sp.MACHINES:
+        raise InvalidSpec("arch", f"{arch} guests are not supported")
+    manifest = image.manifest if image else {}
+    machine = req.machine or manifest.get("machine") or sp.MACHINES[arch][0]
+    if machine not in sp.MACHINES[arch]:
+        raise InvalidSpec("machine", f"{machine} is not an {arch} machine; use "
+                                     + " or ".join(sp.MACHINES[arch]))
+    if req.kernel:
+        kernel = Path(req.kernel).expanduser()
+        if not kernel.is_file():
+            raise InvalidSpec("kernel", f"no file '{req.kernel}'; give the path of a kernel")
+        initrd = Path(req.initrd).expanduser() if req.initrd else None
+        if initrd and not initrd.is_file():
+            raise InvalidSpec("initrd", f"no file '{req.initrd}'; give the path of an initrd")
+        kpath: str | None = str(kernel.absolute())
+        ipath = str(initrd.absolute()) if initrd else None
+        cmdline = req.cmdline or "console=ttyS0 panic=-1"
+    else:
+        assert image is not None
+        kpath = str(image.kernel) if image.kernel else None
+        ipath = str(image.initrd) if image.initrd else None
+        cmdline = req.cmdline or image.cmdline
+    nic_specs = [sp.NicSpec(mode=n.mode or ("network" if n.network else "user"),
+                            mac=(n.mac or sp.new_mac()).lower(), network=n.network,
+                            ip=n.ip, fixed_ip=n.ip is not None, hostfwd=n.hostfwd)
+                 for n in (req.nics if req.nics is not None else [sp.NicRequest()])]
+    return sp.VMSpec(name=req.name, arch=cast(sp.Arch, arch), image=image_name,
+                     cpus=req.cpus, memory_bytes=memory, kernel=kpath, initrd=ipath,
+                     cmdline=cmdline, machine=cast(sp.Machine, machine),
+                     cpu_model=req.cpu_model or manifest.get("cpu") or "max", disks=[],
+                     nics=nic_specs, agent=image.agent if image else True)
