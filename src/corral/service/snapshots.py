@@ -35,7 +35,7 @@ from corral.errors import (
     NotFound,
     Timeout,
 )
-from corral.host.runner import arun
+from corral.host import qemu_img
 
 if TYPE_CHECKING:
     from corral.engine.qemu.qmp import Monitor
@@ -127,8 +127,8 @@ async def create(m: Manager, name: str, snapshot: str, memory: bool = False) -> 
                     else devices[0], "devices": devices})
         else:
             for _, path in disks:
-                await arun(["qemu-img", "snapshot", "-c", snapshot, path],
-                           what="qemu-img could not take the snapshot")
+                await qemu_img.asnapshot(path, "create", snapshot,
+                                         what="qemu-img could not take the snapshot")
         snap = {"vm": name, "name": snapshot, "parent": rec.current_snapshot,
                 "created_at": time.time(), "memory": memory and live,
                 "running": rec.state == State.RUNNING, "vm_state": rec.state.value}
@@ -188,8 +188,8 @@ async def revert(m: Manager, name: str, snapshot: str) -> dict[str, Any]:
             await m._kill(rt)
             rec = m._get(name)
         for _, path in disks:
-            await arun(["qemu-img", "snapshot", "-a", snapshot, path],
-                       what="qemu-img could not revert the snapshot")
+            await qemu_img.asnapshot(path, "apply", snapshot,
+                                     what="qemu-img could not revert the snapshot")
         rec.current_snapshot = snapshot
         m.db.update_vm(rec, "snapshot_reverted", {"snapshot": snapshot})
         if snap["memory"]:  # a stopped VM comes back at the snapshot's running moment
@@ -253,7 +253,7 @@ async def delete(m: Manager, name: str, snapshot: str) -> None:
         else:
             paths = [p for _, p in disks] + ([rec.spec.vmstate] if rec.spec.vmstate else [])
             for path in paths:
-                await arun(["qemu-img", "snapshot", "-d", snapshot, path], check=False)
+                await qemu_img.asnapshot(path, "delete", snapshot, check=False)
         m.db.delete_snapshot(name, snapshot)
         from corral.service.warm import drop_templates
 
