@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from corral.cli.models import policy_table
-from corral.models.queueing import mmc
-from corral.models.simulate import Workload, compare, host_for
+from corral.perf.queueing import mmc
+from corral.perf.simulate import Workload, compare, host_for
 from corral.scheduler.placement import Host, PlacementRequest, Placer, Weigher
 from corral.scheduler.resources import Resources
 from corral.scheduler.synthetic import synthetic

@@ -29,7 +29,7 @@ from typing import Any
 
 from corral.client import Client
 from corral.errors import CorralError
-from corral.models.simulate import parse_trace, simulate
+from corral.perf.simulate import parse_trace, simulate
 from corral.scheduler.resources import Resources
 
 RUNTIMES = [4.0, 1.0, 3.0, 1.0, 2.0, 4.0, 1.0, 3.0, 1.0, 2.0, 1.0, 3.0]

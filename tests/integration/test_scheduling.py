@@ -17,7 +17,7 @@ import pytest
 from corral.client import Client
 from corral.errors import InvalidSpec
 from corral.host import cgroups
-from corral.models.simulate import parse_trace, simulate
+from corral.perf.simulate import parse_trace, simulate
 from corral.scheduler.resources import Resources
 from corral.scheduler.timeslice import jain_index
 

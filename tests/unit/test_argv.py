@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
 from corral.domain.specs import DiskSpec, NicSpec, VMSpec
-from corral.engine.qemu.argv import RunPaths, build
+from corral.engine.qemu.argv import RamFile, RunPaths, build
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -25,7 +26,17 @@ def spec(**over: object) -> VMSpec:
     return VMSpec.model_validate(base)
 
 
-CASES = {
+TEMPLATE_RAM = Path("/vms/src/templates/s1/ram")
+
+
+class Launch(TypedDict, total=False):
+    """build()'s keyword arguments, as the service passes them."""
+
+    ram: RamFile
+    incoming: bool
+
+
+CASES: dict[str, tuple[VMSpec, Launch]] = {name: (case, {}) for name, case in {
     "q35": spec(),
     "microvm": spec(machine="microvm", disks=[], nics=[NicSpec(mac="52:54:00:00:00:02")]),
     "q35-nics": spec(disks=[], vmstate=None, nics=[
@@ -37,13 +48,28 @@ CASES = {
     "kernel-no-agent": spec(agent=False, initrd=None, nics=[], vmstate=None,
                             disks=[DiskSpec(path="/data/raw.img", format="raw", readonly=True,
                                             owned=False)]),
-}
+    "aarch64-virt": spec(arch="aarch64", machine="virt", cpu_model="cortex-a57",
+                         kernel="/img/tiny-arm64/Image", initrd="/img/tiny-arm64/initrd.lz4",
+                         cmdline="console=ttyAMA0 quiet"),
+    "nvme-root": spec(initrd=None, cmdline="console=ttyS0 root=/dev/nvme0n1 rw", disks=[
+        DiskSpec(path="/vms/web/root.qcow2", format="qcow2", id="root", bus="nvme", boot=True),
+        DiskSpec(path="/vms/web/disk1.qcow2", format="qcow2")]),
+}.items()}
+CASES.update({
+    # service/saved.py: a restore waits for the saved state
+    "incoming": (spec(), {"incoming": True}),
+    # service/warm.py: the helper QEMU that makes a template writes guest RAM into the file
+    "ram-file-template": (spec(), {"ram": RamFile(TEMPLATE_RAM, shared=True)}),
+    # service/warm.py: a clone maps the template's RAM copy-on-write and reads device state
+    "ram-file-clone": (spec(), {"ram": RamFile(TEMPLATE_RAM, shared=False), "incoming": True}),
+})
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden(case: str) -> None:
-    argv = build(CASES[case], RunPaths(Path("/run/corral/web")), Path("/vms/web/serial.log"),
-                 "tcg", tsc_khz=2600000)
+    vm, kwargs = CASES[case]
+    argv = build(vm, RunPaths(Path("/run/corral/web")), Path("/vms/web/serial.log"),
+                 "tcg", tsc_khz=2600000, **kwargs)
     path = GOLDEN / f"argv-{case}.json"
     if os.environ.get("CORRAL_REGEN_GOLDEN"):
         path.write_text(json.dumps(argv, indent=1) + "\n")
@@ -51,7 +77,7 @@ def test_golden(case: str) -> None:
 
 
 def test_device_args_are_qemu_json() -> None:
-    argv = build(CASES["q35"], RunPaths(Path("/r")), Path("/s"), "kvm")
+    argv = build(CASES["q35"][0], RunPaths(Path("/r")), Path("/s"), "kvm")
     devices = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-device"]
     assert {d["driver"] for d in devices} >= {"virtio-net-pci", "virtio-blk-pci",
                                                "virtserialport"}

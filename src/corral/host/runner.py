@@ -7,8 +7,9 @@ always carry argv, exit code, stdout and stderr, and so that unit tests can swap
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,3 +50,26 @@ async def arun(argv: Sequence[str | Path], *, check: bool = True, timeout: float
                what: str | None = None) -> Result:
     """:func:`run` for async code; does not block the event loop."""
     return await asyncio.to_thread(run, argv, check=check, timeout=timeout, what=what)
+
+
+def run_streaming(argv: Sequence[str | Path], on_output: Callable[[bytes], None], *,
+                  what: str | None = None) -> Result:
+    """:func:`run` for a long command whose stdout reports progress: ``on_output`` gets each
+    chunk of stdout as it comes (the result's ``stdout`` is empty).
+
+    :raises CommandFailed: when the command cannot be started or exits non-zero.
+    """
+    args = [str(a) for a in argv]
+    try:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError as err:
+        raise CommandFailed(args, 127, f"{args[0]}: not installed", what=what) from err
+    with proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        while chunk := os.read(proc.stdout.fileno(), 4096):
+            on_output(chunk)
+        stderr = proc.stderr.read().decode(errors="replace")
+        returncode = proc.wait()
+    if returncode != 0:
+        raise CommandFailed(args, returncode, stderr, what=what)
+    return Result(args, returncode, "", stderr)

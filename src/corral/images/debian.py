@@ -55,6 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from corral.errors import CommandFailed
+from corral.host import qemu_img
 from corral.host.runner import Result, run
 from corral.images._build import (
     ImageBuildError,
@@ -347,8 +348,8 @@ def _build(out: Path, report: Progress, cache: Path) -> None:
     run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", root, raw, DISK_SIZE],
         what="mkfs.ext4 -d")
     report("qemu-img convert (qcow2, zstd)", 0.9)
-    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", "-o",
-         "compression_type=zstd", raw, out / "root.qcow2"], what="qemu-img convert")
+    qemu_img.convert(raw, out / "root.qcow2", src_format="raw", compress_zstd=True,
+                     what="qemu-img convert")
     meta = {"name": "debian", "arch": "x86_64", "machine": "q35", "format": "qcow2",
             "disk": "root.qcow2", "kernel": "vmlinuz", "cmdline": CMDLINE,
             "root_device": "nvme", "agent": True, "cloud_init": True,

@@ -9,21 +9,18 @@ converted to a compressed-free qcow2 under a temporary name and renamed into pla
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from corral.domain.specs import check_name
 from corral.errors import AlreadyExists, CommandFailed, InvalidSpec
-from corral.host.runner import run
-
-_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+from corral.host import qemu_img
 
 
-def inspect(file: Path) -> dict[str, object]:
+def inspect(file: Path) -> qemu_img.ImageInfo:
     """``qemu-img info`` of ``file``.
 
     :raises InvalidSpec: not a file, not a disk image, or a damaged qcow2.
@@ -31,20 +28,17 @@ def inspect(file: Path) -> dict[str, object]:
     if not file.is_file():
         raise InvalidSpec("file", f"no file '{file}'")
     try:
-        info: dict[str, object] = json.loads(run(["qemu-img", "info", "--output=json",
-                                                  str(file)]).stdout)
+        info = qemu_img.info(file, force_share=False)
     except (CommandFailed, ValueError) as err:
         raise InvalidSpec("file", f"{file} is not a disk image qemu-img can read") from err
-    fmt = info.get("format")
+    fmt = info.format
     if fmt not in ("qcow2", "raw"):
         raise InvalidSpec("file", f"{file} is a {fmt} image; import qcow2 or raw")
     if fmt == "raw" and not _looks_like_a_disk(file):
         raise InvalidSpec("file", f"{file} has no partition table or file system: it is not "
                                   "a disk image")
-    if fmt == "qcow2":
-        check = run(["qemu-img", "check", "--output=json", str(file)], check=False)
-        if check.returncode not in (0, 3):  # 3: leaked clusters only, harmless
-            raise InvalidSpec("file", f"{file} is a damaged qcow2 (qemu-img check failed)")
+    if fmt == "qcow2" and not qemu_img.check_intact(file):
+        raise InvalidSpec("file", f"{file} is a damaged qcow2 (qemu-img check failed)")
     return info
 
 
@@ -74,22 +68,11 @@ def import_image(root: Path, name: str, file: Path, *, agent: bool = False,
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        argv = ["qemu-img", "convert", "-p", "-O", "qcow2", "-f", str(info["format"]),
-                str(file), str(work / "root.qcow2")]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert proc.stdout is not None
-        buf = b""
-        while chunk := proc.stdout.read1(4096):  # type: ignore[attr-defined]
-            buf = (buf + chunk)[-256:]
-            found = _PROGRESS.findall(buf)
-            if found and progress:
-                progress("converting to qcow2", float(found[-1]) / 100)
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if proc.wait() != 0:
-            raise CommandFailed(argv, proc.returncode, err, what="qemu-img could not convert")
+        qemu_img.convert(file, work / "root.qcow2", src_format=info.format,
+                         progress=partial(progress, "converting to qcow2") if progress else None)
         manifest = {"name": name, "arch": arch, "format": "qcow2", "disk": "root.qcow2",
                     "root_device": root_device, "agent": agent, "source": str(file),
-                    "virtual_size": info.get("virtual-size"),
+                    "virtual_size": info.virtual_size,
                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (work / "image.json").write_text(json.dumps(manifest, indent=2))
         work.rename(dest)

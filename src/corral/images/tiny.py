@@ -54,6 +54,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from corral.host import qemu_img
 from corral.host.runner import run
 from corral.images._build import (
     ETC_FILES,
@@ -179,8 +180,8 @@ def _write_root_disk(root: Path, work: Path, target: Path) -> None:
     raw = work / "root.ext4"
     run(["mkfs.ext4", "-q", "-F", "-L", "tinyroot", "-d", str(root), "-E", "root_owner=0:0",
          "-m", "0", str(raw), "256M"], what="mkfs.ext4 could not make the root disk")
-    run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(target)],
-        what="qemu-img could not convert the root disk")
+    qemu_img.convert(raw, target, src_format="raw",
+                     what="qemu-img could not convert the root disk")
     raw.unlink()
 
 

@@ -1,12 +1,10 @@
-"""Performance models: what a workload will wait, by formula and by simulation.
+"""The old name of :mod:`corral.perf` (performance models), kept only until ``corral.cli``
+imports the new name. Nothing else imports it; delete this package with the CLI's last use.
 
-* :mod:`~corral.models.queueing`: closed forms for M/M/1, M/M/c (Erlang C) and M/G/1
-  (Pollaczek–Khinchine);
-* :mod:`~corral.models.simulate`: a discrete-event simulation (simpy) of a workload or a
-  recorded trace through the scheduler's own admission queue, per policy. It is not imported
-  here, so the formulas are usable without simpy.
+``corral.models.queueing`` and ``corral.models.simulate`` are the very module objects of
+``corral.perf`` (each stub puts the real module in its place), so nothing is defined twice.
 """
 
-from corral.models.queueing import Figures, erlang_c, mg1, mm1, mmc
+from corral.perf import Figures, erlang_c, mg1, mm1, mmc
 
 __all__ = ["Figures", "erlang_c", "mg1", "mm1", "mmc"]

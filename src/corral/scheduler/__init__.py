@@ -1,6 +1,6 @@
 """The scheduler: pure functions and small state machines over plain data, no I/O.
 
-The same code runs inside the daemon and inside the simulator (:mod:`corral.models.simulate`):
+The same code runs inside the daemon and inside the simulator (:mod:`corral.perf.simulate`):
 
 * :mod:`~corral.scheduler.resources`: host capacity under overcommit ratios, one reservation
   per running VM, and what is short when a VM does not fit;

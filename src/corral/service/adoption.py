@@ -30,7 +30,7 @@ from typing import Any
 
 from corral.domain.states import LIVE, State, allowed, from_qmp_status
 from corral.errors import CorralError
-from corral.host.runner import arun
+from corral.host import qemu_img
 from corral.service.runtime import Live, VMRuntime
 from corral.store.db import VMRecord
 
@@ -152,7 +152,7 @@ async def _drop_tag(rt: VMRuntime, rec: VMRecord, tag: str, files: list[str]) ->
         return
     for path in files:
         with contextlib.suppress(CorralError):
-            await arun(["qemu-img", "snapshot", "-d", tag, path], check=False)
+            await qemu_img.asnapshot(path, "delete", tag, check=False)
 
 
 def pending_nodes(rec: VMRecord) -> list[str]:

@@ -9,7 +9,6 @@ QEMU's throttling (``block_set_io_throttle``); statistics come from ``query-bloc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ from corral.domain.specs import DiskSpec, check_name
 from corral.domain.states import LIVE, State
 from corral.engine.qemu.argv import HOTPLUG_PORTS
 from corral.errors import AlreadyExists, CorralError, InvalidSpec, InvalidState, NotFound
-from corral.host.runner import arun
+from corral.host import qemu_img
 from corral.images import catalog
 
 if TYPE_CHECKING:
@@ -34,12 +33,6 @@ def _row(rt: VMRuntime, name: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"no disk named '{name}'; see 'corral disk list'")
     return row
-
-
-async def _info(path: str) -> dict[str, Any]:
-    res = await arun(["qemu-img", "info", "--output=json", "-U", path])
-    info: dict[str, Any] = json.loads(res.stdout)
-    return info
 
 
 async def create(rt: VMRuntime, name: str, size: str | None, fmt: str = "qcow2",
@@ -64,16 +57,13 @@ async def create(rt: VMRuntime, name: str, size: str | None, fmt: str = "qcow2",
             raise InvalidSpec("from", f"image '{source}' has no disk to clone")
         if fmt != "qcow2":
             raise InvalidSpec("format", "a disk made --from an image is a qcow2 overlay")
-        argv: list[str | Path] = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
-                                  "-b", str(image.dir / str(base)), path]
-        if size:
-            argv.append(str(parse_size("size", size, default_unit="G")))
+        await qemu_img.acreate(path, "qcow2",
+                               parse_size("size", size, default_unit="G") if size else None,
+                               backing=image.dir / str(base), backing_format="qcow2")
     else:
         if not size:
             raise InvalidSpec("size", "give the size of the new disk, e.g. --size 10G")
-        argv = ["qemu-img", "create", "-q", "-f", fmt, path,
-                str(parse_size("size", size, default_unit="G"))]
-    await arun(argv, what="qemu-img could not create the disk")
+        await qemu_img.acreate(path, fmt, parse_size("size", size, default_unit="G"))
     try:
         rt.db.add_disk({"name": name, "path": str(path), "format": fmt})
     except BaseException:
@@ -84,10 +74,9 @@ async def create(rt: VMRuntime, name: str, size: str | None, fmt: str = "qcow2",
 
 async def show(rt: VMRuntime, name: str) -> dict[str, Any]:
     row = _row(rt, name)
-    info = await _info(row["path"])
-    return {**row, "size_bytes": info.get("virtual-size"),
-            "allocated_bytes": info.get("actual-size"),
-            "backing": info.get("full-backing-filename") or info.get("backing-filename")}
+    info = await qemu_img.ainfo(row["path"])
+    return {**row, "size_bytes": info.virtual_size, "allocated_bytes": info.actual_size,
+            "backing": info.backing_path}
 
 
 async def list_all(rt: VMRuntime) -> list[dict[str, Any]]:
@@ -101,7 +90,7 @@ async def resize(rt: VMRuntime, name: str, size: str) -> dict[str, Any]:
     """
     row = _row(rt, name)
     new = parse_size("size", size, default_unit="G")
-    current = (await _info(row["path"]))["virtual-size"]
+    current = (await qemu_img.ainfo(row["path"])).virtual_size
     if new < current:
         raise InvalidSpec("size", f"{size} is smaller than the disk ({current >> 20} MiB); "
                                   "disks only grow")
@@ -111,8 +100,7 @@ async def resize(rt: VMRuntime, name: str, size: str) -> dict[str, Any]:
         node = _find(vm, name)[1].node(_find(vm, name)[0])
         await machine.resize_disk(node, new)
     else:
-        await arun(["qemu-img", "resize", "-q", "-f", row["format"], row["path"], str(new)],
-                   what="qemu-img could not resize the disk")
+        await qemu_img.aresize(row["path"], row["format"], new)
     return await show(rt, name)
 
 

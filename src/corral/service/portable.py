@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from corral.domain import specs as sp
 from corral.domain.states import LIVE, State
 from corral.errors import AlreadyExists, CorralError, InvalidSpec, InvalidState
-from corral.host.runner import run
+from corral.host import qemu_img
 from corral.images import catalog
 from corral.store.db import VMRecord
 
@@ -193,7 +193,8 @@ def _record(rt: VMRuntime, manifest: dict[str, Any], spec: sp.VMSpec, name: str,
         if image.disk is not None and spec.disks and spec.disks[0].id == "root":
             # the root overlay sat on the exporter's copy of the image: point it at ours
             root = vm_dir.with_name(work_name) / Path(spec.disks[0].path).name
-            run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(image.disk), root],
+            qemu_img.rebase_unsafe(
+                root, image.disk,
                 what="qemu-img could not attach the root disk to this host's image")
     spec.name = name
     if renamed:  # a copy beside the original, not a move: it needs its own MACs

@@ -3,7 +3,6 @@ with ``qemu-img info``."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import uuid
 from pathlib import Path
@@ -11,17 +10,16 @@ from pathlib import Path
 from corral.domain.sizes import parse_size
 from corral.domain.specs import DiskRequest, DiskSpec, VMCreate
 from corral.errors import CommandFailed, InvalidSpec
-from corral.host.runner import arun
+from corral.host import qemu_img
 
 
 async def make_root(image_disk: Path, vm_dir: Path, bus: str, boot: bool) -> DiskSpec:
     """A qcow2 overlay of an image's root disk (a linked clone: the image stays read-only)."""
-    info = json.loads((await arun(["qemu-img", "info", "--output=json", "-U",
-                                   image_disk])).stdout)
+    info = await qemu_img.ainfo(image_disk)
     path = vm_dir / "root.qcow2"
-    await arun(["qemu-img", "create", "-q", "-f", "qcow2", "-F", info["format"], "-b",
-                str(image_disk.absolute()), path],
-               what="qemu-img could not make the VM's root disk")
+    await qemu_img.acreate(path, "qcow2", backing=image_disk.absolute(),
+                           backing_format=info.format,
+                           what="qemu-img could not make the VM's root disk")
     return DiskSpec(path=str(path), format="qcow2", id="root",
                     bus="nvme" if bus == "nvme" else "virtio", boot=boot)
 
@@ -58,8 +56,8 @@ async def make_vmstate(vm_dir: Path) -> str:
     blank = vm_dir.parent.parent / ".blank-vmstate.qcow2"  # in $CORRAL_HOME
     if not blank.is_file():
         tmp = blank.with_name(f".blank-vmstate.{uuid.uuid4().hex[:6]}.qcow2")
-        await arun(["qemu-img", "create", "-q", "-f", "qcow2", tmp, "1G"],
-                   what="qemu-img could not create the snapshot state file")
+        await qemu_img.acreate(tmp, "qcow2", 1 << 30,
+                               what="qemu-img could not create the snapshot state file")
         tmp.rename(blank)
     shutil.copyfile(blank, path)
     return str(path)
@@ -76,8 +74,7 @@ async def prepare_disks(requests: list[DiskRequest], vm_dir: Path) -> list[DiskS
             fmt = req.format or "qcow2"
             path = vm_dir / f"disk{i}.{fmt}"
             size = parse_size(f"disks.{i}.size", req.size, default_unit="G")
-            await arun(["qemu-img", "create", "-q", "-f", fmt, path, str(size)],
-                       what="qemu-img could not create the disk")
+            await qemu_img.acreate(path, fmt, size, what="qemu-img could not create the disk")
             disks.append(DiskSpec(path=str(path), format=fmt, readonly=req.readonly))
             continue
         assert req.path is not None
@@ -85,9 +82,8 @@ async def prepare_disks(requests: list[DiskRequest], vm_dir: Path) -> list[DiskS
         if not path.is_file():
             raise InvalidSpec(f"disks.{i}.path", f"no file '{req.path}'")
         try:
-            res = await arun(["qemu-img", "info", "--output=json", "-U", path])
-            detected = json.loads(res.stdout)["format"]
-        except (CommandFailed, ValueError, KeyError) as err:
+            detected = (await qemu_img.ainfo(path)).format
+        except (CommandFailed, ValueError) as err:
             raise InvalidSpec(f"disks.{i}.path", f"'{req.path}' is not a disk image") from err
         fmt = req.format or ("qcow2" if detected == "qcow2" else "raw")
         disks.append(DiskSpec(path=str(path), format=fmt, readonly=req.readonly, owned=False))

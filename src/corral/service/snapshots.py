@@ -33,7 +33,7 @@ from corral.errors import (
     NotFound,
     Timeout,
 )
-from corral.host.runner import arun
+from corral.host import qemu_img
 from corral.service import adoption
 from corral.service.runtime import VMRuntime
 
@@ -101,8 +101,8 @@ async def create(rt: VMRuntime, name: str, snapshot: str, memory: bool = False) 
                                             else devices[0], devices)
         else:
             for _, path in disks:
-                await arun(["qemu-img", "snapshot", "-c", snapshot, path],
-                           what="qemu-img could not take the snapshot")
+                await qemu_img.asnapshot(path, "create", snapshot,
+                                         what="qemu-img could not take the snapshot")
         snap = {"vm": name, "name": snapshot, "parent": rec.current_snapshot,
                 "created_at": time.time(), "memory": memory and live,
                 "running": rec.state == State.RUNNING, "vm_state": rec.state.value}
@@ -163,8 +163,8 @@ async def revert(life: Lifecycle, name: str, snapshot: str) -> dict[str, Any]:
             await rt.kill(live)
             rec = rt.get(name)
         for _, path in disks:
-            await arun(["qemu-img", "snapshot", "-a", snapshot, path],
-                       what="qemu-img could not revert the snapshot")
+            await qemu_img.asnapshot(path, "apply", snapshot,
+                                     what="qemu-img could not revert the snapshot")
         rec.current_snapshot = snapshot
         rt.record(rec, "snapshot_reverted", snapshot=snapshot)
         if snap["memory"]:  # a stopped VM comes back at the snapshot's running moment
@@ -222,7 +222,7 @@ async def delete(rt: VMRuntime, name: str, snapshot: str) -> None:
         else:
             paths = [p for _, p in disks] + ([rec.spec.vmstate] if rec.spec.vmstate else [])
             for path in paths:
-                await arun(["qemu-img", "snapshot", "-d", snapshot, path], check=False)
+                await qemu_img.asnapshot(path, "delete", snapshot, check=False)
         rt.db.delete_snapshot(name, snapshot)
         from corral.service.warm import drop_templates
 

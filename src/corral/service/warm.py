@@ -29,7 +29,7 @@ from corral.domain.states import LIVE, State
 from corral.engine.driver import LaunchOptions, Machine, RamFile
 from corral.engine.qemu.argv import VMSTATE_NODE
 from corral.errors import AgentError, AlreadyExists, CorralError, InvalidSpec, InvalidState, Timeout
-from corral.host.runner import arun
+from corral.host import qemu_img
 from corral.service import provision, snapshots
 from corral.service.runtime import VMRuntime
 from corral.store.db import VMRecord
@@ -61,9 +61,8 @@ async def ensure_template(rt: VMRuntime, src: str, snapshot: str, memory: bool =
             if disk.readonly:
                 continue
             copy = work / f"disk{i}.qcow2"
-            await arun(["qemu-img", "convert", "-U", "-O", "qcow2", "-l",
-                        f"snapshot.name={snapshot}", "-f", disk.format, disk.path, copy],
-                       what="qemu-img could not copy the snapshot's disk")
+            await qemu_img.aconvert(disk.path, copy, src_format=disk.format, snapshot=snapshot,
+                                    what="qemu-img could not copy the snapshot's disk")
             spec.disks[i] = disk.model_copy(update={"path": str(copy), "format": "qcow2"})
         if snap["memory"]:
             assert rec.spec.vmstate is not None
@@ -141,15 +140,13 @@ async def _define_clone(rt: VMRuntime, name: str, base: sp.VMSpec, full: bool,
                 disks.append(disk)
                 continue
             target = vm_dir / f"disk{i}.qcow2"
+            what = "qemu-img could not make the clone's disk"
             if full:
-                argv: list[str | Path] = ["qemu-img", "convert", "-U", "-O", "qcow2", "-f",
-                                          disk.format, disk.path, target]
-                if snapshot:
-                    argv[4:4] = ["-l", f"snapshot.name={snapshot}"]
+                await qemu_img.aconvert(disk.path, target, src_format=disk.format,
+                                        snapshot=snapshot, what=what)
             else:
-                argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                        disk.path, target]
-            await arun(argv, what="qemu-img could not make the clone's disk")
+                await qemu_img.acreate(target, "qcow2", backing=disk.path,
+                                       backing_format="qcow2", what=what)
             disks.append(disk.model_copy(update={"path": str(target), "owned": True,
                                                  "format": "qcow2", "name": None}))
         spec = base.model_copy(update={

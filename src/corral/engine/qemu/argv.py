@@ -122,8 +122,9 @@ RAM_ID = "pc.ram"  # QEMU's own name for machine RAM, so states move between bot
 
 def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
           tsc_khz: int | None = None, daemonize: bool = True,
-          ram: RamFile | None = None) -> list[str]:
-    """The full argv for ``spec``.
+          ram: RamFile | None = None, incoming: bool = False) -> list[str]:
+    """The full argv for ``spec``. With ``incoming`` QEMU waits for a migration stream
+    (``-incoming defer``: a saved state or a warm start's device state) instead of booting.
 
     ``-no-shutdown`` keeps QEMU alive after a guest poweroff only where the service wants it;
     here a guest poweroff ends the process, and the exit is what marks the VM stopped.
@@ -194,4 +195,6 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
     argv += ["-msg", "timestamp=on"]
     if daemonize:
         argv += ["-daemonize", "-pidfile", str(run.pidfile)]
+    if incoming:
+        argv += ["-incoming", "defer"]
     return argv

@@ -388,9 +388,8 @@ class QemuDriver:
         self.cleanup(run_dir, keep_dir=True)
         # KVM runs only the host's own architecture; other guests are always emulated
         accel = self.accel if spec.arch == os.uname().machine else "tcg"
-        argv = qargv.build(spec, run, serial_log, accel, self.tsc_khz, ram=opts.ram)
-        if opts.incoming:
-            argv += ["-incoming", "defer"]
+        argv = qargv.build(spec, run, serial_log, accel, self.tsc_khz, ram=opts.ram,
+                           incoming=opts.incoming)
         if opts.hold:
             argv.append("-S")
         argv += opts.extra

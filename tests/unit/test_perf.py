@@ -11,8 +11,8 @@ import pytest
 
 from corral.cli.models import register
 from corral.errors import CorralError, InvalidSpec
-from corral.models.queueing import Figures, erlang_c, mg1, mm1, mmc
-from corral.models.simulate import (
+from corral.perf.queueing import Figures, erlang_c, mg1, mm1, mmc
+from corral.perf.simulate import (
     Job,
     Workload,
     compare,
