@@ -29,7 +29,7 @@ from corral.engine.fake.core import (
     write_atomic,
 )
 from corral.engine.qemu import argv as qargv
-from corral.errors import CorralError, MonitorError, Timeout
+from corral.errors import AgentError, CorralError, MonitorError, Timeout
 
 
 class FakeMachine(MachineCore):
@@ -255,7 +255,16 @@ class FakeMachine(MachineCore):
 
     # -- guest agent ---------------------------------------------------------------------
     async def guest_wait_ready(self, timeout: float) -> None:
-        await self._qga("guest_wait_ready", "guest-sync-delimited", timeout)
+        deadline = self._loop.time() + timeout
+        try:
+            await self._qga("guest_wait_ready", "guest-sync-delimited", timeout)
+        except AgentError:
+            if self.exit is None:
+                raise
+            # like QGA's wait_ready, a channel that closes is retried until the deadline
+            await asyncio.sleep(max(0.0, deadline - self._loop.time()))
+            raise Timeout(f"guest agent of '{self.name}' did not answer in {timeout:g} s"
+                          ) from None
 
     async def guest_reset_channel(self) -> None:
         """Nothing to drop: the fake channel holds no stale replies."""
