@@ -12,7 +12,7 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from corral.domain.specs import DiskSpec, NicSpec, VMSpec
 from corral.engine.driver import (
@@ -28,15 +28,22 @@ from corral.engine.driver import (
 from corral.engine.fake.guest import FakeGuest
 from corral.errors import AgentError, MonitorError, Timeout
 
-if TYPE_CHECKING:
-    from corral.engine.fake.driver import FakeDriver
-
 log = logging.getLogger(__name__)
 STATE_FORMAT = "corral-fake-state/1"
 VMSTATE_FORMAT = "corral-fake-vmstate/1"
 NEEDS_RESET = ("shutdown", "guest-panicked", "internal-error")
 _PIDS = itertools.count(1 << 22)  # above Linux's largest pid: never a real process
 Failures = dict[str, list[BaseException]]
+
+
+class Launcher(Protocol):
+    """What a machine needs of the driver that launched or adopted it."""
+
+    boot_delay: float
+    latency: float
+    failures: Failures
+
+    def gone(self, machine: MachineCore) -> None: ...
 
 
 def inject(failures: Failures, op: str, error: BaseException, times: int,
@@ -79,7 +86,7 @@ def read_json(path: Path, fmt: str) -> dict[str, Any] | None:
 class MachineCore:
     """One fake VM's state and channels."""
 
-    def __init__(self, driver: FakeDriver, spec: VMSpec, run_dir: Path,
+    def __init__(self, driver: Launcher, spec: VMSpec, run_dir: Path,
                  on_event: EventHandler, opts: LaunchOptions) -> None:
         self.driver, self.spec, self.run_dir = driver, spec, run_dir
         self.name, self.has_agent = spec.name, spec.agent
@@ -143,7 +150,7 @@ class MachineCore:
         self._hung.pop(channel, None)
         self._notify()
 
-    def attach(self, driver: FakeDriver, on_event: EventHandler) -> None:
+    def attach(self, driver: Launcher, on_event: EventHandler) -> None:
         """A new daemon takes the machine up (adoption)."""
         self.driver, self._on_event, self._on_exit = driver, on_event, None
 

@@ -16,10 +16,7 @@ import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from corral.engine.fake.guest import FakeGuest
+from typing import Protocol
 
 _PARAM = re.compile(r"\$\{?(\d)\}?")
 
@@ -34,16 +31,31 @@ class Run:
     seconds: float = 0.0
 
 
-Command = Callable[["FakeGuest", list[str], bytes], Run]
+class System(Protocol):
+    """What the programs see of the guest (:class:`~corral.engine.fake.guest.FakeGuest`)."""
+
+    hostname: str
+    macs: list[str]
+    files: dict[str, bytearray]
+    dirs: set[str]
+
+    @property
+    def on_power(self) -> Callable[[str], None]: ...
+    def path(self, path: str) -> str: ...
+    def write(self, path: str, data: bytes, append: bool = False) -> bool: ...
+    def run(self, argv: list[str], stdin: bytes) -> Run: ...
 
 
-def _echo(g: FakeGuest, args: list[str], _in: bytes) -> Run:
+Command = Callable[[System, list[str], bytes], Run]
+
+
+def _echo(g: System, args: list[str], _in: bytes) -> Run:
     newline = not (args and args[0] == "-n")
     text = " ".join(args[0 if newline else 1:])
     return Run(out=(text + ("\n" if newline else "")).encode())
 
 
-def _read_files(g: FakeGuest, tool: str, args: list[str],
+def _read_files(g: System, tool: str, args: list[str],
                 each: Callable[[str, bytes], bytes]) -> Run:
     run = Run()
     for name in args:
@@ -56,27 +68,27 @@ def _read_files(g: FakeGuest, tool: str, args: list[str],
     return run
 
 
-def _cat(g: FakeGuest, args: list[str], stdin: bytes) -> Run:
+def _cat(g: System, args: list[str], stdin: bytes) -> Run:
     if not args:
         return Run(out=stdin)
     return _read_files(g, "cat", args, lambda _n, d: d)
 
 
-def _sha256sum(g: FakeGuest, args: list[str], stdin: bytes) -> Run:
+def _sha256sum(g: System, args: list[str], stdin: bytes) -> Run:
     if not args:
         return Run(out=f"{hashlib.sha256(stdin).hexdigest()}  -\n".encode())
     return _read_files(g, "sha256sum", args,
                        lambda n, d: f"{hashlib.sha256(d).hexdigest()}  {n}\n".encode())
 
 
-def _hostname(g: FakeGuest, args: list[str], _in: bytes) -> Run:
+def _hostname(g: System, args: list[str], _in: bytes) -> Run:
     if args:
         g.hostname = args[0]
         return Run()
     return Run(out=f"{g.hostname}\n".encode())
 
 
-def _ip(g: FakeGuest, args: list[str], _in: bytes) -> Run:
+def _ip(g: System, args: list[str], _in: bytes) -> Run:
     if len(args) >= 6 and args[:3] == ["link", "set", "dev"] and args[4] == "address":
         index = int(args[3].removeprefix("eth")) if args[3].startswith("eth") else -1
         if not 0 <= index < len(g.macs):
@@ -85,7 +97,7 @@ def _ip(g: FakeGuest, args: list[str], _in: bytes) -> Run:
     return Run()
 
 
-def _rm(g: FakeGuest, args: list[str], _in: bytes) -> Run:
+def _rm(g: System, args: list[str], _in: bytes) -> Run:
     force = "-f" in args
     run = Run()
     for name in (a for a in args if not a.startswith("-")):
@@ -95,7 +107,7 @@ def _rm(g: FakeGuest, args: list[str], _in: bytes) -> Run:
     return run
 
 
-def _mkdir(g: FakeGuest, args: list[str], _in: bytes) -> Run:
+def _mkdir(g: System, args: list[str], _in: bytes) -> Run:
     parents = "-p" in args
     for name in (g.path(a) for a in args if not a.startswith("-")):
         chain = [name]
@@ -108,14 +120,14 @@ def _mkdir(g: FakeGuest, args: list[str], _in: bytes) -> Run:
     return Run()
 
 
-def _touch(g: FakeGuest, args: list[str], _in: bytes) -> Run:
+def _touch(g: System, args: list[str], _in: bytes) -> Run:
     for name in args:
         if g.path(name) not in g.files and not g.write(name, b""):
             return Run(1, err=f"touch: {name}: No such file or directory\n".encode())
     return Run()
 
 
-def _sleep(g: FakeGuest, args: list[str], _in: bytes) -> Run:
+def _sleep(g: System, args: list[str], _in: bytes) -> Run:
     try:
         return Run(seconds=float(args[0]))
     except (IndexError, ValueError):
@@ -123,13 +135,13 @@ def _sleep(g: FakeGuest, args: list[str], _in: bytes) -> Run:
 
 
 def _power(what: str) -> Command:
-    def command(g: FakeGuest, _args: list[str], _in: bytes) -> Run:
+    def command(g: System, _args: list[str], _in: bytes) -> Run:
         g.on_power(what)
         return Run()
     return command
 
 
-def _sh(g: FakeGuest, args: list[str], stdin: bytes) -> Run:
+def _sh(g: System, args: list[str], stdin: bytes) -> Run:
     if len(args) < 2 or args[0] != "-c":
         return Run(2, err=b"sh: the fake guest runs only 'sh -c SCRIPT'\n")
     params = args[2:] or ["sh"]
@@ -179,7 +191,7 @@ def _expand(words: list[str], params: list[str]) -> list[str]:
     return out
 
 
-def _simple(g: FakeGuest, words: list[str], stdin: bytes) -> tuple[Run, bool]:
+def _simple(g: System, words: list[str], stdin: bytes) -> tuple[Run, bool]:
     """Run one command with its redirections; whether the script ends here."""
     argv: list[str] = []
     redirects: list[tuple[str, str]] = []
