@@ -30,6 +30,8 @@ Failure injection:
 * ``machine.hang(channel, seconds=None)``: ``"guest"`` (agent calls wait until their timeout,
   or ``seconds`` if shorter, then raise Timeout), ``"monitor"`` (likewise for monitor calls),
   ``"acpi"`` (the guest ignores the power button and hot-unplug requests); ``unhang``.
+* ``driver.on_launch``: called with each new machine before the service gets it (to hang
+  or fail it from its very first call).
 * ``driver.boot_delay`` (seconds from first run to the agent answering, default 0.01) and
   ``driver.latency`` (the time every call takes, default 0: it still yields to the loop).
 

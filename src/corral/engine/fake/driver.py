@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,6 +28,8 @@ class FakeDriver:
         self.latency = latency
         self.launched: list[FakeMachine] = []
         self.failures: Failures = {}
+        #: called with every machine this driver launches, before the service sees it
+        self.on_launch: Callable[[FakeMachine], None] | None = None
 
     def fail_next(self, op: str, error: BaseException, times: int = 1) -> None:
         """The next ``times`` calls of ``op`` (``launch``, ``adopt`` or a machine method, on
@@ -86,6 +89,8 @@ class FakeDriver:
             log_file.write(f"fake: {spec.name} started ({' '.join(argv[-3:])})\n")
         self._registry[run.dir] = machine
         self.launched.append(machine)
+        if self.on_launch is not None:
+            self.on_launch(machine)
         return machine
 
     async def adopt(self, spec: VMSpec, run_dir: Path, pid: int | None, started: int | None,
