@@ -100,6 +100,10 @@ async def test_a_refused_transition_names_both_states_and_changes_nothing(
     await m.vms.create(vm("w"), start=state != "defined", wait=state != "defined")
     if state == "paused":
         await m.vms.pause("w")
+        for _ in range(200):  # a pause does not wait for its store write
+            if kinds(m, "w")[-1] == "paused":
+                break
+            await asyncio.sleep(0.005)
     before = kinds(m, "w")
     with pytest.raises(InvalidState) as err:
         await getattr(m.vms, op)("w")
