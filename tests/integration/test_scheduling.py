@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from corral.client import Client
+from corral.config import Paths
 from corral.errors import InvalidSpec
 from corral.host import cgroups
 from corral.models.simulate import parse_trace, simulate
@@ -107,7 +108,7 @@ def test_cpu_cap_limits_the_guest(two_slots: Daemon) -> None:
     c = two_slots.client
     c.create("capped", cpu_max="30%", cpu_weight=50, start=True, wait=True)
     pid = c.get("capped")["pid"]
-    path = cgroups.group_path("capped")
+    path = cgroups.group_path(Paths(two_slots.home).tag, "capped")
     assert path.is_dir() and str(pid) in (path / "cgroup.procs").read_text()
     c.exec("capped", ["sh", "-c", "(while :; do :; done) >/dev/null 2>&1 &"])
     t0, cpu0 = time.monotonic(), cgroups.cpu_seconds(pid)

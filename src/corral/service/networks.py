@@ -22,8 +22,9 @@ made twice and nothing is lost.
 Only a daemon running as root makes bridges, taps, namespaces and nft tables; any other gets
 :class:`~corral.errors.NeedsRoot` with a one-line reason, and offers VMs user-mode networking
 (``--nic user,hostfwd=…``) instead. The files of each network's dnsmasq are under
-``$CORRAL_HOME/networks/``; dnsmasq reads them as ``nobody``, so that directory and the ones
-above it must be searchable by others (the library refuses otherwise, and says so).
+``/run/corral-<tag>/networks.d/`` (:attr:`corral.config.Paths.networks`), not in the home:
+dnsmasq reads them as ``nobody``, so that directory and the ones above it must be searchable
+by others, and the home may then stay private (mode 0700).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class Networks:
 
     @property
     def host(self) -> Host:
-        return Host(run_dir=self.m.paths.home / "networks")
+        return Host(run_dir=self.m.paths.networks)
 
     @staticmethod
     async def call(fn: Callable[..., T], *args: Any) -> T:

@@ -90,15 +90,18 @@ async def read_state(monitor: Monitor, source: Path) -> None:
 async def save(m: Manager, name: str, file: str | None = None) -> dict[str, Any]:
     """Save a running or paused VM to a file and end its QEMU; the VM becomes ``saved``.
 
+    :raises InvalidSpec: when ``file`` is relative (the caller's directory is not the
+        daemon's: callers send an absolute path) or its directory does not exist.
     :raises InvalidState: unless the VM is running or paused.
     :raises CorralError: when the state cannot be written; the VM is as it was.
     """
+    if file and not Path(file).is_absolute():
+        raise InvalidSpec("file", f"'{file}' is a relative path; give an absolute one")
     async with m._lock(name):
         rec = m._get(name)
         check(name, "save", rec.state)
         rt = m._runtime(rec)
-        target = Path(file).expanduser().absolute() if file else (
-            m.paths.vm_dir(name) / "saved.state")
+        target = Path(file) if file else m.paths.vm_dir(name) / "saved.state"
         if not target.parent.is_dir():
             raise InvalidSpec("file", f"no directory '{target.parent}'")
         was_running = rec.state == State.RUNNING

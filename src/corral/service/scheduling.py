@@ -199,7 +199,8 @@ class Scheduler:
         self._save_queue(rec, "dequeued")
 
     def release(self, name: str) -> None:
-        """The VM's QEMU is gone: free its capacity and start whoever now fits."""
+        """The VM's QEMU is gone: free its capacity and cgroup, start whoever now fits."""
+        cgroups.remove_group(cgroups.group_path(self.m.paths.tag, name))
         self.sliced_out.discard(name)
         if self.inventory.release(name) is not None:
             self.dispatch()
@@ -240,7 +241,7 @@ class Scheduler:
         """Put a new QEMU under its CPU weight/cap and pin its vCPUs, as the spec asks."""
         sched = rec.spec.sched
         if sched.cpu_weight is not None or sched.cpu_max is not None:
-            cgroups.apply(rec.name, pid, sched.cpu_weight, sched.cpu_max)
+            cgroups.apply(self.m.paths.tag, rec.name, pid, sched.cpu_weight, sched.cpu_max)
         if sched.pin:
             rt = self.m._rt.get(rec.name)
             if rt is not None:
