@@ -2,8 +2,10 @@
 
 ``CORRAL_HOME`` is the data directory (default ``/var/lib/corral`` as root,
 ``~/.local/share/corral`` otherwise): ``images/``, ``vms/<name>/``, ``run/``, ``corral.db``
-and the daemon's socket ``corral.sock`` (``CORRAL_SOCKET`` overrides). ``CORRAL_IMAGE_PATH``
-adds read-only image directories, searched after ``$CORRAL_HOME/images``.
+and the daemon's socket ``corral.sock`` (``CORRAL_SOCKET`` overrides). The home may be
+private (mode 0700): what other users' processes must reach lives in ``/run/corral-<tag>``.
+``CORRAL_IMAGE_PATH`` adds read-only image directories, searched after
+``$CORRAL_HOME/images``.
 """
 
 from __future__ import annotations
@@ -63,17 +65,37 @@ class Paths:
         return self.home / "vms" / name
 
     @property
+    def tag(self) -> str:
+        """A short hash of the home: names this daemon's objects that live outside it
+        (the fallback run directory, cgroups), so two daemons never share one."""
+        import hashlib
+
+        return hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
+
+    @property
+    def outside(self) -> Path:
+        """This daemon's directory outside its home, ``/run/corral-<tag>``: for what a process
+        running as another user must reach (dnsmasq drops to ``nobody``), so the home may be
+        private, and for sockets when the home is too deep. Searchable by others, listable
+        only by its owner (mode 0711)."""
+        base = Path("/run") if os.access("/run", os.W_OK) else Path("/tmp")
+        return base / f"corral-{self.tag}"
+
+    @property
     def run(self) -> Path:
-        """Sockets and pidfiles. Falls back to a short path when the home is too deep for
+        """Sockets and pidfiles. Falls back to :attr:`outside` when the home is too deep for
         unix socket names."""
         run = self.home / "run"
         if len(str(run)) + 48 <= _SUN_PATH_MAX:
             return run
-        import hashlib
+        return self.outside
 
-        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
-        base = Path("/run") if os.access("/run", os.W_OK) else Path("/tmp")
-        return base / f"corral-{digest}"
+    @property
+    def networks(self) -> Path:
+        """The files of the networks' dnsmasqs (``<network namespace>/``), where dnsmasq can
+        read them as ``nobody`` however private the home is. (A name no VM can have: the
+        directory shares :attr:`outside` with VM sockets when the home is deep.)"""
+        return self.outside / "networks.d"
 
     def run_dir(self, name: str) -> Path:
         return self.run / name

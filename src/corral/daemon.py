@@ -1,7 +1,9 @@
 """``corral serve``: the daemon that owns the store, the QMP connections and the VMs.
 
 It listens on a unix socket (mode 0600). Stopping it (SIGTERM, Ctrl-C) leaves every VM
-running; the next daemon re-adopts them.
+running; the next daemon re-adopts them. It removes its socket however it stops, and the
+run directories' empty leftovers (``/run/corral-<tag>`` too, once no VM or network lives
+there), so nothing of a removed home stays behind.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
 from corral.config import Paths, default_socket
 from corral.errors import CorralError
@@ -27,6 +32,11 @@ def _socket_in_use(path: Path) -> bool:
 
 
 async def serve(socket_path: Path | None = None, paths: Paths | None = None) -> None:
+    """Serve until SIGTERM or SIGINT. However it ends, the socket is removed, and so are
+    the run directories' empty leftovers.
+
+    :raises CorralError: when another daemon serves ``socket_path``.
+    """
     import uvicorn
 
     from corral.api.app import create_app
@@ -41,12 +51,35 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None) -> 
         socket_path.unlink()
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(socket_path))
-    os.chmod(socket_path, 0o600)
-    sock.listen(128)
-    loop = asyncio.get_running_loop()
+    # uvicorn stops on SIGTERM, then raises it again once its handler is gone: by default
+    # that kills the process before any cleanup, so it must end in an exception instead
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        os.chmod(socket_path, 0o600)
+        sock.listen(128)
+        _quiet_disconnects(asyncio.get_running_loop())
+        manager = Manager(paths)
+        config = uvicorn.Config(create_app(manager), loop="none", http="httptools",
+                                lifespan="on", log_level="warning", access_log=False,
+                                ws="none")
+        await uvicorn.Server(config).serve(sockets=[sock])
+    finally:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+        for run in {paths.run, paths.outside}:
+            remove_empty_dirs(run)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
+def _quiet_disconnects(loop: asyncio.AbstractEventLoop) -> None:
     default = loop.get_exception_handler()
 
-    def quiet_disconnects(loop: asyncio.AbstractEventLoop, ctx: dict[str, object]) -> None:
+    def handler(loop: asyncio.AbstractEventLoop, ctx: dict[str, object]) -> None:
         # qemu.qmp leaves a reader future behind when QEMU closes the monitor first (quit,
         # kill): that is how VMs end, not an error
         if isinstance(ctx.get("exception"), EOFError | ConnectionResetError):
@@ -56,18 +89,18 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None) -> 
         else:
             loop.default_exception_handler(ctx)
 
-    loop.set_exception_handler(quiet_disconnects)
-    manager = Manager(paths)
-    app = create_app(manager)
-    config = uvicorn.Config(app, loop="none", http="httptools", lifespan="on",
-                            log_level="warning", access_log=False, ws="none")
-    server = uvicorn.Server(config)
-    try:
-        await server.serve(sockets=[sock])
-    finally:
-        sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            socket_path.unlink()
+    loop.set_exception_handler(handler)
+
+
+def remove_empty_dirs(top: Path) -> None:
+    """Remove the empty directories under ``top``, and ``top`` if nothing is left in it: the
+    leftovers of a stopped daemon. A running VM's sockets and a running dnsmasq's files keep
+    their directories; the next daemon makes again whatever it needs."""
+    if not top.is_dir():
+        return
+    for dir, _subdirs, _files in os.walk(top, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(dir)
 
 
 def main(socket_path: Path | None = None) -> None:

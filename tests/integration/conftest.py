@@ -128,6 +128,10 @@ def assert_nothing_left(home: Path, run_dir: Path | None = None) -> None:
         run_dir = Paths(home).run
     leftovers = [p for p in run_dir.rglob("*")] if run_dir.exists() else []
     assert leftovers == [], f"files left in the run directory: {leftovers}"
+    from corral.config import Paths
+
+    outside = Paths(home).outside
+    assert not outside.exists(), f"{outside} left behind"
     vms = home / "vms"
     assert not vms.exists() or list(vms.iterdir()) == [], "VM directories left behind"
 

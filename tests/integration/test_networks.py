@@ -103,7 +103,9 @@ def links_and_dnsmasqs() -> dict[str, int]:
 @pytest.fixture(scope="module")
 def world(image_path: str) -> Iterator[Daemon]:
     with running_daemon(image_path) as d:
-        d.home.chmod(0o711)  # dnsmasq reads its files as nobody, under $CORRAL_HOME/networks
+        # a private home (mkdtemp makes it 0700): dnsmasq, as nobody, reads its files
+        # outside it
+        assert d.home.stat().st_mode & 0o777 == 0o700
         try:
             yield d
         finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from corral.client import Client
+from corral.config import Paths
 from corral.errors import InvalidSpec
 from corral.host import cgroups
 from corral.perf.simulate import parse_trace, simulate
@@ -107,7 +108,7 @@ def test_cpu_cap_limits_the_guest(two_slots: Daemon) -> None:
     c = two_slots.client
     c.create("capped", cpu_max="30%", cpu_weight=50, start=True, wait=True)
     pid = c.get("capped")["pid"]
-    path = cgroups.group_path("capped")
+    path = cgroups.group_path(Paths(two_slots.home).tag, "capped")
     assert path.is_dir() and str(pid) in (path / "cgroup.procs").read_text()
     c.exec("capped", ["sh", "-c", "(while :; do :; done) >/dev/null 2>&1 &"])
     t0, cpu0 = time.monotonic(), cgroups.cpu_seconds(pid)
@@ -140,11 +141,16 @@ def test_time_slices_share_the_cpu_fairly(image_path: str) -> None:
             c.destroy(name)
 
 
+SLOTS = 2  # vCPUs of the host in the workload test: batch jobs of one vCPU each
+
+
 def run_workload(image_path: str, policy: str,
                  runtimes: list[float]) -> tuple[list[dict[str, float]], float, float]:
-    """Run ``runtimes`` as batch jobs (warm starts) on a 3-slot host; return the recorded
-    trace, the real mean response time and the simulator's for the same trace."""
-    env = {"CORRAL_HOST_CPUS": "3", "CORRAL_CPU_RATIO": "1", "CORRAL_QUEUE_POLICY": policy}
+    """Run ``runtimes`` as batch jobs (warm starts), arriving in that order 0.1 s apart, on
+    a host of ``SLOTS`` slots; return the recorded trace, the real mean response time and
+    the simulator's for the same trace."""
+    env = {"CORRAL_HOST_CPUS": str(SLOTS), "CORRAL_CPU_RATIO": "1",
+           "CORRAL_QUEUE_POLICY": policy}
     with running_daemon(image_path, **env) as d:
         c = d.client
         c.create("gold", start=True, wait=True)
@@ -160,19 +166,24 @@ def run_workload(image_path: str, policy: str,
         threads = [threading.Thread(target=job, args=(i, s)) for i, s in enumerate(runtimes)]
         for t in threads:
             t.start()
-            time.sleep(0.05)  # arrivals in order
+            time.sleep(0.1)  # arrivals in order, even on a busy machine
         for t in threads:
             t.join(300)
         trace = [j for j in c.trace() if j["vm"].startswith("job")]
         assert len(trace) == len(runtimes)
         real = statistics.mean(j["end"] - j["arrival"] for j in trace)
-        sim = simulate(parse_trace(trace), Resources(3, 1 << 40, 0), policy)
+        sim = simulate(parse_trace(trace), Resources(SLOTS, 1 << 40, 0), policy)
         c.destroy("gold")
         return trace, real, sim.mean_response
 
 
 def test_real_workload_matches_the_simulator(image_path: str, tmp_path: Path) -> None:
-    runtimes = [4.0, 1.0, 3.0, 1.0, 2.0, 4.0, 1.0, 3.0, 1.0, 2.0, 1.0, 3.0]
+    # Two short jobs take both slots, two long ones queue, then six shorter ones: FCFS makes
+    # the six wait behind the long ones, SJF runs them first. With each job's ~0.5 s of warm
+    # start and exit added, the simulator predicts a mean response of 5.9 s (FCFS) against
+    # 3.8 s (SJF), a 36% gap; the gap stays 2.1 s whatever that overhead, so 20% with 2 s
+    # per job on a loaded machine, 16% with 3 s. The assertion asks for 10%.
+    runtimes = [1.0, 1.0, 4.0, 4.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
     measured = {}
     for policy in ("fcfs", "sjf"):
         trace, real, predicted = run_workload(image_path, policy, runtimes)
@@ -180,4 +191,4 @@ def test_real_workload_matches_the_simulator(image_path: str, tmp_path: Path) ->
         (tmp_path / f"{policy}.json").write_text(json.dumps(trace))
         print(f"{policy}: real mean response {real:.2f} s, simulator {predicted:.2f} s")
         assert abs(real - predicted) / predicted < 0.25, (policy, real, predicted)
-    assert measured["sjf"] < measured["fcfs"]  # as theory says
+    assert measured["sjf"] < 0.9 * measured["fcfs"], measured  # as theory says

@@ -16,6 +16,7 @@ import pytest
 from corral import client, errors
 from corral.api.app import create_app
 from corral.config import Paths
+from corral.domain.states import State
 from corral.host.network import Made
 from corral.service.manager import Manager
 from corral.service.networks import Networks
@@ -218,3 +219,45 @@ async def test_a_clone_gets_its_own_port_when_it_first_starts(home: Path, host: 
         assert nic["mac"] != web["mac"]
         assert host.calls[:2] == ["ensure_tap", "update_network"]
     await manager.close()
+
+
+async def test_forced_removal_takes_users_off_first(home: Path, host: Host) -> None:
+    m, api = await _api(home)
+    async with api:
+        for name, subnet in (("lan", "10.20.0.0/24"), ("dmz", "10.21.0.0/24")):
+            await api.post("/v1/networks", json={"name": name, "subnet": subnet})
+        await api.post("/v1/routers", json={"name": "gw", "uplink": True})
+        for network in ("lan", "dmz"):
+            await api.post("/v1/routers/gw/networks", json={"network": network})
+        await api.post("/v1/vms", json={"name": "web", "nics": [{"network": "lan"}]})
+        await api.post("/v1/vms", json={"name": "db", "nics": [{"network": "dmz"},
+                                                               {"network": "lan"}]})
+        for port, vm in ((8080, "web"), (9090, "db")):
+            r = await api.post("/v1/routers/gw/forwards", json={"host_port": port, "vm": vm,
+                                                                "port": 80})
+            assert r.status_code == 201, r.text
+
+        with pytest.raises(errors.InUse, match="used by web"):
+            await m.networks.rm("lan")
+        m.runtime.get("db").state = State.RUNNING  # its NICs were there at boot: no hot-unplug
+        with pytest.raises(errors.InUse, match=r"by db \(nic1, running, present at boot\)"):
+            await m.networks.rm("lan", force=True)
+        assert len((await api.get("/v1/forwards")).json()) == 2, "refused before any change"
+        m.runtime.get("db").state = State.DEFINED
+
+        assert await m.networks.rm("lan", force=True) == [
+            "forward tcp 8080 on gw", "NIC nic0 of web", "NIC nic1 of db",
+            "router gw leg on lan"]
+        assert [n["name"] for n in (await api.get("/v1/networks")).json()] == ["dmz"]
+        assert (await api.get("/v1/vms/web")).json()["nics"] == []
+        assert [n["network"] for n in (await api.get("/v1/vms/db")).json()["nics"]] == ["dmz"]
+
+        with pytest.raises(errors.InUse, match="network dmz"):
+            await m.routers.rm("gw")
+        assert await m.routers.rm("gw", force=True) == [
+            "forward tcp 9090 on gw", "router gw leg on dmz"]
+        assert (await api.get("/v1/routers")).json() == []
+        assert await m.networks.rm("dmz", force=True) == ["NIC nic0 of db"]
+        with pytest.raises(errors.NotFound):
+            await m.routers.rm("gw", force=True)
+    await m.close()

@@ -13,7 +13,6 @@ from corral.domain.specs import VMSpec
 from corral.engine import accel as accel_mod
 from corral.engine.driver import Driver
 from corral.errors import CorralError
-from corral.host import cgroups
 from corral.service import adoption, netreconcile, nics, slices
 from corral.service.guest import GuestService
 from corral.service.networks import Networks
@@ -37,8 +36,7 @@ class _Hooks:
         nics.unplug(self.net, name)
 
     def released(self, name: str) -> None:
-        cgroups.remove(name)
-        self.sched.release(name)
+        self.sched.release(name)  # its cgroup goes with it
 
     async def forget(self, name: str, spec: VMSpec) -> None:
         await nics.forget(self.net, name, spec)

@@ -11,8 +11,9 @@ In order, each unit on its own (a unit that fails is logged and the rest goes on
 3. Taps: a VM whose QEMU was adopted gets its taps found again (re-joined to a bridge that
    was made again); any other VM's tap is deleted by name, in case the daemon died between
    making one and recording it.
-4. A dnsmasq whose files are under ``$CORRAL_HOME/networks`` but that no record names is
-   stopped.
+4. A dnsmasq whose files are under the daemon's networks directory but that no record names
+   is stopped. (One recorded elsewhere, in the home as Corral once kept them, is stopped
+   before step 2 starts it again where dnsmasq can read its files.)
 
 This is the exact form of garbage collection. The library's ``collect_garbage`` is not used:
 it removes every object with Corral's prefixes that the given records do not name, which on
@@ -68,6 +69,10 @@ def _reconcile(net: Networks) -> None:
             with _unit(owner, "remove"):
                 remove_records(db.records(owner))
                 db.drop_records(owner)
+    for r in db.records():
+        if r.kind == "dnsmasq" and not Path(r.detail).is_relative_to(host.run_dir):
+            with _unit(f"dnsmasq in {r.detail}", "move"):
+                dnsmasq.stop(Path(r.detail))
     for name, row in db.networks.items():
         with _unit(f"network:{name}", "make"):
             _keep(db, f"network:{name}",

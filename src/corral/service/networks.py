@@ -22,8 +22,9 @@ made twice and nothing is lost.
 Only a daemon running as root makes bridges, taps, namespaces and nft tables; any other gets
 :class:`~corral.errors.NeedsRoot` with a one-line reason, and offers VMs user-mode networking
 (``--nic user,hostfwd=…``) instead. The files of each network's dnsmasq are under
-``$CORRAL_HOME/networks/``; dnsmasq reads them as ``nobody``, so that directory and the ones
-above it must be searchable by others (the library refuses otherwise, and says so).
+``/run/corral-<tag>/networks.d/`` (:attr:`corral.config.Paths.networks`), not in the home:
+dnsmasq reads them as ``nobody``, so that directory and the ones above it must be searchable
+by others, and the home may then stay private (mode 0700).
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from corral.domain.specs import check_name
+from corral.domain.specs import NicSpec, check_name
+from corral.domain.states import State
 from corral.errors import AlreadyExists, CommandFailed, InUse, InvalidSpec, NeedsRoot, NotFound
 from corral.host.network import (
     Firewall,
@@ -57,6 +60,7 @@ from corral.store.networks import NetStore, NetworkRow, RuleRow
 
 if TYPE_CHECKING:
     from corral.service.runtime import VMRuntime
+    from corral.store.db import VMRecord
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,7 +107,7 @@ class Networks:
 
     @property
     def host(self) -> Host:
-        return Host(run_dir=self.rt.paths.home / "networks")
+        return Host(run_dir=self.rt.paths.networks)
 
     @staticmethod
     async def call(fn: Callable[..., T], *args: Any) -> T:
@@ -199,13 +203,21 @@ async def create(net: Networks, name: str, subnet: str, dhcp: bool = True,
     return await show(net, name)
 
 
-async def remove_network(net: Networks, name: str) -> None:
-    """Remove network ``name`` and every part of it.
+async def remove_network(net: Networks, name: str, force: bool = False) -> list[str]:
+    """Remove network ``name`` and every part of it. With ``force``, first take off it what
+    uses it: forwards to its addresses, the NICs of VMs on it (hot-unplugged from running
+    VMs) and its router's leg; return what was taken off (``"NIC nic1 of web"``,
+    ``"forward tcp 8080 on gw"``, ``"router gw leg on lan"``). Whatever was taken off stays
+    so if a later step fails.
 
-    :raises InUse: NICs or a router use it.
+    :raises InUse: NICs or a router use it (with ``force``: a VM whose NIC cannot be taken
+        off now: one present at boot in a running VM, or any NIC of a paused, saved or
+        busy VM).
     :raises NotFound: no such network.
+    :raises Timeout: a running guest did not release its NIC (it stays attached).
     """
     net.network(name)
+    removed = await _take_users_off(net, name) if force else []
     users = [f"{rec.name} ({nic.device(i)})" for rec in net.rt.db.list_vms()
              for i, nic in enumerate(rec.spec.nics) if nic.network == name]
     if name in net.db.legs:
@@ -216,6 +228,42 @@ async def remove_network(net: Networks, name: str) -> None:
     async with net.lock:
         await net.call(remove, net.db.records(f"network:{name}"))
         net.db.drop_records(f"network:{name}")
+    return removed
+
+
+def _nic_removable(rec: VMRecord, nic: NicSpec) -> bool:
+    """Whether a NIC can be taken off its VM now: the VM's QEMU is not running, or it runs
+    and the NIC was hot-plugged (behind a hot-plug port; boot NICs have none)."""
+    if rec.state in (State.DEFINED, State.STOPPED, State.CRASHED):
+        return True
+    return rec.state == State.RUNNING and nic.port is not None
+
+
+async def _take_users_off(net: Networks, name: str) -> list[str]:
+    """``remove_network``'s force: forwards, NICs and the router's leg, in that order (each
+    of the later ones is refused while the earlier ones exist)."""
+    from corral.service import nics, routers  # both import this module
+    on_it = [(rec, i, nic) for rec in net.rt.db.list_vms() for i, nic in enumerate(rec.spec.nics)
+             if nic.network == name]
+    stuck = [f"{rec.name} ({nic.device(i)}, {rec.state.value}"
+             f"{', present at boot' if rec.state == State.RUNNING else ''})"
+             for rec, i, nic in on_it if not _nic_removable(rec, nic)]
+    if stuck:
+        raise InUse("network", name, "remove", stuck)
+    removed = []
+    subnet = IPv4Network(net.network(name).plan.subnet)
+    for (proto, port), row in list(net.db.forwards.items()):
+        if IPv4Address(row.forward.ip) in subnet:
+            await routers.remove_forward(net, row.forward.router, proto, port)
+            removed.append(f"forward {proto} {port} on {row.forward.router}")
+    for rec, i, nic in on_it:
+        await nics.detach(net, rec.name, nic.mac)
+        removed.append(f"NIC {nic.device(i)} of {rec.name}")
+    leg = net.db.legs.get(name)
+    if leg is not None:
+        await routers.detach_network(net, leg.router, name)
+        removed.append(f"router {leg.router} leg on {name}")
+    return removed
 
 
 def tap_counters(ifname: str) -> dict[str, int] | None:

@@ -2,16 +2,21 @@
 
 The file is a tar archive: ``corral-export.json`` first (format version, the spec, the
 snapshot tree, and a SHA-256 for every other member), then the files. Export refuses a VM
-with a live QEMU (save or stop it first) so that disks are quiescent, and writes under a
-temporary name, synced and renamed: a full disk leaves no partial archive. Import checks the
-archive's shape, every checksum and the names before anything lands in the data directory,
-and unpacks into a temporary directory that is renamed into place at the end: a truncated,
-corrupt or foreign file is refused with nothing half-imported. A VM exported while saved
+with a live QEMU (save or stop it first) so that disks are quiescent, unless it is *live*:
+then a running VM is paused for the copy and resumed after it (a paused QEMU has flushed its
+disks and writes nothing), and the archive imports as a stopped VM whose disks are as at
+the pause, as if it had lost power then. It writes under a temporary name, synced and
+renamed: a full disk leaves no partial archive. Import checks the archive's shape, every
+checksum and the names before anything lands in the data directory, and unpacks into a
+temporary directory that is renamed into place at the end: a truncated, corrupt or foreign
+file is refused with nothing half-imported. A VM exported while saved
 comes back saved, and ``corral start`` resumes it where it was.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -25,11 +30,12 @@ from typing import TYPE_CHECKING, Any
 from corral.domain import specs as sp
 from corral.domain.states import LIVE, State
 from corral.errors import AlreadyExists, CorralError, InvalidSpec, InvalidState
-from corral.host import qemu_img
+from corral.host.runner import run
 from corral.images import catalog
 from corral.store.db import VMRecord
 
 if TYPE_CHECKING:
+    from corral.service.lifecycle import Lifecycle
     from corral.service.runtime import VMRuntime
 
 FORMAT = "corral-export/1"
@@ -44,16 +50,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def export(rt: VMRuntime, name: str, file: str) -> dict[str, Any]:
-    """Write VM ``name`` into one file.
+def export(rt: VMRuntime, name: str, file: str, live: bool = False) -> dict[str, Any]:
+    """Write VM ``name`` into one file. With ``live``, a paused VM's QEMU may hold its disks
+    (QEMU flushes them when it pauses, and writes nothing while paused): it imports as a
+    stopped VM whose disks are as they were at the pause. :func:`export_live` pauses it.
 
-    :raises InvalidState: the VM has a live QEMU.
+    :raises InvalidState: the VM has a live QEMU (with ``live``: one that is not paused).
     :raises CorralError: the file cannot be written (nothing is left behind).
     """
     rec = rt.get(name)
-    if rec.state in LIVE:
+    if rec.state in LIVE and not (live and rec.state == State.PAUSED):
         raise InvalidState(name, "export", rec.state.value,
-                           ["defined", "stopped", "saved", "crashed"])
+                           ["defined", "stopped", "saved", "crashed",
+                            *(["paused"] if live else [])])
     target = Path(file).expanduser().absolute()
     if not target.parent.is_dir():
         raise InvalidSpec("file", f"no directory '{target.parent}'")
@@ -96,6 +105,28 @@ def export(rt: VMRuntime, name: str, file: str) -> dict[str, Any]:
         raise
     return {"file": str(target), "size": target.stat().st_size, "vm": name,
             "saved": bool(saved), "files": sorted(members)}
+
+
+async def export_live(life: Lifecycle, name: str, file: str) -> dict[str, Any]:
+    """Write VM ``name`` into one file whatever its state: a running VM is paused for the
+    export and resumed after it, whether it
+    succeeded or not; a paused one stays paused. Call it without holding the VM's lock.
+
+    :raises InvalidState: the VM is starting, stopping, saving or restoring, or was resumed
+        by another request before the export began (nothing is written then).
+    :raises CorralError: the file cannot be written (nothing is left behind).
+    """
+    rt = life.rt
+    paused_here = rt.get(name).state == State.RUNNING
+    if paused_here:
+        await life.pause(name)
+    try:
+        async with rt.lock(name):  # no resume, nor time slice, until the copy is whole
+            return await asyncio.to_thread(export, rt, name, file, True)
+    finally:
+        if paused_here:
+            with contextlib.suppress(InvalidState):  # stopped or resumed meanwhile
+                await life.resume(name)
 
 
 def _refuse(file: Path, why: str) -> CorralError:
@@ -193,8 +224,7 @@ def _record(rt: VMRuntime, manifest: dict[str, Any], spec: sp.VMSpec, name: str,
         if image.disk is not None and spec.disks and spec.disks[0].id == "root":
             # the root overlay sat on the exporter's copy of the image: point it at ours
             root = vm_dir.with_name(work_name) / Path(spec.disks[0].path).name
-            qemu_img.rebase_unsafe(
-                root, image.disk,
+            run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(image.disk), root],
                 what="qemu-img could not attach the root disk to this host's image")
     spec.name = name
     if renamed:  # a copy beside the original, not a move: it needs its own MACs

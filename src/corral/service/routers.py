@@ -9,8 +9,9 @@ guest's port on a host port (``corral router forward gw tcp 8080 web:80``). A fo
 its VM: it follows the VM's address on the router's networks, and goes when the VM goes.
 
 Refusals keep every state reachable from the command line: a network with a router already,
-an isolated one, a router that still has legs (``rm``), a leg that forwards still use
-(``detach``), a host port forwarded already (here or by a VM's user-mode NIC). The order of
+an isolated one, a router that still has legs (``rm``, unless forced: then its forwards and
+legs go first), a leg that forwards still use (``detach``), a host port forwarded already
+(here or by a VM's user-mode NIC). The order of
 writes and the restart behaviour are those of :mod:`corral.service.networks`.
 """
 
@@ -92,9 +93,24 @@ async def create(net: Networks, name: str, uplink: bool = False) -> dict[str, An
     return view(net, name)
 
 
-async def remove_router(net: Networks, name: str) -> None:
-    """:raises InUse: networks are still attached. :raises NotFound: no such router."""
+async def remove_router(net: Networks, name: str, force: bool = False) -> list[str]:
+    """Remove router ``name``. With ``force``, first remove its forwards and detach its
+    legs; return what was removed (``"forward tcp 8080 on gw"``, ``"router gw leg on
+    lan"``). Whatever was removed stays so if a later step fails.
+
+    :raises InUse: networks are still attached (without ``force``).
+    :raises NotFound: no such router.
+    """
     net.router(name)
+    removed = []
+    if force:
+        for (proto, port), row in list(net.db.forwards.items()):
+            if row.forward.router == name:
+                await remove_forward(net, name, proto, port)
+                removed.append(f"forward {proto} {port} on {name}")
+        for leg in [leg for leg in net.db.legs.values() if leg.router == name]:
+            await detach_network(net, name, leg.network)
+            removed.append(f"router {name} leg on {leg.network}")
     legs = sorted(leg.network for leg in net.db.legs.values() if leg.router == name)
     if legs:
         raise InUse("router", name, "remove", [f"network {n}" for n in legs])
@@ -102,6 +118,7 @@ async def remove_router(net: Networks, name: str) -> None:
     async with net.lock:
         await net.call(remove, net.db.records(f"router:{name}"))
         net.db.drop_records(f"router:{name}")
+    return removed
 
 
 async def attach_network(net: Networks, name: str, network: str) -> dict[str, Any]:

@@ -34,6 +34,8 @@ SAVED_STATE = "saved.state"
 async def save(rt: VMRuntime, name: str, file: str | None = None) -> dict[str, Any]:
     """Save a running or paused VM to a file and end its machine; the VM becomes ``saved``.
 
+    :raises InvalidSpec: when ``file`` is relative (the caller's directory is not the
+        daemon's: callers send an absolute path) or its directory does not exist.
     :raises InvalidState: unless the VM is running or paused.
     :raises InvalidSpec: ``file`` is relative or its directory does not exist.
     :raises DiskFull: the host's disk filled up; the VM is as it was.

@@ -202,7 +202,8 @@ class Scheduler:
         self.rt.set_state(rec, state, "dequeued", doc=(QUEUE_DOC, self.queue.to_dict()))
 
     def release(self, name: str) -> None:
-        """The VM's QEMU is gone: free its capacity and start whoever now fits."""
+        """The VM's QEMU is gone: free its capacity and cgroup, start whoever now fits."""
+        cgroups.remove_group(cgroups.group_path(self.rt.paths.tag, name))
         self.sliced_out.discard(name)
         if self.inventory.release(name) is not None:
             self.dispatch()
@@ -244,7 +245,8 @@ class Scheduler:
         """Put a new machine under its CPU weight/cap and pin its vCPUs, as the spec asks."""
         sched = rec.spec.sched
         if sched.cpu_weight is not None or sched.cpu_max is not None:
-            cgroups.apply(rec.name, machine.pid, sched.cpu_weight, sched.cpu_max)
+            cgroups.apply(self.rt.paths.tag, rec.name, machine.pid, sched.cpu_weight,
+                          sched.cpu_max)
         if sched.pin:
             for thread in await machine.vcpu_threads():
                 os.sched_setaffinity(thread, set(sched.pin))

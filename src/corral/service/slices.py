@@ -189,8 +189,7 @@ class Networks(_NetSlice):
         are forgotten, router legs detached). Returns what ``force`` removed."""
         from corral.service import networks
 
-        await networks.remove_network(self.net, name)
-        return []
+        return await networks.remove_network(self.net, name, force=force)
 
     async def set_policy(self, name: str, policy: str) -> dict[str, Any]:
         from corral.service import networks
@@ -253,8 +252,7 @@ class Routers(_NetSlice):
         ``force`` removed."""
         from corral.service import routers
 
-        await routers.remove_router(self.net, name)
-        return []
+        return await routers.remove_router(self.net, name, force=force)
 
     async def attach(self, name: str, network: str) -> dict[str, Any]:
         from corral.service import routers

@@ -216,6 +216,8 @@ class VMs:
         """Write the VM into one file; ``live`` exports a running VM (paused meanwhile)."""
         from corral.service import portable
 
+        if live:
+            return await portable.export_live(self.life, name, file)
         async with self.rt.lock(name):
             return await asyncio.to_thread(portable.export, self.rt, name, file)
 

@@ -23,7 +23,8 @@ runs dnsmasq with this very ``--pid-file`` on its command line (pids are reused)
 
 dnsmasq drops its privileges to ``nobody`` before it reads its files (at start and on every
 SIGHUP), so the directory of its files and every directory above it must be searchable
-by others; :func:`start` refuses a directory that is not.
+by others: :func:`start` makes missing ones so (mode 0711) and refuses a directory that is
+not. The daemon keeps these files outside its home, which may then be private.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def start(d: Dnsmasq, ports: Iterable[Port]) -> int:
     :raises CorralError: when its directory is not searchable by the user dnsmasq becomes.
     :raises CommandFailed: when dnsmasq refuses to start.
     """
-    d.dir.mkdir(parents=True, exist_ok=True)
+    _make_searchable(d.dir.parent)
+    d.dir.mkdir(exist_ok=True)
     d.dir.chmod(0o755)
     write_hosts(d, ports)
     pid = running(d.pidfile)
@@ -138,6 +140,16 @@ def start(d: Dnsmasq, ports: Iterable[Port]) -> int:
     if pid is None:
         raise CorralError(f"dnsmasq in {d.netns} started but {d.pidfile} names no dnsmasq")
     return pid
+
+
+def _make_searchable(dir: Path) -> None:
+    """Make ``dir`` and its missing parents searchable, not listable, by others (0711,
+    whatever the umask); directories that exist are left as they are."""
+    if dir.is_dir():
+        return
+    _make_searchable(dir.parent)
+    dir.mkdir(exist_ok=True)
+    dir.chmod(0o711)
 
 
 def reload(d: Dnsmasq, ports: Iterable[Port]) -> None:
