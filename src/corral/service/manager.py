@@ -779,8 +779,8 @@ class Manager:
             raise NotFound(f"no image named '{name}'; see 'corral image list'")
         users = sorted(r.name for r in self.db.list_vms() if r.spec.image == name)
         if users:
-            raise InvalidState(name, "remove image", f"used by {', '.join(users)}",
-                               ["unused (destroy those VMs first)"])
+            raise InvalidState(name, "remove", f"used by {', '.join(users)}",
+                               ["unused (destroy those VMs first)"], what="image")
         if image.dir.parent != self.paths.images:
             raise CorralError(f"image '{name}' lives in {image.dir.parent}, outside "
                               f"{self.paths.images}; remove it there")
