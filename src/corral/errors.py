@@ -99,7 +99,7 @@ class InvalidState(CorralError):
     status = 409
     exit_code = 5
     kind = "invalid_state"
-    fact_names = ("vm", "what", "operation", "state", "required")
+    fact_names: tuple[str, ...] = ("vm", "what", "operation", "state", "required")
 
     def __init__(self, vm: str, operation: str, state: str, required: Sequence[str], *,
                  what: str = "VM") -> None:

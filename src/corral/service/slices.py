@@ -287,6 +287,12 @@ class Networks(_Slice):
 
         return netgraph.topology(self._m)
 
+    def render_topology(self, format: str = "text") -> str:
+        """The topology as a text tree or a Graphviz graph (``format="dot"``)."""
+        from corral.service import netgraph
+
+        return netgraph.render(netgraph.topology(self._m), format)
+
     def rules(self) -> dict[str, Any]:
         from corral.service import networks
 
