@@ -15,7 +15,8 @@ from corral.errors import InvalidSpec
 COMMANDS = ["serve", "create", "run", "start", "pause", "resume", "shutdown", "stop", "reboot",
             "exec", "cp", "ip", "save", "restore", "export", "import", "clone", "model",
             "simulate", "queue", "trace",
-            "destroy", "list", "show", "console", "logs"]
+            "rm", "list", "show", "console", "logs", "disk rm", "snapshot rm", "network rm",
+            "router rm", "attach-disk", "detach-disk", "attach-nic", "detach-nic"]
 
 
 @pytest.mark.parametrize("command", [*COMMANDS, "host info", "image build", "image list",
@@ -61,3 +62,16 @@ def test_cli_import_stays_lean() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+@pytest.mark.parametrize("alias", ["destroy", "delete"])
+def test_rm_keeps_its_old_names(alias: str) -> None:
+    args = build_parser(alias).parse_args([alias, "web"])
+    assert args.func is build_parser("rm").parse_args(["rm", "web"]).func
+    assert args.name == "web"
+
+
+def test_run_accepts_wait_and_export_live() -> None:
+    args = build_parser("run").parse_args(["run", "web", "--wait"])
+    assert args.wait and not args.no_wait
+    assert build_parser("export").parse_args(["export", "web", "f", "--live"]).live
