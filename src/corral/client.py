@@ -96,6 +96,9 @@ class _Transport:
             self.sock = None
         self._buf = b""
 
+    def __del__(self) -> None:  # a client dropped without close() (the CLI's) closes here
+        self.close()
+
     def _connect(self) -> socket.socket:
         if self.sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

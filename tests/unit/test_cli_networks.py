@@ -3,11 +3,10 @@ errors they give (the daemon is a stub here)."""
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 import pytest
-
-import shutil
 
 from corral.cli import common, main, networks
 from corral.errors import CorralError
