@@ -12,8 +12,9 @@ from __future__ import annotations
 import json as _json
 from typing import Annotated, Any
 
-from fastapi import Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 
 from corral.views import Error
 
@@ -36,6 +37,7 @@ def timeout(default: float, what: str = "seconds to wait") -> Any:
 
 Seconds = Annotated[float, Query(gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)]
 
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
 _REASONS = {
     403: "Needs a daemon running as root", 404: "No such object",
     409: "Not legal in the object's state, name taken, or no capacity",
@@ -45,6 +47,54 @@ _REASONS = {
 }
 
 
+def _check_text(value: object) -> None:
+    """:raises ValueError: a string in ``value`` holds a lone surrogate (JSON's ``\\udXXX``),
+    which is not text: nothing downstream (paths, the store, QEMU) could write it."""
+    if isinstance(value, str):
+        value.encode()
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k)
+            _check_text(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_text(v)
+
+
+class _TextOnlyRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:  # each answered as a 422 like any JSON error
+                data = _json.loads(body)
+                _check_text(data)
+            except UnicodeDecodeError as err:
+                raise _json.JSONDecodeError("not UTF-8", "", err.start) from err
+            except UnicodeEncodeError as err:
+                raise _json.JSONDecodeError("a string is not UTF-8 text (a lone surrogate)",
+                                            "", 0) from err
+            self._json = data
+        return self._json
+
+
+class CheckedRoute(APIRoute):
+    """A route whose JSON bodies hold only real text."""
+
+    def get_route_handler(self) -> Any:
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            response: Response = await handler(_TextOnlyRequest(request.scope, request.receive))
+            return response
+
+        return checked
+
+
+def router(tag: str) -> APIRouter:
+    """The router of one resource's routes, under ``/v1``."""
+    return APIRouter(prefix=API, tags=[tag], route_class=CheckedRoute)
+
+
 def ok(view: Any, *errors: int, status: int = 200) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route answering ``view`` with ``status``, and the error statuses
     every route can answer (422, 500, 507) plus ``errors``, each with Corral's error body."""
@@ -52,7 +102,10 @@ def ok(view: Any, *errors: int, status: int = 200) -> dict[int | str, dict[str, 
     if view is not None:
         out[status] = {"model": view, "description": "Success"}
     for code in sorted({422, 500, 507, *errors}):
-        out[code] = {"model": Error, "description": _REASONS.get(code, "Error")}
+        # the model registers the schema; the content keeps it JSON on routes answering
+        # another media type (files, topology)
+        out[code] = {"model": Error, "description": _REASONS.get(code, "Error"),
+                     "content": {"application/json": {"schema": ERROR_REF}}}
     return out
 
 

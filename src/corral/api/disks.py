@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.api.common import NAME_PATTERN, Name, json, ok
+from corral.api.common import NAME_PATTERN, Name, json, ok, router
 from corral.service.manager import Manager
 from corral.views import VM, Disk
 
@@ -42,7 +42,7 @@ class AttachRequest(BaseModel):
 
 
 def routes(m: Manager) -> APIRouter:
-    r = APIRouter(prefix="/v1", tags=["disks"])
+    r = router("disks")
     disks = m.disks
 
     @r.post("/disks", status_code=201, responses=ok(Disk, 404, 409, 413, status=201))

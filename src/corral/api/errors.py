@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -20,11 +22,15 @@ from corral.errors import CorralError, InvalidSpec, NotFound, TooLarge
 _WHERE = ("body", "path", "query", "header", "cookie")
 
 
+# the member of a union pydantic names in an error's location (``memory.constrained-str``)
+_UNION_MEMBER = re.compile(r"^(constrained-)?(str|int|float|bool|bytes|none)$|\[")
+
+
 def _field(loc: tuple[object, ...] | list[object]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in _WHERE:
         parts = parts[1:]
-    return ".".join(parts) or "body"
+    return ".".join(p for p in parts if not _UNION_MEMBER.search(p)) or "body"
 
 
 def _message(first: dict[str, object]) -> str:
@@ -43,7 +49,9 @@ def invalid_request(err: RequestValidationError) -> InvalidSpec:
         return InvalidSpec("body", "invalid request")
     first = dict(problems[0])
     if first.get("type") == "json_invalid":
-        return InvalidSpec("body", "not valid JSON")
+        ctx = first.get("ctx")
+        why = ctx.get("error") if isinstance(ctx, dict) else None
+        return InvalidSpec("body", f"not valid JSON ({why})" if why else "not valid JSON")
     return InvalidSpec(_field(first.get("loc", ())), _message(first))
 
 
@@ -58,12 +66,20 @@ def install(app: FastAPI) -> None:
     async def bad_request(_req: Request, err: RequestValidationError) -> JSONResponse:
         return JSONResponse(invalid_request(err).to_dict(), status_code=422)
 
+    @app.exception_handler(Exception)
+    async def internal_error(_req: Request, err: Exception) -> JSONResponse:
+        # a bug: still one line in Corral's shape (the traceback goes to the daemon's log)
+        failure = CorralError(f"internal error: {type(err).__name__}: {err}"[:300])
+        return JSONResponse(failure.to_dict(), status_code=500)
+
     @app.exception_handler(HTTPException)
     async def http_error(req: Request, err: HTTPException) -> JSONResponse:
         if err.status_code == 404:
             body = NotFound(f"no route {req.url.path}").to_dict()
         elif isinstance(err, Exceeded):
             body = TooLarge(str(err.detail), err.limit).to_dict()
+        elif err.status_code == 400:  # a body FastAPI could not parse
+            return JSONResponse(InvalidSpec("body", str(err.detail)).to_dict(), status_code=422)
         else:
             failure = CorralError(str(err.detail))
             failure.kind = "http_" + str(err.status_code)

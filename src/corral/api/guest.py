@@ -21,7 +21,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from corral.api.common import MAX_TIMEOUT, Name, json, ok
+from corral.api.common import MAX_TIMEOUT, Name, json, ok, router
 from corral.errors import CorralError
 from corral.service.manager import Manager
 from corral.views import ExecResult, FileWritten, Interface
@@ -74,7 +74,7 @@ class ExecRequest(BaseModel):
 
 
 def routes(m: Manager) -> APIRouter:
-    r = APIRouter(prefix="/v1", tags=["guest"])
+    r = router("guest")
     guest = m.guest
 
     @r.post("/vms/{name}/exec", response_model=None,
@@ -99,7 +99,7 @@ def routes(m: Manager) -> APIRouter:
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    @r.get("/vms/{name}/files", responses={
+    @r.get("/vms/{name}/files", response_class=Response, responses={
         **ok(None, 404, 409, 502, 504),
         200: {"content": {"application/octet-stream": {"schema": {"type": "string",
                                                                    "format": "binary"}}},

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from corral.api.common import MAX_TIMEOUT, OptName, json, ok
+from corral.api.common import MAX_TIMEOUT, OptName, json, ok, router
 from corral.api.guest import MAX_ARGS, bounded
 from corral.api.vms import CreateSpec
 from corral.service.manager import Manager
@@ -42,7 +42,7 @@ class BatchRequest(BaseModel):
 
 
 def routes(m: Manager) -> APIRouter:
-    r = APIRouter(prefix="/v1", tags=["host"])
+    r = router("host")
     host = m.host
 
     @r.get("/host", responses=ok(Host))

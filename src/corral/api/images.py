@@ -9,13 +9,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from corral.api.common import Name, json, ok
+from corral.api.common import Name, json, ok, router
 from corral.service.manager import Manager
 from corral.views import Image
 
 
 def routes(m: Manager) -> APIRouter:
-    r = APIRouter(prefix="/v1", tags=["images"])
+    r = router("images")
     images = m.images
 
     @r.get("/images", responses=ok(list[Image]))

@@ -22,7 +22,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.api.common import NAME_PATTERN, Name, json, ok
+from corral.api.common import NAME_PATTERN, Name, json, ok, router
 from corral.service.manager import Manager
 from corral.views import VM, Firewall, FirewallRule, Network, Removed
 
@@ -61,7 +61,7 @@ class NicAttachRequest(BaseModel):
 
 
 def routes(m: Manager) -> APIRouter:
-    r = APIRouter(prefix="/v1", tags=["networks"])
+    r = router("networks")
     networks = m.networks
     needs_root = (403, 409, 413)
 

@@ -20,7 +20,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.api.common import NAME_PATTERN, Name, json, ok
+from corral.api.common import NAME_PATTERN, Name, json, ok, router
 from corral.service.manager import Manager
 from corral.views import Forward, Removed, Router
 
@@ -47,7 +47,7 @@ class ForwardRequest(BaseModel):
 
 
 def routes(m: Manager) -> APIRouter:
-    r = APIRouter(prefix="/v1", tags=["routers"])
+    r = router("routers")
     routers = m.routers
 
     @r.post("/routers", status_code=201, responses=ok(Router, 403, 409, 413, status=201))

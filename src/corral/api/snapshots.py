@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.api.common import NAME_PATTERN, Name, json, ok
+from corral.api.common import NAME_PATTERN, Name, json, ok, router
 from corral.service.manager import Manager
 from corral.views import VM, Snapshot
 
@@ -24,7 +24,7 @@ class SnapshotRequest(BaseModel):
 
 
 def routes(m: Manager) -> APIRouter:
-    r = APIRouter(prefix="/v1", tags=["snapshots"])
+    r = router("snapshots")
     snapshots = m.snapshots
 
     @r.post("/vms/{name}/snapshots", status_code=201,

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import Field
 
-from corral.api.common import NAME_PATTERN, Name, OptName, json, ok, timeout
+from corral.api.common import NAME_PATTERN, Name, OptName, json, ok, router, timeout
 from corral.domain.specs import MAX_CPUS, VMCreate
 from corral.service.manager import Manager
 from corral.views import VM, Export, Logs
@@ -31,6 +31,7 @@ MAX_LOG_CHUNK = 16 << 20
 VM_ERRORS = (404, 409, 504)
 FilePath = Annotated[str, Query(min_length=1, max_length=4096)]
 YEAR = 366 * 86400.0
+Text40 = Annotated[str, Field(min_length=1, max_length=40)]
 
 
 class CreateSpec(VMCreate):
@@ -40,19 +41,19 @@ class CreateSpec(VMCreate):
     name: str = Field(min_length=1, max_length=32,
                       json_schema_extra={"pattern": NAME_PATTERN})  # checked by check_name
     cpus: int = Field(1, ge=1, le=MAX_CPUS)
-    memory: str | Annotated[int, Field(ge=1, le=1 << 40)] = Field("256M", max_length=40)
+    memory: Text40 | Annotated[int, Field(ge=1, le=1 << 40)] = "256M"
     priority: int = Field(0, ge=-1_000_000, le=1_000_000)
-    expected_runtime: (str | Annotated[float, Field(gt=0, le=YEAR, allow_inf_nan=False)]
-                       | None) = Field(None, max_length=40)
+    expected_runtime: Text40 | Annotated[float, Field(gt=0, le=YEAR, allow_inf_nan=False)] \
+        | None = None
     cpu_weight: int | None = Field(None, ge=1, le=10000)
-    cpu_max: str | Annotated[float, Field(gt=0, le=100 * MAX_CPUS, allow_inf_nan=False)] \
-        | None = Field(None, max_length=40)
+    cpu_max: Text40 | Annotated[float, Field(gt=0, le=100 * MAX_CPUS, allow_inf_nan=False)] \
+        | None = None
     pin: list[Annotated[int, Field(ge=0, le=4095)]] | None = Field(None, max_length=4096)
     owner: str = Field("default", min_length=1, max_length=64)
 
 
 def routes(m: Manager) -> APIRouter:
-    r = APIRouter(prefix="/v1", tags=["vms"])
+    r = router("vms")
     vms = m.vms
 
     @r.get("/vms", responses=ok(list[VM]))
