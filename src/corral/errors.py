@@ -17,12 +17,27 @@ tree onto exit codes and HTTP statuses, so a user never sees a traceback for the
     ├── NeedsRoot                    (403 / exit 10) only a daemon running as root can do it
     ├── AgentError                   (502 / exit 7)  the guest agent failed or was silent
     ├── DiskFull                     (507 / exit 11) the host's disk is full
-    └── DaemonUnavailable            (503 / exit 8)  the CLI or Client cannot reach ``corral serve``
+    ├── DaemonUnavailable            (503 / exit 8)  the CLI or Client cannot reach ``corral serve``
+    └── TooLarge                     (413 / exit 2)  a request body over the daemon's limit
+
+Errors cross the wire whole: :meth:`CorralError.to_dict` gives the body of an error answer,
+``{"error": kind, "kind": kind, "message": one line, "facts": {...}}`` (the facts are also
+repeated at the top level, where older clients read them), and :func:`from_dict` turns such
+a body back into the same class with the same facts, which is how ``corral.Client`` raises
+what the daemon raised. Every class names its facts in ``facts`` (``InvalidState``: ``vm``
+(the object's name), ``what`` (``"VM"``, ``"disk"``, ``"image"``, …), ``operation``,
+``state``, ``required``; ``InUse`` adds ``users``; ``InvalidSpec``: ``field``;
+``CommandFailed``: ``argv``, ``returncode``, ``stderr``, ``stdout``; ``MonitorError``:
+``qmp_command``, ``error_class``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+TYPE_CHECKING = False  # typing is slow to import; the CLI imports this module
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class CorralError(Exception):
@@ -31,13 +46,25 @@ class CorralError(Exception):
     status = 500
     exit_code = 1
     kind = "error"
+    fact_names: tuple[str, ...] = ()
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
+    def facts(self) -> dict[str, object]:
+        """The facts of this error (its attributes named in ``fact_names``), JSON-ready."""
+        out: dict[str, object] = {}
+        for name in self.fact_names:
+            value = getattr(self, name, None)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
     def to_dict(self) -> dict[str, object]:
-        return {"error": self.kind, "message": self.message}
+        """The body of an error answer (see the module docstring)."""
+        facts = self.facts()
+        return {**facts, "error": self.kind, "kind": self.kind, "message": self.message,
+                "facts": facts}
 
 
 class InvalidSpec(CorralError):
@@ -46,13 +73,11 @@ class InvalidSpec(CorralError):
     status = 422
     exit_code = 2
     kind = "invalid_spec"
+    fact_names = ("field",)
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
-
-    def to_dict(self) -> dict[str, object]:
-        return {**super().to_dict(), "field": self.field}
 
 
 class NotFound(CorralError):
@@ -68,30 +93,32 @@ class AlreadyExists(CorralError):
 
 
 class InvalidState(CorralError):
-    """An operation was asked for in a state where it is not legal."""
+    """An operation was asked for in a state where it is not legal. ``vm`` names the object
+    (a VM unless ``what`` says otherwise: ``"disk"``, ``"image"``, ``"network"`` …)."""
 
     status = 409
     exit_code = 5
     kind = "invalid_state"
+    fact_names: tuple[str, ...] = ("vm", "what", "operation", "state", "required")
 
-    def __init__(self, vm: str, operation: str, state: str, required: Sequence[str]) -> None:
+    def __init__(self, vm: str, operation: str, state: str, required: Sequence[str], *,
+                 what: str = "VM") -> None:
         need = ", ".join(required) if required else "no state"
-        super().__init__(f"cannot {operation} VM '{vm}': it is {state} (needs {need})")
+        super().__init__(f"cannot {operation} {what} '{vm}': it is {state} (needs {need})")
         self.vm = vm
+        self.what = what
         self.operation = operation
         self.state = state
         self.required = tuple(required)
-
-    def to_dict(self) -> dict[str, object]:
-        return {**super().to_dict(), "vm": self.vm, "state": self.state,
-                "required": list(self.required)}
 
 
 class InUse(InvalidState):
     """Something cannot go (or change) while others use it; ``users`` names them."""
 
+    fact_names = (*InvalidState.fact_names, "users")
+
     def __init__(self, what: str, name: str, operation: str, users: Sequence[str]) -> None:
-        super().__init__(name, operation, "in use", ["unused"])
+        super().__init__(name, operation, "in use", ["unused"], what=what)
         self.message = f"cannot {operation} {what} '{name}': used by {', '.join(users)}"
         self.args = (self.message,)
         self.users = tuple(users)
@@ -107,6 +134,7 @@ class CommandFailed(CorralError):
     """A host command exited non-zero; carries argv, returncode and the tail of stderr."""
 
     kind = "command_failed"
+    fact_names = ("argv", "returncode", "stderr", "stdout")
 
     def __init__(self, argv: Sequence[str], returncode: int, stderr: str = "",
                  stdout: str = "", what: str | None = None) -> None:
@@ -126,6 +154,7 @@ class LaunchFailed(CommandFailed):
 
 class MonitorError(CorralError):
     kind = "monitor_error"
+    fact_names = ("qmp_command", "error_class")
 
     def __init__(self, qmp_command: str, error_class: str, desc: str) -> None:
         super().__init__(f"QEMU refused {qmp_command}: {desc} ({error_class})")
@@ -169,9 +198,55 @@ class DaemonUnavailable(CorralError):
     kind = "daemon_unavailable"
 
 
+class TooLarge(CorralError):
+    """A request body (or one of its values) is larger than the daemon accepts."""
+
+    status = 413
+    exit_code = 2
+    kind = "too_large"
+    fact_names = ("limit",)
+
+    def __init__(self, message: str, limit: int = 0) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+def _classes() -> list[type[CorralError]]:
+    out: list[type[CorralError]] = [CorralError]
+    for cls in out:
+        out.extend(cls.__subclasses__())
+    return out
+
+
+def from_dict(body: dict[str, Any], status: int = 500) -> CorralError:
+    """The error an error answer's ``body`` describes: the class of its ``kind`` (``InUse``
+    when an ``invalid_state`` carries ``users``; the root class for kinds this side does not
+    know, such as a newer daemon's), with the same message and facts. Bodies of older
+    daemons (facts at the top level only) are read too."""
+    kind = str(body.get("kind") or body.get("error") or "error")
+    message = str(body.get("message") or f"daemon answered {status}")
+    raw = body.get("facts")
+    facts: dict[str, Any] = raw if isinstance(raw, dict) else body
+    same = [c for c in _classes() if c.__module__ == __name__ and c.kind == kind]
+    # of the classes sharing a kind: the one missing fewest facts, then the most specific
+    cls = max(same or [CorralError], key=lambda c: (
+        -sum(n not in facts for n in c.fact_names), len(c.fact_names)))
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.message = message
+    for name in cls.fact_names:
+        value = facts.get(name)
+        setattr(err, name, tuple(value) if isinstance(value, list) and name in
+                ("required", "users") else value)
+    if isinstance(err, InvalidState) and not err.what:
+        err.what = "VM"
+    if cls.status != status and status >= 400:
+        err.status = status
+    return err
+
+
 __all__ = [
     "AgentError", "AlreadyExists", "CommandFailed", "CorralError", "DaemonUnavailable", "DiskFull",
-    "InUse",
-    "InvalidSpec", "InvalidState", "LaunchFailed", "MonitorError", "NeedsRoot", "NoCapacity",
-    "NotFound", "Timeout",
+    "InUse", "InvalidSpec", "InvalidState", "LaunchFailed", "MonitorError", "NeedsRoot",
+    "NoCapacity", "NotFound", "Timeout", "TooLarge", "from_dict",
 ]

@@ -15,7 +15,8 @@ from corral.errors import InvalidSpec
 COMMANDS = ["serve", "create", "run", "start", "pause", "resume", "shutdown", "stop", "reboot",
             "exec", "cp", "ip", "save", "restore", "export", "import", "clone", "model",
             "simulate", "queue", "trace",
-            "destroy", "list", "show", "console", "logs"]
+            "rm", "list", "show", "console", "logs", "disk rm", "snapshot rm", "network rm",
+            "router rm", "attach-disk", "detach-disk", "attach-nic", "detach-nic"]
 
 
 @pytest.mark.parametrize("command", [*COMMANDS, "host info", "image build", "image list",
@@ -56,8 +57,24 @@ def test_disk_and_nic_options() -> None:
 
 def test_cli_import_stays_lean() -> None:
     code = ("import sys, corral.cli.main, corral.client; "
-            "heavy = {'fastapi', 'sqlalchemy', 'pydantic', 'uvicorn', 'qemu', 'asyncio'}; "
-            "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
+            "from corral.cli import vms, guest, disks, snapshots, networks, routers, host; "
+            "heavy = {'fastapi', 'sqlalchemy', 'pydantic', 'uvicorn', 'qemu', 'asyncio', "
+            "'typing', 'typing_extensions', 'email'}; "
+            "print(sorted(heavy & {m.split('.')[0] for m in sys.modules} "
+            "| {'corral.views'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+@pytest.mark.parametrize("alias", ["destroy", "delete"])
+def test_rm_keeps_its_old_names(alias: str) -> None:
+    args = build_parser(alias).parse_args([alias, "web"])
+    assert args.func is build_parser("rm").parse_args(["rm", "web"]).func
+    assert args.name == "web"
+
+
+def test_run_accepts_wait_and_export_live() -> None:
+    args = build_parser("run").parse_args(["run", "web", "--wait"])
+    assert args.wait and not args.no_wait
+    assert build_parser("export").parse_args(["export", "web", "f", "--live"]).live

@@ -3,11 +3,12 @@ errors they give (the daemon is a stub here)."""
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 import pytest
 
-from corral.cli import main, networks
+from corral.cli import common, main, networks
 from corral.errors import CorralError
 
 
@@ -40,7 +41,7 @@ ANSWERS: dict[str, Any] = {
 @pytest.fixture
 def stub(monkeypatch: pytest.MonkeyPatch) -> Stub:
     s = Stub()
-    monkeypatch.setattr(networks, "_client", lambda _args: s)
+    monkeypatch.setattr(common, "client", lambda _args: s)
     return s
 
 
@@ -67,6 +68,20 @@ def test_bad_forward_target_is_one_line(stub: Stub, capsys: pytest.CaptureFixtur
 
 def test_svg_without_graphviz_says_what_to_install(stub: Stub,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(networks.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
     with pytest.raises(CorralError, match="apt-get install graphviz"):
         networks.graph(stub, "svg", None)
+
+
+ANSWERS["network_rm"] = ["leg of router gw", "NIC web/nic1"]
+ANSWERS["router_rm"] = []
+
+
+def test_forced_rm_says_what_it_removed(stub: Stub, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main.main(["network", "rm", "lan", "--force"]) == 0
+    assert stub.calls[-1] == ("network_rm", ("lan", True))
+    assert capsys.readouterr().out == ("network lan removed (and leg of router gw, "
+                                       "NIC web/nic1)\n")
+    assert main.main(["router", "rm", "gw"]) == 0
+    assert stub.calls[-1] == ("router_rm", ("gw", False))
+    assert capsys.readouterr().out == "router gw removed\n"

@@ -1,20 +1,11 @@
-"""The REST routes of virtual networks, routers, firewall rules and VMs' NICs.
-
-Like every route, each parses the request into one service call and owns no logic::
+"""The REST routes of virtual networks, their firewall and VMs' NICs (``manager.networks``)::
 
     POST   /v1/networks                          {name, subnet, dhcp, isolated}
     GET    /v1/networks, /v1/networks/NAME       (one network with leases and counters)
-    DELETE /v1/networks/NAME
+    DELETE /v1/networks/NAME?force=              force: detach what uses it first; answers
+                                                 200 {"removed": [...]} (else 204)
     PUT    /v1/networks/NAME/policy              {policy: accept|drop}
     GET    /v1/topology?format=text|dot          switches, routers and VMs
-    POST   /v1/routers                           {name, uplink}
-    GET    /v1/routers, /v1/routers/NAME
-    DELETE /v1/routers/NAME
-    POST   /v1/routers/NAME/networks             {network}
-    DELETE /v1/routers/NAME/networks/NET
-    GET    /v1/forwards
-    POST   /v1/routers/NAME/forwards             {proto, host_port, vm, port}
-    DELETE /v1/routers/NAME/forwards/PROTO/PORT
     GET    /v1/firewall                          policies and rules
     POST   /v1/firewall/rules                    {target, allow, from}
     DELETE /v1/firewall/rules/ID
@@ -24,20 +15,27 @@ Like every route, each parses the request into one service call and owns no logi
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter
-from fastapi.responses import PlainTextResponse
+from fastapi import Path as PathParam
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.service import netgraph
+from corral.api.common import NAME_PATTERN, Name, json, ok, router
 from corral.service.manager import Manager
+from corral.views import VM, Firewall, FirewallRule, Network, Removed
+
+CIDR = Field(min_length=1, max_length=43, pattern=r"^[0-9a-fA-F.:]+(/\d{1,3})?$")
+MAX_RULE_ID = (1 << 63) - 1
+NicId = Annotated[str, PathParam(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9:_-]+$",
+                                 description="the NIC's id (nic1) or MAC")]
 
 
 class NetworkCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
-    subnet: str
+    name: str = Field(pattern=NAME_PATTERN, max_length=32)
+    subnet: str = CIDR
     dhcp: bool = True
     isolated: bool = False
 
@@ -47,121 +45,75 @@ class PolicyRequest(BaseModel):
     policy: Literal["accept", "drop"]
 
 
-class RouterCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    uplink: bool = False
-
-
-class LegRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    network: str
-
-
-class ForwardRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    proto: str = "tcp"
-    host_port: int
-    vm: str
-    port: int
-
-
 class RuleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    target: str
-    allow: str
-    source: str = Field(default="0.0.0.0/0", alias="from")
+    target: str = Field(min_length=1, max_length=48, pattern=r"^((vm|network):)?[a-z0-9-]+$")
+    allow: str = Field(min_length=1, max_length=16, pattern=r"^[a-z]+(/\d{1,5})?$")
+    source: str = Field(default="0.0.0.0/0", alias="from", min_length=1, max_length=43,
+                        pattern=r"^[0-9a-fA-F.:]+(/\d{1,3})?$")
 
 
 class NicAttachRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    network: str
-    mac: str | None = None
-    ip: str | None = None
+    network: str = Field(pattern=NAME_PATTERN, max_length=32)
+    mac: str | None = Field(None, max_length=17)
+    ip: str | None = Field(None, max_length=39)
 
 
 def routes(m: Manager) -> APIRouter:
-    """The routes, bound to ``m``."""
-    r = APIRouter(prefix="/v1")
+    r = router("networks")
+    networks = m.networks
+    needs_root = (403, 409, 413)
 
-    @r.post("/networks", status_code=201)
-    async def create_network(req: NetworkCreate) -> dict[str, Any]:
-        return await m.networks.create(req.name, req.subnet, dhcp=req.dhcp, isolated=req.isolated)
+    @r.post("/networks", status_code=201, responses=ok(Network, *needs_root, status=201))
+    async def create_network(req: NetworkCreate) -> Response:
+        return json(await networks.create(req.name, req.subnet, dhcp=req.dhcp,
+                                          isolated=req.isolated), 201)
 
-    @r.get("/networks")
-    async def list_networks() -> list[dict[str, Any]]:
-        return m.networks.list()
+    @r.get("/networks", responses=ok(list[Network]))
+    async def list_networks() -> Response:
+        return json(networks.list())
 
-    @r.get("/networks/{name}")
-    async def show_network(name: str) -> dict[str, Any]:
-        return await m.networks.get(name)
+    @r.get("/networks/{name}", responses=ok(Network, 404))
+    async def show_network(name: Name) -> Response:
+        return json(await networks.get(name))
 
-    @r.delete("/networks/{name}", status_code=204)
-    async def remove_network(name: str) -> None:
-        await m.networks.rm(name)
+    @r.delete("/networks/{name}", status_code=204, responses={
+        **ok(Removed, 403, 404, 409), 204: {"description": "Removed"}})
+    async def rm_network(name: Name, force: bool = False) -> Response:
+        removed = await networks.rm(name, force=force)
+        return json({"removed": removed}) if force else Response(status_code=204)
 
-    @r.put("/networks/{name}/policy")
-    async def set_policy(name: str, req: PolicyRequest) -> dict[str, Any]:
-        return await m.networks.set_policy(name, req.policy)
+    @r.put("/networks/{name}/policy", responses=ok(Network, 403, 404, 413))
+    async def set_policy(name: Name, req: PolicyRequest) -> Response:
+        return json(await networks.set_policy(name, req.policy))
 
-    @r.get("/topology")
+    @r.get("/topology", response_class=PlainTextResponse, responses={
+        **ok(None), 200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                          "description": "The topology as text or Graphviz dot"}})
     async def topology(format: Literal["text", "dot"] = "text") -> PlainTextResponse:
-        return PlainTextResponse(netgraph.render(m.networks.topology(), format))
+        return PlainTextResponse(networks.render_topology(format))
 
-    @r.post("/routers", status_code=201)
-    async def create_router(req: RouterCreate) -> dict[str, Any]:
-        return await m.routers.create(req.name, uplink=req.uplink)
+    @r.get("/firewall", responses=ok(Firewall))
+    async def list_rules() -> Response:
+        return json(networks.rules())
 
-    @r.get("/routers")
-    async def list_routers() -> list[dict[str, Any]]:
-        return m.routers.list()
+    @r.post("/firewall/rules", status_code=201,
+            responses=ok(FirewallRule, *needs_root, 404, status=201))
+    async def add_rule(req: RuleRequest) -> Response:
+        return json(await networks.add_rule(req.target, req.allow, req.source), 201)
 
-    @r.get("/routers/{name}")
-    async def show_router(name: str) -> dict[str, Any]:
-        return m.routers.get(name)
+    @r.delete("/firewall/rules/{rule_id}", status_code=204, responses=ok(None, 403, 404))
+    async def rm_rule(rule_id: Annotated[int, PathParam(ge=1, le=MAX_RULE_ID)]) -> Response:
+        await networks.rm_rule(rule_id)
+        return Response(status_code=204)
 
-    @r.delete("/routers/{name}", status_code=204)
-    async def remove_router(name: str) -> None:
-        await m.routers.rm(name)
+    @r.post("/vms/{name}/nics", responses=ok(VM, *needs_root, 404))
+    async def attach_nic(name: Name, req: NicAttachRequest) -> Response:
+        return json(await networks.attach_nic(name, req.network, req.mac, req.ip))
 
-    @r.post("/routers/{name}/networks")
-    async def attach_network(name: str, req: LegRequest) -> dict[str, Any]:
-        return await m.routers.attach(name, req.network)
-
-    @r.delete("/routers/{name}/networks/{network}")
-    async def detach_network(name: str, network: str) -> dict[str, Any]:
-        return await m.routers.detach(name, network)
-
-    @r.get("/forwards")
-    async def list_forwards() -> list[dict[str, Any]]:
-        return m.routers.forwards()
-
-    @r.post("/routers/{name}/forwards", status_code=201)
-    async def add_forward(name: str, req: ForwardRequest) -> dict[str, Any]:
-        return await m.routers.add_forward(name, req.proto, req.host_port, req.vm, req.port)
-
-    @r.delete("/routers/{name}/forwards/{proto}/{host_port}", status_code=204)
-    async def remove_forward(name: str, proto: str, host_port: int) -> None:
-        await m.routers.rm_forward(name, proto, host_port)
-
-    @r.get("/firewall")
-    async def list_rules() -> dict[str, Any]:
-        return m.networks.rules()
-
-    @r.post("/firewall/rules", status_code=201)
-    async def add_rule(req: RuleRequest) -> dict[str, Any]:
-        return await m.networks.add_rule(req.target, req.allow, req.source)
-
-    @r.delete("/firewall/rules/{rule_id}", status_code=204)
-    async def remove_rule(rule_id: int) -> None:
-        await m.networks.rm_rule(rule_id)
-
-    @r.post("/vms/{name}/nics")
-    async def attach_nic(name: str, req: NicAttachRequest) -> dict[str, Any]:
-        return await m.networks.attach_nic(name, req.network, req.mac, req.ip)
-
-    @r.delete("/vms/{name}/nics/{nic}")
-    async def detach_nic(name: str, nic: str) -> dict[str, Any]:
-        return await m.networks.detach_nic(name, nic)
+    @r.delete("/vms/{name}/nics/{nic}", responses=ok(VM, 403, 404, 409))
+    async def detach_nic(name: Name, nic: NicId) -> Response:
+        return json(await networks.detach_nic(name, nic))
 
     return r

@@ -6,6 +6,7 @@ from corral.errors import InvalidSpec
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
 
@@ -13,14 +14,14 @@ def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n >> 20}M"
 
 
-def state(vm: dict[str, Any]) -> str:
+def state(vm: Mapping[str, Any]) -> str:
     s = str(vm["state"])
     if s == "running" and vm.get("ready"):
         return "running and ready"
     return s
 
 
-def brief(vm: dict[str, Any]) -> str:
+def brief(vm: Mapping[str, Any]) -> str:
     return f"{vm['cpus']} vCPU, {_mib(vm['memory_bytes'])}, {vm.get('image') or 'kernel'}"
 
 
@@ -28,7 +29,7 @@ def _secs(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}s"
 
 
-def vm_table(vms: list[dict[str, Any]]) -> str:
+def vm_table(vms: Sequence[Mapping[str, Any]]) -> str:
     rows = [("NAME", "STATE", "READY", "CPUS", "MEMORY", "PID", "UPTIME")]
     for vm in vms:
         up = vm.get("uptime_seconds")
@@ -40,7 +41,7 @@ def vm_table(vms: list[dict[str, Any]]) -> str:
                      for r in rows)
 
 
-def vm_detail(vm: dict[str, Any]) -> str:
+def vm_detail(vm: Mapping[str, Any]) -> str:
     lines = [
         ("name", vm["name"]), ("state", state(vm)),
         ("qemu status", vm.get("qemu_status") or "-"),
@@ -64,7 +65,7 @@ def vm_detail(vm: dict[str, Any]) -> str:
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in lines)
 
 
-def disk_table(disks: list[dict[str, Any]]) -> str:
+def disk_table(disks: Sequence[Mapping[str, Any]]) -> str:
     rows = [("NAME", "FORMAT", "SIZE", "USED", "ATTACHED TO")]
     for d in disks:
         rows.append((d["name"], d["format"], _mib(d.get("size_bytes")),
@@ -96,7 +97,7 @@ def parse_cpus(text: str) -> list[int]:
     return cpus
 
 
-def queue_table(entries: list[dict[str, Any]]) -> str:
+def queue_table(entries: Sequence[Mapping[str, Any]]) -> str:
     if not entries:
         return "the queue is empty"
     rows = [("POS", "VM", "OWNER", "CPUS", "MEMORY", "PRIORITY", "EXPECTED", "WAITING")]
@@ -110,7 +111,7 @@ def queue_table(entries: list[dict[str, Any]]) -> str:
                      for r in rows)
 
 
-def snapshot_tree(snaps: list[dict[str, Any]]) -> str:
+def snapshot_tree(snaps: Sequence[Mapping[str, Any]]) -> str:
     if not snaps:
         return "no snapshots"
     lines = []
@@ -121,7 +122,7 @@ def snapshot_tree(snaps: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _capacity(sched: dict[str, Any] | None) -> list[tuple[str, str]]:
+def _capacity(sched: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     if not sched:
         return []
     cap = sched["capacity"]
@@ -137,7 +138,7 @@ def _capacity(sched: dict[str, Any] | None) -> list[tuple[str, str]]:
     return lines
 
 
-def host(info: dict[str, Any]) -> str:
+def host(info: Mapping[str, Any]) -> str:
     lines = [
         ("cpus", info["cpus"]),
         ("memory", f"{info['memory_bytes'] >> 20} MiB ({info['memory_available_bytes'] >> 20} "
@@ -223,7 +224,7 @@ def counters(c: dict[str, int]) -> str:
             f"tx {human_bytes(c['tx_bytes'])}B/{c['tx_packets']}p")
 
 
-def nic(n: dict[str, Any], index: int) -> str:
+def nic(n: Mapping[str, Any], index: int) -> str:
     """One NIC of ``corral show``: where it is, its addresses and counters."""
     parts = [n.get("id") or f"nic{index}"]
     if n.get("mode") == "network":

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from corral.errors import InvalidSpec
 
 _UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d{1,20}(?:\.\d{1,9})?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+MAX_SIZE = 1 << 60  # 1 EiB: larger than any disk or memory, small enough for every integer
 
 
 def parse_size(field: str, value: str | int, *, default_unit: str = "M") -> int:
@@ -19,15 +21,18 @@ def parse_size(field: str, value: str | int, *, default_unit: str = "M") -> int:
         raise InvalidSpec(field, f"{value!r} is not a size; use e.g. 256M or 2G")
     if isinstance(value, int):
         value = str(value)
-    match = _SIZE.match(value)
+    match = _SIZE.match(value) if isinstance(value, str) and len(value) <= 40 else None
     if not match:
-        raise InvalidSpec(field, f"'{value}' is not a size; use a number with a unit K, M, G or"
+        shown = str(value) if len(str(value)) <= 24 else str(value)[:24] + "…"
+        raise InvalidSpec(field, f"'{shown}' is not a size; use a number with a unit K, M, G or"
                                  " T, e.g. 256M or 2G")
     number, unit = match.groups()
     unit = unit.lower() or default_unit.lower()
-    size = int(float(number) * _UNITS[unit])
+    size = int(Fraction(number) * _UNITS[unit])
     if size <= 0:
         raise InvalidSpec(field, f"'{value}' must be larger than zero")
+    if size > MAX_SIZE:
+        raise InvalidSpec(field, f"'{value}' is larger than 1 EiB")
     return size
 
 

@@ -108,8 +108,8 @@ async def remove(rt: VMRuntime, name: str) -> None:
     """:raises InvalidState: while the disk is attached to a VM."""
     row = _row(rt, name)
     if row["vm"]:
-        raise InvalidState(name, "remove disk", f"attached to '{row['vm']}'",
-                           ["detached (corral detach-disk)"])
+        raise InvalidState(name, "remove", f"attached to '{row['vm']}'",
+                           ["detached (corral detach-disk)"], what="disk")
     Path(row["path"]).unlink(missing_ok=True)
     rt.db.delete_disk(name)
 
@@ -155,8 +155,8 @@ async def attach(rt: VMRuntime, vm: str, name: str, readonly: bool = False,
         rec = rt.get(vm)
         row = _row(rt, name)
         if row["vm"]:
-            raise InvalidState(name, "attach disk", f"attached to '{row['vm']}'",
-                               ["detached"])
+            raise InvalidState(name, "attach", f"attached to '{row['vm']}'",
+                               ["detached"], what="disk")
         live = check_pluggable(rec, "disk")
         ids = {d.node(i) for i, d in enumerate(rec.spec.disks)}
         node = next(f"disk{i}" for i in range(len(ids) + 1) if f"disk{i}" not in ids)

@@ -201,6 +201,12 @@ class Networks(_NetSlice):
 
         return netgraph.topology(self.net)
 
+    def render_topology(self, format: str = "text") -> str:
+        """The topology as a text tree or a Graphviz graph (``format="dot"``)."""
+        from corral.service import netgraph
+
+        return netgraph.render(netgraph.topology(self.net), format)
+
     def rules(self) -> dict[str, Any]:
         from corral.service import networks
 

@@ -1,0 +1,115 @@
+"""What every routes module shares: names and numbers as the API accepts them, the error
+answers a route documents, and a JSON answer that skips FastAPI's encoder.
+
+Every route answers a pre-serialised :func:`json` body and documents its shape with a view
+of :mod:`corral.views` (``responses=ok(View, ...)``): the service returns plain JSON-ready
+dicts, and FastAPI's generic encoder and response validation would cost more than a pause
+itself.
+"""
+
+from __future__ import annotations
+
+import json as _json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
+
+from corral.views import Error
+
+API = "/v1"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
+DAY = 86400.0
+MAX_TIMEOUT = DAY
+
+Name = Annotated[str, Path(pattern=NAME_PATTERN, min_length=1, max_length=32,
+                           description="1-32 of a-z, 0-9 and '-', starting with a letter "
+                                       "or digit")]
+OptName = Annotated[str | None, Query(pattern=NAME_PATTERN, min_length=1, max_length=32)]
+
+
+def timeout(default: float, what: str = "seconds to wait") -> Any:
+    """A ``?timeout=`` query parameter: finite, more than 0 and at most a day."""
+    return Query(default, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False,
+                 description=f"{what} (0 < S <= {MAX_TIMEOUT:g})")
+
+
+Seconds = Annotated[float, Query(gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)]
+
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+_REASONS = {
+    403: "Needs a daemon running as root", 404: "No such object",
+    409: "Not legal in the object's state, name taken, or no capacity",
+    413: "Request body too large", 422: "Invalid input (names, numbers, sizes, body)",
+    500: "A failure inside Corral or the host", 502: "The guest agent failed",
+    504: "It did not happen in time", 507: "The host's disk is full",
+}
+
+
+def _check_text(value: object) -> None:
+    """:raises ValueError: a string in ``value`` holds a lone surrogate (JSON's ``\\udXXX``),
+    which is not text: nothing downstream (paths, the store, QEMU) could write it."""
+    if isinstance(value, str):
+        value.encode()
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k)
+            _check_text(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_text(v)
+
+
+class _TextOnlyRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:  # each answered as a 422 like any JSON error
+                data = _json.loads(body)
+                _check_text(data)
+            except UnicodeDecodeError as err:
+                raise _json.JSONDecodeError("not UTF-8", "", err.start) from err
+            except UnicodeEncodeError as err:
+                raise _json.JSONDecodeError("a string is not UTF-8 text (a lone surrogate)",
+                                            "", 0) from err
+            self._json = data
+        return self._json
+
+
+class CheckedRoute(APIRoute):
+    """A route whose JSON bodies hold only real text."""
+
+    def get_route_handler(self) -> Any:
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            response: Response = await handler(_TextOnlyRequest(request.scope, request.receive))
+            return response
+
+        return checked
+
+
+def router(tag: str) -> APIRouter:
+    """The router of one resource's routes, under ``/v1``."""
+    return APIRouter(prefix=API, tags=[tag], route_class=CheckedRoute)
+
+
+def ok(view: Any, *errors: int, status: int = 200) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route answering ``view`` with ``status``, and the error statuses
+    every route can answer (422, 500, 507) plus ``errors``, each with Corral's error body."""
+    out: dict[int | str, dict[str, Any]] = {}
+    if view is not None:
+        out[status] = {"model": view, "description": "Success"}
+    for code in sorted({422, 500, 507, *errors}):
+        # the model registers the schema; the content keeps it JSON on routes answering
+        # another media type (files, topology)
+        out[code] = {"model": Error, "description": _REASONS.get(code, "Error"),
+                     "content": {"application/json": {"schema": ERROR_REF}}}
+    return out
+
+
+def json(data: object, status: int = 200) -> Response:
+    """A JSON answer without FastAPI's encoder pass."""
+    return Response(_json.dumps(data).encode(), status_code=status,
+                    media_type="application/json")

@@ -1,0 +1,30 @@
+"""The REST routes of guest images (``manager.images``)::
+
+    GET    /v1/images
+    DELETE /v1/images/IMAGE         refused while a VM uses it
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from corral.api.common import Name, json, ok, router
+from corral.service.manager import Manager
+from corral.views import Image
+
+
+def routes(m: Manager) -> APIRouter:
+    r = router("images")
+    images = m.images
+
+    @r.get("/images", responses=ok(list[Image]))
+    async def list_images() -> Response:
+        return json(images.list())
+
+    @r.delete("/images/{image}", status_code=204, responses=ok(None, 404, 409))
+    async def rm_image(image: Name) -> Response:
+        images.rm(image)
+        return Response(status_code=204)
+
+    return r

@@ -1,0 +1,147 @@
+"""The REST routes of VMs: lifecycle, saved state, clones, export and import, logs.
+
+Each route translates HTTP into one call of ``manager.vms``::
+
+    GET    /v1/vms, /v1/vms/NAME
+    POST   /v1/vms?start=&wait=&timeout=&queue=      {spec}   (run = create + start)
+    DELETE /v1/vms/NAME
+    POST   /v1/vms/NAME/{start,wait,pause,resume,shutdown,stop,reboot,save,restore}
+    POST   /v1/vms/NAME/clone?new=NEW&full=&snapshot=
+    POST   /v1/vms/NAME/export?file=F&live=,  POST /v1/import?file=F&name=
+    GET    /v1/vms/NAME/logs?offset=&limit=
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+from pydantic import Field
+
+from corral.api.common import NAME_PATTERN, Name, OptName, json, ok, router, timeout
+from corral.domain.specs import MAX_CPUS, VMCreate
+from corral.service.manager import Manager
+from corral.views import VM, Export, Logs
+
+MAX_OFFSET = 1 << 50
+MAX_LOG_CHUNK = 16 << 20
+
+# the errors of a VM operation: no such VM, wrong state, too slow, the agent failed
+VM_ERRORS = (404, 409, 504)
+FilePath = Annotated[str, Query(min_length=1, max_length=4096)]
+YEAR = 366 * 86400.0
+Text40 = Annotated[str, Field(min_length=1, max_length=40)]
+
+
+class CreateSpec(VMCreate):
+    """A create request as the API accepts it: the spec's own rules, and every number finite
+    and in range (what the values mean is checked by the service)."""
+
+    name: str = Field(min_length=1, max_length=32,
+                      json_schema_extra={"pattern": NAME_PATTERN})  # checked by check_name
+    cpus: int = Field(1, ge=1, le=MAX_CPUS)
+    memory: Text40 | Annotated[int, Field(ge=1, le=1 << 40)] = "256M"
+    priority: int = Field(0, ge=-1_000_000, le=1_000_000)
+    expected_runtime: Text40 | Annotated[float, Field(gt=0, le=YEAR, allow_inf_nan=False)] \
+        | None = None
+    cpu_weight: int | None = Field(None, ge=1, le=10000)
+    cpu_max: Text40 | Annotated[float, Field(gt=0, le=100 * MAX_CPUS, allow_inf_nan=False)] \
+        | None = None
+    pin: list[Annotated[int, Field(ge=0, le=4095)]] | None = Field(None, max_length=4096)
+    owner: str = Field("default", min_length=1, max_length=64)
+
+
+def routes(m: Manager) -> APIRouter:
+    r = router("vms")
+    vms = m.vms
+
+    @r.get("/vms", responses=ok(list[VM]))
+    async def list_vms() -> Response:
+        return json(vms.list())
+
+    @r.post("/vms", status_code=201, responses=ok(VM, 404, 409, 502, 504, status=201))
+    async def create_vm(spec: CreateSpec, start: bool = False, wait: bool = False,
+                        timeout: float = timeout(120.0, "readiness timeout"),
+                        queue: bool = True) -> Response:
+        """Define a VM; ``start`` also boots it (all or nothing: a failed start leaves
+        nothing behind); ``from_snapshot`` makes it a warm start."""
+        return json(await vms.create(spec.model_dump(exclude_unset=True), start=start,
+                                     wait=wait, timeout=timeout, queue=queue), 201)
+
+    @r.get("/vms/{name}", responses=ok(VM, 404))
+    async def get_vm(name: Name) -> Response:
+        return json(await vms.get(name))
+
+    @r.delete("/vms/{name}", status_code=204, responses=ok(None, 404, 409))
+    async def rm_vm(name: Name) -> Response:
+        await vms.rm(name)
+        return Response(status_code=204)
+
+    @r.post("/vms/{name}/start", responses=ok(VM, *VM_ERRORS, 502))
+    async def start_vm(name: Name, wait: bool = False,
+                       timeout: float = timeout(120.0, "readiness timeout"),
+                       queue: bool = True) -> Response:
+        return json(await vms.start(name, wait=wait, timeout=timeout, queue=queue))
+
+    @r.post("/vms/{name}/wait", responses=ok(VM, *VM_ERRORS, 502))
+    async def wait_vm(name: Name, timeout: float = timeout(120.0)) -> Response:
+        return json(await vms.wait_ready(name, timeout))
+
+    @r.post("/vms/{name}/pause", responses=ok(VM, 404, 409))
+    async def pause_vm(name: Name) -> Response:
+        return json(await vms.pause(name))
+
+    @r.post("/vms/{name}/resume", responses=ok(VM, 404, 409))
+    async def resume_vm(name: Name) -> Response:
+        return json(await vms.resume(name))
+
+    @r.post("/vms/{name}/shutdown", responses=ok(VM, *VM_ERRORS))
+    async def shutdown_vm(name: Name, timeout: float = timeout(60.0, "seconds before forcing")
+                          ) -> Response:
+        return json(await vms.shutdown(name, timeout))
+
+    @r.post("/vms/{name}/stop", responses=ok(VM, *VM_ERRORS))
+    async def stop_vm(name: Name, force: bool = True,
+                      timeout: float = timeout(60.0, "seconds before forcing")) -> Response:
+        return json(await vms.stop(name, force=force, timeout=timeout))
+
+    @r.post("/vms/{name}/reboot", responses=ok(VM, *VM_ERRORS, 502))
+    async def reboot_vm(name: Name, wait: bool = False,
+                        timeout: float = timeout(120.0, "readiness timeout")) -> Response:
+        return json(await vms.reboot(name, wait=wait, timeout=timeout))
+
+    @r.post("/vms/{name}/save", responses=ok(VM, *VM_ERRORS))
+    async def save_vm(name: Name, file: Annotated[str | None, Query(
+            min_length=1, max_length=4096)] = None) -> Response:
+        return json(await vms.save(name, file))
+
+    @r.post("/vms/{name}/restore", responses=ok(VM, *VM_ERRORS, 502))
+    async def restore_vm(name: Name, wait: bool = False,
+                         timeout: float = timeout(120.0, "readiness timeout")) -> Response:
+        return json(await vms.restore(name, wait=wait, timeout=timeout))
+
+    @r.post("/vms/{name}/clone", status_code=201, responses=ok(VM, 404, 409, status=201))
+    async def clone_vm(name: Name, new: Annotated[str, Query(pattern=NAME_PATTERN)],
+                       full: bool = False, snapshot: OptName = None) -> Response:
+        return json(await vms.clone(name, new, full=full, snapshot=snapshot), 201)
+
+    @r.post("/vms/{name}/export", responses=ok(Export, 404, 409))
+    async def export_vm(name: Name, file: FilePath, live: bool = False) -> Response:
+        """Write the VM into one file; ``live`` exports a running VM too."""
+        return json(await vms.export(name, file, live=live))
+
+    @r.post("/import", status_code=201, responses=ok(VM, 404, 409, status=201))
+    async def import_vm(file: FilePath, name: OptName = None) -> Response:
+        return json(await vms.import_(file, name), 201)
+
+    @r.get("/vms/{name}/logs", responses=ok(Logs, 404))
+    async def vm_logs(name: Name,
+                      offset: Annotated[int, Query(ge=-MAX_OFFSET, le=MAX_OFFSET,
+                                                   description="from this byte; negative: "
+                                                               "from the end")] = 0,
+                      limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK)] = 1 << 20
+                      ) -> Response:
+        return json(vms.logs(name, offset, limit))
+
+    return r

@@ -1,0 +1,78 @@
+"""What every command module of the CLI shares: the help formatter, the Client, printing.
+
+Standard library only: the CLI must start in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
+if TYPE_CHECKING:
+    from typing import Any
+
+    from corral.client import Client
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32, width=100)
+
+
+def client(args: argparse.Namespace, timeout: float | None = 300.0) -> Client:
+    from corral.client import Client
+
+    return Client(args.socket, timeout=timeout)
+
+
+def out(args: argparse.Namespace, data: Any, human: str | None = None) -> int:
+    """Print ``data`` as JSON with ``--json``, else ``human`` (if any); return 0."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True))
+    elif human is not None:
+        print(human)
+    return 0
+
+
+def exit_status(res: dict[str, Any]) -> int:
+    """A guest command's exit status as a shell gives it: 128+N when killed by signal N."""
+    if res.get("signal"):
+        return 128 + int(res["signal"])
+    return int(res.get("exitcode") or 0)
+
+
+def command_result(args: argparse.Namespace, res: Any) -> int:
+    """Print a finished guest command's output (or all of it as JSON); return its status."""
+    if args.json:
+        res["stdout"] = res["stdout"].decode(errors="replace")
+        res["stderr"] = res["stderr"].decode(errors="replace")
+        out(args, res)
+    else:
+        sys.stdout.buffer.write(res["stdout"])
+        sys.stdout.flush()
+        sys.stderr.buffer.write(res["stderr"])
+        sys.stderr.flush()
+    return exit_status(res)
+
+
+class Parents:
+    """The option sets commands share: ``--socket`` (common) and ``--json`` (js)."""
+
+    def __init__(self, common: argparse.ArgumentParser, js: argparse.ArgumentParser) -> None:
+        self.common = common
+        self.js = js
+
+
+def command(sub: Any, parents: Parents, name: str, func: Any, help_: str, desc: str = "",
+            *, js: bool = True, vm: bool = True, aliases: tuple[str, ...] = ()
+            ) -> argparse.ArgumentParser:
+    """Add command ``name`` running ``func``; ``vm``: it takes the VM's NAME."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_, description=desc or help_, formatter_class=Formatter,
+        parents=[parents.common, *([parents.js] if js else [])], aliases=list(aliases))
+    if vm:
+        p.add_argument("name", metavar="NAME", help="the VM's name")
+    p.set_defaults(func=func)
+    return p

@@ -1,0 +1,278 @@
+"""What the daemon answers: one typed view per resource, shared by every front door.
+
+These are plain ``TypedDict``\\ s (standard library only): the REST API documents its
+response bodies with them (``/openapi.json``), and ``corral.Client`` annotates its methods with
+them. The Client imports this module only for type checkers, so its start-up pays nothing;
+the daemon imports it with pydantic, which wants ``typing_extensions.TypedDict`` before
+Python 3.12.
+
+A field marked ``NotRequired`` is left out of some answers (``get`` adds live facts that
+``list`` does not ask QEMU for). Views may gain fields; clients ignore what they do not know.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+if sys.version_info >= (3, 12):
+    from typing import NotRequired, TypedDict
+else:
+    from typing import NotRequired
+
+    from typing_extensions import TypedDict
+
+
+class Error(TypedDict):
+    """The body of every error answer; ``facts`` depend on the kind (see corral.errors)."""
+
+    error: str
+    kind: str
+    message: str
+    facts: dict[str, Any]
+
+
+class VMDisk(TypedDict):
+    path: str
+    format: str
+    readonly: bool
+    owned: NotRequired[bool]
+    id: NotRequired[str | None]
+    bus: NotRequired[str]
+    boot: NotRequired[bool]
+    name: NotRequired[str | None]
+    iops: NotRequired[int | None]
+    bps: NotRequired[int | None]
+    port: NotRequired[str | None]
+    stats: NotRequired[dict[str, Any] | None]
+
+
+class VMNic(TypedDict):
+    mode: str
+    mac: str
+    id: NotRequired[str | None]
+    hostfwd: NotRequired[list[str]]
+    network: NotRequired[str | None]
+    ip: NotRequired[str | None]
+    fixed_ip: NotRequired[bool]
+    ifname: NotRequired[str | None]
+    planned_for: NotRequired[str | None]
+    port: NotRequired[str | None]
+
+
+class VM(TypedDict):
+    name: str
+    state: str
+    ready: bool
+    uid: NotRequired[str]
+    accel: NotRequired[str | None]
+    pid: NotRequired[int | None]
+    cpus: int
+    memory_bytes: int
+    machine: NotRequired[str]
+    arch: NotRequired[str]
+    image: NotRequired[str | None]
+    uptime_seconds: NotRequired[float | None]
+    boot_seconds: NotRequired[float | None]
+    exit_reason: NotRequired[str | None]
+    nics: list[VMNic]
+    disks: list[VMDisk]
+    console_socket: NotRequired[str | None]
+    serial_log: NotRequired[str]
+    created_at: NotRequired[float]
+    operations: list[str]
+    qemu_status: NotRequired[str | None]
+
+
+class Disk(TypedDict):
+    name: str
+    path: str
+    format: str
+    vm: str | None
+    created_at: NotRequired[float]
+    size_bytes: NotRequired[int | None]
+    allocated_bytes: NotRequired[int | None]
+    backing: NotRequired[str | None]
+
+
+class Snapshot(TypedDict):
+    vm: str
+    name: str
+    parent: str | None
+    memory: bool
+    created_at: NotRequired[float]
+    running: NotRequired[bool]
+    vm_state: NotRequired[str]
+    depth: NotRequired[int]
+    current: NotRequired[bool]
+
+
+# "from" is a keyword, hence the functional form
+FirewallRule = TypedDict("FirewallRule", {
+    "id": int, "network": "str | None", "vm": "str | None", "allow": str, "from": str})
+
+
+class Firewall(TypedDict):
+    policies: dict[str, str]
+    rules: list[FirewallRule]
+
+
+class Port(TypedDict):
+    vm: str
+    nic: str | None
+    mac: str
+    ip: str | None
+    tap: str | None
+    dns: NotRequired[str | None]
+    lease: NotRequired[Any]
+    counters: NotRequired[Any]
+
+
+class Network(TypedDict):
+    name: str
+    subnet: str
+    gateway: NotRequired[str]
+    dhcp: bool
+    dhcp_server: NotRequired[str | None]
+    pool: NotRequired[str]
+    isolated: bool
+    bridge: NotRequired[str]
+    router: str | None
+    policy: str
+    rules: list[FirewallRule]
+    ports: list[Port]
+    created_at: NotRequired[float]
+
+
+class Forward(TypedDict):
+    router: str
+    proto: str
+    host_port: int
+    vm: str
+    ip: str | None
+    port: int
+
+
+class Leg(TypedDict):
+    network: str
+    address: str
+
+
+class Router(TypedDict):
+    name: str
+    uplink: bool
+    host_address: str | None
+    router_address: str | None
+    networks: list[Leg]
+    forwards: list[Forward]
+
+
+class Removed(TypedDict):
+    """What a forced removal took away with it (legs, NICs, forwards …)."""
+
+    removed: list[str]
+
+
+class Host(TypedDict):
+    cpus: int
+    memory_bytes: int
+    memory_available_bytes: NotRequired[int]
+    accel: str
+    accel_reason: str
+    qemu_version: NotRequired[str | None]
+    kernel: NotRequired[str]
+    scheduler: NotRequired[dict[str, Any]]
+    home: NotRequired[str]
+    vms: NotRequired[int]
+    vms_running: NotRequired[int]
+
+
+class QueueEntry(TypedDict):
+    position: int
+    vm: str
+    owner: str
+    cpus: int
+    memory_bytes: int
+    priority: int
+    effective_priority: NotRequired[float]
+    expected_runtime: NotRequired[float | None]
+    waiting_seconds: float
+    request: NotRequired[Any]
+
+
+class Event(TypedDict):
+    id: int
+    ts: float
+    vm: str
+    kind: str
+    detail: dict[str, Any]
+
+
+class TraceEntry(TypedDict):
+    vm: str
+    arrival: float
+    owner: NotRequired[str]
+    priority: NotRequired[int]
+    cpus: NotRequired[int]
+    start: NotRequired[float | None]
+    end: NotRequired[float | None]
+
+
+class Image(TypedDict):
+    name: str
+    arch: str
+    path: str
+    built_at: NotRequired[Any]
+
+
+class ExecResult(TypedDict):
+    """A finished guest command; ``stdout``/``stderr`` are base64 on the wire (bytes from the
+    Client)."""
+
+    exitcode: int | None
+    signal: int | None
+    stdout: Any
+    stderr: Any
+    truncated: bool
+    seconds: float
+
+
+class BatchResult(ExecResult):
+    name: str
+    wait_and_boot_seconds: float
+    run_seconds: float
+    total_seconds: float
+
+
+class Logs(TypedDict):
+    data: str
+    offset: int
+
+
+class Interface(TypedDict):
+    name: str | None
+    mac: str | None
+    addresses: list[str]
+    ipv4: list[str]
+
+
+class FileWritten(TypedDict):
+    path: str
+    size: int
+    sha256: str
+
+
+class Export(TypedDict):
+    file: str
+    size: int
+    vm: str
+    saved: bool
+    files: list[str]
+
+
+__all__ = [
+    "VM", "BatchResult", "Disk", "Error", "Event", "ExecResult", "Export", "FileWritten",
+    "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface", "Leg", "Logs",
+    "Network", "Port", "QueueEntry", "Removed", "Router", "Snapshot", "TraceEntry", "VMDisk",
+    "VMNic",
+]

@@ -1,0 +1,229 @@
+"""What the Client puts on the wire: HTTP/1.1 over the daemon's unix socket, the checks every
+name and number passes before it is sent, and :class:`Connection`, the base of
+``corral.Client`` (one REST call in, decoded JSON or the daemon's error out).
+
+Standard library only; importing it costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.parse
+from pathlib import Path
+
+from corral import errors
+from corral.config import default_socket
+
+TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
+MAX_TIMEOUT = 86400.0  # the daemon refuses longer waits
+
+
+def error(status: int, body: dict[str, Any]) -> errors.CorralError:
+    return errors.from_dict(body, status)
+
+
+def seg(name: object, field: str = "name") -> str:
+    """``name`` as one URL path segment: checked, then percent-quoted, so that no name can
+    reach another route or smuggle a second request (CR/LF).
+
+    :raises InvalidSpec: an empty name, a control character, ``/``, ``.`` or ``..``.
+    """
+    if not isinstance(name, str) or not name:
+        raise errors.InvalidSpec(field, "give a name")
+    if len(name) > 255 or name in (".", "..") or "/" in name or \
+            any(ord(c) < 32 or ord(c) == 127 for c in name):
+        shown = name if len(name) <= 40 else name[:40] + "…"
+        raise errors.InvalidSpec(field, f"{shown!r} is not a valid name; use 1-32 lowercase "
+                                        "letters, digits and '-', starting with a letter or "
+                                        "digit")
+    return urllib.parse.quote(name, safe="")
+
+
+def seconds(value: float | None, field: str = "timeout") -> float | None:
+    """:raises InvalidSpec: unless ``value`` is None or a finite number in (0, a day]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not 0 < value <= MAX_TIMEOUT:  # NaN fails every comparison
+        raise errors.InvalidSpec(field, f"{value!r} is not a number of seconds in "
+                                        f"(0, {MAX_TIMEOUT:g}]")
+    return float(value)
+
+
+def integer(value: int | None, field: str, low: int, high: int) -> int | None:
+    """:raises InvalidSpec: unless ``value`` is None or an integer in [low, high]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise errors.InvalidSpec(field, f"{value!r} is not an integer in [{low}, {high}]")
+    return value
+
+
+class Transport:
+    """HTTP/1.1 over a unix socket, kept alive. Hand-written because ``http.client`` pulls in
+    the ``email`` package, which alone costs the CLI more than its whole time budget."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self._buf = b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self._buf = b""
+
+    def __del__(self) -> None:  # a client dropped without close() (the CLI's) closes here
+        self.close()
+
+    def _connect(self) -> socket.socket:
+        if self.sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+        return self.sock
+
+    def _read_until(self, sep: bytes) -> bytes:
+        assert self.sock is not None
+        while sep not in self._buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("the daemon closed the connection")
+            self._buf += chunk
+        head, _, self._buf = self._buf.partition(sep)
+        return head
+
+    def _read_exact(self, n: int) -> bytes:
+        assert self.sock is not None
+        while len(self._buf) < n:
+            chunk = self.sock.recv(max(65536, n - len(self._buf)))
+            if not chunk:
+                raise ConnectionResetError("the daemon closed the connection")
+            self._buf += chunk
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def stream_lines(self, method: str, url: str, body: bytes) -> Iterator[tuple[int, bytes]]:
+        """Send a request and yield ``(status, line)`` for each line of the (chunked) answer
+        as it arrives; the connection is not reused afterwards."""
+        sock = self._connect()
+        sock.sendall(f"{method} {url} HTTP/1.1\r\nHost: corral\r\nConnection: close\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                     .encode() + body)
+        lines = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip()
+                   for k, _, v in (line.partition(":") for line in lines[1:])}
+        pending = b""
+        try:
+            if headers.get("transfer-encoding", "").lower() != "chunked":
+                yield status, self._read_exact(int(headers.get("content-length", "0")))
+                return
+            while size := int(self._read_until(b"\r\n").split(b";")[0], 16):
+                pending += self._read_exact(size)
+                self._read_exact(2)
+                *done, pending = pending.split(b"\n")
+                for line in done:
+                    yield status, line
+            if pending:
+                yield status, pending
+        finally:
+            self.close()
+
+    def request(self, method: str, url: str, body: bytes | None,
+                content_type: str = "application/json") -> tuple[int, bytes]:
+        sock = self._connect()
+        head = f"{method} {url} HTTP/1.1\r\nHost: corral\r\n"
+        if body is not None:
+            head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        elif method in ("POST", "PUT"):
+            head += "Content-Length: 0\r\n"
+        sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        lines = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip()
+                   for k, _, v in (line.partition(":") for line in lines[1:])}
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            data = b""
+            while size := int(self._read_until(b"\r\n").split(b";")[0], 16):
+                data += self._read_exact(size)
+                self._read_exact(2)
+            self._read_until(b"\r\n")
+        else:
+            data = self._read_exact(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, data
+
+
+class Connection:
+    """One kept-alive connection to ``corral serve``. Every call raises
+    :class:`~corral.errors.CorralError` subclasses; :class:`~corral.errors.DaemonUnavailable`
+    when the daemon is not running."""
+
+    def __init__(self, socket_path: str | Path | None = None,
+                 timeout: float | None = 300.0) -> None:
+        self.socket_path = str(socket_path or default_socket())
+        self.timeout = timeout
+        self._conn = Transport(self.socket_path, timeout)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, route: str, body: Any = None, **query: Any) -> Any:
+        """One REST call; returns the decoded JSON (None for 204)."""
+        payload = json.dumps(body).encode() if body is not None else None
+        data = self.raw_request(method, route, payload, **query)
+        return json.loads(data) if data else None
+
+    def raw_request(self, method: str, route: str, payload: bytes | None = None,
+                    content_type: str = "application/json", **query: Any) -> bytes:
+        """One REST call with a raw body; returns the raw response body."""
+        params = {k: (str(v).lower() if isinstance(v, bool) else v)
+                  for k, v in query.items() if v is not None}
+        url = "/v1" + route + ("?" + urllib.parse.urlencode(params) if params else "")
+        for attempt in (1, 2):  # a kept-alive connection the daemon closed is retried once
+            fresh = self._conn.sock is None
+            try:
+                status, data = self._conn.request(method, url, payload, content_type)
+                break
+            except (FileNotFoundError, ConnectionRefusedError) as err:
+                self.close()
+                raise errors.DaemonUnavailable(
+                    f"the Corral daemon is not running at {self.socket_path}; start it with "
+                    "'corral serve' (or set CORRAL_SOCKET)") from err
+            except (BrokenPipeError, ConnectionResetError) as err:
+                self.close()
+                if fresh or attempt == 2:
+                    raise errors.DaemonUnavailable(
+                        f"the Corral daemon at {self.socket_path} closed the connection") from err
+            except TimeoutError as err:
+                self.close()
+                raise errors.Timeout(f"the daemon did not answer {method} {route} in "
+                                     f"{self.timeout:g} s") from err
+        if status >= 400:
+            try:
+                decoded = json.loads(data) if data else {}
+            except ValueError:
+                decoded = {"message": data.decode(errors="replace")[:200]}
+            raise error(status, decoded if isinstance(decoded, dict) else {})
+        return data
+
