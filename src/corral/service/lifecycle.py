@@ -41,20 +41,22 @@ class Lifecycle:
         :raises Timeout: with ``wait``, the guest was not ready in time (it keeps running).
         """
         rt = self.rt
-        if rt.get(name).state == State.SAVED:  # like a managed save: start resumes it
-            from corral.service import saved
-
-            return await saved.restore(rt, self.sched, name, wait, timeout)
         t0 = time.monotonic()
         async with rt.lock(name):
             rec = rt.get(name)
-            check(name, "start", rec.state)
-            s = rec.spec.sched
-            rt.record(rec, "requested", owner=s.owner, priority=s.priority,
-                      expected_runtime=s.expected_runtime, cpus=rec.spec.cpus,
-                      memory=rec.spec.memory_bytes)
-            if self.sched.admit(rec, queue):
-                await self.boot(rec, rec.state)
+            saved = rec.state == State.SAVED  # like a managed save: start restores it
+            if not saved:
+                check(name, "start", rec.state)
+                s = rec.spec.sched
+                rt.record(rec, "requested", owner=s.owner, priority=s.priority,
+                          expected_runtime=s.expected_runtime, cpus=rec.spec.cpus,
+                          memory=rec.spec.memory_bytes)
+                if self.sched.admit(rec, queue):
+                    await self.boot(rec, rec.state)
+        if saved:
+            from corral.service import saved as saved_state
+
+            return await saved_state.restore(rt, self.sched, name, wait, timeout)
         if wait:
             await rt.wait_admitted(name, timeout)
             await rt.wait_ready(name, max(0.1, timeout - (time.monotonic() - t0)))
@@ -65,8 +67,8 @@ class Lifecycle:
         warm-start template. On failure the reservation is released and the VM is
         ``before`` again."""
         rt = self.rt
-        rt.set_state(rec, State.STARTING)
         async with rt.rollback(rec, before):
+            rt.set_state(rec, State.STARTING)
             if rec.spec.warm_template:
                 from corral.service import warm
 

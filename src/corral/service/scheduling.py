@@ -272,8 +272,11 @@ class Scheduler:
             nxt = self.slicer.next_tick()
             delay = max(0.01, (nxt - time.time())) if nxt else 3600.0
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+            # cancellation that close() sends when the wake-up lands in the same turn
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     def poke(self) -> None:
         self._wake.set()

@@ -143,11 +143,6 @@ async def test_a_restarted_daemon_adopts_its_running_machines(home: Path) -> Non
         await second.close()
 
 
-@pytest.mark.xfail(strict=True, reason="service bug: Scheduler.close cancels its slice loop "
-                   "while it waits in asyncio.wait_for(self._wake.wait()); when _wake was set "
-                   "in the turn before (a machine's exit releasing capacity, a time-sliced "
-                   "start's poke), Python 3.11's wait_for swallows the cancellation and "
-                   "Manager.close() never returns: the daemon hangs on its way out")
 @pytest.mark.parametrize("trigger", ["exit", "timeslice"])
 async def test_closing_right_after_capacity_changes_returns(m: Manager, driver: FakeDriver,
                                                             trigger: str) -> None:
