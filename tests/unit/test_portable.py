@@ -26,11 +26,11 @@ class Paused:
 
     async def pause(self, name: str) -> None:
         self.calls.append("pause")
-        self.m._get(name).state = State.PAUSED
+        self.m.runtime.get(name).state = State.PAUSED
 
     async def resume(self, name: str) -> None:
         self.calls.append("resume")
-        rec = self.m._get(name)
+        rec = self.m.runtime.get(name)
         if rec.state != State.PAUSED:
             raise InvalidState(name, "resume", rec.state.value, ["paused"])
         rec.state = State.RUNNING
@@ -43,10 +43,10 @@ async def manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     kernel.write_bytes(b"\x7fELF")
     m = Manager(Paths(tmp_path / "home"))
     await m.open()
-    await m.create({"name": "web", "kernel": str(kernel), "disks": [{"size": "1M"}]})
+    await m.vms.create({"name": "web", "kernel": str(kernel), "disks": [{"size": "1M"}]})
     fake = Paused(m)
-    monkeypatch.setattr(m, "pause", fake.pause)
-    monkeypatch.setattr(m, "resume", fake.resume)
+    monkeypatch.setattr(m.vms.life, "pause", fake.pause)
+    monkeypatch.setattr(m.vms.life, "resume", fake.resume)
     yield m, fake
     await m.close()
 
@@ -54,11 +54,11 @@ async def manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 async def test_a_running_vm_is_paused_for_the_copy_and_resumed(
         manager: tuple[Manager, Paused], tmp_path: Path) -> None:
     m, fake = manager
-    m._get("web").state = State.RUNNING
+    m.runtime.get("web").state = State.RUNNING
     with pytest.raises(InvalidState, match="needs defined, stopped, saved, crashed"):
-        portable.export(m, "web", str(tmp_path / "no.corral"))
-    out = await portable.export_live(m, "web", str(tmp_path / "web.corral"))
-    assert fake.calls == ["pause", "resume"] and m._get("web").state == State.RUNNING
+        await m.vms.export("web", str(tmp_path / "no.corral"))
+    out = await m.vms.export("web", str(tmp_path / "web.corral"), live=True)
+    assert fake.calls == ["pause", "resume"] and m.runtime.get("web").state == State.RUNNING
     assert out["saved"] is False and "disk0.qcow2" in out["files"]
     with tarfile.open(tmp_path / "web.corral") as tar:
         first = tar.extractfile(portable.MANIFEST)
@@ -68,26 +68,26 @@ async def test_a_running_vm_is_paused_for_the_copy_and_resumed(
 async def test_a_paused_vm_stays_paused_and_a_stopped_one_is_exported_as_ever(
         manager: tuple[Manager, Paused], tmp_path: Path) -> None:
     m, fake = manager
-    m._get("web").state = State.PAUSED
-    await portable.export_live(m, "web", str(tmp_path / "a.corral"))
-    assert fake.calls == [] and m._get("web").state == State.PAUSED
-    m._get("web").state = State.STOPPED
-    await portable.export_live(m, "web", str(tmp_path / "b.corral"))
+    m.runtime.get("web").state = State.PAUSED
+    await m.vms.export("web", str(tmp_path / "a.corral"), live=True)
+    assert fake.calls == [] and m.runtime.get("web").state == State.PAUSED
+    m.runtime.get("web").state = State.STOPPED
+    await m.vms.export("web", str(tmp_path / "b.corral"), live=True)
     assert sorted(p.name for p in tmp_path.glob("*.corral")) == ["a.corral", "b.corral"]
 
 
 async def test_a_failed_live_export_still_resumes_and_leaves_no_file(
         manager: tuple[Manager, Paused], tmp_path: Path) -> None:
     m, fake = manager
-    m._get("web").state = State.RUNNING
+    m.runtime.get("web").state = State.RUNNING
     with pytest.raises(InvalidSpec, match="no directory"):
-        await portable.export_live(m, "web", str(tmp_path / "nope" / "web.corral"))
-    assert fake.calls == ["pause", "resume"] and m._get("web").state == State.RUNNING
+        await m.vms.export("web", str(tmp_path / "nope" / "web.corral"), live=True)
+    assert fake.calls == ["pause", "resume"] and m.runtime.get("web").state == State.RUNNING
 
     async def resumed_by_another_request(name: str) -> None:
         fake.calls.append("pause")  # and someone resumes it before the copy begins
-    m.pause = resumed_by_another_request  # type: ignore[method-assign]
+    m.vms.life.pause = resumed_by_another_request  # type: ignore[method-assign,assignment]
     fake.calls.clear()
     with pytest.raises(InvalidState, match="running"):
-        await portable.export_live(m, "web", str(tmp_path / "web.corral"))
+        await m.vms.export("web", str(tmp_path / "web.corral"), live=True)
     assert fake.calls == ["pause", "resume"] and list(tmp_path.glob("*.corral")) == []
