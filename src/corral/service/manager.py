@@ -15,7 +15,7 @@ from corral.engine.driver import Driver
 from corral.errors import CorralError
 from corral.service import adoption, netreconcile, nics, slices
 from corral.service.guest import GuestService
-from corral.service.networks import Networks
+from corral.service.netstate import Networks
 from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
 from corral.service.vms import VMs

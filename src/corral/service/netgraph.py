@@ -22,7 +22,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from corral.service.networks import Networks
+    from corral.service.netstate import Networks
 
 Tree = tuple[str, list[Any]]  # (label, children)
 

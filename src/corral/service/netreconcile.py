@@ -40,12 +40,12 @@ from corral.host.network import (
     links,
 )
 from corral.host.network import remove as remove_records
-from corral.service.networks import reap_dnsmasq_zombies
+from corral.service.netstate import reap_dnsmasq_zombies
 from corral.service.nics import _port
 from corral.store.networks import NetStore
 
 if TYPE_CHECKING:
-    from corral.service.networks import Networks
+    from corral.service.netstate import Networks
 
 log = logging.getLogger(__name__)
 

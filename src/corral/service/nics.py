@@ -35,11 +35,11 @@ from corral.errors import (
 )
 from corral.host.network import Port, Record, ensure_tap, leases, plan_port, remove
 from corral.service import disks, routers
-from corral.service.networks import require_root, tap_counters
+from corral.service.netstate import require_root, tap_counters
 
 if TYPE_CHECKING:
     from corral.engine.driver import GuestInterface
-    from corral.service.networks import Networks
+    from corral.service.netstate import Networks
     from corral.store.db import VMRecord
 
 log = logging.getLogger(__name__)

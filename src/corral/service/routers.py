@@ -33,11 +33,11 @@ from corral.host.network import (
     remove,
     set_forwards,
 )
-from corral.service.networks import require_root
+from corral.service.netstate import require_root
 from corral.store.networks import ForwardRow
 
 if TYPE_CHECKING:
-    from corral.service.networks import Networks
+    from corral.service.netstate import Networks
 
 
 def view(net: Networks, name: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from corral.config import Paths
 from corral.domain.specs import VMSpec
-from corral.domain.states import LIVE, OPERATIONS, State, allowed
+from corral.domain.states import LIVE, State, allowed
 from corral.engine.driver import (
     GUEST_PANICKED,
     RESET,
@@ -44,8 +44,6 @@ from corral.store.db import Store, VMRecord
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT = 120.0
-#: An agent that stops answering for this long (while the VM runs) makes the VM not ready.
-LIVENESS_PERIOD = 10.0
 
 
 class Hooks(Protocol):
@@ -264,7 +262,7 @@ class VMRuntime:
             rec = self.db.get_vm(name)
             if rec is not None and self.live.get(name) is live:
                 rec.ready_at = time.time()
-                self.record(rec, "ready", boot_seconds=boot_seconds(rec))
+                self.record(rec, "ready", boot_seconds=rec.boot_seconds())
                 live.ready.set()
                 if then is not None:
                     self.background(then(name, machine))
@@ -388,32 +386,10 @@ class VMRuntime:
 
     # ----- views ---------------------------------------------------------------------------
     def view(self, rec: VMRecord) -> dict[str, Any]:
-        live = rec.state in LIVE and rec.name in self.live
-        run = self.paths.run_dir(rec.name)
-        return {
-            "name": rec.name,
-            "uid": rec.uid,
-            "state": rec.state.value,
-            "ready": rec.ready_at is not None and live,
-            "accel": rec.accel if live else None,
-            "pid": rec.pid if live else None,
-            "cpus": rec.spec.cpus,
-            "memory_bytes": rec.spec.memory_bytes,
-            "machine": rec.spec.machine,
-            "arch": rec.spec.arch,
-            "image": rec.spec.image,
-            "uptime_seconds": round(time.time() - rec.started_at, 3)
-            if live and rec.started_at else None,
-            "boot_seconds": boot_seconds(rec) if live else None,
-            "exit_reason": rec.exit_reason,
-            "nics": [n.model_dump() for n in rec.spec.nics],
-            "disks": [d.model_dump() for d in rec.spec.disks],
-            "console_socket": str(run / "console.sock") if live else None,
-            "serial_log": str(self.paths.vm_dir(rec.name) / "serial.log"),
-            "created_at": rec.created_at,
-            "operations": sorted(op for op, states in OPERATIONS.items()
-                                 if rec.state in states),
-        }
+        """What a front door shows of a VM (see :func:`corral.service.vmview.vm_view`)."""
+        from corral.service.vmview import vm_view
+
+        return vm_view(rec, rec.state in LIVE and rec.name in self.live, self.paths)
 
     def forget(self, name: str) -> None:
         """The VM is gone: drop its lock."""
@@ -421,9 +397,3 @@ class VMRuntime:
 
     def run_dir(self, name: str) -> Path:
         return self.paths.run_dir(name)
-
-
-def boot_seconds(rec: VMRecord) -> float | None:
-    if rec.ready_at is None or rec.started_at is None:
-        return None
-    return round(rec.ready_at - rec.started_at, 3)

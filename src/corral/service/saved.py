@@ -42,7 +42,7 @@ async def save(rt: VMRuntime, name: str, file: str | None = None) -> dict[str, A
     :raises CorralError: when the state cannot be written; the VM is as it was.
     """
     if file is not None and not Path(file).expanduser().is_absolute():
-        raise InvalidSpec("file", f"'{file}' is relative; give an absolute path")
+        raise InvalidSpec("file", f"'{file}' is a relative path; give an absolute one")
     async with rt.lock(name):
         rec = rt.get(name)
         check(name, "save", rec.state)

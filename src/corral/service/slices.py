@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from corral.engine.accel import Accel
     from corral.service.guest import GuestService
     from corral.service.lifecycle import Lifecycle
-    from corral.service.networks import Networks as NetState
+    from corral.service.netstate import Networks as NetState
     from corral.service.runtime import VMRuntime
     from corral.service.scheduling import Scheduler
     from corral.service.vms import VMs
@@ -52,7 +52,7 @@ class Snapshots(_Slice):
     async def revert(self, vm: str, name: str) -> dict[str, Any]:
         from corral.service import snapshots
 
-        return await snapshots.revert(self.life, vm, name)
+        return await snapshots.revert(self.rt, self.life.sched, self.life.start, vm, name)
 
     async def rm(self, vm: str, name: str) -> None:
         from corral.service import snapshots

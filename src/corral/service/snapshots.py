@@ -18,7 +18,10 @@ reverting to a disk-only snapshot rolls the disks back and boots the guest from 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.domain.specs import check_name
@@ -38,9 +41,10 @@ from corral.service import adoption
 from corral.service.runtime import VMRuntime
 
 if TYPE_CHECKING:
-    from corral.service.lifecycle import Lifecycle
+    from corral.service.scheduling import Scheduler
     from corral.store.db import VMRecord
 
+Start = Callable[[str], Awaitable[dict[str, Any]]]
 SNAPSHOT_STATES = (State.RUNNING, State.PAUSED, State.STOPPED, State.DEFINED)
 
 
@@ -131,13 +135,14 @@ def tree(rt: VMRuntime, name: str) -> list[dict[str, Any]]:
     return out
 
 
-async def revert(life: Lifecycle, name: str, snapshot: str) -> dict[str, Any]:
-    """Go back to ``snapshot``. Later changes are lost.
+async def revert(rt: VMRuntime, sched: Scheduler, start: Start, name: str, snapshot: str
+                 ) -> dict[str, Any]:
+    """Go back to ``snapshot``. Later changes are lost. ``start`` boots a VM whose disks
+    were rolled back (the lifecycle's start, through admission).
 
     :raises NotFound: no such snapshot.
     :raises InvalidState: the VM is saved, starting or otherwise busy.
     """
-    rt = life.rt
     async with rt.lock(name):
         rec = rt.get(name)
         _refuse(name, "revert", rec.state)
@@ -168,22 +173,21 @@ async def revert(life: Lifecycle, name: str, snapshot: str) -> dict[str, Any]:
         rec.current_snapshot = snapshot
         rt.record(rec, "snapshot_reverted", snapshot=snapshot)
         if snap["memory"]:  # a stopped VM comes back at the snapshot's running moment
-            await _start_at(life, rec, snapshot, devices, bool(snap["running"]))
+            await _start_at(rt, sched, rec, snapshot, devices, bool(snap["running"]))
             return rt.view(rt.get(name))
     if was_live:  # a disk-only snapshot of a VM that ran: boot it from the old disks
-        return await life.start(name)
+        return await start(name)
     return rt.view(rt.get(name))
 
 
-async def _start_at(life: Lifecycle, rec: VMRecord, snapshot: str, devices: list[str],
-                    running: bool) -> None:
+async def _start_at(rt: VMRuntime, sched: Scheduler, rec: VMRecord, snapshot: str,
+                    devices: list[str], running: bool) -> None:
     """Start a stopped VM held before its first instruction and load the memory snapshot
     through the job API (which, unlike ``-loadvm``, names the node that holds the RAM)."""
-    rt = life.rt
     before = rec.state
-    life.sched.reserve_now(rec)
-    rt.set_state(rec, State.STARTING)
+    sched.reserve_now(rec)
     async with rt.rollback(rec, before):
+        rt.set_state(rec, State.STARTING)
         live = await rt.spawn(rec, LaunchOptions(hold=True))
         await live.machine.snapshot_load(snapshot, VMSTATE_NODE, devices)
         if running:
@@ -224,6 +228,15 @@ async def delete(rt: VMRuntime, name: str, snapshot: str) -> None:
             for path in paths:
                 await qemu_img.asnapshot(path, "delete", snapshot, check=False)
         rt.db.delete_snapshot(name, snapshot)
-        from corral.service.warm import drop_templates
-
         drop_templates(rt, name, snapshot)
+
+
+def template_dir(rt: VMRuntime, vm: str, snapshot: str) -> Path:
+    """Where the warm-start template of a snapshot is kept (made on first use by
+    :mod:`.warm`, removed with the snapshot)."""
+    return rt.paths.vm_dir(vm) / "templates" / snapshot
+
+
+def drop_templates(rt: VMRuntime, vm: str, snapshot: str) -> None:
+    """Forget the template of a snapshot that is going away."""
+    shutil.rmtree(template_dir(rt, vm, snapshot), ignore_errors=True)

@@ -21,7 +21,7 @@ from corral.service.runtime import READY_TIMEOUT, VMRuntime
 from corral.store.db import VMRecord
 
 if TYPE_CHECKING:
-    from corral.service.networks import Networks
+    from corral.service.netstate import Networks
     from corral.service.scheduling import Scheduler
 
 MAX_LOG_READ = 16 << 20

@@ -35,17 +35,13 @@ from corral.service.runtime import VMRuntime
 from corral.store.db import VMRecord
 
 
-def template_dir(rt: VMRuntime, src: str, snapshot: str) -> Path:
-    return rt.paths.vm_dir(src) / "templates" / snapshot
-
-
 async def ensure_template(rt: VMRuntime, src: str, snapshot: str, memory: bool = True) -> Path:
     """The template of ``src``'s snapshot, made on first use: its disks, and with
     ``memory`` its running state too.
 
     :raises InvalidSpec: ``memory`` is asked of a snapshot that keeps no running state.
     """
-    tdir = template_dir(rt, src, snapshot)
+    tdir = snapshots.template_dir(rt, src, snapshot)
     snap = snapshots._find(rt, src, snapshot)
     if memory and not snap["memory"]:
         raise InvalidSpec("from_snapshot", f"snapshot '{snapshot}' of '{src}' has no running "
@@ -227,8 +223,3 @@ def _take_identity(rt: VMRuntime) -> Callable[[str, Machine], Awaitable[None]]:
                                      timeout=5)
 
     return take
-
-
-def drop_templates(rt: VMRuntime, vm: str, snapshot: str) -> None:
-    """Forget the template of a snapshot that is going away."""
-    shutil.rmtree(template_dir(rt, vm, snapshot), ignore_errors=True)

@@ -54,6 +54,12 @@ class VMRecord:
         data["state"] = State(data["state"])
         return cls(**data)
 
+    def boot_seconds(self) -> float | None:
+        """Start to ready, when the guest agent has answered since the last start."""
+        if self.ready_at is None or self.started_at is None:
+            return None
+        return round(self.ready_at - self.started_at, 3)
+
     def to_row(self) -> dict[str, Any]:
         row = {f.name: getattr(self, f.name) for f in fields(self)}
         row["spec"] = self.spec.model_dump_json()
