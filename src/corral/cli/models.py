@@ -14,8 +14,8 @@ from corral.errors import InvalidSpec
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
-    from corral.models.queueing import Figures
-    from corral.models.simulate import PolicyResult
+    from corral.perf.queueing import Figures
+    from corral.perf.simulate import PolicyResult
 
 MODEL_EPILOG = """\
 formulas (λ arrival rate, μ service rate per server, c servers, ρ = λ/(cμ)):
@@ -156,7 +156,7 @@ def figures_text(f: Figures) -> str:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from corral.models import queueing
+    from corral.perf import queueing
 
     if args.model == "mm1":
         figures = queueing.mm1(args.arrival_rate, args.service_rate)
@@ -200,7 +200,7 @@ def _read_trace(path: str) -> object:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from corral.domain.sizes import parse_size
-    from corral.models import queueing, simulate
+    from corral.perf import queueing, simulate
 
     theory = None
     if args.trace:
