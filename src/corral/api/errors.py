@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 
 from fastapi import FastAPI, Request
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from corral.api.limits import Exceeded
-from corral.errors import CorralError, InvalidSpec, NotFound, TooLarge
+from corral.errors import CorralError, DiskFull, InvalidSpec, NotFound, TooLarge
 
 _WHERE = ("body", "path", "query", "header", "cookie")
 
@@ -68,6 +69,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def internal_error(_req: Request, err: Exception) -> JSONResponse:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            full = DiskFull(f"the host's disk is full ({err.filename or 'a write'}); free "
+                            "some space and try again")
+            return JSONResponse(full.to_dict(), status_code=full.status)
         # a bug: still one line in Corral's shape (the traceback goes to the daemon's log)
         failure = CorralError(f"internal error: {type(err).__name__}: {err}"[:300])
         return JSONResponse(failure.to_dict(), status_code=500)

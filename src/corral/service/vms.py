@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import errno
 import shutil
 import uuid
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from corral.domain import specs as sp
 from corral.domain.states import State
-from corral.errors import AlreadyExists, CorralError, InvalidSpec
+from corral.errors import AlreadyExists, CorralError, DiskFull, InvalidSpec
 from corral.images import catalog
 from corral.service import hostfacts, nics, provision
 from corral.service.lifecycle import Lifecycle
@@ -93,8 +94,11 @@ class VMs:
                 rec = VMRecord(name=req.name, uid=str(uuid.uuid4()), spec=spec,
                                state=State.DEFINED)
                 rt.db.add_vm(rec)
-            except BaseException:
+            except BaseException as err:
                 shutil.rmtree(vm_dir, ignore_errors=True)
+                if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+                    raise DiskFull(f"cannot create '{req.name}': the disk holding "
+                                   f"{rt.paths.home} is full; free some space") from err
                 raise
         return rec
 

@@ -8,6 +8,7 @@ process without an fsync per write (it is the fsync that would make a pause cost
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import time
@@ -19,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
+from sqlalchemy.exc import OperationalError
 
 from corral.domain.specs import VMSpec
 from corral.domain.states import State
+from corral.errors import DiskFull
 from corral.store.schema import disks, events, kv, snapshots, vms
 
 HEAD = "0005"
@@ -89,6 +92,7 @@ class Store:
     """
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(f"sqlite:///{path}",
                                             connect_args={"check_same_thread": False})
@@ -120,8 +124,17 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        """One transaction. A full disk becomes :class:`~corral.errors.DiskFull` (the
+        transaction is rolled back: the store is as it was)."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except (OperationalError, OSError) as err:
+            text = str(err).lower()
+            if "full" in text or getattr(err, "errno", None) == errno.ENOSPC:
+                raise DiskFull(f"the store at {self.path} cannot be written: the disk is "
+                               "full; free some space and try again") from err
+            raise
 
     def add_vm(self, rec: VMRecord) -> None:
         rec.created_at = rec.updated_at = time.time()
