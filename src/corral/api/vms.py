@@ -54,6 +54,14 @@ class CreateSpec(VMCreate):
 
 def routes(m: Manager) -> APIRouter:
     r = router("vms")
+    _catalog(r, m)
+    _lifecycle(r, m)
+    _state_and_files(r, m)
+    return r
+
+
+def _catalog(r: APIRouter, m: Manager) -> None:
+    """List, define (and maybe start), show and remove VMs."""
 
     @r.get("/vms", responses=ok(list[VM]))
     async def list_vms() -> Response:
@@ -66,7 +74,7 @@ def routes(m: Manager) -> APIRouter:
         """Define a VM; ``start`` also boots it (all or nothing: a failed start leaves
         nothing behind); ``from_snapshot`` makes it a warm start."""
         return json(await m.vms.create(spec.model_dump(exclude_unset=True), start=start,
-                                     wait=wait, timeout=timeout, queue=queue), 201)
+                                       wait=wait, timeout=timeout, queue=queue), 201)
 
     @r.get("/vms/{name}", responses=ok(VM, 404))
     async def get_vm(name: Name) -> Response:
@@ -76,6 +84,10 @@ def routes(m: Manager) -> APIRouter:
     async def rm_vm(name: Name) -> Response:
         await m.vms.rm(name)
         return Response(status_code=204)
+
+
+def _lifecycle(r: APIRouter, m: Manager) -> None:
+    """Run a VM: start, wait for it, pause, resume, shut down, stop, reboot."""
 
     @r.post("/vms/{name}/start", responses=ok(VM, *VM_ERRORS, 502))
     async def start_vm(name: Name, wait: bool = False,
@@ -110,6 +122,10 @@ def routes(m: Manager) -> APIRouter:
                         timeout: float = timeout(120.0, "readiness timeout")) -> Response:
         return json(await m.vms.reboot(name, wait=wait, timeout=timeout))
 
+
+def _state_and_files(r: APIRouter, m: Manager) -> None:
+    """What a VM keeps and copies: saved state, clones, export and import, logs."""
+
     @r.post("/vms/{name}/save", responses=ok(VM, *VM_ERRORS))
     async def save_vm(name: Name, file: Annotated[str | None, Query(
             min_length=1, max_length=4096)] = None) -> Response:
@@ -142,5 +158,3 @@ def routes(m: Manager) -> APIRouter:
                       limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK)] = 1 << 20
                       ) -> Response:
         return json(m.vms.logs(name, offset, limit))
-
-    return r
