@@ -69,7 +69,7 @@ def routes(m: Manager) -> APIRouter:
     @r.post("/vms/{name}/disks", responses=ok(VM, 404, 409, 413))
     async def attach_disk(name: Name, req: AttachRequest) -> Response:
         return json(await m.disks.attach(name, req.disk, readonly=req.readonly, iops=req.iops,
-                                       bps=req.bps))
+                                         bps=req.bps))
 
     @r.delete("/vms/{name}/disks/{disk}", responses=ok(VM, 404, 409))
     async def detach_disk(name: Name, disk: Name) -> Response:

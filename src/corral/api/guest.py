@@ -84,7 +84,7 @@ def routes(m: Manager) -> APIRouter:
         (or an error body if it fails half-way)."""
         if not stream:
             return json(await m.guest.exec(name, req.argv, req.timeout, req.stdin_bytes(),
-                                         req.env))
+                                           req.env))
         events = m.guest.exec_stream(name, req.argv, req.timeout, req.stdin_bytes())
         first = await anext(events)  # errors before any output are still a plain 4xx/5xx
 

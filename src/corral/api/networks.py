@@ -67,7 +67,7 @@ def routes(m: Manager) -> APIRouter:
     @r.post("/networks", status_code=201, responses=ok(Network, *needs_root, status=201))
     async def create_network(req: NetworkCreate) -> Response:
         return json(await m.networks.create(req.name, req.subnet, dhcp=req.dhcp,
-                                          isolated=req.isolated), 201)
+                                            isolated=req.isolated), 201)
 
     @r.get("/networks", responses=ok(list[Network]))
     async def list_networks() -> Response:

@@ -83,7 +83,7 @@ def routes(m: Manager) -> APIRouter:
             responses=ok(Forward, 403, 404, 409, 413, status=201))
     async def add_forward(name: Name, req: ForwardRequest) -> Response:
         return json(await m.routers.add_forward(name, req.proto, req.host_port, req.vm,
-                                              req.port), 201)
+                                                req.port), 201)
 
     @r.delete("/routers/{name}/forwards/{proto}/{host_port}", status_code=204,
               responses=ok(None, 403, 404))
