@@ -83,7 +83,7 @@ def test_imports_are_sorted_by_when_they_run() -> None:
     assert found == [("corral.a", "module"), ("corral.b", "typing"), ("corral.g", "module"),
                      ("corral.c", "deferred"), ("corral.d", "module"), ("corral.e", "module"),
                      ("corral.f", "module")]
-    assert {(i.target, i.kind) for i in imports("corral.client")} >= {
+    assert {(i.target, i.kind) for i in imports("corral.wire")} >= {
         ("corral.errors", "module"), ("corral.config", "module")}
 
 
