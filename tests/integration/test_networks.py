@@ -131,13 +131,14 @@ def test_one_switch_gives_addresses_and_names(world: Daemon) -> None:
     res = d.cli("network", "create", "lan2", "--subnet", f"10.{NET}.1.128/25")
     assert res.returncode == 2 and "overlaps network 'lan'" in res.stderr
     ok(d, "run", "a", "--nic", "lan")
+    a_ip = c.get("a")["nics"][0]["ip"]
+    assert a_ip in ok(d, "ip", "a"), "ready means the guest holds its DHCP address"
     c.create("b", start=True, wait=True, nics=[{"network": "lan", "ip": FIXED}])
     res = d.cli("create", "x", "--nic", f"lan,ip={FIXED}")
     assert res.returncode == 2 and "already taken" in res.stderr, res.stderr
     res = d.cli("create", "x", "--nic", f"lan,ip=10.{NET}.9.9")
     assert res.returncode == 2 and "not a host address" in res.stderr, res.stderr
     assert [v["name"] for v in c.list()] == ["a", "b"]
-    a_ip = c.get("a")["nics"][0]["ip"]
     assert until(lambda: a_ip in guest_ips(d, "a") and FIXED in guest_ips(d, "b"))
     assert until(lambda: pings(d, "a", "b.corral")), "a cannot reach b by name"
     assert pings(d, "b", "a.corral")

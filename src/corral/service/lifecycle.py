@@ -14,11 +14,36 @@ from typing import TYPE_CHECKING, Any
 
 from corral.domain.states import State, check
 from corral.errors import AgentError, CorralError, Timeout
-from corral.service.runtime import READY_TIMEOUT, VMRuntime
+from corral.service.runtime import READY_TIMEOUT, OnReady, VMRuntime
 
 if TYPE_CHECKING:
+    from corral.engine.driver import Machine
     from corral.service.scheduling import Scheduler
     from corral.store.db import VMRecord
+
+
+DHCP_WAIT = 20.0  # seconds a guest may take for its leases before it is called ready anyway
+
+
+def addresses_leased(rec: VMRecord) -> OnReady | None:
+    """Before a VM with NICs on networks is called ready, wait until the guest holds an
+    IPv4 address on each of them (DHCP), as multipass does, so ``corral ip`` right after
+    ``corral run`` answers. A guest that never gets one is called ready after a while."""
+    macs = {n.mac.lower() for n in rec.spec.nics if n.mode == "network"}
+    if not macs:
+        return None
+
+    async def wait(_name: str, machine: Machine) -> None:
+        deadline = time.monotonic() + DHCP_WAIT
+        while time.monotonic() < deadline:
+            with contextlib.suppress(CorralError):
+                leased = {(i.mac or "").lower() for i in await machine.guest_interfaces(2)
+                          if any(kind == "ipv4" for _, _, kind in i.addresses)}
+                if macs <= leased:
+                    return
+            await asyncio.sleep(0.05)
+
+    return wait
 
 
 class Lifecycle:
@@ -88,7 +113,7 @@ class Lifecycle:
         await self.sched.place_process(rec, live.machine)
         rec.started_at, rec.ready_at, rec.exit_reason = time.time(), None, None
         self.rt.set_state(rec, State.RUNNING, "started", pid=rec.pid)
-        self.rt.watch_ready(rec.name, live)
+        self.rt.watch_ready(rec.name, live, on_ready=addresses_leased(rec))
 
     async def start_admitted(self, name: str) -> None:
         """Start a VM the queue has just admitted (its capacity is reserved)."""
