@@ -63,7 +63,7 @@ def test_only_empty_run_directories_are_removed(tmp_path: Path) -> None:
 
 async def test_save_refuses_a_relative_file() -> None:
     # the daemon's directory is not the caller's: the caller must send an absolute path
-    with pytest.raises(InvalidSpec, match="is relative; give an absolute path"):
+    with pytest.raises(InvalidSpec, match="relative path; give an absolute one"):
         await saved.save(cast(Any, None), "web", "web.state")
 
 
