@@ -10,6 +10,7 @@ private (mode 0700): what other users' processes must reach lives in ``/run/corr
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -99,3 +100,14 @@ class Paths:
 
     def run_dir(self, name: str) -> Path:
         return self.run / name
+
+    def remove_leftovers(self) -> None:
+        """Remove the empty directories a stopped daemon leaves in its run directories (and
+        those directories once nothing is left in them). A running VM's sockets and a
+        running dnsmasq's files keep theirs; the next daemon makes again what it needs."""
+        for top in {self.run, self.outside}:
+            if not top.is_dir():
+                continue
+            for dir, _subdirs, _files in os.walk(top, topdown=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dir)

@@ -67,8 +67,7 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None) -> 
         sock.close()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
-        for run in {paths.run, paths.outside}:
-            remove_empty_dirs(run)
+        paths.remove_leftovers()
         signal.signal(signal.SIGTERM, previous)
 
 
@@ -90,17 +89,6 @@ def _quiet_disconnects(loop: asyncio.AbstractEventLoop) -> None:
             loop.default_exception_handler(ctx)
 
     loop.set_exception_handler(handler)
-
-
-def remove_empty_dirs(top: Path) -> None:
-    """Remove the empty directories under ``top``, and ``top`` if nothing is left in it: the
-    leftovers of a stopped daemon. A running VM's sockets and a running dnsmasq's files keep
-    their directories; the next daemon makes again whatever it needs."""
-    if not top.is_dir():
-        return
-    for dir, _subdirs, _files in os.walk(top, topdown=False):
-        with contextlib.suppress(OSError):
-            os.rmdir(dir)
 
 
 def main(socket_path: Path | None = None) -> None:

@@ -15,7 +15,6 @@ from typing import Any, cast
 import pytest
 
 from corral.config import Paths
-from corral.daemon import remove_empty_dirs
 from corral.errors import InvalidSpec
 from corral.host import cgroups
 from corral.host.network import dnsmasq
@@ -48,17 +47,18 @@ def test_dnsmasq_directories_are_made_searchable_not_listable(tmp_path: Path) ->
 
 
 def test_only_empty_run_directories_are_removed(tmp_path: Path) -> None:
-    run = tmp_path / "run"
+    paths = Paths(tmp_path / "home")
+    run = paths.run
     (run / "gone").mkdir(parents=True)
     (run / "networks.d" / "corral-nlan").mkdir(parents=True)
     (run / "web").mkdir()
     (run / "web" / "qmp.sock").touch()
-    remove_empty_dirs(run)
+    paths.remove_leftovers()
     assert sorted(p.name for p in run.iterdir()) == ["web"]
     (run / "web" / "qmp.sock").unlink()
-    remove_empty_dirs(run)
+    paths.remove_leftovers()
     assert not run.exists()
-    remove_empty_dirs(run)  # nothing there: nothing to do
+    paths.remove_leftovers()  # nothing there: nothing to do
 
 
 async def test_save_refuses_a_relative_file() -> None:

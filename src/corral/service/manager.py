@@ -78,6 +78,7 @@ class Manager:
         await opened.rt.close()
         await opened.sched.close()
         opened.rt.db.close()
+        self.paths.remove_leftovers()
 
     def _parts(self) -> _Opened:
         if self._opened is None:
