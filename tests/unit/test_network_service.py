@@ -19,7 +19,7 @@ from corral.config import Paths
 from corral.domain.states import State
 from corral.host.network import Made
 from corral.service.manager import Manager
-from corral.service.networks import Networks
+from corral.service.netstate import Networks
 
 MADE = ("ensure_network", "ensure_router", "attach", "ensure_tap")
 
