@@ -105,9 +105,9 @@ async def restore(rt: VMRuntime, sched: Scheduler, name: str, wait: bool = False
             raise CorralError(f"the saved state of '{name}' is missing ({source}); "
                               f"'corral rm {name}' or define it again")
         sched.reserve_now(rec)
-        rt.set_state(rec, State.RESTORING)
         try:
             async with rt.rollback(rec, State.SAVED, "restore_failed"):
+                rt.set_state(rec, State.RESTORING)
                 live = await rt.spawn(rec, LaunchOptions(incoming=True))
                 live.expected_exit, live.exit_state = "restore failed", State.SAVED
                 await live.machine.load_state(source)
