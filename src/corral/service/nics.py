@@ -285,7 +285,7 @@ async def live(net: Networks, name: str, view: dict[str, Any]) -> None:
         try:
             for iface in await live.machine.guest_interfaces(timeout=2):
                 guest[(iface.mac or "").lower()] = iface
-        except CorralError:
+        except (CorralError, OSError):  # the machine may be ending under us
             guest = {}
     leased: dict[str, dict[str, str]] = {}
     for nic_view in view["nics"]:
