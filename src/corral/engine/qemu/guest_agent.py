@@ -107,9 +107,13 @@ class GuestAgent:
                 except TimeoutError as exc:
                     raise Timeout(f"guest agent of '{self.vm}' did not answer {command} in "
                                   f"{timeout:g} s") from exc
-            except (Timeout, AgentError, OSError):
+            except (Timeout, AgentError):
                 await self.close()  # the next call starts on a fresh channel
                 raise
+            except OSError as err:
+                await self.close()
+                raise AgentError(f"guest agent channel of '{self.vm}' failed: "
+                                 f"{err.strerror or err}") from err
         if "error" in reply:
             err = reply["error"]
             raise AgentError(f"guest agent of '{self.vm}': {err.get('desc', err)}")
