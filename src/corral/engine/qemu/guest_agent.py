@@ -110,10 +110,10 @@ class GuestAgent:
             except (Timeout, AgentError):
                 await self.close()  # the next call starts on a fresh channel
                 raise
-            except OSError as err:
+            except OSError as broken:
                 await self.close()
                 raise AgentError(f"guest agent channel of '{self.vm}' failed: "
-                                 f"{err.strerror or err}") from err
+                                 f"{broken.strerror or broken}") from broken
         if "error" in reply:
             err = reply["error"]
             raise AgentError(f"guest agent of '{self.vm}': {err.get('desc', err)}")
