@@ -25,6 +25,7 @@ from corral.engine.driver import (
     ExitStatus,
     LaunchOptions,
 )
+from corral.engine.events import EventWaiters
 from corral.engine.fake.guest import FakeGuest
 from corral.errors import AgentError, MonitorError, Timeout
 
@@ -108,8 +109,7 @@ class MachineCore:
         self._reported = False
         self._exited = asyncio.Event()
         self._changed = asyncio.Event()
-        self._waiters: list[tuple[str, Callable[[dict[str, Any]], bool],
-                                  asyncio.Future[None]]] = []
+        self._waiters = EventWaiters()
         self._failures: Failures = {}
         self._hung: dict[str, float | None] = {}
         self._boot: asyncio.TimerHandle | None = None
@@ -164,12 +164,7 @@ class MachineCore:
             self._loop.call_soon(self._deliver, event, data)
 
     def _deliver(self, event: str, data: dict[str, Any]) -> None:
-        for waiter in list(self._waiters):
-            name, match, fut = waiter
-            if name == event and not fut.done() and match(data):
-                fut.set_result(None)
-            if fut.done():
-                self._waiters.remove(waiter)
+        self._waiters.deliver(event, data)
         if self._on_event is None:
             return
         try:
@@ -180,9 +175,7 @@ class MachineCore:
 
     def watch_event(self, event: str, match: Callable[[dict[str, Any]], bool]
                     ) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = self._loop.create_future()
-        self._waiters.append((event, match, fut))
-        return fut
+        return self._waiters.watch(event, match)
 
     def _end(self, code: int) -> None:
         if self.exit is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
@@ -58,12 +57,7 @@ class FakeDriver:
             del self._registry[machine.run_dir]
 
     def cleanup(self, run_dir: Path, keep_dir: bool = False) -> None:
-        run = qargv.RunPaths(run_dir)
-        for path in (run.qmp, run.agent, run.console, run.pidfile):
-            path.unlink(missing_ok=True)
-        if not keep_dir:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()
+        qargv.RunPaths(run_dir).remove(keep_dir)
 
     async def launch(self, spec: VMSpec, run_dir: Path, serial_log: Path,
                      on_event: EventHandler, options: LaunchOptions | None = None

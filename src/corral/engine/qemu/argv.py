@@ -6,6 +6,7 @@ can later feed ``device_add`` for hot-plug.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,14 @@ class RunPaths:
     @property
     def pidfile(self) -> Path:
         return self.dir / "qemu.pid"
+
+    def remove(self, keep_dir: bool = False) -> None:
+        """Remove the sockets and pidfile a machine left (and the directory, if empty)."""
+        for path in (self.qmp, self.agent, self.console, self.pidfile):
+            path.unlink(missing_ok=True)
+        if not keep_dir:
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()
 
 
 def binary(arch: str) -> str:

@@ -26,6 +26,7 @@ from corral.engine.driver import (
     ExitStatus,
     LaunchOptions,
 )
+from corral.engine.events import EventWaiters
 from corral.engine.qemu import argv as qargv
 from corral.engine.qemu.guest_agent import GuestAgent
 from corral.engine.qemu.guest_ops import GuestOps
@@ -58,25 +59,17 @@ class QemuMachine(GuestOps):
         self.pid = process.pid
         self.started = process.started
         self.has_agent = agent is not None
-        self._waiters: list[tuple[str, Callable[[dict[str, Any]], bool],
-                                  asyncio.Future[None]]] = []
+        self._waiters = EventWaiters()
 
     # -- events ------------------------------------------------------------------------------
     def deliver(self, event: str, data: dict[str, Any]) -> None:
         """Complete the waiters of ``event`` (called for every event before the service's
         handler)."""
-        for waiter in list(self._waiters):
-            name, match, fut = waiter
-            if name == event and not fut.done() and match(data):
-                fut.set_result(None)
-            if fut.done():
-                self._waiters.remove(waiter)
+        self._waiters.deliver(event, data)
 
     def watch_event(self, event: str, match: Callable[[dict[str, Any]], bool]
                     ) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((event, match, fut))
-        return fut
+        return self._waiters.watch(event, match)
 
     # -- the process -------------------------------------------------------------------------
     @property
@@ -271,12 +264,7 @@ class QemuDriver:
         self.tsc_khz = tsc_khz
 
     def cleanup(self, run_dir: Path, keep_dir: bool = False) -> None:
-        run = qargv.RunPaths(run_dir)
-        for path in (run.qmp, run.agent, run.console, run.pidfile):
-            path.unlink(missing_ok=True)
-        if not keep_dir:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()
+        qargv.RunPaths(run_dir).remove(keep_dir)
 
     def _machine(self, spec: VMSpec, run: qargv.RunPaths, proc: Process,
                  on_event: EventHandler) -> QemuMachine:
