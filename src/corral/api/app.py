@@ -27,7 +27,8 @@ ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers)
 
 
 def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
-    """The API bound to ``manager``; with ``manage_lifecycle`` the app opens and closes it."""
+    """The API bound to ``manager``; with ``manage_lifecycle`` the app opens and closes it.
+    Routes look up ``manager``'s slices on each request: they exist only once it is open."""
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if manage_lifecycle:

@@ -43,37 +43,36 @@ class AttachRequest(BaseModel):
 
 def routes(m: Manager) -> APIRouter:
     r = router("disks")
-    disks = m.disks
 
     @r.post("/disks", status_code=201, responses=ok(Disk, 404, 409, 413, status=201))
     async def create_disk(req: DiskCreateRequest) -> Response:
-        return json(await disks.create(req.name, req.size, req.format, req.source), 201)
+        return json(await m.disks.create(req.name, req.size, req.format, req.source), 201)
 
     @r.get("/disks", responses=ok(list[Disk]))
     async def list_disks() -> Response:
-        return json(await disks.list())
+        return json(await m.disks.list())
 
     @r.get("/disks/{disk}", responses=ok(Disk, 404))
     async def show_disk(disk: Name) -> Response:
-        return json(await disks.get(disk))
+        return json(await m.disks.get(disk))
 
     @r.post("/disks/{disk}/resize", responses=ok(Disk, 404, 409))
     async def resize_disk(disk: Name, size: Annotated[str, Query(min_length=1, max_length=40)]
                           ) -> Response:
-        return json(await disks.resize(disk, size))
+        return json(await m.disks.resize(disk, size))
 
     @r.delete("/disks/{disk}", status_code=204, responses=ok(None, 404, 409))
     async def rm_disk(disk: Name) -> Response:
-        await disks.rm(disk)
+        await m.disks.rm(disk)
         return Response(status_code=204)
 
     @r.post("/vms/{name}/disks", responses=ok(VM, 404, 409, 413))
     async def attach_disk(name: Name, req: AttachRequest) -> Response:
-        return json(await disks.attach(name, req.disk, readonly=req.readonly, iops=req.iops,
+        return json(await m.disks.attach(name, req.disk, readonly=req.readonly, iops=req.iops,
                                        bps=req.bps))
 
     @r.delete("/vms/{name}/disks/{disk}", responses=ok(VM, 404, 409))
     async def detach_disk(name: Name, disk: Name) -> Response:
-        return json(await disks.detach(name, disk))
+        return json(await m.disks.detach(name, disk))
 
     return r

@@ -75,7 +75,6 @@ class ExecRequest(BaseModel):
 
 def routes(m: Manager) -> APIRouter:
     r = router("guest")
-    guest = m.guest
 
     @r.post("/vms/{name}/exec", response_model=None,
             responses=ok(ExecResult, 404, 409, 413, 502, 504))
@@ -84,9 +83,9 @@ def routes(m: Manager) -> APIRouter:
         ``{"stdout": b64}``, ``{"stderr": b64}``, … then ``{"exitcode": N, "signal": S}``
         (or an error body if it fails half-way)."""
         if not stream:
-            return json(await guest.exec(name, req.argv, req.timeout, req.stdin_bytes(),
+            return json(await m.guest.exec(name, req.argv, req.timeout, req.stdin_bytes(),
                                          req.env))
-        events = guest.exec_stream(name, req.argv, req.timeout, req.stdin_bytes())
+        events = m.guest.exec_stream(name, req.argv, req.timeout, req.stdin_bytes())
         first = await anext(events)  # errors before any output are still a plain 4xx/5xx
 
         async def lines() -> AsyncIterator[bytes]:
@@ -105,15 +104,15 @@ def routes(m: Manager) -> APIRouter:
                                                                    "format": "binary"}}},
               "description": "The file's bytes"}})
     async def read_file(name: Name, path: GuestPath) -> Response:
-        data = await guest.read_file(name, path)
+        data = await m.guest.read_file(name, path)
         return Response(data, media_type="application/octet-stream")
 
     @r.put("/vms/{name}/files", responses=ok(FileWritten, 404, 409, 413, 502, 504))
     async def write_file(name: Name, path: GuestPath, request: Request) -> Response:
-        return json(await guest.write_file(name, path, await request.body()))
+        return json(await m.guest.write_file(name, path, await request.body()))
 
     @r.get("/vms/{name}/addresses", responses=ok(list[Interface], 404, 409, 502, 504))
     async def addresses(name: Name) -> Response:
-        return json(await guest.addresses(name))
+        return json(await m.guest.addresses(name))
 
     return r

@@ -43,24 +43,23 @@ class BatchRequest(BaseModel):
 
 def routes(m: Manager) -> APIRouter:
     r = router("host")
-    host = m.host
 
     @r.get("/host", responses=ok(Host))
     async def host_info() -> Response:
-        return json(host.info())
+        return json(m.host.info())
 
     @r.get("/queue", responses=ok(list[QueueEntry]))
     async def queue_entries() -> Response:
-        return json(host.queue())
+        return json(m.host.queue())
 
     @r.post("/batch", responses=ok(BatchResult, 404, 409, 413, 502, 504))
     async def run_batch(req: BatchRequest) -> Response:
         spec = req.spec.model_dump(exclude_unset=True) if req.spec else {}
-        return json(await host.batch(spec, req.argv, req.timeout, req.queue))
+        return json(await m.host.batch(spec, req.argv, req.timeout, req.queue))
 
     @r.get("/trace", responses=ok(list[TraceEntry]))
     async def trace() -> Response:
-        return json(host.trace())
+        return json(m.host.trace())
 
     @r.get("/events", responses=ok(list[Event]))
     async def events(since: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0,

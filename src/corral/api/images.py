@@ -16,15 +16,14 @@ from corral.views import Image
 
 def routes(m: Manager) -> APIRouter:
     r = router("images")
-    images = m.images
 
     @r.get("/images", responses=ok(list[Image]))
     async def list_images() -> Response:
-        return json(images.list())
+        return json(m.images.list())
 
     @r.delete("/images/{image}", status_code=204, responses=ok(None, 404, 409))
     async def rm_image(image: Name) -> Response:
-        images.rm(image)
+        m.images.rm(image)
         return Response(status_code=204)
 
     return r

@@ -62,58 +62,57 @@ class NicAttachRequest(BaseModel):
 
 def routes(m: Manager) -> APIRouter:
     r = router("networks")
-    networks = m.networks
     needs_root = (403, 409, 413)
 
     @r.post("/networks", status_code=201, responses=ok(Network, *needs_root, status=201))
     async def create_network(req: NetworkCreate) -> Response:
-        return json(await networks.create(req.name, req.subnet, dhcp=req.dhcp,
+        return json(await m.networks.create(req.name, req.subnet, dhcp=req.dhcp,
                                           isolated=req.isolated), 201)
 
     @r.get("/networks", responses=ok(list[Network]))
     async def list_networks() -> Response:
-        return json(networks.list())
+        return json(m.networks.list())
 
     @r.get("/networks/{name}", responses=ok(Network, 404))
     async def show_network(name: Name) -> Response:
-        return json(await networks.get(name))
+        return json(await m.networks.get(name))
 
     @r.delete("/networks/{name}", status_code=204, responses={
         **ok(Removed, 403, 404, 409), 204: {"description": "Removed"}})
     async def rm_network(name: Name, force: bool = False) -> Response:
-        removed = await networks.rm(name, force=force)
+        removed = await m.networks.rm(name, force=force)
         return json({"removed": removed}) if force else Response(status_code=204)
 
     @r.put("/networks/{name}/policy", responses=ok(Network, 403, 404, 413))
     async def set_policy(name: Name, req: PolicyRequest) -> Response:
-        return json(await networks.set_policy(name, req.policy))
+        return json(await m.networks.set_policy(name, req.policy))
 
     @r.get("/topology", response_class=PlainTextResponse, responses={
         **ok(None), 200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                           "description": "The topology as text or Graphviz dot"}})
     async def topology(format: Literal["text", "dot"] = "text") -> PlainTextResponse:
-        return PlainTextResponse(networks.render_topology(format))
+        return PlainTextResponse(m.networks.render_topology(format))
 
     @r.get("/firewall", responses=ok(Firewall))
     async def list_rules() -> Response:
-        return json(networks.rules())
+        return json(m.networks.rules())
 
     @r.post("/firewall/rules", status_code=201,
             responses=ok(FirewallRule, *needs_root, 404, status=201))
     async def add_rule(req: RuleRequest) -> Response:
-        return json(await networks.add_rule(req.target, req.allow, req.source), 201)
+        return json(await m.networks.add_rule(req.target, req.allow, req.source), 201)
 
     @r.delete("/firewall/rules/{rule_id}", status_code=204, responses=ok(None, 403, 404))
     async def rm_rule(rule_id: Annotated[int, PathParam(ge=1, le=MAX_RULE_ID)]) -> Response:
-        await networks.rm_rule(rule_id)
+        await m.networks.rm_rule(rule_id)
         return Response(status_code=204)
 
     @r.post("/vms/{name}/nics", responses=ok(VM, *needs_root, 404))
     async def attach_nic(name: Name, req: NicAttachRequest) -> Response:
-        return json(await networks.attach_nic(name, req.network, req.mac, req.ip))
+        return json(await m.networks.attach_nic(name, req.network, req.mac, req.ip))
 
     @r.delete("/vms/{name}/nics/{nic}", responses=ok(VM, 403, 404, 409))
     async def detach_nic(name: Name, nic: NicId) -> Response:
-        return json(await networks.detach_nic(name, nic))
+        return json(await m.networks.detach_nic(name, nic))
 
     return r

@@ -48,49 +48,48 @@ class ForwardRequest(BaseModel):
 
 def routes(m: Manager) -> APIRouter:
     r = router("routers")
-    routers = m.routers
 
     @r.post("/routers", status_code=201, responses=ok(Router, 403, 409, 413, status=201))
     async def create_router(req: RouterCreate) -> Response:
-        return json(await routers.create(req.name, uplink=req.uplink), 201)
+        return json(await m.routers.create(req.name, uplink=req.uplink), 201)
 
     @r.get("/routers", responses=ok(list[Router]))
     async def list_routers() -> Response:
-        return json(routers.list())
+        return json(m.routers.list())
 
     @r.get("/routers/{name}", responses=ok(Router, 404))
     async def show_router(name: Name) -> Response:
-        return json(routers.get(name))
+        return json(m.routers.get(name))
 
     @r.delete("/routers/{name}", status_code=204, responses={
         **ok(Removed, 403, 404, 409), 204: {"description": "Removed"}})
     async def rm_router(name: Name, force: bool = False) -> Response:
-        removed = await routers.rm(name, force=force)
+        removed = await m.routers.rm(name, force=force)
         return json({"removed": removed}) if force else Response(status_code=204)
 
     @r.post("/routers/{name}/networks", responses=ok(Router, 403, 404, 409, 413))
     async def attach_network(name: Name, req: LegRequest) -> Response:
-        return json(await routers.attach(name, req.network))
+        return json(await m.routers.attach(name, req.network))
 
     @r.delete("/routers/{name}/networks/{network}", responses=ok(Router, 403, 404, 409))
     async def detach_network(name: Name, network: Name) -> Response:
-        return json(await routers.detach(name, network))
+        return json(await m.routers.detach(name, network))
 
     @r.get("/forwards", responses=ok(list[Forward]))
     async def list_forwards() -> Response:
-        return json(routers.forwards())
+        return json(m.routers.forwards())
 
     @r.post("/routers/{name}/forwards", status_code=201,
             responses=ok(Forward, 403, 404, 409, 413, status=201))
     async def add_forward(name: Name, req: ForwardRequest) -> Response:
-        return json(await routers.add_forward(name, req.proto, req.host_port, req.vm,
+        return json(await m.routers.add_forward(name, req.proto, req.host_port, req.vm,
                                               req.port), 201)
 
     @r.delete("/routers/{name}/forwards/{proto}/{host_port}", status_code=204,
               responses=ok(None, 403, 404))
     async def rm_forward(name: Name, proto: Literal["tcp", "udp"],
                          host_port: Annotated[int, PathParam(ge=1, le=65535)]) -> Response:
-        await routers.rm_forward(name, proto, host_port)
+        await m.routers.rm_forward(name, proto, host_port)
         return Response(status_code=204)
 
     return r

@@ -25,25 +25,24 @@ class SnapshotRequest(BaseModel):
 
 def routes(m: Manager) -> APIRouter:
     r = router("snapshots")
-    snapshots = m.snapshots
 
     @r.post("/vms/{name}/snapshots", status_code=201,
             responses=ok(Snapshot, 404, 409, 413, 504, status=201))
     async def create_snapshot(name: Name, req: SnapshotRequest) -> Response:
-        return json(await snapshots.create(name, req.name, memory=req.memory), 201)
+        return json(await m.snapshots.create(name, req.name, memory=req.memory), 201)
 
     @r.get("/vms/{name}/snapshots", responses=ok(list[Snapshot], 404))
     async def list_snapshots(name: Name) -> Response:
-        return json(snapshots.list(name))
+        return json(m.snapshots.list(name))
 
     @r.post("/vms/{name}/snapshots/{snapshot}/revert", responses=ok(VM, 404, 409, 504))
     async def revert_snapshot(name: Name, snapshot: Name) -> Response:
-        return json(await snapshots.revert(name, snapshot))
+        return json(await m.snapshots.revert(name, snapshot))
 
     @r.delete("/vms/{name}/snapshots/{snapshot}", status_code=204,
               responses=ok(None, 404, 409, 504))
     async def rm_snapshot(name: Name, snapshot: Name) -> Response:
-        await snapshots.rm(name, snapshot)
+        await m.snapshots.rm(name, snapshot)
         return Response(status_code=204)
 
     return r

@@ -54,11 +54,10 @@ class CreateSpec(VMCreate):
 
 def routes(m: Manager) -> APIRouter:
     r = router("vms")
-    vms = m.vms
 
     @r.get("/vms", responses=ok(list[VM]))
     async def list_vms() -> Response:
-        return json(vms.list())
+        return json(m.vms.list())
 
     @r.post("/vms", status_code=201, responses=ok(VM, 404, 409, 502, 504, status=201))
     async def create_vm(spec: CreateSpec, start: bool = False, wait: bool = False,
@@ -66,74 +65,74 @@ def routes(m: Manager) -> APIRouter:
                         queue: bool = True) -> Response:
         """Define a VM; ``start`` also boots it (all or nothing: a failed start leaves
         nothing behind); ``from_snapshot`` makes it a warm start."""
-        return json(await vms.create(spec.model_dump(exclude_unset=True), start=start,
+        return json(await m.vms.create(spec.model_dump(exclude_unset=True), start=start,
                                      wait=wait, timeout=timeout, queue=queue), 201)
 
     @r.get("/vms/{name}", responses=ok(VM, 404))
     async def get_vm(name: Name) -> Response:
-        return json(await vms.get(name))
+        return json(await m.vms.get(name))
 
     @r.delete("/vms/{name}", status_code=204, responses=ok(None, 404, 409))
     async def rm_vm(name: Name) -> Response:
-        await vms.rm(name)
+        await m.vms.rm(name)
         return Response(status_code=204)
 
     @r.post("/vms/{name}/start", responses=ok(VM, *VM_ERRORS, 502))
     async def start_vm(name: Name, wait: bool = False,
                        timeout: float = timeout(120.0, "readiness timeout"),
                        queue: bool = True) -> Response:
-        return json(await vms.start(name, wait=wait, timeout=timeout, queue=queue))
+        return json(await m.vms.start(name, wait=wait, timeout=timeout, queue=queue))
 
     @r.post("/vms/{name}/wait", responses=ok(VM, *VM_ERRORS, 502))
     async def wait_vm(name: Name, timeout: float = timeout(120.0)) -> Response:
-        return json(await vms.wait_ready(name, timeout))
+        return json(await m.vms.wait_ready(name, timeout))
 
     @r.post("/vms/{name}/pause", responses=ok(VM, 404, 409))
     async def pause_vm(name: Name) -> Response:
-        return json(await vms.pause(name))
+        return json(await m.vms.pause(name))
 
     @r.post("/vms/{name}/resume", responses=ok(VM, 404, 409))
     async def resume_vm(name: Name) -> Response:
-        return json(await vms.resume(name))
+        return json(await m.vms.resume(name))
 
     @r.post("/vms/{name}/shutdown", responses=ok(VM, *VM_ERRORS))
     async def shutdown_vm(name: Name, timeout: float = timeout(60.0, "seconds before forcing")
                           ) -> Response:
-        return json(await vms.shutdown(name, timeout))
+        return json(await m.vms.shutdown(name, timeout))
 
     @r.post("/vms/{name}/stop", responses=ok(VM, *VM_ERRORS))
     async def stop_vm(name: Name, force: bool = True,
                       timeout: float = timeout(60.0, "seconds before forcing")) -> Response:
-        return json(await vms.stop(name, force=force, timeout=timeout))
+        return json(await m.vms.stop(name, force=force, timeout=timeout))
 
     @r.post("/vms/{name}/reboot", responses=ok(VM, *VM_ERRORS, 502))
     async def reboot_vm(name: Name, wait: bool = False,
                         timeout: float = timeout(120.0, "readiness timeout")) -> Response:
-        return json(await vms.reboot(name, wait=wait, timeout=timeout))
+        return json(await m.vms.reboot(name, wait=wait, timeout=timeout))
 
     @r.post("/vms/{name}/save", responses=ok(VM, *VM_ERRORS))
     async def save_vm(name: Name, file: Annotated[str | None, Query(
             min_length=1, max_length=4096)] = None) -> Response:
-        return json(await vms.save(name, file))
+        return json(await m.vms.save(name, file))
 
     @r.post("/vms/{name}/restore", responses=ok(VM, *VM_ERRORS, 502))
     async def restore_vm(name: Name, wait: bool = False,
                          timeout: float = timeout(120.0, "readiness timeout")) -> Response:
-        return json(await vms.restore(name, wait=wait, timeout=timeout))
+        return json(await m.vms.restore(name, wait=wait, timeout=timeout))
 
     @r.post("/vms/{name}/clone", status_code=201, responses=ok(VM, 404, 409, status=201))
     async def clone_vm(name: Name, new: Annotated[str, Query(pattern=NAME_PATTERN)],
                        full: bool = False, snapshot: OptName = None) -> Response:
-        return json(await vms.clone(name, new, full=full, snapshot=snapshot), 201)
+        return json(await m.vms.clone(name, new, full=full, snapshot=snapshot), 201)
 
     @r.post("/vms/{name}/export", responses=ok(Export, 404, 409))
     async def export_vm(name: Name, file: FilePath, live: bool = False) -> Response:
         """Write the VM into one file; ``live`` exports a running VM too."""
-        return json(await vms.export(name, file, live=live))
+        return json(await m.vms.export(name, file, live=live))
 
     @r.post("/import", status_code=201, responses=ok(VM, 404, 409, status=201))
     async def import_vm(file: FilePath, name: OptName = None) -> Response:
-        return json(await vms.import_(file, name), 201)
+        return json(await m.vms.import_(file, name), 201)
 
     @r.get("/vms/{name}/logs", responses=ok(Logs, 404))
     async def vm_logs(name: Name,
@@ -142,6 +141,6 @@ def routes(m: Manager) -> APIRouter:
                                                                "from the end")] = 0,
                       limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK)] = 1 << 20
                       ) -> Response:
-        return json(vms.logs(name, offset, limit))
+        return json(m.vms.logs(name, offset, limit))
 
     return r
