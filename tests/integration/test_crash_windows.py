@@ -62,10 +62,16 @@ DISK = [{"size": "64M"}]
 
 
 # ----- killing the daemon inside an operation -------------------------------------------------
-def crash_during(d: Daemon, call: Callable[[Client], object], delay: float) -> None:
-    """Run ``call`` in a thread, kill the daemon ``delay`` seconds after it was sent, and
-    start a new daemon on the same home."""
+#: A moment to kill the daemon at: a delay after the request was sent, or a condition on the
+#: home (made for the daemon under test) that is polled from the moment the request is sent.
+Moment = float | Callable[[Daemon], Callable[[], bool]]
+
+
+def crash_during(d: Daemon, call: Callable[[Client], object], when: Moment) -> None:
+    """Run ``call`` in a thread, kill the daemon at ``when``, and start a new daemon on the
+    same home."""
     failure: list[BaseException] = []
+    ready = None if isinstance(when, float) else when(d)
 
     def run() -> None:
         client = Client(d.socket, timeout=60)
@@ -79,15 +85,45 @@ def crash_during(d: Daemon, call: Callable[[Client], object], delay: float) -> N
     thread = threading.Thread(target=run)
     t0 = time.monotonic()
     thread.start()
-    time.sleep(max(0.0, t0 + delay - time.monotonic()))
+    if ready is None:
+        assert isinstance(when, float)
+        time.sleep(max(0.0, t0 + when - time.monotonic()))
+    else:  # a condition that never comes (the operation was quicker) kills it afterwards
+        while not ready() and thread.is_alive() and time.monotonic() < t0 + 30:
+            time.sleep(0.0005)
     d.stop(signal.SIGKILL)
     thread.join(60)
     assert not thread.is_alive(), "the request outlived the daemon"
     d.start()
 
 
-def delays(op: str) -> list[float]:
-    return [round(NOMINAL[op] * f, 4) for f in FRACTIONS]
+def moments(op: str, **markers: Callable[[Daemon], Callable[[], bool]]) -> list[Any]:
+    """The delays at which ``op`` is cut short, then the named conditions."""
+    return ([pytest.param(round(NOMINAL[op] * f, 4), id=f"{f:g}x") for f in FRACTIONS]
+            + [pytest.param(m, id=k) for k, m in markers.items()])
+
+
+def appears(pattern: str) -> Callable[[Daemon], Callable[[], bool]]:
+    """When something matching ``pattern`` (relative to the home) exists."""
+    return lambda d: lambda: any(d.home.glob(pattern))
+
+
+def vanishes(pattern: str) -> Callable[[Daemon], Callable[[], bool]]:
+    """When what matches ``pattern`` now (relative to the home) is gone."""
+    def arm(d: Daemon) -> Callable[[], bool]:
+        there = list(d.home.glob(pattern))
+        assert there, f"nothing matches {pattern}"
+        return lambda: not any(p.exists() for p in there)
+    return arm
+
+
+def qemu_ends(name: str) -> Callable[[Daemon], Callable[[], bool]]:
+    """When the VM's QEMU (running now) has exited."""
+    def arm(d: Daemon) -> Callable[[], bool]:
+        pids = qemus(d, name)
+        assert pids, f"{name} has no QEMU"
+        return lambda: qemus(d, name) == []
+    return arm
 
 
 # ----- what must agree after a restart ----------------------------------------------------------
@@ -239,10 +275,11 @@ def reusable_snapshot(d: Daemon, name: str, tag: str, memory: bool) -> None:
 
 
 # ----- the operations ---------------------------------------------------------------------------
-@pytest.mark.parametrize("delay", delays("create"))
-def test_create(daemon: Daemon, delay: float) -> None:
+@pytest.mark.parametrize("when", moments("create", dir_made=appears("vms/k-create"),
+                                         disk_made=appears("vms/k-create/disk0.qcow2")))
+def test_create(daemon: Daemon, when: Moment) -> None:
     bring_to(daemon, "k-create", "absent")
-    crash_during(daemon, lambda c: c.create("k-create", disks=DISK), delay)
+    crash_during(daemon, lambda c: c.create("k-create", disks=DISK), when)
     vm = agree(daemon, "k-create")
     assert vm is None or vm["state"] == "defined", vm
     if vm is not None:
@@ -252,20 +289,22 @@ def test_create(daemon: Daemon, delay: float) -> None:
     agree(daemon, "k-create")
 
 
-@pytest.mark.parametrize("delay", delays("start"))
-def test_start(daemon: Daemon, delay: float) -> None:
+@pytest.mark.parametrize("when", moments("start", launched=appears("run/k-start/qemu.pid")))
+def test_start(daemon: Daemon, when: Moment) -> None:
     bring_to(daemon, "k-start", "off")
-    crash_during(daemon, lambda c: c.start("k-start"), delay)
+    crash_during(daemon, lambda c: c.start("k-start"), when)
     vm = agree(daemon, "k-start")
     assert vm is not None and vm["state"] in ("defined", "stopped", "crashed", "running"), vm
     usable(daemon, "k-start")
     agree(daemon, "k-start")
 
 
-@pytest.mark.parametrize("delay", delays("save"))
-def test_save(daemon: Daemon, delay: float) -> None:
+@pytest.mark.parametrize("when", moments(
+    "save", streaming=appears("vms/k-saved/.saved.state.tmp-*"),
+    renamed=appears("vms/k-saved/saved.state"), ended=qemu_ends("k-saved")))
+def test_save(daemon: Daemon, when: Moment) -> None:
     bring_to(daemon, "k-saved", "ready")
-    crash_during(daemon, lambda c: c.save("k-saved"), delay)
+    crash_during(daemon, lambda c: c.save("k-saved"), when)
     vm = settle_and_check(daemon, "k-saved")
     assert vm is not None and vm["state"] in ("running", "paused", "saved"), vm
 
@@ -274,8 +313,9 @@ def test_save_to_a_file_of_the_users(daemon: Daemon, tmp_path: Path) -> None:
     """A save ``--file`` cut short leaves no partial file beside the target."""
     bring_to(daemon, "k-saved", "ready")
     target = tmp_path / "k.state"
-    for delay in delays("save")[1:3]:
-        crash_during(daemon, lambda c: c.save("k-saved", file=str(target)), delay)
+    streaming: Moment = lambda d: lambda: any(tmp_path.glob(".k.state.tmp-*"))  # noqa: E731
+    for when in (NOMINAL["save"] * 0.5, streaming):
+        crash_during(daemon, lambda c: c.save("k-saved", file=str(target)), when)
         vm = agree(daemon, "k-saved", saved_file=target)
         assert vm is not None
         assert [p.name for p in tmp_path.iterdir()] in ([], ["k.state"]), list(tmp_path.iterdir())
@@ -285,18 +325,20 @@ def test_save_to_a_file_of_the_users(daemon: Daemon, tmp_path: Path) -> None:
         target.unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize("delay", delays("restore"))
-def test_restore(daemon: Daemon, delay: float) -> None:
+@pytest.mark.parametrize("when", moments(
+    "restore", launched=appears("run/k-saved/qemu.pid"),
+    used_up=vanishes("vms/k-saved/saved.state")))
+def test_restore(daemon: Daemon, when: Moment) -> None:
     bring_to(daemon, "k-saved", "saved")
-    crash_during(daemon, lambda c: c.restore("k-saved"), delay)
+    crash_during(daemon, lambda c: c.restore("k-saved"), when)
     vm = settle_and_check(daemon, "k-saved")
     assert vm is not None and vm["state"] in ("running", "paused", "saved"), vm
 
 
 @pytest.mark.parametrize("memory", [False, True], ids=["disk", "memory"])
-@pytest.mark.parametrize("delay_index", range(len(FRACTIONS)))
-def test_snapshot_of_a_running_vm(daemon: Daemon, memory: bool, delay_index: int) -> None:
-    delay = delays("snapshot_memory" if memory else "snapshot")[delay_index]
+@pytest.mark.parametrize("fraction", FRACTIONS, ids=[f"{f:g}x" for f in FRACTIONS])
+def test_snapshot_of_a_running_vm(daemon: Daemon, memory: bool, fraction: float) -> None:
+    delay = NOMINAL["snapshot_memory" if memory else "snapshot"] * fraction
     bring_to(daemon, "k-snap", "running")
     crash_during(daemon, lambda c: c.snapshot_create("k-snap", "s", memory=memory), delay)
     vm = settle_and_check(daemon, "k-snap")
@@ -304,38 +346,38 @@ def test_snapshot_of_a_running_vm(daemon: Daemon, memory: bool, delay_index: int
     reusable_snapshot(daemon, "k-snap", "s", memory)
 
 
-@pytest.mark.parametrize("delay", delays("snapshot_stopped"))
-def test_snapshot_of_a_stopped_vm(daemon: Daemon, delay: float) -> None:
+@pytest.mark.parametrize("when", moments("snapshot_stopped"))
+def test_snapshot_of_a_stopped_vm(daemon: Daemon, when: Moment) -> None:
     bring_to(daemon, "k-snap", "off")
-    crash_during(daemon, lambda c: c.snapshot_create("k-snap", "s"), delay)
+    crash_during(daemon, lambda c: c.snapshot_create("k-snap", "s"), when)
     vm = agree(daemon, "k-snap")
     assert vm is not None and vm["state"] not in LIVE, vm
     reusable_snapshot(daemon, "k-snap", "s", False)
 
 
-@pytest.mark.parametrize("delay", delays("rm"))
-def test_rm(daemon: Daemon, delay: float) -> None:
+@pytest.mark.parametrize("when", moments("rm", ended=qemu_ends("k-rm")))
+def test_rm(daemon: Daemon, when: Moment) -> None:
     bring_to(daemon, "k-rm", "running")
-    crash_during(daemon, lambda c: c.rm("k-rm"), delay)
+    crash_during(daemon, lambda c: c.rm("k-rm"), when)
     vm = agree(daemon, "k-rm")
     if vm is not None:
         daemon.client.rm("k-rm")
         assert agree(daemon, "k-rm") is None
 
 
-@pytest.mark.parametrize("delay", delays("stop"))
-def test_stop(daemon: Daemon, delay: float) -> None:
+@pytest.mark.parametrize("when", moments("stop", ended=qemu_ends("k-stop")))
+def test_stop(daemon: Daemon, when: Moment) -> None:
     bring_to(daemon, "k-stop", "running")
-    crash_during(daemon, lambda c: c.stop("k-stop"), delay)
+    crash_during(daemon, lambda c: c.stop("k-stop"), when)
     vm = agree(daemon, "k-stop")
     assert vm is not None and vm["state"] in ("running", "stopped", "crashed"), vm
     usable(daemon, "k-stop")
 
 
-@pytest.mark.parametrize("delay", delays("pause"))
-def test_pause(daemon: Daemon, delay: float) -> None:
+@pytest.mark.parametrize("when", moments("pause"))
+def test_pause(daemon: Daemon, when: Moment) -> None:
     bring_to(daemon, "k-pause", "running")
-    crash_during(daemon, lambda c: c.pause("k-pause"), delay)
+    crash_during(daemon, lambda c: c.pause("k-pause"), when)
     vm = agree(daemon, "k-pause")
     assert vm is not None and vm["state"] in ("running", "paused"), vm
     usable(daemon, "k-pause")
