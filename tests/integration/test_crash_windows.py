@@ -20,16 +20,19 @@ kill lands does not matter: every landing point must pass. After the restart:
 * ``rm`` works, and the module's leak check passes at the end.
 
 The default run kills each operation at a handful of delays (a few minutes for the whole
-module). ``CORRAL_CRASH_SWEEP=1`` sweeps many more delays per operation (about a quarter of
-an hour)::
+module; each case prints where its kill landed and what the VM was after, shown with
+``-s``). ``CORRAL_CRASH_SWEEP=1`` sweeps fourteen delays per operation (about five
+minutes)::
 
     CORRAL_CRASH_SWEEP=1 pytest -q tests/integration/test_crash_windows.py
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -47,8 +50,9 @@ from .conftest import Daemon, qemu_pids
 
 #: Seconds each operation takes on an idle 2-core machine with a 256 MiB tiny guest.
 NOMINAL = {
-    "create": 0.06, "start": 0.5, "save": 0.2, "restore": 0.3, "snapshot": 0.2,
-    "snapshot_memory": 0.2, "snapshot_stopped": 0.03, "rm": 0.1, "stop": 0.03, "pause": 0.01,
+    "create": 0.03, "start": 0.2, "save": 0.15, "restore": 0.25, "snapshot": 0.12,
+    "snapshot_memory": 0.12, "snapshot_stopped": 0.025, "rm": 0.04, "stop": 0.015,
+    "pause": 0.008,
 }
 SWEEP = os.environ.get("CORRAL_CRASH_SWEEP") == "1"
 #: Where the kill lands, as fractions of the nominal time (past 1: just after it, or, on a
@@ -91,10 +95,13 @@ def crash_during(d: Daemon, call: Callable[[Client], object], when: Moment) -> N
     else:  # a condition that never comes (the operation was quicker) kills it afterwards
         while not ready() and thread.is_alive() and time.monotonic() < t0 + 30:
             time.sleep(0.0005)
+    landed = time.monotonic() - t0
     d.stop(signal.SIGKILL)
     thread.join(60)
     assert not thread.is_alive(), "the request outlived the daemon"
     d.start()
+    answered = "answered" if not failure else type(failure[0]).__name__
+    print(f"killed {landed * 1000:.1f} ms after the request ({answered})", end=": ")
 
 
 def moments(op: str, **markers: Callable[[Daemon], Callable[[], bool]]) -> list[Any]:
@@ -114,6 +121,19 @@ def vanishes(pattern: str) -> Callable[[Daemon], Callable[[], bool]]:
         there = list(d.home.glob(pattern))
         assert there, f"nothing matches {pattern}"
         return lambda: not any(p.exists() for p in there)
+    return arm
+
+
+def noted(name: str) -> Callable[[Daemon], Callable[[], bool]]:
+    """When the store holds a pending note for ``name`` (an operation is under way)."""
+    def arm(d: Daemon) -> Callable[[], bool]:
+        def there() -> bool:
+            with contextlib.closing(sqlite3.connect(f"file:{d.home / 'corral.db'}?mode=ro",
+                                                    uri=True, timeout=1)) as db:
+                row = db.execute("SELECT value FROM kv WHERE key = ?",
+                                 (f"pending/{name}",)).fetchone()
+            return row is not None and row[0] != "null"
+        return there
     return arm
 
 
@@ -163,7 +183,9 @@ def agree(d: Daemon, name: str, within: float = 5.0, saved_file: Path | None = N
     deadline = time.monotonic() + within
     while True:
         try:
-            return _agree(d, name, saved_file)
+            vm = _agree(d, name, saved_file)
+            print(f"{name} {vm['state'] if vm else 'absent'}")
+            return vm
         except AssertionError:
             if time.monotonic() > deadline:
                 print((d.home / "daemon.log").read_text()[-3000:])
@@ -300,7 +322,7 @@ def test_start(daemon: Daemon, when: Moment) -> None:
 
 
 @pytest.mark.parametrize("when", moments(
-    "save", streaming=appears("vms/k-saved/.saved.state.tmp-*"),
+    "save", noted=noted("k-saved"), streaming=appears("vms/k-saved/.saved.state.tmp-*"),
     renamed=appears("vms/k-saved/saved.state"), ended=qemu_ends("k-saved")))
 def test_save(daemon: Daemon, when: Moment) -> None:
     bring_to(daemon, "k-saved", "ready")
@@ -336,17 +358,20 @@ def test_restore(daemon: Daemon, when: Moment) -> None:
 
 
 @pytest.mark.parametrize("memory", [False, True], ids=["disk", "memory"])
-@pytest.mark.parametrize("fraction", FRACTIONS, ids=[f"{f:g}x" for f in FRACTIONS])
-def test_snapshot_of_a_running_vm(daemon: Daemon, memory: bool, fraction: float) -> None:
-    delay = NOMINAL["snapshot_memory" if memory else "snapshot"] * fraction
+@pytest.mark.parametrize("fraction", (*FRACTIONS, "noted"),
+                         ids=[*(f"{f:g}x" for f in FRACTIONS), "noted"])
+def test_snapshot_of_a_running_vm(daemon: Daemon, memory: bool, fraction: float | str
+                                  ) -> None:
+    when: Moment = noted("k-snap") if fraction == "noted" else (
+        NOMINAL["snapshot_memory" if memory else "snapshot"] * float(fraction))
     bring_to(daemon, "k-snap", "running")
-    crash_during(daemon, lambda c: c.snapshot_create("k-snap", "s", memory=memory), delay)
+    crash_during(daemon, lambda c: c.snapshot_create("k-snap", "s", memory=memory), when)
     vm = settle_and_check(daemon, "k-snap")
     assert vm is not None
     reusable_snapshot(daemon, "k-snap", "s", memory)
 
 
-@pytest.mark.parametrize("when", moments("snapshot_stopped"))
+@pytest.mark.parametrize("when", moments("snapshot_stopped", noted=noted("k-snap")))
 def test_snapshot_of_a_stopped_vm(daemon: Daemon, when: Moment) -> None:
     bring_to(daemon, "k-snap", "off")
     crash_during(daemon, lambda c: c.snapshot_create("k-snap", "s"), when)
@@ -370,7 +395,8 @@ def test_stop(daemon: Daemon, when: Moment) -> None:
     bring_to(daemon, "k-stop", "running")
     crash_during(daemon, lambda c: c.stop("k-stop"), when)
     vm = agree(daemon, "k-stop")
-    assert vm is not None and vm["state"] in ("running", "stopped", "crashed"), vm
+    # a machine that ended because it was asked to is stopped, not crashed
+    assert vm is not None and vm["state"] in ("running", "stopped"), vm
     usable(daemon, "k-stop")
 
 

@@ -7,17 +7,21 @@ A daemon can die at any moment inside an operation. Each long operation therefor
 written, a snapshot being taken) and clears it when it commits; adoption finishes or undoes
 whatever a note still names:
 
-* ``restoring`` with a machine still waiting for its state (``inmigrate``): the machine is
-  ended and the VM is ``saved`` again, its file intact. With the state loaded, the VM is
-  taken up running or paused and the used-up managed state file is removed.
-* ``saving`` with a machine that finished or never began streaming: the machine is kept, the
-  VM comes back ``paused`` (resume it), and the partial state file is removed.
+* ``restoring`` with a machine still waiting for its state (``inmigrate``), or with none: the
+  machine is ended and the VM is ``saved`` again, its file intact. With the state loaded, the
+  restore is finished (a guest that ran when it was saved is continued) and the used-up
+  managed state file is removed.
+* ``saving`` whose record already names the written state: the save is finished (the machine
+  is ended; the VM is ``saved``). Before that the machine is kept, the VM is what QEMU says
+  (``paused``, or ``running`` when the save never paused it), and the partial file goes.
 * a snapshot being taken: a tag the store does not know is removed from the VM's disks, so
   the name can be used again and the RAM it held is freed.
 * ``starting`` from a warm-start template that never got its state: ended, back to
   ``defined``.
 * directories under ``vms/`` that no VM owns (a create cut short), temporary files of saves,
-  imports and templates, and run directories of VMs that are gone.
+  imports, templates and the blank state file, a managed ``saved.state`` its VM's record does
+  not name (renamed into place by a save, or used up by a restore, that died before the
+  record said so), and run directories of VMs that are gone.
 """
 
 from __future__ import annotations
