@@ -7,17 +7,21 @@ A daemon can die at any moment inside an operation. Each long operation therefor
 written, a snapshot being taken) and clears it when it commits; adoption finishes or undoes
 whatever a note still names:
 
-* ``restoring`` with a machine still waiting for its state (``inmigrate``): the machine is
-  ended and the VM is ``saved`` again, its file intact. With the state loaded, the VM is
-  taken up running or paused and the used-up managed state file is removed.
-* ``saving`` with a machine that finished or never began streaming: the machine is kept, the
-  VM comes back ``paused`` (resume it), and the partial state file is removed.
+* ``restoring`` with a machine still waiting for its state (``inmigrate``), or with none: the
+  machine is ended and the VM is ``saved`` again, its file intact. With the state loaded, the
+  restore is finished (a guest that ran when it was saved is continued) and the used-up
+  managed state file is removed.
+* ``saving`` whose record already names the written state: the save is finished (the machine
+  is ended; the VM is ``saved``). Before that the machine is kept, the VM is what QEMU says
+  (``paused``, or ``running`` when the save never paused it), and the partial file goes.
 * a snapshot being taken: a tag the store does not know is removed from the VM's disks, so
   the name can be used again and the RAM it held is freed.
 * ``starting`` from a warm-start template that never got its state: ended, back to
   ``defined``.
 * directories under ``vms/`` that no VM owns (a create cut short), temporary files of saves,
-  imports and templates, and run directories of VMs that are gone.
+  imports, templates and the blank state file, a managed ``saved.state`` its VM's record does
+  not name (renamed into place by a save, or used up by a restore, that died before the
+  record said so), and run directories of VMs that are gone.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from corral.store.db import VMRecord
 
 log = logging.getLogger(__name__)
 PENDING = "pending/"
+SAVED_STATE = "saved.state"  # a managed save's file in the VM's directory
 
 
 def note(rt: VMRuntime, vm: str, **what: Any) -> None:
@@ -76,16 +81,21 @@ async def _adopt(rt: VMRuntime, rec: VMRecord) -> None:
         rec.exit_reason = "the daemon stopped while it was loading the VM's state"
         _force(rt, rec, back, "adopted")
         return
+    if rec.state == State.SAVING and rec.saved_state:  # the state was written: finish
+        await _end(rt, Live(machine))
+        rec.pid = rec.pid_start = None
+        rec.ready_at, rec.exit_reason = None, "saved"
+        _force(rt, rec, State.SAVED, "adopted")
+        return
     live = rt.attach(rec, machine)
     state = from_qmp_status(status)
     if state not in (State.RUNNING, State.PAUSED):
         state = State.PAUSED  # a save cut short: the guest is held; resume it
-    if rec.state == State.SAVING and state == State.RUNNING:
-        state = State.PAUSED
-    if rec.state == State.RESTORING and rec.saved_state:
-        managed = Path(rec.saved_state).parent == rt.paths.vm_dir(rec.name)
-        if managed:
-            Path(rec.saved_state).unlink(missing_ok=True)
+    if rec.state == State.RESTORING and rec.saved_state:  # the state was loaded
+        if rec.saved_running and status == "paused":
+            await machine.cont()  # the restore stopped short of its last step
+            state = State.RUNNING
+        _drop_managed_state(rt, rec)
         rec.saved_state = rec.saved_running = None
     _force(rt, rec, state, "adopted", pid=machine.pid)
     if rec.ready_at is not None:
@@ -94,14 +104,22 @@ async def _adopt(rt: VMRuntime, rec: VMRecord) -> None:
         rt.watch_ready(rec.name, live)
 
 
+def _drop_managed_state(rt: VMRuntime, rec: VMRecord) -> None:
+    """A managed state file is used up by its restore (a user's own file is kept)."""
+    if rec.saved_state and Path(rec.saved_state).parent == rt.paths.vm_dir(rec.name):
+        Path(rec.saved_state).unlink(missing_ok=True)
+
+
 def _gone(rt: VMRuntime, rec: VMRecord) -> None:
     """The VM's machine is gone: say how it ended."""
     if rec.state not in LIVE:
         return
     rec.pid = rec.pid_start = None
     rec.ready_at = None
-    if rec.state == State.RESTORING and rec.saved_state and Path(rec.saved_state).is_file():
-        rec.exit_reason = "the daemon stopped while restoring; the saved state is kept"
+    kept = rec.saved_state and Path(rec.saved_state).is_file()
+    if rec.state in (State.RESTORING, State.SAVING) and kept:
+        rec.exit_reason = ("saved" if rec.state == State.SAVING else
+                           "the daemon stopped while restoring; the saved state is kept")
         _force(rt, rec, State.SAVED)
         return
     stopping = rec.state in (State.STOPPING, State.STARTING)
@@ -166,7 +184,10 @@ def pending_nodes(rec: VMRecord) -> list[str]:
 
 def _sweep(rt: VMRuntime) -> None:
     """Remove what no record owns, in this daemon's own home only."""
-    names = {r.name for r in rt.db.list_vms()}
+    recs = {r.name: r for r in rt.db.list_vms()}
+    names = set(recs)
+    for blank in rt.paths.home.glob(".blank-vmstate.*.qcow2"):  # a first create cut short
+        blank.unlink(missing_ok=True)
     vms_dir = rt.paths.home / "vms"
     if vms_dir.is_dir():
         for child in vms_dir.iterdir():
@@ -176,6 +197,10 @@ def _sweep(rt: VMRuntime) -> None:
                 continue
             for tmp in child.glob(".*.tmp-*"):
                 tmp.unlink(missing_ok=True)
+            state = child / SAVED_STATE  # written by a save, or used up by a restore,
+            rec = recs.get(child.name)  # that stopped before its record said so
+            if rec is not None and rec.saved_state != str(state):
+                state.unlink(missing_ok=True)
             templates = child / "templates"
             if templates.is_dir():
                 for work in templates.glob(".*.tmp-*"):

@@ -201,6 +201,8 @@ class Lifecycle:
                 return rt.view(rec)
             live = rt.machine(rec)
             live.expected_exit = "forced off"
+            if rec.state != State.STOPPING:  # a daemon that dies now: stopped, not crashed
+                rt.set_state(rec, State.STOPPING, "stop_requested")
             await rt.kill(live)
             return rt.view(rt.get(name))
 

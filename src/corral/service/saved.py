@@ -28,7 +28,7 @@ from corral.service.runtime import READY_TIMEOUT, VMRuntime
 if TYPE_CHECKING:
     from corral.service.scheduling import Scheduler
 
-SAVED_STATE = "saved.state"
+SAVED_STATE = adoption.SAVED_STATE
 
 
 async def save(rt: VMRuntime, name: str, file: str | None = None) -> dict[str, Any]:
