@@ -6,7 +6,8 @@ Routes parse the request into one call of the service's resource objects
 ``{"error": kind, "kind": kind, "message": one line, "facts": {...}}`` (see
 :mod:`corral.api.errors`); request bodies are bounded (:mod:`corral.api.limits`). The
 OpenAPI schema, with every response body and error status, is at ``/openapi.json`` and
-browsable at ``/docs``.
+browsable at ``/docs``; it is made when first asked for, the views' schemas with it
+(:mod:`corral.api.schema`), so a daemon that never serves it never pays for them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fastapi import FastAPI
 from corral.api import disks, errors, guest, host, images, networks, routers, snapshots, vms
 from corral.api.common import API
 from corral.api.limits import BodyLimit
+from corral.api.schema import CorralAPI
 from corral.service.manager import Manager
 
 __all__ = ["API", "create_app"]
@@ -39,10 +41,12 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
             if manage_lifecycle:
                 await manager.close()
 
-    app = FastAPI(title="Corral", version="0.1.0", lifespan=lifespan,
+    app = CorralAPI(title="Corral", version="0.1.0", lifespan=lifespan,
                   description="A virtual machine manager on QEMU.")
     for module in ROUTES:
-        app.include_router(module.routes(manager))
+        # its routes, not the router: FastAPI builds an included router's routes a second
+        # time (their parameters and fields) on the first request that walks past it
+        app.router.routes.extend(module.routes(manager).routes)
     errors.install(app)
     app.add_middleware(BodyLimit)
     return app

@@ -4,7 +4,9 @@ answers a route documents, and a JSON answer that skips FastAPI's encoder.
 Every route answers a pre-serialised :func:`json` body and documents its shape with a view
 of :mod:`corral.views` (``responses=ok(View, ...)``): the service returns plain JSON-ready
 dicts, and FastAPI's generic encoder and response validation would cost more than a pause
-itself.
+itself. The documentation is JSON schema only (a ``$ref`` to each view), never a response
+model: the views' schemas are made when the OpenAPI schema is first asked for
+(:mod:`corral.api.schema`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
-from corral.views import Error
+from corral.api.schema import REF_PREFIX, view_schema
 
 API = "/v1"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
@@ -37,7 +39,7 @@ def timeout(default: float, what: str = "seconds to wait") -> Any:
 
 Seconds = Annotated[float, Query(gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)]
 
-ERROR_REF = {"$ref": "#/components/schemas/Error"}
+ERROR_REF = {"$ref": REF_PREFIX + "Error"}
 _REASONS = {
     403: "Needs a daemon running as root", 404: "No such object",
     409: "Not legal in the object's state, name taken, or no capacity",
@@ -100,12 +102,12 @@ def ok(view: Any, *errors: int, status: int = 200) -> dict[int | str, dict[str, 
     every route can answer (422, 500, 507) plus ``errors``, each with Corral's error body."""
     out: dict[int | str, dict[str, Any]] = {}
     if view is not None:
-        out[status] = {"model": view, "description": "Success"}
+        out[status] = {"description": "Success",
+                       "content": {"application/json": {"schema": view_schema(view)}}}
     for code in sorted({422, 500, 507, *errors}):
-        # the model registers the schema; the content keeps it JSON on routes answering
-        # another media type (files, topology)
-        out[code] = {"model": Error, "description": _REASONS.get(code, "Error"),
-                     "content": {"application/json": {"schema": ERROR_REF}}}
+        # JSON also on routes answering another media type (files, topology)
+        out[code] = {"description": _REASONS.get(code, "Error"),
+                     "content": {"application/json": {"schema": dict(ERROR_REF)}}}
     return out
 
 
