@@ -42,7 +42,7 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
                 await manager.close()
 
     app = CorralAPI(title="Corral", version="0.1.0", lifespan=lifespan,
-                  description="A virtual machine manager on QEMU.")
+                    description="A virtual machine manager on QEMU.")
     for module in ROUTES:
         # its routes, not the router: FastAPI builds an included router's routes a second
         # time (their parameters and fields) on the first request that walks past it
