@@ -121,6 +121,8 @@ class Machine(Protocol):
         """Write the (paused) machine's state into ``target`` atomically; its size."""
     async def load_state(self, source: Path, ignore_shared: bool = False) -> None:
         """Feed a state to a machine launched ``incoming``."""
+    async def cancel_save(self) -> None:
+        """Stop a state stream that is still running (the guest stays as it is)."""
 
     # -- snapshots (internal, on every listed node; ``vmstate`` holds the RAM) ---------------
     async def snapshot_save(self, tag: str, vmstate: str, devices: list[str]) -> None: ...

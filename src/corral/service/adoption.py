@@ -29,10 +29,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from corral.domain.states import LIVE, State, allowed, from_qmp_status
+from corral.engine.driver import Machine
 from corral.errors import CorralError
 from corral.host import qemu_img
 from corral.service.runtime import Live, VMRuntime
@@ -41,6 +43,13 @@ from corral.store.db import VMRecord
 log = logging.getLogger(__name__)
 PENDING = "pending/"
 SAVED_STATE = "saved.state"  # a managed save's file in the VM's directory
+
+
+async def set_clock(_name: str, machine: Machine) -> None:
+    """A guest back from a saved state: its clock stood still, so set it from the host's."""
+    if machine.has_agent:
+        with contextlib.suppress(CorralError):
+            await machine.guest_set_time(time.time_ns(), timeout=5)
 
 
 def note(rt: VMRuntime, vm: str, **what: Any) -> None:
@@ -87,21 +96,26 @@ async def _adopt(rt: VMRuntime, rec: VMRecord) -> None:
         rec.ready_at, rec.exit_reason = None, "saved"
         _force(rt, rec, State.SAVED, "adopted")
         return
+    if rec.state == State.SAVING:  # a save cut short: its stream must not end it later
+        with contextlib.suppress(CorralError):
+            await machine.cancel_save()
+        status = await machine.status()
     live = rt.attach(rec, machine)
     state = from_qmp_status(status)
     if state not in (State.RUNNING, State.PAUSED):
         state = State.PAUSED  # a save cut short: the guest is held; resume it
-    if rec.state == State.RESTORING and rec.saved_state:  # the state was loaded
+    restored = rec.state == State.RESTORING and bool(rec.saved_state)
+    if restored:  # the state was loaded
         if rec.saved_running and status == "paused":
             await machine.cont()  # the restore stopped short of its last step
             state = State.RUNNING
         _drop_managed_state(rt, rec)
         rec.saved_state = rec.saved_running = None
     _force(rt, rec, state, "adopted", pid=machine.pid)
-    if rec.ready_at is not None:
+    if rec.ready_at is not None and not restored:
         live.ready.set()
-    else:
-        rt.watch_ready(rec.name, live)
+    else:  # a guest back from a saved state also gets the host's clock
+        rt.watch_ready(rec.name, live, on_ready=set_clock if restored else None)
 
 
 def _drop_managed_state(rt: VMRuntime, rec: VMRecord) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.domain.states import State, check
-from corral.engine.driver import LaunchOptions, Machine
-from corral.errors import AgentError, CorralError, DiskFull, InvalidSpec, Timeout
+from corral.engine.driver import LaunchOptions
+from corral.errors import CorralError, DiskFull, InvalidSpec
 from corral.service import adoption
 from corral.service.runtime import READY_TIMEOUT, VMRuntime
 
@@ -124,14 +124,7 @@ async def restore(rt: VMRuntime, sched: Scheduler, name: str, wait: bool = False
         rt.set_state(rec, target, "restored")
         if managed:
             source.unlink(missing_ok=True)  # a managed save is used up; a user's file is kept
-        rt.watch_ready(name, live, on_ready=set_clock)
+        rt.watch_ready(name, live, on_ready=adoption.set_clock)
     if wait:
         await rt.wait_ready(name, timeout)
     return rt.view(rt.get(name))
-
-
-async def set_clock(_name: str, machine: Machine) -> None:
-    """The guest clock stood still while saved: set it from the host's."""
-    if machine.has_agent:
-        with contextlib.suppress(AgentError, Timeout):
-            await machine.guest_set_time(time.time_ns(), timeout=5)

@@ -99,6 +99,9 @@ class FakeMachine(MachineCore):
         self._loop.call_soon(self._end, 1)  # QEMU exits after a failed incoming migration
         return MonitorError("migrate", "MigrationFailed", f"load of migration failed: {why}")
 
+    async def cancel_save(self) -> None:
+        await self._qmp("cancel_save", "migrate_cancel", 5)  # the fake's saves end at once
+
     async def load_state(self, source: Path, ignore_shared: bool = False) -> None:
         await self._qmp("load_state", "migrate-incoming", 600)
         if self.runstate != "inmigrate":

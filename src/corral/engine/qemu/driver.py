@@ -158,6 +158,9 @@ class QemuMachine(GuestOps):
         await self.monitor.execute("migrate-incoming", {"uri": f"fd:{STATE_FD}"})
         await self.monitor.wait_migration()
 
+    async def cancel_save(self) -> None:
+        await self.monitor.execute("migrate_cancel")
+
     # -- snapshots ---------------------------------------------------------------------------
     async def _job(self, command: str, args: dict[str, Any], timeout: float = 300.0) -> None:
         """Run a QMP job command and wait for it to conclude.
