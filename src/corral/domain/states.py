@@ -40,7 +40,9 @@ LIVE = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.SAVING, S.RESTO
 #: Every move the service may make, whether a user asked or an event caused it.
 TRANSITIONS: dict[State, frozenset[State]] = {
     S.DEFINED: frozenset({S.STARTING, S.QUEUED, S.DESTROYED}),
-    S.QUEUED: frozenset({S.STARTING, S.RESTORING, S.DEFINED, S.STOPPED, S.DESTROYED}),
+    # a queued saved VM is restored when admitted, or goes back to saved when cancelled
+    S.QUEUED: frozenset({S.STARTING, S.RESTORING, S.DEFINED, S.STOPPED, S.SAVED,
+                         S.DESTROYED}),
     # a failed start goes back where it came from: defined, stopped or crashed
     S.STARTING: frozenset({S.RUNNING, S.PAUSED, S.DEFINED, S.STOPPED, S.CRASHED,
                            S.DESTROYED}),
@@ -49,7 +51,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.STOPPING: frozenset({S.STOPPED, S.RUNNING, S.PAUSED, S.CRASHED, S.DESTROYED}),
     S.STOPPED: frozenset({S.STARTING, S.QUEUED, S.DESTROYED}),
     S.SAVING: frozenset({S.SAVED, S.RUNNING, S.PAUSED, S.CRASHED, S.DESTROYED}),
-    S.SAVED: frozenset({S.RESTORING, S.STOPPED, S.DESTROYED}),
+    S.SAVED: frozenset({S.RESTORING, S.QUEUED, S.STOPPED, S.DESTROYED}),
     S.RESTORING: frozenset({S.RUNNING, S.PAUSED, S.SAVED, S.CRASHED, S.DESTROYED}),
     S.CRASHED: frozenset({S.STARTING, S.QUEUED, S.STOPPED, S.DESTROYED}),
     S.DESTROYED: frozenset(),

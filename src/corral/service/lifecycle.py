@@ -81,7 +81,7 @@ class Lifecycle:
         if saved:
             from corral.service import saved as saved_state
 
-            return await saved_state.restore(rt, self.sched, name, wait, timeout)
+            return await saved_state.restore(rt, self.sched, name, wait, timeout, queue)
         if wait:
             await rt.wait_admitted(name, timeout)
             await rt.wait_ready(name, max(0.1, timeout - (time.monotonic() - t0)))
@@ -122,9 +122,14 @@ class Lifecycle:
             if rec is None or rec.state != State.QUEUED:
                 self.sched.release(name)  # cancelled meanwhile
                 return
-            with contextlib.suppress(CorralError):  # recorded on the VM as start_failed
-                await self.boot(rec, State.DEFINED if rec.started_at is None
-                                else State.STOPPED)
+            with contextlib.suppress(CorralError):  # recorded on the VM as *_failed
+                if rec.saved_state:  # a saved VM waited for room to be restored
+                    from corral.service import saved
+
+                    await saved.load(self.rt, rec)
+                else:
+                    await self.boot(rec, State.DEFINED if rec.started_at is None
+                                    else State.STOPPED)
 
     async def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
         """:raises Timeout: the agent did not answer. :raises InvalidState: not running."""
@@ -195,9 +200,9 @@ class Lifecycle:
         async with rt.lock(name):
             rec = rt.get(name)
             check(name, "stop", rec.state)
-            if rec.state == State.QUEUED:
-                self.sched.cancel(rec, State.DEFINED if rec.started_at is None
-                                  else State.STOPPED)
+            if rec.state == State.QUEUED:  # back where it waited from
+                self.sched.cancel(rec, State.SAVED if rec.saved_state else
+                                  State.DEFINED if rec.started_at is None else State.STOPPED)
                 return rt.view(rec)
             live = rt.machine(rec)
             live.expected_exit = "forced off"

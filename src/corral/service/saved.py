@@ -27,6 +27,7 @@ from corral.service.runtime import READY_TIMEOUT, VMRuntime
 
 if TYPE_CHECKING:
     from corral.service.scheduling import Scheduler
+    from corral.store.db import VMRecord
 
 SAVED_STATE = adoption.SAVED_STATE
 
@@ -90,41 +91,60 @@ def _disk_full(target: Path) -> bool:
 
 
 async def restore(rt: VMRuntime, sched: Scheduler, name: str, wait: bool = False,
-                  timeout: float = READY_TIMEOUT) -> dict[str, Any]:
-    """Bring a saved VM back exactly where it was.
+                  timeout: float = READY_TIMEOUT, queue: bool = True) -> dict[str, Any]:
+    """Bring a saved VM back exactly where it was, through admission like any start: on a
+    full host it is ``queued`` and restored when capacity frees (with ``wait``, this
+    returns once it is ready).
 
     :raises InvalidState: unless the VM is saved.
+    :raises NoCapacity: it does not fit now and ``queue`` is false.
     :raises CorralError: when the engine cannot accept the state; the VM stays saved and its
         file is kept.
     """
+    t0 = time.monotonic()
     async with rt.lock(name):
         rec = rt.get(name)
         check(name, "restore", rec.state)
-        source = Path(rec.saved_state or "")
-        if not rec.saved_state or not source.is_file():
-            raise CorralError(f"the saved state of '{name}' is missing ({source}); "
-                              f"'corral rm {name}' or define it again")
-        sched.reserve_now(rec)
-        try:
-            async with rt.rollback(rec, State.SAVED, "restore_failed"):
-                rt.set_state(rec, State.RESTORING)
-                live = await rt.spawn(rec, LaunchOptions(incoming=True))
-                live.expected_exit, live.exit_state = "restore failed", State.SAVED
-                await live.machine.load_state(source)
-                if rec.saved_running:
-                    await live.machine.cont()
-        except CorralError as err:
-            raise CorralError(f"cannot restore '{name}' from {source}: {err.message}; "
-                              "the saved state is kept") from err
-        live.expected_exit, live.exit_state = None, State.STOPPED
-        target = State.RUNNING if rec.saved_running else State.PAUSED
-        managed = source.parent == rt.paths.vm_dir(name)
-        rec.saved_state, rec.saved_running = None, None
-        rec.ready_at, rec.exit_reason = None, None
-        rt.set_state(rec, target, "restored")
-        if managed:
-            source.unlink(missing_ok=True)  # a managed save is used up; a user's file is kept
-        rt.watch_ready(name, live, on_ready=adoption.set_clock)
+        _source(rec)
+        if sched.admit(rec, queue):
+            await load(rt, rec)
     if wait:
-        await rt.wait_ready(name, timeout)
+        await rt.wait_admitted(name, timeout)
+        await rt.wait_ready(name, max(0.1, timeout - (time.monotonic() - t0)))
     return rt.view(rt.get(name))
+
+
+def _source(rec: VMRecord) -> Path:
+    """:raises CorralError: the VM's saved state is gone."""
+    source = Path(rec.saved_state or "")
+    if not rec.saved_state or not source.is_file():
+        raise CorralError(f"the saved state of '{rec.name}' is missing ({source}); "
+                          f"'corral rm {rec.name}' or define it again")
+    return source
+
+
+async def load(rt: VMRuntime, rec: VMRecord) -> None:
+    """Restore an admitted saved VM (its capacity is reserved; the caller holds its lock).
+    On failure the VM is ``saved`` again, its file kept, its reservation freed."""
+    name = rec.name
+    try:
+        async with rt.rollback(rec, State.SAVED, "restore_failed"):
+            source = _source(rec)
+            rt.set_state(rec, State.RESTORING)
+            live = await rt.spawn(rec, LaunchOptions(incoming=True))
+            live.expected_exit, live.exit_state = "restore failed", State.SAVED
+            await live.machine.load_state(source)
+            if rec.saved_running:
+                await live.machine.cont()
+    except CorralError as err:
+        raise CorralError(f"cannot restore '{name}' from {rec.saved_state}: {err.message}; "
+                          "the saved state is kept") from err
+    live.expected_exit, live.exit_state = None, State.STOPPED
+    target = State.RUNNING if rec.saved_running else State.PAUSED
+    managed = source.parent == rt.paths.vm_dir(name)
+    rec.saved_state, rec.saved_running = None, None
+    rec.ready_at, rec.exit_reason = None, None
+    rt.set_state(rec, target, "restored")
+    if managed:
+        source.unlink(missing_ok=True)  # a managed save is used up; a user's file is kept
+    rt.watch_ready(name, live, on_ready=adoption.set_clock)

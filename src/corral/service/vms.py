@@ -204,11 +204,11 @@ class VMs:
 
         return await saved.save(self.rt, name, file)
 
-    async def restore(self, name: str, *, wait: bool = False, timeout: float = READY_TIMEOUT
-                      ) -> dict[str, Any]:
+    async def restore(self, name: str, *, wait: bool = False, timeout: float = READY_TIMEOUT,
+                      queue: bool = True) -> dict[str, Any]:
         from corral.service import saved
 
-        return await saved.restore(self.rt, self.sched, name, wait, timeout)
+        return await saved.restore(self.rt, self.sched, name, wait, timeout, queue)
 
     async def clone(self, name: str, new: str, *, full: bool = False,
                     snapshot: str | None = None) -> dict[str, Any]:

@@ -77,8 +77,6 @@ async def storm(m: Manager, names: list[str], verbs: list[str], seed: int) -> No
                 await getattr(m.vms, verb)(name)
         except InvalidState:
             pass  # the storm asks for many moves that the VM's state does not allow
-        except NoCapacity:  # a saved VM's restore does not queue: see the xfail below
-            assert verb in ("restore", "start")  # start of a saved VM restores it
 
     for _ in range(4):
         await asyncio.gather(*(act(rng.choice(names), rng.choice(verbs)) for _ in range(30)))
@@ -135,9 +133,6 @@ async def test_a_start_racing_a_save_restores_the_vm_and_leaks_nothing(m: Manage
     assert view["state"] == "running"
 
 
-@pytest.mark.xfail(strict=True, reason="service bug: restoring a saved VM (start or restore) "
-                   "on a full host raises NoCapacity instead of queueing it, although the "
-                   "queue was asked for and the table allows queued -> restoring")
 async def test_a_saved_vm_started_on_a_full_host_is_queued(m: Manager) -> None:
     await m.vms.create(vm("s", cpus=2), start=True, wait=True, timeout=5)
     await m.vms.save("s")
