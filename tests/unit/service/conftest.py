@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,16 @@ from corral.service.manager import Manager
 
 
 @pytest.fixture(autouse=True)
-def _no_machines_left() -> Iterator[None]:
+def _no_machines_left(tmp_path: Path) -> Iterator[None]:
+    """Fake machines outlive their Manager as real ones do: forget them, and remove the run
+    files they left in the home's directory outside it (``/run/corral-<tag>`` when the
+    temporary home is too deep for socket paths)."""
     FakeDriver.forget_all()
     yield
     FakeDriver.forget_all()
+    outside = Paths(tmp_path / "home").outside
+    shutil.rmtree(outside, ignore_errors=True)
+    assert not outside.exists()
 
 
 @pytest.fixture
