@@ -192,7 +192,10 @@ def _lifecycle(sub: Any, pa: Parents) -> None:
                 "Ask the guest to power off through its agent (or the ACPI power button when "
                 "it has none); force it off after --timeout seconds.")
     _timeout(p, "seconds before forcing (60)")
-    p = command(sub, pa, "stop", cmd_stop, "stop a VM (--force: at once, like pulling the plug)")
+    p = command(
+        sub, pa,
+        name="stop",
+        func=cmd_stop, help_="stop a VM (--force: at once, like pulling the plug)")
     p.add_argument("--force", action="store_true", help="stop at once instead of shutting down")
     _timeout(p, "without --force: seconds before forcing (60)")
     p = command(sub, pa, "reboot", cmd_reboot, "reboot a VM (agent, else hard reset)")
