@@ -117,17 +117,22 @@ class QemuMachine(GuestOps):
         await self.monitor.execute("migrate-set-capabilities", {"capabilities": [
             {"capability": "x-ignore-shared", "state": True}]})
 
+    async def _hand_over(self, fd: int, ignore_shared: bool) -> None:
+        """Pass QEMU the state file's descriptor (closed here either way), and with
+        ``ignore_shared`` leave RAM that lives in a shared file out of the stream."""
+        try:
+            await self.monitor.send_fd(fd, STATE_FD)
+        finally:
+            os.close(fd)
+        if ignore_shared:
+            await self._ignore_shared()
+
     async def save_state(self, target: Path, ignore_shared: bool = False) -> int:
         """:raises CorralError: when the stream fails (no partial file is left)."""
         tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            try:
-                await self.monitor.send_fd(fd, STATE_FD)
-            finally:
-                os.close(fd)
-            if ignore_shared:
-                await self._ignore_shared()
+            await self._hand_over(fd, ignore_shared)
             await self.monitor.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
             await self.monitor.execute("migrate", {"uri": f"fd:{STATE_FD}"})
             await self.monitor.wait_migration()
@@ -148,13 +153,7 @@ class QemuMachine(GuestOps):
 
     async def load_state(self, source: Path, ignore_shared: bool = False) -> None:
         """:raises MonitorError: when QEMU refuses the state."""
-        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            await self.monitor.send_fd(fd, STATE_FD)
-        finally:
-            os.close(fd)
-        if ignore_shared:
-            await self._ignore_shared()
+        await self._hand_over(os.open(source, os.O_RDONLY | os.O_CLOEXEC), ignore_shared)
         await self.monitor.execute("migrate-incoming", {"uri": f"fd:{STATE_FD}"})
         await self.monitor.wait_migration()
 
