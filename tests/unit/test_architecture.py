@@ -31,6 +31,8 @@ TIERS: list[tuple[str, frozenset[str], bool]] = [
     ("mechanisms", frozenset({"engine", "store", "scheduler", "images"}), True),
     # every host command goes through host.runner, so host sits under all its users
     ("host", frozenset({"host"}), True),
+    # every setting declared once (parsers from the domain); read by whoever needs one
+    ("settings", frozenset({"settings"}), True),
     ("domain", frozenset({"domain"}), True),
     # views: the typed shapes of answers, stdlib only, shared by the API and the Client
     ("foundations", frozenset({"errors", "config", "views"}), True),

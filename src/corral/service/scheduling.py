@@ -56,16 +56,6 @@ log = logging.getLogger(__name__)
 QUEUE_DOC = "admission_queue"
 
 
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        return float(value)
-    except ValueError as err:
-        raise CorralError(f"{name}={value!r} is not a number") from err
-
-
 @dataclass(frozen=True)
 class Settings:
     cpus: int
@@ -79,22 +69,29 @@ class Settings:
 
     @classmethod
     def from_env(cls, home: Path) -> Settings:
-        total_mem = hostfacts.memory_bytes()[0]
-        disk = shutil.disk_usage(home).total
-        from corral.domain.sizes import parse_size
+        """The host's capacity and the scheduler's settings in force (:mod:`corral.settings`).
 
-        memory = os.environ.get("CORRAL_HOST_MEMORY")
+        :raises CorralError: when a setting's value does not parse.
+        """
+        from corral import settings
+
+        def get(key: str) -> Any:
+            try:
+                return settings.value(key)
+            except settings.SettingError as err:
+                raise CorralError(str(err)) from err
+
+        memory = get("host.memory")
         return cls(
-            cpus=int(_env_float("CORRAL_HOST_CPUS", os.cpu_count() or 1)),
-            memory=parse_size("CORRAL_HOST_MEMORY", memory) if memory else total_mem,
-            disk=disk,
-            ratios=Overcommit(_env_float("CORRAL_CPU_RATIO", 4.0),
-                              _env_float("CORRAL_MEMORY_RATIO", 1.0),
-                              _env_float("CORRAL_DISK_RATIO", 1.0)),
-            policy=os.environ.get("CORRAL_QUEUE_POLICY", "fcfs"),
-            backfill=os.environ.get("CORRAL_BACKFILL", "") in ("1", "true", "yes"),
-            slots=int(_env_float("CORRAL_TIMESLICE_SLOTS", os.cpu_count() or 1)),
-            quantum=_env_float("CORRAL_QUANTUM", 2.0))
+            cpus=get("host.cpus") or os.cpu_count() or 1,
+            memory=memory or hostfacts.memory_bytes()[0],
+            disk=shutil.disk_usage(home).total,
+            ratios=Overcommit(get("scheduler.cpu_ratio"), get("scheduler.memory_ratio"),
+                              get("scheduler.disk_ratio")),
+            policy=get("scheduler.queue_policy"),
+            backfill=get("scheduler.backfill"),
+            slots=get("scheduler.timeslice_slots") or os.cpu_count() or 1,
+            quantum=get("scheduler.quantum"))
 
 
 def _need(rec: VMRecord) -> Resources:

@@ -1,0 +1,130 @@
+"""Every setting of the daemon, declared once: its key, its environment variable, how its
+value is parsed, its default, one line of help, and whether it may change while the daemon
+runs. Stdlib only: the CLI imports this on its lean path.
+
+A setting's value comes from, in rising precedence: its default, the configuration file,
+the environment, a command-line flag, and (for ``live`` settings) a change made at run
+time. :func:`value` reads the layers that exist so far; new code reads settings only
+through it, never ``os.environ`` directly, so that ``corral config show`` can tell every
+value in force and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+class SettingError(ValueError):
+    """A setting's value cannot be parsed: the message names the setting and the reason."""
+
+
+def _float(text: str) -> float:
+    return float(text)
+
+
+def _int(text: str) -> int:
+    return int(text)
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _str(text: str) -> str:
+    return text
+
+
+def _size(text: str) -> int:
+    from corral.domain.sizes import parse_size
+
+    return parse_size("size", text)
+
+
+def _paths(text: str) -> list[str]:
+    return [p for p in text.split(":") if p]
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return text
+    return parse
+
+
+class Setting:
+    """One setting. (A plain class: ``dataclasses`` is slow to import.)"""
+
+    def __init__(self, key: str, env: str | None, parse: Callable[[str], Any], default: Any,
+                 doc: str, live: bool = False) -> None:
+        self.key = key
+        self.env = env
+        self.parse = parse
+        self.default = default
+        self.doc = doc
+        self.live = live
+
+    def from_text(self, text: str, where: str) -> Any:
+        try:
+            return self.parse(text)
+        except (ValueError, TypeError) as err:
+            raise SettingError(f"{where}: {self.key} = {text!r}: {err}") from err
+
+
+SETTINGS: dict[str, Setting] = {}
+
+
+def declare(key: str, env: str | None, parse: Callable[[str], Any], default: Any, doc: str,
+            live: bool = False) -> Setting:
+    setting = Setting(key, env, parse, default, doc, live)
+    SETTINGS[key] = setting
+    return setting
+
+
+# where things live (None: computed from the user and the home, see corral.config)
+declare("home", "CORRAL_HOME", _str, None,
+        "the data directory (/var/lib/corral as root, ~/.local/share/corral otherwise)")
+declare("socket", "CORRAL_SOCKET", _str, None, "the daemon's unix socket (HOME/corral.sock)")
+declare("images.path", "CORRAL_IMAGE_PATH", _paths, [],
+        "read-only image directories searched after HOME/images (':'-separated)")
+# the engine
+declare("engine.accel", "CORRAL_ACCEL", _str, "",
+        "the accelerator, kvm or tcg (default: kvm where the host really offers it)")
+# the host's capacity and the scheduler
+declare("host.cpus", "CORRAL_HOST_CPUS", _int, None, "the CPUs to offer (all the host's)")
+declare("host.memory", "CORRAL_HOST_MEMORY", _size, None, "the memory to offer (all the host's)")
+declare("scheduler.cpu_ratio", "CORRAL_CPU_RATIO", _float, 4.0,
+        "vCPUs allowed per host CPU", live=True)
+declare("scheduler.memory_ratio", "CORRAL_MEMORY_RATIO", _float, 1.0,
+        "guest memory allowed per byte of host memory", live=True)
+declare("scheduler.disk_ratio", "CORRAL_DISK_RATIO", _float, 1.0,
+        "virtual disk bytes allowed per byte of host disk", live=True)
+declare("scheduler.queue_policy", "CORRAL_QUEUE_POLICY", _choice("fcfs", "sjf", "priority", "fair"),
+        "fcfs", "the admission queue's order: fcfs, sjf, priority or fair", live=True)
+declare("scheduler.backfill", "CORRAL_BACKFILL", _bool, False,
+        "let smaller requests pass a head of the queue that does not fit", live=True)
+declare("scheduler.timeslice_slots", "CORRAL_TIMESLICE_SLOTS", _int, None,
+        "time-sliced VMs running at once (one per host CPU)")
+declare("scheduler.quantum", "CORRAL_QUANTUM", _float, 2.0,
+        "the time slice of round-robin VMs, in seconds", live=True)
+
+
+def value(key: str, env: Mapping[str, str] | None = None) -> Any:
+    """The value in force of setting ``key`` (its default when no layer sets it).
+
+    :raises SettingError: when a layer holds a value that does not parse.
+    """
+    setting = SETTINGS[key]
+    env = os.environ if env is None else env
+    if setting.env:
+        text = env.get(setting.env)
+        if text:
+            return setting.from_text(text, setting.env)
+    return setting.default
