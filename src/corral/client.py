@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 
 from corral import errors
+from corral.client_files import FileCalls
 from corral.client_networks import NetworkCalls
 from corral.wire import MAX_TIMEOUT, error, integer, seconds, seg
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from corral import views
+    from corral.client_files import FileLike, Progress
 
 __all__ = ["MAX_TIMEOUT", "Client"]
 
@@ -41,7 +43,7 @@ def _error(status: int, body: dict[str, Any]) -> errors.CorralError:
     return error(status, body)
 
 
-class Client(NetworkCalls):
+class Client(NetworkCalls, FileCalls):
     """A connection to ``corral serve`` with one method per action. Every method raises
     :class:`~corral.errors.CorralError` subclasses; :class:`~corral.errors.DaemonUnavailable`
     when the daemon is not running."""
@@ -49,12 +51,18 @@ class Client(NetworkCalls):
     # --- VMs: the lifecycle ---
     def create(self, name: str, *, start: bool = False, wait: bool = False,
                timeout: float | None = None, queue: bool = True,
-               **spec: Any) -> views.VM:
+               progress: Progress | None = None, **spec: Any) -> views.VM:
         """Define a VM (``start=True`` also boots it; ``wait=True`` until it is ready).
+        Files the spec names are sent first, read with the caller's rights: ``kernel`` and
+        ``initrd`` (paths or open binary files) and a disk's ``file`` (an image that becomes
+        the VM's own disk); a disk's ``path`` is used in place, only where the daemon's host
+        allows it (its ``paths.allowed`` setting).
 
-        :raises InvalidSpec: a bad spec. :raises AlreadyExists: the name is taken.
+        :raises InvalidSpec: a bad spec, or a file that cannot be read.
+        :raises AlreadyExists: the name is taken.
         """
         seg(name)
+        spec = self._uploaded_spec(spec, progress)
         out: views.VM = self.request("POST", "/vms", {"name": name, **spec},
                                      start=start or None, wait=wait or None,
                                      timeout=seconds(timeout), queue=None if queue else False)
@@ -101,13 +109,13 @@ class Client(NetworkCalls):
                                      timeout=seconds(timeout))
         return out
 
-    def save(self, name: str, file: str | None = None) -> views.VM:
-        """Write the VM's whole state to a file and stop it (``saved``); a relative ``file``
-        is relative to the caller's directory."""
-        import os
-
-        out: views.VM = self.request("POST", f"/vms/{seg(name)}/save",
-                                     file=os.path.abspath(file) if file else None)
+    def save(self, name: str, file: FileLike | None = None,
+             progress: Progress | None = None) -> views.VM:
+        """Write the VM's whole state to its state file and stop it (``saved``); with
+        ``file`` (a path or a binary file open for writing), also download a copy there."""
+        out: views.VM = self.request("POST", f"/vms/{seg(name)}/save")
+        if file is not None:
+            self.download_state(name, file, progress)
         return out
 
     def restore(self, name: str, wait: bool = False, timeout: float | None = None
@@ -157,24 +165,6 @@ class Client(NetworkCalls):
                                      full=full or None, snapshot=snapshot)
         return out
 
-    # --- portability ---
-    def export(self, name: str, file: str, live: bool = False) -> views.Export:
-        """Write the VM (spec, disks, snapshots, saved state) into one file; ``live``
-        exports a running VM too."""
-        import os
-
-        out: views.Export = self.request("POST", f"/vms/{seg(name)}/export",
-                                         file=os.path.abspath(file), live=live or None)
-        return out
-
-    def import_vm(self, file: str, name: str | None = None) -> views.VM:
-        import os
-
-        if name is not None:
-            seg(name)
-        out: views.VM = self.request("POST", "/import", file=os.path.abspath(file), name=name)
-        return out
-
     # --- the host, the admission queue, batch jobs ---
     def host_info(self) -> views.Host:
         out: views.Host = self.request("GET", "/host")
@@ -186,9 +176,11 @@ class Client(NetworkCalls):
 
     def batch(self, argv: Sequence[str], timeout: float = 600.0, queue: bool = True,
               **spec: Any) -> views.BatchResult:
-        """Run ``argv`` in a fresh VM that is destroyed afterwards; stdout/stderr as bytes."""
+        """Run ``argv`` in a fresh VM that is destroyed afterwards; stdout/stderr as bytes.
+        Files the spec names are sent as :meth:`create` sends them."""
         import base64
 
+        spec = self._uploaded_spec(spec, None)
         out: views.BatchResult = self.request("POST", "/batch", {
             "spec": spec, "argv": list(argv), "timeout": seconds(timeout), "queue": queue})
         out["stdout"] = base64.b64decode(out["stdout"])

@@ -5,6 +5,7 @@ tree onto exit codes and HTTP statuses, so a user never sees a traceback for the
 
     CorralError                      (500 / exit 1)  a failure inside Corral or the host
     ├── InvalidSpec                  (422 / exit 2)  a bad value; ``field`` says which
+    │   └── PathNotAllowed                           a client-named path the daemon will not open
     ├── NotFound                     (404 / exit 3)  no VM or image of that name
     ├── AlreadyExists                (409 / exit 4)  the name is taken
     ├── InvalidState                 (409 / exit 5)  not legal in the VM's current state
@@ -73,11 +74,26 @@ class InvalidSpec(CorralError):
     status = 422
     exit_code = 2
     kind = "invalid_spec"
-    fact_names = ("field",)
+    fact_names: tuple[str, ...] = ("field",)
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class PathNotAllowed(InvalidSpec):
+    """A request names a host path the daemon may not open for it: outside every directory
+    of the ``paths.allowed`` setting, or one it never opens for a client (a file to write).
+    ``setting`` names the setting that would allow it, if any."""
+
+    kind = "path_not_allowed"
+    fact_names = ("field", "path", "setting")
+
+    def __init__(self, field: str, path: str, message: str,
+                 setting: str | None = None) -> None:
+        super().__init__(field, message)
+        self.path = path
+        self.setting = setting
 
 
 class NotFound(CorralError):
@@ -248,5 +264,5 @@ def from_dict(body: dict[str, Any], status: int = 500) -> CorralError:
 __all__ = [
     "AgentError", "AlreadyExists", "CommandFailed", "CorralError", "DaemonUnavailable", "DiskFull",
     "InUse", "InvalidSpec", "InvalidState", "LaunchFailed", "MonitorError", "NeedsRoot",
-    "NoCapacity", "NotFound", "Timeout", "TooLarge", "from_dict",
+    "NoCapacity", "NotFound", "PathNotAllowed", "Timeout", "TooLarge", "from_dict",
 ]

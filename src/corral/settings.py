@@ -94,6 +94,15 @@ declare("home", "CORRAL_HOME", _str, None,
 declare("socket", "CORRAL_SOCKET", _str, None, "the daemon's unix socket (HOME/corral.sock)")
 declare("images.path", "CORRAL_IMAGE_PATH", _paths, [],
         "read-only image directories searched after HOME/images (':'-separated)")
+# what a client may name or send (the daemon never opens a path a client names with its
+# own rights: files travel as uploads, and only disks used in place name a path)
+declare("paths.allowed", "CORRAL_ALLOWED_PATHS", _paths, [],
+        "directories whose files a client may name to be used in place, e.g. raw disks "
+        "(':'-separated; empty: none)")
+declare("uploads.max_size", "CORRAL_UPLOAD_MAX", _size, 64 << 30,
+        "the largest file a client may upload (kernels, images, VM exports)")
+declare("uploads.ttl", "CORRAL_UPLOAD_TTL", _float, 3600.0,
+        "seconds an upload no request has used is kept")
 # the engine
 declare("engine.accel", "CORRAL_ACCEL", _str, "",
         "the accelerator, kvm or tcg (default: kvm where the host really offers it)")

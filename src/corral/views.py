@@ -263,6 +263,8 @@ class FileWritten(TypedDict):
 
 
 class Export(TypedDict):
+    """A VM export the client wrote (``Client.export``; the daemon only sends the bytes)."""
+
     file: str
     size: int
     vm: str
@@ -270,9 +272,18 @@ class Export(TypedDict):
     files: list[str]
 
 
+class Upload(TypedDict):
+    """A file the client sent (``POST /v1/uploads``): name it as ``upload:ID`` (kernel,
+    initrd) or ``upload=ID`` (a disk, image and VM import); it is used once."""
+
+    upload: str
+    size: int
+    sha256: str
+
+
 __all__ = [
     "VM", "BatchResult", "Disk", "Error", "Event", "ExecResult", "Export", "FileWritten",
     "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface", "Leg", "Logs",
-    "Network", "Port", "QueueEntry", "Removed", "Router", "Snapshot", "TraceEntry", "VMDisk",
-    "VMNic",
+    "Network", "Port", "QueueEntry", "Removed", "Router", "Snapshot", "TraceEntry", "Upload",
+    "VMDisk", "VMNic",
 ]

@@ -7,6 +7,7 @@ Standard library only; importing it costs milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import urllib.parse
@@ -17,10 +18,13 @@ from corral.config import default_socket
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from typing import Any
+    from collections.abc import Callable, Iterator
+    from typing import Any, BinaryIO
+
+    Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
 MAX_TIMEOUT = 86400.0  # the daemon refuses longer waits
+CHUNK = 1 << 20  # uploads and downloads move in pieces this big
 
 
 def error(status: int, body: dict[str, Any]) -> errors.CorralError:
@@ -122,10 +126,7 @@ class Transport:
         sock.sendall(f"{method} {url} HTTP/1.1\r\nHost: corral\r\nConnection: close\r\n"
                      f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
                      .encode() + body)
-        lines = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.strip().lower(): v.strip()
-                   for k, _, v in (line.partition(":") for line in lines[1:])}
+        status, headers = self._read_head()
         pending = b""
         try:
             if headers.get("transfer-encoding", "").lower() != "chunked":
@@ -151,10 +152,17 @@ class Transport:
         elif method in ("POST", "PUT"):
             head += "Content-Length: 0\r\n"
         sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        status, headers = self._read_head()
+        return status, self._read_body(headers)
+
+    def _read_head(self) -> tuple[int, dict[str, str]]:
         lines = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
         headers = {k.strip().lower(): v.strip()
                    for k, _, v in (line.partition(":") for line in lines[1:])}
+        return status, headers
+
+    def _read_body(self, headers: dict[str, str]) -> bytes:
         if headers.get("transfer-encoding", "").lower() == "chunked":
             data = b""
             while size := int(self._read_until(b"\r\n").split(b";")[0], 16):
@@ -165,7 +173,75 @@ class Transport:
             data = self._read_exact(int(headers.get("content-length", "0")))
         if headers.get("connection", "").lower() == "close":
             self.close()
+        return data
+
+    def send_file(self, method: str, url: str, source: BinaryIO, size: int,
+                  progress: Progress | None = None) -> tuple[int, bytes]:
+        """Send ``size`` bytes of ``source`` as the body, as they are read (never all in
+        memory); the daemon's answer. An answer that comes early (a 413 once the daemon has
+        seen the length) is read even though the rest of the body is not sent.
+
+        :raises OSError: ``source`` ended before ``size`` bytes.
+        """
+        sock = self._connect()
+        sock.sendall(f"{method} {url} HTTP/1.1\r\nHost: corral\r\nContent-Type: "
+                     f"application/octet-stream\r\nContent-Length: {size}\r\n\r\n".encode())
+        sent = 0
+        try:
+            while sent < size:
+                chunk = source.read(min(CHUNK, size - sent))
+                if not chunk:
+                    raise OSError(f"the file ended after {sent} of {size} bytes")
+                sock.sendall(chunk)
+                sent += len(chunk)
+                if progress:
+                    progress(sent, size)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon answered before the end: read why below
+        status, headers = self._read_head()
+        data = self._read_body(headers)
+        if sent < size:  # the connection cannot carry another request
+            self.close()
         return status, data
+
+    def receive_file(self, method: str, url: str, sink: BinaryIO,
+                     progress: Progress | None = None) -> tuple[int, dict[str, str], bytes]:
+        """Send a bodiless request; write a successful answer's body into ``sink`` as it
+        arrives. Returns the status, the headers and (for an error) the body.
+
+        :raises ConnectionResetError: the answer ended before its ``Content-Length``.
+        """
+        sock = self._connect()
+        extra = "Content-Length: 0\r\n" if method in ("POST", "PUT") else ""
+        sock.sendall(f"{method} {url} HTTP/1.1\r\nHost: corral\r\n{extra}\r\n".encode())
+        status, headers = self._read_head()
+        if status >= 400 or "content-length" not in headers:
+            return status, headers, self._read_body(headers)
+        size = int(headers["content-length"])
+        done = 0
+        try:
+            while done < size:
+                if self._buf:
+                    chunk, self._buf = self._buf[:size - done], self._buf[size - done:]
+                else:
+                    chunk = self._recv(min(CHUNK, size - done))
+                sink.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, size)
+        except BaseException:
+            self.close()  # the rest of the answer is still on the wire
+            raise
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, headers, b""
+
+    def _recv(self, n: int) -> bytes:
+        assert self.sock is not None
+        chunk = self.sock.recv(n)
+        if not chunk:
+            raise ConnectionResetError("the daemon closed the connection before the end")
+        return chunk
 
 
 class Connection:
@@ -197,33 +273,78 @@ class Connection:
     def raw_request(self, method: str, route: str, payload: bytes | None = None,
                     content_type: str = "application/json", **query: Any) -> bytes:
         """One REST call with a raw body; returns the raw response body."""
-        params = {k: (str(v).lower() if isinstance(v, bool) else v)
-                  for k, v in query.items() if v is not None}
-        url = "/v1" + route + ("?" + urllib.parse.urlencode(params) if params else "")
+        url = _url(route, query)
         for attempt in (1, 2):  # a kept-alive connection the daemon closed is retried once
             fresh = self._conn.sock is None
             try:
-                status, data = self._conn.request(method, url, payload, content_type)
-                break
-            except (FileNotFoundError, ConnectionRefusedError) as err:
-                self.close()
-                raise errors.DaemonUnavailable(
-                    f"the Corral daemon is not running at {self.socket_path}; start it with "
-                    "'corral serve' (or set CORRAL_SOCKET)") from err
-            except (BrokenPipeError, ConnectionResetError) as err:
-                self.close()
-                if fresh or attempt == 2:
-                    raise errors.DaemonUnavailable(
-                        f"the Corral daemon at {self.socket_path} closed the connection") from err
-            except TimeoutError as err:
-                self.close()
-                raise errors.Timeout(f"the daemon did not answer {method} {route} in "
-                                     f"{self.timeout:g} s") from err
-        if status >= 400:
-            try:
-                decoded = json.loads(data) if data else {}
-            except ValueError:
-                decoded = {"message": data.decode(errors="replace")[:200]}
-            raise error(status, decoded if isinstance(decoded, dict) else {})
-        return data
+                with self._failures(method, route, retry=not fresh and attempt == 1):
+                    status, data = self._conn.request(method, url, payload, content_type)
+                    break
+            except _Retry:
+                continue
+        return _checked(status, data)
 
+    def send_file(self, route: str, source: BinaryIO, size: int,
+                  progress: Progress | None = None, **query: Any) -> bytes:
+        """POST ``size`` bytes of ``source`` as they are read; returns the answer's body."""
+        self.close()  # a fresh connection: a body half-sent cannot be sent again
+        with self._failures("POST", route):
+            status, data = self._conn.send_file("POST", _url(route, query), source, size,
+                                                progress)
+        return _checked(status, data)
+
+    def receive_file(self, method: str, route: str, sink: BinaryIO,
+                     progress: Progress | None = None, **query: Any) -> dict[str, str]:
+        """Write the answer's body into ``sink`` as it arrives; returns its headers.
+
+        :raises DaemonUnavailable: the answer ended short (the daemon failed half-way).
+        """
+        self.close()
+        with self._failures(method, route):
+            status, headers, data = self._conn.receive_file(method, _url(route, query), sink,
+                                                            progress)
+        _checked(status, data)
+        return headers
+
+    @contextlib.contextmanager
+    def _failures(self, method: str, route: str, retry: bool = False) -> Iterator[None]:
+        """Socket failures as Corral's errors (``retry``: a closed kept-alive connection
+        raises :class:`_Retry` instead)."""
+        try:
+            yield
+        except (FileNotFoundError, ConnectionRefusedError) as err:
+            self.close()
+            raise errors.DaemonUnavailable(
+                f"the Corral daemon is not running at {self.socket_path}; start it with "
+                "'corral serve' (or set CORRAL_SOCKET)") from err
+        except (BrokenPipeError, ConnectionResetError) as err:
+            self.close()
+            if retry:
+                raise _Retry from err
+            raise errors.DaemonUnavailable(
+                f"the Corral daemon at {self.socket_path} closed the connection") from err
+        except TimeoutError as err:
+            self.close()
+            raise errors.Timeout(f"the daemon did not answer {method} {route} in "
+                                 f"{self.timeout:g} s") from err
+
+
+class _Retry(Exception):
+    """A kept-alive connection the daemon had closed: send the request again."""
+
+
+def _url(route: str, query: dict[str, Any]) -> str:
+    params = {k: (str(v).lower() if isinstance(v, bool) else v)
+              for k, v in query.items() if v is not None}
+    return "/v1" + route + ("?" + urllib.parse.urlencode(params) if params else "")
+
+
+def _checked(status: int, data: bytes) -> bytes:
+    """``data``, unless ``status`` is an error: then the daemon's error, raised."""
+    if status >= 400:
+        try:
+            decoded = json.loads(data) if data else {}
+        except ValueError:
+            decoded = {"message": data.decode(errors="replace")[:200]}
+        raise error(status, decoded if isinstance(decoded, dict) else {})
+    return data

@@ -12,6 +12,8 @@ model: the views' schemas are made when the OpenAPI schema is first asked for
 from __future__ import annotations
 
 import json as _json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -115,3 +117,37 @@ def json(data: object, status: int = 200) -> Response:
     """A JSON answer without FastAPI's encoder pass."""
     return Response(_json.dumps(data).encode(), status_code=status,
                     media_type="application/json")
+
+
+def binary(description: str, media_type: str = "application/octet-stream",
+           *errors: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route answering a file's bytes (errors as :func:`ok`)."""
+    return {**ok(None, *errors),
+            200: {"description": description,
+                  "content": {media_type: {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+Source = Callable[[], AbstractAsyncContextManager[tuple[int, dict[str, str],
+                                                        AsyncIterator[bytes]]]]
+
+
+class Download(Response):
+    """A file sent as it is read, with its exact ``Content-Length``. ``source`` is entered
+    when the answer is sent and left when it is done (however it ends: a lock taken for the
+    read is always released). An error before the first byte is answered as any error; one
+    after it ends the answer short, so the client sees fewer bytes than announced and keeps
+    nothing."""
+
+    def __init__(self, source: Source, media_type: str = "application/octet-stream") -> None:
+        super().__init__(media_type=media_type)
+        self.source = source
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async with self.source() as (size, headers, chunks):
+            raw = [(b"content-type", self.media_type.encode()),  # type: ignore[union-attr]
+                   (b"content-length", str(size).encode())]
+            raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+            await send({"type": "http.response.start", "status": 200, "headers": raw})
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})

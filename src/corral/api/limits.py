@@ -3,7 +3,9 @@ is read and before the request is routed (so a huge upload to a missing VM is re
 once, not buffered first).
 
 * JSON bodies: at most :data:`MAX_JSON_BODY` (1 MiB).
-* File uploads (``PUT /v1/vms/NAME/files``): at most :data:`MAX_FILE_BODY` (256 MiB).
+* Files copied into a guest (``PUT /v1/vms/NAME/files``): at most :data:`MAX_FILE_BODY`
+  (256 MiB: the guest agent's copy holds them in memory).
+* Uploads (``POST /v1/uploads``, streamed to disk): at most the ``uploads.max_size`` setting.
 
 A body over the limit is answered 413 ``too_large``: at once when ``Content-Length`` says so,
 else as soon as the bytes read pass the limit.
@@ -16,8 +18,10 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
+from corral import settings
 from corral.errors import TooLarge
 
+UPLOADS = "/v1/uploads"
 MAX_JSON_BODY = 1 << 20
 MAX_FILE_BODY = 256 << 20
 
@@ -28,6 +32,9 @@ Message = dict[str, Any]
 def limit_for(method: str, path: str) -> int:
     if method == "PUT" and path.endswith("/files"):
         return MAX_FILE_BODY
+    if method == "POST" and path.rstrip("/") == UPLOADS:
+        limit: int = settings.value("uploads.max_size")
+        return limit
     return MAX_JSON_BODY
 
 
@@ -36,14 +43,21 @@ class Exceeded(HTTPException):
     FastAPI's body parsing lets it through to the error handlers (:mod:`corral.api.errors`),
     which answer it as :class:`~corral.errors.TooLarge`."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body is larger than {limit} bytes")
+    def __init__(self, limit: int, path: str = "") -> None:
+        super().__init__(413, too_large(limit, path))
         self.limit = limit
 
 
-async def _refuse(send: Any, limit: int) -> None:
-    body = json.dumps(TooLarge(f"the request body is larger than {limit} bytes",
-                               limit).to_dict()).encode()
+def too_large(limit: int, path: str) -> str:
+    """The one line of a 413: an upload's names the setting that bounds it."""
+    if path.rstrip("/") == UPLOADS:
+        return (f"the upload is larger than {limit} bytes (setting uploads.max_size, "
+                "CORRAL_UPLOAD_MAX)")
+    return f"the request body is larger than {limit} bytes"
+
+
+async def _refuse(send: Any, limit: int, path: str) -> None:
+    body = json.dumps(TooLarge(too_large(limit, path), limit).to_dict()).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
@@ -64,7 +78,7 @@ class BodyLimit:
         limit = limit_for(scope["method"], scope["path"])
         for key, value in scope.get("headers", ()):
             if key == b"content-length" and (not value.isdigit() or int(value) > limit):
-                await _refuse(send, limit)
+                await _refuse(send, limit, scope["path"])
                 return
         seen = 0
         started = False
@@ -75,7 +89,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise Exceeded(limit)
+                    raise Exceeded(limit, scope["path"])
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -88,4 +102,4 @@ class BodyLimit:
             await self.app(scope, counted_receive, tracked_send)
         except Exceeded:
             if not started:
-                await _refuse(send, limit)
+                await _refuse(send, limit, scope["path"])

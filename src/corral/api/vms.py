@@ -6,30 +6,51 @@ Each route translates HTTP into one call of ``manager.vms``::
     POST   /v1/vms?start=&wait=&timeout=&queue=      {spec}   (run = create + start)
     DELETE /v1/vms/NAME
     POST   /v1/vms/NAME/{start,wait,pause,resume,shutdown,stop,reboot,save,restore}
+    GET    /v1/vms/NAME/state                the saved state's bytes (a download)
     POST   /v1/vms/NAME/clone?new=NEW&full=&snapshot=
-    POST   /v1/vms/NAME/export?file=F&live=,  POST /v1/import?file=F&name=
+    POST   /v1/vms/NAME/export?live=         the export archive's bytes (a download)
+    POST   /v1/import?upload=ID&name=        (or file=F inside the allowed host paths)
     GET    /v1/vms/NAME/logs?offset=&limit=
+
+The daemon writes no file a client names: exports and saved states are answered as bytes,
+which the client writes with its own rights; a ``file`` asking it to write one is refused.
 """
 
 from __future__ import annotations
 
+import json as _json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import Field
 
-from corral.api.common import NAME_PATTERN, Name, OptName, json, ok, router, timeout
+from corral.api.common import (
+    NAME_PATTERN,
+    Download,
+    Name,
+    OptName,
+    binary,
+    json,
+    ok,
+    router,
+    timeout,
+)
 from corral.domain.specs import MAX_CPUS, VMCreate
+from corral.errors import PathNotAllowed
 from corral.service.manager import Manager
-from corral.views import VM, Export, Logs
+from corral.views import VM, Logs
 
 MAX_OFFSET = 1 << 50
 MAX_LOG_CHUNK = 16 << 20
 
 # the errors of a VM operation: no such VM, wrong state, too slow, the agent failed
 VM_ERRORS = (404, 409, 504)
-FilePath = Annotated[str, Query(min_length=1, max_length=4096)]
+FilePath = Annotated[str | None, Query(min_length=1, max_length=4096)]
+UploadRef = Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$",
+                                        description="an upload id (POST /v1/uploads)")]
 YEAR = 366 * 86400.0
 Text40 = Annotated[str, Field(min_length=1, max_length=40)]
 
@@ -50,6 +71,11 @@ class CreateSpec(VMCreate):
         | None = None
     pin: list[Annotated[int, Field(ge=0, le=4095)]] | None = Field(None, max_length=4096)
     owner: str = Field("default", min_length=1, max_length=64)
+
+
+def _writes_no_file(file: str, instead: str) -> PathNotAllowed:
+    return PathNotAllowed("file", file, "the daemon writes no file a client names (a "
+                          f"client writes it with its own rights from {instead})")
 
 
 def routes(m: Manager) -> APIRouter:
@@ -127,9 +153,21 @@ def _state_and_files(r: APIRouter, m: Manager) -> None:
     """What a VM keeps and copies: saved state, clones, export and import, logs."""
 
     @r.post("/vms/{name}/save", responses=ok(VM, *VM_ERRORS))
-    async def save_vm(name: Name, file: Annotated[str | None, Query(
-            min_length=1, max_length=4096)] = None) -> Response:
-        return json(await m.vms.save(name, file))
+    async def save_vm(name: Name, file: FilePath = None) -> Response:
+        """Save the VM's state in its directory; ``GET .../state`` downloads a copy."""
+        if file is not None:
+            raise _writes_no_file(file, f"GET /v1/vms/{name}/state")
+        return json(await m.vms.save(name))
+
+    @r.get("/vms/{name}/state", response_class=Response,
+           responses=binary("The saved state's bytes", "application/octet-stream", 404, 409))
+    async def saved_state(name: Name) -> Response:
+        @asynccontextmanager
+        async def source() -> AsyncIterator[tuple[int, dict[str, str], AsyncIterator[bytes]]]:
+            async with m.vms.saved_state(name) as (size, chunks):
+                yield size, {}, chunks
+
+        return Download(source)
 
     @r.post("/vms/{name}/restore", responses=ok(VM, *VM_ERRORS, 502))
     async def restore_vm(name: Name, wait: bool = False,
@@ -141,14 +179,26 @@ def _state_and_files(r: APIRouter, m: Manager) -> None:
                        full: bool = False, snapshot: OptName = None) -> Response:
         return json(await m.vms.clone(name, new, full=full, snapshot=snapshot), 201)
 
-    @r.post("/vms/{name}/export", responses=ok(Export, 404, 409))
-    async def export_vm(name: Name, file: FilePath, live: bool = False) -> Response:
-        """Write the VM into one file; ``live`` exports a running VM too."""
-        return json(await m.vms.export(name, file, live=live))
+    @r.post("/vms/{name}/export", response_class=Response,
+            responses=binary("The export archive (tar)", "application/x-tar", 404, 409))
+    async def export_vm(name: Name, live: bool = False, file: FilePath = None) -> Response:
+        """The VM in one archive, sent as it is read; ``live`` exports a running VM too
+        (paused meanwhile). The header ``X-Corral-Export`` says what it holds."""
+        if file is not None:
+            raise _writes_no_file(file, f"the answer of POST /v1/vms/{name}/export")
+
+        @asynccontextmanager
+        async def source() -> AsyncIterator[tuple[int, dict[str, str], AsyncIterator[bytes]]]:
+            async with m.vms.export(name, live=live) as plan:
+                yield plan.size, {"x-corral-export": _json.dumps(plan.info())}, plan.chunks()
+
+        return Download(source, "application/x-tar")
 
     @r.post("/import", status_code=201, responses=ok(VM, 404, 409, status=201))
-    async def import_vm(file: FilePath, name: OptName = None) -> Response:
-        return json(await m.vms.import_(file, name), 201)
+    async def import_vm(upload: UploadRef = None, file: FilePath = None,
+                        name: OptName = None) -> Response:
+        """Recreate a VM from an uploaded export (or a file in the allowed host paths)."""
+        return json(await m.vms.import_(upload=upload, file=file, name=name), 201)
 
     @r.get("/vms/{name}/logs", responses=ok(Logs, 404))
     async def vm_logs(name: Name,

@@ -57,6 +57,23 @@ def command_result(args: argparse.Namespace, res: Any) -> int:
     return exit_status(res)
 
 
+def transfer_progress(title: str) -> Any:
+    """A ``progress(done, total)`` callback drawing a bar for a file sent or received, or
+    None when stderr is not a terminal (a log, a script reading one error line)."""
+    if not sys.stderr.isatty():
+        return None
+    from corral.cli.images import ProgressBar
+
+    bar = ProgressBar(title)
+
+    def progress(done: int, total: int) -> None:
+        bar(f"{done >> 20} of {total >> 20} MiB", done / total if total else 1.0)
+        if done >= total:
+            bar.done()
+
+    return progress
+
+
 class Parents:
     """The option sets commands share: ``--socket`` (common) and ``--json`` (js)."""
 

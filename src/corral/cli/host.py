@@ -82,17 +82,18 @@ def _images(sub: Any, pa: Parents) -> None:
     p.set_defaults(func=cmd_image_list)
     p = isub.add_parser("import", help="import a qcow2 or raw disk image file",
                         description="Import a disk image (a distribution's cloud image, for "
-                                    "one) as a Corral image. It is checked with qemu-img and "
-                                    "refused when damaged or not a disk image; VMs made from "
+                                    "one) as a Corral image. The CLI reads FILE with your "
+                                    "rights and sends it to the daemon, which checks it with "
+                                    "qemu-img and refuses it when damaged, not a disk image, "
+                                    "or naming other files (a backing file); VMs made from "
                                     "it boot their own overlays of it.",
-                        parents=[pa.js], formatter_class=Formatter)
+                        parents=[pa.common, pa.js], formatter_class=Formatter)
     p.add_argument("name", metavar="NAME")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--agent", action="store_true",
                    help="the image runs qemu-guest-agent (Corral then waits for it)")
     p.add_argument("--root-device", choices=["virtio", "nvme"], default="virtio",
                    help="how the root disk is attached (default virtio)")
-    p.add_argument("--dest", metavar="DIR", help="image directory (default $CORRAL_HOME/images)")
     p.set_defaults(func=cmd_image_import)
     p = command(isub, pa, "rm", cmd_image_rm, "remove an image (refused while a VM uses it)",
                 vm=False)

@@ -1,4 +1,5 @@
-"""``corral image build|list``: run in the CLI process (files only; no daemon needed)."""
+"""``corral image build|list`` run in the CLI process (files only; no daemon needed);
+``corral image import`` sends the file to the daemon."""
 
 from __future__ import annotations
 
@@ -82,18 +83,15 @@ def build(args: argparse.Namespace) -> int:
 
 
 def import_(args: argparse.Namespace) -> int:
-    from corral.images.importer import import_image
+    from corral.cli.common import client, transfer_progress
 
-    root = Path(args.dest) if args.dest else Paths.from_env().images
-    bar = ProgressBar(f"importing image {args.name}")
-    path = import_image(root, args.name, Path(args.file).absolute(), agent=args.agent,
-                        root_device=args.root_device, progress=bar)
-    bar.done()
-    manifest = json.loads((path / "image.json").read_text())
+    image = client(args, timeout=None).import_image(
+        args.name, args.file, agent=args.agent, root_device=args.root_device,
+        progress=transfer_progress(f"uploading image {args.name}"))
     if args.json:
-        print(json.dumps({"path": str(path), **manifest}, indent=2))
+        print(json.dumps(image, indent=2))
     else:
-        print(f"image {args.name} imported at {path}")
+        print(f"image {args.name} imported at {image['path']}")
     return 0
 
 

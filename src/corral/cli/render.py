@@ -167,17 +167,19 @@ def _kv(field: str, text: str, first_key: str) -> dict[str, str]:
 
 
 def parse_disk(text: str) -> dict[str, Any]:
-    """``1G`` | ``size=1G[,format=raw]`` | ``path=FILE[,format=..][,readonly=on]``."""
+    """``1G`` | ``size=1G[,format=raw]`` | ``file=FILE[,format=..][,readonly=on]`` (an image
+    sent to the daemon, which becomes the VM's own disk) | ``path=FILE[,...]`` (used in
+    place, where the daemon's host allows it)."""
     kv = _kv("disk", text, "size")
     disk: dict[str, Any] = {}
     for key, value in kv.items():
-        if key in ("size", "path", "format"):
+        if key in ("size", "path", "file", "format"):
             disk[key] = value
         elif key == "readonly":
             disk[key] = value.lower() in ("on", "yes", "true", "1")
         else:
-            raise InvalidSpec("disk", f"unknown option '{key}'; use size, path, format or "
-                                      "readonly")
+            raise InvalidSpec("disk", f"unknown option '{key}'; use size, file, path, format "
+                                      "or readonly")
     return disk
 
 

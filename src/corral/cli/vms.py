@@ -9,7 +9,14 @@ import time
 
 from corral import errors
 from corral.cli import render
-from corral.cli.common import Parents, client, command, command_result, out
+from corral.cli.common import (
+    Parents,
+    client,
+    command,
+    command_result,
+    out,
+    transfer_progress,
+)
 from corral.cli.vmspec import add_spec_options, spec_from
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
@@ -22,7 +29,8 @@ def _state(args: argparse.Namespace, vm: Any) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    vm = client(args).create(args.name, **spec_from(args))
+    vm = client(args).create(args.name, progress=transfer_progress("uploading"),
+                             **spec_from(args))
     return out(args, vm, f"defined {vm['name']} ({render.brief(vm)}); boot it with "
                          f"'corral start {vm['name']}'")
 
@@ -35,7 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                          "VM)")
     t0 = time.monotonic()
     vm = client(args).create(args.name, start=True, wait=not args.no_wait,
-                             timeout=args.timeout, queue=not args.no_queue, **spec_from(args))
+                             timeout=args.timeout, queue=not args.no_queue,
+                             progress=transfer_progress("uploading"), **spec_from(args))
     return out(args, vm, f"{vm['name']} is {render.state(vm)} after "
                          f"{time.monotonic() - t0:.2f} s ({render.brief(vm)}); console: "
                          f"corral console {vm['name']}")
@@ -81,7 +90,8 @@ def cmd_reboot(args: argparse.Namespace) -> int:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    return _state(args, client(args).save(args.name, args.file))
+    return _state(args, client(args).save(args.name, args.file,
+                                          transfer_progress("downloading the state")))
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -135,13 +145,14 @@ def cmd_clone(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    res = client(args).export(args.name, args.file, live=args.live)
+    res = client(args).export(args.name, args.file, live=args.live,
+                              progress=transfer_progress(f"exporting {args.name}"))
     return out(args, res, f"exported {args.name} to {res['file']} ({res['size'] >> 20} MiB"
                           f"{', with its saved state' if res['saved'] else ''})")
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    vm = client(args).import_vm(args.file, args.name)
+    vm = client(args).import_vm(args.file, args.name, transfer_progress("uploading"))
     return out(args, vm, f"imported {vm['name']}: it is {vm['state']}"
                          + ("; 'corral start' resumes it" if vm["state"] == "saved" else ""))
 
@@ -205,12 +216,12 @@ def _lifecycle(sub: Any, pa: Parents) -> None:
 
 def _state_and_copies(sub: Any, pa: Parents) -> None:
     p = command(sub, pa, "save", cmd_save, "save a VM's whole state to a file and stop it",
-                "Pause the guest, write its memory and device state to a file (written under a "
-                "temporary name, synced, then renamed) and end its QEMU; the VM becomes "
-                "'saved'. 'corral restore' (or 'corral start') brings it back exactly where it "
-                "was.")
-    p.add_argument("--file", metavar="F", help="where to write the state (default: managed, "
-                                               "in the VM's directory)")
+                "Pause the guest, write its memory and device state to its state file in the "
+                "VM's directory (under a temporary name, synced, then renamed) and end its "
+                "QEMU; the VM becomes 'saved'. 'corral restore' (or 'corral start') brings it "
+                "back exactly where it was.")
+    p.add_argument("--file", metavar="F", help="also download a copy of the state to F "
+                                               "(written by the CLI with your rights)")
     p = command(sub, pa, "restore", cmd_restore, "bring a saved VM back where it was")
     p.add_argument("--wait", action="store_true", help="return when the guest agent answers")
     _timeout(p)
@@ -225,12 +236,13 @@ def _state_and_copies(sub: Any, pa: Parents) -> None:
     p = command(sub, pa, "export", cmd_export, "write a stopped or saved VM into one file",
                 "Write the VM's spec, disks, snapshots and saved state (if it is saved) into "
                 "one file, with a checksum for each part. Save or stop it first, or give "
-                "--live.")
+                "--live. The daemon sends the bytes; the CLI writes FILE with your rights.")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--live", action="store_true", help="export a running VM too")
     p = command(sub, pa, "import", cmd_import, "recreate a VM from an export file",
                 "Recreate a VM from a file made by 'corral export', on this or another data "
-                "directory. The file is checked whole before anything is created.", vm=False)
+                "directory. The CLI reads FILE with your rights and sends it; the daemon "
+                "checks it whole before anything is created.", vm=False)
     p.add_argument("file", metavar="FILE")
     p.add_argument("--name", metavar="NAME", help="import under another name (new MACs)")
 

@@ -48,12 +48,15 @@ def add_spec_options(p: argparse.ArgumentParser) -> None:
                    help="machine type (default: the image's, else q35)")
     g.add_argument("--arch", choices=["x86_64", "aarch64"],
                    help="guest architecture (default: the image's; aarch64 runs under TCG)")
-    g.add_argument("--kernel", metavar="FILE", help="boot this kernel instead of an image")
-    g.add_argument("--initrd", metavar="FILE", help="initrd for --kernel")
+    g.add_argument("--kernel", metavar="FILE", help="boot this kernel instead of an image "
+                                                    "(read by the CLI and sent to the daemon)")
+    g.add_argument("--initrd", metavar="FILE", help="initrd for --kernel (sent likewise)")
     g.add_argument("--cmdline", metavar="ARGS", help="kernel command line for --kernel")
     g.add_argument("--disk", action="append", metavar="SPEC",
-                   help="add a disk: SIZE (new qcow2, e.g. 1G), or path=FILE[,format=raw]"
-                        "[,readonly=on], or size=SIZE[,format=raw]; repeatable")
+                   help="add a disk: SIZE (new qcow2, e.g. 1G), size=SIZE[,format=raw], "
+                        "file=IMAGE (a copy sent to the daemon, the VM's own), or path=FILE "
+                        "(used in place: only inside the daemon's allowed host paths, setting "
+                        "paths.allowed); options ,format=raw|qcow2 ,readonly=on; repeatable")
     g.add_argument("--nic", action="append", metavar="SPEC",
                    help="a NIC: user[,mac=..][,hostfwd=tcp:8022-:22] (user-mode networking, "
                         "the default), NET[,mac=..][,ip=..] (a port on network NET), or none; "

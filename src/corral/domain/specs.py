@@ -41,11 +41,14 @@ def check_name(name: str, field: str = "name") -> str:
 
 
 class DiskRequest(BaseModel):
-    """A disk for a new VM: a new blank disk of ``size``, or an existing file at ``path``."""
+    """A disk for a new VM: a new blank disk of ``size``, an uploaded disk image (``upload``,
+    an id from ``POST /v1/uploads``; it becomes the VM's own), or an existing file used in
+    place at ``path`` (only inside a directory the host allows)."""
 
     model_config = ConfigDict(extra="forbid")
     size: str | None = None
     path: str | None = None
+    upload: str | None = None
     format: Literal["qcow2", "raw"] | None = None
     readonly: bool = False
 
@@ -71,8 +74,8 @@ class VMCreate(BaseModel):
     image: str | None = None
     cpus: int = 1
     memory: str | int = "256M"
-    kernel: str | None = None
-    initrd: str | None = None
+    kernel: str | None = None  # "upload:ID", or a path the host allows (see hostpaths)
+    initrd: str | None = None  # the same
     cmdline: str | None = None
     machine: Machine | None = None  # default: the image's, else q35
     arch: Arch | None = None  # default: the image's
@@ -216,8 +219,9 @@ def validate_against_host(req: VMCreate, host: HostFacts) -> int:
             raise InvalidSpec(f"nics.{i}.mac", f"'{nic.mac}' is not a MAC like 52:54:00:12:34:56")
         check_nic(f"nics.{i}", nic.mode, nic.network, nic.ip, nic.hostfwd)
     for i, disk in enumerate(req.disks):
-        if (disk.size is None) == (disk.path is None):
-            raise InvalidSpec(f"disks.{i}", "give either size (a new disk) or path (a file)")
+        if [disk.size, disk.path, disk.upload].count(None) != 2:
+            raise InvalidSpec(f"disks.{i}", "give one of size (a new disk), upload (an "
+                                            "uploaded image) or path (a file used in place)")
         if disk.size is not None:
             parse_size(f"disks.{i}.size", disk.size, default_unit="G")
     return memory

@@ -112,7 +112,8 @@ class ImageInfo:
     """What ``qemu-img info`` says of one image (not of its backing chain).
 
     ``backing_file`` is the name as written in the image's header; ``backing_path`` is that
-    name resolved against the image's directory. ``dirty`` is the qcow2 dirty flag (an
+    name resolved against the image's directory; ``data_file`` a qcow2's external data file
+    (QEMU opens both on the image's behalf). ``dirty`` is the qcow2 dirty flag (an
     image left open by a QEMU that died, or one using lazy refcounts); ``corrupt`` is qcow2's
     corrupt bit (QEMU found an inconsistency and refuses to write). Both are False for raw.
     """
@@ -127,6 +128,7 @@ class ImageInfo:
     snapshots: tuple[Snapshot, ...] = ()
     dirty: bool = False
     corrupt: bool = False
+    data_file: str | None = None
 
 
 def parse_info(text: str) -> ImageInfo:
@@ -152,7 +154,8 @@ def parse_info(text: str) -> ImageInfo:
                                  vm_clock_ns=int(s.get("vm-clock-sec", 0)) * 10**9
                                  + int(s.get("vm-clock-nsec", 0)))
                         for s in raw.get("snapshots", ())),
-        dirty=bool(raw.get("dirty-flag", False)), corrupt=bool(data.get("corrupt", False)))
+        dirty=bool(raw.get("dirty-flag", False)), corrupt=bool(data.get("corrupt", False)),
+        data_file=data.get("data-file"))
 
 
 # --- runners ------------------------------------------------------------------------------

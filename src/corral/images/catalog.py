@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.config import Paths
+from corral.domain.specs import NAME_RE
 from corral.errors import InvalidSpec
 
 
@@ -51,6 +52,9 @@ class Image:
 
 
 def find(paths: Paths, name: str) -> Image | None:
+    """The image ``name`` (None for a name that is no image name: never a path)."""
+    if not NAME_RE.match(name):
+        return None
     for root in paths.image_path:
         manifest = root / name / "image.json"
         if manifest.is_file():

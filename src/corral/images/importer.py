@@ -37,6 +37,9 @@ def inspect(file: Path) -> qemu_img.ImageInfo:
     if fmt == "raw" and not _looks_like_a_disk(file):
         raise InvalidSpec("file", f"{file} has no partition table or file system: it is not "
                                   "a disk image")
+    if info.backing_file or info.data_file:  # files QEMU would open on the image's behalf
+        raise InvalidSpec("file", f"{file} names a backing file or an external data file; "
+                                  "import a standalone image (qemu-img convert makes one)")
     if fmt == "qcow2" and not qemu_img.check_intact(file):
         raise InvalidSpec("file", f"{file} is a damaged qcow2 (qemu-img check failed)")
     return info
@@ -54,8 +57,10 @@ def _looks_like_a_disk(file: Path) -> bool:
 
 def import_image(root: Path, name: str, file: Path, *, agent: bool = False,
                  arch: str = "x86_64", root_device: str = "virtio",
-                 progress: Callable[[str, float], None] | None = None) -> Path:
-    """Import ``file`` as image ``name`` under ``root``.
+                 progress: Callable[[str, float], None] | None = None,
+                 source_name: str | None = None) -> Path:
+    """Import ``file`` as image ``name`` under ``root``; ``source_name`` is what the
+    manifest records as its source (default: ``file``).
 
     :raises InvalidSpec: a bad name or file. :raises AlreadyExists: the name is taken.
     """
@@ -71,7 +76,7 @@ def import_image(root: Path, name: str, file: Path, *, agent: bool = False,
         qemu_img.convert(file, work / "root.qcow2", src_format=info.format,
                          progress=partial(progress, "converting to qcow2") if progress else None)
         manifest = {"name": name, "arch": arch, "format": "qcow2", "disk": "root.qcow2",
-                    "root_device": root_device, "agent": agent, "source": str(file),
+                    "root_device": root_device, "agent": agent, "source": source_name or str(file),
                     "virtual_size": info.virtual_size,
                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (work / "image.json").write_text(json.dumps(manifest, indent=2))

@@ -2,8 +2,9 @@
 network state and the slices, wires the hooks between them, and opens and closes them.
 
 Front doors use only the slices: ``vms``, ``snapshots``, ``disks``, ``guest``, ``images``,
-``host``, ``networks`` and ``routers`` (available once :meth:`Manager.open` has run). Use-case
-modules never receive the Manager: each gets the runtime and the collaborators it needs.
+``uploads``, ``host``, ``networks`` and ``routers`` (available once :meth:`Manager.open` has
+run). Use-case modules never receive the Manager: each gets the runtime and the
+collaborators it needs.
 """
 
 from __future__ import annotations
@@ -13,23 +14,27 @@ from corral.domain.specs import VMSpec
 from corral.engine import accel as accel_mod
 from corral.engine.driver import Driver
 from corral.errors import CorralError
-from corral.service import adoption, netreconcile, nics, slices
+from corral.service import adoption, hostpaths, netreconcile, nics, slices
 from corral.service.guest import GuestService
 from corral.service.netstate import Networks
 from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
+from corral.service.uploads import Uploads
 from corral.service.vms import VMs
 from corral.store.db import Store, VMRecord
 
 
 class _Hooks:
-    """What the runtime asks of the network and the scheduler."""
+    """What the runtime asks of the network and the scheduler, and the check of the files
+    a machine will open in place."""
 
-    def __init__(self, net: Networks, sched: Scheduler) -> None:
+    def __init__(self, paths: Paths, net: Networks, sched: Scheduler) -> None:
+        self.paths = paths
         self.net = net
         self.sched = sched
 
     async def plug(self, rec: VMRecord) -> None:
+        hostpaths.recheck_spec(rec.spec, self.paths.home, self.paths.image_path)
         await nics.plug(self.net, rec)
 
     def unplug(self, name: str) -> None:
@@ -65,6 +70,7 @@ class Manager:
             d.mkdir(parents=True, exist_ok=True)
         rt = VMRuntime(self.paths, Store(self.paths.db), self.driver, self.accel.name)
         self._opened = opened = _Opened(rt, self.accel)
+        opened.uploads.sweep_partial()
         await adoption.adopt_all(rt)
         await netreconcile.reconcile(opened.net)  # before the queue may start VMs on networks
         opened.sched.load()
@@ -110,6 +116,10 @@ class Manager:
         return self._parts().images
 
     @property
+    def uploads(self) -> Uploads:
+        return self._parts().uploads
+
+    @property
     def host(self) -> slices.Host:
         return self._parts().host
 
@@ -129,13 +139,14 @@ class _Opened:
         self.rt = rt
         self.net = Networks(rt)
         self.sched = Scheduler(rt)
-        rt.hooks = _Hooks(self.net, self.sched)
+        rt.hooks = _Hooks(rt.paths, self.net, self.sched)
         self.vms = VMs(rt, self.sched, self.net)
         self.sched.start_admitted = self.vms.life.start_admitted
         self.guest = GuestService(rt, lambda name: name in self.sched.sliced_out)
         self.snapshots = slices.Snapshots(rt, self.vms.life)
         self.disks = slices.Disks(rt)
         self.images = slices.Images(rt)
+        self.uploads = Uploads(rt.paths.home)
         self.host = slices.Host(rt, self.sched, accel, self.vms, self.guest)
         self.networks = slices.Networks(self.net)
         self.routers = slices.Routers(self.net)

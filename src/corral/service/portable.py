@@ -15,12 +15,8 @@ comes back saved, and ``corral start`` resumes it where it was.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
-import io
 import json
-import os
 import shutil
 import tarfile
 import uuid
@@ -28,14 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.domain import specs as sp
-from corral.domain.states import LIVE, State
-from corral.errors import AlreadyExists, CorralError, InvalidSpec, InvalidState
+from corral.domain.states import State
+from corral.errors import AlreadyExists, CommandFailed, CorralError, InvalidSpec
+from corral.host import qemu_img
 from corral.host.runner import run
 from corral.images import catalog
 from corral.store.db import VMRecord
 
 if TYPE_CHECKING:
-    from corral.service.lifecycle import Lifecycle
     from corral.service.runtime import VMRuntime
 
 FORMAT = "corral-export/1"
@@ -50,98 +46,20 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def export(rt: VMRuntime, name: str, file: str, live: bool = False) -> dict[str, Any]:
-    """Write VM ``name`` into one file. With ``live``, a paused VM's QEMU may hold its disks
-    (QEMU flushes them when it pauses, and writes nothing while paused): it imports as a
-    stopped VM whose disks are as they were at the pause. :func:`export_live` pauses it.
-
-    :raises InvalidState: the VM has a live QEMU (with ``live``: one that is not paused).
-    :raises CorralError: the file cannot be written (nothing is left behind).
-    """
-    rec = rt.get(name)
-    if rec.state in LIVE and not (live and rec.state == State.PAUSED):
-        raise InvalidState(name, "export", rec.state.value,
-                           ["defined", "stopped", "saved", "crashed",
-                            *(["paused"] if live else [])])
-    target = Path(file).expanduser().absolute()
-    if not target.parent.is_dir():
-        raise InvalidSpec("file", f"no directory '{target.parent}'")
-    members: dict[str, Path] = {}
-    spec = rec.spec.model_copy(deep=True)
-    for i, disk in enumerate(spec.disks):
-        members[f"disk{i}.{disk.format}"] = Path(disk.path)
-    if spec.vmstate:
-        members["vmstate.qcow2"] = Path(spec.vmstate)
-    if spec.image is None and spec.kernel:
-        members["kernel"] = Path(spec.kernel)
-        if spec.initrd:
-            members["initrd"] = Path(spec.initrd)
-    saved = rec.state == State.SAVED and rec.saved_state
-    if saved:
-        members["saved.state"] = Path(str(rec.saved_state))
-    manifest = {
-        "format": FORMAT, "name": name, "spec": spec.model_dump(),
-        "saved": bool(saved), "saved_running": rec.saved_running,
-        "snapshots": rt.db.list_snapshots(name), "current_snapshot": rec.current_snapshot,
-        "files": {arc: _sha256(path) for arc, path in members.items()},
-    }
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with tarfile.open(tmp, "w") as tar:
-            data = json.dumps(manifest, indent=1).encode()
-            info = tarfile.TarInfo(MANIFEST)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-            for arc, path in members.items():
-                tar.add(path, arcname=arc, recursive=False)
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise CorralError(f"cannot write the export to {target}: {err.strerror}") from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return {"file": str(target), "size": target.stat().st_size, "vm": name,
-            "saved": bool(saved), "files": sorted(members)}
-
-
-async def export_live(life: Lifecycle, name: str, file: str) -> dict[str, Any]:
-    """Write VM ``name`` into one file whatever its state: a running VM is paused for the
-    export and resumed after it, whether it
-    succeeded or not; a paused one stays paused. Call it without holding the VM's lock.
-
-    :raises InvalidState: the VM is starting, stopping, saving or restoring, or was resumed
-        by another request before the export began (nothing is written then).
-    :raises CorralError: the file cannot be written (nothing is left behind).
-    """
-    rt = life.rt
-    paused_here = rt.get(name).state == State.RUNNING
-    if paused_here:
-        await life.pause(name)
-    try:
-        async with rt.lock(name):  # no resume, nor time slice, until the copy is whole
-            return await asyncio.to_thread(export, rt, name, file, True)
-    finally:
-        if paused_here:
-            with contextlib.suppress(InvalidState):  # stopped or resumed meanwhile
-                await life.resume(name)
-
-
 def _refuse(file: Path, why: str) -> CorralError:
     return InvalidSpec("file", f"{file} is not a Corral export: {why}")
 
 
-def import_vm(rt: VMRuntime, file: str, new_name: str | None = None) -> dict[str, Any]:
-    """Recreate a VM from an export.
+def import_vm(rt: VMRuntime, path: Path, new_name: str | None = None,
+              source: str | None = None) -> dict[str, Any]:
+    """Recreate a VM from the export at ``path`` (an upload or a file the host allows;
+    ``source`` is how the event log names it).
 
     :raises InvalidSpec: the file is not a (whole, intact) Corral export.
     :raises AlreadyExists: the name is taken (give another with ``new_name``).
     """
-    path = Path(file).expanduser().absolute()
     if not path.is_file():
-        raise InvalidSpec("file", f"no file '{file}'")
+        raise InvalidSpec("file", f"no file '{path}'")
     try:
         tar = tarfile.open(path, "r:")  # noqa: SIM115 (closed by the with below)
     except (tarfile.TarError, OSError) as err:
@@ -171,6 +89,7 @@ def import_vm(rt: VMRuntime, file: str, new_name: str | None = None) -> dict[str
         try:
             _unpack(tar, path, work, expected)
             rec = _record(rt, manifest, spec, name, new_name is not None, vm_dir, work.name)
+            _standalone(rt, path, work, rec.spec)
             work.rename(vm_dir)
             rt.db.add_vm(rec)
             for snap in manifest.get("snapshots", []):
@@ -178,7 +97,7 @@ def import_vm(rt: VMRuntime, file: str, new_name: str | None = None) -> dict[str
             if manifest.get("current_snapshot") or rec.state == State.SAVED:
                 rec = rt.get(name)
                 rec.current_snapshot = manifest.get("current_snapshot")
-                rt.db.update_vm(rec, "imported", {"file": str(path)})
+                rt.db.update_vm(rec, "imported", {"file": source or str(path)})
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             if rt.db.get_vm(name) is None:
@@ -206,6 +125,25 @@ def _unpack(tar: tarfile.TarFile, path: Path, work: Path, expected: dict[str, st
         raise _refuse(path, f"it is truncated: {', '.join(sorted(missing))} missing")
 
 
+def _standalone(rt: VMRuntime, file: Path, work: Path, spec: sp.VMSpec) -> None:
+    """:raises InvalidSpec: a qcow2 member names a file outside the VM (a backing file other
+    than this host's image under the root disk, or an external data file)."""
+    image = catalog.find(rt.paths, spec.image) if spec.image else None
+    base = str(image.disk) if image is not None and image.disk is not None else None
+    qcow2 = [Path(d.path).name for d in spec.disks if d.format == "qcow2"]
+    if spec.vmstate:
+        qcow2.append(Path(spec.vmstate).name)
+    for member in qcow2:
+        try:
+            info = qemu_img.info(work / member)
+        except (CommandFailed, ValueError) as err:
+            raise _refuse(file, f"'{member}' is not a qcow2 image") from err
+        root = bool(spec.disks) and member == Path(spec.disks[0].path).name \
+            and spec.disks[0].id == "root"
+        if info.data_file or (info.backing_file and not (root and info.backing_path == base)):
+            raise _refuse(file, f"'{member}' names a file outside the VM")
+
+
 def _record(rt: VMRuntime, manifest: dict[str, Any], spec: sp.VMSpec, name: str, renamed: bool,
             vm_dir: Path, work_name: str) -> VMRecord:
     for i, disk in enumerate(spec.disks):
@@ -227,6 +165,9 @@ def _record(rt: VMRuntime, manifest: dict[str, Any], spec: sp.VMSpec, name: str,
             run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(image.disk), root],
                 what="qemu-img could not attach the root disk to this host's image")
     spec.name = name
+    spec.warm_template = None  # a path of the exporter's home
+    if spec.kernel is None:
+        spec.initrd = None
     if renamed:  # a copy beside the original, not a move: it needs its own MACs
         spec.nics = [n.model_copy(update={"mac": sp.new_mac()}) for n in spec.nics]
     saved = bool(manifest.get("saved"))

@@ -1,5 +1,6 @@
-"""Disks for new VMs: blank qcow2/raw files made with ``qemu-img``, or existing files checked
-with ``qemu-img info``."""
+"""Files for new VMs: blank qcow2/raw disks made with ``qemu-img``, uploaded disk images and
+boot files taken into the VM's directory, files used in place checked (see
+:mod:`.hostpaths`) with ``qemu-img info``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from corral.domain.sizes import parse_size
 from corral.domain.specs import DiskRequest, DiskSpec, VMCreate
 from corral.errors import CommandFailed, InvalidSpec
 from corral.host import qemu_img
+from corral.host.qemu_img import Format
+from corral.service import hostpaths
+from corral.service.uploads import Uploads
+
+MAX_CHAIN = 16
 
 
 async def make_root(image_disk: Path, vm_dir: Path, bus: str, boot: bool) -> DiskSpec:
@@ -64,9 +70,11 @@ async def make_vmstate(vm_dir: Path) -> str:
 
 
 async def prepare_disks(requests: list[DiskRequest], vm_dir: Path) -> list[DiskSpec]:
-    """Make or check each disk. Files made here live in ``vm_dir`` and go with the VM.
+    """Make or check each disk. Files made here (and uploads taken) live in ``vm_dir`` and
+    go with the VM; a path is used in place only where :mod:`.hostpaths` allows it.
 
     :raises InvalidSpec: a path that is missing or not a disk image.
+    :raises PathNotAllowed: a path (or its backing file) outside the allowed directories.
     """
     disks: list[DiskSpec] = []
     for i, req in enumerate(requests):
@@ -76,15 +84,72 @@ async def prepare_disks(requests: list[DiskRequest], vm_dir: Path) -> list[DiskS
             size = parse_size(f"disks.{i}.size", req.size, default_unit="G")
             await qemu_img.acreate(path, fmt, size, what="qemu-img could not create the disk")
             disks.append(DiskSpec(path=str(path), format=fmt, readonly=req.readonly))
-            continue
-        assert req.path is not None
-        path = Path(req.path).expanduser().absolute()
-        if not path.is_file():
-            raise InvalidSpec(f"disks.{i}.path", f"no file '{req.path}'")
-        try:
-            detected = (await qemu_img.ainfo(path)).format
-        except (CommandFailed, ValueError) as err:
-            raise InvalidSpec(f"disks.{i}.path", f"'{req.path}' is not a disk image") from err
-        fmt = req.format or ("qcow2" if detected == "qcow2" else "raw")
-        disks.append(DiskSpec(path=str(path), format=fmt, readonly=req.readonly, owned=False))
+        elif req.upload is not None:
+            field = f"disks.{i}.upload"
+            source = Uploads(vm_dir.parent.parent).path(req.upload, field)
+            fmt = await _own_image_format(field, source, req.format)
+            path = vm_dir / f"disk{i}.{fmt}"
+            source.rename(path)
+            disks.append(DiskSpec(path=str(path), format=fmt, readonly=req.readonly))
+        else:
+            assert req.path is not None
+            field = f"disks.{i}.path"
+            path = hostpaths.check(field, req.path, block_ok=True)
+            fmt = await _in_place_format(field, path, req.format)
+            disks.append(DiskSpec(path=str(path), format=fmt, readonly=req.readonly,
+                                  owned=False))
     return disks
+
+
+async def _info(field: str, path: Path) -> qemu_img.ImageInfo:
+    try:
+        return await qemu_img.ainfo(path)
+    except (CommandFailed, ValueError) as err:
+        raise InvalidSpec(field, f"'{path}' is not a disk image") from err
+
+
+async def _own_image_format(field: str, path: Path, declared: Format | None) -> Format:
+    """The format of an uploaded disk image, which may name no other file.
+
+    :raises InvalidSpec: not a disk image, or one with a backing or data file.
+    """
+    info = await _info(field, path)
+    if info.backing_file or info.data_file:
+        raise InvalidSpec(field, "an uploaded disk image may not name a backing file or an "
+                                 "external data file; convert it to a standalone image")
+    return declared or ("qcow2" if info.format == "qcow2" else "raw")
+
+
+async def _in_place_format(field: str, path: Path, declared: Format | None) -> Format:
+    """The format of a disk used in place; every file of its backing chain must be one a
+    client may name (:func:`hostpaths.check_image_refs`).
+
+    :raises InvalidSpec: not a disk image. :raises PathNotAllowed: a file of its chain.
+    """
+    info = await _info(field, path)
+    fmt: Format = declared or ("qcow2" if info.format == "qcow2" else "raw")
+    layer, depth = info, 0
+    while fmt == "qcow2" and (layer.backing_path or layer.data_file):
+        hostpaths.check_image_refs(field, layer.backing_path, layer.data_file)
+        depth += 1
+        if layer.backing_path is None or depth > MAX_CHAIN:
+            break
+        layer = await _info(field, Path(layer.backing_path))
+    if depth > MAX_CHAIN:
+        raise InvalidSpec(field, f"its backing chain is deeper than {MAX_CHAIN}")
+    return fmt
+
+
+def boot_file(field: str, text: str, vm_dir: Path) -> str:
+    """A kernel or initrd a client asked for: an upload (``upload:ID``), moved into
+    ``vm_dir`` under ``field``'s name, or a path the host allows to be used in place.
+
+    :raises PathNotAllowed: a path outside the allowed directories.
+    :raises NotFound: no such upload.
+    """
+    upload = Uploads(vm_dir.parent.parent).ref(field, text)
+    if upload is None:
+        return str(hostpaths.check(field, text))
+    target = vm_dir / field
+    upload.rename(target)
+    return str(target)

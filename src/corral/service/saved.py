@@ -3,7 +3,8 @@
 Save: pause the guest, have the engine stream its state into a file (atomically: a temporary
 name, fsync, rename; a failure such as a full disk never leaves a partial state where a
 restore would pick it up, and the VM then runs or stays paused as before), then end the
-machine.
+machine. The file lives in the VM's directory; a client that wants a copy downloads it
+(:func:`reading`).
 
 Restore: start a machine waiting for a state, feed it the file, continue if the guest was
 running, and set the guest clock through the agent (it stood still while saved). A state the
@@ -13,15 +14,18 @@ file intact.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.domain.states import State, check
 from corral.engine.driver import LaunchOptions
-from corral.errors import CorralError, DiskFull, InvalidSpec
+from corral.errors import CorralError, DiskFull, InvalidState
 from corral.service import adoption
 from corral.service.runtime import READY_TIMEOUT, VMRuntime
 
@@ -30,27 +34,23 @@ if TYPE_CHECKING:
     from corral.store.db import VMRecord
 
 SAVED_STATE = adoption.SAVED_STATE
+CHUNK = 1 << 20
 
 
-async def save(rt: VMRuntime, name: str, file: str | None = None) -> dict[str, Any]:
-    """Save a running or paused VM to a file and end its machine; the VM becomes ``saved``.
+async def save(rt: VMRuntime, name: str) -> dict[str, Any]:
+    """Save a running or paused VM to its state file (in its directory) and end its
+    machine; the VM becomes ``saved``. A client that wants a copy downloads it
+    (:func:`reading`): the daemon writes no file a client names.
 
-    :raises InvalidSpec: when ``file`` is relative (the caller's directory is not the
-        daemon's: callers send an absolute path) or its directory does not exist.
     :raises InvalidState: unless the VM is running or paused.
-    :raises InvalidSpec: ``file`` is relative or its directory does not exist.
     :raises DiskFull: the host's disk filled up; the VM is as it was.
     :raises CorralError: when the state cannot be written; the VM is as it was.
     """
-    if file is not None and not Path(file).expanduser().is_absolute():
-        raise InvalidSpec("file", f"'{file}' is a relative path; give an absolute one")
     async with rt.lock(name):
         rec = rt.get(name)
         check(name, "save", rec.state)
         live = rt.machine(rec)
-        target = Path(file).expanduser() if file else rt.paths.vm_dir(name) / SAVED_STATE
-        if not target.parent.is_dir():
-            raise InvalidSpec("file", f"no directory '{target.parent}'")
+        target = rt.paths.vm_dir(name) / SAVED_STATE
         was_running = rec.state == State.RUNNING
         before = rec.state
         adoption.note(rt, name, tmp=str(target.with_name(f".{target.name}.tmp-")))
@@ -81,8 +81,6 @@ async def save(rt: VMRuntime, name: str, file: str | None = None) -> dict[str, A
 
 
 def _disk_full(target: Path) -> bool:
-    import os
-
     try:
         st = os.statvfs(target.parent)
     except OSError as err:
@@ -112,6 +110,32 @@ async def restore(rt: VMRuntime, sched: Scheduler, name: str, wait: bool = False
         await rt.wait_admitted(name, timeout)
         await rt.wait_ready(name, max(0.1, timeout - (time.monotonic() - t0)))
     return rt.view(rt.get(name))
+
+
+@contextlib.asynccontextmanager
+async def reading(rt: VMRuntime, name: str) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
+    """The saved state of VM ``name`` to send to a client: its size and its bytes. The VM's
+    lock is held until the block ends, so no restore uses the file up meanwhile.
+
+    :raises InvalidState: the VM is not saved. :raises CorralError: its file is missing.
+    """
+    async with rt.lock(name):
+        rec = rt.get(name)
+        if rec.state != State.SAVED:
+            raise InvalidState(name, "download the saved state of", rec.state.value, ["saved"])
+        with _source(rec).open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+
+            async def chunks() -> AsyncIterator[bytes]:
+                left = size
+                while left:
+                    chunk = await asyncio.to_thread(f.read, min(CHUNK, left))
+                    if not chunk:
+                        raise CorralError(f"the saved state of '{name}' shrank while it was read")
+                    left -= len(chunk)
+                    yield chunk
+
+            yield size, chunks()
 
 
 def _source(rec: VMRecord) -> Path:

@@ -10,11 +10,12 @@ everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import shutil
 from typing import TYPE_CHECKING, Any
 
-from corral.errors import CorralError, InUse, NotFound
+from corral.errors import CorralError, InUse, InvalidSpec, NotFound
 from corral.images import catalog
 
 if TYPE_CHECKING:
@@ -105,9 +106,35 @@ class Images(_Slice):
     """Guest images known to the daemon."""
 
     def list(self) -> list[dict[str, Any]]:
-        return [{"name": i.name, "arch": i.arch, "path": str(i.dir),
-                 "built_at": i.manifest.get("built_at")}
-                for i in catalog.list_images(self.rt.paths)]
+        return [_image_view(i) for i in catalog.list_images(self.rt.paths)]
+
+    async def import_(self, name: str, *, upload: str | None = None, file: str | None = None,
+                      agent: bool = False, root_device: str = "virtio") -> dict[str, Any]:
+        """Import a disk image, uploaded (``upload``: it is used up) or at a path the host
+        allows (``file``), as image ``name``.
+
+        :raises InvalidSpec: a bad name or file, or neither or both of upload and file.
+        :raises PathNotAllowed: ``file`` lies outside the allowed directories.
+        :raises AlreadyExists: the name is taken. :raises NotFound: no such upload.
+        """
+        from corral.images.importer import import_image
+        from corral.service import hostpaths
+        from corral.service.uploads import Uploads
+
+        if (upload is None) == (file is None):
+            raise InvalidSpec("upload", "give an upload id (or a file the host allows)")
+        source = (Uploads(self.rt.paths.home).path(upload) if upload is not None
+                  else hostpaths.check("file", str(file)))
+        try:
+            path = await asyncio.to_thread(
+                import_image, self.rt.paths.images, name, source, agent=agent,
+                root_device=root_device, source_name="upload" if upload else str(source))
+        finally:
+            if upload is not None:
+                source.unlink(missing_ok=True)
+        image = catalog.find(self.rt.paths, path.name)
+        assert image is not None
+        return _image_view(image)
 
     def rm(self, name: str) -> None:
         """:raises InUse: while a VM uses it. :raises NotFound: no such image."""
@@ -121,6 +148,11 @@ class Images(_Slice):
             raise CorralError(f"image '{name}' lives in {image.dir.parent}, outside "
                               f"{self.rt.paths.images}; remove it there")
         shutil.rmtree(image.dir)
+
+
+def _image_view(image: catalog.Image) -> dict[str, Any]:
+    return {"name": image.name, "arch": image.arch, "path": str(image.dir),
+            "built_at": image.manifest.get("built_at")}
 
 
 class Host(_Slice):

@@ -9,7 +9,8 @@ import builtins
 import errno
 import shutil
 import uuid
-from pathlib import Path
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, cast
 
 from corral.domain import specs as sp
@@ -22,6 +23,7 @@ from corral.service.runtime import READY_TIMEOUT, VMRuntime
 from corral.store.db import VMRecord
 
 if TYPE_CHECKING:
+    from corral.service.exporting import Plan
     from corral.service.netstate import Networks
     from corral.service.scheduling import Scheduler
 
@@ -81,6 +83,10 @@ class VMs:
                 shutil.rmtree(vm_dir)
             vm_dir.mkdir(parents=True)
             try:
+                if req.kernel:
+                    spec.kernel = provision.boot_file("kernel", req.kernel, vm_dir)
+                    spec.initrd = req.initrd and provision.boot_file("initrd", req.initrd,
+                                                                     vm_dir)
                 spec.disks = await provision.prepare_disks(req.disks, vm_dir)
                 image = catalog.find(rt.paths, spec.image) if spec.image else None
                 if image is not None and image.disk is not None:
@@ -199,10 +205,18 @@ class VMs:
                      ) -> dict[str, Any]:
         return await self.life.reboot(name, wait=wait, timeout=timeout)
 
-    async def save(self, name: str, file: str | None = None) -> dict[str, Any]:
+    async def save(self, name: str) -> dict[str, Any]:
         from corral.service import saved
 
-        return await saved.save(self.rt, name, file)
+        return await saved.save(self.rt, name)
+
+    def saved_state(self, name: str) -> AbstractAsyncContextManager[
+            tuple[int, AsyncIterator[bytes]]]:
+        """The saved state's size and bytes, the VM held still while they are read
+        (``async with``). :raises InvalidState: the VM is not saved."""
+        from corral.service import saved
+
+        return saved.reading(self.rt, name)
 
     async def restore(self, name: str, *, wait: bool = False, timeout: float = READY_TIMEOUT,
                       queue: bool = True) -> dict[str, Any]:
@@ -216,19 +230,34 @@ class VMs:
 
         return await warm.clone(self.rt, name, new, full, snapshot)
 
-    async def export(self, name: str, file: str, *, live: bool = False) -> dict[str, Any]:
-        """Write the VM into one file; ``live`` exports a running VM (paused meanwhile)."""
-        from corral.service import portable
+    def export(self, name: str, *, live: bool = False) -> AbstractAsyncContextManager[Plan]:
+        """The VM's export archive to send (``async with``: the VM is held still, and with
+        ``live`` a running VM paused, until the block ends). :raises InvalidState: the VM
+        has a live QEMU and ``live`` is false."""
+        from corral.service import exporting
 
-        if live:
-            return await portable.export_live(self.life, name, file)
-        async with self.rt.lock(name):
-            return await asyncio.to_thread(portable.export, self.rt, name, file)
+        return exporting.exporting(self.life, name, live)
 
-    async def import_(self, file: str, name: str | None = None) -> dict[str, Any]:
-        from corral.service import portable
+    async def import_(self, *, upload: str | None = None, file: str | None = None,
+                      name: str | None = None) -> dict[str, Any]:
+        """Recreate a VM from an export: an upload (used up) or a file the host allows.
 
-        return await asyncio.to_thread(portable.import_vm, self.rt, file, name)
+        :raises InvalidSpec: not a whole Corral export, or neither or both of upload and
+            file. :raises PathNotAllowed: ``file`` is outside the allowed directories.
+        """
+        from corral.service import hostpaths, portable
+        from corral.service.uploads import Uploads
+
+        if (upload is None) == (file is None):
+            raise InvalidSpec("upload", "give an upload id (or a file the host allows)")
+        path = (Uploads(self.rt.paths.home).path(upload) if upload is not None
+                else hostpaths.check("file", str(file)))
+        try:
+            return await asyncio.to_thread(portable.import_vm, self.rt, path, name,
+                                           "upload" if upload else None)
+        finally:
+            if upload is not None:
+                path.unlink(missing_ok=True)
 
 
 def _resolve(rt: VMRuntime, req: sp.VMCreate, memory: int) -> sp.VMSpec:
@@ -249,15 +278,9 @@ def _resolve(rt: VMRuntime, req: sp.VMCreate, memory: int) -> sp.VMSpec:
     if machine not in sp.MACHINES[arch]:
         raise InvalidSpec("machine", f"{machine} is not an {arch} machine; use "
                                      + " or ".join(sp.MACHINES[arch]))
-    if req.kernel:
-        kernel = Path(req.kernel).expanduser()
-        if not kernel.is_file():
-            raise InvalidSpec("kernel", f"no file '{req.kernel}'; give the path of a kernel")
-        initrd = Path(req.initrd).expanduser() if req.initrd else None
-        if initrd and not initrd.is_file():
-            raise InvalidSpec("initrd", f"no file '{req.initrd}'; give the path of an initrd")
-        kpath: str | None = str(kernel.absolute())
-        ipath = str(initrd.absolute()) if initrd else None
+    if req.kernel:  # placed by define (provision.boot_file): uploads move into the VM
+        kpath: str | None = req.kernel
+        ipath = req.initrd
         cmdline = req.cmdline or "console=ttyS0 panic=-1"
     else:
         assert image is not None

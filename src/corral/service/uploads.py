@@ -1,0 +1,124 @@
+"""Files a client sends: kernels, initrds, disk images, VM exports.
+
+The client reads the file with its own rights and streams it to ``POST /v1/uploads``; the
+daemon writes it into ``$CORRAL_HOME/uploads/`` (mode 0600) under a temporary name, and
+renames it to its id once it is whole. A request then names it as ``upload:ID`` (a VM's
+``kernel``, ``initrd``, a disk's ``upload``) or ``?upload=ID`` (image and VM import), and
+the use case *takes* it: the file moves where it belongs (the VM's directory) or is read and
+removed. An upload is used once.
+
+Bounds: an upload larger than the ``uploads.max_size`` setting is refused (413) as soon as
+the bytes pass it, and leaves nothing; one no request took within ``uploads.ttl`` seconds
+is removed (checked when a new one arrives and when the daemon starts); a full disk leaves
+nothing (507).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from corral import settings
+from corral.errors import DiskFull, InvalidSpec, NotFound, TooLarge
+
+ID_RE = re.compile(r"^[0-9a-f]{32}$")
+PREFIX = "upload:"
+PARTIAL = ".partial-"
+
+
+class Uploads:
+    """The uploads directory of one home."""
+
+    def __init__(self, home: Path) -> None:
+        self.dir = home / "uploads"
+
+    def path(self, upload_id: str, field: str = "upload") -> Path:
+        """The file of upload ``upload_id``.
+
+        :raises InvalidSpec: not an upload id. :raises NotFound: no such upload (used,
+            expired or never made).
+        """
+        if not isinstance(upload_id, str) or not ID_RE.match(upload_id):
+            raise InvalidSpec(field, f"'{str(upload_id)[:80]}' is not an upload id (32 hex "
+                                     "digits, from POST /v1/uploads)")
+        path = self.dir / upload_id
+        if not path.is_file():
+            raise NotFound(f"no upload '{upload_id}' (each is used once and expires after "
+                           f"{settings.value('uploads.ttl'):g} s); upload the file again")
+        return path
+
+    def ref(self, field: str, text: str) -> Path | None:
+        """The upload ``text`` names as ``upload:ID``, or None when it names none."""
+        if not text.startswith(PREFIX):
+            return None
+        return self.path(text[len(PREFIX):], field)
+
+    async def receive(self, chunks: AsyncIterator[bytes]) -> dict[str, Any]:
+        """Write the streamed ``chunks`` into a new upload: ``{"upload", "size",
+        "sha256"}``.
+
+        :raises TooLarge: more than ``uploads.max_size`` bytes (nothing is kept).
+        :raises DiskFull: the home's disk filled up (nothing is kept).
+        """
+        limit: int = settings.value("uploads.max_size")
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        self.sweep()
+        upload_id = secrets.token_hex(16)
+        tmp = self.dir / f"{PARTIAL}{upload_id}"
+        digest = hashlib.sha256()
+        size = 0
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"the upload is larger than {limit} bytes (setting "
+                                   "uploads.max_size, CORRAL_UPLOAD_MAX)", limit)
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fsync(fd)
+            os.rename(tmp, self.dir / upload_id)
+        except BaseException as err:
+            tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+                raise DiskFull(f"the disk holding {self.dir} is full; free some space") from err
+            raise
+        finally:
+            os.close(fd)
+        return {"upload": upload_id, "size": size, "sha256": digest.hexdigest()}
+
+    def rm(self, upload_id: str) -> None:
+        """:raises NotFound: no such upload."""
+        self.path(upload_id).unlink()
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Remove uploads older than ``uploads.ttl`` (and partial ones of a daemon that died
+        mid-upload); return their names."""
+        ttl: float = settings.value("uploads.ttl")
+        now = time.time() if now is None else now
+        gone: list[str] = []
+        if not self.dir.is_dir():
+            return gone
+        for path in self.dir.iterdir():
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime > ttl:
+                    path.unlink()
+                    gone.append(path.name)
+        return gone
+
+    def sweep_partial(self) -> None:
+        """At start: no upload can be in flight, so every partial file is a leftover."""
+        if self.dir.is_dir():
+            for path in self.dir.glob(f"{PARTIAL}*"):
+                path.unlink(missing_ok=True)
+        self.sweep()
