@@ -10,15 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
 
 from corral.config import Paths
-from corral.errors import InvalidSpec
 from corral.host import cgroups
 from corral.host.network import dnsmasq
-from corral.service import saved
 
 
 def test_two_homes_never_share_a_cgroup_or_a_run_directory(tmp_path: Path) -> None:
@@ -59,12 +56,6 @@ def test_only_empty_run_directories_are_removed(tmp_path: Path) -> None:
     paths.remove_leftovers()
     assert not run.exists()
     paths.remove_leftovers()  # nothing there: nothing to do
-
-
-async def test_save_refuses_a_relative_file() -> None:
-    # the daemon's directory is not the caller's: the caller must send an absolute path
-    with pytest.raises(InvalidSpec, match="relative path; give an absolute one"):
-        await saved.save(cast(Any, None), "web", "web.state")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -1,18 +1,25 @@
-"""Live export without QEMU: the pause around the copy, what it refuses, what it puts back.
-(The pause itself, QEMU flushing its disks, is exercised with real guests elsewhere.)"""
+"""Export as a stream and import without QEMU: the pause around the copy, what it refuses,
+what it puts back, the archive's exact size and bytes, and imports that would make the
+daemon open a file outside the VM. (The pause itself, QEMU flushing its disks, is exercised
+with real guests elsewhere.)"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import shutil
+import subprocess
 import tarfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from corral.config import Paths
 from corral.domain.states import State
-from corral.errors import InvalidSpec, InvalidState
+from corral.errors import InvalidSpec, InvalidState, NotFound
 from corral.service import portable
 from corral.service.manager import Manager
 
@@ -36,14 +43,29 @@ class Paused:
         rec.state = State.RUNNING
 
 
+async def upload(m: Manager, data: bytes) -> str:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield data
+
+    out: dict[str, str] = await m.uploads.receive(chunks())
+    return out["upload"]
+
+
+async def export_bytes(m: Manager, name: str, live: bool = False
+                       ) -> tuple[dict[str, object], bytes]:
+    async with m.vms.export(name, live=live) as plan:
+        data = b"".join([chunk async for chunk in plan.chunks()])
+    assert len(data) == plan.size  # the Content-Length sent is exact
+    return plan.info(), data
+
+
 @pytest.fixture
 async def manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                   ) -> AsyncIterator[tuple[Manager, Paused]]:
-    kernel = tmp_path / "vmlinux"
-    kernel.write_bytes(b"\x7fELF")
     m = Manager(Paths(tmp_path / "home"))
     await m.open()
-    await m.vms.create({"name": "web", "kernel": str(kernel), "disks": [{"size": "1M"}]})
+    kernel = await upload(m, b"\x7fELF")
+    await m.vms.create({"name": "web", "kernel": f"upload:{kernel}", "disks": [{"size": "1M"}]})
     fake = Paused(m)
     monkeypatch.setattr(m.vms.life, "pause", fake.pause)
     monkeypatch.setattr(m.vms.life, "resume", fake.resume)
@@ -52,42 +74,121 @@ async def manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 async def test_a_running_vm_is_paused_for_the_copy_and_resumed(
-        manager: tuple[Manager, Paused], tmp_path: Path) -> None:
+        manager: tuple[Manager, Paused]) -> None:
     m, fake = manager
     m.runtime.get("web").state = State.RUNNING
     with pytest.raises(InvalidState, match="needs defined, stopped, saved, crashed"):
-        await m.vms.export("web", str(tmp_path / "no.corral"))
-    out = await m.vms.export("web", str(tmp_path / "web.corral"), live=True)
+        await export_bytes(m, "web")
+    info, data = await export_bytes(m, "web", live=True)
     assert fake.calls == ["pause", "resume"] and m.runtime.get("web").state == State.RUNNING
-    assert out["saved"] is False and "disk0.qcow2" in out["files"]
-    with tarfile.open(tmp_path / "web.corral") as tar:
+    assert info["saved"] is False and info["files"] == ["disk0.qcow2", "kernel",
+                                                        "vmstate.qcow2"]
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert tar.getnames()[0] == portable.MANIFEST
         first = tar.extractfile(portable.MANIFEST)
         assert first is not None and json.load(first)["name"] == "web"
+        kernel = tar.extractfile("kernel")
+        assert kernel is not None and kernel.read() == b"\x7fELF"
 
 
-async def test_a_paused_vm_stays_paused_and_a_stopped_one_is_exported_as_ever(
-        manager: tuple[Manager, Paused], tmp_path: Path) -> None:
+async def test_a_paused_vm_stays_paused_and_exports_are_byte_identical(
+        manager: tuple[Manager, Paused]) -> None:
     m, fake = manager
     m.runtime.get("web").state = State.PAUSED
-    await m.vms.export("web", str(tmp_path / "a.corral"), live=True)
+    _, paused = await export_bytes(m, "web", live=True)
     assert fake.calls == [] and m.runtime.get("web").state == State.PAUSED
     m.runtime.get("web").state = State.STOPPED
-    await m.vms.export("web", str(tmp_path / "b.corral"), live=True)
-    assert sorted(p.name for p in tmp_path.glob("*.corral")) == ["a.corral", "b.corral"]
+    _, stopped = await export_bytes(m, "web")
+    assert stopped == paused  # nothing changed: the same bytes
 
 
-async def test_a_failed_live_export_still_resumes_and_leaves_no_file(
-        manager: tuple[Manager, Paused], tmp_path: Path) -> None:
+async def test_a_failed_live_export_still_resumes(manager: tuple[Manager, Paused]) -> None:
     m, fake = manager
     m.runtime.get("web").state = State.RUNNING
-    with pytest.raises(InvalidSpec, match="no directory"):
-        await m.vms.export("web", str(tmp_path / "nope" / "web.corral"), live=True)
+    with pytest.raises(ConnectionResetError):
+        async with m.vms.export("web", live=True) as plan:
+            async for _chunk in plan.chunks():
+                raise ConnectionResetError("the client went away")
     assert fake.calls == ["pause", "resume"] and m.runtime.get("web").state == State.RUNNING
+    assert not m.runtime.busy("web")
 
     async def resumed_by_another_request(name: str) -> None:
         fake.calls.append("pause")  # and someone resumes it before the copy begins
     m.vms.life.pause = resumed_by_another_request  # type: ignore[method-assign,assignment]
     fake.calls.clear()
     with pytest.raises(InvalidState, match="running"):
-        await m.vms.export("web", str(tmp_path / "web.corral"), live=True)
-    assert fake.calls == ["pause", "resume"] and list(tmp_path.glob("*.corral")) == []
+        await export_bytes(m, "web", live=True)
+    assert fake.calls == ["pause", "resume"] and not m.runtime.busy("web")
+
+
+async def test_an_uploaded_export_imports_and_is_used_up(manager: tuple[Manager, Paused]
+                                                         ) -> None:
+    m, _ = manager
+    _, data = await export_bytes(m, "web")
+    up = await upload(m, data)
+    vm = await m.vms.import_(upload=up, name="web2")
+    assert vm["state"] == "stopped"
+    assert m.runtime.get("web2").spec.kernel == str(m.runtime.paths.vm_dir("web2") / "kernel")
+    assert not (m.uploads.dir / up).exists()
+    with pytest.raises(NotFound, match="upload the file again"):
+        await m.vms.import_(upload=up, name="web3")
+
+
+def _tamper(data: bytes, home: Path, change: Callable[[dict[str, Any], Path], None]) -> bytes:
+    """``data`` (an export) with its manifest and files changed by ``change(manifest,
+    dir)``, checksums made right again."""
+    work = home.parent / "tamper"
+    work.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(work, filter="data")
+    manifest = json.loads((work / portable.MANIFEST).read_text())
+    change(manifest, work)
+    manifest["files"] = {n: hashlib.sha256((work / n).read_bytes()).hexdigest()
+                         for n in manifest["files"]}
+    (work / portable.MANIFEST).write_text(json.dumps(manifest))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        tar.add(work / portable.MANIFEST, portable.MANIFEST)
+        for n in manifest["files"]:
+            tar.add(work / n, n)
+    shutil.rmtree(work)
+    return out.getvalue()
+
+
+async def test_an_export_cannot_make_the_daemon_open_a_host_file(
+        manager: tuple[Manager, Paused], tmp_path: Path) -> None:
+    m, _ = manager
+    _, data = await export_bytes(m, "web")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root only")
+
+    def backed(manifest: dict[str, Any], work: Path) -> None:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                        str(secret), str(work / "disk0.qcow2")], check=True)
+
+    def data_file(manifest: dict[str, Any], work: Path) -> None:
+        (work / "disk0.qcow2").unlink()
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                        f"data_file={tmp_path / 'data.raw'}", str(work / "disk0.qcow2"),
+                        "9"], check=True)
+
+    for change in (backed, data_file):
+        up = await upload(m, _tamper(data, tmp_path, change))
+        with pytest.raises(InvalidSpec, match="names a file outside the VM"):
+            await m.vms.import_(upload=up, name="evil")
+        assert m.runtime.db.get_vm("evil") is None
+        assert sorted(p.name for p in (tmp_path / "home" / "vms").iterdir()) == ["web"]
+    assert secret.read_bytes() == b"root only"
+
+    def warm(manifest: dict[str, Any], work: Path) -> None:
+        manifest["spec"]["warm_template"] = str(tmp_path)
+        manifest["spec"]["initrd"] = str(secret)
+        manifest["spec"]["kernel"] = None
+        manifest["spec"]["image"] = None
+        manifest["files"].pop("kernel")
+        (work / "kernel").unlink()
+
+    vm = await m.vms.import_(upload=await upload(m, _tamper(data, tmp_path, warm)),
+                             name="tame")
+    spec = m.runtime.get("tame").spec
+    assert spec.warm_template is None and spec.initrd is None and vm["state"] == "stopped"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from corral.cli.images import ProgressBar
+from corral.cli.progress import ProgressBar
 
 
 class Clock:

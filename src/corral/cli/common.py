@@ -62,7 +62,7 @@ def transfer_progress(title: str) -> Any:
     None when stderr is not a terminal (a log, a script reading one error line)."""
     if not sys.stderr.isatty():
         return None
-    from corral.cli.images import ProgressBar
+    from corral.cli.progress import ProgressBar
 
     bar = ProgressBar(title)
 

@@ -38,14 +38,20 @@ async def test_save_and_restore_bring_a_running_vm_back_with_its_memory(
     assert "state_written" in kinds and "restored" in kinds
 
 
-async def test_a_paused_vm_comes_back_paused(m: Manager, driver: FakeDriver,
-                                             tmp_path: Path) -> None:
+async def test_a_paused_vm_comes_back_paused_and_its_state_downloads_whole(
+        m: Manager, driver: FakeDriver, home: Path) -> None:
     await running(m, "p")
     await m.vms.pause("p")
-    await m.vms.save("p", str(tmp_path / "p.state"))
+    with pytest.raises(InvalidState, match="needs saved"):
+        async with m.vms.saved_state("p"):
+            pass
+    await m.vms.save("p")
+    async with m.vms.saved_state("p") as (size, chunks):
+        assert m.runtime.busy("p")  # held still: no restore uses the file up meanwhile
+        data = b"".join([chunk async for chunk in chunks])
+    assert size == len(data) > 0 and data == (home / "vms" / "p" / "saved.state").read_bytes()
     view = await m.vms.restore("p")
     assert view["state"] == "paused" and await driver.machine("p").status() == "paused"
-    assert (tmp_path / "p.state").is_file()  # a user's file is kept
 
 
 async def test_a_damaged_state_leaves_the_vm_saved_with_its_file(
