@@ -4,17 +4,18 @@ boot files taken into the VM's directory, files used in place checked (see
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
 from pathlib import Path
 
 from corral.domain.sizes import parse_size
 from corral.domain.specs import DiskRequest, DiskSpec, VMCreate
-from corral.errors import CommandFailed, InvalidSpec
+from corral.errors import CommandFailed, CorralError, InvalidSpec
 from corral.host import qemu_img
 from corral.host.qemu_img import Format
 from corral.service import hostpaths
-from corral.service.uploads import Uploads
+from corral.service.uploads import PREFIX, Uploads
 
 MAX_CHAIN = 16
 
@@ -138,6 +139,26 @@ async def _in_place_format(field: str, path: Path, declared: Format | None) -> F
     if depth > MAX_CHAIN:
         raise InvalidSpec(field, f"its backing chain is deeper than {MAX_CHAIN}")
     return fmt
+
+
+def drop_uploads(req: VMCreate, home: Path) -> None:
+    """Remove the uploads ``req`` names that are still there (a failed define)."""
+    uploads = Uploads(home)
+    refs = [t[len(PREFIX):] for t in (req.kernel, req.initrd) if t and t.startswith(PREFIX)]
+    refs += [d.upload for d in req.disks if d.upload]
+    for ref in refs:
+        with contextlib.suppress(CorralError):
+            uploads.path(ref).unlink(missing_ok=True)
+
+
+def check_boot_file(field: str, text: str, home: Path) -> None:
+    """What :func:`boot_file` would refuse, checked before anything is made or taken.
+
+    :raises PathNotAllowed: a path outside the allowed directories.
+    :raises NotFound: no such upload.
+    """
+    if Uploads(home).ref(field, text) is None:
+        hostpaths.check(field, text)
 
 
 def boot_file(field: str, text: str, vm_dir: Path) -> str:

@@ -68,9 +68,17 @@ class VMs:
             raise
 
     async def define(self, body: dict[str, Any]) -> VMRecord:
-        """Make a VM's record and its disks; nothing boots. A failure leaves nothing."""
-        rt = self.rt
+        """Make a VM's record and its disks; nothing boots. A failure leaves nothing (the
+        uploads it names are used up either way)."""
         req = sp.parse_create(body)
+        try:
+            return await self._define(req)
+        except BaseException:
+            provision.drop_uploads(req, self.rt.paths.home)
+            raise
+
+    async def _define(self, req: sp.VMCreate) -> VMRecord:
+        rt = self.rt
         memory = sp.validate_against_host(req, hostfacts.facts())
         async with rt.lock(req.name):
             if rt.db.get_vm(req.name) is not None:
@@ -279,6 +287,9 @@ def _resolve(rt: VMRuntime, req: sp.VMCreate, memory: int) -> sp.VMSpec:
         raise InvalidSpec("machine", f"{machine} is not an {arch} machine; use "
                                      + " or ".join(sp.MACHINES[arch]))
     if req.kernel:  # placed by define (provision.boot_file): uploads move into the VM
+        for field, text in (("kernel", req.kernel), ("initrd", req.initrd)):
+            if text:
+                provision.check_boot_file(field, text, rt.paths.home)
         kpath: str | None = req.kernel
         ipath = req.initrd
         cmdline = req.cmdline or "console=ttyS0 panic=-1"
