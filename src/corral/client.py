@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 
 from corral import errors
-from corral.client_files import FileCalls
+from corral.client_files import FileCalls, writing
 from corral.client_networks import NetworkCalls
 from corral.wire import MAX_TIMEOUT, error, integer, seconds, seg
 
@@ -113,9 +113,12 @@ class Client(NetworkCalls, FileCalls):
              progress: Progress | None = None) -> views.VM:
         """Write the VM's whole state to its state file and stop it (``saved``); with
         ``file`` (a path or a binary file open for writing), also download a copy there."""
-        out: views.VM = self.request("POST", f"/vms/{seg(name)}/save")
-        if file is not None:
-            self.download_state(name, file, progress)
+        if file is None:
+            out: views.VM = self.request("POST", f"/vms/{seg(name)}/save")
+            return out
+        with writing(file, "state") as sink:  # a file the caller cannot write fails first
+            out = self.request("POST", f"/vms/{seg(name)}/save")
+            self.download_state(name, sink, progress)
         return out
 
     def restore(self, name: str, wait: bool = False, timeout: float | None = None

@@ -10,6 +10,7 @@ binary file, and an optional ``progress(done, total)`` callback. Standard librar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -18,7 +19,7 @@ from corral.wire import Connection, seg
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from typing import Any, BinaryIO
 
     from corral import views
@@ -141,23 +142,35 @@ class FileCalls(Connection):
 
     def _download(self, method: str, route: str, file: FileLike, what: str,
                   progress: Progress | None, **query: Any) -> dict[str, str]:
-        if hasattr(file, "write"):
-            return self.receive_file(method, route, file, progress, **query)  # type: ignore
-        target = os.path.abspath(os.fspath(file))
-        if os.path.isdir(target):
-            raise errors.InvalidSpec("file", f"{target} is a directory; name the file")
-        tmp = os.path.join(os.path.dirname(target),
-                           f".{os.path.basename(target)}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "xb") as f:
-                headers = self.receive_file(method, route, f, progress, **query)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except OSError as err:
-            raise errors.CorralError(f"cannot write the {what} to {target}: "
-                                     f"{err.strerror or err}") from err
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return headers
+        with writing(file, what) as sink:
+            return self.receive_file(method, route, sink, progress, **query)
+
+
+@contextlib.contextmanager
+def writing(file: FileLike, what: str) -> Iterator[BinaryIO]:
+    """A sink for the download of ``what`` into ``file``: a binary file open for writing is
+    written as it is; a path gets a temporary file beside it (made first, so a target the
+    caller may not write fails before the daemon does anything), synced and renamed onto
+    the path when the block ends well, removed when it does not.
+
+    :raises CorralError: the file cannot be written (nothing is left).
+    """
+    if hasattr(file, "write"):
+        yield file  # type: ignore[misc]
+        return
+    target = os.path.abspath(os.fspath(file))
+    if os.path.isdir(target):
+        raise errors.InvalidSpec("file", f"{target} is a directory; name the file")
+    tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "xb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as err:
+        raise errors.CorralError(f"cannot write the {what} to {target}: "
+                                 f"{err.strerror or err}") from err
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

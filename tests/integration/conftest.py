@@ -74,7 +74,7 @@ class Daemon:
 
     def __init__(self, home: Path, image_path: str, **env: str) -> None:
         self.home = home
-        self.socket = home / "corral.sock"
+        self.socket = Path(env.get("CORRAL_SOCKET", home / "corral.sock"))
         self.env = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_IMAGE_PATH": image_path,
                     "CORRAL_SOCKET": str(self.socket), **env}
         self.proc: subprocess.Popen[bytes] | None = None

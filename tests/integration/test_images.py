@@ -52,7 +52,11 @@ def test_image_import_and_removal(daemon: Daemon, tmp_path: Path) -> None:
     res = d.cli("image", "import", "mine", str(tiny / "root.qcow2"), "--agent",
                 "--root-device", "nvme", "--json")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["disk"] == "root.qcow2"
+    imported = json.loads(res.stdout)
+    assert imported["name"] == "mine" and imported["path"] == str(d.home / "images" / "mine")
+    manifest = json.loads((d.home / "images" / "mine" / "image.json").read_text())
+    assert manifest["disk"] == "root.qcow2" and manifest["source"] == "upload"
+    assert list((d.home / "uploads").iterdir()) == []  # the upload was used up
     assert "mine" in d.cli("image", "list").stdout
     cmdline = json.loads((tiny.parent / "tiny-disk" / "image.json").read_text())["cmdline"]
     d.client.create("imp", image="mine", kernel=str(tiny / "vmlinux"), cmdline=cmdline,

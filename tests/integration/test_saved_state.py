@@ -76,7 +76,8 @@ def test_paused_save_restores_paused_and_start_restores(daemon: Daemon, vm: str)
     assert counter(daemon, vm) > first
 
 
-def test_disk_full_keeps_the_vm_running_and_leaves_no_file(daemon: Daemon, vm: str) -> None:
+def test_a_copy_to_a_full_disk_leaves_no_file_and_the_state_safe(daemon: Daemon,
+                                                                   vm: str) -> None:
     small = Path(tempfile.mkdtemp(prefix="corral-full-"))
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(small)], check=True)
     try:
@@ -84,10 +85,10 @@ def test_disk_full_keeps_the_vm_running_and_leaves_no_file(daemon: Daemon, vm: s
         res = daemon.cli("save", vm, "--file", str(target))
         assert res.returncode == 1
         assert "cannot write the state" in res.stderr and res.stderr.count("\n") == 1
-        assert list(small.iterdir()) == []  # no partial state anywhere
-        vm_view = daemon.client.get(vm)
-        assert vm_view["state"] == "running" and vm_view["qemu_status"] == "running"
-        first = counter(daemon, vm)
+        assert list(small.iterdir()) == []  # no partial copy
+        # the daemon wrote the state in its own home: the VM is saved and comes back whole
+        assert daemon.client.get(vm)["state"] == "saved"
+        first = counter_after_restore(daemon, vm)
         time.sleep(0.3)
         assert counter(daemon, vm) > first
     finally:
@@ -95,20 +96,27 @@ def test_disk_full_keeps_the_vm_running_and_leaves_no_file(daemon: Daemon, vm: s
         small.rmdir()
 
 
-def test_user_file_and_unreadable_state(daemon: Daemon, vm: str, tmp_path: Path) -> None:
+def counter_after_restore(d: Daemon, name: str) -> int:
+    d.client.restore(name, wait=True)
+    return counter(d, name)
+
+
+def test_a_downloaded_copy_and_an_unreadable_state(daemon: Daemon, vm: str,
+                                                   tmp_path: Path) -> None:
     c = daemon.client
     target = tmp_path / "my.state"
     c.save(vm, file=str(target))
-    assert target.is_file()
-    good = target.read_bytes()
-    target.write_bytes(good[: len(good) // 3])  # damaged: QEMU cannot accept it
+    managed = daemon.home / "vms" / vm / "saved.state"
+    good = managed.read_bytes()
+    assert target.read_bytes() == good  # the copy is byte-identical
+    managed.write_bytes(good[: len(good) // 3])  # damaged: QEMU cannot accept it
     with pytest.raises(CorralError) as info:
         c.restore(vm)
     assert "the saved state is kept" in info.value.message
     vm_view = c.get(vm)
-    assert vm_view["state"] == "saved" and target.exists()
+    assert vm_view["state"] == "saved" and managed.exists()
     assert qemu_pids(str(daemon.home)) == []
-    target.write_bytes(good)
+    managed.write_bytes(target.read_bytes())  # the copy puts it right
     assert c.restore(vm, wait=True)["state"] == "running"
-    assert target.exists()  # the user's own file is kept
+    assert target.exists()  # the user's own copy is theirs
     os.unlink(target)

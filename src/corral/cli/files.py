@@ -31,7 +31,11 @@ def copy(client: Any, src: str, dest: str, as_json: bool) -> int:
             raise InvalidSpec("cp", f"no file '{src_path}' on this host")
         if dest_path.endswith("/"):
             dest_path += local.name
-        out = client.write_file(dest_vm, dest_path, local.read_bytes())
+        try:  # with the caller's own rights: the daemon never opens it
+            data = local.read_bytes()
+        except OSError as err:
+            raise InvalidSpec("cp", f"cannot read {src_path}: {err.strerror}") from err
+        out = client.write_file(dest_vm, dest_path, data)
     else:
         assert src_vm is not None
         data = client.read_file(src_vm, src_path)
@@ -41,7 +45,10 @@ def copy(client: Any, src: str, dest: str, as_json: bool) -> int:
         if not target.parent.is_dir():
             raise InvalidSpec("cp", f"no directory '{target.parent}' on this host")
         # write beside the target, then rename: never a half-written file under its name
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        except OSError as err:
+            raise InvalidSpec("cp", f"cannot write in {target.parent}: {err.strerror}") from err
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
