@@ -15,6 +15,7 @@ nothing (507).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -32,6 +33,15 @@ from corral.errors import DiskFull, InvalidSpec, NotFound, TooLarge
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
 PREFIX = "upload:"
 PARTIAL = ".partial-"
+BATCH = 1 << 20  # bytes gathered before each write
+
+
+def _write_all(fd: int, data: bytes, sync: bool = False) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    if sync:
+        os.fsync(fd)
 
 
 class Uploads:
@@ -76,6 +86,8 @@ class Uploads:
         digest = hashlib.sha256()
         size = 0
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        pending: list[bytes] = []
+        held = 0
         try:
             async for chunk in chunks:
                 size += len(chunk)
@@ -83,10 +95,12 @@ class Uploads:
                     raise TooLarge(f"the upload is larger than {limit} bytes (setting "
                                    "uploads.max_size, CORRAL_UPLOAD_MAX)", limit)
                 digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-            os.fsync(fd)
+                pending.append(chunk)
+                held += len(chunk)
+                if held >= BATCH:  # the disk is waited for in a thread, not on the loop
+                    await asyncio.to_thread(_write_all, fd, b"".join(pending))
+                    pending, held = [], 0
+            await asyncio.to_thread(_write_all, fd, b"".join(pending), True)
             os.rename(tmp, self.dir / upload_id)
         except BaseException as err:
             tmp.unlink(missing_ok=True)
