@@ -187,3 +187,29 @@ async def test_downloads_of_an_export_and_a_saved_state(api: httpx.AsyncClient) 
     r = await api.get("/v1/vms/e/state")
     assert r.status_code == 409 and "needs saved" in r.json()["message"]
     assert (await api.post("/v1/vms/nope/export")).status_code == 404
+
+
+async def test_a_full_disk_during_an_upload_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from corral.errors import DiskFull
+    from corral.service import uploads as uploads_mod
+
+    store = uploads_mod.Uploads(tmp_path)
+    real_write, calls = os.write, []
+
+    def filling(fd: int, data: memoryview) -> int:
+        calls.append(len(data))
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield bytes(1 << 20)
+
+    monkeypatch.setattr(uploads_mod.os, "write", filling)
+    with pytest.raises(DiskFull, match="is full"):
+        await store.receive(body())
+    assert list(store.dir.iterdir()) == []

@@ -24,8 +24,9 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from corral import settings
 from corral.errors import DiskFull, InvalidSpec, NotFound, TooLarge
@@ -33,15 +34,50 @@ from corral.errors import DiskFull, InvalidSpec, NotFound, TooLarge
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
 PREFIX = "upload:"
 PARTIAL = ".partial-"
-BATCH = 1 << 20  # bytes gathered before each write
+BATCH = 1 << 20  # bytes gathered for each write
 
 
-def _write_all(fd: int, data: bytes, sync: bool = False) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    if sync:
-        os.fsync(fd)
+class _Writer:
+    """Hashes and writes an upload in a thread, one batch in flight while the next arrives,
+    so neither the disk nor the hash holds the event loop up (hashlib lets go of the GIL
+    for big buffers). The file is closed only once no write is running in a thread."""
+
+    _threads: ClassVar[ThreadPoolExecutor | None] = None
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.digest = hashlib.sha256()
+        self.flight: Future[None] | None = None
+
+    def _write(self, data: bytes, sync: bool) -> None:
+        self.digest.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        if sync:
+            os.fsync(self.fd)
+
+    async def write(self, data: bytes, sync: bool = False) -> None:
+        """Start writing ``data`` once the batch before it is written.
+
+        :raises OSError: writing the batch before it failed.
+        """
+        await self.settle()
+        if _Writer._threads is None:
+            _Writer._threads = ThreadPoolExecutor(2, thread_name_prefix="corral-upload")
+        self.flight = _Writer._threads.submit(self._write, data, sync)
+
+    async def settle(self) -> None:
+        """:raises OSError: the write in flight failed."""
+        if self.flight is not None:
+            await asyncio.wrap_future(self.flight)  # kept until done: close() waits for it
+            self.flight = None
+
+    def close(self) -> None:
+        if self.flight is not None and not self.flight.done():
+            self.flight.add_done_callback(lambda _: os.close(self.fd))
+        else:
+            os.close(self.fd)
 
 
 class Uploads:
@@ -83,9 +119,9 @@ class Uploads:
         self.sweep()
         upload_id = secrets.token_hex(16)
         tmp = self.dir / f"{PARTIAL}{upload_id}"
-        digest = hashlib.sha256()
         size = 0
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        writer = _Writer(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                 0o600))
         pending: list[bytes] = []
         held = 0
         try:
@@ -94,13 +130,13 @@ class Uploads:
                 if size > limit:
                     raise TooLarge(f"the upload is larger than {limit} bytes (setting "
                                    "uploads.max_size, CORRAL_UPLOAD_MAX)", limit)
-                digest.update(chunk)
                 pending.append(chunk)
                 held += len(chunk)
-                if held >= BATCH:  # the disk is waited for in a thread, not on the loop
-                    await asyncio.to_thread(_write_all, fd, b"".join(pending))
+                if held >= BATCH:
+                    await writer.write(b"".join(pending))
                     pending, held = [], 0
-            await asyncio.to_thread(_write_all, fd, b"".join(pending), True)
+            await writer.write(b"".join(pending), sync=True)
+            await writer.settle()
             os.rename(tmp, self.dir / upload_id)
         except BaseException as err:
             tmp.unlink(missing_ok=True)
@@ -108,8 +144,8 @@ class Uploads:
                 raise DiskFull(f"the disk holding {self.dir} is full; free some space") from err
             raise
         finally:
-            os.close(fd)
-        return {"upload": upload_id, "size": size, "sha256": digest.hexdigest()}
+            writer.close()
+        return {"upload": upload_id, "size": size, "sha256": writer.digest.hexdigest()}
 
     def rm(self, upload_id: str) -> None:
         """:raises NotFound: no such upload."""
