@@ -26,7 +26,8 @@ from corral.engine.qemu.qmp import Monitor
 from corral.errors import CorralError, MigrationFailed, MonitorError
 
 TLS_ID = "crl-migrate-tls"
-POLL = 0.05  # seconds between readings of a running migration
+POLL = 0.01    # seconds between readings of a running migration
+REPORT = 0.1   # seconds between progress reports (and at every change of status)
 ENDED = ("completed", "failed", "cancelled")
 
 
@@ -209,11 +210,13 @@ class LiveMigration:
         the switch, give up when it cannot converge in time."""
         loop = asyncio.get_running_loop()
         postcopy_started = False
+        reported, last = "", 0.0
         while True:
             info: dict[str, Any] = await self.monitor.execute("query-migrate")
             status = str(info.get("status"))
-            if report is not None:
+            if report is not None and (status != reported or loop.time() - last >= REPORT):
                 report(progress_of(info, await self._jobs() if options.mirror else []))
+                reported, last = status, loop.time()
             if status == "completed":
                 return {**info, "postcopy-started": postcopy_started}
             if status in ("failed", "cancelled"):
