@@ -71,6 +71,11 @@ class CreateSpec(VMCreate):
         | None = None
     pin: list[Annotated[int, Field(ge=0, le=4095)]] | None = Field(None, max_length=4096)
     owner: str = Field("default", min_length=1, max_length=64)
+    kernel: str | None = Field(None, min_length=1, max_length=4096, description=(
+        "upload:ID (an upload, POST /v1/uploads), or a path inside the daemon's allowed "
+        "host paths (setting paths.allowed); anything else is refused"))
+    initrd: str | None = Field(None, min_length=1, max_length=4096,
+                               description="as kernel")
 
 
 def _writes_no_file(file: str, instead: str) -> PathNotAllowed:

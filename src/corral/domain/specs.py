@@ -47,8 +47,10 @@ class DiskRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     size: str | None = None
-    path: str | None = None
-    upload: str | None = None
+    path: str | None = Field(None, description="a file used in place: only inside the "
+                                               "daemon's allowed host paths (paths.allowed)")
+    upload: str | None = Field(None, description="an upload id (POST /v1/uploads): the "
+                                                 "image becomes the VM's own disk")
     format: Literal["qcow2", "raw"] | None = None
     readonly: bool = False
 
