@@ -213,3 +213,36 @@ async def test_a_full_disk_during_an_upload_leaves_nothing(
     with pytest.raises(DiskFull, match="is full"):
         await store.receive(body())
     assert list(store.dir.iterdir()) == []
+
+
+def test_no_path_spelling_reaches_a_file_outside_the_allowed_directories(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from corral.errors import InvalidSpec
+    from corral.service import hostpaths
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (allowed / "sub" / "disk").write_bytes(b"in")
+    (outside / "disk").write_bytes(b"out")
+    (allowed / "out").symlink_to(outside)  # a directory link leading out
+    (allowed / "sub" / "up").symlink_to("../..")
+    (allowed / "sub" / "in").symlink_to("disk")  # a file link staying in
+    monkeypatch.setenv("CORRAL_ALLOWED_PATHS", str(allowed))
+    parts = st.sampled_from(["sub", "disk", "out", "up", "in", "..", ".", "", "allowed",
+                             "outside"])
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(parts, min_size=1, max_size=6))
+    def check(spelling: list[str]) -> None:
+        text = str(allowed) + "/" + "/".join(spelling)
+        try:
+            real = hostpaths.check("disks.0.path", text)
+        except InvalidSpec:
+            return
+        assert real.read_bytes() == b"in" and real.is_relative_to(allowed), text
+
+    check()
