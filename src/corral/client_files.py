@@ -97,6 +97,15 @@ class FileCalls(Connection):
             out["disks"] = disks
         return out
 
+    def copy_in(self, name: str, guest_path: str, file: FileLike,
+                progress: Progress | None = None) -> views.FileWritten:
+        """Copy ``file`` (a path or a binary file) to ``guest_path`` in VM ``name``: sent as
+        an upload, so it may be as large as the daemon's ``uploads.max_size``."""
+        upload = self.upload(file, "file", progress)["upload"]
+        out: views.FileWritten = json.loads(self.raw_request(
+            "PUT", f"/vms/{seg(name)}/files", None, path=guest_path, upload=upload))
+        return out
+
     def import_image(self, name: str, file: FileLike, *, agent: bool = False,
                      root_device: str = "virtio", progress: Progress | None = None
                      ) -> views.Image:

@@ -3,6 +3,7 @@
     POST /v1/vms/NAME/exec?stream=       {argv, timeout, stdin (base64), env}
     GET  /v1/vms/NAME/files?path=P       the file's bytes
     PUT  /v1/vms/NAME/files?path=P       the body is the file (at most 256 MiB)
+    PUT  /v1/vms/NAME/files?path=P&upload=ID   the file of an upload (uploads.max_size)
     GET  /v1/vms/NAME/addresses
 
 A command's argv is bounded (:data:`MAX_ARGS` arguments, :data:`MAX_ARGV_BYTES` in all), as
@@ -31,6 +32,8 @@ MAX_ARGV_BYTES = 256 << 10
 MAX_ENV = 1024
 GuestPath = Annotated[str, Query(min_length=1, max_length=4096,
                                  description="an absolute path in the guest")]
+UploadRef = Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$",
+                                        description="an upload id (POST /v1/uploads)")]
 
 
 def bounded(values: list[str], what: str) -> list[str]:
@@ -108,8 +111,17 @@ def routes(m: Manager) -> APIRouter:
         return Response(data, media_type="application/octet-stream")
 
     @r.put("/vms/{name}/files", responses=ok(FileWritten, 404, 409, 413, 502, 504))
-    async def write_file(name: Name, path: GuestPath, request: Request) -> Response:
-        return json(await m.guest.write_file(name, path, await request.body()))
+    async def write_file(name: Name, path: GuestPath, request: Request,
+                         upload: UploadRef = None) -> Response:
+        """The body is the file; or, for a larger one, ``upload`` names an upload (it is
+        used up) and the body is empty."""
+        if upload is None:
+            return json(await m.guest.write_file(name, path, await request.body()))
+        source = m.uploads.path(upload)
+        try:
+            return json(await m.guest.write_file(name, path, source))
+        finally:
+            source.unlink(missing_ok=True)
 
     @r.get("/vms/{name}/addresses", responses=ok(list[Interface], 404, 409, 502, 504))
     async def addresses(name: Name) -> Response:

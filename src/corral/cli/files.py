@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from corral.cli.common import transfer_progress
 from corral.errors import InvalidSpec
 
 
@@ -31,11 +32,13 @@ def copy(client: Any, src: str, dest: str, as_json: bool) -> int:
             raise InvalidSpec("cp", f"no file '{src_path}' on this host")
         if dest_path.endswith("/"):
             dest_path += local.name
-        try:  # with the caller's own rights: the daemon never opens it
-            data = local.read_bytes()
+        try:  # with the caller's own rights, streamed as an upload: the daemon never opens it
+            source = local.open("rb")
         except OSError as err:
             raise InvalidSpec("cp", f"cannot read {src_path}: {err.strerror}") from err
-        out = client.write_file(dest_vm, dest_path, data)
+        with source:
+            out = client.copy_in(dest_vm, dest_path, source,
+                                 transfer_progress(f"copying {local.name}"))
     else:
         assert src_vm is not None
         data = client.read_file(src_vm, src_path)

@@ -57,7 +57,8 @@ def register(sub: Any, pa: Parents) -> None:
     p = command(sub, pa, "cp", cmd_cp, "copy files between the host and a guest",
                 "Copy a file into a guest (corral cp FILE VM:/path) or out of one (corral cp "
                 "VM:/path FILE). Binary-safe, in 1 MiB chunks, checked with SHA-256 on both "
-                "sides. Only the local path you name is written.", vm=False)
+                "sides. The CLI reads and writes the local file with your rights; a file "
+                "sent goes as an upload (at most the daemon's uploads.max_size).", vm=False)
     p.add_argument("src", metavar="SRC", help="FILE or VM:/path")
     p.add_argument("dest", metavar="DEST", help="VM:/path or FILE (a directory keeps the name)")
     command(sub, pa, "ip", cmd_ip, "print the guest's IPv4 addresses (from its agent)")

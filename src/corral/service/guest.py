@@ -15,6 +15,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from corral.domain.states import State
@@ -62,7 +63,7 @@ class GuestService:
     async def read_file(self, vm: str, path: str) -> bytes:
         return await read_file(self, vm, path)
 
-    async def write_file(self, vm: str, path: str, data: bytes) -> dict[str, Any]:
+    async def write_file(self, vm: str, path: str, data: bytes | Path) -> dict[str, Any]:
         return await write_file(self, vm, path, data)
 
     async def addresses(self, vm: str) -> list[dict[str, Any]]:
@@ -165,24 +166,41 @@ async def read_file(gs: GuestService, name: str, path: str, limit: int = MAX_FIL
     return data
 
 
-async def write_file(gs: GuestService, name: str, path: str, data: bytes) -> dict[str, Any]:
-    """Write ``data`` to ``path`` in the guest (replacing it) and verify its SHA-256.
+async def write_file(gs: GuestService, name: str, path: str, data: bytes | Path
+                     ) -> dict[str, Any]:
+    """Write ``data`` (bytes, or the file of an upload, read as it goes) to ``path`` in the
+    guest (replacing it) and verify its SHA-256.
 
     :raises AgentError: the directory does not exist or is not writable (the guest's words).
     """
     machine = await _agent(gs, name)
     handle = await gs.call(name, machine.guest_open(path, "wb"))
+    digest, size = hashlib.sha256(), 0
     try:
-        for off in range(0, len(data), CHUNK) or [0]:
-            await gs.call(name, machine.guest_write(handle, data[off:off + CHUNK]))
+        async for chunk in _chunks(data):
+            digest.update(chunk)
+            size += len(chunk)
+            await gs.call(name, machine.guest_write(handle, chunk))
         await machine.guest_flush(handle)
     finally:
         with contextlib.suppress(CorralError):
             await machine.guest_close(handle)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != await _guest_sha256(gs, name, path):
+    if digest.hexdigest() != await _guest_sha256(gs, name, path):
         raise CorralError(f"{path} in '{name}' does not match what was sent")
-    return {"path": path, "size": len(data), "sha256": digest}
+    return {"path": path, "size": size, "sha256": digest.hexdigest()}
+
+
+async def _chunks(data: bytes | Path) -> AsyncIterator[bytes]:
+    """``data`` in pieces the agent takes at once (one empty piece for nothing)."""
+    if isinstance(data, bytes):
+        for off in range(0, len(data), CHUNK) or [0]:
+            yield data[off:off + CHUNK]
+        return
+    with data.open("rb") as f:
+        chunk = await asyncio.to_thread(f.read, CHUNK)
+        yield chunk
+        while chunk := await asyncio.to_thread(f.read, CHUNK):
+            yield chunk
 
 
 async def addresses(gs: GuestService, name: str, timeout: float = 10.0

@@ -1,8 +1,10 @@
-"""Files used in place are checked again each time a machine starts: one swapped for a link,
-or a directory no longer allowed, stops the start and leaves the VM as it was."""
+"""Files from clients on the fake engine: files used in place are checked again each time a
+machine starts (one swapped for a link, or a directory no longer allowed, stops the start
+and leaves the VM as it was); an upload is copied into a guest piece by piece."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,18 @@ async def test_a_disk_swapped_for_a_link_is_not_started(
     assert (await m.vms.start("d", wait=True, timeout=5))["state"] == "running"
     await m.vms.rm("d")
     assert disk.is_file()  # a file used in place is the user's: it stays
+
+
+async def test_a_file_copied_into_a_guest_from_an_upload(m: Manager, home: Path) -> None:
+    await m.vms.create(vm("g"), start=True, wait=True, timeout=5)
+    data = bytes(range(256)) * 20000  # several agent-sized pieces
+
+    async def body() -> AsyncIterator[bytes]:
+        for off in range(0, len(data), 65536):
+            yield data[off:off + 65536]
+
+    up = await m.uploads.receive(body())
+    out = await m.guest.write_file("g", "/root/blob", m.uploads.path(up["upload"]))
+    assert out["size"] == len(data) and out["sha256"] == up["sha256"]
+    assert await m.guest.read_file("g", "/root/blob") == data
+    await m.vms.rm("g")
