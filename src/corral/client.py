@@ -292,6 +292,7 @@ class Client(NetworkCalls, FileCalls):
         if stdin is not None:
             body["stdin"] = base64.b64encode(stdin).decode()
         url = f"/v1/vms/{seg(name)}/exec?stream=true"
+        self.close()  # a fresh connection: a kept-alive one the daemon dropped cannot be retried
         try:
             for status, line in self._conn.stream_lines("POST", url, json.dumps(body).encode()):
                 event = json.loads(line) if line.strip() else {}
