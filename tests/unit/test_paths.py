@@ -240,9 +240,24 @@ def test_no_path_spelling_reaches_a_file_outside_the_allowed_directories(
     def check(spelling: list[str]) -> None:
         text = str(allowed) + "/" + "/".join(spelling)
         try:
-            real = hostpaths.check("disks.0.path", text)
+            real = hostpaths.check("disks.0.path", text, Paths(tmp_path / "home"))
         except InvalidSpec:
             return
         assert real.read_bytes() == b"in" and real.is_relative_to(allowed), text
 
     check()
+
+
+async def test_the_daemons_own_files_are_never_a_clients_even_in_an_allowed_directory(
+        api: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_ALLOWED_PATHS", str(tmp_path))  # holds the daemon's home
+    r = await api.post("/v1/vms", json={"name": "a", "disks": [{"size": "1M"}]})
+    other = r.json()["disks"][0]["path"]  # another VM's disk
+    home = tmp_path / "home"
+    for path in (other, str(home / "corral.db"), str(home / "images" / "tiny" / "vmlinux"),
+                 str(home / "vms" / "a" / ".." / "a" / "vmstate.qcow2")):
+        r = await api.post("/v1/vms", json={"name": "x", "disks": [{"path": path}]})
+        assert r.status_code == 422 and "the daemon's own files" in r.json()["message"], path
+    r = await api.post("/v1/vms", json={"name": "x", "kernel": str(home / "corral.db")})
+    assert r.status_code == 422 and r.json()["kind"] == "path_not_allowed"
+    assert [v["name"] for v in (await api.get("/v1/vms")).json()] == ["a"]

@@ -9,6 +9,8 @@ named by path, and only inside a directory of the ``paths.allowed`` setting
 
 * the path must be absolute; symbolic links and ``..`` are resolved *before* the check, so a
   link inside an allowed directory cannot point out of it;
+* the daemon's own files (its home: other VMs' disks, the store; its image directories)
+  are never a client's, even where they lie inside an allowed directory;
 * the resolved file is opened without following a final symbolic link (``O_NOFOLLOW``), so a
   link swapped in after the check is refused too, and must be a regular file (or, for disks,
   a block device);
@@ -29,6 +31,7 @@ import stat
 from pathlib import Path
 
 from corral import settings
+from corral.config import Paths
 from corral.domain.specs import VMSpec
 from corral.errors import InvalidSpec, PathNotAllowed
 
@@ -55,9 +58,16 @@ def _refuse(field: str, text: str, why: str) -> PathNotAllowed:
         SETTING)
 
 
-def check(field: str, text: str, *, block_ok: bool = False) -> Path:
+def own_dirs(paths: Paths) -> list[Path]:
+    """The daemon's own directories (its home, its image directories), resolved."""
+    return [Path(os.path.realpath(d)) for d in (paths.home, *paths.image_path)]
+
+
+def check(field: str, text: str, paths: Paths, *, block_ok: bool = False) -> Path:
     """``text`` resolved, once it is shown to name a file a client may have the daemon use
-    in place (see the module docstring).
+    in place (see the module docstring): inside an allowed directory, and not inside the
+    daemon's own ones (another VM's disk, an image, the store), even where those lie in an
+    allowed directory.
 
     :raises PathNotAllowed: outside the allowed directories (or a link swapped in).
     :raises InvalidSpec: no such file, or not a regular file (block device with
@@ -71,6 +81,8 @@ def check(field: str, text: str, *, block_ok: bool = False) -> Path:
     real = Path(os.path.realpath(text))
     if not _inside(real, allowed_dirs()):
         raise _refuse(field, text, f"{shown} is outside the allowed directories")
+    if any(real == d or real.is_relative_to(d) for d in own_dirs(paths)):
+        raise _refuse(field, text, f"{shown} is one of the daemon's own files")
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
                      | os.O_NOCTTY)
@@ -90,7 +102,8 @@ def check(field: str, text: str, *, block_ok: bool = False) -> Path:
     return real
 
 
-def check_image_refs(field: str, backing: str | None, data_file: str | None) -> None:
+def check_image_refs(field: str, backing: str | None, data_file: str | None,
+                     paths: Paths) -> None:
     """A disk image's backing file and external data file, which QEMU would open for it,
     must be files a client may name too.
 
@@ -99,21 +112,13 @@ def check_image_refs(field: str, backing: str | None, data_file: str | None) -> 
     for ref, what in ((backing, "its backing file"), (data_file, "its data file")):
         if ref is not None:
             try:
-                check(field, ref, block_ok=True)
+                check(field, ref, paths, block_ok=True)
             except InvalidSpec as err:
                 raise _refuse(field, ref, f"{what} {ref} is not a file a client may name"
                               ) from err
 
 
-def trusted(path: Path, home: Path, image_dirs: list[Path]) -> bool:
-    """Whether ``path`` lies where the daemon keeps its own files (its home, its image
-    directories): those are the host's, not a client's."""
-    real = Path(os.path.realpath(path))
-    roots = [Path(os.path.realpath(d)) for d in (home, *image_dirs)]
-    return _inside(real, roots)
-
-
-def recheck_spec(spec: VMSpec, home: Path, image_dirs: list[Path]) -> None:
+def recheck_spec(spec: VMSpec, paths: Paths) -> None:
     """Before a machine starts: every file of ``spec`` outside the daemon's own directories
     (disks and kernels used in place) still passes :func:`check` under its stored name.
 
@@ -122,8 +127,9 @@ def recheck_spec(spec: VMSpec, home: Path, image_dirs: list[Path]) -> None:
     """
     named = [(f"disks.{i}.path", d.path, True) for i, d in enumerate(spec.disks)]
     named += [(f, p, False) for f, p in (("kernel", spec.kernel), ("initrd", spec.initrd)) if p]
+    own = own_dirs(paths)
     for field, path, block_ok in named:
-        if trusted(Path(path), home, image_dirs):
-            continue
-        if check(field, path, block_ok=block_ok) != Path(path):
+        if _inside(Path(os.path.realpath(path)), own):
+            continue  # the daemon's own file (made by it, or an image's)
+        if check(field, path, paths, block_ok=block_ok) != Path(path):
             raise _refuse(field, path, f"{path} is now a link to another file")

@@ -34,7 +34,7 @@ class _Hooks:
         self.sched = sched
 
     async def plug(self, rec: VMRecord) -> None:
-        hostpaths.recheck_spec(rec.spec, self.paths.home, self.paths.image_path)
+        hostpaths.recheck_spec(rec.spec, self.paths)
         await nics.plug(self.net, rec)
 
     def unplug(self, name: str) -> None:

@@ -9,6 +9,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from corral.config import Paths
 from corral.domain.sizes import parse_size
 from corral.domain.specs import DiskRequest, DiskSpec, VMCreate
 from corral.errors import CommandFailed, CorralError, InvalidSpec
@@ -95,8 +96,9 @@ async def prepare_disks(requests: list[DiskRequest], vm_dir: Path) -> list[DiskS
         else:
             assert req.path is not None
             field = f"disks.{i}.path"
-            path = hostpaths.check(field, req.path, block_ok=True)
-            fmt = await _in_place_format(field, path, req.format)
+            paths = Paths(vm_dir.parent.parent)
+            path = hostpaths.check(field, req.path, paths, block_ok=True)
+            fmt = await _in_place_format(field, path, req.format, paths)
             disks.append(DiskSpec(path=str(path), format=fmt, readonly=req.readonly,
                                   owned=False))
     return disks
@@ -121,7 +123,8 @@ async def _own_image_format(field: str, path: Path, declared: Format | None) -> 
     return declared or ("qcow2" if info.format == "qcow2" else "raw")
 
 
-async def _in_place_format(field: str, path: Path, declared: Format | None) -> Format:
+async def _in_place_format(field: str, path: Path, declared: Format | None,
+                           paths: Paths) -> Format:
     """The format of a disk used in place; every file of its backing chain must be one a
     client may name (:func:`hostpaths.check_image_refs`).
 
@@ -131,7 +134,7 @@ async def _in_place_format(field: str, path: Path, declared: Format | None) -> F
     fmt: Format = declared or ("qcow2" if info.format == "qcow2" else "raw")
     layer, depth = info, 0
     while fmt == "qcow2" and (layer.backing_path or layer.data_file):
-        hostpaths.check_image_refs(field, layer.backing_path, layer.data_file)
+        hostpaths.check_image_refs(field, layer.backing_path, layer.data_file, paths)
         depth += 1
         if layer.backing_path is None or depth > MAX_CHAIN:
             break
@@ -158,7 +161,7 @@ def check_boot_file(field: str, text: str, home: Path) -> None:
     :raises NotFound: no such upload.
     """
     if Uploads(home).ref(field, text) is None:
-        hostpaths.check(field, text)
+        hostpaths.check(field, text, Paths(home))
 
 
 def boot_file(field: str, text: str, vm_dir: Path) -> str:
@@ -170,7 +173,7 @@ def boot_file(field: str, text: str, vm_dir: Path) -> str:
     """
     upload = Uploads(vm_dir.parent.parent).ref(field, text)
     if upload is None:
-        return str(hostpaths.check(field, text))
+        return str(hostpaths.check(field, text, Paths(vm_dir.parent.parent)))
     target = vm_dir / field
     upload.rename(target)
     return str(target)

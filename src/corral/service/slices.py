@@ -124,7 +124,7 @@ class Images(_Slice):
         if (upload is None) == (file is None):
             raise InvalidSpec("upload", "give an upload id (or a file the host allows)")
         source = (Uploads(self.rt.paths.home).path(upload) if upload is not None
-                  else hostpaths.check("file", str(file)))
+                  else hostpaths.check("file", str(file), self.rt.paths))
         try:
             path = await asyncio.to_thread(
                 import_image, self.rt.paths.images, name, source, agent=agent,

@@ -259,7 +259,7 @@ class VMs:
         if (upload is None) == (file is None):
             raise InvalidSpec("upload", "give an upload id (or a file the host allows)")
         path = (Uploads(self.rt.paths.home).path(upload) if upload is not None
-                else hostpaths.check("file", str(file)))
+                else hostpaths.check("file", str(file), self.rt.paths))
         try:
             return await asyncio.to_thread(portable.import_vm, self.rt, path, name,
                                            "upload" if upload else None)
