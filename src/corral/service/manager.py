@@ -13,7 +13,7 @@ from corral.domain.specs import VMSpec
 from corral.engine import accel as accel_mod
 from corral.engine.driver import Driver
 from corral.errors import CorralError
-from corral.service import adoption, netreconcile, nics, slices
+from corral.service import adoption, confinement, netreconcile, nics, slices
 from corral.service.guest import GuestService
 from corral.service.netstate import Networks
 from corral.service.runtime import VMRuntime
@@ -48,6 +48,7 @@ class Manager:
     def __init__(self, paths: Paths | None = None, driver: Driver | None = None) -> None:
         self.paths = paths or Paths.from_env()
         self.accel = accel_mod.detect()
+        self._confine = driver is None  # the QEMU driver this Manager makes is confined
         if driver is None:
             from corral.engine.qemu.driver import QemuDriver
 
@@ -61,10 +62,19 @@ class Manager:
         from corral.engine.qemu.process import become_subreaper
 
         become_subreaper()
-        for d in (self.paths.home, self.paths.images, self.paths.run):
+        confinement.private_home(self.paths)
+        for d in (self.paths.images, self.paths.run):
             d.mkdir(parents=True, exist_ok=True)
+        if self._confine:
+            from corral.engine.qemu.driver import QemuDriver
+
+            assert isinstance(self.driver, QemuDriver)
+            self.driver.confinement = confinement.decide(self.paths, self.accel.name)
         rt = VMRuntime(self.paths, Store(self.paths.db), self.driver, self.accel.name)
         self._opened = opened = _Opened(rt, self.accel)
+        if self._confine:
+            user = self.driver.confinement_of(None) or {}
+            opened.net.tap_uid = user.get("uid")
         await adoption.adopt_all(rt)
         await netreconcile.reconcile(opened.net)  # before the queue may start VMs on networks
         opened.sched.load()

@@ -28,11 +28,14 @@ from corral.engine.driver import (
 )
 from corral.engine.events import EventWaiters
 from corral.engine.qemu import argv as qargv
+from corral.engine.qemu import confine
+from corral.engine.qemu.confine import Confinement
 from corral.engine.qemu.guest_agent import GuestAgent
 from corral.engine.qemu.guest_ops import GuestOps
-from corral.engine.qemu.process import Process, launch
+from corral.engine.qemu.process import Process, launch, log_tail, reap
 from corral.engine.qemu.qmp import Monitor
-from corral.errors import CorralError, MonitorError, Timeout
+from corral.engine.qemu.spawn import listening
+from corral.errors import CorralError, LaunchFailed, MonitorError, Timeout
 
 UNLIMITED = 1 << 40  # bytes per second: no cap
 STATE_FD = "corral-state"
@@ -51,8 +54,9 @@ class QemuMachine(GuestOps):
     :class:`~.guest_ops.GuestOps`)."""
 
     def __init__(self, name: str, process: Process, monitor: Monitor,
-                 agent: GuestAgent | None) -> None:
+                 agent: GuestAgent | None, confinement: Confinement | None = None) -> None:
         self.name = name
+        self.confinement = confinement or Confinement()
         self.process = process
         self.monitor = monitor
         self.agent = agent
@@ -197,6 +201,7 @@ class QemuMachine(GuestOps):
 
     # -- devices -----------------------------------------------------------------------------
     async def add_disk(self, disk: DiskSpec, node: str) -> None:
+        self.confinement.hand_over([disk.path])
         await self.monitor.execute("blockdev-add", qargv.disk_blockdev(disk, node))
         try:
             await self.monitor.execute("device_add",
@@ -259,14 +264,22 @@ class QemuMachine(GuestOps):
 
 
 class QemuDriver:
-    """Starts QEMU processes (``-daemonize``) and re-adopts them after a daemon restart."""
+    """Starts QEMU processes, each confined as :class:`~.confine.Confinement` says, and
+    re-adopts them after a daemon restart."""
 
-    def __init__(self, accel: str, tsc_khz: int | None = None) -> None:
+    def __init__(self, accel: str, tsc_khz: int | None = None,
+                 confinement: Confinement | None = None) -> None:
         self.accel = accel
         self.tsc_khz = tsc_khz
+        self.confinement = confinement or Confinement()
 
     def cleanup(self, run_dir: Path, keep_dir: bool = False) -> None:
         qargv.RunPaths(run_dir).remove(keep_dir)
+
+    def confinement_of(self, pid: int | None) -> dict[str, Any] | None:
+        """What confines the QEMU ``pid`` (the kernel's view), or with None the daemon's
+        confinement settings."""
+        return self.confinement.describe() if pid is None else confine.facts(pid)
 
     def _machine(self, spec: VMSpec, run: qargv.RunPaths, proc: Process,
                  on_event: EventHandler) -> QemuMachine:
@@ -278,7 +291,8 @@ class QemuDriver:
             on_event(event, data)
 
         machine = QemuMachine(spec.name, proc, Monitor(spec.name, handler),
-                              GuestAgent(spec.name, run.agent) if spec.agent else None)
+                              GuestAgent(spec.name, run.agent) if spec.agent else None,
+                              self.confinement)
         holder.append(machine)
         return machine
 
@@ -287,22 +301,32 @@ class QemuDriver:
                      ) -> QemuMachine:
         opts = options or LaunchOptions()
         run = qargv.RunPaths(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.cleanup(run_dir, keep_dir=True)
         # KVM runs only the host's own architecture; other guests are always emulated
         accel = self.accel if spec.arch == os.uname().machine else "tcg"
-        argv = qargv.build(spec, run, serial_log, accel, self.tsc_khz, ram=opts.ram,
-                           incoming=opts.incoming)
-        if opts.hold:
-            argv.append("-S")
-        argv += opts.extra
-        proc = await launch(argv, run.pidfile)
+        jail = self.confinement.jail(spec, serial_log, opts.ram)
+        with listening(run.qmp, run.console, run.agent if spec.agent else None) as fds:
+            argv = qargv.build(spec, run, serial_log, accel, self.tsc_khz, ram=opts.ram,
+                               incoming=opts.incoming, listeners=fds,
+                               sandbox=self.confinement.sandbox)
+            if opts.hold:
+                argv.append("-S")
+            argv += opts.extra
+            passed = [fd for fd in (fds.qmp, fds.console, fds.agent) if fd is not None]
+            proc = await launch(argv, run, passed, jail)
         machine = self._machine(spec, run, proc, on_event)
         try:
             await machine.monitor.connect(run.qmp)
-        except BaseException:
-            proc.signal(9)
-            await proc.wait(5)
+        except BaseException as err:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, 9)
+            code = reap(proc.pid)
+            await machine.monitor.close()
+            if isinstance(err, CorralError):
+                raise LaunchFailed(argv, code if code is not None else 1,
+                                   log_tail(run.log) or err.message,
+                                   what="QEMU would not start") from err
             raise
         return machine
 
@@ -312,7 +336,7 @@ class QemuDriver:
         if pid is None:
             with contextlib.suppress(OSError, ValueError):
                 pid = int(run.pidfile.read_text().strip())
-        proc = Process.adopt(pid, started, str(run.qmp)) if pid is not None else None
+        proc = Process.adopt(pid, started, run.qmp) if pid is not None else None
         if proc is None:
             return None
         machine = self._machine(spec, run, proc, on_event)
