@@ -10,7 +10,7 @@ from typing import TypedDict
 import pytest
 
 from corral.domain.specs import DiskSpec, NicSpec, VMSpec
-from corral.engine.qemu.argv import RamFile, RunPaths, build
+from corral.engine.qemu.argv import Listeners, RamFile, RunPaths, build
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -68,8 +68,10 @@ CASES.update({
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden(case: str) -> None:
     vm, kwargs = CASES[case]
+    # as the driver passes them: the daemon's listening sockets, QEMU's seccomp filter
     argv = build(vm, RunPaths(Path("/run/corral/web")), Path("/vms/web/serial.log"),
-                 "tcg", tsc_khz=2600000, **kwargs)
+                 "tcg", tsc_khz=2600000, listeners=Listeners(qmp=3, console=4, agent=5),
+                 sandbox=True, **kwargs)
     path = GOLDEN / f"argv-{case}.json"
     if os.environ.get("CORRAL_REGEN_GOLDEN"):
         path.write_text(json.dumps(argv, indent=1) + "\n")

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.domain.nics import parse_hostfwd
 from corral.domain.specs import DiskSpec, NicSpec, VMSpec
 from corral.engine.driver import RamFile as RamFile  # re-exported for callers of build()
 
@@ -67,7 +68,9 @@ def nic_netdev(nic: NicSpec, index: int) -> dict[str, object]:
     the network service made (QEMU opens it by name; no scripts run)."""
     netdev_id = "net" + nic.device(index).removeprefix("nic")
     if nic.mode == "user":
-        return {"type": "user", "id": netdev_id, "hostfwd": [{"str": h} for h in nic.hostfwd]}
+        # canonical again: a forward stored before they bound the loopback by default does now
+        return {"type": "user", "id": netdev_id, "hostfwd": [
+            {"str": parse_hostfwd("hostfwd", h).qemu()} for h in nic.hostfwd]}
     return {"type": "tap", "id": netdev_id, "ifname": nic.ifname, "script": "no",
             "downscript": "no", "vnet_hdr": True}
 
@@ -153,6 +156,30 @@ def _socket(run_path: Path, fd: int | None) -> str:
     return f"fd={fd}" if fd is not None else f"path={_opt(run_path)}"
 
 
+def _channels(spec: VMSpec, run: RunPaths, serial_log: Path, listeners: Listeners | None,
+              bus: str) -> list[str]:
+    """The serial console (logged), the monitor and the guest agent's channel."""
+    argv: list[str] = []
+    con_fd, qmp_fd, qga_fd = ((None, None, None) if listeners is None else
+                              (listeners.console, listeners.qmp, listeners.agent))
+    argv += [
+        "-chardev", f"socket,id=serial0,{_socket(run.console, con_fd)}"
+                    f",server=on,wait=off,logfile={_opt(serial_log)},logappend=on",
+        "-serial", "chardev:serial0",
+        "-chardev", f"socket,id=qmp0,{_socket(run.qmp, qmp_fd)},server=on,wait=off",
+        "-mon", "chardev=qmp0,mode=control",
+    ]
+    if spec.agent:
+        argv += [
+            "-chardev", f"socket,id=qga0,{_socket(run.agent, qga_fd)}"
+                        ",server=on,wait=off",
+            "-device", _dev({"driver": f"virtio-serial-{bus}", "id": "vser0"}),
+            "-device", _dev({"driver": "virtserialport", "chardev": "qga0", "id": "qga0port",
+                             "name": AGENT_PORT}),
+        ]
+    return argv
+
+
 def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
           tsc_khz: int | None = None, ram: RamFile | None = None, incoming: bool = False,
           listeners: Listeners | None = None, sandbox: bool = False) -> list[str]:
@@ -194,23 +221,7 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
         argv += ["-append", cmdline]
     if microvm:
         argv += ["-global", "virtio-mmio.force-legacy=false"]
-    con_fd, qmp_fd, qga_fd = ((None, None, None) if listeners is None else
-                              (listeners.console, listeners.qmp, listeners.agent))
-    argv += [
-        "-chardev", f"socket,id=serial0,{_socket(run.console, con_fd)}"
-                    f",server=on,wait=off,logfile={_opt(serial_log)},logappend=on",
-        "-serial", "chardev:serial0",
-        "-chardev", f"socket,id=qmp0,{_socket(run.qmp, qmp_fd)},server=on,wait=off",
-        "-mon", "chardev=qmp0,mode=control",
-    ]
-    if spec.agent:
-        argv += [
-            "-chardev", f"socket,id=qga0,{_socket(run.agent, qga_fd)}"
-                        ",server=on,wait=off",
-            "-device", _dev({"driver": f"virtio-serial-{bus}", "id": "vser0"}),
-            "-device", _dev({"driver": "virtserialport", "chardev": "qga0", "id": "qga0port",
-                             "name": AGENT_PORT}),
-        ]
+    argv += _channels(spec, run, serial_log, listeners, bus)
     # a device once hot-plugged behind a root port comes after the ports (QEMU makes devices
     # in command-line order), which is also where it was in the QEMU it was plugged into
     behind_ports: list[str] = []
