@@ -4,7 +4,9 @@ about the parts this host cannot give.
 In full (the daemon runs as root): QEMU runs as the system user ``engine.qemu_user`` (made
 if missing), started as that user with QEMU's strictest seccomp filter, in a mount
 namespace that shows it only the home's ``vms``, ``disks`` and ``images``, in memory and
-pids cgroups of its own (guest RAM plus ``engine.memory_overhead``; ``engine.pids_max``).
+pids cgroups of its own (guest RAM plus ``engine.memory_overhead``; ``engine.pids_max``),
+and refused every TCP connection to the host itself (so a guest on user-mode networking
+cannot reach the daemon's API port, or any host service, through 10.0.2.2).
 Each part that cannot be had is named at start with the reason (not root, no such cgroup
 controller, …) and the daemon runs with the rest.
 
@@ -14,6 +16,7 @@ file Corral writes (the store, saved states, snapshots, seeds, exports, logs) is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -22,6 +25,7 @@ from corral.config import Paths
 from corral.engine.qemu.confine import Confinement
 from corral.errors import CorralError
 from corral.host import cgroups, qemu_user
+from corral.host.network.nft import Nft, qemu_table
 
 log = logging.getLogger(__name__)
 TCG_OVERHEAD = 1 << 30   # TCG's translation cache alone may grow to 1 GiB
@@ -68,6 +72,7 @@ def decide(paths: Paths, accel: str) -> Confinement:
     else:
         conf.off["private_home"] = "QEMU does not run as a user of its own"
     _limits(conf, paths, accel)
+    _guard_host(conf, paths)
     for part, why in conf.off.items():
         log.warning("QEMU confinement: no %s: %s", part.replace("_", " "), why)
     return conf
@@ -83,3 +88,30 @@ def _limits(conf: Confinement, paths: Paths, accel: str) -> None:
     conf.memory_overhead = int(overhead) if isinstance(overhead, int) else (
         TCG_OVERHEAD if accel == "tcg" else KVM_OVERHEAD)
     conf.pids_max = int(str(_setting("engine.pids_max")))
+
+
+def guard_table(paths: Paths) -> str:
+    return f"corral-qemu-{paths.tag}"
+
+
+def _guard_host(conf: Confinement, paths: Paths) -> None:
+    """Refuse QEMU's user every TCP connection to the host itself (a guest on user-mode
+    networking reaching the API port through 10.0.2.2)."""
+    if conf.user is None:
+        conf.off["host_guard"] = "QEMU does not run as a user of its own"
+        return
+    try:
+        Nft().apply(qemu_table(guard_table(paths), conf.user.uid))
+    except CorralError as err:
+        conf.off["host_guard"] = f"nftables refused the rule: {err.message}"
+        return
+    conf.host_guard = guard_table(paths)
+
+
+def release(conf: Confinement, paths: Paths, machines_left: bool) -> None:
+    """The daemon stops: remove the host guard once no QEMU of this daemon runs (while one
+    runs, its guest stays kept off the host)."""
+    if conf.host_guard is not None and not machines_left:
+        with contextlib.suppress(CorralError):
+            Nft().delete_table("inet", conf.host_guard)
+

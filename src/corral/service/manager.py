@@ -8,6 +8,8 @@ modules never receive the Manager: each gets the runtime and the collaborators i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from corral.config import Paths
 from corral.domain.specs import VMSpec
 from corral.engine import accel as accel_mod
@@ -20,6 +22,9 @@ from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
 from corral.service.vms import VMs
 from corral.store.db import Store, VMRecord
+
+if TYPE_CHECKING:
+    from corral.engine.qemu.driver import QemuDriver
 
 
 class _Hooks:
@@ -48,11 +53,11 @@ class Manager:
     def __init__(self, paths: Paths | None = None, driver: Driver | None = None) -> None:
         self.paths = paths or Paths.from_env()
         self.accel = accel_mod.detect()
-        self._confine = driver is None  # the QEMU driver this Manager makes is confined
+        self._qemu: QemuDriver | None = None  # the QEMU driver it made: it confines that one
         if driver is None:
             from corral.engine.qemu.driver import QemuDriver
 
-            driver = QemuDriver(self.accel.name, accel_mod.tsc_khz())
+            driver = self._qemu = QemuDriver(self.accel.name, accel_mod.tsc_khz())
         self.driver = driver
         self._opened: _Opened | None = None
 
@@ -65,16 +70,12 @@ class Manager:
         confinement.private_home(self.paths)
         for d in (self.paths.images, self.paths.run):
             d.mkdir(parents=True, exist_ok=True)
-        if self._confine:
-            from corral.engine.qemu.driver import QemuDriver
-
-            assert isinstance(self.driver, QemuDriver)
-            self.driver.confinement = confinement.decide(self.paths, self.accel.name)
+        if self._qemu is not None:
+            self._qemu.confinement = confinement.decide(self.paths, self.accel.name)
         rt = VMRuntime(self.paths, Store(self.paths.db), self.driver, self.accel.name)
         self._opened = opened = _Opened(rt, self.accel)
-        if self._confine:
-            user = self.driver.confinement_of(None) or {}
-            opened.net.tap_uid = user.get("uid")
+        if self._qemu is not None and self._qemu.confinement.user is not None:
+            opened.net.tap_uid = self._qemu.confinement.user.uid
         await adoption.adopt_all(rt)
         await netreconcile.reconcile(opened.net)  # before the queue may start VMs on networks
         opened.sched.load()
@@ -85,6 +86,8 @@ class Manager:
         if self._opened is None:
             return
         opened, self._opened = self._opened, None
+        if self._qemu is not None:
+            confinement.release(self._qemu.confinement, self.paths, bool(opened.rt.live))
         await opened.rt.close()
         await opened.sched.close()
         opened.rt.db.close()

@@ -41,6 +41,7 @@ class Confinement:
     tag: str | None = None          # cgroup limits are set (the daemon's tag names groups)
     memory_overhead: int = 0        # bytes over guest RAM before the memory cgroup says no
     pids_max: int = 0
+    host_guard: str | None = None   # the nftables table that keeps QEMU off the host's ports
     off: dict[str, str] = field(default_factory=dict)
 
     def hand_over(self, paths: Iterable[str | Path]) -> None:
@@ -79,7 +80,8 @@ class Confinement:
                 "seccomp": self.sandbox, "private_home": self.home is not None,
                 "cgroup_limits": self.tag is not None,
                 "memory_overhead_bytes": self.memory_overhead if self.tag else None,
-                "pids_max": self.pids_max if self.tag else None, "off": dict(self.off)}
+                "pids_max": self.pids_max if self.tag else None,
+                "host_guard": self.host_guard, "off": dict(self.off)}
 
 
 def facts(pid: int) -> dict[str, Any] | None:
