@@ -57,11 +57,15 @@ def decide(paths: Paths, accel: str) -> Confinement:
     if not sandbox:
         conf.off["seccomp"] = "turned off by the setting engine.sandbox"
     name = str(_setting("engine.qemu_user") or "")
+    closed = [p for p in paths.home.parents if not p.stat().st_mode & 0o001]
     if not name:
         conf.off["user"] = "the setting engine.qemu_user is empty: QEMU runs as the daemon's user"
     elif os.geteuid() != 0:
         conf.off["user"] = (f"the daemon is not root (uid {os.geteuid()}): QEMU runs as "
                             "the daemon's own user")
+    elif closed:
+        conf.off["user"] = (f"{closed[0]} is not searchable by others (chmod o+x), so a user "
+                            "of QEMU's own could not reach the home: QEMU runs as root")
     else:
         try:
             conf.user = qemu_user.ensure_user(name)
