@@ -98,7 +98,7 @@ declare("images.path", "CORRAL_IMAGE_PATH", _paths, [],
 declare("engine.accel", "CORRAL_ACCEL", _str, "",
         "the accelerator, kvm or tcg (default: kvm where the host really offers it)")
 declare("engine.qemu_user", "CORRAL_QEMU_USER", _str, "corral-qemu",
-        "the unprivileged system user QEMU runs as (made if missing; empty: the daemon's user)")
+        "the unprivileged system user QEMU runs as (made if missing; root: the daemon's user)")
 declare("engine.sandbox", "CORRAL_SANDBOX", _bool, True,
         "QEMU's seccomp filter (-sandbox on,obsolete,elevateprivileges,spawn,resourcecontrol=deny)")
 declare("engine.memory_overhead", "CORRAL_QEMU_MEMORY_OVERHEAD", _size, None,

@@ -57,9 +57,9 @@ def decide(paths: Paths, accel: str) -> Confinement:
     if not sandbox:
         conf.off["seccomp"] = "turned off by the setting engine.sandbox"
     name = str(_setting("engine.qemu_user") or "")
-    closed = [p for p in paths.home.parents if not p.stat().st_mode & 0o001]
-    if not name:
-        conf.off["user"] = "the setting engine.qemu_user is empty: QEMU runs as the daemon's user"
+    closed = [p for p in paths.home.parents if p.exists() and not p.stat().st_mode & 0o001]
+    if name in ("", "root"):
+        conf.off["user"] = "the setting engine.qemu_user is root: QEMU runs as the daemon's user"
     elif os.geteuid() != 0:
         conf.off["user"] = (f"the daemon is not root (uid {os.geteuid()}): QEMU runs as "
                             "the daemon's own user")
