@@ -34,6 +34,7 @@ class Launch(TypedDict, total=False):
 
     ram: RamFile
     incoming: bool
+    taps: dict[int, int]
 
 
 CASES: dict[str, tuple[VMSpec, Launch]] = {name: (case, {}) for name, case in {
@@ -56,6 +57,8 @@ CASES: dict[str, tuple[VMSpec, Launch]] = {name: (case, {}) for name, case in {
         DiskSpec(path="/vms/web/disk1.qcow2", format="qcow2")]),
 }.items()}
 CASES.update({
+    # engine/qemu/driver.py: the daemon opens the network NICs' taps and passes them
+    "q35-tap-fds": (CASES["q35-nics"][0], {"taps": {0: 6, 2: 7}}),
     # service/saved.py: a restore waits for the saved state
     "incoming": (spec(), {"incoming": True}),
     # service/warm.py: the helper QEMU that makes a template writes guest RAM into the file

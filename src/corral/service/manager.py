@@ -74,8 +74,6 @@ class Manager:
             self._qemu.confinement = confinement.decide(self.paths, self.accel.name)
         rt = VMRuntime(self.paths, Store(self.paths.db), self.driver, self.accel.name)
         self._opened = opened = _Opened(rt, self.accel)
-        if self._qemu is not None and self._qemu.confinement.user is not None:
-            opened.net.tap_uid = self._qemu.confinement.user.uid
         await adoption.adopt_all(rt)
         await netreconcile.reconcile(opened.net)  # before the queue may start VMs on networks
         opened.sched.load()

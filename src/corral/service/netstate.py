@@ -55,8 +55,6 @@ class Networks:
         self.rt = rt
         self.lock = asyncio.Lock()
         self._db: NetStore | None = None
-        #: the user QEMU runs as, who must be able to open the VMs' taps (None: root)
-        self.tap_uid: int | None = None
 
     @property
     def db(self) -> NetStore:

@@ -137,8 +137,7 @@ async def plug(net: Networks, rec: VMRecord) -> None:
         try:
             for _, nic in nics:
                 plan = net.network(str(nic.network)).plan
-                made += (await net.call(ensure_tap, net.host, plan, _port(rec.name, nic),
-                                         net.tap_uid)
+                made += (await net.call(ensure_tap, net.host, plan, _port(rec.name, nic))
                          ).records
             net.db.set_records(f"vm:{rec.name}", made)
             for network in sorted({str(n.network) for _, n in nics}):
@@ -207,7 +206,7 @@ async def attach(net: Networks, vm: str, network: str, mac: str | None = None,
             async with net.lock:
                 if live:
                     made = await net.call(ensure_tap, net.host, net.network(network).plan,
-                                          _port(vm, nic), net.tap_uid)
+                                          _port(vm, nic))
                     net.db.add_records(f"vm:{vm}", made.records)
                 await net.apply(network)
             if live:

@@ -63,14 +63,18 @@ def disk_device(disk: DiskSpec, node: str, bus: str, port: str | None = None
     return dev
 
 
-def nic_netdev(nic: NicSpec, index: int) -> dict[str, object]:
+def nic_netdev(nic: NicSpec, index: int, tap_fd: str | None = None) -> dict[str, object]:
     """The ``netdev_add`` object of a NIC's backend: QEMU's user-mode networking, or the tap
-    the network service made (QEMU opens it by name; no scripts run)."""
+    the network service made, opened by the daemon and passed as ``tap_fd`` (a descriptor's
+    number on the command line, a ``getfd`` name over QMP), else opened by QEMU by name. No
+    scripts run."""
     netdev_id = "net" + nic.device(index).removeprefix("nic")
     if nic.mode == "user":
         # canonical again: a forward stored before they bound the loopback by default does now
         return {"type": "user", "id": netdev_id, "hostfwd": [
             {"str": parse_hostfwd("hostfwd", h).qemu()} for h in nic.hostfwd]}
+    if tap_fd is not None:  # QEMU reads the tap's flags (virtio-net headers) from it
+        return {"type": "tap", "id": netdev_id, "fd": tap_fd}
     return {"type": "tap", "id": netdev_id, "ifname": nic.ifname, "script": "no",
             "downscript": "no", "vnet_hdr": True}
 
@@ -182,11 +186,13 @@ def _channels(spec: VMSpec, run: RunPaths, serial_log: Path, listeners: Listener
 
 def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
           tsc_khz: int | None = None, ram: RamFile | None = None, incoming: bool = False,
-          listeners: Listeners | None = None, sandbox: bool = False) -> list[str]:
+          listeners: Listeners | None = None, sandbox: bool = False,
+          taps: dict[int, int] | None = None) -> list[str]:
     """The full argv for ``spec``. With ``incoming`` QEMU waits for a migration stream
     (``-incoming defer``: a saved state or a warm start's device state) instead of booting.
     With ``listeners`` the monitor, console and agent sockets are the daemon's descriptors
-    (else QEMU makes them in ``run``); ``sandbox`` adds the seccomp filter :data:`SANDBOX`.
+    (else QEMU makes them in ``run``), and with ``taps`` (NIC index -> descriptor) so are the
+    NICs' taps; ``sandbox`` adds the seccomp filter :data:`SANDBOX`.
 
     ``-no-shutdown`` keeps QEMU alive after a guest poweroff only where the service wants it;
     here a guest poweroff ends the process, and the exit is what marks the VM stopped.
@@ -226,7 +232,8 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
     # in command-line order), which is also where it was in the QEMU it was plugged into
     behind_ports: list[str] = []
     for i, nic in enumerate(spec.nics):
-        argv += ["-netdev", netdev_option(nic_netdev(nic, i))]
+        tap = (taps or {}).get(i)
+        argv += ["-netdev", netdev_option(nic_netdev(nic, i, None if tap is None else str(tap)))]
         (behind_ports if nic.port else argv).extend(["-device", _dev(nic_device(nic, i, bus))])
     for i, disk in enumerate(spec.disks):
         node = disk.node(i)

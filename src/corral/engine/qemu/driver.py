@@ -34,8 +34,9 @@ from corral.engine.qemu.guest_agent import GuestAgent
 from corral.engine.qemu.guest_ops import GuestOps
 from corral.engine.qemu.process import Process, launch, log_tail, reap
 from corral.engine.qemu.qmp import Monitor
-from corral.engine.qemu.spawn import listening
+from corral.engine.qemu.spawn import listening, opened_taps
 from corral.errors import CorralError, LaunchFailed, MonitorError, Timeout
+from corral.host.tap import open_tap
 
 UNLIMITED = 1 << 40  # bytes per second: no cap
 STATE_FD = "corral-state"
@@ -246,7 +247,15 @@ class QemuMachine(GuestOps):
         return out
 
     async def add_nic(self, nic: NicSpec, position: int) -> None:
-        netdev = qargv.nic_netdev(nic, position)
+        tap_fd = None
+        if nic.mode == "network" and nic.ifname:  # the daemon opens the tap, QEMU gets it
+            tap_fd = f"tap-{nic.device(position)}"
+            fd = open_tap(nic.ifname)
+            try:
+                await self.monitor.send_fd(fd, tap_fd)
+            finally:
+                os.close(fd)
+        netdev = qargv.nic_netdev(nic, position, tap_fd)
         await self.monitor.execute("netdev_add", netdev)
         try:
             await self.monitor.execute("device_add", qargv.nic_device(nic, position, "pci"))
@@ -306,15 +315,16 @@ class QemuDriver:
         # KVM runs only the host's own architecture; other guests are always emulated
         accel = self.accel if spec.arch == os.uname().machine else "tcg"
         jail = self.confinement.jail(spec, serial_log, opts.ram)
-        with listening(run.qmp, run.console, run.agent if spec.agent else None) as fds:
+        with listening(run.qmp, run.console, run.agent if spec.agent else None) as fds, \
+                opened_taps(spec) as taps:
             argv = qargv.build(spec, run, serial_log, accel, self.tsc_khz, ram=opts.ram,
                                incoming=opts.incoming, listeners=fds,
-                               sandbox=self.confinement.sandbox)
+                               sandbox=self.confinement.sandbox, taps=taps)
             if opts.hold:
                 argv.append("-S")
             argv += opts.extra
             passed = [fd for fd in (fds.qmp, fds.console, fds.agent) if fd is not None]
-            proc = await launch(argv, run, passed, jail)
+            proc = await launch(argv, run, passed + list(taps.values()), jail)
         machine = self._machine(spec, run, proc, on_event)
         try:
             await machine.monitor.connect(run.qmp)

@@ -34,7 +34,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from corral.domain.specs import VMSpec
 from corral.engine.qemu.argv import Listeners
+from corral.host.tap import open_tap
 
 _CLONE_NEWNS = 0x00020000
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = (
@@ -169,3 +171,21 @@ def listening(qmp: Path, console: Path, agent: Path | None) -> Iterator[Listener
     finally:
         for sock in socks:
             sock.close()
+
+
+@contextlib.contextmanager
+def opened_taps(spec: VMSpec) -> Iterator[dict[int, int]]:
+    """The taps of ``spec``'s network NICs opened by the daemon (NIC index -> descriptor), to
+    pass to QEMU; the daemon's copies close when the block ends.
+
+    :raises CorralError: when a tap cannot be opened.
+    """
+    fds: dict[int, int] = {}
+    try:
+        for i, nic in enumerate(spec.nics):
+            if nic.mode == "network" and nic.ifname:
+                fds[i] = open_tap(nic.ifname)
+        yield fds
+    finally:
+        for fd in fds.values():
+            os.close(fd)
