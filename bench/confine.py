@@ -125,7 +125,7 @@ async def bench(reps: int, ws: Path) -> dict[str, list[float]]:
                     samples[system].append(ms)
             print(f"round {rep}/{reps}", file=sys.stderr)
     finally:
-        confinement.release(drivers["confined"].confinement, paths, machines_left=False)
+        drivers["confined"].confinement.lower_guard()
     return samples
 
 

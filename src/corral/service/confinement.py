@@ -16,16 +16,15 @@ file Corral writes (the store, saved states, snapshots, seeds, exports, logs) is
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import shutil
 
 from corral import settings
 from corral.config import Paths
 from corral.engine.qemu.confine import Confinement
 from corral.errors import CorralError
 from corral.host import cgroups, qemu_user
-from corral.host.network.nft import Nft, qemu_table
 
 log = logging.getLogger(__name__)
 TCG_OVERHEAD = 1 << 30   # TCG's translation cache alone may grow to 1 GiB
@@ -94,28 +93,13 @@ def _limits(conf: Confinement, paths: Paths, accel: str) -> None:
     conf.pids_max = int(str(_setting("engine.pids_max")))
 
 
-def guard_table(paths: Paths) -> str:
-    return f"corral-qemu-{paths.tag}"
-
-
 def _guard_host(conf: Confinement, paths: Paths) -> None:
-    """Refuse QEMU's user every TCP connection to the host itself (a guest on user-mode
-    networking reaching the API port through 10.0.2.2)."""
+    """QEMU's user is to be refused every TCP connection to the host itself (a guest on
+    user-mode networking reaching the API port through 10.0.2.2): the rule is in place while
+    a QEMU of this daemon runs (:meth:`Confinement.raise_guard`)."""
     if conf.user is None:
         conf.off["host_guard"] = "QEMU does not run as a user of its own"
-        return
-    try:
-        Nft().apply(qemu_table(guard_table(paths), conf.user.uid))
-    except CorralError as err:
-        conf.off["host_guard"] = f"nftables refused the rule: {err.message}"
-        return
-    conf.host_guard = guard_table(paths)
-
-
-def release(conf: Confinement, paths: Paths, machines_left: bool) -> None:
-    """The daemon stops: remove the host guard once no QEMU of this daemon runs (while one
-    runs, its guest stays kept off the host)."""
-    if conf.host_guard is not None and not machines_left:
-        with contextlib.suppress(CorralError):
-            Nft().delete_table("inet", conf.host_guard)
-
+    elif shutil.which("nft") is None:
+        conf.off["host_guard"] = "nft is not installed (apt-get install nftables)"
+    else:
+        conf.host_guard = f"corral-qemu-{paths.tag}"

@@ -75,6 +75,8 @@ class Manager:
         rt = VMRuntime(self.paths, Store(self.paths.db), self.driver, self.accel.name)
         self._opened = opened = _Opened(rt, self.accel)
         await adoption.adopt_all(rt)
+        if self._qemu is not None:
+            self._qemu.settle_guard()
         await netreconcile.reconcile(opened.net)  # before the queue may start VMs on networks
         opened.sched.load()
         opened.sched.dispatch()
@@ -84,8 +86,6 @@ class Manager:
         if self._opened is None:
             return
         opened, self._opened = self._opened, None
-        if self._qemu is not None:
-            confinement.release(self._qemu.confinement, self.paths, bool(opened.rt.live))
         await opened.rt.close()
         await opened.sched.close()
         opened.rt.db.close()

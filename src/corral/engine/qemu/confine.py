@@ -11,6 +11,8 @@ the process starts. :func:`facts` reads back from ``/proc`` what holds for one p
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,8 +22,12 @@ from typing import Any
 from corral.domain.specs import VMSpec
 from corral.engine.driver import RamFile
 from corral.engine.qemu.spawn import Jail
+from corral.errors import CorralError
 from corral.host import cgroups, qemu_user
+from corral.host.network.nft import Nft, qemu_table
 from corral.host.qemu_user import QemuUser
+
+log = logging.getLogger(__name__)
 
 #: the home's directories a QEMU sees (through its private view); the store, the socket and
 #: the run directory are not among them
@@ -43,6 +49,29 @@ class Confinement:
     pids_max: int = 0
     host_guard: str | None = None   # the nftables table that keeps QEMU off the host's ports
     off: dict[str, str] = field(default_factory=dict)
+    guard_up: bool = False
+
+    def raise_guard(self) -> None:
+        """Put the host guard in place (before a QEMU starts, or when QEMUs are adopted). A
+        host that refuses it is told in the log and in ``off``; the VM starts anyway."""
+        if self.host_guard is None or self.user is None or self.guard_up:
+            return
+        try:
+            Nft().apply(qemu_table(self.host_guard, self.user.uid))
+        except CorralError as err:
+            self.off["host_guard"] = f"nftables refused the rule: {err.message}"
+            log.warning("QEMU confinement: no host guard: %s", self.off["host_guard"])
+            self.host_guard = None
+            return
+        self.guard_up = True
+
+    def lower_guard(self) -> None:
+        """No QEMU of this daemon runs any more: the guard goes (also one a daemon killed
+        earlier left)."""
+        if self.host_guard is not None:
+            with contextlib.suppress(CorralError):
+                Nft().delete_table("inet", self.host_guard)
+            self.guard_up = False
 
     def hand_over(self, paths: Iterable[str | Path]) -> None:
         """Give the QEMU user files it will open by path (a hot-plugged disk).
@@ -81,7 +110,8 @@ class Confinement:
                 "cgroup_limits": self.tag is not None,
                 "memory_overhead_bytes": self.memory_overhead if self.tag else None,
                 "pids_max": self.pids_max if self.tag else None,
-                "host_guard": self.host_guard, "off": dict(self.off)}
+                "host_guard": self.host_guard, "host_guard_up": self.guard_up,
+                "off": dict(self.off)}
 
 
 def facts(pid: int) -> dict[str, Any] | None:

@@ -55,9 +55,11 @@ class QemuMachine(GuestOps):
     :class:`~.guest_ops.GuestOps`)."""
 
     def __init__(self, name: str, process: Process, monitor: Monitor,
-                 agent: GuestAgent | None, confinement: Confinement | None = None) -> None:
+                 agent: GuestAgent | None, confinement: Confinement | None = None,
+                 on_gone: Callable[[], None] | None = None) -> None:
         self.name = name
         self.confinement = confinement or Confinement()
+        self.on_gone = on_gone  # the driver counts its running QEMUs
         self.process = process
         self.monitor = monitor
         self.agent = agent
@@ -82,7 +84,11 @@ class QemuMachine(GuestOps):
         return self.process.alive
 
     def watch_exit(self, on_exit: Callable[[ExitStatus], None]) -> None:
-        self.process.watch(on_exit)
+        def ended(status: ExitStatus) -> None:
+            if self.on_gone is not None:
+                self.on_gone()
+            on_exit(status)
+        self.process.watch(ended)
 
     def unwatch(self) -> None:
         self.process.unwatch()
@@ -281,6 +287,22 @@ class QemuDriver:
         self.accel = accel
         self.tsc_khz = tsc_khz
         self.confinement = confinement or Confinement()
+        self.running = 0  # QEMUs started or adopted and not seen to end: the host guard's
+
+    def _hold(self) -> None:
+        self.running += 1
+        self.confinement.raise_guard()
+
+    def _drop(self) -> None:
+        self.running -= 1
+        if self.running <= 0:
+            self.running = 0
+            self.confinement.lower_guard()
+
+    def settle_guard(self) -> None:
+        """After adoption: no QEMU runs, so no guard stays (one a killed daemon left)."""
+        if self.running == 0:
+            self.confinement.lower_guard()
 
     def cleanup(self, run_dir: Path, keep_dir: bool = False) -> None:
         qargv.RunPaths(run_dir).remove(keep_dir)
@@ -301,7 +323,7 @@ class QemuDriver:
 
         machine = QemuMachine(spec.name, proc, Monitor(spec.name, handler),
                               GuestAgent(spec.name, run.agent) if spec.agent else None,
-                              self.confinement)
+                              self.confinement, self._drop)
         holder.append(machine)
         return machine
 
@@ -314,6 +336,15 @@ class QemuDriver:
         self.cleanup(run_dir, keep_dir=True)
         # KVM runs only the host's own architecture; other guests are always emulated
         accel = self.accel if spec.arch == os.uname().machine else "tcg"
+        self._hold()
+        try:
+            return await self._launch(spec, run, serial_log, accel, opts, on_event)
+        except BaseException:
+            self._drop()
+            raise
+
+    async def _launch(self, spec: VMSpec, run: qargv.RunPaths, serial_log: Path, accel: str,
+                      opts: LaunchOptions, on_event: EventHandler) -> QemuMachine:
         jail = self.confinement.jail(spec, serial_log, opts.ram)
         with listening(run.qmp, run.console, run.agent if spec.agent else None) as fds, \
                 opened_taps(spec) as taps:
@@ -326,6 +357,7 @@ class QemuDriver:
             passed = [fd for fd in (fds.qmp, fds.console, fds.agent) if fd is not None]
             proc = await launch(argv, run, passed + list(taps.values()), jail)
         machine = self._machine(spec, run, proc, on_event)
+        machine.on_gone = None  # launch's caller counts it down if it fails from here
         try:
             await machine.monitor.connect(run.qmp)
         except BaseException as err:
@@ -338,6 +370,7 @@ class QemuDriver:
                                    log_tail(run.log) or err.message,
                                    what="QEMU would not start") from err
             raise
+        machine.on_gone = self._drop
         return machine
 
     async def adopt(self, spec: VMSpec, run_dir: Path, pid: int | None, started: int | None,
@@ -355,4 +388,5 @@ class QemuDriver:
         except CorralError:
             await machine.monitor.close()
             raise
+        self._hold()
         return machine
