@@ -111,12 +111,20 @@ def test_a_guest_cannot_reach_the_host_through_user_networking(daemon: Daemon,
             accepted.append(server.accept())
     assert accepted == [], "the host's service saw a connection from the guest"
     # refused by the daemon's rule for QEMU's user, not by chance
-    table = f"corral-qemu-{Paths(daemon.home).tag}"
-    ruleset = subprocess.run(["nft", "-j", "list", "table", "inet", table], check=True,
-                             capture_output=True, text=True).stdout
+    ruleset = subprocess.run(["nft", "-j", "list", "table", "inet", guard(daemon.home)],
+                             check=True, capture_output=True, text=True).stdout
     counters = [e["counter"]["packets"] for item in json.loads(ruleset)["nftables"]
                 if "rule" in item for e in item["rule"]["expr"] if "counter" in e]
     assert counters and counters[0] >= 2, ruleset
+
+
+def guard(home: Path) -> str:
+    return f"corral-qemu-{Paths(home).tag}"
+
+
+def has_table(name: str) -> bool:
+    return subprocess.run(["nft", "list", "table", "inet", name],
+                          capture_output=True).returncode == 0
 
 
 def _walk(home: Path) -> list[tuple[str, int, str]]:
@@ -189,7 +197,20 @@ async def _forbidden_syscall(home: Path) -> None:
             assert time.monotonic() < deadline, vm
             await asyncio.sleep(0.05)
         assert "SIGSYS" in vm["exit_reason"] and "seccomp" in vm["exit_reason"], vm
+        assert not has_table(guard(home)), "the host guard outlived the last QEMU"
         await m.vms.rm("sys")
     finally:
         await m.close()
     assert_nothing_left(home)
+
+
+def test_the_host_guard_is_there_while_a_qemu_runs(daemon: Daemon, make_vm: Any) -> None:
+    for vm in daemon.client.list():
+        daemon.client.destroy(vm["name"])
+    assert not has_table(guard(daemon.home))
+    make_vm("guarded", start=False)
+    assert not has_table(guard(daemon.home))
+    daemon.client.start("guarded")
+    assert has_table(guard(daemon.home))
+    daemon.client.stop("guarded", force=True)
+    assert not has_table(guard(daemon.home))
