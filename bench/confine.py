@@ -72,39 +72,57 @@ def make_spec(paths: Paths) -> VMSpec:
                   machine="q35", cpu_model="max", disks=disks, nics=[], vmstate=str(vmstate))
 
 
-async def launch_once(driver: QemuDriver, spec: VMSpec, paths: Paths) -> float:
+def cpu_ms(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (clock ticks, in ms)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+Sample = tuple[float, float, float]  # wall ms, QEMU's CPU ms, the launcher's CPU ms
+
+
+def own_cpu() -> float:
+    """CPU time of this process and of its children it reaped (the spawner's intermediate),
+    in ms."""
+    t = os.times()
+    return (t.user + t.system + t.children_user + t.children_system) * 1000
+
+
+async def launch_once(driver: QemuDriver, spec: VMSpec, paths: Paths) -> Sample:
     from corral.engine.driver import LaunchOptions
 
     run_dir = paths.run_dir(spec.name)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), own_cpu()
     machine = await driver.launch(spec, run_dir, paths.vm_dir(spec.name) / "serial.log",
                                   lambda _e, _d: None, LaunchOptions(hold=True))
-    ms = (time.perf_counter() - t0) * 1000
+    ms, own = (time.perf_counter() - t0) * 1000, own_cpu() - c0
+    qemu = cpu_ms(machine.pid)
     os.kill(machine.pid, 9)
     reap(machine.pid)
     await machine.close()
     driver.cleanup(run_dir, keep_dir=True)
     cgroups.remove_limits(paths.tag, spec.name)
-    return ms
+    return ms, qemu, own
 
 
-def raw_once(spec: VMSpec, paths: Paths) -> float:
+def raw_once(spec: VMSpec, paths: Paths) -> Sample:
     where = qargv.RunPaths(paths.run_dir("raw"))
     where.dir.mkdir(parents=True, exist_ok=True)
     argv = [*qargv.build(spec, where, paths.vm_dir(spec.name) / "serial-raw.log", "tcg"),
             "-S", "-daemonize", "-pidfile", str(where.pidfile)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), own_cpu()
     subprocess.run(argv, check=True, capture_output=True)
     QMP(where.qmp).close()
-    ms = (time.perf_counter() - t0) * 1000
+    ms, own = (time.perf_counter() - t0) * 1000, own_cpu() - c0
     pid = int(where.pidfile.read_text())
+    qemu = cpu_ms(pid)
     os.kill(pid, 9)
     reap(pid)
     where.remove()
-    return ms
+    return ms, qemu, own
 
 
-async def bench(reps: int, ws: Path) -> dict[str, list[float]]:
+async def bench(reps: int, ws: Path) -> dict[str, list[Sample]]:
     paths = Paths(ws / "home")
     confinement.private_home(paths)
     spec = make_spec(paths)
@@ -112,31 +130,41 @@ async def bench(reps: int, ws: Path) -> dict[str, list[float]]:
                "confined": QemuDriver("tcg", confinement=confinement.decide(paths, "tcg"))}
     for part, why in drivers["confined"].confinement.off.items():
         print(f"note: no {part} here: {why}", file=sys.stderr)
-    samples: dict[str, list[float]] = {k: [] for k in SYSTEMS}
+    samples: dict[str, list[Sample]] = {k: [] for k in SYSTEMS}
     try:
         for rep in range(reps + 1):
             order = SYSTEMS[rep % 3:] + SYSTEMS[:rep % 3]
             for system in order:
                 if system == "raw":
-                    ms = raw_once(spec, paths)
+                    sample = raw_once(spec, paths)
                 else:
-                    ms = await launch_once(drivers[system], spec, paths)
+                    sample = await launch_once(drivers[system], spec, paths)
                 if rep:  # the first round warms caches up
-                    samples[system].append(ms)
+                    samples[system].append(sample)
             print(f"round {rep}/{reps}", file=sys.stderr)
     finally:
         drivers["confined"].confinement.lower_guard()
     return samples
 
 
-def report(samples: dict[str, list[float]]) -> tuple[str, bool]:
-    sums = {k: Summary.of(v) for k, v in samples.items()}
-    header = ["start → QMP ready (ms)", *(TITLES[k] for k in SYSTEMS), "confined/root"]
-    rows = [["QemuDriver.launch", *(fmt_summary(sums[k]) for k in SYSTEMS),
-             ratio(sums["confined"], sums["root"])]]
-    root, conf = sums["root"], sums["confined"]
+ROWS = [("start → QMP ready, wall (ms)", 0),
+        ("QEMU's CPU time until then (ms)", 1),
+        ("the launcher's CPU time, its forks included (ms)", 2)]
+
+
+def report(samples: dict[str, list[Sample]]) -> tuple[str, bool]:
+    header = ["QemuDriver.launch", *(TITLES[k] for k in SYSTEMS), "confined/root"]
+    rows = []
+    for label, i in ROWS:
+        sums = {k: Summary.of([s[i] for s in v]) for k, v in samples.items()}
+        rows.append([label, *(fmt_summary(sums[k]) for k in SYSTEMS),
+                     ratio(sums["confined"], sums["root"])])
+    wall = {k: Summary.of([s[0] for s in v]) for k, v in samples.items()}
+    root, conf = wall["root"], wall["confined"]
     ok = root is not None and conf is not None and conf.median < root.median * 1.10
-    verdict = f"target: confined under 10% slower than root: {'met' if ok else 'NOT met'}"
+    verdict = (f"target: confined under 10% slower than root to QMP ready: "
+               f"{'met' if ok else 'NOT met'} ({ratio(conf, root)} wall, medians; on a busy "
+               "host the CPU rows are the steadier measure)")
     return render_table(header, rows) + "\n\n" + verdict, ok
 
 
@@ -159,9 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     text, ok = report(samples)
     print(text)
     if args.json:
-        out: dict[str, Any] = {k: (s.as_dict() if (s := Summary.of(v)) else None)
-                               for k, v in samples.items()}
-        args.json.write_text(json.dumps({"start_to_qmp_ms": out, "target_met": ok}, indent=1))
+        out: dict[str, Any] = {
+            label: {k: (s.as_dict() if (s := Summary.of([x[i] for x in v])) else None)
+                    for k, v in samples.items()} for label, i in ROWS}
+        args.json.write_text(json.dumps({**out, "target_met": ok}, indent=1))
     return 0
 
 
