@@ -60,6 +60,18 @@ class VMNic(TypedDict):
     port: NotRequired[str | None]
 
 
+class Confinement(TypedDict):
+    """What confines a running VM's QEMU, as the kernel reports it (``/proc/PID``)."""
+
+    user: str
+    uid: int
+    seccomp: str  # filter, strict or off
+    private_home: bool  # a mount namespace that shows it only its part of the home
+    memory_limit_bytes: int | None
+    pids_max: int | None
+    cgroups: dict[str, str]
+
+
 class VM(TypedDict):
     name: str
     state: str
@@ -82,6 +94,7 @@ class VM(TypedDict):
     created_at: NotRequired[float]
     operations: list[str]
     qemu_status: NotRequired[str | None]
+    confinement: NotRequired[Confinement | None]
 
 
 class Disk(TypedDict):
@@ -185,6 +198,7 @@ class Host(TypedDict):
     home: NotRequired[str]
     vms: NotRequired[int]
     vms_running: NotRequired[int]
+    confinement: NotRequired[dict[str, Any] | None]
 
 
 class QueueEntry(TypedDict):
