@@ -151,8 +151,8 @@ class Guard:
             self._limit(who)
             need = required(method, route or "", scope.get("query_string", b""))
             if not who.allows(need):
-                raise Forbidden(f"'{who.name}' is a {who.role}; {method} {route} needs the "
-                                f"role {need}", who.role, need)
+                raise Forbidden(f"'{who.name}' has the role {who.role}; {method} {route} "
+                                f"needs {need}", who.role, need)
         except CorralError as err:
             extra = [(b"retry-after", str(err.retry_after).encode())] \
                 if isinstance(err, RateLimited) else []
