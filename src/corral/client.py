@@ -143,10 +143,14 @@ class Client(NetworkCalls, AccessCalls):
                                        limit=integer(limit, "limit", 1, 16 << 20))
         return out
 
-    def events(self, since: int = 0, vm: str | None = None) -> builtins.list[views.Event]:
+    def events(self, since: int = 0, vm: str | None = None, project: str | None = None
+               ) -> builtins.list[views.Event]:
+        """Up to 1000 events after id ``since``: ``vm``'s only, ``project``'s only (a token
+        sees its own project's only)."""
         out: builtins.list[views.Event] = self.request(
             "GET", "/events", since=integer(since, "since", 0, (1 << 63) - 1),
-            vm=None if vm is None else (seg(vm, "vm") and vm))
+            vm=None if vm is None else (seg(vm, "vm") and vm),
+            project=None if project is None else (seg(project, "project") and project))
         return out
 
     def clone(self, src: str, new: str, full: bool = False,
