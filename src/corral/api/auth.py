@@ -49,6 +49,7 @@ ADMIN = frozenset({
     # host-wide views that span projects
     ("GET", "/v1/topology"), ("GET", "/v1/trace"),
 })
+PUBLIC = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})  # the schema
 OPERATOR_READS = frozenset({("GET", "/v1/vms/{name}/files")})  # reads inside the guest
 
 
@@ -145,7 +146,7 @@ class Guard:
                               f"{math.ceil(wait)} s", math.ceil(wait))
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or scope["path"] in PUBLIC:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
