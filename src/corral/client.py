@@ -10,6 +10,12 @@ Standard library only (HTTP/1.1 over the unix socket, one kept-alive connection:
     c.pause("web"); c.resume("web")
     c.rm("web")
 
+A remote daemon (``corral serve --listen``) is the same Client over TLS, with a token and
+the server certificate's SHA-256 fingerprint (or a CA) to trust::
+
+    c = Client(url="https://10.0.0.2:8443", token="crl_…", fingerprint="6e82…")
+    c = Client()                      # $CORRAL_URL, $CORRAL_TOKEN, $CORRAL_FINGERPRINT
+
 One verb per action (``rm``, ``disk_rm``, ``snapshot_rm``, ``network_rm`` …); the older names
 (``destroy``, ``disk_delete`` …) stay as aliases. Every name is checked and percent-quoted
 before it goes into a URL, and every number is checked (finite, in range) before a request
