@@ -60,6 +60,18 @@ class VMNic(TypedDict):
     port: NotRequired[str | None]
 
 
+class Confinement(TypedDict):
+    """What confines a running VM's QEMU, as the kernel reports it (``/proc/PID``)."""
+
+    user: str
+    uid: int
+    seccomp: str  # filter, strict or off
+    private_home: bool  # a mount namespace that shows it only its part of the home
+    memory_limit_bytes: int | None
+    pids_max: int | None
+    cgroups: dict[str, str]
+
+
 class VM(TypedDict):
     name: str
     state: str
@@ -82,6 +94,8 @@ class VM(TypedDict):
     created_at: NotRequired[float]
     operations: list[str]
     qemu_status: NotRequired[str | None]
+    confinement: NotRequired[Confinement | None]
+    project: NotRequired[str]
 
 
 class Disk(TypedDict):
@@ -89,6 +103,7 @@ class Disk(TypedDict):
     path: str
     format: str
     vm: str | None
+    project: NotRequired[str]
     created_at: NotRequired[float]
     size_bytes: NotRequired[int | None]
     allocated_bytes: NotRequired[int | None]
@@ -185,6 +200,7 @@ class Host(TypedDict):
     home: NotRequired[str]
     vms: NotRequired[int]
     vms_running: NotRequired[int]
+    confinement: NotRequired[dict[str, Any] | None]
 
 
 class QueueEntry(TypedDict):
@@ -201,11 +217,52 @@ class QueueEntry(TypedDict):
 
 
 class Event(TypedDict):
+    """``vm``: the VM (or other object) it is about; ``kind`` ``audit``: a request, with
+    ``detail`` ``who``, ``role``, ``action``, ``status`` and ``result``."""
+
     id: int
     ts: float
     vm: str
     kind: str
     detail: dict[str, Any]
+    project: NotRequired[str]
+
+
+class Quotas(TypedDict):
+    max_vms: int | None
+    max_cpus: int | None
+    max_memory: int | None
+    max_disk: int | None
+
+
+class Project(TypedDict):
+    name: str
+    created_at: float
+    quotas: Quotas
+    usage: dict[str, int]
+
+
+class Token(TypedDict):
+    name: str
+    id: str
+    role: str
+    project: str
+    created_at: float
+    expires_at: float | None
+
+
+class TokenCreated(Token):
+    secret: str
+
+
+class Principal(TypedDict):
+    """Who a request acts as: ``project`` None for admins (every project)."""
+
+    name: str
+    role: str
+    project: str | None
+    selected: str | None
+    home: str
 
 
 class TraceEntry(TypedDict):
@@ -284,6 +341,6 @@ class Upload(TypedDict):
 __all__ = [
     "VM", "BatchResult", "Disk", "Error", "Event", "ExecResult", "Export", "FileWritten",
     "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface", "Leg", "Logs",
-    "Network", "Port", "QueueEntry", "Removed", "Router", "Snapshot", "TraceEntry", "Upload",
-    "VMDisk", "VMNic",
+    "Network", "Port", "Principal", "Project", "QueueEntry", "Quotas", "Removed", "Router",
+    "Snapshot", "Token", "TokenCreated", "TraceEntry", "Upload", "VMDisk", "VMNic",
 ]

@@ -26,7 +26,7 @@ from tests.unit._source import PACKAGE, component, import_statements, imports, m
 TIERS: list[tuple[str, frozenset[str], bool]] = [
     # the package root re-exports Client; the daemon is what `corral serve` runs
     ("front doors", frozenset({"corral", "api", "cli", "client", "client_networks",
-                               "client_files", "wire",
+                               "client_access", "client_files", "wire", "remote",
                                "daemon"}), False),
     ("use cases", frozenset({"service", "perf"}), True),
     ("mechanisms", frozenset({"engine", "store", "scheduler", "images"}), True),
@@ -45,7 +45,8 @@ INDEPENDENT = {name for _, names, independent in TIERS if independent for name i
 FORBIDDEN = {
     ("cli", "service"), ("cli", "api"),  # the CLI talks HTTP to the daemon
     ("client", "service"), ("client", "api"), ("client", "cli"), ("client", "daemon"),
-    *((part, other) for part in ("wire", "client_networks", "client_files")
+    *((part, other) for part in ("wire", "client_networks", "client_access", "remote",
+                                 "client_files")
       for other in ("service", "api", "cli", "daemon")),
 }
 ONLY = {"scheduler": {"domain", "errors"}}  # pure: the simulator runs it outside the daemon

@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.api.common import NAME_PATTERN, Name, json, ok, router
+from corral.api.common import NAME_PATTERN, Name, Page, json, ok, router
 from corral.service.manager import Manager
 from corral.views import Image
 
@@ -40,8 +40,8 @@ def routes(m: Manager) -> APIRouter:
                                            agent=req.agent, root_device=req.root_device), 201)
 
     @r.get("/images", responses=ok(list[Image]))
-    async def list_images() -> Response:
-        return json(m.images.list())
+    async def list_images(page: Page) -> Response:
+        return page.of(m.images.list())
 
     @r.delete("/images/{image}", status_code=204, responses=ok(None, 404, 409))
     async def rm_image(image: Name) -> Response:

@@ -32,6 +32,7 @@ from corral.api.common import (
     Download,
     Name,
     OptName,
+    Page,
     binary,
     json,
     ok,
@@ -95,8 +96,8 @@ def _catalog(r: APIRouter, m: Manager) -> None:
     """List, define (and maybe start), show and remove VMs."""
 
     @r.get("/vms", responses=ok(list[VM]))
-    async def list_vms() -> Response:
-        return json(m.vms.list())
+    async def list_vms(page: Page) -> Response:
+        return page.of(m.vms.list())
 
     @r.post("/vms", status_code=201, responses=ok(VM, 404, 409, 502, 504, status=201))
     async def create_vm(spec: CreateSpec, start: bool = False, wait: bool = False,

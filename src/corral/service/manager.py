@@ -2,26 +2,32 @@
 network state and the slices, wires the hooks between them, and opens and closes them.
 
 Front doors use only the slices: ``vms``, ``snapshots``, ``disks``, ``guest``, ``images``,
-``uploads``, ``host``, ``networks`` and ``routers`` (available once :meth:`Manager.open` has
-run). Use-case modules never receive the Manager: each gets the runtime and the
-collaborators it needs.
+``uploads``, ``host``, ``networks``, ``routers``, ``projects`` and ``tokens`` (available
+once :meth:`Manager.open` has run). Use-case modules never receive the Manager: each gets
+the runtime and the collaborators it needs.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from corral.config import Paths
 from corral.domain.specs import VMSpec
 from corral.engine import accel as accel_mod
 from corral.engine.driver import Driver
 from corral.errors import CorralError
-from corral.service import adoption, hostpaths, netreconcile, nics, slices
+from corral.service import adoption, confinement, hostpaths, netreconcile, nics, slices
 from corral.service.guest import GuestService
 from corral.service.netstate import Networks
+from corral.service.projects import Projects, Tokens
 from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
 from corral.service.uploads import Uploads
 from corral.service.vms import VMs
 from corral.store.db import Store, VMRecord
+
+if TYPE_CHECKING:
+    from corral.engine.qemu.driver import QemuDriver
 
 
 class _Hooks:
@@ -53,10 +59,11 @@ class Manager:
     def __init__(self, paths: Paths | None = None, driver: Driver | None = None) -> None:
         self.paths = paths or Paths.from_env()
         self.accel = accel_mod.detect()
+        self._qemu: QemuDriver | None = None  # the QEMU driver it made: it confines that one
         if driver is None:
             from corral.engine.qemu.driver import QemuDriver
 
-            driver = QemuDriver(self.accel.name, accel_mod.tsc_khz())
+            driver = self._qemu = QemuDriver(self.accel.name, accel_mod.tsc_khz())
         self.driver = driver
         self._opened: _Opened | None = None
 
@@ -66,12 +73,17 @@ class Manager:
         from corral.engine.qemu.process import become_subreaper
 
         become_subreaper()
-        for d in (self.paths.home, self.paths.images, self.paths.run):
+        confinement.private_home(self.paths)
+        for d in (self.paths.images, self.paths.run):
             d.mkdir(parents=True, exist_ok=True)
+        if self._qemu is not None:
+            self._qemu.confinement = confinement.decide(self.paths, self.accel.name)
         rt = VMRuntime(self.paths, Store(self.paths.db), self.driver, self.accel.name)
         self._opened = opened = _Opened(rt, self.accel)
         opened.uploads.sweep_partial()
         await adoption.adopt_all(rt)
+        if self._qemu is not None:
+            self._qemu.settle_guard()
         await netreconcile.reconcile(opened.net)  # before the queue may start VMs on networks
         opened.sched.load()
         opened.sched.dispatch()
@@ -131,6 +143,14 @@ class Manager:
     def routers(self) -> slices.Routers:
         return self._parts().routers
 
+    @property
+    def projects(self) -> Projects:
+        return self._parts().projects
+
+    @property
+    def tokens(self) -> Tokens:
+        return self._parts().tokens
+
 
 class _Opened:
     """Everything that exists while the service is open."""
@@ -150,3 +170,5 @@ class _Opened:
         self.host = slices.Host(rt, self.sched, accel, self.vms, self.guest)
         self.networks = slices.Networks(self.net)
         self.routers = slices.Routers(self.net)
+        self.projects = Projects(rt, self.net)
+        self.tokens = Tokens(rt)
