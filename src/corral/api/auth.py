@@ -7,7 +7,9 @@
   request works in (new objects go there, lists narrow to it).
 * **May it.** The role a route needs comes from its method and template (:func:`required`):
   reads need ``viewer``, acts ``operator``, and the routes in :data:`ADMIN` ``admin``
-  (tokens, projects, images, what opens a path the client names, host-wide views). A role
+  (tokens, projects, images, host-wide views). Nothing opens a path a client names with the
+  daemon's rights (files travel as uploads and downloads, see
+  :mod:`corral.service.hostpaths`), so exports and imports are an operator's. A role
   too low is 403. The principal is then set for the request
   (:func:`corral.service.access.acting_as`), and the service hides every object of another
   project (404, see :mod:`corral.service.access`).
@@ -43,19 +45,20 @@ READS = ("GET", "HEAD")
 ADMIN = frozenset({
     ("GET", "/v1/tokens"), ("POST", "/v1/tokens"), ("DELETE", "/v1/tokens/{name}"),
     ("POST", "/v1/projects"), ("PATCH", "/v1/projects/{name}"),
-    ("DELETE", "/v1/projects/{name}"), ("DELETE", "/v1/images/{image}"),
-    # the daemon opens the path the client names, with its own rights
-    ("POST", "/v1/import"), ("POST", "/v1/vms/{name}/export"),
+    ("DELETE", "/v1/projects/{name}"),
+    # images are the host's, shared by every project
+    ("POST", "/v1/images"), ("DELETE", "/v1/images/{image}"),
     # host-wide views that span projects
     ("GET", "/v1/topology"), ("GET", "/v1/trace"),
 })
 PUBLIC = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})  # the schema
-OPERATOR_READS = frozenset({("GET", "/v1/vms/{name}/files")})  # reads inside the guest
+# reads inside the guest: its files, its saved memory
+OPERATOR_READS = frozenset({("GET", "/v1/vms/{name}/files"), ("GET", "/v1/vms/{name}/state")})
 
 
-def required(method: str, route: str, query: bytes = b"") -> str:
+def required(method: str, route: str) -> str:
     """The least role that may call ``method route``."""
-    if (method, route) in ADMIN or (route == "/v1/vms/{name}/save" and b"file=" in query):
+    if (method, route) in ADMIN:
         return "admin"
     if method in READS and (method, route) not in OPERATOR_READS:
         return "viewer"
@@ -155,7 +158,7 @@ class Guard:
         try:
             who = self._principal(scope)
             self._limit(who)
-            need = required(method, route or "", scope.get("query_string", b""))
+            need = required(method, route or "")
             if not who.allows(need):
                 raise Forbidden(f"'{who.name}' has the role {who.role}; {method} {route} "
                                 f"needs {need}", who.role, need)

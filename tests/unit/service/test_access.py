@@ -17,16 +17,16 @@ from corral.service.manager import Manager
 
 from .conftest import vm
 
-# routes only an admin may call (what the daemon does with the rights of root, what spans
-# projects, and the management of tokens and projects)
+# routes only an admin may call (the host's images, what spans projects, and the management
+# of tokens and projects); exports and imports are uploads and downloads: an operator's
 ADMIN_ONLY = {
     ("GET", "/v1/tokens"), ("POST", "/v1/tokens"), ("DELETE", "/v1/tokens/{name}"),
     ("POST", "/v1/projects"), ("PATCH", "/v1/projects/{name}"),
-    ("DELETE", "/v1/projects/{name}"), ("DELETE", "/v1/images/{image}"),
-    ("POST", "/v1/import"), ("POST", "/v1/vms/{name}/export"),
+    ("DELETE", "/v1/projects/{name}"), ("POST", "/v1/images"), ("DELETE", "/v1/images/{image}"),
     ("GET", "/v1/topology"), ("GET", "/v1/trace"),
 }
-OPERATOR_READS = {("GET", "/v1/vms/{name}/files")}
+# reads of what is inside a guest: its files, its saved memory
+OPERATOR_READS = {("GET", "/v1/vms/{name}/files"), ("GET", "/v1/vms/{name}/state")}
 
 
 @pytest.fixture
