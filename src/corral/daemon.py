@@ -1,6 +1,8 @@
 """``corral serve``: the daemon that owns the store, the QMP connections and the VMs.
 
-It listens on a unix socket (mode 0600). Stopping it (SIGTERM, Ctrl-C) leaves every VM
+It listens on a unix socket (mode 0600) and, with the ``web.listen`` setting
+(``CORRAL_WEB_LISTEN=127.0.0.1:8470``, loopback only), also on TCP for the web page and the
+same API. Stopping it (SIGTERM, Ctrl-C) leaves every VM
 running; the next daemon re-adopts them. It removes its socket however it stops, and the
 run directories' empty leftovers (``/run/corral-<tag>`` too, once no VM or network lives
 there), so nothing of a removed home stays behind.
@@ -21,6 +23,10 @@ from typing import NoReturn
 from corral.config import Paths, default_socket
 from corral.errors import CorralError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from corral.api.web import Where
+
 
 def _socket_in_use(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX) as probe:
@@ -40,6 +46,7 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None) -> 
     import uvicorn
 
     from corral.api.app import create_app
+    from corral.api.web import Where
     from corral.service.manager import Manager
 
     paths = paths or Paths.from_env()
@@ -49,6 +56,9 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None) -> 
         if _socket_in_use(socket_path):
             raise CorralError(f"a daemon already serves {socket_path}; stop it first")
         socket_path.unlink()
+    where = Where()
+    where.socket = str(socket_path)
+    tcp = _tcp_listener(where)  # before the unix socket: a taken port leaves nothing behind
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(socket_path))
     # uvicorn stops on SIGTERM, then raises it again once its handler is gone: by default
@@ -59,16 +69,48 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None) -> 
         sock.listen(128)
         _quiet_disconnects(asyncio.get_running_loop())
         manager = Manager(paths)
-        config = uvicorn.Config(create_app(manager), loop="none", http="httptools",
-                                lifespan="on", log_level="warning", access_log=False,
-                                ws="none")
-        await uvicorn.Server(config).serve(sockets=[sock])
+        config = uvicorn.Config(create_app(manager, where=where), loop="none",
+                                http="httptools", lifespan="on", log_level="warning",
+                                access_log=False, ws="websockets-sansio")
+        await uvicorn.Server(config).serve(sockets=[sock, *([tcp] if tcp else [])])
     finally:
         sock.close()
+        if tcp is not None:
+            tcp.close()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
         paths.remove_leftovers()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _tcp_listener(where: Where) -> socket.socket | None:
+    """The TCP socket of ``web.listen``, bound and listening (None when not set).
+
+    :raises CorralError: the setting is not a loopback HOST:PORT, or the port is taken.
+    """
+    from corral import settings
+
+    try:
+        listen = settings.value("web.listen")
+    except settings.SettingError as err:
+        raise CorralError(str(err)) from err
+    if listen is None:
+        return None
+    host, port = listen
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    tcp = socket.socket(family, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        tcp.bind((host, port))
+        tcp.listen(128)
+    except OSError as err:
+        tcp.close()
+        raise CorralError(f"cannot listen on {host}:{port}: {err.strerror}") from err
+    bound = tcp.getsockname()[1]
+    where.url = f"http://[{host}]:{bound}/" if family == socket.AF_INET6 else \
+        f"http://{host}:{bound}/"
+    logging.getLogger(__name__).info("the web page is at %s", where.url)
+    return tcp
 
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> NoReturn:

@@ -181,6 +181,7 @@ class Host(TypedDict):
     accel_reason: str
     qemu_version: NotRequired[str | None]
     kernel: NotRequired[str]
+    hostname: NotRequired[str]
     scheduler: NotRequired[dict[str, Any]]
     home: NotRequired[str]
     vms: NotRequired[int]
@@ -206,6 +207,43 @@ class Event(TypedDict):
     vm: str
     kind: str
     detail: dict[str, Any]
+
+
+class VMFigures(TypedDict):
+    """What the daemon last gathered of a VM with a machine (``at``: when)."""
+
+    at: float
+    cpu_seconds: float | None
+    rss_bytes: int | None
+    disks: dict[str, dict[str, int]]   # node → rd_bytes, wr_bytes, rd_operations, …
+    nics: dict[str, dict[str, int]]    # device → rx_bytes, tx_bytes, rx_packets, tx_packets
+
+
+class StatsPoint(TypedDict):
+    """One point of a VM's recent history: totals over its disks and NICs."""
+
+    at: float
+    cpu_seconds: float | None
+    rss_bytes: int | None
+    rd_bytes: int
+    wr_bytes: int
+    rx_bytes: int
+    tx_bytes: int
+
+
+class VMStats(TypedDict):
+    name: str
+    state: str
+    interval: float
+    figures: VMFigures | None
+    points: list[StatsPoint]
+
+
+class WebInfo(TypedDict):
+    """Where the daemon serves its web page (``url`` None: only on its unix socket)."""
+
+    url: str | None
+    socket: str
 
 
 class TraceEntry(TypedDict):
@@ -273,6 +311,6 @@ class Export(TypedDict):
 __all__ = [
     "VM", "BatchResult", "Disk", "Error", "Event", "ExecResult", "Export", "FileWritten",
     "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface", "Leg", "Logs",
-    "Network", "Port", "QueueEntry", "Removed", "Router", "Snapshot", "TraceEntry", "VMDisk",
-    "VMNic",
+    "Network", "Port", "QueueEntry", "Removed", "Router", "Snapshot", "StatsPoint",
+    "TraceEntry", "VMDisk", "VMFigures", "VMNic", "VMStats", "WebInfo",
 ]

@@ -7,7 +7,9 @@ Routes parse the request into one call of the service's resource objects
 :mod:`corral.api.errors`); request bodies are bounded (:mod:`corral.api.limits`). The
 OpenAPI schema, with every response body and error status, is at ``/openapi.json`` and
 browsable at ``/docs``; it is made when first asked for, the views' schemas with it
-(:mod:`corral.api.schema`), so a daemon that never serves it never pays for them.
+(:mod:`corral.api.schema`), so a daemon that never serves it never pays for them. The web
+page is at ``/`` (:mod:`corral.api.web`), the metrics at ``/metrics``, the live event
+stream at ``/v1/events/stream`` and each VM's console WebSocket at ``/v1/vms/NAME/console``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,21 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from corral.api import disks, errors, guest, host, images, networks, routers, snapshots, vms
+from corral.api import (
+    console,
+    disks,
+    errors,
+    events,
+    guest,
+    host,
+    images,
+    metrics,
+    networks,
+    routers,
+    snapshots,
+    vms,
+    web,
+)
 from corral.api.common import API
 from corral.api.limits import BodyLimit
 from corral.api.schema import CorralAPI
@@ -25,12 +41,15 @@ from corral.service.manager import Manager
 
 __all__ = ["API", "create_app"]
 
-ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers)
+ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers, events, metrics,
+          console)
 
 
-def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
+def create_app(manager: Manager, manage_lifecycle: bool = True,
+               where: web.Where | None = None) -> FastAPI:
     """The API bound to ``manager``; with ``manage_lifecycle`` the app opens and closes it.
-    Routes look up ``manager``'s slices on each request: they exist only once it is open."""
+    Routes look up ``manager``'s slices on each request: they exist only once it is open.
+    ``where`` tells the page where the daemon listens (filled in by the daemon)."""
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if manage_lifecycle:
@@ -47,6 +66,11 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
         # its routes, not the router: FastAPI builds an included router's routes a second
         # time (their parameters and fields) on the first request that walks past it
         app.router.routes.extend(module.routes(manager).routes)
+    app.router.routes.extend(web.routes(where or web.Where()).routes)
+    app.mount("/static", web.static_files(), name="static")
     errors.install(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(metrics.RequestMetrics, manager=manager, paths={
+        getattr(r, "endpoint", None): getattr(r, "path", "") for r in app.router.routes})
+    app.add_middleware(web.SameOrigin)
     return app

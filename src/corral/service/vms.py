@@ -106,6 +106,13 @@ class VMs:
     def list(self) -> builtins.list[dict[str, Any]]:
         return [self.rt.view(r) for r in self.rt.db.list_vms()]
 
+    def view(self, name: str) -> dict[str, Any]:
+        """One VM as the store knows it (no call to its machine: cheap).
+
+        :raises NotFound: no VM of that name.
+        """
+        return self.rt.view(self.rt.get(name))
+
     async def get(self, name: str) -> dict[str, Any]:
         """One VM, with QEMU's own run state asked live.
 
@@ -146,7 +153,11 @@ class VMs:
             data = b""
         return {"data": data.decode(errors="replace"), "offset": offset + len(data)}
 
-    def events(self, since: int = 0, vm: str | None = None) -> builtins.list[dict[str, Any]]:
+    def events(self, since: int = 0, vm: str | None = None,
+               tail: int | None = None) -> builtins.list[dict[str, Any]]:
+        """The events after id ``since`` (``tail``: only the last ``tail`` of them)."""
+        if tail is not None:
+            return self.rt.db.events(since, vm, limit=tail, tail=True)
         return self.rt.db.events(since, vm)
 
     # ----- remove ----------------------------------------------------------------------------
