@@ -35,8 +35,9 @@ def routes(m: Manager) -> APIRouter:
 
     top = APIRouter(tags=["metrics"])
 
-    @top.get("/metrics", response_class=Response, responses={200: {
-        "description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}}})
+    @top.get("/metrics", response_class=Response, responses={**ok(None), 200: {
+        "description": "Prometheus text format",
+        "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
     async def metrics() -> Response:
         return Response(m.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 

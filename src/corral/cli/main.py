@@ -31,6 +31,8 @@ examples:
   corral pause web; corral resume web
   corral console web                      the serial console (Ctrl-] detaches)
   corral shutdown web; corral rm web      (rm is also 'destroy' and 'delete')
+  corral events -f --vm web               follow the VM's events live
+  corral dashboard                        the web page's address (CORRAL_WEB_LISTEN)
 
 environment:
   CORRAL_HOME    data directory (default /var/lib/corral as root, else ~/.local/share/corral)
@@ -54,6 +56,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "networks": ("network", "firewall", "attach-nic", "detach-nic"),
     "routers": ("router",),
     "models": ("model", "simulate"),
+    "events": ("events", "dashboard"),
 }
 MODULE_OF = {word: module for module, words in COMMANDS.items() for word in words}
 
