@@ -57,7 +57,7 @@ class Subscription:
 
         :raises Dropped: the subscriber fell too far behind, or the daemon is stopping.
         """
-        last = since if since is not None else self.hub.last_id
+        last = since if since is not None else 0  # the queue holds only newer events
         if since is not None:
             while True:
                 page = await asyncio.to_thread(self.hub.db.events, last, self.vm, HISTORY_PAGE)
@@ -97,7 +97,6 @@ class EventHub:
         self.subscribers: set[Subscription] = set()
         self.observers: list[Observer] = []
         self.dropped_total = 0
-        self.last_id: int = db.last_event_id()
         db.listeners.append(self._from_writer)
 
     def _from_writer(self, ev: Event) -> None:
@@ -105,7 +104,6 @@ class EventHub:
             self.loop.call_soon_threadsafe(self._fan_out, ev)
 
     def _fan_out(self, ev: Event) -> None:
-        self.last_id = max(self.last_id, ev["id"])
         for observe in self.observers:
             observe(ev)
         for sub in list(self.subscribers):

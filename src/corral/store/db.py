@@ -25,7 +25,6 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    func,
     insert,
     select,
     update,
@@ -338,10 +337,6 @@ class Store:
             rows = conn.execute(query).all()
         out = [{**dict(r._mapping), "detail": json.loads(r.detail)} for r in rows]
         return out[::-1] if tail else out
-
-    def last_event_id(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.max(events.c.id))).scalar() or 0)
 
     def _run(self, write: Callable[[], None]) -> None:
         """Run ``write`` on the writer thread, after every write queued before it."""
