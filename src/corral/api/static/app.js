@@ -148,7 +148,8 @@ function ipOf(vm) {
   for (const nic of vm.nics || []) {
     if (nic.lease) return nic.lease;
     if (nic.ip) return nic.ip;
-    if (nic.guest_addresses && nic.guest_addresses.length) return nic.guest_addresses[0].split("/")[0];
+    const v4 = (nic.guest_addresses || []).find((a) => !a.includes(":"));
+    if (v4) return v4.split("/")[0];
   }
   return (vm.nics || []).some((n) => n.mode === "user") ? "user-mode" : "—";
 }
@@ -182,7 +183,8 @@ async function createDialog(fromSnapshot) {
           images.map((i) => h("option", { value: i.name, selected: i.name === "tiny" }, `${i.name} (${i.arch})`)))),
         h("div", { class: "row" },
           h("label", {}, "vCPUs", h("input", { name: "cpus", type: "number", min: 1, max: 64, value: 1 })),
-          h("label", {}, "Memory", h("input", { name: "memory", value: "256M" }))),
+          h("label", {}, "Memory", h("input", { name: "memory", value: "256M" })),
+          h("label", {}, "Data disk", h("input", { name: "disk", placeholder: "none, or 1G" }))),
         h("label", { class: "check" }, h("input", { name: "start", type: "checkbox", checked: true }), "Start it now")]);
   const submit = async (e) => {
     e.preventDefault();
@@ -195,6 +197,7 @@ async function createDialog(fromSnapshot) {
       spec.image = f.get("image");
       spec.cpus = Number(f.get("cpus"));
       spec.memory = f.get("memory");
+      if (f.get("disk")) spec.disks = [{ size: f.get("disk") }];
       start = f.get("start") === "on";
     }
     $("#dialog").close();
