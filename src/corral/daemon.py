@@ -26,6 +26,7 @@ from corral.errors import CorralError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from corral.api.web import Where
+    from corral.service.manager import Manager
 
 
 def _socket_in_use(path: Path) -> bool:
@@ -72,7 +73,8 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None) -> 
         config = uvicorn.Config(create_app(manager, where=where), loop="none",
                                 http="httptools", lifespan="on", log_level="warning",
                                 access_log=False, ws="websockets-sansio")
-        await uvicorn.Server(config).serve(sockets=[sock, *([tcp] if tcp else [])])
+        server = _server_class()(config, manager)
+        await server.serve(sockets=[sock, *([tcp] if tcp else [])])
     finally:
         sock.close()
         if tcp is not None:
@@ -81,6 +83,29 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None) -> 
             socket_path.unlink()
         paths.remove_leftovers()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, which also ends the event streams when asked to stop: it waits
+        for open responses to finish, and a stream would never finish by itself."""
+
+        def __init__(self, config: uvicorn.Config, manager: Manager) -> None:
+            super().__init__(config)
+            self.manager = manager
+            self.loop = asyncio.get_running_loop()
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            self.loop.call_soon_threadsafe(self._end_streams)
+
+        def _end_streams(self) -> None:
+            with contextlib.suppress(CorralError):  # not open: no stream to end
+                self.manager.events.close()
+
+    return Server
 
 
 def _tcp_listener(where: Where) -> socket.socket | None:
