@@ -121,12 +121,24 @@ def test_browser_create_run_console_pause_chart_destroy(web: Daemon, page: Any) 
         pg.wait_for_timeout(700)
         shot(pg, f"6-{where}")
     assert pg.locator("#event-rows tr", has_text="paused").count() >= 1
+    # the stream breaks; what happens meanwhile arrives after the reconnection, once each
+    pg.evaluate("() => window.corral.stream.restart()")
+    web.client.resume("browser1")
+    web.client.pause("browser1")
+    pg.wait_for_function("window.corral.stream.connected", timeout=10_000)
+    last = web.client.events(tail=1)[0]["id"]
+    pg.wait_for_function(f"window.corral.eventLog.rows.some((e) => e.id === {last})",
+                         timeout=10_000)
+    ids = pg.evaluate("() => window.corral.eventLog.rows.map((e) => e.id)")
+    ids = ids[:ids.index(last) + 1]
+    assert ids == list(range(ids[0], last + 1)), ids
     pg.click("#side a[data-nav=vms]")
     pg.click("tr[data-vm=browser1] a")
     pg.click(".head [data-action=destroy]")
     pg.click("#confirm-destroy")
     pg.wait_for_selector("#gone", timeout=30_000)
     pg.wait_for_selector("#console-closed", timeout=10_000)
+    assert "browser1" in pg.inner_text("#console-closed")
     shot(pg, "7-vm-destroyed")
     assert "browser1" not in [v["name"] for v in web.client.list()]
     assert pg.evaluate("window.notReloaded") is True

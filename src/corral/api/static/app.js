@@ -35,8 +35,10 @@ async function api(method, path, body) {
 // Server-Sent Events over fetch (so the same headers go with it), resumed after any break
 // with Last-Event-ID: the daemon then gives what was missed from its log, each event once.
 const stream = {
-  lastId: null, connected: false, listeners: new Set(), onstate: () => {},
+  lastId: null, connected: false, listeners: new Set(), onstate: () => {}, abort: null,
   subscribe(fn) { this.listeners.add(fn); return () => this.listeners.delete(fn); },
+  // drop the connection (a new token, or a test of the catch-up); run() reconnects
+  restart() { if (this.abort) this.abort.abort(); },
   async run() {
     for (;;) {
       try {
@@ -50,7 +52,8 @@ const stream = {
   async once() {
     const headers = { ...AUTH.headers(), Accept: "text/event-stream" };
     if (this.lastId !== null) headers["Last-Event-ID"] = String(this.lastId);
-    const res = await fetch("/v1/events/stream", { headers, cache: "no-store" });
+    this.abort = new AbortController();
+    const res = await fetch("/v1/events/stream", { headers, cache: "no-store", signal: this.abort.signal });
     if (!res.ok || !res.body) throw new Error(`stream: HTTP ${res.status}`);
     this.connected = true;
     this.onstate(true);
