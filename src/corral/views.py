@@ -227,8 +227,8 @@ class StatsPoint(TypedDict):
     rss_bytes: int | None
     rd_bytes: int
     wr_bytes: int
-    rx_bytes: int
-    tx_bytes: int
+    rx_bytes: int | None   # None: no NIC with host-side counters (user-mode NICs)
+    tx_bytes: int | None
 
 
 class VMStats(TypedDict):

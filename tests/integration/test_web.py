@@ -112,6 +112,19 @@ def test_browser_create_run_console_pause_chart_destroy(web: Daemon, page: Any) 
     pg.wait_for_function("Number(document.querySelector('#chart-cpu').dataset.points) >= 2",
                          timeout=30_000)
     shot(pg, "4-vm-console-and-charts")
+    # a snapshot with memory, and a warm-started clone of it, from the VM's page
+    pg.click("#take-snapshot")
+    pg.click("#dialog button.primary")
+    pg.click("button:text('Warm start a clone')", timeout=60_000)
+    pg.fill("#create-form input[name=name]", "browser2")
+    pg.click("#create-submit")
+    try:
+        pg.wait_for_selector("text=browser2 is running", timeout=60_000)  # the page's toast
+        assert web.client.wait_ready("browser2", 60)["state"] == "running"
+        shot(pg, "4b-vm-snapshots")
+    finally:
+        with contextlib.suppress(CorralError):
+            web.client.rm("browser2")
     pg.click(".head [data-action=pause]")
     pg.wait_for_selector(".head [data-state=paused]", timeout=10_000)
     assert web.client.get("browser1")["state"] == "paused"

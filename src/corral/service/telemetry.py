@@ -150,11 +150,12 @@ class Telemetry:
 
 
 def _point(f: dict[str, Any]) -> dict[str, Any]:
-    """One point of a VM's history: totals over its disks and NICs."""
+    """One point of a VM's history: totals over its disks and NICs (None: no device has
+    counters, e.g. only user-mode NICs, which have no tap)."""
     disks = f["disks"].values()
-    nics = f["nics"].values()
+    nics = list(f["nics"].values()) or None
     return {"at": round(f["at"], 3), "cpu_seconds": f["cpu_seconds"], "rss_bytes": f["rss_bytes"],
             "rd_bytes": sum(d.get("rd_bytes", 0) for d in disks),
             "wr_bytes": sum(d.get("wr_bytes", 0) for d in disks),
-            "rx_bytes": sum(n["rx_bytes"] for n in nics),
-            "tx_bytes": sum(n["tx_bytes"] for n in nics)}
+            "rx_bytes": sum(n["rx_bytes"] for n in nics) if nics else None,
+            "tx_bytes": sum(n["tx_bytes"] for n in nics) if nics else None}

@@ -316,14 +316,14 @@ function vmPage(main, name) {
   const banner = h("div");
   const facts = h("div", { class: "facts" });
   const charts = h("div", { class: "grid two" });
-  const termBox = h("div", { class: "term", id: "terminal" });
+  const termBox = h("div", { class: "term-screen", id: "terminal" });
   const consoleNote = h("div");
   const snaps = h("div");
   main.append(head, banner,
     h("div", { class: "panel" }, facts),
     h("div", { class: "panel" }, h("div", { class: "head" }, h("h2", {}, "Serial console"),
       h("span", { class: "grow" }), h("span", { class: "muted" }, "type into the terminal; it follows the window's size")),
-      consoleNote, termBox),
+      consoleNote, h("div", { class: "term" }, termBox)),
     h("div", { class: "panel" }, h("h2", {}, "Activity"), charts),
     h("div", { class: "panel" }, snaps));
   let vm = null, gone = false, loadedAt = performance.now();
@@ -331,7 +331,7 @@ function vmPage(main, name) {
   const plots = makeCharts(charts, name);
 
   const drawHead = () => {
-    head.replaceChildren(h("h1", {}, name), vm ? badge(vm.state) : "",
+    head.replaceChildren(h("h1", {}, name), vm ? badge(vm.state) : gone ? badge("destroyed") : "",
       h("span", { class: "grow" }), vm && !gone ? actionButtons(vm) : "");
   };
   const drawFacts = () => {
@@ -381,6 +381,8 @@ function vmPage(main, name) {
     } catch (err) {
       if (err.status === 404) {
         gone = true;
+        vm = vm ? { ...vm, state: "destroyed", operations: [] } : null;
+        facts.parentElement.hidden = charts.parentElement.hidden = snaps.parentElement.hidden = true;
         banner.replaceChildren(h("div", { class: "banner bad", id: "gone" }, `VM ${name} does not exist (any more): it was destroyed or never made. `,
           h("a", { href: "#/" }, "Back to the list")));
         plots.stop();
@@ -446,15 +448,19 @@ function makeCharts(box, name) {
     ["disk", "Disk (KiB/s)", [["read", "#6f4fd8"], ["write", "#c98a00"]],
       (a, b, dt) => [(b.rd_bytes - a.rd_bytes) / dt / 1024, (b.wr_bytes - a.wr_bytes) / dt / 1024]],
     ["net", "Network (KiB/s)", [["rx", "#2f6fde"], ["tx", "#d23c3c"]],
-      (a, b, dt) => [(b.rx_bytes - a.rx_bytes) / dt / 1024, (b.tx_bytes - a.tx_bytes) / dt / 1024]],
+      (a, b, dt) => (b.rx_bytes === null || a.rx_bytes === null ? null
+        : [(b.rx_bytes - a.rx_bytes) / dt / 1024, (b.tx_bytes - a.tx_bytes) / dt / 1024]),
+      "no host-side counters: user-mode NICs have no tap"],
   ];
-  const plots = specs.map(([id, title, series]) => {
+  const plots = specs.map(([id, title, series, , empty]) => {
     const el = h("div", { class: "chart", id: `chart-${id}`, "data-points": 0 });
-    box.append(el);
+    const note = h("div", { class: "muted chart-note" }, empty || "");
+    note.hidden = true;
+    box.append(h("div", {}, el, note));
     const opts = { title, width: Math.max(320, el.clientWidth || 420), height: 170,
       series: [{}, ...series.map(([label, stroke]) => ({ label, stroke, width: 1.5, fill: `${stroke}18` }))],
       axes: [{}, { size: 50 }], scales: { x: { time: true } }, legend: { live: false } };
-    return { el, plot: new uPlot(opts, [[], ...series.map(() => [])], el) };
+    return { el, note, plot: new uPlot(opts, [[], ...series.map(() => [])], el) };
   });
   const resize = () => plots.forEach(({ el, plot }) => plot.setSize({ width: Math.max(320, el.clientWidth), height: 170 }));
   window.addEventListener("resize", resize);
@@ -472,9 +478,12 @@ function makeCharts(box, name) {
         for (let k = 1; k < pts.length; k++) {
           const a = pts[k - 1], b = pts[k], dt = b.at - a.at;
           if (dt <= 0 || a.cpu_seconds === null || b.cpu_seconds === null) continue;
+          const values = derive(a, b, dt);
+          if (values === null) continue;
           xs.push(b.at);
-          derive(a, b, dt).forEach((v, j) => ys[j].push(Math.max(0, v)));
+          values.forEach((v, j) => ys[j].push(Math.max(0, v)));
         }
+        plots[i].note.hidden = xs.length > 0 || pts.length < 2;
         plots[i].plot.setData([xs, ...ys]);
         plots[i].el.dataset.points = xs.length;
       });
