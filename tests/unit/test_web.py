@@ -227,3 +227,30 @@ def test_the_cli_prints_the_log_follows_it_and_the_dashboard_address(web: Web) -
     assert res.returncode == 0 and res.stdout.strip() == web.url + "/"
     res = web.cli("events", "--tail", "0")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "tail" in res.stderr
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("0.0.0.0:8470", "only a loopback address"), ("10.1.2.3:80", "only a loopback address"),
+    ("127.0.0.1:99999", "expected HOST:PORT"), ("nonsense", "expected HOST:PORT")])
+def test_the_listener_setting_takes_only_a_loopback_host_and_port(text: str, why: str) -> None:
+    from corral import settings
+
+    with pytest.raises(settings.SettingError, match=why):
+        settings.value("web.listen", {"CORRAL_WEB_LISTEN": text})
+    assert settings.value("web.listen", {"CORRAL_WEB_LISTEN": "[::1]:0"}) == ("::1", 0)
+    assert settings.value("web.listen", {}) is None
+
+
+def test_a_taken_port_stops_the_daemon_with_one_line_and_nothing_left(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "CORRAL_HOME": str(tmp_path / "home"),
+               "CORRAL_WEB_LISTEN": f"127.0.0.1:{port}"}
+        res = subprocess.run([CORRAL, "serve"], env=env, capture_output=True, text=True,
+                             timeout=30)
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"corral: error: cannot listen on 127.0.0.1:{port}: " \
+                                 "Address already in use"
+    assert not (tmp_path / "home" / "corral.sock").exists()
