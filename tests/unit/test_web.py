@@ -150,6 +150,10 @@ def test_events_arrive_within_100_ms_and_a_resumed_stream_has_no_gap(web: Web) -
 
 def test_metrics_are_valid_and_cheap(web: Web) -> None:
     web.client.create("met", cpus=2, memory="384M")
+    httpx.get(web.url + "/static/app.js")
+    httpx.get(web.url + "/no/such/route")
+    web.client.get("met")
+    httpx.get(web.url + "/metrics")
     r = httpx.get(web.url + "/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     values = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -158,8 +162,9 @@ def test_metrics_are_valid_and_cheap(web: Web) -> None:
     assert values[("corral_vm_memory_size_bytes", (("vm", "met"),))] == show["memory_bytes"]
     assert values[("corral_vm_vcpus", (("vm", "met"),))] == show["cpus"]
     assert values[("corral_vm_state", (("state", "defined"), ("vm", "met")))] == 1
-    assert any(k[0] == "corral_api_requests_total" and ("route", "/v1/vms/{name}") in k[1]
-               for k in values)
+    routes = {dict(k[1])["route"] for k in values if k[0] == "corral_api_requests_total"}
+    assert {"/v1/vms/{name}", "/static", "unmatched", "/metrics"} <= routes, routes
+    assert not any(r.startswith("/v1/vms/") and "{" not in r for r in routes)
     promtool = subprocess.run(["promtool", "check", "metrics"], input=r.text, text=True,
                               capture_output=True) if _has("promtool") else None
     if promtool is not None:

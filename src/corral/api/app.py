@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from corral.api import (
     console,
@@ -71,6 +72,6 @@ def create_app(manager: Manager, manage_lifecycle: bool = True,
     errors.install(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(metrics.RequestMetrics, manager=manager, paths={
-        getattr(r, "endpoint", None): getattr(r, "path", "") for r in app.router.routes})
+        r.endpoint: r.path for r in app.router.routes if isinstance(r, Route)})
     app.add_middleware(web.SameOrigin)
     return app

@@ -72,7 +72,9 @@ class RequestMetrics:
             self._observe(scope, status, time.perf_counter() - t0)
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
-        path = self.paths.get(scope.get("endpoint"), "unmatched")
+        path = self.paths.get(scope.get("endpoint"))
+        if path is None:  # the page's static files are one route; the rest matched none
+            path = "/static" if scope["path"].startswith("/static/") else "unmatched"
         try:
             metrics = self.manager.metrics
         except CorralError:  # the service is not open (yet, or any more)
