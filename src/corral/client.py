@@ -160,6 +160,8 @@ class Client(NetworkCalls):
 
         :raises DaemonUnavailable: the daemon is not running (or went away).
         """
+        import time
+
         from corral.wire import Transport
 
         integer(since, "since", 0, MAX_ID)
@@ -184,6 +186,7 @@ class Client(NetworkCalls):
                 pass  # resumed below from the last event seen
             finally:
                 conn.close()
+            time.sleep(0.2)  # dropped, or the daemon is stopping: it may refuse us next
             if since is None:
                 since = 0 if not (last := self.events(tail=1)) else last[0]["id"]
 

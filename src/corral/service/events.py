@@ -97,6 +97,7 @@ class EventHub:
         self.subscribers: set[Subscription] = set()
         self.observers: list[Observer] = []
         self.dropped_total = 0
+        self.closed = False
         db.listeners.append(self._from_writer)
 
     def _from_writer(self, ev: Event) -> None:
@@ -113,12 +114,15 @@ class EventHub:
         """A new subscriber of every event (of VM ``vm`` only, when given)."""
         sub = Subscription(self, vm, size or settings.value("events.queue"))
         self.subscribers.add(sub)
+        if self.closed:  # the daemon is stopping: the stream ends at once
+            sub.drop("the daemon is stopping")
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         self.subscribers.discard(sub)
 
     def close(self) -> None:
+        self.closed = True
         with contextlib.suppress(ValueError):
             self.db.listeners.remove(self._from_writer)
         for sub in list(self.subscribers):

@@ -135,3 +135,11 @@ async def test_queue_waits_and_warm_starts_are_timed_from_the_events(m: Manager)
     assert s[("corral_queue_wait_seconds_count", ())] == 1
     assert s[("corral_vm_warm_start_duration_seconds_count", ())] == 1
     assert s[("corral_vm_boot_duration_seconds_count", ())] == 2
+
+
+async def test_a_subscriber_arriving_while_the_daemon_stops_is_ended_at_once(
+        m: Manager) -> None:
+    m.events.close()
+    late = m.events.subscribe()
+    with pytest.raises(Dropped, match="daemon is stopping"):
+        await take(late, 0, 1)
