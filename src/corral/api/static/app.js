@@ -429,9 +429,10 @@ function openConsole(box, note, name) {
     };
     ws.onmessage = (m) => term.write(typeof m.data === "string" ? m.data : new Uint8Array(m.data));
     ws.onclose = (e) => {
-      const why = e.reason || (e.code === 1006 ? "the connection broke" : `closed (${e.code})`);
+      const why = e.reason || { 1006: "the connection broke", 1012: "the daemon is restarting" }[e.code]
+        || `closed (${e.code})`;
       note.replaceChildren(h("div", { class: "banner", id: "console-closed" }, `Console closed: ${why}`));
-      if (e.code === 1000 || e.code === 4409) term.write(`\r\n\x1b[33m[console closed: ${why}]\x1b[0m\r\n`);
+      if ([1000, 1012, 4409].includes(e.code)) term.write(`\r\n\x1b[33m[console closed: ${why}]\x1b[0m\r\n`);
     };
   };
   connect();
