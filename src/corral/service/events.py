@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from corral.store.db import Store
 
 Event = dict[str, Any]
 Observer = Callable[[Event], None]
+log = logging.getLogger(__name__)
 HISTORY_PAGE = 1000  # events read from the log at once while catching up
 
 
@@ -106,7 +108,10 @@ class EventHub:
 
     def _fan_out(self, ev: Event) -> None:
         for observe in self.observers:
-            observe(ev)
+            try:
+                observe(ev)
+            except Exception:  # a metric is not worth the stream
+                log.exception("an event observer failed")
         for sub in list(self.subscribers):
             sub.offer(ev)
 

@@ -153,7 +153,10 @@ class Store:
             raise
         for ev in published:  # committed: the event is history now; tell who listens
             for listener in self.listeners:
-                listener(ev)
+                try:
+                    listener(ev)
+                except Exception:  # the write stands whatever a listener does
+                    log.exception("an event listener failed")
 
     def add_vm(self, rec: VMRecord) -> None:
         rec.created_at = rec.updated_at = time.time()
