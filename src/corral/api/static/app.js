@@ -422,12 +422,21 @@ function openConsole(box, note, name) {
     const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/vms/${name}/console`;
     ws = new WebSocket(url, AUTH.wsProtocols());
     ws.binaryType = "arraybuffer";
+    let heard = false;
     ws.onopen = () => {
       note.replaceChildren();
       resize();
       ws.send(encoder.encode("\r")); // a fresh prompt
+      setTimeout(() => {
+        if (!heard && ws.readyState === 1) {
+          note.replaceChildren(h("div", { class: "banner" }, "The console is silent: QEMU serves one console client at a time, so another one (corral console?) may hold it, or the guest is paused."));
+        }
+      }, 3000);
     };
-    ws.onmessage = (m) => term.write(typeof m.data === "string" ? m.data : new Uint8Array(m.data));
+    ws.onmessage = (m) => {
+      if (!heard) { heard = true; note.replaceChildren(); }
+      term.write(typeof m.data === "string" ? m.data : new Uint8Array(m.data));
+    };
     ws.onclose = (e) => {
       const why = e.reason || { 1006: "the connection broke", 1012: "the daemon is restarting" }[e.code]
         || `closed (${e.code})`;
