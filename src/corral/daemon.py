@@ -1,8 +1,9 @@
 """``corral serve``: the daemon that owns the store, the QMP connections and the VMs.
 
-It listens on a unix socket (mode 0600) and, with ``--listen ADDR:PORT`` (``api.listen``),
+It listens on a unix socket (mode 0600); with ``--listen ADDR:PORT`` (``api.listen``) it
 serves the same API over TLS with tokens beside it (:mod:`corral.api.auth`,
-:mod:`corral.api.tls`). Stopping it (SIGTERM, Ctrl-C) leaves every VM
+:mod:`corral.api.tls`), and with the ``web.listen`` setting (``CORRAL_WEB_LISTEN=127.0.0.1:8470``,
+loopback only) also on plain TCP for the web page. Stopping it (SIGTERM, Ctrl-C) leaves every VM
 running; the next daemon re-adopts them. It removes its socket however it stops, and the
 run directories' empty leftovers (``/run/corral-<tag>`` too, once no VM or network lives
 there), so nothing of a removed home stays behind.
@@ -23,6 +24,11 @@ from typing import Any, NoReturn
 from corral import settings
 from corral.config import Paths, default_socket
 from corral.errors import CorralError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from corral.api.web import Where
+    from corral.service.manager import Manager
 
 
 def _socket_in_use(path: Path) -> bool:
@@ -45,17 +51,27 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None,
     import uvicorn
 
     from corral.api.app import create_app
+    from corral.api.web import Where
     from corral.service.manager import Manager
 
     paths = paths or Paths.from_env()
     listen = listen if listen is not None else str(settings.value("api.listen"))
-    tcp = _tcp_socket(listen) if listen else None
     socket_path = socket_path or default_socket(paths.home)
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     if socket_path.exists():
         if _socket_in_use(socket_path):
             raise CorralError(f"a daemon already serves {socket_path}; stop it first")
         socket_path.unlink()
+    where = Where()
+    where.socket = str(socket_path)
+    # the TCP sockets before the unix socket: a taken port leaves nothing behind
+    tls = _tcp_socket(listen) if listen else None
+    try:
+        tcp = _tcp_listener(where)
+    except CorralError:
+        if tls is not None:
+            tls.close()
+        raise
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(socket_path))
     # uvicorn stops on SIGTERM, then raises it again once its handler is gone: by default
@@ -66,19 +82,22 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None,
         sock.listen(128)
         _quiet_disconnects(asyncio.get_running_loop())
         manager = Manager(paths)
-        config = uvicorn.Config(create_app(manager), loop="none", http="httptools",
-                                lifespan="on", log_level="warning", access_log=False,
-                                ws="none")
-        main = uvicorn.Server(config)
-        remote = _serve_tls(main, manager, paths, tcp, listen) if tcp else None
+        config = uvicorn.Config(create_app(manager, where=where), loop="none",
+                                http="httptools", lifespan="on", log_level="warning",
+                                access_log=False, ws="websockets-sansio")
+        main = _server_class()(config, manager)
+        extra = [_serve_tls(main, manager, paths, tls, listen, where)] if tls else []
+        if tcp is not None:
+            extra.append(_serve_web(main, manager, tcp, where))
         try:
             await main.serve(sockets=[sock])
         finally:
-            if remote is not None:
-                await remote.stop()
+            for server in extra:
+                await server.stop()
     finally:
-        if tcp is not None:
-            tcp.close()
+        for listener in (tls, tcp):
+            if listener is not None:
+                listener.close()
         sock.close()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
@@ -86,10 +105,11 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None,
         signal.signal(signal.SIGTERM, previous)
 
 
-def _tcp_socket(listen: str) -> socket.socket:
-    from corral.api.tls import parse_listen
+def _bind(host: str, port: int, what: str) -> socket.socket:
+    """A TCP socket bound to ``host:port`` and listening.
 
-    host, port = parse_listen(listen)
+    :raises CorralError: the port is taken or the address is not this host's.
+    """
     # IPPROTO_TCP named, so that asyncio sets TCP_NODELAY on each connection (else the body
     # of an answer waits ~40 ms for the ACK of its head); set here too, accepted ones inherit
     tcp = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
@@ -101,12 +121,62 @@ def _tcp_socket(listen: str) -> socket.socket:
         tcp.listen(128)
     except OSError as err:
         tcp.close()
-        raise CorralError(f"cannot listen on {listen}: {err.strerror}") from err
+        raise CorralError(f"cannot listen on {host}:{port} ({what}): {err.strerror}") from err
+    return tcp
+
+
+def _tcp_socket(listen: str) -> socket.socket:
+    """The TCP socket of the TLS listener (``api.listen``)."""
+    from corral.api.tls import parse_listen
+
+    host, port = parse_listen(listen)
+    return _bind(host, port, "api.listen")
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, which also ends the event streams when asked to stop: it waits
+        for open responses to finish, and a stream would never finish by itself."""
+
+        def __init__(self, config: uvicorn.Config, manager: Manager) -> None:
+            super().__init__(config)
+            self.manager = manager
+            self.loop = asyncio.get_running_loop()
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            self.loop.call_soon_threadsafe(self._end_streams)
+
+        def _end_streams(self) -> None:
+            with contextlib.suppress(CorralError):  # not open: no stream to end
+                self.manager.events.close()
+
+    return Server
+
+
+def _tcp_listener(where: Where) -> socket.socket | None:
+    """The TCP socket of ``web.listen``, bound and listening (None when not set).
+
+    :raises CorralError: the setting is not a loopback HOST:PORT, or the port is taken.
+    """
+    try:
+        listen = settings.value("web.listen")
+    except settings.SettingError as err:
+        raise CorralError(str(err)) from err
+    if listen is None:
+        return None
+    host, port = listen
+    tcp = _bind(host, port, "web.listen")
+    bound = tcp.getsockname()[1]
+    where.url = f"http://[{host}]:{bound}/" if ":" in host else f"http://{host}:{bound}/"
+    logging.getLogger(__name__).info("the web page is at %s", where.url)
     return tcp
 
 
 class _Remote:
-    """The TLS listener: a second uvicorn server on the same loop and manager. It leaves
+    """A TCP listener: a second uvicorn server on the same loop and manager. It leaves
     signals to the main server (which owns the app's lifespan) and starts once that one
     has opened the manager."""
 
@@ -127,17 +197,32 @@ class _Remote:
             await self.task
 
 
+def _serve_web(main: Any, manager: Any, tcp: socket.socket, where: Where) -> _Remote:
+    """The web page's loopback listener: plain HTTP, and, like the TLS one, every request
+    needs a token (a loopback port is open to every local user, unlike the 0600 socket)."""
+    import uvicorn
+
+    from corral.api.app import create_app
+
+    config = uvicorn.Config(create_app(manager, manage_lifecycle=False, remote=True,
+                                       where=where),
+                            loop="none", http="httptools", lifespan="off",
+                            log_level="warning", access_log=False, ws="websockets-sansio")
+    return _Remote(main, uvicorn.Server(config), tcp)
+
+
 def _serve_tls(main: Any, manager: Any, paths: Paths, tcp: socket.socket,
-               listen: str) -> _Remote:
+               listen: str, where: Where) -> _Remote:
     import uvicorn
 
     from corral.api.app import create_app
     from corral.api.tls import ensure_certificate, fingerprint, parse_listen
 
     cert, key = ensure_certificate(paths.home, parse_listen(listen)[0])
-    config = uvicorn.Config(create_app(manager, manage_lifecycle=False, remote=True),
+    config = uvicorn.Config(create_app(manager, manage_lifecycle=False, remote=True,
+                                       where=where),
                             loop="none", http="httptools", lifespan="off",
-                            log_level="warning", access_log=False, ws="none",
+                            log_level="warning", access_log=False, ws="websockets-sansio",
                             ssl_certfile=str(cert), ssl_keyfile=str(key))
     logging.getLogger("corral").info(
         "serving the API over TLS on %s; certificate SHA-256 fingerprint %s", listen,

@@ -54,6 +54,24 @@ def _paths(text: str) -> list[str]:
     return [p for p in text.split(":") if p]
 
 
+def _listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` on a loopback address: until tokens exist, the page and the API it
+    calls are served only where the host's own users reach them."""
+    import ipaddress
+
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8470")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError("only a loopback address (127.0.0.1, ::1) until the API has tokens")
+    return host, int(port)
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in options:
@@ -134,6 +152,13 @@ declare("scheduler.timeslice_slots", "CORRAL_TIMESLICE_SLOTS", _int, None,
         "time-sliced VMs running at once (one per host CPU)")
 declare("scheduler.quantum", "CORRAL_QUANTUM", _float, 2.0,
         "the time slice of round-robin VMs, in seconds", live=True)
+# the web page, metrics and the event stream
+declare("web.listen", "CORRAL_WEB_LISTEN", _listen, None,
+        "also serve the API and the web page on this loopback HOST:PORT (off by default)")
+declare("events.queue", "CORRAL_EVENTS_QUEUE", _int, 1000,
+        "events a stream client may fall behind before it is dropped (it then resumes)")
+declare("metrics.interval", "CORRAL_METRICS_INTERVAL", _float, 2.0,
+        "seconds between two gatherings of every VM's figures (CPU, memory, IO)")
 
 # the remote API (TLS beside the unix socket) and its clients
 declare("api.listen", "CORRAL_LISTEN", _str, "",

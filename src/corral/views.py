@@ -196,6 +196,7 @@ class Host(TypedDict):
     accel_reason: str
     qemu_version: NotRequired[str | None]
     kernel: NotRequired[str]
+    hostname: NotRequired[str]
     scheduler: NotRequired[dict[str, Any]]
     home: NotRequired[str]
     vms: NotRequired[int]
@@ -263,6 +264,43 @@ class Principal(TypedDict):
     project: str | None
     selected: str | None
     home: str
+
+
+class VMFigures(TypedDict):
+    """What the daemon last gathered of a VM with a machine (``at``: when)."""
+
+    at: float
+    cpu_seconds: float | None
+    rss_bytes: int | None
+    disks: dict[str, dict[str, int]]   # node → rd_bytes, wr_bytes, rd_operations, …
+    nics: dict[str, dict[str, int]]    # device → rx_bytes, tx_bytes, rx_packets, tx_packets
+
+
+class StatsPoint(TypedDict):
+    """One point of a VM's recent history: totals over its disks and NICs."""
+
+    at: float
+    cpu_seconds: float | None
+    rss_bytes: int | None
+    rd_bytes: int
+    wr_bytes: int
+    rx_bytes: int | None   # None: no NIC with host-side counters (user-mode NICs)
+    tx_bytes: int | None
+
+
+class VMStats(TypedDict):
+    name: str
+    state: str
+    interval: float
+    figures: VMFigures | None
+    points: list[StatsPoint]
+
+
+class WebInfo(TypedDict):
+    """Where the daemon serves its web page (``url`` None: only on its unix socket)."""
+
+    url: str | None
+    socket: str
 
 
 class TraceEntry(TypedDict):
@@ -342,5 +380,6 @@ __all__ = [
     "VM", "BatchResult", "Disk", "Error", "Event", "ExecResult", "Export", "FileWritten",
     "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface", "Leg", "Logs",
     "Network", "Port", "Principal", "Project", "QueueEntry", "Quotas", "Removed", "Router",
-    "Snapshot", "Token", "TokenCreated", "TraceEntry", "Upload", "VMDisk", "VMNic",
+    "Snapshot", "StatsPoint", "Token", "TokenCreated", "TraceEntry", "Upload", "VMDisk",
+    "VMFigures", "VMNic", "VMStats", "WebInfo",
 ]

@@ -7,7 +7,9 @@ Routes parse the request into one call of the service's resource objects
 :mod:`corral.api.errors`); request bodies are bounded (:mod:`corral.api.limits`). The
 OpenAPI schema, with every response body and error status, is at ``/openapi.json`` and
 browsable at ``/docs``; it is made when first asked for, the views' schemas with it
-(:mod:`corral.api.schema`), so a daemon that never serves it never pays for them.
+(:mod:`corral.api.schema`), so a daemon that never serves it never pays for them. The web
+page is at ``/`` (:mod:`corral.api.web`), the metrics at ``/metrics``, the live event
+stream at ``/v1/events/stream`` and each VM's console WebSocket at ``/v1/vms/NAME/console``.
 """
 
 from __future__ import annotations
@@ -16,19 +18,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from corral.api import (
+    console,
     disks,
     errors,
+    events,
     guest,
     host,
     images,
+    metrics,
     networks,
     projects,
     routers,
     snapshots,
     uploads,
     vms,
+    web,
 )
 from corral.api.auth import Guard
 from corral.api.common import API
@@ -38,15 +45,17 @@ from corral.service.manager import Manager
 
 __all__ = ["API", "create_app"]
 
-ROUTES = (vms, snapshots, disks, guest, images, uploads, host, networks, routers, projects)
+ROUTES = (vms, snapshots, disks, guest, images, uploads, host, networks, routers, projects,
+          events, metrics, console)
 
 
-def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = False
-               ) -> FastAPI:
+def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = False,
+               where: web.Where | None = None) -> FastAPI:
     """The API bound to ``manager``; with ``manage_lifecycle`` the app opens and closes it.
     Routes look up ``manager``'s slices on each request: they exist only once it is open.
-    ``remote``: the app of the TLS listener, where every request needs a token (the unix
-    socket's acts as the local admin without one; see :mod:`corral.api.auth`)."""
+    ``remote``: the app of a TCP listener, where every request needs a token (the unix
+    socket's acts as the local admin without one; see :mod:`corral.api.auth`). ``where``
+    tells the page where the daemon listens (filled in by the daemon)."""
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if manage_lifecycle:
@@ -63,8 +72,13 @@ def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = F
         # its routes, not the router: FastAPI builds an included router's routes a second
         # time (their parameters and fields) on the first request that walks past it
         app.router.routes.extend(module.routes(manager).routes)
+    app.router.routes.extend(web.routes(where or web.Where()).routes)
+    app.mount("/static", web.static_files(), name="static")
     errors.install(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(metrics.RequestMetrics, manager=manager, paths={
+        r.endpoint: r.path for r in app.router.routes if isinstance(r, Route)})
+    app.add_middleware(web.SameOrigin)
     # outermost: who asks, and may it, before anything reads the body
     app.add_middleware(Guard, manager=manager, routes=list(app.router.routes), remote=remote)
     return app

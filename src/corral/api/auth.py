@@ -51,9 +51,12 @@ ADMIN = frozenset({
     # host-wide views that span projects
     ("GET", "/v1/topology"), ("GET", "/v1/trace"),
 })
-PUBLIC = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})  # the schema
+# the schema, and the web page's files (what it shows comes from token-checked calls)
+PUBLIC = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/"})
 # reads inside the guest: its files, its saved memory
 OPERATOR_READS = frozenset({("GET", "/v1/vms/{name}/files"), ("GET", "/v1/vms/{name}/state")})
+WS_BEARER = "corral.bearer."
+WS_UNAUTHORIZED, WS_FORBIDDEN = 4401, 4403
 
 
 def required(method: str, route: str) -> str:
@@ -115,6 +118,13 @@ class Guard:
     def _principal(self, scope: Scope) -> access.Principal:
         headers = dict(scope.get("headers", ()))
         auth = headers.get(b"authorization")
+        if auth is None and scope["type"] == "websocket":
+            # a browser cannot set headers on a WebSocket: the page offers its token as a
+            # subprotocol, "corral.bearer.TOKEN", beside "corral" (which the server picks)
+            offered = headers.get(b"sec-websocket-protocol", b"").decode("latin-1")
+            for proto in (p.strip() for p in offered.split(",")):
+                if proto.startswith(WS_BEARER):
+                    auth = b"Bearer " + proto[len(WS_BEARER):].encode("latin-1")
         selected = headers.get(b"x-corral-project", b"").decode("latin-1") or None
         if auth is not None:
             scheme, _, presented = auth.decode("latin-1").partition(" ")
@@ -137,6 +147,23 @@ class Guard:
             raise NotFound(f"no project named '{selected}'; see 'corral project list'")
         return access.Principal(who.name, who.role, None, selected, who.home)
 
+    async def _websocket(self, scope: Scope, receive: Any, send: Any) -> None:
+        """A WebSocket (the console: typing into a guest) needs an operator; refused ones
+        are closed before they are accepted (the client sees the code and why)."""
+        try:
+            who = self._principal(scope)
+            self._limit(who)
+            if not who.allows("operator"):
+                raise Forbidden(f"'{who.name}' has the role {who.role}; the console needs "
+                                "operator", who.role, "operator")
+        except CorralError as err:
+            code = WS_FORBIDDEN if err.status == 403 else WS_UNAUTHORIZED
+            await send({"type": "websocket.close", "code": code,
+                        "reason": err.message[:120]})
+            return
+        with access.acting_as(who):
+            await self.app(scope, receive, send)
+
     def _limit(self, who: access.Principal) -> None:
         if who is access.SYSTEM:
             return
@@ -149,7 +176,11 @@ class Guard:
                               f"{math.ceil(wait)} s", math.ceil(wait))
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
+        if scope["type"] != "http" or scope["path"] in PUBLIC or \
+                scope["path"].startswith("/static/"):
             await self.app(scope, receive, send)
             return
         method = scope["method"]

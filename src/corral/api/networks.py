@@ -5,7 +5,7 @@
     DELETE /v1/networks/NAME?force=              force: detach what uses it first; answers
                                                  200 {"removed": [...]} (else 204)
     PUT    /v1/networks/NAME/policy              {policy: accept|drop}
-    GET    /v1/topology?format=text|dot          switches, routers and VMs
+    GET    /v1/topology?format=text|dot|json     switches, routers and VMs
     GET    /v1/firewall                          policies and rules
     POST   /v1/firewall/rules                    {target, allow, from}
     DELETE /v1/firewall/rules/ID
@@ -88,9 +88,12 @@ def routes(m: Manager) -> APIRouter:
         return json(await m.networks.set_policy(name, req.policy))
 
     @r.get("/topology", response_class=PlainTextResponse, responses={
-        **ok(None), 200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                          "description": "The topology as text or Graphviz dot"}})
-    async def topology(format: Literal["text", "dot"] = "text") -> PlainTextResponse:
+        **ok(None), 200: {"content": {"text/plain": {"schema": {"type": "string"}},
+                                      "application/json": {"schema": {"type": "object"}}},
+                          "description": "The topology as text, Graphviz dot or JSON"}})
+    async def topology(format: Literal["text", "dot", "json"] = "text") -> Response:
+        if format == "json":  # networks, routers and user-mode NICs (the web page draws it)
+            return json(m.networks.topology())
         return PlainTextResponse(m.networks.render_topology(format))
 
     @r.get("/firewall", responses=ok(Firewall))

@@ -82,19 +82,6 @@ def cmd_project_rm(args: argparse.Namespace) -> int:
     return out(args, {"deleted": args.name}, f"project {args.name} removed")
 
 
-def cmd_events(args: argparse.Namespace) -> int:
-    project, args.project = args.project, None  # a filter here: also a removed project's
-    evs = client(args).events(args.since, args.vm, project)
-    lines = []
-    for e in evs:
-        d = e["detail"]
-        text = (f"{d.get('who')} {d.get('action')} -> {d.get('status')} {d.get('result')}"
-                if e["kind"] == "audit" else " ".join(f"{k}={v}" for k, v in d.items()))
-        lines.append(f"{e['id']:>6} {_when(e['ts'])} {e.get('project', ''):<12} "
-                     f"{e['vm']:<16} {e['kind']:<18} {text}")
-    return out(args, evs, "\n".join(lines))
-
-
 def cmd_whoami(args: argparse.Namespace) -> int:
     me = client(args).whoami()
     where = me["project"] or me["selected"] or "every project"
@@ -102,7 +89,7 @@ def cmd_whoami(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, pa: Parents) -> None:
-    """Add ``token``, ``project``, ``events`` and ``whoami``."""
+    """Add ``token``, ``project`` and ``whoami`` (``events``: :mod:`.events`)."""
     tp = sub.add_parser("token", help="API tokens for remote access (admin)",
                         formatter_class=Formatter, description="Tokens let a client reach "
                         "the daemon over TLS ('corral serve --listen'). A viewer reads, an "
@@ -138,8 +125,4 @@ def register(sub: Any, pa: Parents) -> None:
             ("rm", cmd_project_rm, "remove an empty project", ("delete",))):
         command(psub, pa, verb, func, help_, vm=False, aliases=aliases).add_argument(
             "name", metavar="NAME")
-    p = command(sub, pa, "events", cmd_events, "the event log: state changes and audit "
-                "records (--project P: that project's)", vm=False)
-    p.add_argument("--since", type=int, default=0, metavar="ID", help="after this event id")
-    p.add_argument("--vm", metavar="NAME", help="only this VM's (or object's)")
     command(sub, pa, "whoami", cmd_whoami, "who the daemon takes you for", vm=False)

@@ -31,6 +31,8 @@ examples:
   corral pause web; corral resume web
   corral console web                      the serial console (Ctrl-] detaches)
   corral shutdown web; corral rm web      (rm is also 'destroy' and 'delete')
+  corral events -f --vm web               follow the VM's events live
+  corral dashboard                        the web page's address (CORRAL_WEB_LISTEN)
 
   corral --remote lab list                a remote daemon ('corral remote add lab URL')
 
@@ -59,8 +61,9 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "networks": ("network", "firewall", "attach-nic", "detach-nic"),
     "routers": ("router",),
     "models": ("model", "simulate"),
-    "access": ("token", "project", "events", "whoami"),
+    "access": ("token", "project", "whoami"),
     "remotes": ("remote",),
+    "events": ("events", "dashboard"),
 }
 MODULE_OF = {word: module for module, words in COMMANDS.items() for word in words}
 

@@ -2,9 +2,10 @@
 network state and the slices, wires the hooks between them, and opens and closes them.
 
 Front doors use only the slices: ``vms``, ``snapshots``, ``disks``, ``guest``, ``images``,
-``uploads``, ``host``, ``networks``, ``routers``, ``projects`` and ``tokens`` (available
-once :meth:`Manager.open` has run). Use-case modules never receive the Manager: each gets
-the runtime and the collaborators it needs.
+``uploads``, ``host``, ``networks``, ``routers``, ``projects`` and ``tokens``, and the
+observers: ``events`` (the live event stream), ``telemetry`` (cached figures of every VM)
+and ``metrics`` (Prometheus), all available once :meth:`Manager.open` has run. Use-case
+modules never receive the Manager: each gets the runtime and the collaborators it needs.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from corral.engine import accel as accel_mod
 from corral.engine.driver import Driver
 from corral.errors import CorralError
 from corral.service import adoption, confinement, hostpaths, netreconcile, nics, slices
+from corral.service.events import EventHub
 from corral.service.guest import GuestService
+from corral.service.metrics import Metrics
 from corral.service.netstate import Networks
 from corral.service.projects import Projects, Tokens
 from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
+from corral.service.telemetry import Telemetry
 from corral.service.uploads import Uploads
 from corral.service.vms import VMs
 from corral.store.db import Store, VMRecord
@@ -87,12 +91,15 @@ class Manager:
         await netreconcile.reconcile(opened.net)  # before the queue may start VMs on networks
         opened.sched.load()
         opened.sched.dispatch()
+        opened.telemetry.start()
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: they outlive the daemon."""
         if self._opened is None:
             return
         opened, self._opened = self._opened, None
+        opened.events.close()
+        await opened.telemetry.close()
         await opened.rt.close()
         await opened.sched.close()
         opened.rt.db.close()
@@ -151,12 +158,25 @@ class Manager:
     def tokens(self) -> Tokens:
         return self._parts().tokens
 
+    @property
+    def events(self) -> EventHub:
+        return self._parts().events
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self._parts().telemetry
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._parts().metrics
+
 
 class _Opened:
     """Everything that exists while the service is open."""
 
     def __init__(self, rt: VMRuntime, accel: accel_mod.Accel) -> None:
         self.rt = rt
+        self.events = EventHub(rt.db)  # before anything is recorded
         self.net = Networks(rt)
         self.sched = Scheduler(rt)
         rt.hooks = _Hooks(rt.paths, self.net, self.sched)
@@ -172,3 +192,5 @@ class _Opened:
         self.routers = slices.Routers(self.net)
         self.projects = Projects(rt, self.net)
         self.tokens = Tokens(rt)
+        self.telemetry = Telemetry(rt, self.events)
+        self.metrics = Metrics(rt, self.sched, self.events, self.telemetry)

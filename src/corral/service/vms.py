@@ -127,6 +127,13 @@ class VMs:
     def list(self) -> builtins.list[dict[str, Any]]:
         return [self.rt.view(r) for r in self.rt.db.list_vms() if access.in_scope(r.project)]
 
+    def view(self, name: str) -> dict[str, Any]:
+        """One VM as the store knows it (no call to its machine: cheap).
+
+        :raises NotFound: no VM of that name.
+        """
+        return self.rt.view(self.rt.get(name))
+
     async def get(self, name: str) -> dict[str, Any]:
         """One VM, with QEMU's own run state asked live.
 
@@ -167,14 +174,18 @@ class VMs:
             data = b""
         return {"data": data.decode(errors="replace"), "offset": offset + len(data)}
 
-    def events(self, since: int = 0, vm: str | None = None, limit: int = 1000,
-               project: str | None = None) -> builtins.list[dict[str, Any]]:
-        """The event log after id ``since``: the caller's own project only (a local caller:
-        every project, or ``project``)."""
+    def events(self, since: int = 0, vm: str | None = None, tail: int | None = None,
+               limit: int = 1000, project: str | None = None
+               ) -> builtins.list[dict[str, Any]]:
+        """The event log after id ``since`` (``tail``: only its last ``tail`` events, else
+        the first ``limit``): the caller's own project only (a local caller: every
+        project, or ``project``)."""
         scope = access.current().scope
         if scope is not None and project is not None and project != scope:
             return []
-        return self.rt.db.events(since, vm, limit, scope or project)
+        if tail is not None:
+            return self.rt.db.events(since, vm, limit=tail, tail=True, project=scope or project)
+        return self.rt.db.events(since, vm, limit, project=scope or project)
 
     # ----- remove ----------------------------------------------------------------------------
     async def rm(self, name: str) -> None:
