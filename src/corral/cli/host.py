@@ -1,5 +1,5 @@
-"""``corral serve``, ``host info``, ``queue``, ``trace`` and ``image build|list|import|rm``:
-the daemon, the host and the images on it."""
+"""``corral serve``, ``config show``, ``host info|set``, ``queue``, ``trace`` and ``image
+build|list|import|rm``: the daemon, its settings, the host and the images on it."""
 
 from __future__ import annotations
 
@@ -24,10 +24,60 @@ IMAGE_BUILD_DESC = (
 def cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from corral import daemon
+    from corral import daemon, settings
 
+    if args.config:
+        settings.load_file(args.config)
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise settings.SettingError("set", f"--set {item!r}: expected KEY=VALUE")
+        settings.set_flag(key, text)
+    if args.log_format:
+        settings.set_flag("log.format", args.log_format, "--log-format")
+    if args.socket:
+        settings.set_flag("socket", args.socket, "--socket")
+    settings.table()  # every value must parse before the daemon starts
     daemon.main(Path(args.socket) if args.socket else None)
     return 0
+
+
+def _show_value(v: Any) -> str:
+    if isinstance(v, list):
+        return ":".join(str(x) for x in v) or "-"
+    return "-" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from corral import settings
+    from corral.errors import DaemonUnavailable
+
+    try:
+        if args.config:
+            raise DaemonUnavailable("a file was named")
+        cfg: Any = client(args).config()
+        where = "in force in the daemon"
+    except DaemonUnavailable:
+        if args.config:
+            settings.load_file(args.config)
+        path = settings.file_path()
+        cfg = {"file": str(path) if path else None, "settings": settings.table()}
+        where = "for a daemon started now (none is running)" if not args.config else \
+            f"with {args.config}"
+    rows = [("KEY", "VALUE", "FROM", "")]
+    rows += [(s["key"], _show_value(s["value"]), s["source"], "live" if s["live"] else "")
+             for s in cfg["settings"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+    head = f"settings {where}; configuration file: {cfg['file'] or 'none'}"
+    return out(args, cfg, f"{head}\n{text}")
+
+
+def cmd_host_set(args: argparse.Namespace) -> int:
+    res = client(args).host_set(args.key, args.value)
+    return out(args, res, f"{res['key']}: {_show_value(res['old'])} → "
+                          f"{_show_value(res['value'])} (until the daemon restarts)")
 
 
 def cmd_host_info(args: argparse.Namespace) -> int:
@@ -100,11 +150,27 @@ def _images(sub: Any, pa: Parents) -> None:
 
 
 def register(sub: Any, pa: Parents) -> None:
-    """Add ``serve``, ``host``, ``queue``, ``trace`` and ``image``."""
-    command(sub, pa, "serve", cmd_serve, "run the daemon (VMs outlive it; it re-adopts them)",
-            "Run the Corral daemon in the foreground. It owns the store, one QMP connection "
-            "per VM and the REST API on a unix socket. Stopping it leaves VMs running; the "
-            "next daemon re-adopts them.", js=False, vm=False)
+    """Add ``serve``, ``config``, ``host``, ``queue``, ``trace`` and ``image``."""
+    p = command(sub, pa, "serve", cmd_serve, "run the daemon (VMs outlive it; it re-adopts "
+                "them)", "Run the Corral daemon in the foreground. It owns the store, one QMP "
+                "connection per VM and the REST API on a unix socket. Stopping it leaves VMs "
+                "running; the next daemon re-adopts them. Settings come from their defaults, "
+                "the configuration file, the environment and these flags, each overriding the "
+                "one before ('corral config show' tells which).", js=False, vm=False)
+    p.add_argument("--config", metavar="FILE", help="the configuration file (TOML; default "
+                   "$CORRAL_CONFIG, $CORRAL_HOME/corral.toml, else /etc/corral/corral.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting, over the file and the environment (repeatable)")
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="log lines as text, or as one JSON object each (for a journal)")
+    p = command(sub, pa, "config", cmd_config_show, "every setting in force and where it "
+                "came from", "Print every setting of the daemon: its value in force and "
+                "where it came from (default, FILE:LINE, environment, --set flag, or 'corral "
+                "host set'). Asks the running daemon; without one, tells what a daemon "
+                "started now would use.", vm=False)
+    p.add_argument("config_command", choices=["show"], metavar="show")
+    p.add_argument("--config", metavar="FILE", help="read this file instead of asking the "
+                   "daemon (checks it: an unknown key or a bad value is an error)")
     command(sub, pa, "queue", cmd_queue, "VMs waiting for capacity, in the order they will "
             "start", vm=False)
     command(sub, pa, "trace", cmd_trace, "every start request's arrival, start and end as JSON "
@@ -113,4 +179,11 @@ def register(sub: Any, pa: Parents) -> None:
     hsub = hp.add_subparsers(dest="host_command", metavar="COMMAND", required=True)
     command(hsub, pa, "info", cmd_host_info, "CPUs, memory, accelerator in use and why",
             vm=False)
+    p = command(hsub, pa, "set", cmd_host_set, "change a live setting now, without a restart",
+                "Change a setting of the running daemon at once (recorded as an event): "
+                "cpu-ratio, memory-ratio, disk-ratio, queue-policy, backfill, quantum. It "
+                "lasts until the daemon restarts; put it in the configuration file to keep it.",
+                vm=False)
+    p.add_argument("key", metavar="KEY", help="the setting (cpu-ratio or scheduler.cpu_ratio)")
+    p.add_argument("value", metavar="VALUE")
     _images(sub, pa)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from corral import errors
@@ -31,8 +30,12 @@ examples:
   corral pause web; corral resume web
   corral console web                      the serial console (Ctrl-] detaches)
   corral shutdown web; corral rm web      (rm is also 'destroy' and 'delete')
+  corral apply -f lab.yaml                create or update a stack of VMs, networks, routers
+  corral config show                      every setting in force and where it came from
 
-environment:
+environment (each also a key of the configuration file, see 'corral config show'):
+  CORRAL_CONFIG  the configuration file (default $CORRAL_HOME/corral.toml, else
+                 /etc/corral/corral.toml)
   CORRAL_HOME    data directory (default /var/lib/corral as root, else ~/.local/share/corral)
   CORRAL_SOCKET  the daemon's socket (default $CORRAL_HOME/corral.sock)
   CORRAL_ACCEL   force the accelerator: kvm or tcg (default: detected)
@@ -44,7 +47,7 @@ exit status: 0 ok, 2 invalid input, 3 not found, 4 already exists, 5 wrong state
 
 # which module of corral.cli defines each command word (aliases included)
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "host": ("serve", "queue", "trace", "host", "image"),
+    "host": ("serve", "queue", "trace", "host", "image", "config"),
     "vms": ("create", "run", "start", "pause", "resume", "shutdown", "stop", "reboot", "save",
             "restore", "clone", "export", "import", "rm", "destroy", "delete", "list", "show",
             "console", "logs"),
@@ -54,6 +57,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "networks": ("network", "firewall", "attach-nic", "detach-nic"),
     "routers": ("router",),
     "models": ("model", "simulate"),
+    "stacks": ("apply", "plan", "stack"),
 }
 MODULE_OF = {word: module for module, words in COMMANDS.items() for word in words}
 
@@ -87,8 +91,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     it is built; an unknown word (or None) builds everything, so argparse can list the
     choices."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", metavar="PATH", default=os.environ.get("CORRAL_SOCKET"),
-                        help="the daemon's unix socket (default: $CORRAL_HOME/corral.sock)")
+    common.add_argument("--socket", metavar="PATH",
+                        help="the daemon's unix socket (default: the setting 'socket', "
+                             "$CORRAL_SOCKET, else $CORRAL_HOME/corral.sock)")
     js = argparse.ArgumentParser(add_help=False)
     js.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser = argparse.ArgumentParser(

@@ -2,8 +2,9 @@
 network state and the slices, wires the hooks between them, and opens and closes them.
 
 Front doors use only the slices: ``vms``, ``snapshots``, ``disks``, ``guest``, ``images``,
-``host``, ``networks`` and ``routers`` (available once :meth:`Manager.open` has run). Use-case
-modules never receive the Manager: each gets the runtime and the collaborators it needs.
+``host``, ``networks``, ``routers`` and ``stacks`` (available once :meth:`Manager.open` has
+run). Use-case modules never receive the Manager: each gets the runtime and the
+collaborators it needs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from corral.service.guest import GuestService
 from corral.service.netstate import Networks
 from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
+from corral.service.stackrun import Runner
+from corral.service.stacks import Stacks
 from corral.service.vms import VMs
 from corral.store.db import Store, VMRecord
 
@@ -121,6 +124,10 @@ class Manager:
     def routers(self) -> slices.Routers:
         return self._parts().routers
 
+    @property
+    def stacks(self) -> Stacks:
+        return self._parts().stacks
+
 
 class _Opened:
     """Everything that exists while the service is open."""
@@ -139,3 +146,5 @@ class _Opened:
         self.host = slices.Host(rt, self.sched, accel, self.vms, self.guest)
         self.networks = slices.Networks(self.net)
         self.routers = slices.Routers(self.net)
+        self.stacks = Stacks(rt, Runner(self.vms, self.disks, self.snapshots, self.networks,
+                                        self.routers, self.guest))
