@@ -18,11 +18,14 @@ the file, the line and the reason.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from corral.errors import InvalidSpec
+
+TYPE_CHECKING = False  # typing is slow to import; the CLI imports this module
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
 
 SYSTEM_CONFIG = Path("/etc/corral/corral.toml")
 

@@ -9,9 +9,17 @@ names the file, the line and the reason. Stdlib only.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Protocol
+
+TYPE_CHECKING = False  # typing is slow to import; the CLI reads the file too
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+    from typing import Any, Protocol
+
+    class Parser(Protocol):
+        key: str
+
+        def from_text(self, text: str, where: str) -> Any: ...
 
 _HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=")
@@ -25,12 +33,6 @@ class FileError(ValueError):
         super().__init__(message)
         self.key = key
         self.message = message
-
-
-class Parser(Protocol):
-    key: str
-
-    def from_text(self, text: str, where: str) -> Any: ...
 
 
 def _norm(part: str) -> str:

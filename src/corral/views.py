@@ -270,12 +270,6 @@ class Export(TypedDict):
     files: list[str]
 
 
-__all__ = [
-    "VM", "BatchResult", "Disk", "Error", "Event", "ExecResult", "Export", "FileWritten",
-    "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface", "Leg", "Logs",
-    "Network", "Port", "QueueEntry", "Removed", "Router", "Snapshot", "TraceEntry", "VMDisk",
-    "VMNic",
-]
 
 
 class Setting(TypedDict):
@@ -354,3 +348,41 @@ class Stack(TypedDict):
     counts: dict[str, int]
     pending: list[str]
     resources: NotRequired[list[StackResource]]
+
+
+__all__ = [
+    "VM",
+    "BatchResult",
+    "Config",
+    "Disk",
+    "Error",
+    "Event",
+    "ExecResult",
+    "Export",
+    "FieldChange",
+    "FileWritten",
+    "Firewall",
+    "FirewallRule",
+    "Forward",
+    "Host",
+    "Image",
+    "Interface",
+    "Leg",
+    "Logs",
+    "Network",
+    "Port",
+    "QueueEntry",
+    "Removed",
+    "Router",
+    "Setting",
+    "SettingChange",
+    "Snapshot",
+    "Stack",
+    "StackChange",
+    "StackEvent",
+    "StackPlan",
+    "StackResource",
+    "TraceEntry",
+    "VMDisk",
+    "VMNic",
+]

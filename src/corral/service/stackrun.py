@@ -9,6 +9,7 @@ tolerates what is already gone, so a removal cut short by a daemon kill can run 
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ class Runner:
         self.networks = networks
         self.routers = routers
         self.guest = guest
+        self._templates: dict[str, asyncio.Lock] = {}
 
     async def run(self, change: dict[str, Any], recorded: dict[str, Any] | None
                   ) -> dict[str, Any]:
@@ -82,7 +84,11 @@ class Runner:
         body["nics"] = spec["nics"] or None
         if spec.get("from_snapshot"):
             body.pop("ssh_keys", None)  # written by the agent: cloud-init ran before
-            await self.vms.create(body, start=True, wait=True)
+            # the first warm start of a snapshot makes its template: the others wait for it
+            lock = self._templates.setdefault(spec["from_snapshot"], asyncio.Lock())
+            async with lock:
+                await self.vms.create(body)  # a warm start runs at once
+            await self.vms.wait_ready(name)
         else:
             await self.vms.create(body)
             for disk in spec.get("disks", []):

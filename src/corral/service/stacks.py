@@ -227,9 +227,11 @@ class _Apply:
         t0 = time.monotonic()
         try:
             extra = await self.s.runner.run(step, recorded)
-        except CorralError as err:
-            self.failed = (rid, err)
-            self.emit({"event": "failed", "id": rid, "error": err.to_dict()})
+        except Exception as err:  # every failure is told, as the resource's
+            failure = err if isinstance(err, CorralError) else CorralError(
+                f"{type(err).__name__}: {err}")
+            self.failed = (rid, failure)
+            self.emit({"event": "failed", "id": rid, "error": failure.to_dict()})
             return
         if removing:
             res.pop(rid, None)
