@@ -7,6 +7,7 @@ removal leaves no host object behind."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -158,3 +159,47 @@ def test_concurrent_applies_of_one_stack_are_refused(d: Daemon, tmp_path: Path) 
     t0 = time.monotonic()
     ok(d, "stack", "rm", "twice")
     assert time.monotonic() - t0 < 60
+
+
+def test_a_daemon_takes_its_settings_from_file_environment_and_flags(image_path: str,
+                                                                     tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.integration.conftest import CORRAL
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[scheduler]\ncpu_ratio = 2.0\n\nqueue_polcy = \"sjf\"\n")
+    res = subprocess.run([CORRAL, "serve", "--config", str(bad)], capture_output=True,
+                         text=True, timeout=30,
+                         env={**os.environ, "CORRAL_HOME": str(tmp_path / "h")})
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == (f"corral: error: {bad}:4: unknown setting "
+                                  "'scheduler.queue_polcy' (did you mean "
+                                  "scheduler.queue_policy?)")
+    conf = tmp_path / "corral.toml"
+    conf.write_text("[scheduler]\ncpu_ratio = 2.0\nquantum = 3.0\nqueue_policy = \"sjf\"\n")
+    with running_daemon(image_path, CORRAL_CONFIG=str(conf),
+                        CORRAL_QUEUE_POLICY="priority") as d:
+        shown = {s["key"]: s for s in d.client.config()["settings"]}
+        assert (shown["scheduler.cpu_ratio"]["value"], shown["scheduler.cpu_ratio"]["source"]) \
+            == (2.0, f"{conf}:2")
+        assert shown["scheduler.queue_policy"]["source"] == "environment CORRAL_QUEUE_POLICY"
+        assert d.client.host_info()["scheduler"]["policy"] == "priority"
+        text = ok(d, "config", "show")
+        assert f"configuration file: {conf}" in text and "scheduler.quantum" in text
+    with running_daemon(image_path, CORRAL_CONFIG=str(conf)) as d:
+        d.stop()
+        log = tmp_path / "json.log"
+        with log.open("wb") as err:
+            d.proc = subprocess.Popen([CORRAL, "serve", "--set", "scheduler.quantum=4",
+                                       "--log-format", "json"], env=d.env,
+                                      stdout=subprocess.DEVNULL, stderr=err)
+        until(lambda: d.socket.exists(), 20)
+        assert until(lambda: bool(d.client.config()), 20)
+        shown = {s["key"]: s for s in d.client.config()["settings"]}
+        assert shown["scheduler.quantum"]["value"] == 4.0
+        assert shown["scheduler.quantum"]["source"] == "--set scheduler.quantum"
+        assert shown["log.format"]["value"] == "json"
+        d.stop()
+        first = json.loads(log.read_text().splitlines()[0])
+        assert first["level"] == "info" and "corral serve starting" in first["message"]

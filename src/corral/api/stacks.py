@@ -55,8 +55,8 @@ def _ndjson(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
 
 
 def _events_doc() -> dict[int | str, dict[str, Any]]:
-    doc = ok(StackEvent, 404, 409, 413)
-    doc[200]["content"] = {"application/x-ndjson": doc[200]["content"]["application/json"]}
+    doc = ok(StackEvent, 404, 409, 413)  # one event per line
+    doc[200]["content"]["application/x-ndjson"] = doc[200]["content"]["application/json"]
     return doc
 
 
@@ -75,7 +75,9 @@ def routes(m: Manager) -> APIRouter:
     async def list_stacks() -> Response:
         return json(m.stacks.list())
 
-    @r.get("/stacks-schema", responses=ok(None))
+    @r.get("/stacks-schema", responses={**ok(None), 200: {
+        "description": "The JSON Schema of a stack file",
+        "content": {"application/json": {"schema": {"type": "object"}}}}})
     async def stack_schema() -> Response:
         return json(m.stacks.schema())
 

@@ -196,20 +196,23 @@ def load(text: str, file: str) -> Loaded:
     """
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)  # refuses control characters at once
         node = loader.get_single_node()
         if node is None:
             raise stack_error(file, 1, (), "the file is empty")
         lines: dict[Path, int] = {}
         _walk(node, (), lines, file)
         data = loader.construct_document(node)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark else 1
-        raise stack_error(file, line, (), f"not YAML: {err.problem or err}") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        line = mark.line + 1 if mark else text.count("\n", 0, getattr(err, "position", 0)) + 1
+        reason = getattr(err, "problem", None) or getattr(err, "reason", None) or str(err)
+        raise stack_error(file, line, (), f"not YAML: {reason}") from err
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise stack_error(file, 1, (), "a stack file is a mapping (networks:, vms: …)")
     try:
