@@ -45,25 +45,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _show_value(v: Any) -> str:
     if isinstance(v, list):
         return ":".join(str(x) for x in v) or "-"
-    return "-" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+    return "-" if v is None or v == "" else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _local_config(args: argparse.Namespace) -> tuple[Any, str]:
+    """The settings a daemon started now would use (with ``--config``: that file's)."""
+    from corral import settings
+
+    if args.config:
+        settings.load_file(args.config)
+    path = settings.file_path()
+    cfg = {"file": str(path) if path else None, "settings": settings.table()}
+    return cfg, f"with {args.config}" if args.config else \
+        "for a daemon started now (none is running)"
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from corral import settings
     from corral.errors import DaemonUnavailable
 
-    try:
-        if args.config:
-            raise DaemonUnavailable("a file was named")
-        cfg: Any = client(args).config()
-        where = "in force in the daemon"
-    except DaemonUnavailable:
-        if args.config:
-            settings.load_file(args.config)
-        path = settings.file_path()
-        cfg = {"file": str(path) if path else None, "settings": settings.table()}
-        where = "for a daemon started now (none is running)" if not args.config else \
-            f"with {args.config}"
+    if args.config:
+        cfg, where = _local_config(args)
+    else:
+        try:
+            cfg, where = client(args).config(), "in force in the daemon"
+        except DaemonUnavailable:
+            cfg, where = _local_config(args)
     rows = [("KEY", "VALUE", "FROM", "")]
     rows += [(s["key"], _show_value(s["value"]), s["source"], "live" if s["live"] else "")
              for s in cfg["settings"]]
