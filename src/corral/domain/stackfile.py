@@ -170,7 +170,7 @@ def schema() -> dict[str, Any]:
 def _walk(node: Any, path: Path, lines: dict[Path, int], file: str) -> None:
     import yaml
 
-    lines[path] = node.start_mark.line + 1
+    lines.setdefault(path, node.start_mark.line + 1)  # a key's line, if it has one
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key, value in node.value:

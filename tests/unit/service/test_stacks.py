@@ -73,7 +73,7 @@ async def test_plan_apply_and_a_second_apply_changes_nothing(m: Manager) -> None
         "network/lan": "create", "disk/data": "create", "router/gw": "create",
         "vm/db": "create", "vm/web-1": "create", "vm/web-2": "create",
         "rule/vm:db:tcp/5432:10.77.0.0/24": "create"}
-    assert [c["line"] for c in plan["changes"]][:2] == [4, 11]
+    assert [c["line"] for c in plan["changes"]][:2] == [3, 10]
     events = await apply(m, LAB)
     assert events[0]["event"] == "plan" and events[-1] == {"event": "end", "ok": True,
                                                           "stack": "lab"}
@@ -186,7 +186,7 @@ async def test_bad_files_are_refused_with_their_line(m: Manager, text: str,
 
 async def test_a_name_taken_outside_the_stack_is_refused(m: Manager) -> None:
     await m.vms.create({"name": "db", "image": "tiny"})
-    with pytest.raises(InvalidSpec, match=r"lab\.yaml:14: vms\.db: vm .db. exists already"):
+    with pytest.raises(InvalidSpec, match=r"lab\.yaml:13: vms\.db: vm .db. exists already"):
         await m.stacks.plan(LAB, "lab.yaml")
     await m.vms.rm("db")
 
