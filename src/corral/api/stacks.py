@@ -30,12 +30,14 @@ from corral.api.common import NAME_PATTERN, Name, json, ok, router
 from corral.service.manager import Manager
 from corral.views import Config, SettingChange, Stack, StackEvent, StackPlan
 
-MAX_STACK = 512 * 1024
+# characters: even escaped as JSON (12 bytes a character at worst) the body stays under the
+# 1 MiB limit, so a too long file is a 422 naming the field, not a cut connection
+MAX_STACK = 64 * 1024
 
 
 class StackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    file: str = Field("stack.yaml", min_length=1, max_length=4096,
+    file: str = Field("stack.yaml", min_length=1, max_length=1024,
                       description="the file's name, for errors and the default stack name")
     text: str = Field(max_length=MAX_STACK, description="the YAML of the stack file")
     name: str | None = Field(None, pattern=NAME_PATTERN, max_length=32)

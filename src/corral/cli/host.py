@@ -181,7 +181,8 @@ def register(sub: Any, pa: Parents) -> None:
             "start", vm=False)
     command(sub, pa, "trace", cmd_trace, "every start request's arrival, start and end as JSON "
             "(for 'corral simulate --trace')", js=False, vm=False)
-    hp = sub.add_parser("host", help="facts about this host", formatter_class=Formatter)
+    hp = sub.add_parser("host", help="facts about this host; live settings",
+                       formatter_class=Formatter)
     hsub = hp.add_subparsers(dest="host_command", metavar="COMMAND", required=True)
     command(hsub, pa, "info", cmd_host_info, "CPUs, memory, accelerator in use and why",
             vm=False)

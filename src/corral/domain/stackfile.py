@@ -102,8 +102,9 @@ class VMDef(_Strict):
     count: int = Field(1, ge=1, le=MAX_COUNT)
     start: bool = True
     provision: list[str] = Field(default_factory=list,
-                                 description="shell commands run once by the guest agent "
-                                             "after the VM is first ready")
+                                 description="shell commands the guest agent runs, in "
+                                             "order, each time the stack starts the VM "
+                                             "(write them to run twice safely)")
     owner: str = "default"
     priority: int = 0
     expected_runtime: str | float | None = None
@@ -167,25 +168,30 @@ def schema() -> dict[str, Any]:
     return out
 
 
-def _walk(node: Any, path: Path, lines: dict[Path, int], file: str) -> None:
+def _walk(node: Any, path: Path, lines: dict[Path, int], file: str, seen: set[int]) -> None:
+    """Record the line of every path under ``node``. A node met again through an alias is
+    not walked twice: nested aliases would make that exponential."""
     import yaml
 
     lines.setdefault(path, node.start_mark.line + 1)  # a key's line, if it has one
+    if id(node) in seen:
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
+        first: dict[Any, int] = {}
         for key, value in node.value:
             if key.tag == "tag:yaml.org,2002:merge":
                 continue
             name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark)
-            if name in seen:
+            if name in first:
                 raise stack_error(file, key.start_mark.line + 1, (*path, name),
-                                  f"given twice (first on line {seen[name]})")
-            seen[name] = key.start_mark.line + 1
+                                  f"given twice (first on line {first[name]})")
+            first[name] = key.start_mark.line + 1
             lines[(*path, name)] = key.start_mark.line + 1
-            _walk(value, (*path, name), lines, file)
+            _walk(value, (*path, name), lines, file, seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(item, (*path, i), lines, file)
+            _walk(item, (*path, i), lines, file, seen)
 
 
 def load(text: str, file: str) -> Loaded:
@@ -203,7 +209,7 @@ def load(text: str, file: str) -> Loaded:
         if node is None:
             raise stack_error(file, 1, (), "the file is empty")
         lines: dict[Path, int] = {}
-        _walk(node, (), lines, file)
+        _walk(node, (), lines, file, set())
         data = loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)

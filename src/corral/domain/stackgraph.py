@@ -28,8 +28,10 @@ class Existing:
     """What the daemon has now, by kind: names (``snapshot``: ``VM:NAME``; ``forward``:
     ``ROUTER:PROTO:PORT``; ``rule``: the rule's stack name)."""
 
-    def __init__(self, names: dict[str, set[str]] | None = None) -> None:
+    def __init__(self, names: dict[str, set[str]] | None = None,
+                 vm_states: dict[str, str] | None = None) -> None:
         self.names: dict[str, set[str]] = {kind: set() for kind in KINDS} | (names or {})
+        self.vm_states = vm_states or {}  # VM name -> its state now
 
     def has(self, rid: str) -> bool:
         kind, _, name = rid.partition("/")

@@ -61,6 +61,17 @@ def diff_fields(kind: str, old: dict[str, Any], new: dict[str, Any]) -> list[dic
     return out
 
 
+DOWN = ("defined", "stopped", "crashed")
+
+
+def _down(res: Resource, existing: Existing) -> list[dict[str, Any]]:
+    """A VM written to run that does not (stopped, crashed) is started again."""
+    state = existing.vm_states.get(res.name)
+    if res.kind == "vm" and res.spec.get("start") and state in DOWN:
+        return [{"field": "state", "old": state, "new": "running", "how": "live"}]
+    return []
+
+
 def _change(res: Resource, action: str, line: int, fields: list[dict[str, Any]] | None = None,
             reason: str | None = None) -> dict[str, Any]:
     return {"id": res.id, "kind": res.kind, "name": res.name, "action": action, "line": line,
@@ -90,6 +101,8 @@ def plan(desired: dict[str, Resource], recorded: dict[str, dict[str, Any]],
             changes[rid] = _change(res, "create", line, reason=why)
         else:
             fields = diff_fields(res.kind, rec["spec"], res.spec)
+            if rec["state"] == "made":  # a pending VM is finished, which starts it
+                fields += _down(res, existing)
             hows = {f["how"] for f in fields}
             action = ("replace" if "replace" in hows else "restart" if "restart" in hows
                       else "update" if fields else "keep")

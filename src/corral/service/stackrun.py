@@ -3,7 +3,8 @@ snapshots, networks, routers, the guest): one method per action and kind.
 
 A VM is created, given its named disks, started and waited for, then *provisioned*: its
 login keys written by the guest agent when it started warm (cloud-init ran before the
-snapshot), and its ``provision`` commands run once, in order (each must exit 0). Removal
+snapshot), and its ``provision`` commands run in order (each must exit 0), again each time
+the stack starts it (a restart for new memory, a VM found stopped). Removal
 tolerates what is already gone, so a removal cut short by a daemon kill can run again.
 """
 
@@ -153,6 +154,7 @@ class Runner:
         await self.vms.set_hardware(name, cpus=spec["cpus"], memory=spec["memory"])
         if spec["start"]:
             await self.vms.start(name, wait=True)
+            await self.provision(name, spec)
 
     # ----- update and remove -----------------------------------------------------------------
     async def update(self, kind: str, name: str, spec: dict[str, Any],
@@ -165,6 +167,8 @@ class Runner:
                     await self.routers.detach(name, network)
             elif kind == "disk" and f["field"] == "size":
                 await self.disks.resize(name, f["new"])
+            elif kind == "vm" and f["field"] == "state":
+                await self.finish_vm(name, spec)
             elif kind == "vm" and f["field"] == "start":
                 if f["new"]:
                     await self.finish_vm(name, spec)

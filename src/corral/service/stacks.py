@@ -75,7 +75,8 @@ class Stacks:
 
     async def _existing(self, doc: dict[str, Any]) -> stackgraph.Existing:
         """What the daemon has now, named as stacks name it."""
-        vms = [v["name"] for v in self.runner.vms.list()]
+        views = self.runner.vms.list()
+        vms = [v["name"] for v in views]
         snaps = {f"{vm}:{s['name']}" for vm in vms for s in self.runner.snapshots.list(vm)}
         rule_ids = {r["id"] for r in self.runner.networks.rules()["rules"]}
         rules = {r["name"] for r in doc["resources"].values()
@@ -87,7 +88,7 @@ class Stacks:
             "vm": set(vms), "snapshot": snaps,
             "forward": {f"{f['router']}:{f['proto']}:{f['host_port']}"
                         for f in self.runner.routers.forwards()},
-            "rule": rules})
+            "rule": rules}, {v["name"]: v["state"] for v in views})
 
     # ----- apply -----------------------------------------------------------------------------
     async def apply(self, text: str, file: str, name: str | None = None,

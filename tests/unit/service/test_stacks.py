@@ -225,3 +225,27 @@ async def test_host_set_changes_the_scheduler_live_and_records_it(m: Manager) ->
         assert shown["scheduler.cpu_ratio"]["source"] == "corral host set"
     finally:
         settings.reset()
+
+
+async def test_a_vm_found_stopped_is_started_again(m: Manager) -> None:
+    await apply(m, LAB)
+    await m.vms.stop("web-2")
+    plan = await m.stacks.plan(LAB, "lab.yaml")
+    change = next(c for c in plan["changes"] if c["id"] == "vm/web-2")
+    assert change["action"] == "update" and change["fields"] == [
+        {"field": "state", "old": "stopped", "new": "running", "how": "live"}]
+    assert (await apply(m, LAB))[-1]["ok"]
+    assert (await m.vms.get("web-2"))["state"] == "running"
+    assert (await m.stacks.plan(LAB, "lab.yaml"))["noop"]
+    await _drain(await m.stacks.rm("lab"))
+
+
+async def test_nested_aliases_cost_nothing(m: Manager) -> None:
+    import time
+
+    levels = "".join(f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]\n" for i in range(1, 12))
+    text = "x0: &x0 [a]\n" + levels + "vms:\n  a: {provision: *x11}\n"
+    t0 = time.monotonic()
+    with pytest.raises(InvalidSpec, match=r"^bomb\.yaml:\d+: "):
+        await m.stacks.plan(text, "bomb.yaml")
+    assert time.monotonic() - t0 < 5
