@@ -18,7 +18,9 @@ tree onto exit codes and HTTP statuses, so a user never sees a traceback for the
     ├── AgentError                   (502 / exit 7)  the guest agent failed or was silent
     ├── DiskFull                     (507 / exit 11) the host's disk is full
     ├── DaemonUnavailable            (503 / exit 8)  the CLI or Client cannot reach ``corral serve``
-    └── TooLarge                     (413 / exit 2)  a request body over the daemon's limit
+    ├── TooLarge                     (413 / exit 2)  a request body over the daemon's limit
+    └── MigrationFailed              (500 / exit 12) a live migration failed; the guest runs
+                                                     where it was (``phase``: where it failed)
 
 Errors cross the wire whole: :meth:`CorralError.to_dict` gives the body of an error answer,
 ``{"error": kind, "kind": kind, "message": one line, "facts": {...}}`` (the facts are also
@@ -211,6 +213,19 @@ class TooLarge(CorralError):
         self.limit = limit
 
 
+class MigrationFailed(CorralError):
+    """A live migration failed, was cancelled or could not converge; the guest keeps running
+    on the source."""
+
+    exit_code = 12
+    kind = "migration_failed"
+    fact_names = ("phase",)
+
+    def __init__(self, message: str, phase: str = "") -> None:
+        super().__init__(message)
+        self.phase = phase
+
+
 def _classes() -> list[type[CorralError]]:
     out: list[type[CorralError]] = [CorralError]
     for cls in out:
@@ -247,6 +262,7 @@ def from_dict(body: dict[str, Any], status: int = 500) -> CorralError:
 
 __all__ = [
     "AgentError", "AlreadyExists", "CommandFailed", "CorralError", "DaemonUnavailable", "DiskFull",
-    "InUse", "InvalidSpec", "InvalidState", "LaunchFailed", "MonitorError", "NeedsRoot",
+    "InUse", "InvalidSpec", "InvalidState", "LaunchFailed", "MigrationFailed", "MonitorError",
+    "NeedsRoot",
     "NoCapacity", "NotFound", "Timeout", "TooLarge", "from_dict",
 ]
