@@ -175,7 +175,14 @@ class Host(_Slice):
         """
         from corral import settings
 
-        setting, old, new = settings.set_live(key, value, self.sched.reload_settings)
+        # who takes up a live change, by the key's table (a new live setting adds its part)
+        take_up = {"scheduler": self.sched.reload_settings}
+        declared = settings.declared(key)
+        taker = take_up.get(declared.key.partition(".")[0])
+        if declared.live and taker is None:
+            raise settings.SettingError(key, f"no part of the daemon takes up '{key}' while "
+                                             "it runs; set it in the configuration file")
+        setting, old, new = settings.set_live(key, value, taker or (lambda: None))
         self.rt.db.record_event("host", "setting_changed",
                                 {"key": setting.key, "old": old, "new": new})
         return {"key": setting.key, "old": old, "value": new,
