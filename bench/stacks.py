@@ -71,8 +71,7 @@ def _names(d: Daemon) -> list[str]:
 
 
 def farm(n: int) -> str:
-    return (f"name: farm\nvms:\n  w:\n    from_snapshot: tmpl:s1\n    count: {n}\n"
-            "    memory: 192M\n")
+    return f"name: farm\nvms:\n  w:\n    from_snapshot: tmpl:s1\n    count: {n}\n"
 
 
 def one_round(d: Daemon, n: int) -> tuple[float, float, float, float]:

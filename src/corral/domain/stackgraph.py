@@ -22,6 +22,9 @@ from corral.domain.stackfile import Loaded, Path, VMDef
 from corral.errors import InvalidSpec
 
 KINDS = ("network", "disk", "router", "vm", "snapshot", "forward", "rule")
+#: what a warm start takes from its snapshot, so a VM from_snapshot may not give it
+WARM_GIVES = frozenset({"image", "cpus", "memory", "machine", "arch", "cmdline", "user_data",
+                        "hostname", "disks", "nics"})
 
 
 class Existing:
@@ -182,13 +185,17 @@ def _vm(b: _Builder, name: str, vm: VMDef, index: int, path: Path,
         nics.append(entry)
     for d, disk in enumerate(vm.disks):
         deps |= b.ref("disk", disk, (*path, "disks", d), set(st.disks))
-    if vm.from_snapshot is not None:
-        deps |= _snapshot_ref(b, vm.from_snapshot, (*path, "from_snapshot"))
-    memory = _size(b.f, (*path, "memory"), vm.memory)
     spec = vm.model_dump(exclude={"count", "nics", "memory"}, exclude_defaults=True)
-    spec.update(cpus=vm.cpus, memory=human_size(memory), nics=nics, start=vm.start)
-    if vm.image is None and vm.from_snapshot is None:
-        spec["image"] = "tiny"
+    spec.update(nics=nics, start=vm.start)
+    if vm.from_snapshot is not None:
+        ignored = sorted(vm.model_fields_set & WARM_GIVES)
+        if ignored:
+            raise b.f.error((*path, ignored[0]), "a warm start (from_snapshot) has the "
+                                                 f"snapshot's hardware and disks; remove it")
+        deps |= _snapshot_ref(b, vm.from_snapshot, (*path, "from_snapshot"))
+        return Resource("vm", name, spec, path, deps)
+    memory = _size(b.f, (*path, "memory"), vm.memory)
+    spec.update(cpus=vm.cpus, memory=human_size(memory), image=vm.image or "tiny")
     return Resource("vm", name, spec, path, deps)
 
 

@@ -249,3 +249,10 @@ async def test_nested_aliases_cost_nothing(m: Manager) -> None:
     with pytest.raises(InvalidSpec, match=r"^bomb\.yaml:\d+: "):
         await m.stacks.plan(text, "bomb.yaml")
     assert time.monotonic() - t0 < 5
+
+
+async def test_a_warm_start_takes_its_hardware_from_the_snapshot(m: Manager) -> None:
+    text = "vms:\n  a: {}\n  b:\n    from_snapshot: 'a:s'\n    memory: 1G\nsnapshots:\n" \
+           "  s: {vm: a}\n"
+    with pytest.raises(InvalidSpec, match=r"lab\.yaml:5: vms\.b\.memory: a warm start"):
+        await m.stacks.plan(text, "lab.yaml")
