@@ -191,7 +191,7 @@ def _vm(b: _Builder, name: str, vm: VMDef, index: int, path: Path,
         ignored = sorted(vm.model_fields_set & WARM_GIVES)
         if ignored:
             raise b.f.error((*path, ignored[0]), "a warm start (from_snapshot) has the "
-                                                 f"snapshot's hardware and disks; remove it")
+                                                 "snapshot's hardware and disks; remove it")
         deps |= _snapshot_ref(b, vm.from_snapshot, (*path, "from_snapshot"))
         return Resource("vm", name, spec, path, deps)
     memory = _size(b.f, (*path, "memory"), vm.memory)
