@@ -124,6 +124,14 @@ declare("images.path", "CORRAL_IMAGE_PATH", _paths, [],
 # the engine
 declare("engine.accel", "CORRAL_ACCEL", _accel, "",
         "the accelerator, kvm or tcg (default: kvm where the host really offers it)")
+declare("engine.qemu_user", "CORRAL_QEMU_USER", _str, "corral-qemu",
+        "the unprivileged system user QEMU runs as (made if missing; root: the daemon's user)")
+declare("engine.sandbox", "CORRAL_SANDBOX", _bool, True,
+        "QEMU's seccomp filter (-sandbox on,obsolete,elevateprivileges,spawn,resourcecontrol=deny)")
+declare("engine.memory_overhead", "CORRAL_QEMU_MEMORY_OVERHEAD", _size, None,
+        "memory a QEMU may use over its guest's RAM (1G under TCG, 256M with KVM)")
+declare("engine.pids_max", "CORRAL_QEMU_PIDS_MAX", _int, 512,
+        "processes and threads one QEMU may have")
 # the host's capacity and the scheduler
 declare("host.cpus", "CORRAL_HOST_CPUS", _int, None, "the CPUs to offer (all the host's)")
 declare("host.memory", "CORRAL_HOST_MEMORY", _size, None, "the memory to offer (all the host's)")

@@ -60,6 +60,18 @@ class VMNic(TypedDict):
     port: NotRequired[str | None]
 
 
+class Confinement(TypedDict):
+    """What confines a running VM's QEMU, as the kernel reports it (``/proc/PID``)."""
+
+    user: str
+    uid: int
+    seccomp: str  # filter, strict or off
+    private_home: bool  # a mount namespace that shows it only its part of the home
+    memory_limit_bytes: int | None
+    pids_max: int | None
+    cgroups: dict[str, str]
+
+
 class VM(TypedDict):
     name: str
     state: str
@@ -82,6 +94,7 @@ class VM(TypedDict):
     created_at: NotRequired[float]
     operations: list[str]
     qemu_status: NotRequired[str | None]
+    confinement: NotRequired[Confinement | None]
 
 
 class Disk(TypedDict):
@@ -185,6 +198,7 @@ class Host(TypedDict):
     home: NotRequired[str]
     vms: NotRequired[int]
     vms_running: NotRequired[int]
+    confinement: NotRequired[dict[str, Any] | None]
 
 
 class QueueEntry(TypedDict):
@@ -331,14 +345,6 @@ class StackEvent(TypedDict):
     error: NotRequired[Error]
 
 
-class StackResource(TypedDict):
-    id: str
-    kind: str
-    name: str
-    state: str  # pending (being made, or cut short) or made
-    spec: dict[str, Any]
-
-
 class Stack(TypedDict):
     name: str
     file: str
@@ -347,7 +353,8 @@ class Stack(TypedDict):
     updated_at: float
     counts: dict[str, int]
     pending: list[str]
-    resources: NotRequired[list[StackResource]]
+    # {id, kind, name, state (pending: being made or cut short; made), spec}
+    resources: NotRequired[list[dict[str, Any]]]
 
 
 __all__ = [
@@ -381,7 +388,6 @@ __all__ = [
     "StackChange",
     "StackEvent",
     "StackPlan",
-    "StackResource",
     "TraceEntry",
     "VMDisk",
     "VMNic",

@@ -89,7 +89,7 @@ async def test_networks_plan_addresses_and_refuse_clashes(api: httpx.AsyncClient
         "network", "10.20.0.10", "crl-tweb.0", "web")
     r = await api.post("/v1/vms", json={"name": "db", "nics": [
         {"network": "lan", "ip": "10.20.0.5"}, {"hostfwd": ["tcp:5432-:5432"]}]})
-    assert r.status_code == 201 and r.json()["nics"][1]["hostfwd"] == ["tcp::5432-:5432"]
+    assert r.status_code == 201 and r.json()["nics"][1]["hostfwd"] == ["tcp:127.0.0.1:5432-:5432"]
     for body, field in (
             ({"network": "lan", "ip": "10.20.0.5"}, "nics.0.ip"),
             ({"network": "lan", "ip": "10.20.0.1"}, "nics.0.ip"),
@@ -195,7 +195,7 @@ async def test_a_daemon_without_root_offers_user_mode_only(
         assert "--nic user" in r.json()["message"]
     r = await api.post("/v1/vms", json={"name": "web", "nics": [
         {"mode": "user", "hostfwd": ["tcp:8022-:22"]}]})
-    assert r.status_code == 201 and r.json()["nics"][0]["hostfwd"] == ["tcp::8022-:22"]
+    assert r.status_code == 201 and r.json()["nics"][0]["hostfwd"] == ["tcp:127.0.0.1:8022-:22"]
     err = client._error(403, {"error": "needs_root", "message": "cannot create network"})
     assert isinstance(err, errors.NeedsRoot) and err.exit_code == 10
 

@@ -37,6 +37,8 @@ class ExitStatus:
     def describe(self) -> str:
         if self.returncode is None:
             return "exited (status unknown: not our child)"
+        if self.returncode == -signal.SIGSYS:  # how the kernel ends a seccomp violation
+            return "killed by SIGSYS (bad system call: seccomp)"
         if self.returncode < 0:
             try:
                 return f"killed by {signal.Signals(-self.returncode).name}"
@@ -246,3 +248,6 @@ class Driver(Protocol):
         """Take up a machine a previous daemon started, or None when it is gone."""
     def cleanup(self, run_dir: Path, keep_dir: bool = False) -> None:
         """Remove the sockets and pidfile a machine left in ``run_dir``."""
+    def confinement_of(self, pid: int | None) -> dict[str, Any] | None:
+        """What confines the machine whose process is ``pid`` (None: gone), or with None
+        the confinement the driver applies to every machine it starts."""

@@ -9,12 +9,14 @@ collaborators it needs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from corral.config import Paths
 from corral.domain.specs import VMSpec
 from corral.engine import accel as accel_mod
 from corral.engine.driver import Driver
 from corral.errors import CorralError
-from corral.service import adoption, netreconcile, nics, slices
+from corral.service import adoption, confinement, netreconcile, nics, slices
 from corral.service.guest import GuestService
 from corral.service.netstate import Networks
 from corral.service.runtime import VMRuntime
@@ -23,6 +25,9 @@ from corral.service.stackrun import Runner
 from corral.service.stacks import Stacks
 from corral.service.vms import VMs
 from corral.store.db import Store, VMRecord
+
+if TYPE_CHECKING:
+    from corral.engine.qemu.driver import QemuDriver
 
 
 class _Hooks:
@@ -51,10 +56,11 @@ class Manager:
     def __init__(self, paths: Paths | None = None, driver: Driver | None = None) -> None:
         self.paths = paths or Paths.from_env()
         self.accel = accel_mod.detect()
+        self._qemu: QemuDriver | None = None  # the QEMU driver it made: it confines that one
         if driver is None:
             from corral.engine.qemu.driver import QemuDriver
 
-            driver = QemuDriver(self.accel.name, accel_mod.tsc_khz())
+            driver = self._qemu = QemuDriver(self.accel.name, accel_mod.tsc_khz())
         self.driver = driver
         self._opened: _Opened | None = None
 
@@ -64,11 +70,16 @@ class Manager:
         from corral.engine.qemu.process import become_subreaper
 
         become_subreaper()
-        for d in (self.paths.home, self.paths.images, self.paths.run):
+        confinement.private_home(self.paths)
+        for d in (self.paths.images, self.paths.run):
             d.mkdir(parents=True, exist_ok=True)
+        if self._qemu is not None:
+            self._qemu.confinement = confinement.decide(self.paths, self.accel.name)
         rt = VMRuntime(self.paths, Store(self.paths.db), self.driver, self.accel.name)
         self._opened = opened = _Opened(rt, self.accel)
         await adoption.adopt_all(rt)
+        if self._qemu is not None:
+            self._qemu.settle_guard()
         await netreconcile.reconcile(opened.net)  # before the queue may start VMs on networks
         opened.sched.load()
         opened.sched.dispatch()

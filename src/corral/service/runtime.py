@@ -389,7 +389,7 @@ class VMRuntime:
         """What a front door shows of a VM (see :func:`corral.service.vmview.vm_view`)."""
         from corral.service.vmview import vm_view
 
-        return vm_view(rec, rec.state in LIVE and rec.name in self.live, self.paths)
+        return vm_view(rec, rec.state in LIVE and rec.name in self.live, self.paths, self.driver)
 
     def forget(self, name: str) -> None:
         """The VM is gone: drop its lock."""

@@ -142,7 +142,8 @@ class Host(_Slice):
         info["scheduler"] = self.sched.info()
         vms = self.rt.db.list_vms()
         info.update(home=str(self.rt.paths.home), vms=len(vms),
-                    vms_running=sum(1 for r in vms if r.state in LIVE))
+                    vms_running=sum(1 for r in vms if r.state in LIVE),
+                    confinement=self.rt.driver.confinement_of(None))
         return info
 
     def queue(self) -> builtins.list[dict[str, Any]]:

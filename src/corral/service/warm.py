@@ -86,6 +86,7 @@ async def _capture(rt: VMRuntime, spec: sp.VMSpec, snapshot: str, work: Path) ->
     machine = await rt.driver.launch(spec, run_dir, work / "serial.log", lambda _e, _d: None,
                                      LaunchOptions(hold=True, ram=RamFile(work / "ram",
                                                                           shared=True)))
+    machine.watch_exit(lambda _status: None)  # so that kill and wait_exit see it end
     try:
         await machine.snapshot_load(snapshot, VMSTATE_NODE, [VMSTATE_NODE])
         await machine.save_state(work / "dev.state", ignore_shared=True)
