@@ -2,7 +2,7 @@
 
 Routes parse the request into one call of the service's resource objects
 (``manager.vms``, ``.disks``, ``.snapshots``, ``.guest``, ``.images``, ``.host``,
-``.networks``, ``.routers``) and own no logic. Every error answers Corral's one body,
+``.networks``, ``.routers``, ``.stacks``) and own no logic. Every error answers Corral's one body,
 ``{"error": kind, "kind": kind, "message": one line, "facts": {...}}`` (see
 :mod:`corral.api.errors`); request bodies are bounded (:mod:`corral.api.limits`). The
 OpenAPI schema, with every response body and error status, is at ``/openapi.json`` and
@@ -33,6 +33,7 @@ from corral.api import (
     projects,
     routers,
     snapshots,
+    stacks,
     vms,
     web,
 )
@@ -45,7 +46,7 @@ from corral.service.manager import Manager
 __all__ = ["API", "create_app"]
 
 ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers, projects, events,
-          metrics, console)
+          metrics, console, stacks)
 
 
 def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = False,

@@ -2,9 +2,9 @@
 network state and the slices, wires the hooks between them, and opens and closes them.
 
 Front doors use only the slices: ``vms``, ``snapshots``, ``disks``, ``guest``, ``images``,
-``host``, ``networks``, ``routers``, ``projects`` and ``tokens``, and the observers:
-``events`` (the live event stream), ``telemetry`` (cached figures of every VM) and
-``metrics`` (Prometheus), all available once :meth:`Manager.open` has run. Use-case
+``host``, ``networks``, ``routers``, ``stacks``, ``projects`` and ``tokens``, and the
+observers: ``events`` (the live event stream), ``telemetry`` (cached figures of every VM)
+and ``metrics`` (Prometheus), all available once :meth:`Manager.open` has run. Use-case
 modules never receive the Manager: each gets the runtime and the collaborators it needs.
 """
 
@@ -25,6 +25,8 @@ from corral.service.netstate import Networks
 from corral.service.projects import Projects, Tokens
 from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
+from corral.service.stackrun import Runner
+from corral.service.stacks import Stacks
 from corral.service.telemetry import Telemetry
 from corral.service.vms import VMs
 from corral.store.db import Store, VMRecord
@@ -161,6 +163,10 @@ class Manager:
     def metrics(self) -> Metrics:
         return self._parts().metrics
 
+    @property
+    def stacks(self) -> Stacks:
+        return self._parts().stacks
+
 
 class _Opened:
     """Everything that exists while the service is open."""
@@ -184,3 +190,5 @@ class _Opened:
         self.tokens = Tokens(rt)
         self.telemetry = Telemetry(rt, self.events)
         self.metrics = Metrics(rt, self.sched, self.events, self.telemetry)
+        self.stacks = Stacks(rt, Runner(self.vms, self.disks, self.snapshots, self.networks,
+                                        self.routers, self.guest))

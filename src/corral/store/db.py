@@ -237,6 +237,24 @@ class Store:
             value = conn.execute(select(kv.c.value).where(kv.c.key == key)).scalar()
         return json.loads(value) if value is not None else None
 
+    def list_docs(self, prefix: str) -> dict[str, Any]:
+        """Every document whose key starts with ``prefix``, by key."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(kv).where(kv.c.key.startswith(prefix, autoescape=True))
+                                .order_by(kv.c.key)).all()
+        return {r.key: json.loads(r.value) for r in rows}
+
+    def delete_doc(self, key: str, kind: str | None = None,
+                   detail: dict[str, Any] | None = None) -> None:
+        """Remove a document, with an optional event about ``key``, in one transaction."""
+        def write() -> None:
+            with self._tx() as conn:
+                conn.execute(delete(kv).where(kv.c.key == key))
+                if kind:
+                    self._event(conn, key, kind, detail or {})
+
+        self._run(write)
+
     # --- named disks ---
     def add_disk(self, row: dict[str, Any]) -> None:
         def write() -> None:
@@ -325,6 +343,14 @@ class Store:
         rec = self._vms.get(vm)
         if parent and rec is not None and rec.current_snapshot == name:
             rec.current_snapshot = parent[0]
+
+    def record_event(self, subject: str, kind: str, detail: dict[str, Any]) -> None:
+        """Record an event about something other than a VM (``host``, ``stack:NAME``)."""
+        def write() -> None:
+            with self._tx() as conn:
+                self._event(conn, subject, kind, detail)
+
+        self._run(write)
 
     def _event(self, conn: Connection, vm: str, kind: str, detail: dict[str, Any],
                project: str | None = None) -> None:
