@@ -187,8 +187,9 @@ class Host(_Slice):
             raise settings.SettingError(key, f"no part of the daemon takes up '{key}' while "
                                              "it runs; set it in the configuration file")
         setting, old, new = settings.set_live(key, value, taker or (lambda: None))
-        self.rt.db.record_event("host", "setting_changed",
-                                {"key": setting.key, "old": old, "new": new})
+        self.rt.db.add_event("host", "setting_changed",
+                             {"key": setting.key, "old": old, "new": new})
+        self.rt.db.flush()  # in the log before the answer
         return {"key": setting.key, "old": old, "value": new,
                 "source": settings.source(setting.key)}
 

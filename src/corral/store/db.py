@@ -344,14 +344,6 @@ class Store:
         if parent and rec is not None and rec.current_snapshot == name:
             rec.current_snapshot = parent[0]
 
-    def record_event(self, subject: str, kind: str, detail: dict[str, Any]) -> None:
-        """Record an event about something other than a VM (``host``, ``stack:NAME``)."""
-        def write() -> None:
-            with self._tx() as conn:
-                self._event(conn, subject, kind, detail)
-
-        self._run(write)
-
     def _event(self, conn: Connection, vm: str, kind: str, detail: dict[str, Any],
                project: str | None = None) -> None:
         """An event of ``vm`` (or of the named object); in the VM's project unless
@@ -367,9 +359,10 @@ class Store:
         conn.info[_PUBLISH].append({"id": key[0], "ts": ts, "vm": vm, "kind": kind,
                                     "detail": json.loads(text), "project": project})
 
-    def add_event(self, name: str, kind: str, detail: dict[str, Any], project: str) -> None:
-        """Record an event that changes nothing else (an audit record), queued in order
-        behind the writes before it."""
+    def add_event(self, name: str, kind: str, detail: dict[str, Any],
+                  project: str = "default") -> None:
+        """Record an event that changes nothing else (an audit record; a setting changed,
+        of ``host``), queued in order behind the writes before it."""
         def write() -> None:
             with self._tx() as conn:
                 self._event(conn, name, kind, detail, project)

@@ -12,24 +12,20 @@ A field marked ``NotRequired`` is left out of some answers (``get`` adds live fa
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-if sys.version_info >= (3, 12):
-    from typing import NotRequired, TypedDict
-else:
-    from typing import NotRequired
-
-    from typing_extensions import TypedDict
-
-
-class Error(TypedDict):
-    """The body of every error answer; ``facts`` depend on the kind (see corral.errors)."""
-
-    error: str
-    kind: str
-    message: str
-    facts: dict[str, Any]
+from corral.views._typed import Error, NotRequired, TypedDict
+from corral.views.access import Principal, Project, Quotas, Token, TokenCreated
+from corral.views.stacks import (
+    Config,
+    FieldChange,
+    Setting,
+    SettingChange,
+    Stack,
+    StackChange,
+    StackEvent,
+    StackPlan,
+)
 
 
 class VMDisk(TypedDict):
@@ -229,43 +225,6 @@ class Event(TypedDict):
     project: NotRequired[str]
 
 
-class Quotas(TypedDict):
-    max_vms: int | None
-    max_cpus: int | None
-    max_memory: int | None
-    max_disk: int | None
-
-
-class Project(TypedDict):
-    name: str
-    created_at: float
-    quotas: Quotas
-    usage: dict[str, int]
-
-
-class Token(TypedDict):
-    name: str
-    id: str
-    role: str
-    project: str
-    created_at: float
-    expires_at: float | None
-
-
-class TokenCreated(Token):
-    secret: str
-
-
-class Principal(TypedDict):
-    """Who a request acts as: ``project`` None for admins (every project)."""
-
-    name: str
-    role: str
-    project: str | None
-    selected: str | None
-    home: str
-
-
 class VMFigures(TypedDict):
     """What the daemon last gathered of a VM with a machine (``at``: when)."""
 
@@ -365,77 +324,6 @@ class Export(TypedDict):
     files: list[str]
 
 
-
-
-class Setting(TypedDict):
-    key: str
-    value: Any
-    source: str  # default, FILE:LINE, environment VAR, --set KEY, corral host set
-    env: str | None
-    live: bool  # may change while the daemon runs (corral host set)
-    doc: str
-
-
-class Config(TypedDict):
-    file: str | None  # the configuration file in use
-    settings: list[Setting]
-
-
-class SettingChange(TypedDict):
-    key: str
-    old: Any
-    value: Any
-    source: str
-
-
-class FieldChange(TypedDict):
-    field: str
-    old: Any
-    new: Any
-    how: str  # live, restart or replace
-
-
-class StackChange(TypedDict):
-    id: str  # KIND/NAME
-    kind: str
-    name: str
-    action: str  # create, finish, update, restart, replace, remove, keep
-    line: int | None
-    fields: list[FieldChange]
-    reason: str | None
-    spec: dict[str, Any]
-    deps: list[str]
-
-
-class StackPlan(TypedDict):
-    stack: str
-    file: str
-    changes: list[StackChange]
-    summary: dict[str, int]
-    noop: bool
-
-
-class StackEvent(TypedDict):
-    event: str  # plan, begin, done, failed, skipped, end
-    id: NotRequired[str]
-    action: NotRequired[str]
-    seconds: NotRequired[float]
-    plan: NotRequired[StackPlan]
-    ok: NotRequired[bool]
-    failed: NotRequired[str]
-    error: NotRequired[Error]
-
-
-class Stack(TypedDict):
-    name: str
-    file: str
-    status: str  # applying, applied, failed, removing
-    error: str | None
-    updated_at: float
-    counts: dict[str, int]
-    pending: list[str]
-    # {id, kind, name, state (pending: being made or cut short; made), spec}
-    resources: NotRequired[list[dict[str, Any]]]
 
 
 __all__ = [
