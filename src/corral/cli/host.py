@@ -170,6 +170,20 @@ def register(sub: Any, pa: Parents) -> None:
                    help="also serve the API over TLS here, e.g. 0.0.0.0:8443 (the setting "
                         "api.listen; the certificate is made under the home on first "
                         "start unless api.tls_cert/api.tls_key name one)")
+    p.add_argument("--config", metavar="FILE", help="the configuration file (TOML; default "
+                   "$CORRAL_CONFIG, $CORRAL_HOME/corral.toml, else /etc/corral/corral.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting, over the file and the environment (repeatable)")
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="log lines as text, or as one JSON object each (for a journal)")
+    p = command(sub, pa, "config", cmd_config_show, "every setting in force and where it "
+                "came from", "Print every setting of the daemon: its value in force and "
+                "where it came from (default, FILE:LINE, environment, --set flag, or 'corral "
+                "host set'). Asks the running daemon; without one, tells what a daemon "
+                "started now would use.", vm=False)
+    p.add_argument("config_command", choices=["show"], metavar="show")
+    p.add_argument("--config", metavar="FILE", help="read this file instead of asking the "
+                   "daemon (checks it: an unknown key or a bad value is an error)")
     command(sub, pa, "queue", cmd_queue, "VMs waiting for capacity, in the order they will "
             "start", vm=False)
     command(sub, pa, "trace", cmd_trace, "every start request's arrival, start and end as JSON "

@@ -169,6 +169,7 @@ class VMs:
         scope = access.current().scope
         if scope is not None and project is not None and project != scope:
             return []
+        self.rt.db.flush()  # records queued behind earlier answers (audit) are in the log
         if tail is not None:
             return self.rt.db.events(since, vm, limit=tail, tail=True, project=scope or project)
         return self.rt.db.events(since, vm, limit, project=scope or project)
