@@ -86,6 +86,8 @@ class Manager:
         if self._opened is None:
             return
         opened, self._opened = self._opened, None
+        if self._qemu is not None and not opened.rt.live:
+            self._qemu.confinement.lower_guard()  # no QEMU of ours runs on without us
         await opened.rt.close()
         await opened.sched.close()
         opened.rt.db.close()
