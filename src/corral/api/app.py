@@ -17,7 +17,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from corral.api import disks, errors, guest, host, images, networks, routers, snapshots, vms
+from corral.api import (
+    disks,
+    errors,
+    guest,
+    host,
+    images,
+    networks,
+    projects,
+    routers,
+    snapshots,
+    vms,
+)
+from corral.api.auth import Guard
 from corral.api.common import API
 from corral.api.limits import BodyLimit
 from corral.api.schema import CorralAPI
@@ -25,12 +37,15 @@ from corral.service.manager import Manager
 
 __all__ = ["API", "create_app"]
 
-ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers)
+ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers, projects)
 
 
-def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
+def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = False
+               ) -> FastAPI:
     """The API bound to ``manager``; with ``manage_lifecycle`` the app opens and closes it.
-    Routes look up ``manager``'s slices on each request: they exist only once it is open."""
+    Routes look up ``manager``'s slices on each request: they exist only once it is open.
+    ``remote``: the app of the TLS listener, where every request needs a token (the unix
+    socket's acts as the local admin without one; see :mod:`corral.api.auth`)."""
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if manage_lifecycle:
@@ -49,4 +64,6 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
         app.router.routes.extend(module.routes(manager).routes)
     errors.install(app)
     app.add_middleware(BodyLimit)
+    # outermost: who asks, and may it, before anything reads the body
+    app.add_middleware(Guard, manager=manager, routes=list(app.router.routes), remote=remote)
     return app

@@ -43,8 +43,8 @@ def vm_table(vms: Sequence[Mapping[str, Any]]) -> str:
 
 def vm_detail(vm: Mapping[str, Any]) -> str:
     lines = [
-        ("name", vm["name"]), ("state", state(vm)),
-        ("qemu status", vm.get("qemu_status") or "-"),
+        ("name", vm["name"]), ("project", vm.get("project") or "default"),
+        ("state", state(vm)), ("qemu status", vm.get("qemu_status") or "-"),
         ("accelerator", vm.get("accel") or "-"),
         ("pid", vm.get("pid") or "-"), ("vcpus", vm["cpus"]),
         ("memory", _mib(vm["memory_bytes"])), ("machine", vm["machine"]),

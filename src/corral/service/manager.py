@@ -2,7 +2,8 @@
 network state and the slices, wires the hooks between them, and opens and closes them.
 
 Front doors use only the slices: ``vms``, ``snapshots``, ``disks``, ``guest``, ``images``,
-``host``, ``networks`` and ``routers`` (available once :meth:`Manager.open` has run). Use-case
+``host``, ``networks``, ``routers``, ``projects`` and ``tokens`` (available once
+:meth:`Manager.open` has run). Use-case
 modules never receive the Manager: each gets the runtime and the collaborators it needs.
 """
 
@@ -18,6 +19,7 @@ from corral.errors import CorralError
 from corral.service import adoption, confinement, netreconcile, nics, slices
 from corral.service.guest import GuestService
 from corral.service.netstate import Networks
+from corral.service.projects import Projects, Tokens
 from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
 from corral.service.vms import VMs
@@ -134,6 +136,14 @@ class Manager:
     def routers(self) -> slices.Routers:
         return self._parts().routers
 
+    @property
+    def projects(self) -> Projects:
+        return self._parts().projects
+
+    @property
+    def tokens(self) -> Tokens:
+        return self._parts().tokens
+
 
 class _Opened:
     """Everything that exists while the service is open."""
@@ -152,3 +162,5 @@ class _Opened:
         self.host = slices.Host(rt, self.sched, accel, self.vms, self.guest)
         self.networks = slices.Networks(self.net)
         self.routers = slices.Routers(self.net)
+        self.projects = Projects(rt, self.net)
+        self.tokens = Tokens(rt)
