@@ -97,6 +97,8 @@ class Manager:
         opened, self._opened = self._opened, None
         opened.events.close()
         await opened.telemetry.close()
+        if self._qemu is not None and not opened.rt.live:
+            self._qemu.confinement.lower_guard()  # no QEMU of ours runs on without us
         await opened.rt.close()
         await opened.sched.close()
         opened.rt.db.close()
