@@ -18,6 +18,8 @@ tree onto exit codes and HTTP statuses, so a user never sees a traceback for the
     ├── AgentError                   (502 / exit 7)  the guest agent failed or was silent
     ├── DiskFull                     (507 / exit 11) the host's disk is full
     ├── DaemonUnavailable            (503 / exit 8)  the CLI or Client cannot reach ``corral serve``
+    ├── StoreUnavailable             (503 / exit 12) the cluster's PostgreSQL cannot be reached
+    ├── HostUnavailable              (503 / exit 13) a cluster host is down or does not answer
     └── TooLarge                     (413 / exit 2)  a request body over the daemon's limit
 
 Errors cross the wire whole: :meth:`CorralError.to_dict` gives the body of an error answer,
@@ -198,6 +200,28 @@ class DaemonUnavailable(CorralError):
     kind = "daemon_unavailable"
 
 
+class StoreUnavailable(CorralError):
+    """The cluster's store (PostgreSQL) cannot be reached: nothing was changed. Running VMs
+    keep running; the daemon reconnects by itself."""
+
+    status = 503
+    exit_code = 12
+    kind = "store_unavailable"
+
+
+class HostUnavailable(CorralError):
+    """A cluster host is down, cordoned away or did not answer in time; ``host`` names it."""
+
+    status = 503
+    exit_code = 13
+    kind = "host_unavailable"
+    fact_names = ("host",)
+
+    def __init__(self, message: str, host: str = "") -> None:
+        super().__init__(message)
+        self.host = host
+
+
 class TooLarge(CorralError):
     """A request body (or one of its values) is larger than the daemon accepts."""
 
@@ -247,6 +271,6 @@ def from_dict(body: dict[str, Any], status: int = 500) -> CorralError:
 
 __all__ = [
     "AgentError", "AlreadyExists", "CommandFailed", "CorralError", "DaemonUnavailable", "DiskFull",
-    "InUse", "InvalidSpec", "InvalidState", "LaunchFailed", "MonitorError", "NeedsRoot",
-    "NoCapacity", "NotFound", "Timeout", "TooLarge", "from_dict",
+    "HostUnavailable", "InUse", "InvalidSpec", "InvalidState", "LaunchFailed", "MonitorError",
+    "NeedsRoot", "NoCapacity", "NotFound", "StoreUnavailable", "Timeout", "TooLarge", "from_dict",
 ]

@@ -51,6 +51,18 @@ def _paths(text: str) -> list[str]:
     return [p for p in text.split(":") if p]
 
 
+def _labels(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"'{item}' is not key=value")
+        out[key] = val
+    return out
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in options:
@@ -114,6 +126,27 @@ declare("scheduler.timeslice_slots", "CORRAL_TIMESLICE_SLOTS", _int, None,
         "time-sliced VMs running at once (one per host CPU)")
 declare("scheduler.quantum", "CORRAL_QUANTUM", _float, 2.0,
         "the time slice of round-robin VMs, in seconds", live=True)
+declare("scheduler.weigher", "CORRAL_WEIGHER", _choice("spread", "pack"), "spread",
+        "where placement puts a VM among the hosts that fit: spread (most free memory) or "
+        "pack (least free memory that fits)", live=True)
+# several hosts: one cluster on PostgreSQL
+declare("cluster.url", "CORRAL_CLUSTER", _str, "",
+        "a PostgreSQL URL (postgresql://user@host/db): join that cluster (empty: one host, "
+        "SQLite)")
+declare("cluster.host", "CORRAL_HOST_NAME", _str, "",
+        "this host's name in the cluster (default: the machine's host name)")
+declare("cluster.address", "CORRAL_HOST_ADDRESS", _str, "",
+        "the address other hosts reach this one's API at (host:port)")
+declare("cluster.labels", "CORRAL_HOST_LABELS", _labels, {},
+        "this host's labels, key=value,key=value (placement's --on)")
+declare("cluster.token", "CORRAL_JOIN_TOKEN", _str, "",
+        "the join token (corral cluster token) a host needs to join a cluster that has hosts")
+declare("cluster.heartbeat", "CORRAL_HEARTBEAT", _float, 1.0,
+        "seconds between a host's heartbeats (and the leader's rounds)")
+declare("cluster.down_after", "CORRAL_DOWN_AFTER", _float, 6.0,
+        "seconds without a heartbeat after which a host is down")
+declare("cluster.max_skew", "CORRAL_MAX_CLOCK_SKEW", _float, 30.0,
+        "how far (seconds) a joining host's clock may be from the store's")
 
 
 def value(key: str, env: Mapping[str, str] | None = None) -> Any:

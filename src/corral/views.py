@@ -82,6 +82,8 @@ class VM(TypedDict):
     created_at: NotRequired[float]
     operations: list[str]
     qemu_status: NotRequired[str | None]
+    host: NotRequired[str | None]  # in a cluster: the host it is on (None: queued)
+    last_state: NotRequired[str]  # its host is down: the state it last reported
 
 
 class Disk(TypedDict):
@@ -270,9 +272,39 @@ class Export(TypedDict):
     files: list[str]
 
 
+
+
+class ClusterHost(TypedDict):
+    name: str
+    state: str  # up, down, cordoned or draining
+    address: str
+    leader: bool
+    cpus: int
+    memory_bytes: int
+    disk_bytes: int
+    accel: str
+    arch: str
+    labels: dict[str, str]
+    vms: int
+    allocation_ratio: dict[str, float]
+    silent_seconds: float
+
+
+class JoinToken(TypedDict):
+    token: str
+    cluster: str
+
+
+class PlacementExplained(TypedDict):
+    vm: str
+    host: str | None
+    weigher: str
+    hosts: dict[str, str]  # each host's reason: chosen, fits, or why not
+
+
 __all__ = [
-    "VM", "BatchResult", "Disk", "Error", "Event", "ExecResult", "Export", "FileWritten",
-    "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface", "Leg", "Logs",
-    "Network", "Port", "QueueEntry", "Removed", "Router", "Snapshot", "TraceEntry", "VMDisk",
-    "VMNic",
+    "VM", "BatchResult", "ClusterHost", "Disk", "Error", "Event", "ExecResult", "Export",
+    "FileWritten", "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface",
+    "JoinToken", "Leg", "Logs", "Network", "PlacementExplained", "Port", "QueueEntry",
+    "Removed", "Router", "Snapshot", "TraceEntry", "VMDisk", "VMNic",
 ]

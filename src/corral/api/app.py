@@ -17,7 +17,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from corral.api import disks, errors, guest, host, images, networks, routers, snapshots, vms
+from corral.api import (
+    cluster,
+    disks,
+    errors,
+    guest,
+    host,
+    images,
+    networks,
+    routers,
+    snapshots,
+    vms,
+)
 from corral.api.common import API
 from corral.api.limits import BodyLimit
 from corral.api.schema import CorralAPI
@@ -25,7 +36,7 @@ from corral.service.manager import Manager
 
 __all__ = ["API", "create_app"]
 
-ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers)
+ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers, cluster)
 
 
 def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:

@@ -4,6 +4,7 @@ Placement runs the two steps of OpenStack Nova's filter scheduler over plain dat
 
 1. **Filters** turn hosts down, each with a reason:
 
+   * *host*: the host the request names, if it names one (``--host``);
    * *labels*: the host must carry every ``key=value`` label the request names;
    * *anti-affinity*: the host must hold no VM of the request's anti-affinity group;
    * *affinity*: once a VM of the request's affinity group is placed, the others follow it to
@@ -69,6 +70,7 @@ class PlacementRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     affinity: str | None = None
     anti_affinity: str | None = None
+    host: str | None = None  # this host only (``--host NAME``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +164,19 @@ class Placer:
         self._placed[request.id] = (chosen, request)
         return Placement(request.id, self._names[chosen], rejected)
 
+    def assign(self, request: PlacementRequest, host: str) -> None:
+        """Account ``request`` on ``host`` without choosing: a placement decided before this
+        placer was built, whose VM the host's usage does not count yet.
+
+        :raises NotFound: for an unknown host.
+        :raises AlreadyExists: when a request of that id is already placed.
+        """
+        i = self._host(host)
+        if request.id in self._placed:
+            raise AlreadyExists(f"request '{request.id}' is already placed")
+        self._account(i, request, +1)
+        self._placed[request.id] = (i, request)
+
     def release(self, request_id: str) -> None:
         """Give back what a placed request held on its host.
 
@@ -196,6 +211,8 @@ class Placer:
         return -free if self.weigher == "spread" else free
 
     def _reason(self, i: int, r: PlacementRequest) -> str | None:
+        if r.host is not None and self._names[i] != r.host:
+            return f"not the host asked for ({r.host})"
         labels = self._labels[i]
         for key, value in r.labels.items():
             if key not in labels:
@@ -239,6 +256,9 @@ class Placer:
         return all(labels.get(k) == v for k, v in r.labels.items())
 
     def _find(self, r: PlacementRequest) -> int | None:
+        if r.host is not None:
+            i = self._by_name.get(r.host)
+            return i if i is not None and self._reason(i, r) is None else None
         together = self._members.get(r.affinity) if r.affinity is not None else None
         if together:
             ok = [(self._weight(i), i) for i in together

@@ -8,6 +8,8 @@ modules never receive the Manager: each gets the runtime and the collaborators i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from corral.config import Paths
 from corral.domain.specs import VMSpec
 from corral.engine import accel as accel_mod
@@ -20,6 +22,9 @@ from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
 from corral.service.vms import VMs
 from corral.store.db import Store, VMRecord
+
+if TYPE_CHECKING:
+    from corral.service.cluster import Member
 
 
 class _Hooks:
@@ -63,18 +68,38 @@ class Manager:
         become_subreaper()
         for d in (self.paths.home, self.paths.images, self.paths.run):
             d.mkdir(parents=True, exist_ok=True)
-        rt = VMRuntime(self.paths, Store(self.paths.db), self.driver, self.accel.name)
+        from corral import settings
+
+        url = settings.value("cluster.url")
+        cluster = None
+        if url:
+            from corral.service.cluster import host_name
+
+            cluster = (str(url), host_name())
+        rt = VMRuntime(self.paths, Store(self.paths.db, cluster), self.driver, self.accel.name)
         self._opened = opened = _Opened(rt, self.accel)
         await adoption.adopt_all(rt)
         await netreconcile.reconcile(opened.net)  # before the queue may start VMs on networks
         opened.sched.load()
         opened.sched.dispatch()
+        if cluster is not None:
+            from corral.service.cluster import Member
+
+            try:
+                member = Member(rt, opened.sched, opened.vms, self.accel.name)
+                await member.open()
+            except BaseException:
+                await self.close()
+                raise
+            opened.member = member
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: they outlive the daemon."""
         if self._opened is None:
             return
         opened, self._opened = self._opened, None
+        if opened.member is not None:
+            await opened.member.close()
         await opened.rt.close()
         await opened.sched.close()
         opened.rt.db.close()
@@ -84,6 +109,21 @@ class Manager:
         if self._opened is None:
             raise CorralError("the service is not open (Manager.open() was not called)")
         return self._opened
+
+    @property
+    def cluster(self) -> Member | None:
+        """This daemon's part in a cluster; None on a single host."""
+        return self._parts().member
+
+    def cluster_member(self) -> Member:
+        """:raises InvalidSpec: this daemon is not in a cluster."""
+        member = self._parts().member
+        if member is None:
+            from corral.errors import InvalidSpec
+
+            raise InvalidSpec("cluster", "this daemon is not in a cluster; start it with "
+                                         "'corral serve --cluster postgresql://…'")
+        return member
 
     @property
     def runtime(self) -> VMRuntime:
@@ -139,3 +179,4 @@ class _Opened:
         self.host = slices.Host(rt, self.sched, accel, self.vms, self.guest)
         self.networks = slices.Networks(self.net)
         self.routers = slices.Routers(self.net)
+        self.member: Member | None = None

@@ -69,6 +69,9 @@ class VMs:
         """Make a VM's record and its disks; nothing boots. A failure leaves nothing."""
         rt = self.rt
         req = sp.parse_create(body)
+        if req.host is not None or req.on:
+            raise InvalidSpec("host" if req.host is not None else "on",
+                              "placing on hosts needs a cluster (corral serve --cluster URL)")
         memory = sp.validate_against_host(req, hostfacts.facts())
         async with rt.lock(req.name):
             if rt.db.get_vm(req.name) is not None:

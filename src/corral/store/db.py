@@ -1,4 +1,5 @@
-"""The store: SQLite through SQLAlchemy Core, schema kept by Alembic migrations.
+"""The store: SQLite through SQLAlchemy Core, schema kept by Alembic migrations; in a
+cluster, PostgreSQL (one schema per host, see :mod:`corral.store.cluster`).
 
 Every write is one transaction, so a daemon killed in the middle of an operation leaves the
 last committed state; the daemon reconciles that with the live processes when it starts again.
@@ -24,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 
 from corral.domain.specs import VMSpec
 from corral.domain.states import State
-from corral.errors import DiskFull
+from corral.errors import DiskFull, StoreUnavailable
 from corral.store.schema import disks, events, kv, snapshots, vms
 
 HEAD = "0005"
@@ -75,6 +76,10 @@ def _log_failure(done: Future[None]) -> None:
         log.error("a queued store write failed: %s", done.exception())
 
 
+def _first_line(err: Exception) -> str:
+    return (str(getattr(err, "orig", None) or err).strip().splitlines() or ["unreachable"])[0]
+
+
 def _pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -89,16 +94,27 @@ class Store:
     The daemon is the store's only writer, so VM records are read once and then served from
     memory; every change is written through in one transaction before it is cached. (A read
     from SQLite plus parsing the spec would cost more than the pause it describes.)
+
+    With ``cluster`` (a PostgreSQL URL and this host's name) the same tables live in this
+    host's own schema of that database, of which this daemon is still the only writer, and
+    every VM's name is also claimed cluster-wide in the same transaction that adds it.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cluster: tuple[str, str] | None = None) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(f"sqlite:///{path}",
-                                            connect_args={"check_same_thread": False})
+        self.host: str | None = None
+        if cluster is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(f"sqlite:///{path}",
+                                                connect_args={"check_same_thread": False})
+            event.listen(self.engine, "connect", _pragmas)
+        else:
+            from corral.store import cluster as cl
+
+            url, self.host = cluster
+            self.engine = cl.host_engine(url, self.host)
         # one writer thread: writes stay in order, and hot paths need not wait for them
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="corral-store")
-        event.listen(self.engine, "connect", _pragmas)
         self._migrate()
         with self.engine.connect() as conn:
             rows = conn.execute(select(vms).order_by(vms.c.created_at)).all()
@@ -130,6 +146,9 @@ class Store:
             with self.engine.begin() as conn:
                 yield conn
         except (OperationalError, OSError) as err:
+            if self.host is not None and isinstance(err, OperationalError):
+                raise StoreUnavailable(f"the cluster store cannot be written: "
+                                       f"{_first_line(err)}; nothing was changed") from err
             text = str(err).lower()
             if "full" in text or getattr(err, "errno", None) == errno.ENOSPC:
                 raise DiskFull(f"the store at {self.path} cannot be written: the disk is "
@@ -137,9 +156,14 @@ class Store:
             raise
 
     def add_vm(self, rec: VMRecord) -> None:
+        """:raises AlreadyExists: in a cluster, another host has a VM of that name."""
         rec.created_at = rec.updated_at = time.time()
         def write() -> None:
             with self._tx() as conn:
+                if self.host is not None:
+                    from corral.store import cluster as cl
+
+                    cl.claim_name(conn, rec.name, self.host)
                 conn.execute(insert(vms).values(**rec.to_row()))
                 self._event(conn, rec.name, "created", {})
 
@@ -181,6 +205,10 @@ class Store:
             with self._tx() as conn:
                 conn.execute(delete(vms).where(vms.c.name == name))
                 conn.execute(delete(snapshots).where(snapshots.c.vm == name))
+                if self.host is not None:
+                    from corral.store import cluster as cl
+
+                    cl.release_name(conn, name, self.host)
                 self._event(conn, name, "destroyed", {})
 
         self._run(write)
