@@ -131,8 +131,10 @@ class Client(NetworkCalls):
         out: views.VM = self.request("GET", f"/vms/{seg(name)}")
         return out
 
-    def list(self) -> builtins.list[views.VM]:
-        out: builtins.list[views.VM] = self.request("GET", "/vms")
+    def list(self, host: str | None = None) -> builtins.list[views.VM]:
+        """Every VM (in a cluster: of every host, each with its ``host``; ``host`` keeps
+        one host's)."""
+        out: builtins.list[views.VM] = self.request("GET", "/vms", host=host)
         return out
 
     def logs(self, name: str, offset: int = 0, limit: int | None = None) -> views.Logs:
@@ -193,6 +195,33 @@ class Client(NetworkCalls):
             "spec": spec, "argv": list(argv), "timeout": seconds(timeout), "queue": queue})
         out["stdout"] = base64.b64decode(out["stdout"])
         out["stderr"] = base64.b64decode(out["stderr"])
+        return out
+
+    # --- the cluster ---
+    def hosts(self) -> builtins.list[views.ClusterHost]:
+        """Every host of the cluster: state (up, down, cordoned, draining), leader,
+        allocation ratios and VM count.
+
+        :raises InvalidSpec: the daemon is not in a cluster.
+        """
+        out: builtins.list[views.ClusterHost] = self.request("GET", "/hosts")
+        return out
+
+    def host_admin(self, name: str, action: str) -> views.ClusterHost:
+        """``cordon`` (no new VMs), ``drain`` (no new VMs; to be emptied) or ``uncordon``."""
+        if action not in ("cordon", "uncordon", "drain"):
+            raise errors.InvalidSpec("action", f"'{action}' is not cordon, uncordon or drain")
+        out: views.ClusterHost = self.request("POST", f"/hosts/{seg(name, 'host')}/{action}")
+        return out
+
+    def join_token(self) -> views.JoinToken:
+        """A new token another host joins the cluster with (``CORRAL_JOIN_TOKEN``)."""
+        out: views.JoinToken = self.request("POST", "/cluster/token")
+        return out
+
+    def placement(self, name: str) -> views.PlacementExplained:
+        """Where the VM went and why each host was or was not chosen."""
+        out: views.PlacementExplained = self.request("GET", f"/vms/{seg(name)}/placement")
         return out
 
     def trace(self) -> builtins.list[views.TraceEntry]:

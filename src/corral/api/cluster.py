@@ -1,7 +1,7 @@
 """The REST routes of the cluster (``manager.cluster``; see :mod:`corral.service.cluster`)::
 
     GET  /v1/hosts                          every host: state, leader, allocation, VM count
-    POST /v1/hosts/NAME/{cordon,uncordon,drain}
+    POST /v1/hosts/HOST/{cordon,uncordon,drain}
     POST /v1/cluster/token                  a new join token for another host
     GET  /v1/vms/NAME/placement             where the VM went and why each host was or not
 
@@ -29,10 +29,10 @@ def routes(m: Manager) -> APIRouter:
     async def list_hosts() -> Response:
         return json(await m.cluster_member().hosts())
 
-    @r.post("/hosts/{name}/{action}", responses=ok(ClusterHost, 404, 422, 503))
-    async def host_admin(name: HostName,
+    @r.post("/hosts/{host}/{action}", responses=ok(ClusterHost, 404, 422, 503))
+    async def host_admin(host: HostName,
                          action: Literal["cordon", "uncordon", "drain"]) -> Response:
-        return json(await m.cluster_member().set_admin(name, action))
+        return json(await m.cluster_member().set_admin(host, action))
 
     @r.post("/cluster/token", responses=ok(JoinToken, 422, 503))
     async def join_token() -> Response:

@@ -1,5 +1,5 @@
-"""``corral serve``, ``host info``, ``queue``, ``trace`` and ``image build|list|import|rm``:
-the daemon, the host and the images on it."""
+"""``corral serve``, ``host info|list|cordon|uncordon|drain``, ``cluster token``, ``queue``,
+``trace`` and ``image build|list|import|rm``: the daemon, the hosts and the images."""
 
 from __future__ import annotations
 
@@ -22,12 +22,36 @@ IMAGE_BUILD_DESC = (
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
-    from corral import daemon
+    from corral import daemon, settings
 
+    # the flags are the settings' command-line layer (corral.settings)
+    for key, value in (("cluster.url", args.cluster), ("cluster.host", args.name),
+                       ("cluster.labels", args.labels), ("cluster.address", args.address)):
+        if value is not None:
+            env = settings.SETTINGS[key].env
+            assert env is not None
+            os.environ[env] = value
     daemon.main(Path(args.socket) if args.socket else None)
     return 0
+
+
+def cmd_host_list(args: argparse.Namespace) -> int:
+    hosts = client(args).hosts()
+    return out(args, hosts, render.host_table(hosts))
+
+
+def cmd_host_admin(args: argparse.Namespace) -> int:
+    host = client(args).host_admin(args.host, args.host_command)
+    return out(args, host, f"host {host['name']} is {host['state']}")
+
+
+def cmd_cluster_token(args: argparse.Namespace) -> int:
+    tok = client(args).join_token()
+    return out(args, tok, f"{tok['token']}\n(join with: CORRAL_JOIN_TOKEN={tok['token']} "
+                          f"corral serve --cluster {tok['cluster']})")
 
 
 def cmd_host_info(args: argparse.Namespace) -> int:
@@ -101,16 +125,41 @@ def _images(sub: Any, pa: Parents) -> None:
 
 def register(sub: Any, pa: Parents) -> None:
     """Add ``serve``, ``host``, ``queue``, ``trace`` and ``image``."""
-    command(sub, pa, "serve", cmd_serve, "run the daemon (VMs outlive it; it re-adopts them)",
-            "Run the Corral daemon in the foreground. It owns the store, one QMP connection "
-            "per VM and the REST API on a unix socket. Stopping it leaves VMs running; the "
-            "next daemon re-adopts them.", js=False, vm=False)
+    p = command(sub, pa, "serve", cmd_serve,
+                "run the daemon (VMs outlive it; it re-adopts them)",
+                "Run the Corral daemon in the foreground. It owns the store, one QMP "
+                "connection per VM and the REST API on a unix socket. Stopping it leaves VMs "
+                "running; the next daemon re-adopts them. With --cluster it keeps its store "
+                "in that PostgreSQL database and joins the cluster of hosts there (a new "
+                "host of a cluster that has members needs CORRAL_JOIN_TOKEN from 'corral "
+                "cluster token').", js=False, vm=False)
+    p.add_argument("--cluster", metavar="URL",
+                   help="join the cluster whose store is this PostgreSQL URL, e.g. "
+                        "postgresql://corral@db/corral (default: one host on SQLite)")
+    p.add_argument("--name", metavar="NAME", help="this host's name in the cluster "
+                                                  "(default: the machine's host name)")
+    p.add_argument("--labels", metavar="K=V,...", help="this host's labels, for --on")
+    p.add_argument("--address", metavar="HOST:PORT",
+                   help="where other hosts reach this one's API")
     command(sub, pa, "queue", cmd_queue, "VMs waiting for capacity, in the order they will "
             "start", vm=False)
     command(sub, pa, "trace", cmd_trace, "every start request's arrival, start and end as JSON "
             "(for 'corral simulate --trace')", js=False, vm=False)
-    hp = sub.add_parser("host", help="facts about this host", formatter_class=Formatter)
+    hp = sub.add_parser("host", help="this host, and a cluster's hosts",
+                        formatter_class=Formatter)
     hsub = hp.add_subparsers(dest="host_command", metavar="COMMAND", required=True)
     command(hsub, pa, "info", cmd_host_info, "CPUs, memory, accelerator in use and why",
             vm=False)
+    command(hsub, pa, "list", cmd_host_list, "the cluster's hosts: state (up, down, "
+            "cordoned, draining), leader, allocation ratios, VM count", vm=False)
+    for action, what in (("cordon", "take no new VMs (its VMs keep running)"),
+                         ("uncordon", "take new VMs again"),
+                         ("drain", "take no new VMs; its VMs are to be moved off")):
+        p = command(hsub, pa, action, cmd_host_admin, f"{action} a host: {what}", vm=False)
+        p.add_argument("host", metavar="NAME", help="the host's name (corral host list)")
+    cp = sub.add_parser("cluster", help="the cluster of hosts", formatter_class=Formatter)
+    csub = cp.add_subparsers(dest="cluster_command", metavar="COMMAND", required=True)
+    command(csub, pa, "token", cmd_cluster_token, "make a token another host joins with",
+            "Make a join token: start a new host's daemon with CORRAL_JOIN_TOKEN set to it "
+            "and --cluster URL. Only a digest of it is stored.", vm=False)
     _images(sub, pa)

@@ -44,7 +44,7 @@ exit status: 0 ok, 2 invalid input, 3 not found, 4 already exists, 5 wrong state
 
 # which module of corral.cli defines each command word (aliases included)
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "host": ("serve", "queue", "trace", "host", "image"),
+    "host": ("serve", "queue", "trace", "host", "cluster", "image"),
     "vms": ("create", "run", "start", "pause", "resume", "shutdown", "stop", "reboot", "save",
             "restore", "clone", "export", "import", "rm", "destroy", "delete", "list", "show",
             "console", "logs"),
