@@ -33,7 +33,7 @@ from corral import settings
 from corral.domain.states import LIVE, State
 from corral.errors import CorralError, NoCapacity, NotFound, Timeout, from_dict
 from corral.service import clusterplace
-from corral.store.assignments import Assignments, LeaderLock, cluster_vms
+from corral.store.assignments import Assignments, LeaderLock, Listener, cluster_vms
 from corral.store.cluster import ClusterStore
 
 if TYPE_CHECKING:
@@ -68,6 +68,9 @@ class Member:
         self._task: asyncio.Task[None] | None = None
         self._last_beat = 0.0
         self._connected = True
+        self._work = asyncio.Event()  # set when work for this host was written
+        self._done = asyncio.Event()  # replaced each time a request of this host finishes
+        self._listener: Listener | None = None
 
     # ----- joining and leaving -----
     async def open(self) -> None:
@@ -86,13 +89,26 @@ class Member:
                                 float(settings.value("cluster.max_skew")))
         self._last_beat = time.monotonic()
         await self._settle_claimed()
+        loop = asyncio.get_running_loop()
+        self._listener = Listener(self.cs, lambda kind: loop.call_soon_threadsafe(
+            self._woken, kind))
+        self._listener.start()
         self._task = asyncio.create_task(self._loop(), name="cluster")
+
+    def _woken(self, kind: str) -> None:
+        if kind == "work":
+            self._work.set()
+        else:
+            done, self._done = self._done, asyncio.Event()
+            done.set()
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.stop)
         self.lock.drop()
         self.cs.close()
 
@@ -122,7 +138,10 @@ class Member:
                 self._connected = False
             except Exception:
                 log.exception("cluster round failed")
-            await asyncio.sleep(POLL)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL):
+                    await self._work.wait()
+            self._work.clear()
 
     async def beat(self) -> None:
         """Write this host's heartbeat and usage now (also after each VM it makes, so the
@@ -219,6 +238,7 @@ class Member:
     async def _outcome(self, ident: int, host: str, limit: float) -> dict[str, Any]:
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
+            done = self._done
             a = await asyncio.to_thread(self.work.get, ident)
             if a is None:
                 raise CorralError(f"the request sent to host {host} vanished")
@@ -227,7 +247,9 @@ class Member:
                 if a["state"] == "failed":
                     raise from_dict(a["result"])
                 return dict(a["result"])
-            await asyncio.sleep(0.05)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await done.wait()
         raise Timeout(f"host {host} did not make the VM within {limit:.0f} s")
 
     # ----- read the cluster -----

@@ -15,14 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from corral.errors import AlreadyExists, StoreUnavailable
-from corral.store.cluster import LEADER_KEY, ClusterStore, assignments, host_schema, vm_names
+from corral.store.cluster import (
+    LEADER_KEY,
+    ClusterStore,
+    assignments,
+    driver_url,
+    host_schema,
+    vm_names,
+)
 
 KEEP_FINISHED = 600.0  # seconds a finished assignment stays for its requester to read
 
@@ -57,11 +66,14 @@ class Assignments:
                                         "another name")
                 conn.execute(delete(assignments).where(
                     (assignments.c.vm == vm) & assignments.c.state.in_(("done", "failed"))))
-                return int(conn.execute(insert(assignments).values(
+                ident = int(conn.execute(insert(assignments).values(
                     vm=vm, body=json.dumps(body), options=json.dumps(options),
                     request=json.dumps(request), host=host,
                     state="queued" if host is None else "pending", origin=self.cs.host,
                     created_at=now, updated_at=now).returning(assignments.c.id)).scalar_one())
+                if host is not None:
+                    notify(conn, "work", host)
+                return ident
         except IntegrityError as err:
             raise AlreadyExists(f"a request for a VM named '{vm}' is already waiting; pick "
                                 "another name") from err
@@ -82,9 +94,12 @@ class Assignments:
     def place(self, ident: int, host: str) -> bool:
         """The leader puts a queued assignment on ``host``; False if it is no longer queued."""
         with self.cs.tx() as conn:
-            return conn.execute(update(assignments).where(
+            placed = conn.execute(update(assignments).where(
                 (assignments.c.id == ident) & (assignments.c.state == "queued")).values(
                 host=host, state="pending", updated_at=time.time())).rowcount == 1
+            if placed:
+                notify(conn, "work", host)
+            return placed
 
     def claim(self) -> list[dict[str, Any]]:
         """This host's pending assignments, now claimed by it (each by one daemon only)."""
@@ -107,9 +122,11 @@ class Assignments:
 
     def finish(self, ident: int, ok: bool, result: dict[str, Any]) -> None:
         with self.cs.tx() as conn:
-            conn.execute(update(assignments).where(assignments.c.id == ident).values(
+            origin = conn.execute(update(assignments).where(assignments.c.id == ident).values(
                 state="done" if ok else "failed", result=json.dumps(result),
-                updated_at=time.time()))
+                updated_at=time.time()).returning(assignments.c.origin)).scalar()
+            if origin is not None:
+                notify(conn, "done", origin)
 
     def cancel(self, vm: str) -> bool:
         """Remove a queued request for ``vm``; False when there is none."""
@@ -127,6 +144,49 @@ class Assignments:
             conn.execute(delete(assignments).where(
                 assignments.c.state.in_(("done", "failed"))
                 & (assignments.c.updated_at < time.time() - KEEP_FINISHED)))
+
+
+def channel(kind: str, host: str) -> str:
+    """The NOTIFY channel of ``host``'s new work (``work``) or finished requests (``done``)."""
+    return f"corral_{kind}_{host_schema(host).removeprefix('corral_host_')}"
+
+
+class Listener:
+    """Wakes this daemon when another writes work for it or finishes its request: a
+    connection of its own that LISTENs on this host's channels (:func:`channel`), read in
+    a thread. Polling stays the fallback, so a lost notification only costs a poll."""
+
+    def __init__(self, cs: ClusterStore, wake: Callable[[str], None]) -> None:
+        self.cs = cs
+        self.wake = wake
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="corral-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        import psycopg
+
+        url = driver_url(self.cs.url).replace("postgresql+psycopg", "postgresql", 1)
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+                    for kind in ("work", "done"):
+                        conn.execute(f"LISTEN {channel(kind, self.cs.host)}")
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            self.wake(note.channel.split("_")[1])
+            except psycopg.Error:
+                self._stop.wait(1.0)  # the store is away: polling carries on meanwhile
+
+
+def notify(conn: Connection, kind: str, host: str) -> None:
+    conn.execute(text("SELECT pg_notify(:c, '')"), {"c": channel(kind, host)})
 
 
 class LeaderLock:

@@ -126,9 +126,11 @@ def host_schema(host: str) -> str:
 
 
 def _engine(url: str, host: str, search_path: str) -> Engine:
+    # synchronous_commit=off: a commit is atomic and survives a killed daemon or PostgreSQL
+    # backend, without waiting for a WAL fsync (the SQLite store's synchronous=NORMAL)
     return create_engine(driver_url(url), pool_pre_ping=True, connect_args={
-        "options": f"-c search_path={search_path}", "application_name": f"corral:{host}",
-        "connect_timeout": 5})
+        "options": f"-c search_path={search_path} -c synchronous_commit=off",
+        "application_name": f"corral:{host}", "connect_timeout": 5})
 
 
 def cluster_engine(url: str, host: str) -> Engine:
