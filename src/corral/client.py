@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 
 from corral import errors
+from corral.client_access import AccessCalls
 from corral.client_networks import NetworkCalls
 from corral.wire import MAX_TIMEOUT, error, integer, seconds, seg
 
@@ -41,7 +42,7 @@ def _error(status: int, body: dict[str, Any]) -> errors.CorralError:
     return error(status, body)
 
 
-class Client(NetworkCalls):
+class Client(NetworkCalls, AccessCalls):
     """A connection to ``corral serve`` with one method per action. Every method raises
     :class:`~corral.errors.CorralError` subclasses; :class:`~corral.errors.DaemonUnavailable`
     when the daemon is not running."""
@@ -337,9 +338,7 @@ class Client(NetworkCalls):
                 if event:
                     yield event
         except (FileNotFoundError, ConnectionRefusedError) as err:
-            raise errors.DaemonUnavailable(
-                f"the Corral daemon is not running at {self.socket_path}; start it with "
-                "'corral serve' (or set CORRAL_SOCKET)") from err
+            raise self.unavailable() from err
 
     def read_file(self, name: str, path: str) -> bytes:
         return self.raw_request("GET", f"/vms/{seg(name)}/files", path=path)

@@ -18,9 +18,15 @@ tree onto exit codes and HTTP statuses, so a user never sees a traceback for the
     ├── AgentError                   (502 / exit 7)  the guest agent failed or was silent
     ├── DiskFull                     (507 / exit 11) the host's disk is full
     ├── DaemonUnavailable            (503 / exit 8)  the CLI or Client cannot reach ``corral serve``
-    ├── StoreUnavailable             (503 / exit 12) the cluster's PostgreSQL cannot be reached
-    ├── HostUnavailable              (503 / exit 13) a cluster host is down or does not answer
-    └── TooLarge                     (413 / exit 2)  a request body over the daemon's limit
+    ├── TooLarge                     (413 / exit 2)  a request body over the daemon's limit
+    ├── Unauthorized                 (401 / exit 12) a missing, malformed, expired or revoked token
+    ├── Forbidden                    (403 / exit 13) the token's role may not do that
+    ├── QuotaExceeded                (409 / exit 14) over a project's quota; ``quota`` names it
+    ├── RateLimited                  (429 / exit 15) too many requests; ``retry_after`` seconds
+    ├── Untrusted                    (exit 16)       the daemon's certificate is not the one
+    │                                                trusted; ``fingerprint`` is what it showed
+    ├── StoreUnavailable             (503 / exit 17) the cluster's PostgreSQL cannot be reached
+    └── HostUnavailable              (503 / exit 18) a cluster host is down or does not answer
 
 Errors cross the wire whole: :meth:`CorralError.to_dict` gives the body of an error answer,
 ``{"error": kind, "kind": kind, "message": one line, "facts": {...}}`` (the facts are also
@@ -205,7 +211,7 @@ class StoreUnavailable(CorralError):
     keep running; the daemon reconnects by itself."""
 
     status = 503
-    exit_code = 12
+    exit_code = 17
     kind = "store_unavailable"
 
 
@@ -213,7 +219,7 @@ class HostUnavailable(CorralError):
     """A cluster host is down, cordoned away or did not answer in time; ``host`` names it."""
 
     status = 503
-    exit_code = 13
+    exit_code = 18
     kind = "host_unavailable"
     fact_names = ("host",)
 
@@ -233,6 +239,71 @@ class TooLarge(CorralError):
     def __init__(self, message: str, limit: int = 0) -> None:
         super().__init__(message)
         self.limit = limit
+
+
+class Unauthorized(CorralError):
+    """No valid token: missing, malformed, unknown, expired or revoked."""
+
+    status = 401
+    exit_code = 12
+    kind = "unauthorized"
+
+
+class Forbidden(CorralError):
+    """The token is valid but its role may not do this."""
+
+    status = 403
+    exit_code = 13
+    kind = "forbidden"
+    fact_names = ("role", "required")
+
+    def __init__(self, message: str, role: str = "", required: str = "") -> None:
+        super().__init__(message)
+        self.role = role
+        self.required = required
+
+
+class QuotaExceeded(CorralError):
+    """The request would take a project over one of its quotas."""
+
+    status = 409
+    exit_code = 14
+    kind = "quota_exceeded"
+    fact_names = ("project", "quota", "limit", "requested")
+
+    def __init__(self, message: str, project: str = "", quota: str = "", limit: int = 0,
+                 requested: int = 0) -> None:
+        super().__init__(message)
+        self.project = project
+        self.quota = quota
+        self.limit = limit
+        self.requested = requested
+
+
+class RateLimited(CorralError):
+    """Too many requests from one token; try again after ``retry_after`` seconds."""
+
+    status = 429
+    exit_code = 15
+    kind = "rate_limited"
+    fact_names = ("retry_after",)
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Untrusted(CorralError):
+    """The daemon showed a TLS certificate this side does not trust (client side only)."""
+
+    status = 495
+    exit_code = 16
+    kind = "untrusted"
+    fact_names = ("fingerprint",)
+
+    def __init__(self, message: str, fingerprint: str = "") -> None:
+        super().__init__(message)
+        self.fingerprint = fingerprint
 
 
 def _classes() -> list[type[CorralError]]:
@@ -270,7 +341,28 @@ def from_dict(body: dict[str, Any], status: int = 500) -> CorralError:
 
 
 __all__ = [
-    "AgentError", "AlreadyExists", "CommandFailed", "CorralError", "DaemonUnavailable", "DiskFull",
-    "HostUnavailable", "InUse", "InvalidSpec", "InvalidState", "LaunchFailed", "MonitorError",
-    "NeedsRoot", "NoCapacity", "NotFound", "StoreUnavailable", "Timeout", "TooLarge", "from_dict",
+    "AgentError",
+    "AlreadyExists",
+    "CommandFailed",
+    "CorralError",
+    "DaemonUnavailable",
+    "DiskFull",
+    "Forbidden",
+    "HostUnavailable",
+    "InUse",
+    "InvalidSpec",
+    "InvalidState",
+    "LaunchFailed",
+    "MonitorError",
+    "NeedsRoot",
+    "NoCapacity",
+    "NotFound",
+    "QuotaExceeded",
+    "RateLimited",
+    "StoreUnavailable",
+    "Timeout",
+    "TooLarge",
+    "Unauthorized",
+    "Untrusted",
+    "from_dict",
 ]

@@ -148,6 +148,25 @@ declare("cluster.down_after", "CORRAL_DOWN_AFTER", _float, 6.0,
 declare("cluster.max_skew", "CORRAL_MAX_CLOCK_SKEW", _float, 30.0,
         "how far (seconds) a joining host's clock may be from the store's")
 
+# the remote API (TLS beside the unix socket) and its clients
+declare("api.listen", "CORRAL_LISTEN", _str, "",
+        "ADDR:PORT to serve the API over TLS with tokens (empty: the unix socket only)")
+declare("api.tls_cert", "CORRAL_TLS_CERT", _str, "",
+        "the server's certificate (PEM); empty: HOME/tls/server.crt, made on first start")
+declare("api.tls_key", "CORRAL_TLS_KEY", _str, "",
+        "the server certificate's private key (PEM); empty: HOME/tls/server.key")
+declare("api.rate", "CORRAL_API_RATE", _float, 50.0,
+        "requests per second one token may make (sustained); more are answered 429")
+declare("api.burst", "CORRAL_API_BURST", _int, 100,
+        "requests one token may make at once before the rate applies")
+declare("client.url", "CORRAL_URL", _str, "",
+        "the CLI and Client: a remote daemon's https://HOST:PORT instead of the socket")
+declare("client.token", "CORRAL_TOKEN", _str, "", "the CLI and Client: the remote's token")
+declare("client.fingerprint", "CORRAL_FINGERPRINT", _str, "",
+        "the CLI and Client: the SHA-256 fingerprint the remote's certificate must have")
+declare("client.ca", "CORRAL_CA", _str, "",
+        "the CLI and Client: a CA (PEM file) that signs the remote's certificate")
+
 
 def value(key: str, env: Mapping[str, str] | None = None) -> Any:
     """The value in force of setting ``key`` (its default when no layer sets it).

@@ -84,6 +84,7 @@ class VM(TypedDict):
     qemu_status: NotRequired[str | None]
     host: NotRequired[str | None]  # in a cluster: the host it is on (None: queued)
     last_state: NotRequired[str]  # its host is down: the state it last reported
+    project: NotRequired[str]
 
 
 class Disk(TypedDict):
@@ -91,6 +92,7 @@ class Disk(TypedDict):
     path: str
     format: str
     vm: str | None
+    project: NotRequired[str]
     created_at: NotRequired[float]
     size_bytes: NotRequired[int | None]
     allocated_bytes: NotRequired[int | None]
@@ -203,11 +205,52 @@ class QueueEntry(TypedDict):
 
 
 class Event(TypedDict):
+    """``vm``: the VM (or other object) it is about; ``kind`` ``audit``: a request, with
+    ``detail`` ``who``, ``role``, ``action``, ``status`` and ``result``."""
+
     id: int
     ts: float
     vm: str
     kind: str
     detail: dict[str, Any]
+    project: NotRequired[str]
+
+
+class Quotas(TypedDict):
+    max_vms: int | None
+    max_cpus: int | None
+    max_memory: int | None
+    max_disk: int | None
+
+
+class Project(TypedDict):
+    name: str
+    created_at: float
+    quotas: Quotas
+    usage: dict[str, int]
+
+
+class Token(TypedDict):
+    name: str
+    id: str
+    role: str
+    project: str
+    created_at: float
+    expires_at: float | None
+
+
+class TokenCreated(Token):
+    secret: str
+
+
+class Principal(TypedDict):
+    """Who a request acts as: ``project`` None for admins (every project)."""
+
+    name: str
+    role: str
+    project: str | None
+    selected: str | None
+    home: str
 
 
 class TraceEntry(TypedDict):
@@ -305,6 +348,7 @@ class PlacementExplained(TypedDict):
 __all__ = [
     "VM", "BatchResult", "ClusterHost", "Disk", "Error", "Event", "ExecResult", "Export",
     "FileWritten", "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface",
-    "JoinToken", "Leg", "Logs", "Network", "PlacementExplained", "Port", "QueueEntry",
-    "Removed", "Router", "Snapshot", "TraceEntry", "VMDisk", "VMNic",
+    "JoinToken", "Leg", "Logs", "Network", "PlacementExplained", "Port", "Principal",
+    "Project", "QueueEntry", "Quotas", "Removed", "Router", "Snapshot", "Token",
+    "TokenCreated", "TraceEntry", "VMDisk", "VMNic",
 ]

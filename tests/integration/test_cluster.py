@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ class HostDaemon(Daemon):
         home = Path(tempfile.mkdtemp(prefix=f"crl-{name}-", dir="/tmp"))
         HOMES.append(home)
         super().__init__(home, image_path, CORRAL_CLUSTER=url, CORRAL_HOST_NAME=name,
-                         CORRAL_HOST_ADDRESS=f"{address}:7070", **SETTINGS, **env)
+                         CORRAL_LISTEN=f"{address}:7443", **SETTINGS, **env)
         self.name = name
         self.ns = ns
 
@@ -122,7 +123,7 @@ def test_hosts_join_and_list(cluster: dict[str, HostDaemon]) -> None:
     assert [h["name"] for h in hosts] == ["h1", "h2", "h3"]
     assert {h["state"] for h in hosts} == {"up"}
     assert sum(h["leader"] for h in hosts) == 1
-    assert hosts[0]["address"] == "10.251.0.1:7070" and hosts[0]["cpus"] == 2
+    assert hosts[0]["address"] == "10.251.0.1:7443" and hosts[0]["cpus"] == 2
     table = cluster["h3"].cli("host", "list", check=True).stdout
     assert "LEADER" in table and "h3" in table
 
@@ -160,8 +161,20 @@ def test_a_vm_placed_on_the_host_asked_runs_there(cluster: dict[str, HostDaemon]
     explained = cluster["h2"].json("show", "web", "--explain")
     assert explained["host"] == "h3" and explained["hosts"]["h3"] == "chosen"
     assert "not the host asked for" in explained["hosts"]["h1"]
-    shown = cluster["h2"].json("show", "web")  # from another daemon: the store's answer
+    shown = cluster["h2"].json("show", "web")  # forwarded to h3: its own live answer
     assert shown["host"] == "h3" and shown["state"] == "running"
+    assert shown["qemu_status"] == "running" and shown["pid"] == pid
+
+
+def test_any_daemon_acts_on_a_vm_of_another_host(cluster: dict[str, HostDaemon]) -> None:
+    h1, h3 = cluster["h1"], cluster["h3"]
+    assert h1.json("pause", "web")["state"] == "paused"
+    assert h3.client.get("web")["qemu_status"] == "paused"  # really paused, on h3
+    assert h1.json("resume", "web")["state"] == "running"
+    res = h1.cli("exec", "web", "--", "cat", "/proc/cpuinfo")
+    assert res.returncode == 0 and "processor" in res.stdout
+    wrong = h1.cli("start", "web")  # an error of h3's daemon, answered as h3 answered it
+    assert wrong.returncode == 5 and "web" in wrong.stderr
     dup = h1.cli("create", "web")
     assert dup.returncode == 4 and "exists on host h3" in dup.stderr
 
@@ -188,7 +201,7 @@ def test_anti_affinity_and_cordon(cluster: dict[str, HostDaemon]) -> None:
         h2.cli("host", "uncordon", "h1", check=True)
         h2.cli("host", "uncordon", "h2", check=True)
     for name in ("a1", "a2", "c1", "c2"):
-        cluster[str(_vm_host(h2, name))].client.rm(name)
+        h2.client.rm(name)  # forwarded to its host
 
 
 def _leader(d: HostDaemon) -> str | None:
@@ -228,9 +241,8 @@ def test_leader_killed_another_admits_the_queue_and_the_dead_host_is_down(
     victim.start()  # it rejoins under its name and re-adopts what it had
     wait_for(lambda: {h["name"]: h["state"] for h in asker.json("host", "list")}[leader]
              == "up", 10, "the restarted host is up")
-    cluster[host].client.rm("q1")
-    for name in fill:
-        cluster[str(_vm_host(asker, name))].client.rm(name)
+    for name in ["q1", *fill]:
+        asker.client.rm(name)
 
 
 def test_a_down_host_shows_its_vms_unknown(cluster: dict[str, HostDaemon]) -> None:
@@ -242,6 +254,10 @@ def test_a_down_host_shows_its_vms_unknown(cluster: dict[str, HostDaemon]) -> No
                  == "unknown", DOWN_AFTER + 5, "web unknown")
         shown = h1.json("show", "web")
         assert shown["state"] == "unknown" and shown["last_state"] == "running"
+        t0 = time.monotonic()
+        res = h1.cli("pause", "web")
+        assert res.returncode == 18 and "h3" in res.stderr and "down" in res.stderr
+        assert time.monotonic() - t0 < 5
     finally:
         h3.start()
     assert h3.client.get("web")["state"] == "running"  # re-adopted: it never stopped
@@ -254,7 +270,7 @@ def test_postgres_stopped_and_started(cluster: dict[str, HostDaemon]) -> None:
     pg.stop()
     try:
         res = h1.cli("create", "nope", "--memory", "64M")
-        assert res.returncode == 12 and "cluster store" in res.stderr, res.stderr
+        assert res.returncode == 17 and "cluster store" in res.stderr, res.stderr
         assert "Traceback" not in res.stderr
         os.kill(pid, 0)  # a running VM keeps running
     finally:
@@ -262,7 +278,6 @@ def test_postgres_stopped_and_started(cluster: dict[str, HostDaemon]) -> None:
     wait_for(lambda: all(h["state"] == "up" and h["silent_seconds"] < 2
                          for h in h1.json("host", "list")), 20, "heartbeats again")
     wait_for(lambda: sum(h["leader"] for h in h1.json("host", "list")) == 1, 10, "a leader")
-    h3.client.pause("web")
-    wait_for(lambda: h1.json("show", "web")["state"] == "paused", 5, "paused, seen from h1")
-    h3.client.rm("web")
+    assert h1.json("pause", "web")["state"] == "paused"
+    h1.client.rm("web")
     assert "web" not in {v["name"] for v in h1.client.list()}

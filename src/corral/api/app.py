@@ -25,23 +25,29 @@ from corral.api import (
     host,
     images,
     networks,
+    projects,
     routers,
     snapshots,
     vms,
 )
+from corral.api.auth import Guard
 from corral.api.common import API
+from corral.api.forward import Forward
 from corral.api.limits import BodyLimit
 from corral.api.schema import CorralAPI
 from corral.service.manager import Manager
 
 __all__ = ["API", "create_app"]
 
-ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers, cluster)
+ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers, projects, cluster)
 
 
-def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
+def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = False
+               ) -> FastAPI:
     """The API bound to ``manager``; with ``manage_lifecycle`` the app opens and closes it.
-    Routes look up ``manager``'s slices on each request: they exist only once it is open."""
+    Routes look up ``manager``'s slices on each request: they exist only once it is open.
+    ``remote``: the app of the TLS listener, where every request needs a token (the unix
+    socket's acts as the local admin without one; see :mod:`corral.api.auth`)."""
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if manage_lifecycle:
@@ -59,5 +65,9 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
         # time (their parameters and fields) on the first request that walks past it
         app.router.routes.extend(module.routes(manager).routes)
     errors.install(app)
+    # innermost: a request about a VM of another host goes there, once authorised
+    app.add_middleware(Forward, manager=manager)
     app.add_middleware(BodyLimit)
+    # outermost: who asks, and may it, before anything reads the body
+    app.add_middleware(Guard, manager=manager, routes=list(app.router.routes), remote=remote)
     return app

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from corral.api.common import MAX_TIMEOUT, OptName, json, ok, router
+from corral.api.common import MAX_PAGE, MAX_TIMEOUT, OptName, Page, json, ok, router
 from corral.api.guest import MAX_ARGS, bounded
 from corral.api.vms import CreateSpec
 from corral.service.manager import Manager
@@ -49,8 +49,8 @@ def routes(m: Manager) -> APIRouter:
         return json(m.host.info())
 
     @r.get("/queue", responses=ok(list[QueueEntry]))
-    async def queue_entries() -> Response:
-        return json(m.host.queue())
+    async def queue_entries(page: Page) -> Response:
+        return page.of(m.host.queue())
 
     @r.post("/batch", responses=ok(BatchResult, 404, 409, 413, 502, 504))
     async def run_batch(req: BatchRequest) -> Response:
@@ -58,12 +58,15 @@ def routes(m: Manager) -> APIRouter:
         return json(await m.host.batch(spec, req.argv, req.timeout, req.queue))
 
     @r.get("/trace", responses=ok(list[TraceEntry]))
-    async def trace() -> Response:
-        return json(m.host.trace())
+    async def trace(page: Page) -> Response:
+        return page.of(m.host.trace())
 
     @r.get("/events", responses=ok(list[Event]))
     async def events(since: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0,
-                     vm: OptName = None) -> Response:
-        return json(m.vms.events(since, vm))
+                     vm: OptName = None, project: OptName = None,
+                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE) -> Response:
+        """The event log after id ``since`` (a page of ``limit``): ``vm``'s only, or
+        ``project``'s only (a token sees its own project's only)."""
+        return json(m.vms.events(since, vm, limit, project))
 
     return r

@@ -22,7 +22,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.api.common import NAME_PATTERN, Name, json, ok, router
+from corral.api.common import NAME_PATTERN, Name, Page, json, ok, router
 from corral.service.manager import Manager
 from corral.views import VM, Firewall, FirewallRule, Network, Removed
 
@@ -70,8 +70,8 @@ def routes(m: Manager) -> APIRouter:
                                             isolated=req.isolated), 201)
 
     @r.get("/networks", responses=ok(list[Network]))
-    async def list_networks() -> Response:
-        return json(m.networks.list())
+    async def list_networks(page: Page) -> Response:
+        return page.of(m.networks.list())
 
     @r.get("/networks/{name}", responses=ok(Network, 404))
     async def show_network(name: Name) -> Response:

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import Field
 
-from corral.api.common import NAME_PATTERN, Name, OptName, json, ok, router, timeout
+from corral.api.common import NAME_PATTERN, Name, OptName, Page, json, ok, router, timeout
 from corral.domain.specs import MAX_CPUS, VMCreate
 from corral.service.manager import Manager
 from corral.views import VM, Export, Logs
@@ -68,12 +68,12 @@ def _catalog(r: APIRouter, m: Manager) -> None:
     """List, define (and maybe start), show and remove VMs."""
 
     @r.get("/vms", responses=ok(list[VM], 503))
-    async def list_vms(host: Annotated[str | None, Query(min_length=1, max_length=64)] = None
-                       ) -> Response:
+    async def list_vms(page: Page, host: Annotated[str | None, Query(
+            min_length=1, max_length=64)] = None) -> Response:
         """Every VM; in a cluster every host's (``host`` keeps one host's)."""
         if m.cluster is not None:
-            return json(await m.cluster.list_vms(host))
-        return json([v for v in m.vms.list() if host is None])
+            return page.of(await m.cluster.list_vms(host))
+        return page.of(m.vms.list() if host is None else [])
 
     @r.post("/vms", status_code=201, responses=ok(VM, 404, 409, 502, 504, status=201))
     async def create_vm(spec: CreateSpec, start: bool = False, wait: bool = False,

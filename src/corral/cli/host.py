@@ -34,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             env = settings.SETTINGS[key].env
             assert env is not None
             os.environ[env] = value
-    daemon.main(Path(args.socket) if args.socket else None)
+    daemon.main(Path(args.socket) if args.socket else None, args.listen)
     return 0
 
 
@@ -128,11 +128,16 @@ def register(sub: Any, pa: Parents) -> None:
     p = command(sub, pa, "serve", cmd_serve,
                 "run the daemon (VMs outlive it; it re-adopts them)",
                 "Run the Corral daemon in the foreground. It owns the store, one QMP "
-                "connection per VM and the REST API on a unix socket. Stopping it leaves VMs "
-                "running; the next daemon re-adopts them. With --cluster it keeps its store "
-                "in that PostgreSQL database and joins the cluster of hosts there (a new "
-                "host of a cluster that has members needs CORRAL_JOIN_TOKEN from 'corral "
-                "cluster token').", js=False, vm=False)
+                "connection per VM and the REST API on a unix socket (and, with --listen, "
+                "the same API over TLS with tokens). Stopping it leaves VMs running; the next "
+                "daemon re-adopts them. With --cluster it keeps its store in that PostgreSQL "
+                "database and joins the cluster of hosts there (a new host of a cluster that "
+                "has members needs CORRAL_JOIN_TOKEN from 'corral cluster token').",
+                js=False, vm=False)
+    p.add_argument("--listen", metavar="ADDR:PORT", default=None,
+                   help="also serve the API over TLS here, e.g. 0.0.0.0:8443 (default: "
+                        "$CORRAL_LISTEN; the certificate is made under the home on first "
+                        "start unless CORRAL_TLS_CERT/CORRAL_TLS_KEY name one)")
     p.add_argument("--cluster", metavar="URL",
                    help="join the cluster whose store is this PostgreSQL URL, e.g. "
                         "postgresql://corral@db/corral (default: one host on SQLite)")

@@ -31,12 +31,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 from corral import settings
 from corral.domain.states import LIVE, State
-from corral.errors import CorralError, NoCapacity, NotFound, Timeout, from_dict
+from corral.errors import (
+    CorralError,
+    HostUnavailable,
+    NoCapacity,
+    NotFound,
+    Timeout,
+    from_dict,
+)
 from corral.service import clusterplace
 from corral.store.assignments import Assignments, LeaderLock, Listener, cluster_vms
 from corral.store.cluster import ClusterStore
 
 if TYPE_CHECKING:
+    from corral.service.projects import Tokens
     from corral.service.runtime import VMRuntime
     from corral.service.scheduling import Scheduler
     from corral.service.vms import VMs
@@ -52,8 +60,12 @@ def host_name() -> str:
 class Member:
     """This daemon's part in the cluster: its host's row, the leader lock, assignments."""
 
-    def __init__(self, rt: VMRuntime, sched: Scheduler, vms: VMs, accel: str) -> None:
+    def __init__(self, rt: VMRuntime, sched: Scheduler, vms: VMs, accel: str,
+                 tokens: Tokens | None = None, endpoint: tuple[str, str] | None = None
+                 ) -> None:
         self.rt = rt
+        self.tokens = tokens
+        self.endpoint = endpoint
         self.sched = sched
         self.vms = vms
         self.accel = accel
@@ -79,7 +91,9 @@ class Member:
         :raises CorralError: the cluster refused this host (the reason is in the message).
         """
         s = self.sched.settings
-        row = {"address": str(settings.value("cluster.address")), "cpus": s.cpus,
+        address, fingerprint, token = self._api()
+        row = {"address": address, "fingerprint": fingerprint, "api_token": token,
+               "cpus": s.cpus,
                "memory": s.memory, "disk": s.disk, "accel": self.accel,
                "arch": os.uname().machine, "labels": _json(settings.value("cluster.labels")),
                "ratios": _json([s.ratios.cpu, s.ratios.memory, s.ratios.disk]),
@@ -90,8 +104,11 @@ class Member:
         self._last_beat = time.monotonic()
         await self._settle_claimed()
         loop = asyncio.get_running_loop()
-        self._listener = Listener(self.cs, lambda kind: loop.call_soon_threadsafe(
-            self._woken, kind))
+
+        def wake(kind: str) -> None:
+            loop.call_soon_threadsafe(self._woken, kind)
+
+        self._listener = Listener(self.cs, wake)
         self._listener.start()
         self._task = asyncio.create_task(self._loop(), name="cluster")
 
@@ -101,6 +118,25 @@ class Member:
         else:
             done, self._done = self._done, asyncio.Event()
             done.set()
+
+    def _api(self) -> tuple[str, str, str]:
+        """Where peers reach this host's TLS API, its certificate's fingerprint, and a fresh
+        admin token for them (the last one is revoked: one peer token per host)."""
+        if self.endpoint is None or self.tokens is None:
+            return "", "", ""
+        listen, fingerprint = self.endpoint
+        address = str(settings.value("cluster.address"))
+        if not address:
+            host = listen.rpartition(":")[0].strip("[]")
+            if host in ("0.0.0.0", "::"):
+                raise CorralError("listening on every address: tell peers which one is this "
+                                  "host's with --address HOST:PORT (cluster.address)")
+            address = listen
+        name = f"peer-{self.name}"[:32].lower()
+        with contextlib.suppress(NotFound):
+            self.tokens.revoke(name)
+        secret = self.tokens.create(name, "admin", "default")["secret"]
+        return address, fingerprint, str(secret)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -308,6 +344,26 @@ class Member:
             if row["name"] == name:
                 return remote_view(row, down)
         raise NotFound(f"no VM named '{name}'; see 'corral list'")
+
+    async def route_of(self, name: str) -> dict[str, Any] | None:
+        """Where a request about VM ``name`` must go: None when this daemon answers it (the
+        VM is here, or nowhere); else its host and that host's API.
+
+        :raises HostUnavailable: its host is down, or serves no API to forward to.
+        """
+        if self.rt.db.get_vm(name) is not None:
+            return None
+        route = await asyncio.to_thread(self.cs.route, name)
+        if route is None or route["host"] == self.name:
+            return None
+        host = route["host"]
+        if route["silent"] > self.down_after:
+            raise HostUnavailable(f"VM '{name}' is on host {host}, which is down (no "
+                                  f"heartbeat for {route['silent']:.0f} s)", host)
+        if not route["address"]:
+            raise HostUnavailable(f"VM '{name}' is on host {host}, whose daemon serves no API "
+                                  "to forward to (start it with --listen)", host)
+        return route
 
     # ----- administer -----
     async def set_admin(self, name: str, action: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 network state and the slices, wires the hooks between them, and opens and closes them.
 
 Front doors use only the slices: ``vms``, ``snapshots``, ``disks``, ``guest``, ``images``,
-``host``, ``networks`` and ``routers`` (available once :meth:`Manager.open` has run). Use-case
+``host``, ``networks``, ``routers``, ``projects`` and ``tokens`` (available once
+:meth:`Manager.open` has run). Use-case
 modules never receive the Manager: each gets the runtime and the collaborators it needs.
 """
 
@@ -18,6 +19,7 @@ from corral.errors import CorralError
 from corral.service import adoption, netreconcile, nics, slices
 from corral.service.guest import GuestService
 from corral.service.netstate import Networks
+from corral.service.projects import Projects, Tokens
 from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
 from corral.service.vms import VMs
@@ -58,6 +60,8 @@ class Manager:
 
             driver = QemuDriver(self.accel.name, accel_mod.tsc_khz())
         self.driver = driver
+        #: (listen address, certificate fingerprint) of the TLS API, set by the daemon
+        self.endpoint: tuple[str, str] | None = None
         self._opened: _Opened | None = None
 
     async def open(self) -> None:
@@ -86,7 +90,8 @@ class Manager:
             from corral.service.cluster import Member
 
             try:
-                member = Member(rt, opened.sched, opened.vms, self.accel.name)
+                member = Member(rt, opened.sched, opened.vms, self.accel.name,
+                                opened.tokens, self.endpoint)
                 await member.open()
             except BaseException:
                 await self.close()
@@ -114,6 +119,10 @@ class Manager:
     def cluster(self) -> Member | None:
         """This daemon's part in a cluster; None on a single host."""
         return self._parts().member
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened is not None
 
     def cluster_member(self) -> Member:
         """:raises InvalidSpec: this daemon is not in a cluster."""
@@ -161,6 +170,14 @@ class Manager:
     def routers(self) -> slices.Routers:
         return self._parts().routers
 
+    @property
+    def projects(self) -> Projects:
+        return self._parts().projects
+
+    @property
+    def tokens(self) -> Tokens:
+        return self._parts().tokens
+
 
 class _Opened:
     """Everything that exists while the service is open."""
@@ -179,4 +196,6 @@ class _Opened:
         self.host = slices.Host(rt, self.sched, accel, self.vms, self.guest)
         self.networks = slices.Networks(self.net)
         self.routers = slices.Routers(self.net)
+        self.projects = Projects(rt, self.net)
+        self.tokens = Tokens(rt)
         self.member: Member | None = None

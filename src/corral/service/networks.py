@@ -46,7 +46,7 @@ from corral.host.network import (
     remove,
 )
 from corral.host.network.nft import Policy
-from corral.service import nics, routers
+from corral.service import access, nics, routers
 from corral.service.netstate import Networks, reap_dnsmasq_zombies, require_root, taps_counters
 from corral.store.networks import NetworkRow, RuleRow
 
@@ -75,7 +75,8 @@ async def create(net: Networks, name: str, subnet: str, dhcp: bool = True,
         raise AlreadyExists(f"a network named '{name}' exists")
     existing = {f"network '{n}'": r.plan.network for n, r in net.db.networks.items()}
     plan = plan_network(name, subnet, existing=existing, taken=net.taken(), dhcp=dhcp)
-    net.db.add_network(NetworkRow(plan, isolated, "accept", time.time()))
+    net.db.add_network(NetworkRow(plan, isolated, "accept", time.time()),
+                       access.project_for_new())
     try:
         async with net.lock:
             made = await net.call(ensure_network, net.host, plan, [], net.firewall(name))
@@ -190,7 +191,8 @@ async def show(net: Networks, name: str) -> dict[str, Any]:
 
 
 def list_all(net: Networks) -> list[dict[str, Any]]:
-    return [view(net, name) for name in net.db.networks]
+    return [view(net, name) for name in net.db.networks
+            if access.in_scope(net.db.project_of("network", name))]
 
 
 # -- firewall --------------------------------------------------------------------------------
@@ -275,5 +277,12 @@ async def set_policy(net: Networks, network: str, policy: str) -> dict[str, Any]
 
 
 def list_rules(net: Networks) -> dict[str, Any]:
-    return {"policies": {n: r.policy for n, r in net.db.networks.items()},
-            "rules": [rule_view(r) for r in net.db.rules.values()]}
+    def shown(network: str | None, vm: str | None) -> bool:
+        if network is not None:
+            return access.in_scope(net.db.project_of("network", network))
+        rec = net.rt.db.get_vm(vm) if vm else None
+        return rec is None or access.in_scope(rec.project)
+
+    return {"policies": {n: r.policy for n, r in net.db.networks.items() if shown(n, None)},
+            "rules": [rule_view(r) for r in net.db.rules.values()
+                      if shown(r.network, r.rule.vm)]}

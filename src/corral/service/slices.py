@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError, InUse, NotFound
 from corral.images import catalog
+from corral.service import access
 
 if TYPE_CHECKING:
     from corral.engine.accel import Accel
@@ -146,7 +147,9 @@ class Host(_Slice):
         return info
 
     def queue(self) -> builtins.list[dict[str, Any]]:
-        return self.sched.entries()
+        vms = self.rt.db
+        return [e for e in self.sched.entries()
+                if (rec := vms.get_vm(e["vm"])) is None or access.in_scope(rec.project)]
 
     async def batch(self, spec: dict[str, Any], argv: builtins.list[str],
                     timeout: float = 600.0, queue: bool = True) -> dict[str, Any]:
@@ -273,7 +276,8 @@ class Routers(_NetSlice):
     def forwards(self) -> builtins.list[dict[str, Any]]:
         from corral.service import routers
 
-        return [routers.forward_view(f) for f in self.net.db.forwards.values()]
+        return [routers.forward_view(f) for f in self.net.db.forwards.values()
+                if access.in_scope(self.net.db.project_of("router", f.forward.router))]
 
     async def add_forward(self, name: str, proto: str, host_port: int, vm: str, port: int
                           ) -> dict[str, Any]:

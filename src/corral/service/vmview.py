@@ -16,6 +16,7 @@ def vm_view(rec: VMRecord, live: bool, paths: Paths) -> dict[str, Any]:
     run = paths.run_dir(rec.name)
     return {
         "name": rec.name,
+        "project": rec.project,
         "uid": rec.uid,
         "state": rec.state.value,
         "ready": rec.ready_at is not None and live,

@@ -61,7 +61,9 @@ meta = MetaData(schema=SCHEMA)
 hosts = Table(
     "hosts", meta,
     Column("name", String(64), primary_key=True),
-    Column("address", Text, nullable=False),
+    Column("address", Text, nullable=False),  # its TLS API, HOST:PORT ('' without one)
+    Column("fingerprint", Text, nullable=False),  # SHA-256 of its API's certificate
+    Column("api_token", Text, nullable=False),  # an admin token of its API, for its peers
     Column("cpus", Integer, nullable=False),
     Column("memory", BigInteger, nullable=False),
     Column("disk", BigInteger, nullable=False),
@@ -311,3 +313,23 @@ class ClusterStore:
             detail = conn.execute(select(placements.c.detail)
                                   .where(placements.c.vm == vm)).scalar()
         return json.loads(detail) if detail is not None else None
+
+    def peer(self, name: str) -> tuple[str, str, str] | None:
+        """(address, fingerprint, token) of host ``name``'s API; None without one."""
+        with self.tx() as conn:
+            row = conn.execute(select(hosts.c.address, hosts.c.fingerprint, hosts.c.api_token)
+                               .where(hosts.c.name == name)).first()
+        if row is None or not row.address:
+            return None
+        return row.address, row.fingerprint, row.api_token
+
+    def route(self, vm: str) -> dict[str, Any] | None:
+        """Where ``vm`` lives, in one query: its host, that host's API (address,
+        fingerprint, token) and how long it has been silent; None when no host has it."""
+        with self.tx() as conn:
+            row = conn.execute(select(
+                vm_names.c.host, hosts.c.address, hosts.c.fingerprint, hosts.c.api_token,
+                (NOW - hosts.c.heartbeat_at).label("silent"))
+                .select_from(vm_names.join(hosts, hosts.c.name == vm_names.c.host))
+                .where(vm_names.c.name == vm)).first()
+        return dict(row._mapping) if row is not None else None

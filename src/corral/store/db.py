@@ -26,9 +26,10 @@ from sqlalchemy.exc import OperationalError
 from corral.domain.specs import VMSpec
 from corral.domain.states import State
 from corral.errors import DiskFull, StoreUnavailable
+from corral.store.access import AccessStore
 from corral.store.schema import disks, events, kv, snapshots, vms
 
-HEAD = "0005"
+HEAD = "0006"
 log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -50,6 +51,7 @@ class VMRecord:
     saved_state: str | None = None
     saved_running: bool | None = None
     current_snapshot: str | None = None
+    project: str = "default"
 
     @classmethod
     def from_row(cls, row: Any) -> VMRecord:
@@ -119,6 +121,7 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(select(vms).order_by(vms.c.created_at)).all()
         self._vms: dict[str, VMRecord] = {r.name: VMRecord.from_row(r) for r in rows}
+        self.access = AccessStore(self)
 
     def _migrate(self) -> None:
         with self.engine.begin() as conn:
@@ -245,7 +248,8 @@ class Store:
         def write() -> None:
             with self._tx() as conn:
                 conn.execute(insert(disks).values(created_at=time.time(), vm=None, **row))
-                self._event(conn, row["name"], "disk_created", {"path": row["path"]})
+                self._event(conn, row["name"], "disk_created", {"path": row["path"]},
+                            row.get("project"))
 
         self._run(write)
 
@@ -326,15 +330,32 @@ class Store:
         if parent and rec is not None and rec.current_snapshot == name:
             rec.current_snapshot = parent[0]
 
-    def _event(self, conn: Connection, vm: str, kind: str, detail: dict[str, Any]) -> None:
+    def _event(self, conn: Connection, vm: str, kind: str, detail: dict[str, Any],
+               project: str | None = None) -> None:
+        """An event of ``vm`` (or of the named object); in the VM's project unless
+        ``project`` says which."""
+        if project is None:
+            rec = self._vms.get(vm)
+            project = rec.project if rec is not None else "default"
         conn.execute(insert(events).values(ts=time.time(), vm=vm, kind=kind,
-                                           detail=json.dumps(detail)))
+                                           detail=json.dumps(detail), project=project))
 
-    def events(self, since: int = 0, vm: str | None = None,
-               limit: int = 1000) -> list[dict[str, Any]]:
+    def add_event(self, name: str, kind: str, detail: dict[str, Any], project: str) -> None:
+        """Record an event that changes nothing else (an audit record), queued in order
+        behind the writes before it."""
+        def write() -> None:
+            with self._tx() as conn:
+                self._event(conn, name, kind, detail, project)
+
+        self._writer.submit(write).add_done_callback(_log_failure)
+
+    def events(self, since: int = 0, vm: str | None = None, limit: int = 1000,
+               project: str | None = None) -> list[dict[str, Any]]:
         query = select(events).where(events.c.id > since).order_by(events.c.id).limit(limit)
         if vm is not None:
             query = query.where(events.c.vm == vm)
+        if project is not None:
+            query = query.where(events.c.project == project)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [{**dict(r._mapping), "detail": json.loads(r.detail)} for r in rows]
