@@ -145,6 +145,8 @@ declare("cluster.heartbeat", "CORRAL_HEARTBEAT", _float, 1.0,
         "seconds between a host's heartbeats (and the leader's rounds)")
 declare("cluster.down_after", "CORRAL_DOWN_AFTER", _float, 6.0,
         "seconds without a heartbeat after which a host is down")
+declare("cluster.shared", "CORRAL_SHARED_DIR", _str, "",
+        "a directory every host mounts (NFS, Ceph…): --ha VMs keep their files there")
 declare("cluster.max_skew", "CORRAL_MAX_CLOCK_SKEW", _float, 30.0,
         "how far (seconds) a joining host's clock may be from the store's")
 

@@ -41,6 +41,8 @@ def spec_from(args: argparse.Namespace) -> dict[str, Any]:
         spec["on"] = _labels(args.on)
     if getattr(args, "anti_affinity", False):
         spec["anti_affinity"] = True
+    if getattr(args, "ha", False):
+        spec["ha"] = True
     return spec
 
 
@@ -99,3 +101,6 @@ def add_spec_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--group", metavar="G", help="a placement group: its VMs share hosts")
     c.add_argument("--anti-affinity", action="store_true",
                    help="the --group's VMs never share a host")
+    c.add_argument("--ha", action="store_true",
+                   help="keep its files on the cluster's shared storage and restart it on "
+                        "another host when its host is lost")

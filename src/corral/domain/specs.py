@@ -95,6 +95,7 @@ class VMCreate(BaseModel):
     on: dict[str, str] | None = None  # only hosts with these labels
     group: str | None = None  # an affinity group (anti_affinity: an anti-affinity group)
     anti_affinity: bool = False
+    ha: bool = False  # on shared storage; restarted on another host when its host is lost
 
     @field_validator("name")
     @classmethod
@@ -155,6 +156,7 @@ class Scheduling(BaseModel):
     pin: list[int] | None = None  # host CPUs its vCPU threads may run on
     group: str | None = None  # placement group: its VMs share hosts (or, anti, never do)
     anti_affinity: bool = False
+    ha: bool = False  # its files are on shared storage; the leader restarts it elsewhere
 
 
 class VMSpec(BaseModel):
@@ -276,7 +278,8 @@ def scheduling(req: VMCreate, host: HostFacts) -> Scheduling:
                       expected_runtime=None if req.expected_runtime is None
                       else parse_duration("expected_runtime", req.expected_runtime),
                       timeslice=req.timeslice, cpu_weight=req.cpu_weight, cpu_max=cap,
-                      pin=req.pin, group=req.group, anti_affinity=req.anti_affinity)
+                      pin=req.pin, group=req.group, anti_affinity=req.anti_affinity,
+                      ha=req.ha)
 
 
 def new_mac() -> str:

@@ -22,25 +22,23 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import socket
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from corral import settings
-from corral.domain.states import LIVE, State
+from corral.domain.states import LIVE
 from corral.errors import (
     CorralError,
-    HostUnavailable,
     NoCapacity,
     NotFound,
     Timeout,
     from_dict,
 )
-from corral.service import clusterplace
-from corral.store.assignments import Assignments, LeaderLock, Listener, cluster_vms
+from corral.service import clusterha, clusterplace
+from corral.service.clusterview import ClusterView, queued_view
+from corral.store.assignments import LeaderLock, Listener
 from corral.store.cluster import ClusterStore
 
 if TYPE_CHECKING:
@@ -57,28 +55,25 @@ def host_name() -> str:
     return str(settings.value("cluster.host") or socket.gethostname())
 
 
-class Member:
+class Member(ClusterView):
     """This daemon's part in the cluster: its host's row, the leader lock, assignments."""
 
     def __init__(self, rt: VMRuntime, sched: Scheduler, vms: VMs, accel: str,
                  tokens: Tokens | None = None, endpoint: tuple[str, str] | None = None
                  ) -> None:
-        self.rt = rt
+        name, url = host_name(), str(settings.value("cluster.url"))
+        super().__init__(rt, vms, ClusterStore(url, name), name, url,
+                         float(settings.value("cluster.down_after")))
         self.tokens = tokens
         self.endpoint = endpoint
         self.sched = sched
-        self.vms = vms
         self.accel = accel
-        self.name = host_name()
-        self.url = str(settings.value("cluster.url"))
         self.heartbeat = float(settings.value("cluster.heartbeat"))
-        self.down_after = float(settings.value("cluster.down_after"))
         self.instance = str(uuid.uuid4())
-        self.cs = ClusterStore(self.url, self.name)
-        self.work = Assignments(self.cs)
         self.lock = LeaderLock(self.cs)
         self._task: asyncio.Task[None] | None = None
         self._last_beat = 0.0
+        self._last_ok = time.monotonic()  # the last heartbeat the store took
         self._connected = True
         self._work = asyncio.Event()  # set when work for this host was written
         self._done = asyncio.Event()  # replaced each time a request of this host finishes
@@ -95,7 +90,7 @@ class Member:
         row = {"address": address, "fingerprint": fingerprint, "api_token": token,
                "cpus": s.cpus,
                "memory": s.memory, "disk": s.disk, "accel": self.accel,
-               "arch": os.uname().machine, "labels": _json(settings.value("cluster.labels")),
+               "arch": os.uname().machine, "labels": _json(self.labels()),
                "ratios": _json([s.ratios.cpu, s.ratios.memory, s.ratios.disk]),
                "used": _json(self.usage())}
         await asyncio.to_thread(self.cs.register, row, self.instance,
@@ -111,6 +106,19 @@ class Member:
         self._listener = Listener(self.cs, wake)
         self._listener.start()
         self._task = asyncio.create_task(self._loop(), name="cluster")
+
+    def labels(self) -> dict[str, str]:
+        labels = dict(settings.value("cluster.labels"))
+        if settings.value("cluster.shared"):
+            labels["shared"] = "yes"  # --ha VMs may run here
+        return labels
+
+    async def fence(self) -> None:
+        """Stop this host's copies of VMs the cluster gave to other hosts (see
+        :mod:`corral.service.clusterha`); the daemon does it before it adopts anything."""
+        fenced = await clusterha.fence_moved(self.rt, self.cs)
+        if fenced:
+            log.warning("fenced %s: other hosts run them now", ", ".join(fenced))
 
     def _woken(self, kind: str) -> None:
         if kind == "work":
@@ -172,6 +180,11 @@ class Member:
                 if self._connected:
                     log.error("cluster round failed: %s", err.message)
                 self._connected = False
+                if time.monotonic() - self._last_ok > self.down_after:
+                    killed = clusterha.self_fence(self.rt)
+                    if killed:
+                        log.error("the cluster store is out of reach: killed the HA VMs %s "
+                                  "(the leader restarts them elsewhere)", ", ".join(killed))
             except Exception:
                 log.exception("cluster round failed")
             with contextlib.suppress(TimeoutError):
@@ -185,35 +198,46 @@ class Member:
         self._last_beat = time.monotonic()
         if not await asyncio.to_thread(self.cs.heartbeat, self.instance, self.usage()):
             log.error("another daemon now serves host name '%s'", self.name)
+        self._last_ok = time.monotonic()
 
     async def _round(self) -> None:
         if time.monotonic() - self._last_beat >= self.heartbeat:
             await self.beat()
+            await self.fence()
             if await asyncio.to_thread(self.lock.try_take):
-                await asyncio.to_thread(self.admit_queued)
+                await asyncio.to_thread(self.lead)
         for a in await asyncio.to_thread(self.work.claim):
             self.rt.background(self._carry_out(a))
 
-    def admit_queued(self) -> None:
-        """(Leader) put queued assignments, oldest first, on hosts that have room now."""
+    def lead(self) -> None:
+        """(Leader) restart the ``--ha`` VMs of lost hosts, then put queued assignments,
+        oldest first, on hosts that have room now."""
         waiting = self.work.waiting()
-        queued = [a for a in waiting if a["state"] == "queued"]
-        if not queued:
-            self.work.sweep()
-            return
         rows = self.cs.list_hosts(self.down_after)
         p, _ = clusterplace.placer(rows, [a for a in waiting if a["host"]], self.weigher())
-        for a in queued:
-            placed = p.place(clusterplace.from_dict(a["request"]))
-            if placed.host is not None and self.work.place(a["id"], placed.host):
-                log.info("leader: admitted %s onto %s", a["vm"], placed.host)
+
+        def choose(request: dict[str, Any]) -> str | None:
+            return p.place(clusterplace.from_dict(request)).host
+
+        clusterha.restart_lost(self.cs, self.work, rows,
+                               self.down_after + clusterha.GRACE * self.heartbeat, choose)
+        for a in waiting:
+            if a["state"] == "queued":
+                host = choose(a["request"])
+                if host is not None and self.work.place(a["id"], host):
+                    log.info("leader: admitted %s onto %s", a["vm"], host)
+        self.work.sweep()
 
     async def _carry_out(self, a: dict[str, Any]) -> None:
         """Make (and start) an assigned VM here; write the outcome for its requester."""
         opts = a["options"]
         try:
-            view = await self.vms.create(_local_body(a["body"]), start=opts["start"],
-                                         wait=opts["wait"], timeout=opts["timeout"])
+            if "takeover" in a["body"]:
+                await clusterha.take_over(self.rt, self.cs, a["vm"], a["body"]["takeover"])
+                view = await self.vms.start(a["vm"], queue=False)
+            else:
+                view = await self.vms.create(_local_body(a["body"]), start=opts["start"],
+                                             wait=opts["wait"], timeout=opts["timeout"])
             ok, result = True, {**view, "host": self.name}
         except CorralError as err:
             ok, result = False, err.to_dict()
@@ -288,118 +312,6 @@ class Member:
                     await done.wait()
         raise Timeout(f"host {host} did not make the VM within {limit:.0f} s")
 
-    # ----- read the cluster -----
-    async def hosts(self) -> list[dict[str, Any]]:
-        rows = await asyncio.to_thread(self.cs.list_hosts, self.down_after)
-        leader = await asyncio.to_thread(self.cs.leader)
-        out = []
-        for r in rows:
-            used, total = r["used"], {"cpus": r["cpus"], "memory": r["memory"],
-                                      "disk": r["disk"]}
-            out.append({
-                "name": r["name"], "state": r["state"], "address": r["address"],
-                "leader": r["name"] == leader, "cpus": r["cpus"], "memory_bytes": r["memory"],
-                "disk_bytes": r["disk"], "accel": r["accel"], "arch": r["arch"],
-                "labels": r["labels"], "vms": used.get("vms", 0),
-                "allocation_ratio": {k: round(used.get(k, 0) / v, 4) if v else 0.0
-                                     for k, v in total.items()},
-                "silent_seconds": r["silent_seconds"]})
-        return out
-
-    async def list_vms(self, host: str | None = None) -> list[dict[str, Any]]:
-        """Every VM of the cluster (or of ``host``), with its host; VMs of a down host are
-        ``unknown``; requests waiting for room anywhere are ``queued`` with no host."""
-        rows = await asyncio.to_thread(self.cs.list_hosts, self.down_after)
-        state_of = {r["name"]: r["state"] for r in rows}
-        names = [n for n in state_of if host is None or n == host]
-        others = await asyncio.to_thread(cluster_vms, self.cs,
-                                         [n for n in names if n != self.name])
-        out = []
-        if self.name in names:
-            out += [{**v, "host": self.name} for v in self.vms.list()]
-        for r in others:
-            out.append(remote_view(r, state_of.get(r["host"]) == "down"))
-        if host is None:
-            waiting = await asyncio.to_thread(self.work.waiting)
-            out += [queued_view(a["vm"], a["request"]["cpus"], a["request"]["memory"])
-                    for a in waiting if a["state"] == "queued"]
-        return out
-
-
-    async def get(self, name: str) -> dict[str, Any]:
-        """One VM wherever it is: this host's answers live, another's from the store.
-
-        :raises NotFound: no VM (or waiting request) of that name in the cluster.
-        """
-        owner = await asyncio.to_thread(self.cs.owner_of, name)
-        if owner is None or owner == self.name:
-            if owner is None and self.rt.db.get_vm(name) is None:
-                for a in await asyncio.to_thread(self.work.waiting):
-                    if a["vm"] == name and a["state"] == "queued":
-                        return queued_view(name, a["request"]["cpus"], a["request"]["memory"])
-            return {**await self.vms.get(name), "host": self.name}
-        rows = await asyncio.to_thread(self.cs.list_hosts, self.down_after)
-        down = any(r["name"] == owner and r["state"] == "down" for r in rows)
-        for row in await asyncio.to_thread(cluster_vms, self.cs, [owner]):
-            if row["name"] == name:
-                return remote_view(row, down)
-        raise NotFound(f"no VM named '{name}'; see 'corral list'")
-
-    async def route_of(self, name: str) -> dict[str, Any] | None:
-        """Where a request about VM ``name`` must go: None when this daemon answers it (the
-        VM is here, or nowhere); else its host and that host's API.
-
-        :raises HostUnavailable: its host is down, or serves no API to forward to.
-        """
-        if self.rt.db.get_vm(name) is not None:
-            return None
-        route = await asyncio.to_thread(self.cs.route, name)
-        if route is None or route["host"] == self.name:
-            return None
-        host = route["host"]
-        if route["silent"] > self.down_after:
-            raise HostUnavailable(f"VM '{name}' is on host {host}, which is down (no "
-                                  f"heartbeat for {route['silent']:.0f} s)", host)
-        if not route["address"]:
-            raise HostUnavailable(f"VM '{name}' is on host {host}, whose daemon serves no API "
-                                  "to forward to (start it with --listen)", host)
-        return route
-
-    # ----- administer -----
-    async def set_admin(self, name: str, action: str) -> dict[str, Any]:
-        """Cordon (no new VMs), drain (no new VMs; its VMs are to move off) or uncordon.
-
-        :raises NotFound: no such host.
-        """
-        admin = {"cordon": "cordoned", "drain": "draining", "uncordon": "active"}[action]
-        if not await asyncio.to_thread(self.cs.set_admin, name, admin):
-            raise NotFound(f"no host '{name}' in the cluster; see 'corral host list'")
-        return next(h for h in await self.hosts() if h["name"] == name)
-
-    async def new_token(self) -> dict[str, Any]:
-        token = secrets.token_urlsafe(24)
-        await asyncio.to_thread(self.cs.add_token, token)
-        return {"token": token, "cluster": self.url_without_password()}
-
-    def url_without_password(self) -> str:
-        parts = urlsplit(self.url)
-        netloc = parts.netloc.rpartition("@")
-        user = netloc[0].partition(":")[0]
-        return urlunsplit(parts._replace(netloc=f"{user}@{netloc[2]}" if netloc[1]
-                                         else parts.netloc))
-
-    async def placement(self, name: str) -> dict[str, Any]:
-        """Where the VM is and why each host was or was not chosen when it was placed.
-
-        :raises NotFound: no VM of that name, or it was made before it had a placement.
-        """
-        view = await self.get(name)
-        detail = await asyncio.to_thread(self.cs.placement, name)
-        if detail is None:
-            raise NotFound(f"no placement recorded for '{name}'")
-        return {"vm": name, "host": view.get("host"), **detail}
-
-
 def _json(value: Any) -> str:
     import json
 
@@ -411,25 +323,4 @@ def _local_body(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in ("host", "on")}
 
 
-def queued_view(name: str, cpus: int, memory: int) -> dict[str, Any]:
-    return {"name": name, "state": State.QUEUED.value, "ready": False, "cpus": cpus,
-            "memory_bytes": memory, "nics": [], "disks": [], "operations": ["rm"],
-            "host": None}
-
-
-def remote_view(row: dict[str, Any], host_down: bool) -> dict[str, Any]:
-    """A VM of another host as the shared store tells it."""
-    import json
-
-    spec = json.loads(row["spec"])
-    view = {"name": row["name"], "state": row["state"], "ready": False,
-            "cpus": spec["cpus"], "memory_bytes": spec["memory_bytes"], "nics": [],
-            "disks": [], "operations": [], "host": row["host"], "image": spec.get("image"),
-            "created_at": row["created_at"], "pid": row["pid"]}
-    if host_down:
-        view["last_state"] = view["state"]
-        view["state"] = "unknown"
-    return view
-
-
-__all__ = ["Member", "host_name", "queued_view", "remote_view"]
+__all__ = ["Member", "host_name"]

@@ -32,8 +32,11 @@ def request_of(body: dict[str, Any]) -> tuple[sp.VMCreate, PlacementRequest]:
     if req.anti_affinity and req.group is None:
         raise InvalidSpec("anti_affinity", "an anti-affinity needs its --group")
     cpus = 0 if req.timeslice else req.cpus
+    labels = dict(req.on or {})
+    if req.ha:
+        labels["shared"] = "yes"  # only hosts with the shared storage
     return req, PlacementRequest(
-        id=req.name, cpus=max(cpus, 1), memory=memory, labels=dict(req.on or {}),
+        id=req.name, cpus=max(cpus, 1), memory=memory, labels=labels,
         affinity=None if req.anti_affinity else req.group,
         anti_affinity=req.group if req.anti_affinity else None, host=req.host)
 

@@ -82,21 +82,23 @@ class Manager:
             cluster = (str(url), host_name())
         rt = VMRuntime(self.paths, Store(self.paths.db, cluster), self.driver, self.accel.name)
         self._opened = opened = _Opened(rt, self.accel)
-        await adoption.adopt_all(rt)
-        await netreconcile.reconcile(opened.net)  # before the queue may start VMs on networks
-        opened.sched.load()
-        opened.sched.dispatch()
-        if cluster is not None:
-            from corral.service.cluster import Member
+        try:
+            if cluster is not None:
+                from corral.service.cluster import Member
 
-            try:
-                member = Member(rt, opened.sched, opened.vms, self.accel.name,
-                                opened.tokens, self.endpoint)
-                await member.open()
-            except BaseException:
+                opened.member = Member(rt, opened.sched, opened.vms, self.accel.name,
+                                       opened.tokens, self.endpoint)
+                await opened.member.fence()  # before anything else: no VM runs twice
+            await adoption.adopt_all(rt)
+            await netreconcile.reconcile(opened.net)  # before the queue may start VMs on nets
+            opened.sched.load()
+            opened.sched.dispatch()
+            if opened.member is not None:
+                await opened.member.open()
+        except BaseException:
+            if cluster is not None:
                 await self.close()
-                raise
-            opened.member = member
+            raise
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: they outlive the daemon."""

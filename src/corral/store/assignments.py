@@ -78,6 +78,25 @@ class Assignments:
             raise AlreadyExists(f"a request for a VM named '{vm}' is already waiting; pick "
                                 "another name") from err
 
+    def add_takeover(self, vm: str, old_host: str, request: dict[str, Any], host: str
+                     ) -> None:
+        """(Leader) have ``host`` restart VM ``vm`` of lost host ``old_host``.
+
+        :raises AlreadyExists: an assignment for ``vm`` is already waiting.
+        """
+        now = time.time()
+        try:
+            with self.cs.tx() as conn:
+                conn.execute(delete(assignments).where(
+                    (assignments.c.vm == vm) & assignments.c.state.in_(("done", "failed"))))
+                conn.execute(insert(assignments).values(
+                    vm=vm, body=json.dumps({"takeover": old_host}), options="{}",
+                    request=json.dumps(request), host=host, state="pending",
+                    origin=self.cs.host, created_at=now, updated_at=now))
+                notify(conn, "work", host)
+        except IntegrityError as err:
+            raise AlreadyExists(f"an assignment for '{vm}' is already waiting") from err
+
     def get(self, ident: int) -> dict[str, Any] | None:
         with self.cs.tx() as conn:
             r = conn.execute(select(assignments).where(assignments.c.id == ident)).first()
