@@ -13,16 +13,18 @@ Standard library only; imported only when a remote is used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
-import ssl
 import urllib.parse
 from pathlib import Path
-from typing import Any
 
 from corral import errors
+
+TYPE_CHECKING = False  # the CLI reads the remotes on its lean path: no typing, no ssl yet
+if TYPE_CHECKING:
+    import ssl
+    from typing import Any
 
 LOCAL = "local"  # the remote name of this host's own daemon (its unix socket)
 
@@ -52,6 +54,12 @@ def parse_url(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
 class Remote:
     """How to reach and trust one remote daemon; :meth:`connect` gives a TLS socket."""
 
@@ -63,6 +71,8 @@ class Remote:
         self.ca = ca
 
     def _context(self) -> ssl.SSLContext:
+        import ssl
+
         if self.fingerprint is not None:  # the pin is the trust: no chain, no names
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
@@ -90,6 +100,8 @@ class Remote:
         :raises Untrusted: the certificate is not the pinned one, or no CA trusted signs it.
         :raises DaemonUnavailable: the host cannot be reached.
         """
+        import ssl
+
         raw = self._raw(timeout)
         try:
             sock = self._context().wrap_socket(raw, server_hostname=self.host)
@@ -104,7 +116,7 @@ class Remote:
             raw.close()
             raise errors.DaemonUnavailable(f"no TLS handshake with {self.url}: {err}") from err
         if self.fingerprint is not None:
-            seen = hashlib.sha256(sock.getpeercert(binary_form=True) or b"").hexdigest()
+            seen = _sha256(sock.getpeercert(binary_form=True) or b"")
             if seen != self.fingerprint:
                 sock.close()
                 raise errors.Untrusted(
@@ -115,13 +127,15 @@ class Remote:
 
     def peer_fingerprint(self, timeout: float | None = 10.0) -> str:
         """The SHA-256 fingerprint of the certificate the daemon shows (nothing trusted)."""
+        import ssl
+
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         raw = self._raw(timeout)
         try:
             with ctx.wrap_socket(raw, server_hostname=self.host) as sock:
-                return hashlib.sha256(sock.getpeercert(binary_form=True) or b"").hexdigest()
+                return _sha256(sock.getpeercert(binary_form=True) or b"")
         except (ssl.SSLError, OSError) as err:
             raise errors.DaemonUnavailable(f"no TLS handshake with {self.url}: {err}") from err
         finally:

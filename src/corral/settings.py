@@ -12,8 +12,11 @@ value in force and where it came from.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from typing import Any
+
+TYPE_CHECKING = False  # typing is slow to import; the CLI reads settings on its lean path
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
 
 
 class SettingError(ValueError):

@@ -1,5 +1,4 @@
-"""The VM runtime: the one owner of VM records, per-VM locks, state transitions, live
-machines and views.
+"""The VM runtime: the one owner of VM records, per-VM locks, state transitions, live machines.
 
 Every use case goes through it: it takes the VM's lock (:meth:`VMRuntime.lock`), reads the
 record (:meth:`get`), checks the verb against the table in :mod:`corral.domain.states`, does

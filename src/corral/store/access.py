@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import delete, insert, select
 
 from corral.store.schema import projects, tokens
-
-if TYPE_CHECKING:
-    from corral.store.db import Store
 
 QUOTAS = ("max_vms", "max_cpus", "max_memory", "max_disk")
 
@@ -56,7 +53,7 @@ class TokenRow:
 class AccessStore:
     """Projects and tokens, cached; see the module doc."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Any) -> None:  # the Store that holds it (db.py imports this)
         self._store = store
         with store.engine.connect() as conn:
             self.projects = {r.name: ProjectRow(**dict(r._mapping)) for r in conn.execute(

@@ -280,8 +280,10 @@ class Store:
     def delete_disk(self, name: str) -> None:
         def write() -> None:
             with self._tx() as conn:
+                project = conn.execute(select(disks.c.project).where(
+                    disks.c.name == name)).scalar()
                 conn.execute(delete(disks).where(disks.c.name == name))
-                self._event(conn, name, "disk_deleted", {})
+                self._event(conn, name, "disk_deleted", {}, project)
 
         self._run(write)
 
