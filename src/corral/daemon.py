@@ -138,7 +138,11 @@ def _serve_tls(main: Any, manager: Any, paths: Paths, tcp: socket.socket,
     config = uvicorn.Config(create_app(manager, manage_lifecycle=False, remote=True),
                             loop="none", http="httptools", lifespan="off",
                             log_level="warning", access_log=False, ws="none",
-                            ssl_certfile=str(cert), ssl_keyfile=str(key))
+                            ssl_certfile=str(cert), ssl_keyfile=str(key),
+                            # closing a TLS connection waits for the peer's close_notify,
+                            # which an idle kept-alive client (another host's forwarding
+                            # pool) never sends: do not wait the 30 s of asyncio for it
+                            timeout_graceful_shutdown=2)
     manager.endpoint = (listen, fingerprint(cert.read_bytes()))  # for the cluster's peers
     logging.getLogger("corral").info(
         "serving the API over TLS on %s; certificate SHA-256 fingerprint %s", listen,

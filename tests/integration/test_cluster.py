@@ -80,6 +80,7 @@ def cluster(image_path: str) -> Iterator[dict[str, HostDaemon]]:
         pytest.skip("needs iproute2 and PostgreSQL 15 (make test installs them)")
     pg, net = Postgres(), Underlay()
     hosts: dict[str, HostDaemon] = {}
+    shared = Path(tempfile.mkdtemp(prefix="crlt-shared-", dir="/tmp"))  # stands in for NFS
     try:
         pg.init()
         net.up()
@@ -89,7 +90,8 @@ def cluster(image_path: str) -> Iterator[dict[str, HostDaemon]]:
             token = {}
             if n > 1:
                 token = {"CORRAL_JOIN_TOKEN": hosts["h1"].json("cluster", "token")["token"]}
-            hosts[name] = HostDaemon(name, ns, address, image_path, pg.url, **token)
+            hosts[name] = HostDaemon(name, ns, address, image_path, pg.url,
+                                     CORRAL_SHARED_DIR=str(shared), **token)
             hosts[name].start()
         hosts["h1"].pg = pg  # type: ignore[attr-defined]
         yield hosts
@@ -112,6 +114,9 @@ def cluster(image_path: str) -> Iterator[dict[str, HostDaemon]]:
                 shutil.rmtree(d.home, ignore_errors=True)
             net.down()
             pg.remove()
+            leftovers = list((shared / "vms").iterdir()) if (shared / "vms").exists() else []
+            shutil.rmtree(shared, ignore_errors=True)
+            assert leftovers == [], f"shared files left: {leftovers}"
 
 
 def _vm_host(d: HostDaemon, name: str) -> str | None:
@@ -281,3 +286,37 @@ def test_postgres_stopped_and_started(cluster: dict[str, HostDaemon]) -> None:
     assert h1.json("pause", "web")["state"] == "paused"
     h1.client.rm("web")
     assert "web" not in {v["name"] for v in h1.client.list()}
+
+
+def test_an_ha_vm_of_a_lost_host_runs_on_another_exactly_once(
+        cluster: dict[str, HostDaemon]) -> None:
+    h1, h2 = cluster["h1"], cluster["h2"]
+    vm = h1.json("run", "ha1", "--ha", "--host", "h2", "--image", "tiny-disk", "--memory", "128M")
+    assert vm["host"] == "h2" and vm["state"] == "running"
+    files = Path(h2.client.get("ha1")["disks"][0]["path"]).parent
+    assert files.parent.name == "vms" and str(h2.home) not in str(files)  # shared storage
+    assert len(qemu_pids(str(files))) == 1
+    assert h2.proc is not None
+    t0 = time.monotonic()
+    h2.proc.send_signal(signal.SIGKILL)  # the host is lost: its daemon and its QEMUs
+    for pid in qemu_pids(str(h2.home)):
+        os.kill(pid, signal.SIGKILL)
+    h2.proc.wait(10)
+    h2.proc = None
+
+    def running_elsewhere() -> bool:
+        v = {x["name"]: x for x in h1.client.list()}.get("ha1")
+        return v is not None and v.get("host") not in (None, "h2") and v["state"] == "running"
+
+    took = wait_for(running_elsewhere, 30, "ha1 restarted on another host")
+    print(f"\nhost lost -> its --ha VM running elsewhere: {time.monotonic() - t0:.1f} s "
+          f"(heartbeat {SETTINGS['CORRAL_HEARTBEAT']} s, down after {DOWN_AFTER} s)")
+    assert took < 20
+    assert len(qemu_pids(str(files))) == 1  # exactly once
+    h2.start()  # the lost host returns: it must not run ha1 again
+    assert "ha1" not in {v["name"] for v in h2.client.list(host="h2")}
+    assert len(qemu_pids(str(files))) == 1
+    assert [v["name"] for v in h2.client.list()].count("ha1") == 1
+    assert h2.json("show", "ha1")["state"] == "running"  # forwarded to its new host
+    h2.client.rm("ha1")
+    assert not files.exists()

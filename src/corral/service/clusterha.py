@@ -98,11 +98,9 @@ def lost_ha_vms(cs: ClusterStore, rows: list[dict[str, Any]], limit: float
     """(host, VM row) of every live ``--ha`` VM still owned by a host silent over ``limit``."""
     out = []
     for host in (r["name"] for r in rows if r["silent_seconds"] > limit):
-        owned = cs.owned_names(host)
-        for row in cluster_vms(cs, [host]):
+        for row in cluster_vms(cs, [host]):  # the VMs the cluster still gives it
             spec = json.loads(row["spec"])
-            if row["name"] in owned and spec.get("sched", {}).get("ha") \
-                    and row["state"] in LIVE_STATES:
+            if spec.get("sched", {}).get("ha") and row["state"] in LIVE_STATES:
                 out.append((host, {**row, "spec": spec}))
     return out
 

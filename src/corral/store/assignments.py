@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from corral.errors import AlreadyExists, StoreUnavailable
 from corral.store.cluster import (
     LEADER_KEY,
+    SCHEMA,
     ClusterStore,
     assignments,
     driver_url,
@@ -248,7 +249,7 @@ class LeaderLock:
 
 def cluster_vms(cs: ClusterStore, host_names: list[str]) -> list[dict[str, Any]]:
     """Every VM of the hosts named, read from each host's own schema: name, host, state,
-    spec (JSON), started_at, created_at."""
+    spec (JSON), started_at, created_at, pid, uid, project."""
     out: list[dict[str, Any]] = []
     with cs.tx() as conn:
         present = set(conn.execute(text(
@@ -258,8 +259,11 @@ def cluster_vms(cs: ClusterStore, host_names: list[str]) -> list[dict[str, Any]]
             schema = host_schema(host)
             if schema not in present:
                 continue
+            # only what the cluster still gives the host: a VM taken over from a lost
+            # host stays in its schema until that host returns and fences it
             rows = conn.execute(text(
-                f"SELECT name, state, spec, started_at, created_at, pid FROM {schema}.vms "
-                "ORDER BY created_at")).all()
+                f"SELECT v.name, v.state, v.spec, v.started_at, v.created_at, v.pid, v.uid, "
+                f"v.project FROM {schema}.vms v JOIN {SCHEMA}.vm_names n ON n.name = v.name "
+                "AND n.host = :host ORDER BY v.created_at"), {"host": host}).all()
             out.extend({**dict(r._mapping), "host": host} for r in rows)
     return out
