@@ -1,145 +1,149 @@
-"""Cluster benchmark: what the PostgreSQL store and cross-host placement cost per operation,
-next to one host on SQLite, interleaved in one run.
+"""Cluster benchmark: what the PostgreSQL store and forwarding cost per operation, next to
+one host on SQLite, interleaved in one run.
 
     .venv/bin/python bench/cluster.py [--n 30] [--vms 100] [--json]
 
-Runs as root (PostgreSQL is started as the ``postgres`` user on a unix socket in a
-temporary directory). Both sides drive the service in this process on the fake engine
-(:mod:`corral.engine.fake`), so the figures are the store's and the cluster's own cost, not
-QEMU's: a define (``create``), a create that starts (``run``), ``pause``/``resume``, ``list``
-with ``--vms`` VMs, and, in the cluster only, a ``run`` placed on the other host (an
-assignment written, claimed by that host's daemon, carried out and answered) and a ``show``
-of a VM of another host. Forwarded operations are not measured: forwarding is not built.
+Runs as root with real daemons and real QEMU: PostgreSQL is started as the ``postgres`` user
+on a unix socket in a temporary directory; three ``corral serve``: one alone on SQLite
+(``single``) and two in a cluster (``c1``, ``c2``, TLS API on 127.0.0.1). Every call goes
+through ``corral.Client`` on a daemon's unix socket:
+
+* ``pause``/``resume`` of a running tiny guest: on ``single``; on ``c1``, where it runs
+  (local, PostgreSQL store); and sent to ``c2`` (forwarded to ``c1`` over TLS with the peer
+  token). Target: a forwarded pause under 2x a local one (single host).
+* ``create`` (define, no boot): on ``single``; in the cluster, placed on the host asked.
+* ``list`` with ``--vms`` VMs: on ``single``; in the cluster, half of them on each host.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from corral.client import Client
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+CORRAL = str(Path(sys.executable).parent / "corral")
 
 
-def _postgres(tmp: Path) -> str:
-    pg = tmp / "pg"
-    pg.mkdir()
-    shutil.chown(pg, "postgres")
-    tmp.chmod(0o755)
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_pg, str(PG_BIN / "initdb"), "-D", str(pg / "data"), "-A", "trust"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(pg / "data"), "-w", "-o",
-                    f"-k {pg} -c listen_addresses=''", "-l", str(pg / "log"), "start"],
-                   check=True, capture_output=True)
-    return f"postgresql://postgres@/postgres?host={pg}"
+class Env:
+    """PostgreSQL and three daemons under one temporary directory."""
+
+    def __init__(self, image_path: str) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="crl-bench-", dir="/tmp"))
+        self.tmp.chmod(0o755)
+        self.image_path = image_path
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.clients: dict[str, Client] = {}
+
+    def postgres(self) -> str:
+        pg = self.tmp / "pg"
+        pg.mkdir()
+        shutil.chown(pg, "postgres")
+        as_pg = ["runuser", "-u", "postgres", "--"]
+        subprocess.run([*as_pg, str(PG_BIN / "initdb"), "-D", str(pg / "data"), "-A",
+                        "trust"], check=True, capture_output=True)
+        subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(pg / "data"), "-w", "-o",
+                        f"-k {pg} -c listen_addresses=''", "-l", str(pg / "log"), "start"],
+                       check=True, capture_output=True)
+        return f"postgresql://postgres@/postgres?host={pg}"
+
+    def daemon(self, name: str, **env: str) -> Client:
+        home = self.tmp / name
+        home.mkdir()
+        sock = home / "corral.sock"
+        full = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_SOCKET": str(sock),
+                "CORRAL_IMAGE_PATH": self.image_path, **env}
+        with (home / "daemon.log").open("ab") as log:
+            self.procs.append(subprocess.Popen([CORRAL, "serve"], env=full, stdout=log,
+                                               stderr=log, stdin=subprocess.DEVNULL))
+        client = Client(sock, timeout=180)
+        for _ in range(300):
+            try:
+                client.host_info()
+                break
+            except Exception:
+                time.sleep(0.1)
+        self.clients[name] = client
+        return client
+
+    def close(self) -> None:
+        for name, c in self.clients.items():
+            try:
+                for vm in c.list(**({"host": name} if name != "single" else {})):
+                    c.rm(vm["name"])
+            except Exception as err:
+                print(f"cleanup of {name}: {err}", file=sys.stderr)
+            c.close()
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+            p.wait(60)
+        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D",
+                        str(self.tmp / "pg" / "data"), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _stop_postgres(tmp: Path) -> None:
-    subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D",
-                    str(tmp / "pg" / "data"), "-m", "immediate", "stop"], capture_output=True)
-
-
-def _image(tmp: Path) -> None:
-    tiny = tmp / "images" / "tiny"
-    tiny.mkdir(parents=True)
-    (tiny / "vmlinux").write_bytes(b"\x7fELF")
-    (tiny / "image.json").write_text(json.dumps({"name": "tiny", "kernel": "vmlinux",
-                                                 "cmdline": "console=ttyS0", "agent": True}))
-    os.environ.update(CORRAL_IMAGE_PATH=str(tmp / "images"), CORRAL_HOST_CPUS="512",
-                      CORRAL_HOST_MEMORY="1T", CORRAL_HEARTBEAT="0.5")
-
-
-async def _open(home: Path, url: str | None, name: str) -> Any:
-    from corral.config import Paths
-    from corral.engine.fake import FakeDriver
-    from corral.service.manager import Manager
-
-    if url:
-        os.environ.update(CORRAL_CLUSTER=url, CORRAL_HOST_NAME=name)
-    else:
-        os.environ.pop("CORRAL_CLUSTER", None)
-    m = Manager(Paths(home), driver=FakeDriver())
-    await m.open()
-    return m
-
-
-async def _time(op: Callable[[int], Awaitable[Any]], n: int) -> list[float]:
+def timed(f: Callable[[int], Any], n: int) -> list[float]:
     out = []
     for i in range(n):
         t0 = time.perf_counter()
-        await op(i)
+        f(i)
         out.append((time.perf_counter() - t0) * 1000)
     return out
 
 
-def _body(name: str) -> dict[str, Any]:
-    return {"name": name, "image": "tiny", "memory": "64M"}
-
-
-async def run(n: int, vms: int) -> dict[str, dict[str, list[float]]]:
-    tmp = Path(tempfile.mkdtemp(prefix="crl-bench-"))
-    _image(tmp)
-    url = _postgres(tmp)
-    single = cluster = other = None
+def run(n: int, vms: int, image_path: str) -> dict[str, dict[str, list[float]]]:
+    env = Env(image_path)
     try:
-        single = await _open(tmp / "single", None, "")
-        cluster = await _open(tmp / "h1", url, "h1")
-        token = (await cluster.cluster.new_token())["token"]
-        os.environ["CORRAL_JOIN_TOKEN"] = token
-        other = await _open(tmp / "h2", url, "h2")
-        res: dict[str, dict[str, list[float]]] = {}
-
-        async def both(op: str, f: Callable[[Any, str, int], Awaitable[Any]]) -> None:
-            for side, m in (("sqlite", single), ("cluster", cluster)):
-                res.setdefault(op, {})[side] = await _time(
-                    lambda i, m=m, side=side: f(m, side, i), n)
-
-        async def create(m: Any, side: str, i: int) -> Any:
-            body = {**_body(f"d{i}"), "host": "h1"} if side == "cluster" else _body(f"d{i}")
-            return await (m.cluster.create(body, start=False, wait=False, timeout=30,
-                                           queue=True) if side == "cluster"
-                          else m.vms.create(body))
-
-        async def run_(m: Any, side: str, i: int) -> Any:
-            body = {**_body(f"r{i}"), "host": "h1"} if side == "cluster" else _body(f"r{i}")
-            return await (m.cluster.create(body, start=True, wait=False, timeout=30,
-                                           queue=True) if side == "cluster"
-                          else m.vms.create(body, start=True))
-
-        await both("create (define)", create)
-        await both("run (define + start)", run_)
-        await both("pause", lambda m, _s, i: m.vms.pause(f"r{i}"))
-        await both("resume", lambda m, _s, i: m.vms.resume(f"r{i}"))
-        for m in (single, cluster):
-            for i in range(vms - 2 * n):
-                await m.vms.create(_body(f"x{i}"))
-        await both(f"list ({vms} VMs)", lambda m, side, _i: m.cluster.list_vms()
-                   if side == "cluster" else asyncio.sleep(0, m.vms.list()))
-        res["run placed on another host"] = {"cluster": await _time(
-            lambda i: cluster.cluster.create({**_body(f"o{i}"), "host": "h2"}, start=True,
-                                             wait=False, timeout=30, queue=True), n)}
-        res["show a VM of another host"] = {"cluster": await _time(
-            lambda i: cluster.cluster.get(f"o{i}"), n)}
+        url = env.postgres()
+        single = env.daemon("single")
+        c1 = env.daemon("c1", CORRAL_CLUSTER=url, CORRAL_HOST_NAME="c1",
+                        CORRAL_LISTEN="127.0.0.1:17441")
+        token = c1.join_token()["token"]
+        c2 = env.daemon("c2", CORRAL_CLUSTER=url, CORRAL_HOST_NAME="c2",
+                        CORRAL_LISTEN="127.0.0.1:17442", CORRAL_JOIN_TOKEN=token)
+        single.create("p", start=True, wait=True, memory="128M")
+        c1.create("p", start=True, wait=True, memory="128M", host="c1")
+        res: dict[str, dict[str, list[float]]] = {
+            "pause": {}, "resume": {}, "create (define)": {}, f"list ({vms} VMs)": {}}
+        for _ in range(3):  # warm every path (and the forwarding pool)
+            for c in (single, c1, c2):
+                c.pause("p")
+                c.resume("p")
+        sides = {"single": single, "cluster, local": c1, "cluster, forwarded": c2}
+        for side in sides:  # interleaved by repetition
+            res["pause"].setdefault(side, [])
+            res["resume"].setdefault(side, [])
+        for _ in range(n):
+            for side, c in sides.items():
+                res["pause"][side] += timed(lambda _i, c=c: c.pause("p"), 1)
+                res["resume"][side] += timed(lambda _i, c=c: c.resume("p"), 1)
+        res["create (define)"]["single"] = timed(lambda i: single.create(f"d{i}"), n)
+        res["create (define)"]["cluster, local"] = timed(
+            lambda i: c1.create(f"d{i}", host="c1"), n)
+        res["create (define)"]["cluster, placed on the other host"] = timed(
+            lambda i: c1.create(f"e{i}", host="c2"), n)
+        for i in range(vms - 2 * n - 1):
+            single.create(f"x{i}")
+        for i in range(vms - 2 * n - 1):
+            c1.create(f"x{i}", host="c1" if i % 2 else "c2")
+        res[f"list ({vms} VMs)"]["single"] = timed(lambda _i: single.list(), n)
+        res[f"list ({vms} VMs)"]["cluster, local"] = timed(lambda _i: c1.list(), n)
         return res
     finally:
-        for m in (other, cluster, single):
-            if m is not None:
-                for rec in m.runtime.db.list_vms():
-                    await m.vms.rm(rec.name)
-                await m.close()
-        _stop_postgres(tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
+        env.close()
 
 
 def _fmt(values: list[float] | None) -> str:
@@ -154,17 +158,22 @@ def main() -> int:
     ap.add_argument("--vms", type=int, default=100, help="VMs listed")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    res = asyncio.run(run(args.n, args.vms))
+    image_path = os.environ.get("CORRAL_IMAGE_PATH", "build/images")
+    res = run(args.n, args.vms, str(Path(image_path).absolute()))
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"Cluster store benchmark: fake engine, {os.cpu_count()} CPUs; median (min-max) "
-          f"of n={args.n}, ms")
-    print(f"{'operation':<30}  {'one host, SQLite':>22}  {'cluster, PostgreSQL':>22}  ratio")
+    print(f"Cluster benchmark: real daemons and QEMU (TCG), {os.cpu_count()} CPUs; "
+          f"corral.Client on each daemon's unix socket; median (min-max) of n={args.n}, ms")
     for op, sides in res.items():
-        s, c = sides.get("sqlite"), sides.get("cluster")
-        ratio = f"{statistics.median(c) / statistics.median(s):.2f}x" if s and c else "—"
-        print(f"{op:<30}  {_fmt(s):>22}  {_fmt(c):>22}  {ratio:>5}")
+        base = statistics.median(sides["single"])
+        print(f"\n{op}")
+        for side, values in sides.items():
+            print(f"  {side:<36} {_fmt(values):>24}  {statistics.median(values) / base:5.2f}x")
+    fwd = statistics.median(res["pause"]["cluster, forwarded"])
+    local = statistics.median(res["pause"]["single"])
+    print(f"\ntarget: a forwarded pause under 2x a local one: {fwd:.2f} / {local:.2f} ms = "
+          f"{fwd / local:.2f}x  {'PASS' if fwd < 2 * local else 'FAIL'}")
     return 0
 
 

@@ -140,8 +140,11 @@ class Placer:
         except KeyError:
             raise NotFound(f"request '{request_id}' is not placed") from None
 
-    def place(self, request: PlacementRequest, *, explain: bool = False) -> Placement:
-        """Choose a host for ``request`` and account it there.
+    def place(self, request: PlacementRequest, *, explain: bool = False,
+              reasons: bool = True) -> Placement:
+        """Choose a host for ``request`` and account it there. When nothing fits, each
+        host's reason is given unless ``reasons`` is false (a queue or a simulator that only
+        needs to know it waits: the reasons cost a visit of every host).
 
         :raises InvalidSpec: when the request asks for no CPU or a negative size.
         :raises AlreadyExists: when a request of that id is already placed.
@@ -156,7 +159,7 @@ class Placer:
             chosen, rejected = self._scan(request)
         else:
             chosen = self._find(request)
-            if chosen is None:
+            if chosen is None and reasons:
                 rejected = self._scan(request)[1]
         if chosen is None:
             return Placement(request.id, None, rejected)

@@ -217,7 +217,7 @@ class Member(ClusterView):
         p, _ = clusterplace.placer(rows, [a for a in waiting if a["host"]], self.weigher())
 
         def choose(request: dict[str, Any]) -> str | None:
-            return p.place(clusterplace.from_dict(request)).host
+            return p.place(clusterplace.from_dict(request), reasons=False).host
 
         clusterha.restart_lost(self.cs, self.work, rows,
                                self.down_after + clusterha.GRACE * self.heartbeat, choose)
