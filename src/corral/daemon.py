@@ -66,14 +66,21 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None,
         sock.listen(128)
         _quiet_disconnects(asyncio.get_running_loop())
         manager = Manager(paths)
-        config = uvicorn.Config(create_app(manager), loop="none", http="httptools",
-                                lifespan="on", log_level="warning", access_log=False,
-                                ws="none")
+        config = uvicorn.Config(create_app(manager, manage_lifecycle=False), loop="none",
+                                http="httptools", lifespan="off", log_level="warning",
+                                access_log=False, ws="none")
         main = uvicorn.Server(config)
         remote = _serve_tls(main, manager, paths, tcp, listen) if tcp else None
         try:
-            await main.serve(sockets=[sock])
+            # opened here, not in the app's lifespan: a refusal (a setting that does not
+            # parse, a cluster that refuses this host) ends the command in one line
+            await manager.open()
+            try:
+                await main.serve(sockets=[sock])
+            finally:
+                await manager.close()
         finally:
+            main.should_exit = True
             if remote is not None:
                 await remote.stop()
     finally:

@@ -6,7 +6,7 @@ theirs is lost; fencing makes sure no VM runs twice.
   :data:`GRACE` heartbeats; each ``--ha`` VM such a host still owns and that was live is
   placed again (the same placement code, on hosts labelled ``shared=yes``) and written as a
   *takeover* assignment. The chosen host moves the VM's cluster-wide name to itself in the
-  same transaction that adds its record (:func:`corral.store.cluster.take_over_vm`: only one
+  same transaction that adds its record (:func:`corral.store.hostmoves.take_over_vm`: only one
   host can win), links its directory to the VM's files and starts it.
 * **Fencing.** A host stops its copy of every VM whose name the cluster gives to another
   host and drops its record (the shared files stay): when its daemon starts, before it
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from corral.domain.specs import VMSpec
 from corral.domain.states import LIVE, State
 from corral.errors import AlreadyExists, CorralError
-from corral.store import cluster as cl
+from corral.store import hostmoves
 from corral.store.assignments import cluster_vms
 from corral.store.db import VMRecord
 
@@ -55,7 +55,7 @@ async def fence_moved(rt: VMRuntime, cs: ClusterStore) -> list[str]:
             continue
         log.warning("fencing %s: another host runs it now", rec.name)
         await _kill(rt, rec)
-        cl.forget_vm(rt.db, rec.name)
+        hostmoves.forget_vm(rt.db, rec.name)
         link = rt.paths.vm_dir(rec.name)
         if link.is_symlink():
             link.unlink()
@@ -135,7 +135,7 @@ async def take_over(rt: VMRuntime, cs: ClusterStore, name: str, old_host: str) -
                    exit_reason=f"host {old_host} was lost", project=row.get("project")
                    or "default")
     try:
-        await asyncio.to_thread(cl.take_over_vm, rt.db, rec, old_host)
+        await asyncio.to_thread(hostmoves.take_over_vm, rt.db, rec, old_host)
     except BaseException:
         link.unlink(missing_ok=True)
         raise

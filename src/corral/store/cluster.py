@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import (
@@ -52,10 +52,6 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 
 from corral.errors import AlreadyExists, CorralError, InvalidSpec, StoreUnavailable
-from corral.store.schema import snapshots, vms
-
-if TYPE_CHECKING:
-    from corral.store.db import Store, VMRecord
 
 SCHEMA = "corral_cluster"
 LEADER_KEY = 0x636F7272616C  # "corral"
@@ -199,39 +195,6 @@ def move_name(conn: Connection, name: str, old: str, new: str) -> None:
 
 def release_name(conn: Connection, name: str, host: str) -> None:
     conn.execute(delete(vm_names).where((vm_names.c.name == name) & (vm_names.c.host == host)))
-
-
-def take_over_vm(store: Store, rec: VMRecord, old_host: str) -> None:
-    """Add ``rec`` to this host's ``store``: a VM of host ``old_host`` (lost) that this host
-    restarts, its cluster-wide name moved here in the same transaction.
-
-    :raises AlreadyExists: another host took it over first.
-    """
-    assert store.host is not None, "only a cluster's store takes VMs over"
-    new_host = store.host
-    rec.created_at = rec.updated_at = time.time()
-
-    def write() -> None:
-        with store._tx() as conn:
-            move_name(conn, rec.name, old_host, new_host)
-            conn.execute(insert(vms).values(**rec.to_row()))
-            store._event(conn, rec.name, "taken_over", {"from": old_host})
-
-    store._run(write)
-    store._vms[rec.name] = rec
-
-
-def forget_vm(store: Store, name: str) -> None:
-    """Drop a VM's record and snapshots from ``store``, not its cluster-wide name: another
-    host has it now (fencing)."""
-    def write() -> None:
-        with store._tx() as conn:
-            conn.execute(delete(vms).where(vms.c.name == name))
-            conn.execute(delete(snapshots).where(snapshots.c.vm == name))
-            store._event(conn, name, "fenced", {})
-
-    store._run(write)
-    store._vms.pop(name, None)
 
 
 def token_digest(token: str) -> str:
