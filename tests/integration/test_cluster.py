@@ -36,9 +36,12 @@ from tests.integration.cluster_hosts import (
 from tests.integration.conftest import CORRAL, HOMES, Daemon, assert_nothing_left, qemu_pids
 
 pytestmark = pytest.mark.integration
-DOWN_AFTER = 3.0
+# shorter than the defaults (1 s, 6 s) to keep the suite short; CORRAL_TEST_HEARTBEAT=1
+# CORRAL_TEST_DOWN_AFTER=6 measures the failover with the defaults
+DOWN_AFTER = float(os.environ.get("CORRAL_TEST_DOWN_AFTER", "3"))
 SETTINGS = {"CORRAL_HOST_CPUS": "2", "CORRAL_HOST_MEMORY": "1G", "CORRAL_CPU_RATIO": "1",
-            "CORRAL_MEMORY_RATIO": "1", "CORRAL_HEARTBEAT": "0.5",
+            "CORRAL_MEMORY_RATIO": "1",
+            "CORRAL_HEARTBEAT": os.environ.get("CORRAL_TEST_HEARTBEAT", "0.5"),
             "CORRAL_DOWN_AFTER": str(DOWN_AFTER)}
 
 
@@ -236,6 +239,9 @@ def test_leader_killed_another_admits_the_queue_and_the_dead_host_is_down(
              == "down", DOWN_AFTER + 5, "the killed host is down")
     queued = asker.json("run", "q1", "--memory", "700M", "--no-wait")
     assert queued["state"] == "queued" and queued["host"] is None
+    asker.json("run", "q2", "--memory", "700M", "--no-wait")
+    asker.cli("rm", "q2", check=True)  # a request still waiting is cancelled
+    assert "q2" not in {v["name"] for v in asker.client.list()}
     owner_of_f0 = others[0]
     owner_of_f0.client.rm("f0")
     fill.remove("f0")

@@ -97,7 +97,9 @@ def _catalog(r: APIRouter, m: Manager) -> None:
 
     @r.delete("/vms/{name}", status_code=204, responses=ok(None, 404, 409))
     async def rm_vm(name: Name) -> Response:
-        await m.vms.rm(name)
+        """Remove a VM (in a cluster, also a request still waiting for room anywhere)."""
+        if m.cluster is None or not await m.cluster.cancel_queued(name):
+            await m.vms.rm(name)
         return Response(status_code=204)
 
 

@@ -111,6 +111,13 @@ class ClusterView:
                                   "to forward to (start it with --listen)", host)
         return route
 
+    async def cancel_queued(self, name: str) -> bool:
+        """Drop a request for VM ``name`` still waiting for room in the cluster; False when
+        there is none (the VM, if any, is then removed as usual)."""
+        if self.rt.db.get_vm(name) is not None:
+            return False
+        return await asyncio.to_thread(self.work.cancel, name)
+
     # ----- administer -----
     async def set_admin(self, name: str, action: str) -> dict[str, Any]:
         """Cordon (no new VMs), drain (no new VMs; its VMs are to move off) or uncordon.
