@@ -220,6 +220,15 @@ class Client(NetworkCalls, AccessCalls):
         out: views.JoinToken = self.request("POST", "/cluster/token")
         return out
 
+    def move(self, name: str, to: str) -> views.VM:
+        """Move a VM that does not run to host ``to`` of the cluster (a saved VM resumes
+        there).
+
+        :raises InvalidState: it runs. :raises HostUnavailable: ``to`` is not up.
+        """
+        out: views.VM = self.request("POST", f"/vms/{seg(name)}/move", to=seg(to, "to") and to)
+        return out
+
     def placement(self, name: str) -> views.PlacementExplained:
         """Where the VM went and why each host was or was not chosen."""
         out: views.PlacementExplained = self.request("GET", f"/vms/{seg(name)}/placement")

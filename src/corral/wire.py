@@ -153,14 +153,24 @@ class Transport:
             self.close()
 
     def request(self, method: str, url: str, body: bytes | None,
-                content_type: str = "application/json") -> tuple[int, bytes]:
+                content_type: str = "application/json", file: Path | None = None
+                ) -> tuple[int, bytes]:
+        """One exchange; the body is ``body``, or the contents of ``file`` (sent as it is
+        read, however large)."""
         sock = self._connect()
         head = f"{method} {url} HTTP/1.1\r\nHost: corral\r\n{self.headers}"
-        if body is not None:
+        if file is not None:
+            head += (f"Content-Type: {content_type}\r\n"
+                     f"Content-Length: {file.stat().st_size}\r\n")
+        elif body is not None:
             head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
         elif method in ("POST", "PUT"):
             head += "Content-Length: 0\r\n"
         sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        if file is not None:
+            with file.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    sock.sendall(chunk)
         lines = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
         headers = {k.strip().lower(): v.strip()
@@ -242,8 +252,8 @@ class Connection:
         data = self.raw_request(method, route, payload, **query)
         return json.loads(data) if data else None
 
-    def exchange(self, method: str, url: str, payload: bytes | None, content_type: str
-                 ) -> tuple[int, dict[str, str], bytes]:
+    def exchange(self, method: str, url: str, payload: bytes | None, content_type: str,
+                 file: Path | None = None) -> tuple[int, dict[str, str], bytes]:
         """Send one request as given (``url``: path and query) and return the answer as it
         came, errors included: (status, headers, body). For a daemon that forwards a request
         to another host's daemon.
@@ -253,7 +263,7 @@ class Connection:
         for attempt in (1, 2):  # a kept-alive connection the daemon closed is retried once
             fresh = self._conn.sock is None
             try:
-                status, data = self._conn.request(method, url, payload, content_type)
+                status, data = self._conn.request(method, url, payload, content_type, file)
                 return status, self._conn.last_headers, data
             except (BrokenPipeError, ConnectionResetError) as err:
                 self.close()

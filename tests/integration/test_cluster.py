@@ -187,6 +187,23 @@ def test_any_daemon_acts_on_a_vm_of_another_host(cluster: dict[str, HostDaemon])
     assert dup.returncode == 4 and "exists on host h3" in dup.stderr
 
 
+def test_a_saved_vm_moves_to_another_host_and_resumes_there(
+        cluster: dict[str, HostDaemon]) -> None:
+    h1, h2, h3 = cluster["h1"], cluster["h2"], cluster["h3"]
+    h1.json("run", "mv", "--host", "h1", "--memory", "128M")
+    h2.cli("exec", "mv", "--", "sh", "-c", "echo kept > /tmp/mark", check=True)
+    assert h2.json("save", "mv")["state"] == "saved"  # forwarded to h1
+    vm = h2.json("move", "mv", "--to", "h3")
+    assert vm["host"] == "h3" and vm["state"] == "running"
+    assert h3.client.get("mv")["pid"] in qemu_pids(str(h3.home))
+    assert h1.cli("exec", "mv", "--", "cat", "/tmp/mark", check=True).stdout == "kept\n"
+    assert not (h1.home / "vms" / "mv").exists()
+    assert "mv" not in {v["name"] for v in h1.client.list(host="h1")}
+    running = h1.cli("move", "mv", "--to", "h1")
+    assert running.returncode == 5 and "running" in running.stderr
+    h1.client.rm("mv")
+
+
 def test_anti_affinity_and_cordon(cluster: dict[str, HostDaemon]) -> None:
     h2 = cluster["h2"]
     for name in ("a1", "a2"):

@@ -4,20 +4,25 @@
     POST /v1/hosts/HOST/{cordon,uncordon,drain}
     POST /v1/cluster/token                  a new join token for another host
     GET  /v1/vms/NAME/placement             where the VM went and why each host was or not
+    POST /v1/vms/NAME/move?to=HOST          move a VM that does not run to another host
+    PUT  /v1/cluster/incoming/NAME?source=H (host to host) the export of a VM moved here
 
 A daemon that is not in a cluster answers 422 to each.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from corral.api.common import Name, json, ok, router
+from corral.api.forward import send_file
+from corral.service import clustermove
 from corral.service.manager import Manager
-from corral.views import ClusterHost, JoinToken, PlacementExplained
+from corral.views import VM, ClusterHost, JoinToken, PlacementExplained
 
 HostName = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
@@ -41,5 +46,26 @@ def routes(m: Manager) -> APIRouter:
     @r.get("/vms/{name}/placement", responses=ok(PlacementExplained, 404, 422, 503))
     async def placement(name: Name) -> Response:
         return json(await m.cluster_member().placement(name))
+
+    @r.post("/vms/{name}/move", responses=ok(VM, 404, 409, 422, 503))
+    async def move_vm(name: Name, to: Annotated[str, Query(
+            min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]) -> Response:
+        """Move a VM that does not run to host ``to`` (its disks and state copied over the
+        TLS API; a saved VM resumes there)."""
+        return json(await clustermove.move(m.cluster_member(), name, to, send_file))
+
+    @r.put("/cluster/incoming/{name}", responses=ok(VM, 409, 413, 422, 503))
+    async def incoming(name: Name, request: Request, source: Annotated[str, Query(
+            min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]) -> Response:
+        """(Host to host) a VM moved here from ``source``: the body is its export."""
+        member = m.cluster_member()
+        file = m.runtime.paths.home / f".incoming-{name}-{uuid.uuid4().hex[:8]}.corral"
+        try:
+            with file.open("wb") as f:
+                async for chunk in request.stream():
+                    f.write(chunk)
+            return json(await clustermove.receive(member, name, source, file))
+        finally:
+            file.unlink(missing_ok=True)
 
     return r

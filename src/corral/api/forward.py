@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.parse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError, HostUnavailable
 from corral.service import access
-from corral.wire import Connection
+from corral.wire import Connection, error
 
 if TYPE_CHECKING:
     from corral.service.manager import Manager
@@ -41,15 +42,15 @@ class Peers:
         self._free: dict[tuple[str, str, str, str | None, float], list[Connection]] = {}
 
     def exchange(self, route: dict[str, Any], project: str | None, timeout: float,
-                 method: str, url: str, body: bytes | None, content_type: str
-                 ) -> tuple[int, dict[str, str], bytes]:
+                 method: str, url: str, body: bytes | None, content_type: str,
+                 file: Path | None = None) -> tuple[int, dict[str, str], bytes]:
         key = (route["address"], route["fingerprint"], route["api_token"], project, timeout)
         pool = self._free.setdefault(key, [])
         conn = pool.pop() if pool else Connection(
             url=f"https://{route['address']}", token=route["api_token"],
             fingerprint=route["fingerprint"], project=project, timeout=timeout)
         try:
-            answer = conn.exchange(method, url, body, content_type)
+            answer = conn.exchange(method, url, body, content_type, file)
         except CorralError as err:
             conn.close()
             raise HostUnavailable(f"host {route['host']} did not answer: {err.message}",
@@ -58,13 +59,32 @@ class Peers:
         return answer
 
 
+PEERS = Peers()  # one pool per daemon, for forwarded requests and moved VMs
+
+
+async def send_file(route: dict[str, Any], url: str, file: Path) -> dict[str, Any]:
+    """PUT ``file`` to another host's API (a VM moved there) and return its JSON answer.
+
+    :raises HostUnavailable: it did not answer. :raises CorralError: what it answered.
+    """
+    import json
+
+    status, _headers, data = await asyncio.to_thread(
+        PEERS.exchange, route, None, 3600.0, "PUT", url, None, "application/octet-stream",
+        file)
+    answer = json.loads(data) if data else {}
+    if status >= 400:
+        raise error(status, answer if isinstance(answer, dict) else {})
+    return dict(answer)
+
+
 class Forward:
     """ASGI middleware: forward requests about VMs of other hosts (see the module)."""
 
     def __init__(self, app: Any, manager: Manager) -> None:
         self.app = app
         self.manager = manager
-        self.peers = Peers()
+        self.peers = PEERS
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         match = VM_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None

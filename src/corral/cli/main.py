@@ -52,7 +52,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "host": ("serve", "queue", "trace", "host", "cluster", "image"),
     "vms": ("create", "run", "start", "pause", "resume", "shutdown", "stop", "reboot", "save",
             "restore", "clone", "export", "import", "rm", "destroy", "delete", "list", "show",
-            "console", "logs"),
+            "console", "logs", "move"),
     "guest": ("exec", "cp", "ip"),
     "disks": ("disk", "attach-disk", "detach-disk"),
     "snapshots": ("snapshot",),

@@ -358,3 +358,11 @@ class ClusterStore:
             row = conn.execute(text(f"SELECT * FROM {host_schema(host)}.vms WHERE name = :n"),
                                {"n": name}).first()
         return dict(row._mapping) if row is not None else None
+
+    def hand_over(self, vm: str, old: str, new: str) -> None:
+        """Move VM ``vm``'s name from host ``old`` to host ``new`` (a cold move).
+
+        :raises AlreadyExists: ``old`` does not own it.
+        """
+        with self.tx() as conn:
+            move_name(conn, vm, old, new)
