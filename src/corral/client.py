@@ -10,6 +10,12 @@ Standard library only (HTTP/1.1 over the unix socket, one kept-alive connection:
     c.pause("web"); c.resume("web")
     c.rm("web")
 
+A remote daemon (``corral serve --listen``) is the same Client over TLS, with a token and
+the server certificate's SHA-256 fingerprint (or a CA) to trust::
+
+    c = Client(url="https://10.0.0.2:8443", token="crl_…", fingerprint="6e82…")
+    c = Client()                      # $CORRAL_URL, $CORRAL_TOKEN, $CORRAL_FINGERPRINT
+
 One verb per action (``rm``, ``disk_rm``, ``snapshot_rm``, ``network_rm`` …); the older names
 (``destroy``, ``disk_delete`` …) stay as aliases. Every name is checked and percent-quoted
 before it goes into a URL, and every number is checked (finite, in range) before a request
@@ -145,10 +151,14 @@ class Client(NetworkCalls, AccessCalls):
                                        limit=integer(limit, "limit", 1, 16 << 20))
         return out
 
-    def events(self, since: int = 0, vm: str | None = None) -> builtins.list[views.Event]:
+    def events(self, since: int = 0, vm: str | None = None, project: str | None = None
+               ) -> builtins.list[views.Event]:
+        """Up to 1000 events after id ``since``: ``vm``'s only, ``project``'s only (a token
+        sees its own project's only)."""
         out: builtins.list[views.Event] = self.request(
             "GET", "/events", since=integer(since, "since", 0, (1 << 63) - 1),
-            vm=None if vm is None else (seg(vm, "vm") and vm))
+            vm=None if vm is None else (seg(vm, "vm") and vm),
+            project=None if project is None else (seg(project, "project") and project))
         return out
 
     def clone(self, src: str, new: str, full: bool = False,

@@ -19,14 +19,16 @@ tree onto exit codes and HTTP statuses, so a user never sees a traceback for the
     ├── DiskFull                     (507 / exit 11) the host's disk is full
     ├── DaemonUnavailable            (503 / exit 8)  the CLI or Client cannot reach ``corral serve``
     ├── TooLarge                     (413 / exit 2)  a request body over the daemon's limit
-    ├── Unauthorized                 (401 / exit 12) a missing, malformed, expired or revoked token
-    ├── Forbidden                    (403 / exit 13) the token's role may not do that
-    ├── QuotaExceeded                (409 / exit 14) over a project's quota; ``quota`` names it
-    ├── RateLimited                  (429 / exit 15) too many requests; ``retry_after`` seconds
-    ├── Untrusted                    (exit 16)       the daemon's certificate is not the one
+    ├── MigrationFailed              (500 / exit 12) a live migration failed; the guest runs
+                                                     where it was (``phase``: where it failed)
+    ├── Unauthorized                 (401 / exit 13) a missing, malformed, expired or revoked token
+    ├── Forbidden                    (403 / exit 14) the token's role may not do that
+    ├── QuotaExceeded                (409 / exit 15) over a project's quota; ``quota`` names it
+    ├── RateLimited                  (429 / exit 16) too many requests; ``retry_after`` seconds
+    ├── Untrusted                    (exit 17)       the daemon's certificate is not the one
     │                                                trusted; ``fingerprint`` is what it showed
-    ├── StoreUnavailable             (503 / exit 17) the cluster's PostgreSQL cannot be reached
-    └── HostUnavailable              (503 / exit 18) a cluster host is down or does not answer
+    ├── StoreUnavailable             (503 / exit 18) the cluster's PostgreSQL cannot be reached
+    └── HostUnavailable              (503 / exit 19) a cluster host is down or does not answer
 
 Errors cross the wire whole: :meth:`CorralError.to_dict` gives the body of an error answer,
 ``{"error": kind, "kind": kind, "message": one line, "facts": {...}}`` (the facts are also
@@ -211,7 +213,7 @@ class StoreUnavailable(CorralError):
     keep running; the daemon reconnects by itself."""
 
     status = 503
-    exit_code = 17
+    exit_code = 18
     kind = "store_unavailable"
 
 
@@ -219,7 +221,7 @@ class HostUnavailable(CorralError):
     """A cluster host is down, cordoned away or did not answer in time; ``host`` names it."""
 
     status = 503
-    exit_code = 18
+    exit_code = 19
     kind = "host_unavailable"
     fact_names = ("host",)
 
@@ -241,11 +243,24 @@ class TooLarge(CorralError):
         self.limit = limit
 
 
+class MigrationFailed(CorralError):
+    """A live migration failed, was cancelled or could not converge; the guest keeps running
+    on the source."""
+
+    exit_code = 12
+    kind = "migration_failed"
+    fact_names = ("phase",)
+
+    def __init__(self, message: str, phase: str = "") -> None:
+        super().__init__(message)
+        self.phase = phase
+
+
 class Unauthorized(CorralError):
     """No valid token: missing, malformed, unknown, expired or revoked."""
 
     status = 401
-    exit_code = 12
+    exit_code = 13
     kind = "unauthorized"
 
 
@@ -253,7 +268,7 @@ class Forbidden(CorralError):
     """The token is valid but its role may not do this."""
 
     status = 403
-    exit_code = 13
+    exit_code = 14
     kind = "forbidden"
     fact_names = ("role", "required")
 
@@ -267,7 +282,7 @@ class QuotaExceeded(CorralError):
     """The request would take a project over one of its quotas."""
 
     status = 409
-    exit_code = 14
+    exit_code = 15
     kind = "quota_exceeded"
     fact_names = ("project", "quota", "limit", "requested")
 
@@ -284,7 +299,7 @@ class RateLimited(CorralError):
     """Too many requests from one token; try again after ``retry_after`` seconds."""
 
     status = 429
-    exit_code = 15
+    exit_code = 16
     kind = "rate_limited"
     fact_names = ("retry_after",)
 
@@ -297,7 +312,7 @@ class Untrusted(CorralError):
     """The daemon showed a TLS certificate this side does not trust (client side only)."""
 
     status = 495
-    exit_code = 16
+    exit_code = 17
     kind = "untrusted"
     fact_names = ("fingerprint",)
 
@@ -353,6 +368,7 @@ __all__ = [
     "InvalidSpec",
     "InvalidState",
     "LaunchFailed",
+    "MigrationFailed",
     "MonitorError",
     "NeedsRoot",
     "NoCapacity",

@@ -284,7 +284,7 @@ def test_a_down_host_shows_its_vms_unknown(cluster: dict[str, HostDaemon]) -> No
         assert shown["state"] == "unknown" and shown["last_state"] == "running"
         t0 = time.monotonic()
         res = h1.cli("pause", "web")
-        assert res.returncode == 18 and "h3" in res.stderr and "down" in res.stderr
+        assert res.returncode == 19 and "h3" in res.stderr and "down" in res.stderr
         assert time.monotonic() - t0 < 5
     finally:
         h3.start()
@@ -298,7 +298,7 @@ def test_postgres_stopped_and_started(cluster: dict[str, HostDaemon]) -> None:
     pg.stop()
     try:
         res = h1.cli("create", "nope", "--memory", "64M")
-        assert res.returncode == 17 and "cluster store" in res.stderr, res.stderr
+        assert res.returncode == 18 and "cluster store" in res.stderr, res.stderr
         assert "Traceback" not in res.stderr
         os.kill(pid, 0)  # a running VM keeps running
     finally:

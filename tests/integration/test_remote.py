@@ -136,20 +136,20 @@ def test_untrusted_certificate_no_token_and_revoked(remote: Remote) -> None:
     wrong = "ab" * 32
     res = remote.run("list", env={"CORRAL_URL": remote.url, "CORRAL_TOKEN": token,
                                   "CORRAL_FINGERPRINT": wrong})
-    assert res.returncode == 16 and remote.fingerprint in res.stderr, res.stderr
+    assert res.returncode == 17 and remote.fingerprint in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     res = remote.run("list", env={"CORRAL_URL": remote.url, "CORRAL_TOKEN": token})
-    assert res.returncode == 16 and remote.fingerprint in res.stderr  # no pin, no CA
+    assert res.returncode == 17 and remote.fingerprint in res.stderr  # no pin, no CA
     pinned = {"CORRAL_URL": remote.url, "CORRAL_FINGERPRINT": remote.fingerprint}
     res = remote.run("list", env=pinned)
-    assert res.returncode == 12 and "token" in res.stderr, res.stderr
+    assert res.returncode == 13 and "token" in res.stderr, res.stderr
     res = remote.run("list", env={**pinned, "CORRAL_TOKEN": token})
     assert res.returncode == 0, res.stderr
     res = remote.run("pause", "x", env={**pinned, "CORRAL_TOKEN": token})
-    assert res.returncode == 13 and "viewer" in res.stderr, res.stderr
+    assert res.returncode == 14 and "viewer" in res.stderr, res.stderr
     d.cli("token", "revoke", "remote-view", check=True)
     res = remote.run("list", env={**pinned, "CORRAL_TOKEN": token})
-    assert res.returncode == 12 and "revoked" in res.stderr, res.stderr
+    assert res.returncode == 13 and "revoked" in res.stderr, res.stderr
     # trusting the daemon's CA instead of a pin (the certificate names the listen address)
     res = remote.run("whoami", env={"CORRAL_URL": remote.url, "CORRAL_TOKEN": _secret(
         d, "remote-ca", "viewer"), "CORRAL_CA": str(d.home / "tls" / "ca.crt")})

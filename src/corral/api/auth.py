@@ -13,13 +13,16 @@
   project (404, see :mod:`corral.service.access`).
 * **How often.** Each token has a token bucket (``api.rate`` per second, ``api.burst`` at
   once): over it, 429 with ``Retry-After``.
-* **Audit.** Every mutating request (and every refused one) is recorded as an ``audit`` event:
-  who, the route, the resource, the status and the result.
+* **Audit.** Every mutating request (and every one refused for its role) is recorded as an
+  ``audit`` event: who, the route, the resource, the status and the result. A request
+  without a valid token has no one to name: it goes to the daemon's log (at most one line a
+  second, with a count), so a flood of them cannot fill the store.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -33,6 +36,7 @@ from corral.service import access
 if TYPE_CHECKING:
     from corral.service.manager import Manager
 
+log = logging.getLogger(__name__)
 Scope = dict[str, Any]
 READS = ("GET", "HEAD")
 # (method, route) that need an admin; every other route: viewer to read, operator to act
@@ -47,6 +51,7 @@ ADMIN = frozenset({
     # host-wide views that span projects
     ("GET", "/v1/topology"), ("GET", "/v1/trace"),
 })
+PUBLIC = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})  # the schema
 OPERATOR_READS = frozenset({("GET", "/v1/vms/{name}/files")})  # reads inside the guest
 
 
@@ -97,6 +102,7 @@ class Guard:
         self.rate = float(settings.value("api.rate"))
         self.burst = int(settings.value("api.burst"))
         self.buckets: dict[str, Bucket] = {}
+        self.refused, self.refused_at = 0, 0.0
 
     def _route(self, scope: Scope) -> tuple[str | None, dict[str, Any]]:
         for route in self.routes:
@@ -142,7 +148,7 @@ class Guard:
                               f"{math.ceil(wait)} s", math.ceil(wait))
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or scope["path"] in PUBLIC:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
@@ -159,6 +165,8 @@ class Guard:
             extra = [(b"retry-after", str(err.retry_after).encode())] \
                 if isinstance(err, RateLimited) else []
             await _answer(send, err, extra)
+            if who is None:  # no principal to audit: the daemon's log, at most once a second
+                self._log_refused(scope, err)
             if who is not None and not isinstance(err, RateLimited):
                 self._audit(who, method, route, params, err.status, err.kind, None)
             return
@@ -188,6 +196,16 @@ class Guard:
             self._audit(who, scope["method"], route, params, status,
                         "ok" if status < 400 else str(body.get("kind", "error")),
                         body.get("name") if status < 300 else None)
+
+    def _log_refused(self, scope: Scope, err: CorralError) -> None:
+        now = time.monotonic()
+        self.refused += 1
+        if now - self.refused_at >= 1.0:
+            client = scope.get("client") or ("the unix socket", "")
+            log.warning("refused %s %s from %s: %s (%d refused since the last report)",
+                        scope["method"], scope["path"][:200], client[0], err.message,
+                        self.refused)
+            self.refused, self.refused_at = 0, now
 
     def _audit(self, who: access.Principal, method: str, route: str | None,
                params: dict[str, Any], status: int, result: str, made: Any) -> None:

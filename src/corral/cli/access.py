@@ -83,7 +83,8 @@ def cmd_project_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    evs = client(args).events(args.since, args.vm)
+    project, args.project = args.project, None  # a filter here: also a removed project's
+    evs = client(args).events(args.since, args.vm, project)
     lines = []
     for e in evs:
         d = e["detail"]

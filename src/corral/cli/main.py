@@ -43,8 +43,9 @@ environment:
 
 exit status: 0 ok, 2 invalid input, 3 not found, 4 already exists, 5 wrong state,
 6 timeout, 7 guest agent error, 8 daemon not running, 9 no capacity, 10 needs root,
-11 disk full, 12 no valid token, 13 role too low, 14 over a quota, 15 rate limited,
-16 certificate not trusted, 1 other errors.
+11 disk full, 12 migration failed, 13 no valid token, 14 role too low, 15 over a quota,
+16 rate limited, 17 certificate not trusted, 18 cluster store unreachable, 19 cluster host
+down or silent, 1 other errors.
 """
 
 # which module of corral.cli defines each command word (aliases included)

@@ -73,7 +73,8 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 def vm_detail(vm: Mapping[str, Any]) -> str:
     lines = [
-        ("name", vm["name"]), ("state", state(vm)),
+        ("name", vm["name"]), ("project", vm.get("project") or "default"),
+        ("state", state(vm)),
         *((("host", vm["host"] or "- (queued)"),) if "host" in vm else ()),
         *((("last known state", vm["last_state"]),) if "last_state" in vm else ()),
         ("qemu status", vm.get("qemu_status") or "-"),

@@ -65,6 +65,48 @@ class LaunchOptions:
 
 
 @dataclass(frozen=True)
+class MigrationOptions:
+    """How a live migration runs. ``mirror`` names the disk nodes copied live to the target's
+    NBD server at ``nbd`` (``host:port``) while RAM moves; disks on shared storage are left
+    out. ``tls`` is a directory of x509 credentials (QEMU's file names) that encrypts the
+    stream. A migration still running after ``timeout`` seconds is cancelled: it could not
+    converge."""
+
+    max_downtime: float = 0.3       # seconds the guest may stand still at the switch
+    auto_converge: bool = True      # throttle the guest's vCPUs when it dirties too fast
+    postcopy: bool = False          # switch to post-copy after the first full pass
+    bandwidth: int | None = None    # bytes per second; None: as fast as the link
+    mirror: tuple[str, ...] = ()
+    nbd: str | None = None
+    tls: Path | None = None
+    timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """One reading of a running migration (bytes; rates in bytes per second)."""
+
+    status: str
+    transferred: int = 0
+    remaining: int = 0
+    total: int = 0
+    dirty_rate: int = 0
+    expected_downtime: float = 0.0  # seconds
+    passes: int = 0                 # full passes over RAM so far
+    disk_done: int = 0
+    disk_total: int = 0
+    postcopy: bool = False
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    total_time: float   # seconds from start to the guest running on the target
+    downtime: float     # seconds the guest stood still
+    transferred: int    # RAM bytes sent
+    postcopy: bool
+
+
+@dataclass(frozen=True)
 class ExecStatus:
     """A guest process as the agent reports it."""
 
@@ -123,6 +165,30 @@ class Machine(Protocol):
         """Feed a state to a machine launched ``incoming``."""
     async def cancel_save(self) -> None:
         """Stop a state stream that is still running (the guest stays as it is)."""
+
+    # -- live migration ----------------------------------------------------------------------
+    async def serve_incoming(self, uri: str, nbd: str | None = None,
+                             disks: tuple[str, ...] = (), postcopy: bool = False,
+                             tls: Path | None = None) -> None:
+        """On a machine launched ``incoming`` and ``hold``: listen for a migration at ``uri``
+        (``tcp:HOST:PORT``) and, with ``nbd``, serve ``disks`` writable there for the
+        source's mirror."""
+    async def migrate_to(self, uri: str, options: MigrationOptions,
+                         on_progress: Callable[[MigrationProgress], None] | None = None
+                         ) -> MigrationResult:
+        """Move the running guest to the machine listening at ``uri``; on success this one
+        is left stopped (``postmigrate``) for the caller to quit.
+
+        :raises MigrationFailed: when it fails, is cancelled or cannot converge; the guest
+            then keeps running here, and nothing of the attempt is left on this side.
+        """
+    async def cancel_migration(self) -> None:
+        """Stop a running migration; the guest keeps running here."""
+    async def finish_incoming(self, timeout: float = 600.0) -> None:
+        """On the target: wait for the state to arrive, stop serving disks, run the guest.
+
+        :raises MigrationFailed: when the stream ends without a complete state.
+        """
 
     # -- snapshots (internal, on every listed node; ``vmstate`` holds the RAM) ---------------
     async def snapshot_save(self, tag: str, vmstate: str, devices: list[str]) -> None: ...

@@ -97,8 +97,8 @@ class Projects:
         return await self.view(self._row(name))
 
     def rm(self, name: str) -> None:
-        """:raises InUse: it still holds VMs, disks, networks, routers or tokens (or it is
-        ``default``, where objects go when no project is named)."""
+        """:raises InUse: it still holds VMs, disks, networks, routers or tokens.
+        :raises InvalidSpec: it is ``default``, where objects go when no project is named."""
         self._row(name)
         rt = self.rt
         users = [f"vm {r.name}" for r in rt.db.list_vms() if r.project == name]
@@ -106,7 +106,8 @@ class Projects:
         users += [f"token {t.name}" for t in self._db.tokens.values() if t.project == name]
         users += [key.replace(":", " ") for key, p in self.net.db.projects.items() if p == name]
         if name == access.DEFAULT_PROJECT:
-            users.insert(0, "the default project")
+            raise InvalidSpec("name", "'default' holds what no project is named for; it "
+                                      "cannot be removed")
         if users:
             raise InUse("project", name, "remove", users)
         self._db.delete_project(name)

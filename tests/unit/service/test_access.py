@@ -168,6 +168,7 @@ async def test_two_projects_cannot_see_each_other(
                for e in beta if e["kind"] == "audit")
     r = await local.delete("/v1/projects/alpha")
     assert r.status_code == 409 and "vm a1" in r.json()["facts"]["users"]
+    assert (await local.delete("/v1/projects/default")).status_code == 422
     for name in ("a1", "b1"):
         assert (await local.delete(f"/v1/vms/{name}")).status_code == 204
 

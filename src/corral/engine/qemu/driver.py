@@ -30,6 +30,7 @@ from corral.engine.events import EventWaiters
 from corral.engine.qemu import argv as qargv
 from corral.engine.qemu.guest_agent import GuestAgent
 from corral.engine.qemu.guest_ops import GuestOps
+from corral.engine.qemu.migration import LiveMigration
 from corral.engine.qemu.process import Process, launch
 from corral.engine.qemu.qmp import Monitor
 from corral.errors import CorralError, MonitorError, Timeout
@@ -46,9 +47,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class QemuMachine(GuestOps):
+class QemuMachine(GuestOps, LiveMigration):
     """One QEMU process with its monitor and (optional) guest agent (whose calls are
-    :class:`~.guest_ops.GuestOps`)."""
+    :class:`~.guest_ops.GuestOps`; live migration is :class:`~.migration.LiveMigration`)."""
 
     def __init__(self, name: str, process: Process, monitor: Monitor,
                  agent: GuestAgent | None) -> None:
