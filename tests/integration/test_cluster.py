@@ -300,6 +300,8 @@ def test_postgres_stopped_and_started(cluster: dict[str, HostDaemon]) -> None:
         res = h1.cli("create", "nope", "--memory", "64M")
         assert res.returncode == 18 and "cluster store" in res.stderr, res.stderr
         assert "Traceback" not in res.stderr
+        wait_for(lambda: h3.cli("pause", "web").returncode == 18, 5, "changes refused")
+        assert h3.client.get("web")["state"] == "running"  # reads are answered
         os.kill(pid, 0)  # a running VM keeps running
     finally:
         pg.start()

@@ -2,6 +2,9 @@
 it came, to that host's daemon over its authenticated TLS API, and its answer (status,
 body, errors included) is this daemon's answer.
 
+While the cluster store is out of reach every change (any method but GET) is refused with
+``StoreUnavailable``, here, before it acts on anything; reads are answered.
+
 The middleware sits inside the authorization seam (:mod:`corral.api.auth`): a request is
 authenticated and authorised here first; it then travels with the peer token the other host
 published (an admin token of that host; see :meth:`corral.service.cluster.Member._api`),
@@ -21,7 +24,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from corral.errors import CorralError, HostUnavailable
+from corral.errors import CorralError, HostUnavailable, StoreUnavailable
 from corral.service import access
 from corral.wire import Connection, error
 
@@ -87,6 +90,13 @@ class Forward:
         self.peers = PEERS
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD") \
+                and self.manager.is_open and self.manager.cluster is not None \
+                and not self.manager.cluster.store_ok:
+            err = StoreUnavailable("the cluster store is out of reach: changes are refused "
+                                   "until it answers again (running VMs keep running)")
+            await _answer(send, err.status, {}, _error_body(err))
+            return
         match = VM_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
         member = self.manager.cluster if match and self.manager.is_open else None
         if member is None or match is None or match.group(2) in LOCAL_ONLY:

@@ -107,6 +107,11 @@ class Member(ClusterView):
         self._listener.start()
         self._task = asyncio.create_task(self._loop(), name="cluster")
 
+    @property
+    def store_ok(self) -> bool:
+        """Whether the cluster store answered this daemon's last round (every 0.2 s)."""
+        return self._connected
+
     def labels(self) -> dict[str, str]:
         labels = dict(settings.value("cluster.labels"))
         if settings.value("cluster.shared"):

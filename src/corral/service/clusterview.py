@@ -77,6 +77,8 @@ class ClusterView:
 
         :raises NotFound: no VM (or waiting request) of that name in the cluster.
         """
+        if self.rt.db.get_vm(name) is not None:  # here: answered without the store
+            return {**await self.vms.get(name), "host": self.name}
         owner = await asyncio.to_thread(self.cs.owner_of, name)
         if owner is None or owner == self.name:
             if owner is None and self.rt.db.get_vm(name) is None:
