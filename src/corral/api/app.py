@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from corral.api import (
+    cluster,
     console,
     disks,
     errors,
@@ -39,6 +40,7 @@ from corral.api import (
 )
 from corral.api.auth import Guard
 from corral.api.common import API
+from corral.api.forward import Forward
 from corral.api.limits import BodyLimit
 from corral.api.schema import CorralAPI
 from corral.service.manager import Manager
@@ -46,7 +48,7 @@ from corral.service.manager import Manager
 __all__ = ["API", "create_app"]
 
 ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers, projects, events,
-          metrics, console, stacks)
+          metrics, console, stacks, cluster)
 
 
 def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = False,
@@ -75,6 +77,8 @@ def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = F
     app.router.routes.extend(web.routes(where or web.Where()).routes)
     app.mount("/static", web.static_files(), name="static")
     errors.install(app)
+    # innermost: a request about a VM of another host goes there, once authorised
+    app.add_middleware(Forward, manager=manager)
     app.add_middleware(BodyLimit)
     app.add_middleware(metrics.RequestMetrics, manager=manager, paths={
         r.endpoint: r.path for r in app.router.routes if isinstance(r, Route)})
