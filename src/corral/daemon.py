@@ -82,16 +82,23 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None,
         sock.listen(128)
         _quiet_disconnects(asyncio.get_running_loop())
         manager = Manager(paths)
-        config = uvicorn.Config(create_app(manager, where=where), loop="none",
-                                http="httptools", lifespan="on", log_level="warning",
-                                access_log=False, ws="websockets-sansio")
+        config = uvicorn.Config(create_app(manager, manage_lifecycle=False, where=where),
+                                loop="none", http="httptools", lifespan="off",
+                                log_level="warning", access_log=False, ws="websockets-sansio")
         main = _server_class()(config, manager)
         extra = [_serve_tls(main, manager, paths, tls, listen, where)] if tls else []
         if tcp is not None:
             extra.append(_serve_web(main, manager, tcp, where))
         try:
-            await main.serve(sockets=[sock])
+            # opened here, not in the app's lifespan: a refusal (a setting that does not
+            # parse, a cluster that refuses this host) ends the command in one line
+            await manager.open()
+            try:
+                await main.serve(sockets=[sock])
+            finally:
+                await manager.close()
         finally:
+            main.should_exit = True
             for server in extra:
                 await server.stop()
     finally:
@@ -207,7 +214,8 @@ def _serve_web(main: Any, manager: Any, tcp: socket.socket, where: Where) -> _Re
     config = uvicorn.Config(create_app(manager, manage_lifecycle=False, remote=True,
                                        where=where),
                             loop="none", http="httptools", lifespan="off",
-                            log_level="warning", access_log=False, ws="websockets-sansio")
+                            log_level="warning", access_log=False, ws="websockets-sansio",
+                            timeout_graceful_shutdown=2)
     return _Remote(main, uvicorn.Server(config), tcp)
 
 
@@ -223,10 +231,15 @@ def _serve_tls(main: Any, manager: Any, paths: Paths, tcp: socket.socket,
                                        where=where),
                             loop="none", http="httptools", lifespan="off",
                             log_level="warning", access_log=False, ws="websockets-sansio",
-                            ssl_certfile=str(cert), ssl_keyfile=str(key))
+                            ssl_certfile=str(cert), ssl_keyfile=str(key),
+                            # closing a TLS connection waits for the peer's close_notify,
+                            # which an idle kept-alive client (another host's forwarding
+                            # pool) never sends: do not wait the 30 s of asyncio for it
+                            timeout_graceful_shutdown=2)
+    manager.endpoint = (listen, fingerprint(cert.read_bytes()))  # for the cluster's peers
     logging.getLogger("corral").info(
         "serving the API over TLS on %s; certificate SHA-256 fingerprint %s", listen,
-        fingerprint(cert.read_bytes()))
+        manager.endpoint[1])
     return _Remote(main, uvicorn.Server(config), tcp)
 
 
@@ -250,7 +263,46 @@ def _quiet_disconnects(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_exception_handler(handler)
 
 
-def main(socket_path: Path | None = None, listen: str | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line (``--log-format json``): time, level, logger, message,
+    and the exception's traceback when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        line = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def setup_logging() -> None:
+    """Log to standard error, one line per event, as the settings ``log.format`` and
+    ``log.level`` say (a journal keeps standard error as it is)."""
+    from corral import settings
+
+    handler = logging.StreamHandler()
+    if settings.value("log.format") == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                               "%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.value("log.level").upper())
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def main(socket_path: Path | None = None, listen: str | None = None) -> None:
+    setup_logging()
+    logging.getLogger(__name__).info("corral serve starting (configuration file: %s)",
+                                     _config_name())
     asyncio.run(serve(socket_path, listen=listen))
+
+
+def _config_name() -> str:
+    from corral import settings
+
+    path = settings.file_path()
+    return str(path) if path else "none"

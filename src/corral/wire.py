@@ -1,7 +1,7 @@
 """What the Client puts on the wire: HTTP/1.1 over the daemon's unix socket, or over TLS to
-a remote daemon (``https://HOST:PORT`` with a token), the checks every name and number
-passes before it is sent, and :class:`Connection`, the base of ``corral.Client`` (one REST
-call in, decoded JSON or the daemon's error out).
+a remote daemon (``https://HOST:PORT`` with a token), and :class:`Connection`, the base of
+``corral.Client`` (one REST call in, decoded JSON or the daemon's error out). The checks
+every name and number passes before it is sent are :mod:`corral.wire_checks`'s.
 
 Standard library only; importing it costs milliseconds (``ssl`` is imported only when a
 remote is used: :mod:`corral.remote`).
@@ -17,6 +17,10 @@ from pathlib import Path
 
 from corral import errors
 from corral.config import default_socket
+from corral.wire_checks import MAX_TIMEOUT, error, integer, seconds, seg
+
+__all__ = ["MAX_TIMEOUT", "Connection", "Transport", "error", "integer", "seconds",
+           "seg"]
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
@@ -25,49 +29,7 @@ if TYPE_CHECKING:
 
     Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
-MAX_TIMEOUT = 86400.0  # the daemon refuses longer waits
 CHUNK = 1 << 20  # uploads and downloads move in pieces this big
-
-
-def error(status: int, body: dict[str, Any]) -> errors.CorralError:
-    return errors.from_dict(body, status)
-
-
-def seg(name: object, field: str = "name") -> str:
-    """``name`` as one URL path segment: checked, then percent-quoted, so that no name can
-    reach another route or smuggle a second request (CR/LF).
-
-    :raises InvalidSpec: an empty name, a control character, ``/``, ``.`` or ``..``.
-    """
-    if not isinstance(name, str) or not name:
-        raise errors.InvalidSpec(field, "give a name")
-    if len(name) > 255 or name in (".", "..") or "/" in name or \
-            any(ord(c) < 32 or ord(c) == 127 for c in name):
-        shown = name if len(name) <= 40 else name[:40] + "…"
-        raise errors.InvalidSpec(field, f"{shown!r} is not a valid name; use 1-32 lowercase "
-                                        "letters, digits and '-', starting with a letter or "
-                                        "digit")
-    return urllib.parse.quote(name, safe="")
-
-
-def seconds(value: float | None, field: str = "timeout") -> float | None:
-    """:raises InvalidSpec: unless ``value`` is None or a finite number in (0, a day]."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not 0 < value <= MAX_TIMEOUT:  # NaN fails every comparison
-        raise errors.InvalidSpec(field, f"{value!r} is not a number of seconds in "
-                                        f"(0, {MAX_TIMEOUT:g}]")
-    return float(value)
-
-
-def integer(value: int | None, field: str, low: int, high: int) -> int | None:
-    """:raises InvalidSpec: unless ``value`` is None or an integer in [low, high]."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise errors.InvalidSpec(field, f"{value!r} is not an integer in [{low}, {high}]")
-    return value
 
 
 class Transport:
@@ -84,6 +46,7 @@ class Transport:
         self.headers = headers
         self.sock: socket.socket | None = None
         self._buf = b""
+        self.last_headers: dict[str, str] = {}  # of the last answer
 
     def close(self) -> None:
         if self.sock is not None:
@@ -153,16 +116,28 @@ class Transport:
             self.close()
 
     def request(self, method: str, url: str, body: bytes | None,
-                content_type: str = "application/json") -> tuple[int, bytes]:
+                content_type: str = "application/json", file: Path | None = None
+                ) -> tuple[int, bytes]:
+        """One exchange; the body is ``body``, or the contents of ``file`` (sent as it is
+        read, however large)."""
         sock = self._connect()
         head = f"{method} {url} HTTP/1.1\r\nHost: corral\r\n{self.headers}"
-        if body is not None:
+        if file is not None:
+            head += (f"Content-Type: {content_type}\r\n"
+                     f"Content-Length: {file.stat().st_size}\r\n")
+        elif body is not None:
             head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
         elif method in ("POST", "PUT"):
             head += "Content-Length: 0\r\n"
         sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        if file is not None:
+            with file.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    sock.sendall(chunk)
         status, headers = self._read_head()
-        return status, self._read_body(headers)
+        data = self._read_body(headers)
+        self.last_headers = headers
+        return status, data
 
     def _read_head(self) -> tuple[int, dict[str, str]]:
         lines = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
@@ -316,6 +291,32 @@ class Connection:
         payload = json.dumps(body).encode() if body is not None else None
         data = self.raw_request(method, route, payload, **query)
         return json.loads(data) if data else None
+
+    def exchange(self, method: str, url: str, payload: bytes | None, content_type: str,
+                 file: Path | None = None) -> tuple[int, dict[str, str], bytes]:
+        """Send one request as given (``url``: path and query) and return the answer as it
+        came, errors included: (status, headers, body). For a daemon that forwards a request
+        to another host's daemon.
+
+        :raises DaemonUnavailable: no daemon answers. :raises Timeout: it did not answer.
+        """
+        for attempt in (1, 2):  # a kept-alive connection the daemon closed is retried once
+            fresh = self._conn.sock is None
+            try:
+                status, data = self._conn.request(method, url, payload, content_type, file)
+                return status, self._conn.last_headers, data
+            except (BrokenPipeError, ConnectionResetError) as err:
+                self.close()
+                if fresh or attempt == 2:
+                    raise self.unavailable() from err
+            except TimeoutError as err:
+                self.close()
+                raise errors.Timeout(f"{self.socket_path} did not answer {method} in "
+                                     f"{self.timeout:g} s") from err
+            except OSError as err:
+                self.close()
+                raise self.unavailable() from err
+        raise AssertionError("unreachable")
 
     def raw_request(self, method: str, route: str, payload: bytes | None = None,
                     content_type: str = "application/json", **query: Any) -> bytes:

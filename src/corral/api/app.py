@@ -2,7 +2,7 @@
 
 Routes parse the request into one call of the service's resource objects
 (``manager.vms``, ``.disks``, ``.snapshots``, ``.guest``, ``.images``, ``.host``,
-``.networks``, ``.routers``) and own no logic. Every error answers Corral's one body,
+``.networks``, ``.routers``, ``.stacks``) and own no logic. Every error answers Corral's one body,
 ``{"error": kind, "kind": kind, "message": one line, "facts": {...}}`` (see
 :mod:`corral.api.errors`); request bodies are bounded (:mod:`corral.api.limits`). The
 OpenAPI schema, with every response body and error status, is at ``/openapi.json`` and
@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from corral.api import (
+    cluster,
     console,
     disks,
     errors,
@@ -33,12 +34,14 @@ from corral.api import (
     projects,
     routers,
     snapshots,
+    stacks,
     uploads,
     vms,
     web,
 )
 from corral.api.auth import Guard
 from corral.api.common import API
+from corral.api.forward import Forward
 from corral.api.limits import BodyLimit
 from corral.api.schema import CorralAPI
 from corral.service.manager import Manager
@@ -46,7 +49,7 @@ from corral.service.manager import Manager
 __all__ = ["API", "create_app"]
 
 ROUTES = (vms, snapshots, disks, guest, images, uploads, host, networks, routers, projects,
-          events, metrics, console)
+          events, metrics, console, stacks, cluster)
 
 
 def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = False,
@@ -75,6 +78,8 @@ def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = F
     app.router.routes.extend(web.routes(where or web.Where()).routes)
     app.mount("/static", web.static_files(), name="static")
     errors.install(app)
+    # innermost: a request about a VM of another host goes there, once authorised
+    app.add_middleware(Forward, manager=manager)
     app.add_middleware(BodyLimit)
     app.add_middleware(metrics.RequestMetrics, manager=manager, paths={
         r.endpoint: r.path for r in app.router.routes if isinstance(r, Route)})

@@ -48,6 +48,8 @@ ADMIN = frozenset({
     ("DELETE", "/v1/projects/{name}"),
     # images are the host's, shared by every project
     ("POST", "/v1/images"), ("DELETE", "/v1/images/{image}"),
+    # a whole VM sent by another host of the cluster (with its peer token)
+    ("PUT", "/v1/cluster/incoming/{name}"),
     # host-wide views that span projects
     ("GET", "/v1/topology"), ("GET", "/v1/trace"),
 })

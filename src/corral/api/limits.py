@@ -24,6 +24,7 @@ from corral.errors import TooLarge
 UPLOADS = "/v1/uploads"
 MAX_JSON_BODY = 1 << 20
 MAX_FILE_BODY = 256 << 20
+MAX_MOVE_BODY = 1 << 40  # a VM moved from another host of the cluster: its disks and state
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -35,6 +36,8 @@ def limit_for(method: str, path: str) -> int:
     if method == "POST" and path.rstrip("/") == UPLOADS:
         limit: int = settings.value("uploads.max_size")
         return limit
+    if method == "PUT" and path.startswith("/v1/cluster/incoming/"):
+        return MAX_MOVE_BODY
     return MAX_JSON_BODY
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from corral import errors
@@ -32,11 +31,15 @@ examples:
   corral console web                      the serial console (Ctrl-] detaches)
   corral shutdown web; corral rm web      (rm is also 'destroy' and 'delete')
   corral events -f --vm web               follow the VM's events live
-  corral dashboard                        the web page's address (CORRAL_WEB_LISTEN)
+  corral dashboard                        a login link to the web page (CORRAL_WEB_LISTEN)
+  corral apply -f lab.yaml                create or update a stack of VMs, networks, routers
+  corral config show                      every setting in force and where it came from
 
   corral --remote lab list                a remote daemon ('corral remote add lab URL')
 
-environment:
+environment (each also a key of the configuration file, see 'corral config show'):
+  CORRAL_CONFIG  the configuration file (default $CORRAL_HOME/corral.toml, else
+                 /etc/corral/corral.toml)
   CORRAL_HOME    data directory (default /var/lib/corral as root, else ~/.local/share/corral)
   CORRAL_SOCKET  the daemon's socket (default $CORRAL_HOME/corral.sock)
   CORRAL_URL     a remote daemon, https://HOST:PORT (with CORRAL_TOKEN, and
@@ -46,15 +49,16 @@ environment:
 exit status: 0 ok, 2 invalid input, 3 not found, 4 already exists, 5 wrong state,
 6 timeout, 7 guest agent error, 8 daemon not running, 9 no capacity, 10 needs root,
 11 disk full, 12 migration failed, 13 no valid token, 14 role too low, 15 over a quota,
-16 rate limited, 17 certificate not trusted, 1 other errors.
+16 rate limited, 17 certificate not trusted, 18 cluster store unreachable, 19 cluster host
+down or silent, 1 other errors.
 """
 
 # which module of corral.cli defines each command word (aliases included)
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "host": ("serve", "queue", "trace", "host", "image"),
+    "host": ("serve", "queue", "trace", "host", "cluster", "image", "config"),
     "vms": ("create", "run", "start", "pause", "resume", "shutdown", "stop", "reboot", "save",
             "restore", "clone", "export", "import", "rm", "destroy", "delete", "list", "show",
-            "console", "logs"),
+            "console", "logs", "move"),
     "guest": ("exec", "cp", "ip"),
     "disks": ("disk", "attach-disk", "detach-disk"),
     "snapshots": ("snapshot",),
@@ -64,6 +68,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "access": ("token", "project", "whoami"),
     "remotes": ("remote",),
     "events": ("events", "dashboard"),
+    "stacks": ("apply", "plan", "stack"),
 }
 MODULE_OF = {word: module for module, words in COMMANDS.items() for word in words}
 
@@ -97,8 +102,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     it is built; an unknown word (or None) builds everything, so argparse can list the
     choices."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", metavar="PATH", default=os.environ.get("CORRAL_SOCKET"),
-                        help="the daemon's unix socket (default: $CORRAL_HOME/corral.sock)")
+    common.add_argument("--socket", metavar="PATH",
+                        help="the daemon's unix socket (default: the setting 'socket', "
+                             "$CORRAL_SOCKET, else $CORRAL_HOME/corral.sock)")
     common.add_argument("--remote", metavar="NAME", default=None,
                         help="a remote daemon added with 'corral remote add' ('local': this "
                              "host's)")
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, tail = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
     for key, value in leading.items():
-        if getattr(args, key, None) in (None, os.environ.get("CORRAL_SOCKET")):
+        if getattr(args, key, None) is None:
             setattr(args, key, value)
     if tail is not None:
         if not hasattr(args, "command_argv"):

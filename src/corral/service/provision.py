@@ -71,7 +71,8 @@ async def make_vmstate(vm_dir: Path) -> str:
     return str(path)
 
 
-async def prepare_disks(requests: list[DiskRequest], vm_dir: Path) -> list[DiskSpec]:
+async def prepare_disks(requests: list[DiskRequest], vm_dir: Path,
+                        home: Path) -> list[DiskSpec]:
     """Make or check each disk. Files made here (and uploads taken) live in ``vm_dir`` and
     go with the VM; a path is used in place only where :mod:`.hostpaths` allows it.
 
@@ -88,15 +89,15 @@ async def prepare_disks(requests: list[DiskRequest], vm_dir: Path) -> list[DiskS
             disks.append(DiskSpec(path=str(path), format=fmt, readonly=req.readonly))
         elif req.upload is not None:
             field = f"disks.{i}.upload"
-            source = Uploads(vm_dir.parent.parent).path(req.upload, field)
+            source = Uploads(home).path(req.upload, field)
             fmt = await _own_image_format(field, source, req.format)
             path = vm_dir / f"disk{i}.{fmt}"
-            source.rename(path)
+            shutil.move(source, path)  # an HA VM's directory may be on another file system
             disks.append(DiskSpec(path=str(path), format=fmt, readonly=req.readonly))
         else:
             assert req.path is not None
             field = f"disks.{i}.path"
-            paths = Paths(vm_dir.parent.parent)
+            paths = Paths(home)
             path = hostpaths.check(field, req.path, paths, block_ok=True)
             fmt = await _in_place_format(field, path, req.format, paths)
             disks.append(DiskSpec(path=str(path), format=fmt, readonly=req.readonly,
@@ -164,16 +165,47 @@ def check_boot_file(field: str, text: str, home: Path) -> None:
         hostpaths.check(field, text, Paths(home))
 
 
-def boot_file(field: str, text: str, vm_dir: Path) -> str:
+def boot_file(field: str, text: str, vm_dir: Path, home: Path) -> str:
     """A kernel or initrd a client asked for: an upload (``upload:ID``), moved into
     ``vm_dir`` under ``field``'s name, or a path the host allows to be used in place.
 
     :raises PathNotAllowed: a path outside the allowed directories.
     :raises NotFound: no such upload.
     """
-    upload = Uploads(vm_dir.parent.parent).ref(field, text)
+    upload = Uploads(home).ref(field, text)
     if upload is None:
-        return str(hostpaths.check(field, text, Paths(vm_dir.parent.parent)))
+        return str(hostpaths.check(field, text, Paths(home)))
     target = vm_dir / field
-    upload.rename(target)
+    shutil.move(upload, target)
     return str(target)
+
+
+def make_vm_dir(vm_dir: Path, ha: bool) -> None:
+    """A new VM's directory; for an ``ha`` VM a link to its directory on the cluster's
+    shared storage (``cluster.shared``), where every host finds its files.
+
+    :raises InvalidSpec: ``ha`` without shared storage.
+    """
+    if not ha:
+        vm_dir.mkdir(parents=True)
+        return
+    from corral import settings
+
+    shared = str(settings.value("cluster.shared"))
+    if not shared or not settings.value("cluster.url"):
+        raise InvalidSpec("ha", "an HA VM needs a cluster with shared storage (corral serve "
+                                "--cluster URL, CORRAL_SHARED_DIR on every host)")
+    # a directory of its own: two hosts defining the same name at once never share one
+    target = Path(shared) / "vms" / f"{vm_dir.name}-{uuid.uuid4().hex[:8]}"
+    target.mkdir(parents=True)
+    vm_dir.parent.mkdir(parents=True, exist_ok=True)
+    vm_dir.symlink_to(target)
+
+
+def remove_vm_dir(vm_dir: Path) -> None:
+    """Remove a VM's directory and, for a link to shared storage, what it points to."""
+    if vm_dir.is_symlink():
+        shutil.rmtree(vm_dir.resolve(), ignore_errors=True)
+        vm_dir.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(vm_dir, ignore_errors=True)

@@ -7,19 +7,20 @@ from __future__ import annotations
 import asyncio
 import builtins
 import errno
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from corral.domain import specs as sp
 from corral.domain.sizes import parse_size
 from corral.domain.states import State
-from corral.errors import AlreadyExists, CorralError, DiskFull, InvalidSpec
+from corral.errors import AlreadyExists, CorralError, DiskFull, InvalidSpec, InvalidState
 from corral.images import catalog
 from corral.service import access, hostfacts, nics, provision, quotas
 from corral.service.lifecycle import Lifecycle
+from corral.service.provision import make_vm_dir, remove_vm_dir
 from corral.service.runtime import READY_TIMEOUT, VMRuntime
 from corral.store.db import VMRecord
 
@@ -80,6 +81,9 @@ class VMs:
 
     async def _define(self, req: sp.VMCreate) -> VMRecord:
         rt = self.rt
+        if req.host is not None or req.on:
+            raise InvalidSpec("host" if req.host is not None else "on",
+                              "placing on hosts needs a cluster (corral serve --cluster URL)")
         memory = sp.validate_against_host(req, hostfacts.facts())
         async with rt.lock(req.name):
             if rt.db.get_vm(req.name) is not None:
@@ -93,30 +97,33 @@ class VMs:
                 parse_size(f"disks.{i}.size", d.size, default_unit="G")
                 for i, d in enumerate(req.disks) if d.size is not None))
             vm_dir = rt.paths.vm_dir(req.name)
-            if vm_dir.exists():  # left by a crash between mkdir and commit
-                shutil.rmtree(vm_dir)
-            vm_dir.mkdir(parents=True)
+            remove_vm_dir(vm_dir)  # left by a crash between mkdir and commit
+            make_vm_dir(vm_dir, req.ha)
+            # an HA VM's files: on shared storage, at the same path on every host
+            files = vm_dir.resolve() if req.ha else vm_dir
             try:
+                home = rt.paths.home
                 if req.kernel:
-                    spec.kernel = provision.boot_file("kernel", req.kernel, vm_dir)
+                    spec.kernel = provision.boot_file("kernel", req.kernel, files, home)
                     spec.initrd = req.initrd and provision.boot_file("initrd", req.initrd,
-                                                                     vm_dir)
-                spec.disks = await provision.prepare_disks(req.disks, vm_dir)
+                                                                     files, home)
+                spec.disks = await provision.prepare_disks(req.disks, files, home)
                 image = catalog.find(rt.paths, spec.image) if spec.image else None
                 if image is not None and image.disk is not None:
-                    root = await provision.make_root(image.disk, vm_dir, image.root_bus,
+                    root = await provision.make_root(image.disk, files, image.root_bus,
                                                      boot=spec.kernel is None)
                     spec.disks.insert(0, root)
                 if req.user_data is not None or req.ssh_keys or req.hostname:
-                    spec.disks.append(provision.make_seed(vm_dir, req))
-                spec.vmstate = await provision.make_vmstate(vm_dir)
+                    spec.disks.append(provision.make_seed(files, req))
+                vmstate = Path(await provision.make_vmstate(vm_dir))
+                spec.vmstate = str(files / vmstate.name)
                 nics.plan_nics(self.net, spec)  # no await until add_vm: addresses stay ours
                 rec = VMRecord(name=req.name, uid=str(uuid.uuid4()), spec=spec,
                                state=State.DEFINED, project=project)
                 quotas.check_vm(rt, project, spec.cpus, spec.memory_bytes)  # others meanwhile
                 rt.db.add_vm(rec)
             except BaseException as err:
-                shutil.rmtree(vm_dir, ignore_errors=True)
+                remove_vm_dir(vm_dir)
                 if isinstance(err, OSError) and err.errno == errno.ENOSPC:
                     raise DiskFull(f"cannot create '{req.name}': the disk holding "
                                    f"{rt.paths.home} is full; free some space") from err
@@ -183,6 +190,7 @@ class VMs:
         scope = access.current().scope
         if scope is not None and project is not None and project != scope:
             return []
+        self.rt.db.flush()  # records queued behind earlier answers (audit) are in the log
         if tail is not None:
             return self.rt.db.events(since, vm, limit=tail, tail=True, project=scope or project)
         return self.rt.db.events(since, vm, limit, project=scope or project)
@@ -208,9 +216,33 @@ class VMs:
                 if disk.name:  # a named disk outlives the VM; it is only detached
                     rt.db.set_disk_vm(disk.name, None)
             rt.db.delete_vm(name)
-            shutil.rmtree(rt.paths.vm_dir(name), ignore_errors=True)
+            remove_vm_dir(rt.paths.vm_dir(name))
             await rt.hooks.forget(name, rec.spec)
         rt.forget(name)
+
+    async def set_hardware(self, name: str, *, cpus: int | None = None,
+                           memory: str | int | None = None) -> dict[str, Any]:
+        """Change the CPUs or memory of a VM that is not running (the next start has them).
+
+        :raises InvalidState: it runs, is queued or saved.
+        :raises InvalidSpec: a value the host cannot give.
+        """
+        rt = self.rt
+        async with rt.lock(name):
+            rec = rt.get(name)
+            idle = (State.DEFINED, State.STOPPED, State.CRASHED)
+            if rec.state not in idle:
+                raise InvalidState(name, "change the hardware of", rec.state.value,
+                                   [s.value for s in idle])
+            body = {"name": name, "cpus": rec.spec.cpus if cpus is None else cpus,
+                    "memory": f"{rec.spec.memory_bytes >> 20}M" if memory is None else memory}
+            req = sp.parse_create(body)
+            new_memory = sp.validate_against_host(req, hostfacts.facts())
+            old = {"cpus": rec.spec.cpus, "memory_bytes": rec.spec.memory_bytes}
+            rec.spec.cpus, rec.spec.memory_bytes = req.cpus, new_memory
+            rt.db.update_vm(rec, "hardware_changed", {"old": old, "cpus": req.cpus,
+                                                      "memory_bytes": new_memory})
+        return rt.view(rec)
 
     # ----- the rest of a VM's life -------------------------------------------------------------
     async def start(self, name: str, *, wait: bool = False, timeout: float = READY_TIMEOUT,

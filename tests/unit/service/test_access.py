@@ -25,6 +25,7 @@ ADMIN_ONLY = {
     ("POST", "/v1/projects"), ("PATCH", "/v1/projects/{name}"),
     ("DELETE", "/v1/projects/{name}"), ("POST", "/v1/images"), ("DELETE", "/v1/images/{image}"),
     ("GET", "/v1/topology"), ("GET", "/v1/trace"),
+    ("PUT", "/v1/cluster/incoming/{name}"),  # a whole VM another host sends (cold move)
 }
 # reads of what is inside a guest: its files, its saved memory
 OPERATOR_READS = {("GET", "/v1/vms/{name}/files"), ("GET", "/v1/vms/{name}/state")}

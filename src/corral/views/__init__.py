@@ -12,24 +12,20 @@ A field marked ``NotRequired`` is left out of some answers (``get`` adds live fa
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-if sys.version_info >= (3, 12):
-    from typing import NotRequired, TypedDict
-else:
-    from typing import NotRequired
-
-    from typing_extensions import TypedDict
-
-
-class Error(TypedDict):
-    """The body of every error answer; ``facts`` depend on the kind (see corral.errors)."""
-
-    error: str
-    kind: str
-    message: str
-    facts: dict[str, Any]
+from corral.views._typed import Error, NotRequired, TypedDict
+from corral.views.access import Principal, Project, Quotas, Token, TokenCreated
+from corral.views.stacks import (
+    Config,
+    FieldChange,
+    Setting,
+    SettingChange,
+    Stack,
+    StackChange,
+    StackEvent,
+    StackPlan,
+)
 
 
 class VMDisk(TypedDict):
@@ -95,6 +91,8 @@ class VM(TypedDict):
     operations: list[str]
     qemu_status: NotRequired[str | None]
     confinement: NotRequired[Confinement | None]
+    host: NotRequired[str | None]  # in a cluster: the host it is on (None: queued)
+    last_state: NotRequired[str]  # its host is down: the state it last reported
     project: NotRequired[str]
 
 
@@ -229,43 +227,6 @@ class Event(TypedDict):
     project: NotRequired[str]
 
 
-class Quotas(TypedDict):
-    max_vms: int | None
-    max_cpus: int | None
-    max_memory: int | None
-    max_disk: int | None
-
-
-class Project(TypedDict):
-    name: str
-    created_at: float
-    quotas: Quotas
-    usage: dict[str, int]
-
-
-class Token(TypedDict):
-    name: str
-    id: str
-    role: str
-    project: str
-    created_at: float
-    expires_at: float | None
-
-
-class TokenCreated(Token):
-    secret: str
-
-
-class Principal(TypedDict):
-    """Who a request acts as: ``project`` None for admins (every project)."""
-
-    name: str
-    role: str
-    project: str | None
-    selected: str | None
-    home: str
-
-
 class VMFigures(TypedDict):
     """What the daemon last gathered of a VM with a machine (``at``: when)."""
 
@@ -367,6 +328,34 @@ class Export(TypedDict):
     files: list[str]
 
 
+class ClusterHost(TypedDict):
+    name: str
+    state: str  # up, down, cordoned or draining
+    address: str
+    leader: bool
+    cpus: int
+    memory_bytes: int
+    disk_bytes: int
+    accel: str
+    arch: str
+    labels: dict[str, str]
+    vms: int
+    allocation_ratio: dict[str, float]
+    silent_seconds: float
+
+
+class JoinToken(TypedDict):
+    token: str
+    cluster: str
+
+
+class PlacementExplained(TypedDict):
+    vm: str
+    host: str | None
+    weigher: str
+    hosts: dict[str, str]  # each host's reason: chosen, fits, or why not
+
+
 class Upload(TypedDict):
     """A file the client sent (``POST /v1/uploads``): name it as ``upload:ID`` (kernel,
     initrd) or ``upload=ID`` (a disk, image and VM import); it is used once."""
@@ -377,9 +366,11 @@ class Upload(TypedDict):
 
 
 __all__ = [
-    "VM", "BatchResult", "Disk", "Error", "Event", "ExecResult", "Export", "FileWritten",
-    "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface", "Leg", "Logs",
-    "Network", "Port", "Principal", "Project", "QueueEntry", "Quotas", "Removed", "Router",
-    "Snapshot", "StatsPoint", "Token", "TokenCreated", "TraceEntry", "Upload", "VMDisk",
-    "VMFigures", "VMNic", "VMStats", "WebInfo",
+    "VM", "BatchResult", "ClusterHost", "Config", "Disk", "Error", "Event", "ExecResult",
+    "Export", "FieldChange", "FileWritten", "Firewall", "FirewallRule", "Forward", "Host",
+    "Image", "Interface", "JoinToken", "Leg", "Logs", "Network", "PlacementExplained", "Port",
+    "Principal", "Project", "QueueEntry", "Quotas", "Removed", "Router", "Setting",
+    "SettingChange", "Snapshot", "Stack", "StackChange", "StackEvent", "StackPlan",
+    "StatsPoint", "Token", "TokenCreated", "TraceEntry", "Upload", "VMDisk", "VMFigures",
+    "VMNic", "VMStats", "WebInfo",
 ]
