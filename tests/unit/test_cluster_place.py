@@ -55,3 +55,16 @@ def test_labels_host_and_groups() -> None:
     assert clusterplace.choose(rows, [], req, "pack")["host"] == "b"
     with pytest.raises(InvalidSpec):
         clusterplace.request_of({"name": "x", "anti_affinity": True})
+
+
+def test_a_request_naming_uploads_stays_on_the_host_that_keeps_them() -> None:
+    rows = [row("a"), row("b", memory=3 * GiB)]
+    upload = "0" * 32
+    _, req = clusterplace.request_of({"name": "x", "kernel": f"upload:{upload}"}, "b")
+    assert req.host == "b" and clusterplace.choose(rows, [], req, "spread")["host"] == "b"
+    _, req = clusterplace.request_of({"name": "x", "disks": [{"upload": upload}]}, "b")
+    assert req.host == "b"
+    with pytest.raises(InvalidSpec, match="kept on host b"):
+        clusterplace.request_of({"name": "x", "host": "a", "kernel": f"upload:{upload}"}, "b")
+    _, req = clusterplace.request_of({"name": "x"}, "b")  # nothing uploaded: anywhere
+    assert req.host is None

@@ -158,7 +158,7 @@ async def _answer(send: Any, status: int, headers: dict[str, str], data: bytes) 
     out = [(b"content-type", headers.get("content-type", "application/json").encode())]
     if headers.get("transfer-encoding", "").lower() != "chunked":
         out.append((b"content-length", str(len(data)).encode()))
-    for name in ("x-total-count", "retry-after"):
+    for name in ("x-total-count", "retry-after", "x-corral-export"):  # an export's summary
         if name in headers:
             out.append((name.encode(), headers[name].encode()))
     await send({"type": "http.response.start", "status": status, "headers": out})

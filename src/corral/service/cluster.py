@@ -275,7 +275,7 @@ class Member(ClusterView):
         :raises NotFound: ``host`` names no member.
         :raises NoCapacity: no host has room and queueing was refused (the reasons of each).
         """
-        req, preq = clusterplace.request_of(body)
+        req, preq = clusterplace.request_of(body, self.name)
         rows = await asyncio.to_thread(self.cs.list_hosts, self.down_after)
         waiting = await asyncio.to_thread(self.work.waiting)
         choice = clusterplace.choose(rows, [a for a in waiting if a["host"]], preq,

@@ -20,12 +20,20 @@ from corral.scheduler.placement import Host, Placement, PlacementRequest, Placer
 from corral.scheduler.resources import Overcommit, Resources
 
 
-def request_of(body: dict[str, Any]) -> tuple[sp.VMCreate, PlacementRequest]:
-    """The parsed create request and what placement needs of it.
+def request_of(body: dict[str, Any], here: str | None = None
+               ) -> tuple[sp.VMCreate, PlacementRequest]:
+    """The parsed create request and what placement needs of it. A request that names
+    uploads (``upload:ID``, ``disks[].upload``) stays on host ``here``, which keeps them.
 
-    :raises InvalidSpec: a field is wrong.
+    :raises InvalidSpec: a field is wrong, or uploads for a VM placed on another host.
     """
     req = sp.parse_create(body)
+    host = req.host
+    if here is not None and _names_uploads(req):
+        if host not in (None, here):
+            raise InvalidSpec("host", f"the uploads it names are kept on host {here}, which "
+                                      f"received them; send the request to host {host}")
+        host = here
     memory = parse_size("memory", req.memory)
     if req.cpus < 1:
         raise InvalidSpec("cpus", f"{req.cpus} is not a CPU count; give at least 1")
@@ -38,7 +46,12 @@ def request_of(body: dict[str, Any]) -> tuple[sp.VMCreate, PlacementRequest]:
     return req, PlacementRequest(
         id=req.name, cpus=max(cpus, 1), memory=memory, labels=labels,
         affinity=None if req.anti_affinity else req.group,
-        anti_affinity=req.group if req.anti_affinity else None, host=req.host)
+        anti_affinity=req.group if req.anti_affinity else None, host=host)
+
+
+def _names_uploads(req: sp.VMCreate) -> bool:
+    boot = [t for t in (req.kernel, req.initrd) if t]
+    return any(t.startswith("upload:") for t in boot) or any(d.upload for d in req.disks)
 
 
 def to_dict(r: PlacementRequest) -> dict[str, Any]:
