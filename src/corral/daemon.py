@@ -212,7 +212,7 @@ def _serve_web(main: Any, manager: Any, tcp: socket.socket, where: Where) -> _Re
     from corral.api.app import create_app
 
     config = uvicorn.Config(create_app(manager, manage_lifecycle=False, remote=True,
-                                       where=where),
+                                       where=where, loopback=True),
                             loop="none", http="httptools", lifespan="off",
                             log_level="warning", access_log=False, ws="websockets-sansio",
                             timeout_graceful_shutdown=2)

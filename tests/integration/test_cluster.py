@@ -84,6 +84,7 @@ def cluster(image_path: str) -> Iterator[dict[str, HostDaemon]]:
     pg, net = Postgres(), Underlay()
     hosts: dict[str, HostDaemon] = {}
     shared = Path(tempfile.mkdtemp(prefix="crlt-shared-", dir="/tmp"))  # stands in for NFS
+    shared.chmod(0o711)  # as an export every host's QEMU user may pass through
     try:
         pg.init()
         net.up()

@@ -66,7 +66,11 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
             with contextlib.suppress(Exception):
                 url = Client(home / "corral.sock", timeout=5).web_info()["url"]
             time.sleep(0.05)
-        yield Web(home, proc, url)
+        w = Web(home, proc, url)
+        try:
+            yield w
+        finally:
+            w.http.close()
     finally:
         proc.terminate()
         proc.wait(20)

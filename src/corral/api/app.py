@@ -53,12 +53,13 @@ ROUTES = (vms, snapshots, disks, guest, images, uploads, host, networks, routers
 
 
 def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = False,
-               where: web.Where | None = None) -> FastAPI:
+               where: web.Where | None = None, loopback: bool = False) -> FastAPI:
     """The API bound to ``manager``; with ``manage_lifecycle`` the app opens and closes it.
     Routes look up ``manager``'s slices on each request: they exist only once it is open.
     ``remote``: the app of a TCP listener, where every request needs a token (the unix
     socket's acts as the local admin without one; see :mod:`corral.api.auth`). ``where``
-    tells the page where the daemon listens (filled in by the daemon)."""
+    tells the page where the daemon listens (filled in by the daemon). ``loopback``: the
+    app of the page's loopback listener (``web.listen``), which refuses other sites."""
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if manage_lifecycle:
@@ -83,7 +84,8 @@ def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = F
     app.add_middleware(BodyLimit)
     app.add_middleware(metrics.RequestMetrics, manager=manager, paths={
         r.endpoint: r.path for r in app.router.routes if isinstance(r, Route)})
-    app.add_middleware(web.SameOrigin)
+    if loopback:  # the page's plain-HTTP listener: no other site's pages, no rebound names
+        app.add_middleware(web.SameOrigin)
     # outermost: who asks, and may it, before anything reads the body
     app.add_middleware(Guard, manager=manager, routes=list(app.router.routes), remote=remote)
     return app

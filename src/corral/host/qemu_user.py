@@ -104,6 +104,10 @@ def _chain(path: Path) -> list[Path]:
 
 
 def _own(path: Path, user: QemuUser, mode: int) -> None:
+    if path.is_symlink() and path.is_dir():
+        # an HA VM's directory: Corral's own link (in the root-only home) to its directory
+        # on the cluster's shared storage, which is what QEMU must own
+        path = path.resolve()
     st = path.lstat()
     if (st.st_uid, st.st_gid) != (user.uid, user.gid):
         os.lchown(path, user.uid, user.gid)
@@ -121,28 +125,31 @@ def _share_read(path: Path, user: QemuUser, mode: int) -> None:
 
 
 def hand_over(paths: Iterable[str | Path], home: Path, user: QemuUser,
-              shared: Iterable[Path] = ()) -> None:
+              shared: Iterable[Path] = (), owned: Iterable[Path] = ()) -> None:
     """Give ``user`` the files QEMU will open by path.
 
     A file under the home (and each directory above it, below the home's first level) becomes
     the user's, mode 0600 (0700); a base image under one of the ``shared`` directories (the
     images) becomes readable by the user's group (0640, directories 0750), and the backing
     chain of every qcow2 is followed. A path that does not exist yet has its directories
-    handed over (QEMU makes the file). Files elsewhere on the host are left as they are.
+    handed over (QEMU makes the file). ``owned``: other directories treated as the home is
+    (the VM directories on a cluster's shared storage). Files elsewhere on the host are left
+    as they are.
 
     :raises CorralError: when a file cannot be handed over.
     """
     shared = [Path(s) for s in shared]
+    tops = [home, *(Path(o) for o in owned)]
     try:
         for given in paths:
             for path in _chain(Path(given)):
-                _hand_over_one(path, home, user, shared)
+                _hand_over_one(path, tops, user, shared)
     except OSError as err:
         raise CorralError(f"cannot hand {err.filename} to the QEMU user {user.name}: "
                           f"{err.strerror}") from err
 
 
-def _hand_over_one(path: Path, home: Path, user: QemuUser, shared: list[Path]) -> None:
+def _hand_over_one(path: Path, tops: list[Path], user: QemuUser, shared: list[Path]) -> None:
     for top in shared:
         if path.is_relative_to(top) and path != top:
             if path.exists():
@@ -151,7 +158,8 @@ def _hand_over_one(path: Path, home: Path, user: QemuUser, shared: list[Path]) -
                 _share_read(top / d, user, 0o750)
             _share_read(top, user, 0o750)
             return
-    if not path.is_relative_to(home) or path == home:
+    home = next((t for t in tops if path.is_relative_to(t) and path != t), None)
+    if home is None:
         return
     rel = path.relative_to(home)
     if path.exists() and not path.is_dir():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from pathlib import Path
 
 from corral import settings
 from corral.config import Paths
@@ -72,6 +73,9 @@ def decide(paths: Paths, accel: str) -> Confinement:
             conf.off["user"] = f"{err.message}: QEMU runs as root"
     if conf.user is not None:
         conf.home, conf.shared = paths.home, (paths.images,)
+        shared = str(_setting("cluster.shared") or "")
+        if shared:  # HA VMs' directories on the cluster's shared storage
+            conf.owned = (Path(shared) / "vms",)
     else:
         conf.off["private_home"] = "QEMU does not run as a user of its own"
     _limits(conf, paths, accel)

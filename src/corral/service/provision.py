@@ -5,6 +5,7 @@ boot files taken into the VM's directory, files used in place checked (see
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -198,6 +199,9 @@ def make_vm_dir(vm_dir: Path, ha: bool) -> None:
     # a directory of its own: two hosts defining the same name at once never share one
     target = Path(shared) / "vms" / f"{vm_dir.name}-{uuid.uuid4().hex[:8]}"
     target.mkdir(parents=True)
+    # the confined QEMU (another user) must pass through to its VM's directory, which is
+    # handed over to it at launch; the listing stays root's
+    os.chmod(target.parent, 0o711)
     vm_dir.parent.mkdir(parents=True, exist_ok=True)
     vm_dir.symlink_to(target)
 

@@ -9,7 +9,7 @@
 // A token comes once in the address (#token=…, the link `corral dashboard` prints) and is
 // kept for this tab only; on the unix socket or a local listener none is needed.
 const AUTH = (() => {
-  const m = location.hash.match(/token=([A-Za-z0-9_]+)/);
+  const m = location.hash.match(/token=([A-Za-z0-9_-]+)/);
   if (m) {
     sessionStorage.setItem("corral-token", m[1]);
     history.replaceState(null, "", location.pathname + location.search);

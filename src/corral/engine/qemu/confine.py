@@ -44,6 +44,7 @@ class Confinement:
     sandbox: bool = False
     home: Path | None = None        # hide the home behind a private view (mount namespace)
     shared: tuple[Path, ...] = ()   # image directories inside the home, readable by the group
+    owned: tuple[Path, ...] = ()    # directories outside the home QEMU's files live in
     tag: str | None = None          # cgroup limits are set (the daemon's tag names groups)
     memory_overhead: int = 0        # bytes over guest RAM before the memory cgroup says no
     pids_max: int = 0
@@ -79,7 +80,7 @@ class Confinement:
         :raises CorralError: when they cannot be handed over.
         """
         if self.user is not None and self.home is not None:
-            qemu_user.hand_over(paths, self.home, self.user, self.shared)
+            qemu_user.hand_over(paths, self.home, self.user, self.shared, self.owned)
 
     def jail(self, spec: VMSpec, serial_log: Path, ram: RamFile | None) -> Jail:
         """Prepare the launch of ``spec``: hand its files over, make its cgroups.
