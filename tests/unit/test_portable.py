@@ -192,3 +192,48 @@ async def test_an_export_cannot_make_the_daemon_open_a_host_file(
                              name="tame")
     spec = m.runtime.get("tame").spec
     assert spec.warm_template is None and spec.initrd is None and vm["state"] == "stopped"
+
+
+class MoveView:
+    """The parts of a cluster member a cold move's receiving end uses; records each hand
+    over of the VM's cluster-wide name."""
+
+    def __init__(self, m: Manager) -> None:
+        self.rt, self.vms, self.name, self.cs = m.runtime, m.vms, "h2", self
+        self.handed: list[tuple[str, str, str]] = []
+
+    def hand_over(self, name: str, source: str, target: str) -> None:
+        self.handed.append((name, source, target))
+
+
+async def test_a_cold_move_is_imported_like_a_clients_export(
+        manager: tuple[Manager, Paused], tmp_path: Path) -> None:
+    """The sender writes the streamed export; the receiver refuses one naming a host file
+    (and gives the name back) and drops the sender's warm template."""
+    from corral.service import clustermove
+
+    m, _ = manager
+    view = MoveView(m)
+    sent = m.runtime.paths.home / "sent.corral"
+    await clustermove._write_export(view, "web", sent)  # type: ignore[arg-type]
+    assert sent.read_bytes() == (await export_bytes(m, "web"))[1]
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root only")
+
+    def backed(manifest: dict[str, Any], work: Path) -> None:
+        manifest["spec"]["warm_template"] = str(tmp_path)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                        str(secret), str(work / "disk0.qcow2")], check=True)
+
+    evil = m.runtime.paths.home / "evil.corral"
+    evil.write_bytes(_tamper(sent.read_bytes(), tmp_path, backed))
+    with pytest.raises(InvalidSpec, match="names a file outside the VM"):
+        await clustermove.receive(view, "evil", "h1", evil)  # type: ignore[arg-type]
+    assert view.handed == [("evil", "h1", "h2"), ("evil", "h2", "h1")]
+    assert m.runtime.db.get_vm("evil") is None
+    warm = m.runtime.paths.home / "warm.corral"
+    warm.write_bytes(_tamper(sent.read_bytes(), tmp_path, lambda manifest, _work: manifest[
+        "spec"].update(warm_template=str(tmp_path))))
+    vm = await clustermove.receive(view, "moved", "h1", warm)  # type: ignore[arg-type]
+    assert vm["host"] == "h2" and vm["state"] == "stopped"
+    assert m.runtime.get("moved").spec.warm_template is None
