@@ -17,6 +17,7 @@ the file, the line and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -249,8 +250,9 @@ def config_path(env: Mapping[str, str] | None = None) -> Path | None:
             raise SettingError("config", f"CORRAL_CONFIG: no file {path}")
         return path
     for path in (_default_home(env) / "corral.toml", SYSTEM_CONFIG):
-        if path.is_file():
-            return path
+        with contextlib.suppress(OSError):  # a directory this user may not enter: not its
+            if path.is_file():
+                return path
     return None
 
 

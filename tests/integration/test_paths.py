@@ -87,9 +87,28 @@ def test_host_paths_sent_over_the_socket_are_refused(shared: Daemon) -> None:
     c.rm("held")
 
 
+def _warm_up(args: tuple[str, ...]) -> None:
+    """Run the same command as root, on no file and no daemon, so that every module it
+    imports lazily (the CLI's and the standard library's, which nobody may not read here)
+    is loaded before the fork."""
+    argv = [a.replace(SHADOW, "/nonexistent/file") for a in args]
+    old = os.environ.get("CORRAL_SOCKET")
+    os.environ["CORRAL_SOCKET"] = "/nonexistent/corral.sock"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(BaseException):
+            main(argv)
+    finally:
+        if old is None:
+            os.environ.pop("CORRAL_SOCKET", None)
+        else:
+            os.environ["CORRAL_SOCKET"] = old
+
+
 def _as_nobody(d: Daemon, *args: str) -> tuple[int, str]:
     """``corral ARGS`` run by the CLI as user nobody: a child of this process that drops
     root before the CLI runs (the test's Python lives where nobody may not execute it)."""
+    _warm_up(args)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
