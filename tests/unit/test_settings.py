@@ -108,3 +108,22 @@ def test_only_live_settings_change_at_run_time_and_bad_ones_are_undone() -> None
     with pytest.raises(ValueError):
         settings.set_live("quantum", "5", refuse)
     assert settings.value("scheduler.quantum") == 2.0
+
+
+def test_a_default_file_the_user_may_not_reach_is_none_of_theirs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unprivileged CLI whose HOME points into root's directories reads no file there
+    (and does not fail on it)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "corral.toml").write_text("[scheduler]\ncpu_ratio = 2.0\n")
+    real = Path.is_file
+
+    def is_file(path: Path) -> bool:
+        if path.parent == home:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    found = settings.config_path({"CORRAL_HOME": str(home)})
+    assert found is None or found.parent != home
