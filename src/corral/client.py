@@ -24,6 +24,7 @@ import json
 
 from corral import errors
 from corral.client_networks import NetworkCalls
+from corral.client_pools import PoolCalls
 from corral.wire import MAX_TIMEOUT, error, integer, seconds, seg
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
@@ -41,7 +42,7 @@ def _error(status: int, body: dict[str, Any]) -> errors.CorralError:
     return error(status, body)
 
 
-class Client(NetworkCalls):
+class Client(NetworkCalls, PoolCalls):
     """A connection to ``corral serve`` with one method per action. Every method raises
     :class:`~corral.errors.CorralError` subclasses; :class:`~corral.errors.DaemonUnavailable`
     when the daemon is not running."""
@@ -249,11 +250,13 @@ class Client(NetworkCalls):
         return out
 
     # --- snapshots ---
-    def snapshot_create(self, name: str, snapshot: str, memory: bool = False
-                        ) -> views.Snapshot:
+    def snapshot_create(self, name: str, snapshot: str, memory: bool = False,
+                        template: bool = False) -> views.Snapshot:
+        """``template`` (with ``memory``): make its warm-start template before returning."""
         seg(snapshot, "snapshot")
         out: views.Snapshot = self.request("POST", f"/vms/{seg(name)}/snapshots",
-                                           {"name": snapshot, "memory": memory})
+                                           {"name": snapshot, "memory": memory,
+                                            "template": template})
         return out
 
     def snapshot_list(self, name: str) -> builtins.list[views.Snapshot]:

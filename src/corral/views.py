@@ -64,6 +64,7 @@ class VM(TypedDict):
     name: str
     state: str
     ready: bool
+    pool: NotRequired[PoolTake]  # only in the answer of a hand-out from a pool
     uid: NotRequired[str]
     accel: NotRequired[str | None]
     pid: NotRequired[int | None]
@@ -105,6 +106,7 @@ class Snapshot(TypedDict):
     vm_state: NotRequired[str]
     depth: NotRequired[int]
     current: NotRequired[bool]
+    template: NotRequired[bool]  # its warm-start template is made
 
 
 # "from" is a keyword, hence the functional form
@@ -239,9 +241,49 @@ class ExecResult(TypedDict):
 
 class BatchResult(ExecResult):
     name: str
+    pool: NotRequired[PoolTake]
     wait_and_boot_seconds: float
     run_seconds: float
     total_seconds: float
+
+
+class PoolTake(TypedDict):
+    name: str
+    hit: bool          # a free clone was handed out (else: a warm start, a miss)
+    clone: str | None  # the clone's name in the pool
+    seconds: float     # request → running
+
+
+class Pool(TypedDict):
+    name: str
+    source: str        # VM:SNAPSHOT
+    size: int
+    max: int
+    free: int
+    clones: list[str]
+    filling: str | None
+    autosize: bool
+    target_wait: float
+    handouts: int
+    misses: int
+    replaced: int      # clones that crashed while waiting, replaced
+    refill_seconds: float | None   # mean warm start to ready of its clones
+    handout_seconds: float | None  # median request → running of its hand-outs
+    note: str | None   # why it holds fewer than its size, if it does
+    drained: bool
+    created_at: float
+
+
+class PoolRecommendation(TypedDict):
+    size: int
+    arrival_rate: float
+    refill_time: float
+    target_wait: float
+    mean_wait: float
+    miss_probability: float
+    offered_load: float
+    running_vms: float | None
+    curve: list[dict[str, float]]
 
 
 class Logs(TypedDict):
@@ -273,6 +315,7 @@ class Export(TypedDict):
 __all__ = [
     "VM", "BatchResult", "Disk", "Error", "Event", "ExecResult", "Export", "FileWritten",
     "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface", "Leg", "Logs",
-    "Network", "Port", "QueueEntry", "Removed", "Router", "Snapshot", "TraceEntry", "VMDisk",
+    "Network", "Pool", "PoolRecommendation", "PoolTake", "Port", "QueueEntry", "Removed",
+    "Router", "Snapshot", "TraceEntry", "VMDisk",
     "VMNic",
 ]

@@ -2,7 +2,7 @@
 
 Routes parse the request into one call of the service's resource objects
 (``manager.vms``, ``.disks``, ``.snapshots``, ``.guest``, ``.images``, ``.host``,
-``.networks``, ``.routers``) and own no logic. Every error answers Corral's one body,
+``.networks``, ``.routers``, ``.pools``) and own no logic. Every error answers Corral's one body,
 ``{"error": kind, "kind": kind, "message": one line, "facts": {...}}`` (see
 :mod:`corral.api.errors`); request bodies are bounded (:mod:`corral.api.limits`). The
 OpenAPI schema, with every response body and error status, is at ``/openapi.json`` and
@@ -17,7 +17,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from corral.api import disks, errors, guest, host, images, networks, routers, snapshots, vms
+from corral.api import (
+    disks,
+    errors,
+    guest,
+    host,
+    images,
+    networks,
+    pools,
+    routers,
+    snapshots,
+    vms,
+)
 from corral.api.common import API
 from corral.api.limits import BodyLimit
 from corral.api.schema import CorralAPI
@@ -25,7 +36,7 @@ from corral.service.manager import Manager
 
 __all__ = ["API", "create_app"]
 
-ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers)
+ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers, pools)
 
 
 def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:

@@ -54,6 +54,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "networks": ("network", "firewall", "attach-nic", "detach-nic"),
     "routers": ("router",),
     "models": ("model", "simulate"),
+    "pools": ("pool",),
 }
 MODULE_OF = {word: module for module, words in COMMANDS.items() for word in words}
 

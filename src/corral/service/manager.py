@@ -2,8 +2,9 @@
 network state and the slices, wires the hooks between them, and opens and closes them.
 
 Front doors use only the slices: ``vms``, ``snapshots``, ``disks``, ``guest``, ``images``,
-``host``, ``networks`` and ``routers`` (available once :meth:`Manager.open` has run). Use-case
-modules never receive the Manager: each gets the runtime and the collaborators it needs.
+``host``, ``networks``, ``routers`` and ``pools`` (available once :meth:`Manager.open` has
+run). Use-case modules never receive the Manager: each gets the runtime and the
+collaborators it needs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from corral.errors import CorralError
 from corral.service import adoption, netreconcile, nics, slices
 from corral.service.guest import GuestService
 from corral.service.netstate import Networks
+from corral.service.pools import Pools
 from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
 from corral.service.vms import VMs
@@ -69,12 +71,14 @@ class Manager:
         await netreconcile.reconcile(opened.net)  # before the queue may start VMs on networks
         opened.sched.load()
         opened.sched.dispatch()
+        opened.pools.load()
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: they outlive the daemon."""
         if self._opened is None:
             return
         opened, self._opened = self._opened, None
+        await opened.pools.close()
         await opened.rt.close()
         await opened.sched.close()
         opened.rt.db.close()
@@ -121,6 +125,10 @@ class Manager:
     def routers(self) -> slices.Routers:
         return self._parts().routers
 
+    @property
+    def pools(self) -> Pools:
+        return self._parts().pools
+
 
 class _Opened:
     """Everything that exists while the service is open."""
@@ -139,3 +147,4 @@ class _Opened:
         self.host = slices.Host(rt, self.sched, accel, self.vms, self.guest)
         self.networks = slices.Networks(self.net)
         self.routers = slices.Routers(self.net)
+        self.pools = Pools(rt, self.vms, self.guest, self.sched)

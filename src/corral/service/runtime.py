@@ -106,6 +106,7 @@ class VMRuntime:
         self.live: dict[str, Live] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[None]] = set()
+        self.renamed: dict[str, str] = {}  # launch name → current name (:mod:`.renaming`)
 
     # ----- records, locks, transitions -----------------------------------------------------
     def lock(self, name: str) -> asyncio.Lock:
@@ -197,12 +198,12 @@ class VMRuntime:
             self.hooks.unplug(rec.name)
             raise
         live = self.attach(rec, machine)
-        rec.accel = self.accel
+        rec.accel, rec.spec.launched_as = self.accel, None
         return live
 
     def event_handler(self, name: str) -> Callable[[str, dict[str, Any]], None]:
         """The callback through which a machine of VM ``name`` reports its events."""
-        return lambda event, data: self._on_event(name, event, data)
+        return lambda event, data: self._on_event(self.renamed.get(name, name), event, data)
 
     def attach(self, rec: VMRecord, machine: Machine) -> Live:
         """Hold ``machine`` as the VM's live machine and watch its exit."""

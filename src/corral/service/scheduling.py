@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -205,6 +206,12 @@ class Scheduler:
         if self.inventory.release(name) is not None:
             self.dispatch()
         self._wake.set()
+
+    def renamed(self, old: str, new: str) -> None:
+        """A live VM was renamed: its reservation goes with it."""
+        held = self.inventory.release(old)
+        if held is not None:
+            self.inventory.reserve(dataclasses.replace(held, vm=new))
 
     def dispatch(self) -> None:
         now = time.time()

@@ -39,10 +39,11 @@ class Snapshots(_Slice):
         super().__init__(rt)
         self.life = life
 
-    async def create(self, vm: str, name: str, *, memory: bool = False) -> dict[str, Any]:
+    async def create(self, vm: str, name: str, *, memory: bool = False,
+                     template: bool = False) -> dict[str, Any]:
         from corral.service import snapshots
 
-        return await snapshots.create(self.rt, vm, name, memory)
+        return await snapshots.create(self.rt, vm, name, memory, template)
 
     def list(self, vm: str) -> list[dict[str, Any]]:
         from corral.service import snapshots

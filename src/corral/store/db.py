@@ -186,6 +186,27 @@ class Store:
         self._run(write)
         self._vms.pop(name, None)
 
+    def rename_vm(self, old: str, rec: VMRecord, kind: str,
+                  doc: tuple[str, Any] | None = None, **detail: Any) -> None:
+        """``old`` is now called ``rec.name`` (its snapshots follow it); with an event, and
+        the document ``doc`` (key, value) when given, in the same transaction."""
+        rec.updated_at = time.time()
+        row = rec.to_row()
+
+        def write() -> None:
+            with self._tx() as conn:
+                conn.execute(update(vms).where(vms.c.name == old).values(**row))
+                conn.execute(update(snapshots).where(snapshots.c.vm == old)
+                             .values(vm=rec.name))
+                if doc is not None:
+                    conn.execute(delete(kv).where(kv.c.key == doc[0]))
+                    conn.execute(insert(kv).values(key=doc[0], value=json.dumps(doc[1])))
+                self._event(conn, rec.name, kind, {"from": old, **detail})
+
+        self._run(write)
+        self._vms.pop(old, None)
+        self._vms[rec.name] = rec
+
     # --- small documents ---
     def put_doc(self, key: str, value: Any, vm: VMRecord | None = None,
                 kind: str | None = None, detail: dict[str, Any] | None = None) -> None:

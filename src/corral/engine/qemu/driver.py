@@ -88,6 +88,11 @@ class QemuMachine(GuestOps):
     def kill(self) -> None:
         self.process.signal(9)
 
+    def moved(self, name: str, run_dir: Path) -> None:
+        self.name = self.monitor.name = name
+        if self.agent is not None:
+            self.agent.vm, self.agent.path = name, qargv.RunPaths(run_dir).agent
+
     async def close(self) -> None:
         await self.monitor.close()
         if self.agent is not None:
@@ -312,7 +317,10 @@ class QemuDriver:
         if pid is None:
             with contextlib.suppress(OSError, ValueError):
                 pid = int(run.pidfile.read_text().strip())
-        proc = Process.adopt(pid, started, str(run.qmp)) if pid is not None else None
+        # a renamed VM's process still names the run directory it was launched in
+        marker = run.dir.parent / spec.launched_as if spec.launched_as else run.dir
+        proc = Process.adopt(pid, started, str(qargv.RunPaths(marker).qmp)) \
+            if pid is not None else None
         if proc is None:
             return None
         machine = self._machine(spec, run, proc, on_event)
