@@ -1,23 +1,9 @@
-"""Sizing a warm pool with the queueing model, and a simulation of the pool to check it.
-
-A warm pool of **c** clones hands one out at each request and starts making its
-replacement at once; a replacement takes the **refill time R** (a warm start to ready,
-measured by the daemon). A request that finds no clone waits for the next replacement. So
-each of the c places of the pool is a server that is busy for R after every hand-out, and
-with Poisson requests at rate **λ** and exponential refill times the pool *is* an M/M/c
-queue with μ = 1/R (:mod:`corral.perf.queueing`): a request waits with the Erlang C
-probability C(c, λR), which is also the pool's **miss** rate, and waits on average
-
-    Wq = C(c, λR) / (c/R − λ)
-
-:func:`recommend` gives the smallest c whose Wq meets a target. The runtime S of the VMs
-handed out does not change the pool's size (a handed-out VM is no longer the pool's), but it
-gives how many of them run at once on average, λ·S (Little's law), which the host must hold
-beside the c idle clones.
+"""A simulation of a warm pool, to check the sizing model of
+:mod:`corral.scheduler.poolsize` (Erlang C) against, and the arrival rate of a trace.
 
 :func:`simulate` replays the pool itself (not the queue formula) event by event with simpy:
 clones, hand-outs, refills started at each hand-out, requests waiting in arrival order. The
-tests check that the two agree.
+tests check that the model and the simulation agree.
 """
 
 from __future__ import annotations
@@ -30,74 +16,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from corral.errors import InvalidSpec
-from corral.perf import queueing
+from corral.scheduler.poolsize import MAX_POOL, Recommendation, mean_wait, recommend
 
-MAX_POOL = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Recommendation:
-    """The smallest pool that meets the target, with the figures that show why."""
-
-    size: int
-    arrival_rate: float
-    refill_time: float
-    target_wait: float
-    mean_wait: float
-    miss_probability: float
-    offered_load: float
-    running_vms: float | None  # λ·S: VMs handed out and still running, on average
-    curve: list[dict[str, float]]  # mean wait and miss probability for sizes around it
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["MAX_POOL", "PoolRun", "Recommendation", "from_trace", "mean_wait", "recommend",
+           "simulate"]
 
 
-def _finite(field: str, value: float, zero: bool = False) -> None:
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+def _finite(field: str, value: float) -> None:
+    if not math.isfinite(value) or value <= 0:
         raise InvalidSpec(field, f"{value!r} is not a usable number; give one above 0")
-
-
-def mean_wait(arrival_rate: float, refill_time: float, size: int) -> tuple[float, float]:
-    """Erlang C's (mean wait, probability of waiting) of a pool of ``size``; infinite when
-    the pool cannot keep up (λR ≥ size)."""
-    load = arrival_rate * refill_time
-    if load >= size:
-        return math.inf, 1.0
-    f = queueing.mmc(arrival_rate, 1 / refill_time, size)
-    return f.mean_wait, f.wait_probability
-
-
-def recommend(arrival_rate: float, refill_time: float, target_wait: float,
-              runtime: float | None = None, max_size: int = MAX_POOL) -> Recommendation:
-    """The smallest pool whose mean wait (Erlang C) is at most ``target_wait`` seconds.
-
-    :raises InvalidSpec: a number that is not positive, or no pool up to ``max_size`` meets
-        the target.
-    """
-    _finite("arrival_rate", arrival_rate)
-    _finite("refill_time", refill_time)
-    _finite("target_wait", target_wait, zero=True)
-    if runtime is not None:
-        _finite("runtime", runtime)
-    load = arrival_rate * refill_time
-    size = max(1, math.floor(load) + 1)
-    while size <= max_size:
-        wait, p_wait = mean_wait(arrival_rate, refill_time, size)
-        if wait <= target_wait:
-            break
-        size += 1
-    else:
-        raise InvalidSpec("target_wait", f"no pool of up to {max_size} clones keeps the mean "
-                                         f"wait under {target_wait:g} s at {arrival_rate:g} "
-                                         f"requests/s with {refill_time:g} s refills")
-    curve = []
-    for c in range(max(1, size - 3), size + 4):
-        w, p = mean_wait(arrival_rate, refill_time, c)
-        if math.isfinite(w):
-            curve.append({"size": c, "mean_wait": w, "miss_probability": p})
-    return Recommendation(size, arrival_rate, refill_time, target_wait, wait, p_wait, load,
-                          None if runtime is None else arrival_rate * runtime, curve)
 
 
 def from_trace(arrivals: Sequence[float], runtimes: Sequence[float]) -> tuple[float, float]:

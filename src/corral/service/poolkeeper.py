@@ -212,16 +212,16 @@ class Keeper:
 
     async def drain(self, p: Pool, note: str) -> None:
         """The pool's snapshot is gone: remove its free clones and make no more."""
-        p.drained = True
         clones, p.clones = p.clones, []
-        self._note(p, note)
-        self.save()
         for clone in clones:
             await self.remove(clone)
+        p.drained = True
+        self._note(p, note)
+        self.save()
 
     def autosize(self, p: Pool) -> None:
         """Size ``p`` from the request rate of the last minute and its refill time."""
-        from corral.perf import pools as model
+        from corral.scheduler import poolsize as model
 
         now = time.time()
         recent = [t for t in p.requests if now - t <= AUTOSIZE_WINDOW]

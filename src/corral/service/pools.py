@@ -260,7 +260,7 @@ class Pools:
         :raises InvalidSpec: no refill time to go by, or a number out of range.
         :raises NotFound: no such pool.
         """
-        from corral.perf import pools as model
+        from corral.scheduler import poolsize as model
 
         if refill_time is None and pool is not None:
             refill_time = self._pool(pool).refill_time()

@@ -113,8 +113,7 @@ class VMRuntime:
         return self._locks.setdefault(name, asyncio.Lock())
 
     def busy(self, name: str) -> bool:
-        lock = self._locks.get(name)
-        return lock is not None and lock.locked()
+        return name in self._locks and self._locks[name].locked()
 
     def get(self, name: str) -> VMRecord:
         """:raises NotFound: no VM of that name."""

@@ -78,9 +78,8 @@ def _refuse(name: str, op: str, state: State) -> None:
 
 async def create(rt: VMRuntime, name: str, snapshot: str, memory: bool = False,
                  template: bool = False) -> dict[str, Any]:
-    """Take a snapshot of a running, paused or stopped VM. With ``template`` (a memory
-    snapshot) its warm-start template is made before this returns, so the first warm start
-    from it is as fast as the later ones (else the first one makes it).
+    """Take a snapshot of a running, paused or stopped VM. ``template`` (a memory snapshot)
+    is checked here and made by the caller (:func:`.warm.ensure_template`).
 
     :raises InvalidSpec: a bad snapshot name, a raw disk, ``memory`` on a stopped VM, or
         ``template`` without ``memory``.
@@ -119,10 +118,6 @@ async def create(rt: VMRuntime, name: str, snapshot: str, memory: bool = False,
                 "running": rec.state == State.RUNNING, "vm_state": rec.state.value}
         rt.db.add_snapshot(snap)
         adoption.clear(rt, name)
-        if template:
-            from corral.service import warm
-
-            await warm.ensure_template(rt, name, snapshot)
         return {**snap, "template": template_dir(rt, name, snapshot).is_dir()}
 
 
