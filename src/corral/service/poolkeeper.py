@@ -11,6 +11,7 @@ its own name, MAC and hostname) it is paused, and from then on it is free to han
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import secrets
@@ -19,9 +20,10 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from corral.domain.states import State
-from corral.errors import CorralError, InvalidSpec, NoCapacity, NotFound
+from corral.errors import AgentError, CorralError, InvalidSpec, NoCapacity, NotFound, Timeout
 
 if TYPE_CHECKING:
+    from corral.service.guest import GuestService
     from corral.service.runtime import VMRuntime
     from corral.service.vms import VMs
 
@@ -32,6 +34,7 @@ IDLE_CHECK = 0.5    # seconds between checks of a full pool's clones
 BACKOFF = 2.0       # seconds before a refill that failed is tried again
 AUTOSIZE_WINDOW = 60.0
 CLONE_READY = 120.0
+IDENTITY_WAIT = 10.0
 
 
 @dataclass
@@ -72,9 +75,10 @@ class Pool:
 class Keeper:
     """The pools' records and background refills."""
 
-    def __init__(self, rt: VMRuntime, vms: VMs) -> None:
+    def __init__(self, rt: VMRuntime, vms: VMs, guest: GuestService) -> None:
         self.rt = rt
         self.vms = vms
+        self.guest = guest
         self.pools: dict[str, Pool] = {}
         self.filling: dict[str, str | None] = {}   # the clone each pool is making now
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -176,6 +180,7 @@ class Keeper:
         try:
             await self.vms.create({"name": clone, "from_snapshot": p.source}, start=True,
                                   wait=True, timeout=CLONE_READY, queue=False)
+            await self._identity_taken(clone)
             if self.rt.get(clone).state == State.RUNNING:
                 await self.vms.pause(clone)
         except NoCapacity as err:
@@ -203,6 +208,22 @@ class Keeper:
         p.note = None
         self.save()
         return True
+
+    async def _identity_taken(self, clone: str) -> None:
+        """Wait until the clone has taken its own hostname (a warm start does it in the
+        background once the guest is ready), so that no command of that step is still
+        pending when the clone is paused, to rename it later at a hand-out.
+
+        :raises Timeout: it did not within 10 seconds.
+        """
+        deadline = time.monotonic() + IDENTITY_WAIT
+        while time.monotonic() < deadline:
+            with contextlib.suppress(AgentError):
+                res = await self.guest.exec(clone, ["hostname"], timeout=5)
+                if base64.b64decode(res.get("stdout") or "").strip() == clone.encode():
+                    return
+            await asyncio.sleep(0.05)
+        raise Timeout(f"clone '{clone}' did not take its hostname in {IDENTITY_WAIT:g} s")
 
     def _note(self, p: Pool, note: str) -> None:
         if p.note != note:

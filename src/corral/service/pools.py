@@ -65,7 +65,7 @@ class Pools:
         self.vms = vms
         self.guest = guest
         self.sched = sched
-        self.keeper = Keeper(rt, vms)
+        self.keeper = Keeper(rt, vms, guest)
 
     def load(self) -> None:
         self.keeper.load()
