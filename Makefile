@@ -12,7 +12,7 @@ IMAGES := build/images
 TEST_IMAGES := $(IMAGES)/tiny/image.json $(IMAGES)/tiny-arm64/image.json \
 	$(IMAGES)/debian/image.json
 
-.PHONY: demo test deps apt venv image lint unit integration bench clean
+.PHONY: demo test deps apt venv image lint unit integration bench bench-report clean
 
 demo: deps
 	$(BIN)/corral image build tiny
@@ -64,6 +64,10 @@ $(IMAGES)/debian/image.json: src/corral/images/debian.py | venv
 
 bench: deps $(IMAGES)/tiny/image.json
 	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/python bench/lifecycle.py
+
+# every benchmark, their tables and plots in docs/benchmarks.md (about 20 min; QUICK=1: about 5)
+bench-report: deps $(IMAGES)/tiny/image.json
+	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/python bench/report.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

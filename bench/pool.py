@@ -118,6 +118,7 @@ def latencies(c: Client, reps: int) -> tuple[dict[str, list[float]], list[float]
         "pool_running", "pool_agent", "warm_running", "warm_agent", "cold_running",
         "cold_ready")}
     boot_cpu: list[float] = []
+    refills: list[float] = []
     c.pool_create("p", "gold:base", 3)
     for i in range(reps + 1):  # the first round is a warm-up
         log(f"round {i} of {reps}")
@@ -137,6 +138,9 @@ def latencies(c: Client, reps: int) -> tuple[dict[str, list[float]], list[float]
         cold_running = ms(t0)
         c.wait_ready(f"c{i}", timeout=300)
         cold_ready = ms(t0)
+        refill = c.pool_show("p")["refill_seconds"]
+        if refill is not None:
+            refills.append(refill)
         if i:
             for key, value in zip(samples, (running, agent, warm_running, warm_agent,
                                             cold_running, cold_ready), strict=True):
@@ -145,6 +149,7 @@ def latencies(c: Client, reps: int) -> tuple[dict[str, list[float]], list[float]
         for name in (f"h{i}", f"w{i}", f"c{i}"):
             c.rm(name)
     c.pool_rm("p")
+    samples["refill_seconds"] = refills[-1:]
     return samples, boot_cpu
 
 
@@ -249,7 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples, boot_cpu = latencies(c, args.reps)
         idle = idle_clones(c, args.clones)
         seconds, ready, problems = storm(c, home, args.storm)
+    refill = samples.pop("refill_seconds")
     res = {"samples": samples, "boot_cpu": boot_cpu, "idle": idle,
+           "refill_seconds": refill[0] if refill else None,
            "storm": {"count": args.storm, "seconds": seconds, "ready": ready,
                      "problems": problems}}
     print(report(res))

@@ -35,13 +35,13 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None) -> 
     """Serve until SIGTERM or SIGINT. However it ends, the socket is removed, and so are
     the run directories' empty leftovers.
 
-    :raises CorralError: when another daemon serves ``socket_path``.
+    The socket is bound first (clients that connect meanwhile wait in its backlog), then
+    the API is loaded and served; the service opens in the background, and requests wait
+    for it (:mod:`corral.api.opening`), so re-adopting many VMs does not delay the answer.
+
+    :raises CorralError: when another daemon serves ``socket_path``, or the service could
+        not open (its store, say).
     """
-    import uvicorn
-
-    from corral.api.app import create_app
-    from corral.service.manager import Manager
-
     paths = paths or Paths.from_env()
     socket_path = socket_path or default_socket(paths.home)
     socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,17 +58,37 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None) -> 
         os.chmod(socket_path, 0o600)
         sock.listen(128)
         _quiet_disconnects(asyncio.get_running_loop())
-        manager = Manager(paths)
-        config = uvicorn.Config(create_app(manager), loop="none", http="httptools",
-                                lifespan="on", log_level="warning", access_log=False,
-                                ws="none")
-        await uvicorn.Server(config).serve(sockets=[sock])
+        await _serve_api(paths, sock)
     finally:
         sock.close()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
         paths.remove_leftovers()
         signal.signal(signal.SIGTERM, previous)
+
+
+async def _serve_api(paths: Paths, sock: socket.socket) -> None:
+    import uvicorn
+
+    from corral.api.app import create_app
+    from corral.service.manager import Manager
+
+    failure: list[BaseException] = []
+
+    def failed(err: BaseException) -> None:
+        failure.append(err)
+        server.should_exit = True
+
+    config = uvicorn.Config(create_app(Manager(paths), on_failure=failed), loop="none",
+                            http="httptools", lifespan="on", log_level="warning",
+                            access_log=False, ws="none", proxy_headers=False,
+                            server_header=False, date_header=False)
+    server = uvicorn.Server(config)
+    await server.serve(sockets=[sock])
+    if failure:
+        if isinstance(failure[0], CorralError):
+            raise failure[0]
+        raise CorralError(f"the daemon could not open: {failure[0]}") from failure[0]
 
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> NoReturn:

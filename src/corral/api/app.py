@@ -12,7 +12,7 @@ browsable at ``/docs``; it is made when first asked for, the views' schemas with
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -31,6 +31,7 @@ from corral.api import (
 )
 from corral.api.common import API
 from corral.api.limits import BodyLimit
+from corral.api.opening import OpenGate, Opening
 from corral.api.schema import CorralAPI
 from corral.service.manager import Manager
 
@@ -39,17 +40,22 @@ __all__ = ["API", "create_app"]
 ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers, pools)
 
 
-def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
-    """The API bound to ``manager``; with ``manage_lifecycle`` the app opens and closes it.
-    Routes look up ``manager``'s slices on each request: they exist only once it is open."""
+def create_app(manager: Manager, manage_lifecycle: bool = True,
+               on_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
+    """The API bound to ``manager``; with ``manage_lifecycle`` the app opens (in the
+    background: requests wait for it) and closes it; ``on_failure`` is called when the open
+    fails. Routes look up ``manager``'s slices on each request: they exist once it is open."""
+    opening = Opening()
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if manage_lifecycle:
-            await manager.open()
+        if manage_lifecycle:  # served at once; requests wait for the open (OpenGate)
+            opening.start(manager.open, on_failure)
         try:
             yield
         finally:
             if manage_lifecycle:
+                await opening.stop()
                 await manager.close()
 
     app = CorralAPI(title="Corral", version="0.1.0", lifespan=lifespan,
@@ -60,4 +66,5 @@ def create_app(manager: Manager, manage_lifecycle: bool = True) -> FastAPI:
         app.router.routes.extend(module.routes(manager).routes)
     errors.install(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(OpenGate, opening=opening)
     return app

@@ -87,10 +87,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The ``corral`` parser; with ``only`` (a command word), just that command's part of
     it is built; an unknown word (or None) builds everything, so argparse can list the
     choices."""
-    common = argparse.ArgumentParser(add_help=False)
+    # every parser gets the fixed-width formatter: the default one imports shutil to size
+    # the terminal, even when no help is printed
+    common = argparse.ArgumentParser(add_help=False, formatter_class=Formatter)
     common.add_argument("--socket", metavar="PATH", default=os.environ.get("CORRAL_SOCKET"),
                         help="the daemon's unix socket (default: $CORRAL_HOME/corral.sock)")
-    js = argparse.ArgumentParser(add_help=False)
+    js = argparse.ArgumentParser(add_help=False, formatter_class=Formatter)
     js.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser = argparse.ArgumentParser(
         prog="corral", formatter_class=Formatter, epilog=EPILOG,

@@ -1,0 +1,71 @@
+"""The daemon answers while it is still opening: the socket serves as soon as the API is
+loaded, and the service opens (store, re-adoption of every VM, networks, queue, pools) in
+the background meanwhile (:class:`Opening`). :class:`OpenGate` holds each request until
+the service is open, then lets it through; a service that could not open answers every
+request with why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Opening:
+    """The service's open, run in the background."""
+
+    def __init__(self) -> None:
+        self.opening: asyncio.Task[None] | None = None
+
+    def start(self, open_: Callable[[], Awaitable[None]],
+              on_failure: Callable[[BaseException], None] | None = None) -> None:
+        async def run() -> None:
+            await open_()
+
+        self.opening = asyncio.create_task(run(), name="open-service")
+
+        def done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("the service could not open: %s", task.exception())
+                if on_failure is not None:
+                    on_failure(task.exception())  # type: ignore[arg-type]
+
+        self.opening.add_done_callback(done)
+
+    async def stop(self) -> None:
+        """Cancel an open still under way (the daemon stops before it finished)."""
+        if self.opening is not None and not self.opening.done():
+            self.opening.cancel()
+            with contextlib.suppress(BaseException):  # cancelled or failed: stopped either way
+                await self.opening
+
+
+
+class OpenGate:
+    """ASGI middleware: requests wait for the service's open to finish."""
+
+    def __init__(self, app: Any, opening: Opening) -> None:
+        self.app = app
+        self.state = opening
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        opening = self.state.opening
+        if scope["type"] == "http" and opening is not None and not opening.done():
+            await asyncio.wait([opening])
+        if scope["type"] == "http" and opening is not None and not opening.cancelled() \
+                and opening.exception() is not None:
+            message = f"the daemon could not open: {opening.exception()}"
+            body = json.dumps({"error": "internal", "kind": "internal", "message": message,
+                               "facts": {}}).encode()
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
