@@ -30,6 +30,7 @@ from corral.api import (
     vms,
 )
 from corral.api.common import API
+from corral.api.fastlane import FastLane
 from corral.api.limits import BodyLimit
 from corral.api.opening import OpenGate, Opening
 from corral.api.schema import CorralAPI
@@ -66,5 +67,6 @@ def create_app(manager: Manager, manage_lifecycle: bool = True,
         app.router.routes.extend(module.routes(manager).routes)
     errors.install(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(FastLane, manager=manager)  # inside the gate: after the open
     app.add_middleware(OpenGate, opening=opening)
     return app
