@@ -14,12 +14,16 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
 from corral.config import Paths, default_socket
 from corral.errors import CorralError
+
+STARTED = time.monotonic()  # this module is imported when `corral serve` starts
+log = logging.getLogger(__name__)
 
 
 def _socket_in_use(path: Path) -> bool:
@@ -73,6 +77,7 @@ async def _serve_api(paths: Paths, sock: socket.socket) -> None:
     from corral.api.app import create_app
     from corral.service.manager import Manager
 
+    log.info("API loaded %.2f s after the daemon started", time.monotonic() - STARTED)
     failure: list[BaseException] = []
 
     def failed(err: BaseException) -> None:

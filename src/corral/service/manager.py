@@ -9,6 +9,9 @@ collaborators it needs.
 
 from __future__ import annotations
 
+import logging
+import time
+
 from corral.config import Paths
 from corral.domain.specs import VMSpec
 from corral.engine import accel as accel_mod
@@ -22,6 +25,8 @@ from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
 from corral.service.vms import VMs
 from corral.store.db import Store, VMRecord
+
+log = logging.getLogger(__name__)
 
 
 class _Hooks:
@@ -65,9 +70,12 @@ class Manager:
         become_subreaper()
         for d in (self.paths.home, self.paths.images, self.paths.run):
             d.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
         rt = VMRuntime(self.paths, Store(self.paths.db), self.driver, self.accel.name)
         self._opened = opened = _Opened(rt, self.accel)
         await adoption.adopt_all(rt)
+        log.info("store opened and %d VMs taken up in %.2f s", len(rt.live),
+                 time.monotonic() - t0)
         await netreconcile.reconcile(opened.net)  # before the queue may start VMs on networks
         opened.sched.load()
         opened.sched.dispatch()

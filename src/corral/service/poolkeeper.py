@@ -205,7 +205,8 @@ class Keeper:
             return False
         p.clones.append(clone)
         p.refill_seconds = [*p.refill_seconds, round(time.monotonic() - t0, 4)][-KEEP:]
-        p.note = None
+        if p.note and p.note.startswith("holds"):  # it fits again (an autosize note stays)
+            p.note = None
         self.save()
         return True
 

@@ -173,3 +173,18 @@ async def test_restart_takes_up_the_pool_and_its_clones(home: Path, driver: Fake
         assert (await second.pools.take("p", "again"))["pool"]["hit"]
     finally:
         await second.close()
+
+
+async def test_autosize_applies_the_model_to_the_requests_it_sees(m: Manager) -> None:
+    await golden(m)
+    await m.pools.create("p", "gold:base", 3, max_size=5, autosize=True, target_wait=0.05)
+    await filled(m, "p", 3)
+    for i in range(3):  # 3 requests a minute with refills of milliseconds: 1 clone will do
+        await m.pools.take("p", f"t{i}")
+    deadline = time.monotonic() + 10
+    while m.pools.get("p")["size"] != 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    view = await filled(m, "p", 1)
+    assert view["size"] == 1 and "autosized to 1" in view["note"]
+    with pytest.raises(InvalidSpec):
+        m.pools.resize("p", 6, max_size=5)
