@@ -40,9 +40,9 @@ PY = sys.executable
 # name → (arguments, quick arguments, where its raw numbers go: "file" (--json FILE),
 # "stdout" (--json prints them) or None)
 BENCHES: dict[str, tuple[list[str], list[str], str | None]] = {
-    "lifecycle": ([], ["--reps", "2", "--pause-reps", "20", "--cli-reps", "5", "--vms", "1,5"],
-                  "file"),
-    "state": ([], ["--reps", "1"], "file"),
+    "lifecycle": (["--with-libvirt"], ["--with-libvirt", "--reps", "2", "--pause-reps", "20",
+                                       "--cli-reps", "5", "--vms", "1,5"], "file"),
+    "state": (["--with-libvirt"], ["--reps", "1"], "file"),
     "guest": ([], ["--reps", "1", "--exec-reps", "10", "--mib", "2"], "file"),
     "network": ([], ["--mb", "8", "--reps", "1"], None),
     "placement": ([], ["--hosts", "300", "--requests", "3000", "--reps", "1"], "stdout"),
