@@ -5,14 +5,15 @@ and plots (matplotlib, PNG under ``docs/benchmarks/``).
         [--out docs]
 
 It runs ``lifecycle.py``, ``state.py``, ``guest.py``, ``network.py``, ``placement.py``,
-``policies.py`` and ``pool.py`` one after another (each with its own side-by-side table,
-printed into the report as it printed it), keeps their raw numbers (``--json``), and plots:
-boot and warm-start distributions (cold vs warm vs pool vs raw QEMU vs libvirt), pause and
-resume latency histograms (Corral vs raw QMP vs libvirt-python vs virsh, where measured),
-daemon memory against the number of VMs, placement time against hosts (log-log), queue
-policies simulated vs real, and pool hand-out latency with the queue wait against the pool
-size beside the Erlang C curve. Every plot names the machine, the date and the commit. A
-benchmark that fails is reported with the end of its output; the others still run.
+``policies.py``, ``pool.py`` and ``serve.py`` one after another (each with its own
+side-by-side table, printed into the report as it printed it), keeps their raw numbers
+(``--json``), and plots: boot and warm-start distributions (cold vs warm vs pool vs raw
+QEMU vs libvirt), pause and resume latency histograms (Corral vs raw QMP vs libvirt-python
+vs virsh, where measured), daemon memory against the number of VMs, placement time against
+hosts (log-log), queue policies simulated vs real, and pool hand-out latency with the queue
+wait against the pool size beside the Erlang C curve. Every plot names the machine, the
+date and the commit. A benchmark that fails is reported with the end of its output; the
+others still run.
 
 ``--quick`` runs each with fewer repetitions (about 5 minutes on a quiet 2-core host); the
 full report takes about 20.
@@ -48,6 +49,7 @@ BENCHES: dict[str, tuple[list[str], list[str], str | None]] = {
     "placement": ([], ["--hosts", "300", "--requests", "3000", "--reps", "1"], "stdout"),
     "policies": ([], ["--policies", "fcfs,sjf"], "file"),
     "pool": ([], ["--quick"], "file"),
+    "serve": ([], ["--vms", "10", "--restarts", "2"], "file"),
 }
 PLACEMENT_HOSTS = {False: (10, 100, 1000, 10000), True: (10, 100, 1000)}
 
