@@ -41,15 +41,15 @@ PY = sys.executable
 # name → (arguments, quick arguments, where its raw numbers go: "file" (--json FILE),
 # "stdout" (--json prints them) or None)
 BENCHES: dict[str, tuple[list[str], list[str], str | None]] = {
-    "lifecycle": (["--with-libvirt"], ["--with-libvirt", "--reps", "2", "--pause-reps", "20",
-                                       "--cli-reps", "5", "--vms", "1,5"], "file"),
+    "lifecycle": (["--with-libvirt"], ["--with-libvirt", "--reps", "1", "--pause-reps", "15",
+                                       "--cli-reps", "4", "--vms", "2"], "file"),
     "state": (["--with-libvirt"], ["--reps", "1"], "file"),
     "guest": ([], ["--reps", "1", "--exec-reps", "10", "--mib", "2"], "file"),
     "network": ([], ["--mb", "8", "--reps", "1"], None),
     "placement": ([], ["--hosts", "300", "--requests", "3000", "--reps", "1"], "stdout"),
     "policies": ([], ["--policies", "fcfs,sjf"], "file"),
     "pool": ([], ["--quick"], "file"),
-    "serve": ([], ["--vms", "10", "--restarts", "2"], "file"),
+    "serve": ([], ["--vms", "6", "--restarts", "2"], "file"),
 }
 PLACEMENT_HOSTS = {False: (10, 100, 1000, 10000), True: (10, 100, 1000)}
 
@@ -146,7 +146,8 @@ def plot_all(results: dict[str, dict[str, Any]], placement: list[dict[str, Any]]
         if not series:
             return
         fig, ax = plt.subplots(figsize=(9, 0.45 * len(series) + 1.6))
-        ax.boxplot(list(series.values()), vert=False, labels=list(series))
+        ax.boxplot(list(series.values()), vert=False)
+        ax.set_yticks(range(1, len(series) + 1), list(series))
         ax.set_xscale("log")
         ax.set_xlabel("request → guest agent answers (ms, log)")
         ax.set_title("Boot and warm-start times")
@@ -261,14 +262,14 @@ def plot_all(results: dict[str, dict[str, Any]], placement: list[dict[str, Any]]
 
 def write_markdown(results: dict[str, dict[str, Any]], plots: list[tuple[str, str]],
                    m: dict[str, str], quick: bool, seconds: float, out: Path) -> Path:
-    load = os.getloadavg()
+    load = m.get("load") or "{:.1f} / {:.1f} / {:.1f}".format(*os.getloadavg())
     lines = ["# Corral benchmarks", "",
              f"Made by `make bench-report{' QUICK=1' if quick else ''}` "
              f"({'quick: fewer repetitions' if quick else 'full'}) in {seconds / 60:.1f} min.",
              "", f"- machine: {m['host']}, {m['cpus']}× {m['cpu']}, Linux {m['kernel']}",
              f"- date: {m['date']}; commit {m['commit']}",
-             f"- load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
-             "(other work on the host stretches every timing)", "", "## Plots", ""]
+             f"- load average at the end: {load} (other work on the host stretches every "
+             "timing)", "", "## Plots", ""]
     for name, title in plots:
         lines += [f"### {title}", "", f"![{title}](benchmarks/{name})", ""]
     lines += ["## Tables", ""]
@@ -290,7 +291,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer repetitions (about 5 min)")
     p.add_argument("--only", help="run only these benchmarks (comma-separated)")
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="where benchmarks.md goes")
+    p.add_argument("--replot", action="store_true",
+                   help="redraw the plots and the page from the last run's results.json")
     args = p.parse_args(argv)
+    saved = args.out / "benchmarks" / "results.json"
+    if args.replot:
+        last = json.loads(saved.read_text())
+        plots = plot_all(last["results"], last["placement"], last["machine"],
+                         args.out / "benchmarks")
+        write_markdown(last["results"], plots, last["machine"], last["quick"],
+                       last["seconds"], args.out)
+        return 0
     names = args.only.split(",") if args.only else list(BENCHES)
     unknown = set(names) - set(BENCHES)
     if unknown:
@@ -300,8 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="crl-report-") as tmp:
         results = {name: run_bench(name, args.quick, Path(tmp)) for name in names}
     placement = placement_series(args.quick) if "placement" in names else []
+    m["load"] = "{:.1f} / {:.1f} / {:.1f}".format(*os.getloadavg())
     plots = plot_all(results, placement, m, args.out / "benchmarks")
-    path = write_markdown(results, plots, m, args.quick, time.monotonic() - t0, args.out)
+    seconds = time.monotonic() - t0
+    saved.write_text(json.dumps({"results": results, "placement": placement, "machine": m,
+                                 "quick": args.quick, "seconds": seconds}))
+    path = write_markdown(results, plots, m, args.quick, seconds, args.out)
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} with "
           f"{len(plots)} plots in {(time.monotonic() - t0) / 60:.1f} min")
     return 0 if all(r["rc"] == 0 for r in results.values()) else 1
