@@ -3,16 +3,16 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := qemu-system-x86 qemu-system-arm qemu-utils busybox-static cpio lz4 iproute2 \
-	dnsmasq-base nftables debootstrap e2fsprogs
+	dnsmasq-base nftables debootstrap e2fsprogs chromium prometheus
 # binaries whose presence proves the packages above are installed
 APT_PROBES := qemu-system-x86_64 qemu-system-aarch64 qemu-img busybox cpio lz4 ip dnsmasq nft \
-	debootstrap mkfs.ext4
+	debootstrap mkfs.ext4 chromium promtool
 IMAGES := build/images
 # the guest images the tests boot (tiny also writes tiny-disk beside it)
 TEST_IMAGES := $(IMAGES)/tiny/image.json $(IMAGES)/tiny-arm64/image.json \
 	$(IMAGES)/debian/image.json
 
-.PHONY: demo test deps apt venv image lint unit integration bench bench-report clean
+.PHONY: demo test deps apt venv image lint unit integration bench bench-report web-vendor clean
 
 demo: deps
 	$(BIN)/corral image build tiny
@@ -68,6 +68,11 @@ bench: deps $(IMAGES)/tiny/image.json
 # every benchmark, their tables and plots in docs/benchmarks.md (about 20 min; QUICK=1: about 5)
 bench-report: deps $(IMAGES)/tiny/image.json
 	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/python bench/report.py $(if $(QUICK),--quick)
+
+# the web page's JavaScript libraries are committed in src/corral/api/static/vendor; this
+# refreshes them from npm at the versions pinned in web/package-lock.json
+web-vendor:
+	scripts/vendor-web.sh
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -29,6 +30,24 @@ def become_subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def replayable(argv: list[str], run: str) -> list[str]:
+    """Corral's QEMU argv (read from ``/proc``) as a QEMU started by hand runs it: the
+    sockets Corral passes as descriptors made by QEMU itself in ``run``, no seccomp filter
+    (its ``spawn=deny`` would kill the fork of ``-daemonize``), and ``-daemonize -pidfile``."""
+    sockets = {"serial0": "console.sock", "qmp0": "qmp.sock", "qga0": "qga.sock"}
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip or arg == "-sandbox":
+            skip = not skip
+            continue
+        m = re.match(r"socket,id=(\w+),fd=\d+,", arg)
+        if m and m.group(1) in sockets:
+            arg = f"socket,id={m.group(1)},path={run}/{sockets[m.group(1)]}," + arg[m.end():]
+        out.append(arg)
+    return [*out, "-daemonize", "-pidfile", f"{run}/qemu.pid"]
 
 
 def pid_alive(pid: int) -> bool:

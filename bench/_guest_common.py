@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import QMP, LineSocket, Summary, fmt_summary, kill_and_reap, ms_since, reap
+from _common import (
+    QMP,
+    LineSocket,
+    Summary,
+    fmt_summary,
+    kill_and_reap,
+    ms_since,
+    reap,
+    replayable,
+)
 
 from corral.config import Paths
 
@@ -215,6 +224,7 @@ class RawQemu:
             del argv[i:i + 2]
         paths = Paths(home)
         run, vm_dir = str(paths.run_dir(name)), str(paths.vm_dir(name))
+        argv = replayable(argv, run)
         template = [a.replace(run, self.RUN).replace(vm_dir, self.RUN).replace(name, self.NAME)
                     for a in argv]
         keep = self.root / f"template-{key}"

@@ -52,6 +52,7 @@ from _common import (
     memory_of,
     ms_since,
     reap,
+    replayable,
     run_benchmark,
     wait_gone,
 )
@@ -256,6 +257,7 @@ class RawSystem(System):
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
         paths = Paths(corral.home)
         run, vm_dir = str(paths.run_dir(name)), str(paths.vm_dir(name))
+        argv = replayable(argv, run)
         self.template = [a.replace(run, self.RUN).replace(vm_dir, self.RUN)
                          .replace(name, self.NAME) for a in argv]
         keep = self.root / "template"

@@ -168,8 +168,8 @@ def raw_pair(ws: Path, images: str) -> Iterator[Ends]:
                           cmdline=image.cmdline, machine="q35", cpu_model="max", disks=[],
                           nics=[NicSpec(mode="network", mac=f"52:54:00:be:0c:0{i}",
                                         ifname=tap)])
-            subprocess.run(build(spec, run, run.dir / "serial.log", "tcg"), check=True,
-                           capture_output=True)
+            subprocess.run([*build(spec, run, run.dir / "serial.log", "tcg"), "-daemonize",
+                            "-pidfile", str(run.pidfile)], check=True, capture_output=True)
             pids.append(int(run.pidfile.read_text()))
             runs.append(run.dir)
         ends = [raw_end(run_dir / "qga.sock") for run_dir in runs]

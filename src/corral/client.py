@@ -10,6 +10,12 @@ Standard library only (HTTP/1.1 over the unix socket, one kept-alive connection:
     c.pause("web"); c.resume("web")
     c.rm("web")
 
+A remote daemon (``corral serve --listen``) is the same Client over TLS, with a token and
+the server certificate's SHA-256 fingerprint (or a CA) to trust::
+
+    c = Client(url="https://10.0.0.2:8443", token="crl_…", fingerprint="6e82…")
+    c = Client()                      # $CORRAL_URL, $CORRAL_TOKEN, $CORRAL_FINGERPRINT
+
 One verb per action (``rm``, ``disk_rm``, ``snapshot_rm``, ``network_rm`` …); the older names
 (``destroy``, ``disk_delete`` …) stay as aliases. Every name is checked and percent-quoted
 before it goes into a URL, and every number is checked (finite, in range) before a request
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 
 from corral import errors
+from corral.client_access import AccessCalls
 from corral.client_networks import NetworkCalls
 from corral.client_pools import PoolCalls
 from corral.wire import MAX_TIMEOUT, error, integer, seconds, seg
@@ -36,13 +43,14 @@ if TYPE_CHECKING:
     from corral import views
 
 __all__ = ["MAX_TIMEOUT", "Client"]
+MAX_ID = (1 << 63) - 1
 
 
 def _error(status: int, body: dict[str, Any]) -> errors.CorralError:
     return error(status, body)
 
 
-class Client(NetworkCalls, PoolCalls):
+class Client(NetworkCalls, AccessCalls, PoolCalls):
     """A connection to ``corral serve`` with one method per action. Every method raises
     :class:`~corral.errors.CorralError` subclasses; :class:`~corral.errors.DaemonUnavailable`
     when the daemon is not running."""
@@ -143,10 +151,60 @@ class Client(NetworkCalls, PoolCalls):
                                        limit=integer(limit, "limit", 1, 16 << 20))
         return out
 
-    def events(self, since: int = 0, vm: str | None = None) -> builtins.list[views.Event]:
+    def events(self, since: int = 0, vm: str | None = None, project: str | None = None,
+               tail: int | None = None) -> builtins.list[views.Event]:
+        """Up to 1000 events after id ``since`` (``tail``: only the last ``tail``):
+        ``vm``'s only, ``project``'s only (a token sees its own project's only)."""
         out: builtins.list[views.Event] = self.request(
-            "GET", "/events", since=integer(since, "since", 0, (1 << 63) - 1),
-            vm=None if vm is None else (seg(vm, "vm") and vm))
+            "GET", "/events", since=integer(since, "since", 0, MAX_ID),
+            vm=None if vm is None else (seg(vm, "vm") and vm),
+            project=None if project is None else (seg(project, "project") and project),
+            tail=integer(tail, "tail", 1, 10000))
+        return out
+
+    def follow_events(self, since: int | None = None, vm: str | None = None
+                      ) -> Iterator[views.Event]:
+        """Every event as the daemon commits it, for as long as the caller iterates: those
+        after id ``since`` first (when given). A stream the daemon drops (this client fell
+        behind) or that breaks is resumed from the last event, so none is missed or repeated.
+
+        :raises DaemonUnavailable: the daemon is not running (or went away).
+        """
+        import time
+
+        from corral.wire import Transport
+
+        integer(since, "since", 0, MAX_ID)
+        if vm is not None:
+            seg(vm, "vm")
+        while True:
+            query = "&".join(f"{k}={v}" for k, v in (("since", since), ("vm", vm))
+                             if v is not None)
+            # its own connection (the stream is not reused), as this client connects:
+            # heartbeats come every 15 s
+            conn = Transport(self.socket_path, 60.0, self._conn.tls, self._conn.headers)
+            try:
+                for status, line in conn.stream_lines("GET", "/v1/events/stream?" + query, b""):
+                    if status >= 400:
+                        raise error(status, json.loads(line) if line.strip() else {})
+                    if line.startswith(b"data: {\"id\""):
+                        event: views.Event = json.loads(line[6:])
+                        since = event["id"]
+                        yield event
+            except (FileNotFoundError, ConnectionRefusedError) as err:
+                raise errors.DaemonUnavailable(
+                    f"the Corral daemon is not running at {self.socket_path}") from err
+            except (ConnectionResetError, TimeoutError):
+                pass  # resumed below from the last event seen
+            finally:
+                conn.close()
+            time.sleep(0.2)  # dropped, or the daemon is stopping: it may refuse us next
+            if since is None:
+                since = 0 if not (last := self.events(tail=1)) else last[0]["id"]
+
+    def web_info(self) -> views.WebInfo:
+        """Where the daemon serves its web page (``url`` None: not on TCP)."""
+        out: views.WebInfo = self.request("GET", "/web")
         return out
 
     def clone(self, src: str, new: str, full: bool = False,
@@ -311,9 +369,7 @@ class Client(NetworkCalls, PoolCalls):
                 if event:
                     yield event
         except (FileNotFoundError, ConnectionRefusedError) as err:
-            raise errors.DaemonUnavailable(
-                f"the Corral daemon is not running at {self.socket_path}; start it with "
-                "'corral serve' (or set CORRAL_SOCKET)") from err
+            raise self.unavailable() from err
 
     def read_file(self, name: str, path: str) -> bytes:
         return self.raw_request("GET", f"/vms/{seg(name)}/files", path=path)

@@ -18,7 +18,15 @@ tree onto exit codes and HTTP statuses, so a user never sees a traceback for the
     ├── AgentError                   (502 / exit 7)  the guest agent failed or was silent
     ├── DiskFull                     (507 / exit 11) the host's disk is full
     ├── DaemonUnavailable            (503 / exit 8)  the CLI or Client cannot reach ``corral serve``
-    └── TooLarge                     (413 / exit 2)  a request body over the daemon's limit
+    ├── TooLarge                     (413 / exit 2)  a request body over the daemon's limit
+    ├── MigrationFailed              (500 / exit 12) a live migration failed; the guest runs
+                                                     where it was (``phase``: where it failed)
+    ├── Unauthorized                 (401 / exit 13) a missing, malformed, expired or revoked token
+    ├── Forbidden                    (403 / exit 14) the token's role may not do that
+    ├── QuotaExceeded                (409 / exit 15) over a project's quota; ``quota`` names it
+    ├── RateLimited                  (429 / exit 16) too many requests; ``retry_after`` seconds
+    └── Untrusted                    (exit 17)       the daemon's certificate is not the one
+                                                     trusted; ``fingerprint`` is what it showed
 
 Errors cross the wire whole: :meth:`CorralError.to_dict` gives the body of an error answer,
 ``{"error": kind, "kind": kind, "message": one line, "facts": {...}}`` (the facts are also
@@ -211,6 +219,84 @@ class TooLarge(CorralError):
         self.limit = limit
 
 
+class MigrationFailed(CorralError):
+    """A live migration failed, was cancelled or could not converge; the guest keeps running
+    on the source."""
+
+    exit_code = 12
+    kind = "migration_failed"
+    fact_names = ("phase",)
+
+    def __init__(self, message: str, phase: str = "") -> None:
+        super().__init__(message)
+        self.phase = phase
+
+
+class Unauthorized(CorralError):
+    """No valid token: missing, malformed, unknown, expired or revoked."""
+
+    status = 401
+    exit_code = 13
+    kind = "unauthorized"
+
+
+class Forbidden(CorralError):
+    """The token is valid but its role may not do this."""
+
+    status = 403
+    exit_code = 14
+    kind = "forbidden"
+    fact_names = ("role", "required")
+
+    def __init__(self, message: str, role: str = "", required: str = "") -> None:
+        super().__init__(message)
+        self.role = role
+        self.required = required
+
+
+class QuotaExceeded(CorralError):
+    """The request would take a project over one of its quotas."""
+
+    status = 409
+    exit_code = 15
+    kind = "quota_exceeded"
+    fact_names = ("project", "quota", "limit", "requested")
+
+    def __init__(self, message: str, project: str = "", quota: str = "", limit: int = 0,
+                 requested: int = 0) -> None:
+        super().__init__(message)
+        self.project = project
+        self.quota = quota
+        self.limit = limit
+        self.requested = requested
+
+
+class RateLimited(CorralError):
+    """Too many requests from one token; try again after ``retry_after`` seconds."""
+
+    status = 429
+    exit_code = 16
+    kind = "rate_limited"
+    fact_names = ("retry_after",)
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Untrusted(CorralError):
+    """The daemon showed a TLS certificate this side does not trust (client side only)."""
+
+    status = 495
+    exit_code = 17
+    kind = "untrusted"
+    fact_names = ("fingerprint",)
+
+    def __init__(self, message: str, fingerprint: str = "") -> None:
+        super().__init__(message)
+        self.fingerprint = fingerprint
+
+
 def _classes() -> list[type[CorralError]]:
     out: list[type[CorralError]] = [CorralError]
     for cls in out:
@@ -246,7 +332,27 @@ def from_dict(body: dict[str, Any], status: int = 500) -> CorralError:
 
 
 __all__ = [
-    "AgentError", "AlreadyExists", "CommandFailed", "CorralError", "DaemonUnavailable", "DiskFull",
-    "InUse", "InvalidSpec", "InvalidState", "LaunchFailed", "MonitorError", "NeedsRoot",
-    "NoCapacity", "NotFound", "Timeout", "TooLarge", "from_dict",
+    "AgentError",
+    "AlreadyExists",
+    "CommandFailed",
+    "CorralError",
+    "DaemonUnavailable",
+    "DiskFull",
+    "Forbidden",
+    "InUse",
+    "InvalidSpec",
+    "InvalidState",
+    "LaunchFailed",
+    "MigrationFailed",
+    "MonitorError",
+    "NeedsRoot",
+    "NoCapacity",
+    "NotFound",
+    "QuotaExceeded",
+    "RateLimited",
+    "Timeout",
+    "TooLarge",
+    "Unauthorized",
+    "Untrusted",
+    "from_dict",
 ]

@@ -60,6 +60,18 @@ class VMNic(TypedDict):
     port: NotRequired[str | None]
 
 
+class Confinement(TypedDict):
+    """What confines a running VM's QEMU, as the kernel reports it (``/proc/PID``)."""
+
+    user: str
+    uid: int
+    seccomp: str  # filter, strict or off
+    private_home: bool  # a mount namespace that shows it only its part of the home
+    memory_limit_bytes: int | None
+    pids_max: int | None
+    cgroups: dict[str, str]
+
+
 class VM(TypedDict):
     name: str
     state: str
@@ -83,6 +95,8 @@ class VM(TypedDict):
     created_at: NotRequired[float]
     operations: list[str]
     qemu_status: NotRequired[str | None]
+    confinement: NotRequired[Confinement | None]
+    project: NotRequired[str]
 
 
 class Disk(TypedDict):
@@ -90,6 +104,7 @@ class Disk(TypedDict):
     path: str
     format: str
     vm: str | None
+    project: NotRequired[str]
     created_at: NotRequired[float]
     size_bytes: NotRequired[int | None]
     allocated_bytes: NotRequired[int | None]
@@ -183,10 +198,12 @@ class Host(TypedDict):
     accel_reason: str
     qemu_version: NotRequired[str | None]
     kernel: NotRequired[str]
+    hostname: NotRequired[str]
     scheduler: NotRequired[dict[str, Any]]
     home: NotRequired[str]
     vms: NotRequired[int]
     vms_running: NotRequired[int]
+    confinement: NotRequired[dict[str, Any] | None]
 
 
 class QueueEntry(TypedDict):
@@ -203,11 +220,89 @@ class QueueEntry(TypedDict):
 
 
 class Event(TypedDict):
+    """``vm``: the VM (or other object) it is about; ``kind`` ``audit``: a request, with
+    ``detail`` ``who``, ``role``, ``action``, ``status`` and ``result``."""
+
     id: int
     ts: float
     vm: str
     kind: str
     detail: dict[str, Any]
+    project: NotRequired[str]
+
+
+class Quotas(TypedDict):
+    max_vms: int | None
+    max_cpus: int | None
+    max_memory: int | None
+    max_disk: int | None
+
+
+class Project(TypedDict):
+    name: str
+    created_at: float
+    quotas: Quotas
+    usage: dict[str, int]
+
+
+class Token(TypedDict):
+    name: str
+    id: str
+    role: str
+    project: str
+    created_at: float
+    expires_at: float | None
+
+
+class TokenCreated(Token):
+    secret: str
+
+
+class Principal(TypedDict):
+    """Who a request acts as: ``project`` None for admins (every project)."""
+
+    name: str
+    role: str
+    project: str | None
+    selected: str | None
+    home: str
+
+
+class VMFigures(TypedDict):
+    """What the daemon last gathered of a VM with a machine (``at``: when)."""
+
+    at: float
+    cpu_seconds: float | None
+    rss_bytes: int | None
+    disks: dict[str, dict[str, int]]   # node → rd_bytes, wr_bytes, rd_operations, …
+    nics: dict[str, dict[str, int]]    # device → rx_bytes, tx_bytes, rx_packets, tx_packets
+
+
+class StatsPoint(TypedDict):
+    """One point of a VM's recent history: totals over its disks and NICs."""
+
+    at: float
+    cpu_seconds: float | None
+    rss_bytes: int | None
+    rd_bytes: int
+    wr_bytes: int
+    rx_bytes: int | None   # None: no NIC with host-side counters (user-mode NICs)
+    tx_bytes: int | None
+
+
+class VMStats(TypedDict):
+    name: str
+    state: str
+    interval: float
+    figures: VMFigures | None
+    points: list[StatsPoint]
+
+
+class WebInfo(TypedDict):
+    """Where the daemon serves its web page (``url`` None: only on its unix socket)."""
+
+    url: str | None
+    socket: str
 
 
 class TraceEntry(TypedDict):
@@ -315,7 +410,7 @@ class Export(TypedDict):
 __all__ = [
     "VM", "BatchResult", "Disk", "Error", "Event", "ExecResult", "Export", "FileWritten",
     "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface", "Leg", "Logs",
-    "Network", "Pool", "PoolRecommendation", "PoolTake", "Port", "QueueEntry", "Removed",
-    "Router", "Snapshot", "TraceEntry", "VMDisk",
-    "VMNic",
+    "Network", "Pool", "PoolRecommendation", "PoolTake", "Port", "Principal", "Project",
+    "QueueEntry", "Quotas", "Removed", "Router", "Snapshot", "StatsPoint", "Token",
+    "TokenCreated", "TraceEntry", "VMDisk", "VMFigures", "VMNic", "VMStats", "WebInfo",
 ]

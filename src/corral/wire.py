@@ -1,8 +1,10 @@
-"""What the Client puts on the wire: HTTP/1.1 over the daemon's unix socket, the checks every
-name and number passes before it is sent, and :class:`Connection`, the base of
-``corral.Client`` (one REST call in, decoded JSON or the daemon's error out).
+"""What the Client puts on the wire: HTTP/1.1 over the daemon's unix socket, or over TLS to
+a remote daemon (``https://HOST:PORT`` with a token), the checks every name and number
+passes before it is sent, and :class:`Connection`, the base of ``corral.Client`` (one REST
+call in, decoded JSON or the daemon's error out).
 
-Standard library only; importing it costs milliseconds.
+Standard library only; importing it costs milliseconds (``ssl`` is imported only when a
+remote is used: :mod:`corral.remote`).
 """
 
 from __future__ import annotations
@@ -70,12 +72,17 @@ def integer(value: int | None, field: str, low: int, high: int) -> int | None:
 
 
 class Transport:
-    """HTTP/1.1 over a unix socket, kept alive. Hand-written because ``http.client`` pulls in
-    the ``email`` package, which alone costs the CLI more than its whole time budget."""
+    """HTTP/1.1 over a unix socket (or, with ``tls``, over TLS to ``host:port``), kept
+    alive. Hand-written because ``http.client`` pulls in the ``email`` package, which alone
+    costs the CLI more than its whole time budget. ``headers``: sent with every request
+    (the token, the project)."""
 
-    def __init__(self, path: str, timeout: float | None) -> None:
+    def __init__(self, path: str, timeout: float | None, tls: Any = None,
+                 headers: str = "") -> None:
         self.path = path
         self.timeout = timeout
+        self.tls = tls  # a corral.remote.Remote: connects and checks the certificate
+        self.headers = headers
         self.sock: socket.socket | None = None
         self._buf = b""
 
@@ -89,6 +96,8 @@ class Transport:
         self.close()
 
     def _connect(self) -> socket.socket:
+        if self.sock is None and self.tls is not None:
+            self.sock = self.tls.connect(self.timeout)
         if self.sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(self.timeout)
@@ -125,8 +134,8 @@ class Transport:
         as it arrives; the connection is not reused afterwards."""
         sock = self._connect()
         sock.sendall(f"{method} {url} HTTP/1.1\r\nHost: corral\r\nConnection: close\r\n"
-                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-                     .encode() + body)
+                     f"{self.headers}Content-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         lines = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
         headers = {k.strip().lower(): v.strip()
@@ -150,7 +159,7 @@ class Transport:
     def request(self, method: str, url: str, body: bytes | None,
                 content_type: str = "application/json") -> tuple[int, bytes]:
         sock = self._connect()
-        head = f"{method} {url} HTTP/1.1\r\nHost: corral\r\n"
+        head = f"{method} {url} HTTP/1.1\r\nHost: corral\r\n{self.headers}"
         if body is not None:
             head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
         elif method in ("POST", "PUT"):
@@ -179,18 +188,54 @@ class Connection:
     when the daemon is not running."""
 
     def __init__(self, socket_path: str | Path | None = None,
-                 timeout: float | None = 300.0) -> None:
-        if socket_path:
+                 timeout: float | None = 300.0, *, url: str | None = None,
+                 token: str | None = None, fingerprint: str | None = None,
+                 ca: str | Path | None = None, project: str | None = None) -> None:
+        """The daemon on ``socket_path`` (default ``$CORRAL_SOCKET``, else
+        ``$CORRAL_HOME/corral.sock``), or the remote one at ``url`` (``https://HOST:PORT``;
+        default ``$CORRAL_URL`` when no socket is given) with ``token`` (``$CORRAL_TOKEN``),
+        whose certificate must have the SHA-256 ``fingerprint`` or be signed by ``ca``.
+        ``project``: the project this client works in (admins; a token's is its own).
+
+        :raises InvalidSpec: a malformed url or fingerprint.
+        """
+        from corral import settings
+
+        if url is None and socket_path is None:
+            url = settings.value("client.url") or None
+        self.timeout = timeout
+        self.url = url
+        headers = f"X-Corral-Project: {seg(project, 'project')}\r\n" if project else ""
+        tls = None
+        if url is not None:
+            from corral.remote import Remote
+
+            tls = Remote(url, fingerprint or settings.value("client.fingerprint") or None,
+                         str(ca or settings.value("client.ca") or "") or None)
+            token = token or settings.value("client.token") or None
+            self.socket_path = url
+        elif socket_path:
             self.socket_path = os.path.abspath(os.path.expanduser(socket_path))
         else:  # config (and pathlib) only when the socket must be found
             from corral.config import default_socket
 
             self.socket_path = str(default_socket())
-        self.timeout = timeout
-        self._conn = Transport(self.socket_path, timeout)
+        if token:
+            if any(ord(c) < 33 or ord(c) > 126 for c in token):
+                raise errors.InvalidSpec("token", "a token is printable ASCII without spaces")
+            headers += f"Authorization: Bearer {token}\r\n"
+        self._conn = Transport(self.socket_path, timeout, tls, headers)
 
     def close(self) -> None:
         self._conn.close()
+
+    def unavailable(self) -> errors.DaemonUnavailable:
+        if self.url is not None:
+            return errors.DaemonUnavailable(f"no Corral daemon answers at {self.url}; is it "
+                                            "serving with --listen?")
+        return errors.DaemonUnavailable(
+            f"the Corral daemon is not running at {self.socket_path}; start it with "
+            "'corral serve' (or set CORRAL_SOCKET)")
 
     def __enter__(self) -> Connection:
         return self
@@ -221,9 +266,7 @@ class Connection:
                 break
             except (FileNotFoundError, ConnectionRefusedError) as err:
                 self.close()
-                raise errors.DaemonUnavailable(
-                    f"the Corral daemon is not running at {self.socket_path}; start it with "
-                    "'corral serve' (or set CORRAL_SOCKET)") from err
+                raise self.unavailable() from err
             except (BrokenPipeError, ConnectionResetError) as err:
                 self.close()
                 if fresh or attempt == 2:
@@ -234,7 +277,7 @@ class Connection:
                 raise errors.Timeout(f"the daemon did not answer {method} {route} in "
                                      f"{self.timeout:g} s") from err
         if status >= 400:
-            try:
+            try:  # (a 401/403/404/429 of the daemon raises its own class, see errors)
                 decoded = json.loads(data) if data else {}
             except ValueError:
                 decoded = {"message": data.decode(errors="replace")[:200]}

@@ -156,7 +156,8 @@ def find(c: Client, name: str) -> dict[str, Any] | None:
 
 
 def qemus(d: Daemon, name: str) -> list[int]:
-    return qemu_pids(str(Paths(d.home).run_dir(name) / "qmp.sock"))
+    # the serial log's path is on every QEMU command line (the sockets are descriptors)
+    return qemu_pids(f"logfile={Paths(d.home).vm_dir(name) / 'serial.log'},")
 
 
 def disk_tags(vm: dict[str, Any], home: Path) -> tuple[set[str], set[str]]:

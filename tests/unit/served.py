@@ -1,6 +1,8 @@
 """A real daemon for the front-door tests: ``corral serve``'s app in a subprocess on a temp
-``CORRAL_HOME``, listening on its unix socket and on a loopback TCP port (for HTTP tools such
-as schemathesis). No QEMU is started by these tests: the only image is a stub.
+``CORRAL_HOME``, listening on its unix socket and, on a loopback TCP port, the app of the
+remote listener (every request needs a token; plain HTTP: TLS is the daemon's transport, the
+token is the app's) for HTTP tools such as schemathesis. No QEMU is started by these tests:
+the only image is a stub.
 
 Run as a script it serves ``HOME`` (``python served.py HOME PORT``).
 """
@@ -61,6 +63,8 @@ def served(home: Path) -> Iterator[Served]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "CORRAL_IMAGE_PATH"}
     env["CORRAL_HOME"] = str(home)
+    env["CORRAL_API_RATE"] = "100000"  # a fuzzer may go as fast as it can
+    env["CORRAL_API_BURST"] = "100000"
     proc = subprocess.Popen([sys.executable, __file__, str(home), str(port)], env=env,
                             stderr=subprocess.PIPE)
     sock = home / "corral.sock"
@@ -98,9 +102,25 @@ async def _serve(home: Path, port: int) -> None:
     unix.bind(str(path) + ".tmp")
     unix.listen(64)
     os.rename(str(path) + ".tmp", path)  # the socket appears once it listens
-    config = uvicorn.Config(create_app(Manager(Paths(home))), loop="none", http="httptools",
+    manager = Manager(Paths(home))
+    config = uvicorn.Config(create_app(manager), loop="none", http="httptools",
                             lifespan="on", log_level="warning", access_log=False, ws="none")
-    await uvicorn.Server(config).serve(sockets=[unix, tcp])
+    remote = uvicorn.Config(create_app(manager, manage_lifecycle=False, remote=True),
+                            loop="none", http="httptools", lifespan="off", log_level="warning",
+                            access_log=False, ws="none")
+    main, tokens = uvicorn.Server(config), uvicorn.Server(remote)
+
+    async def second() -> None:
+        while not main.started:
+            await asyncio.sleep(0.02)
+        await tokens._serve(sockets=[tcp])
+
+    task = asyncio.ensure_future(second())
+    try:
+        await main.serve(sockets=[unix])
+    finally:
+        tokens.should_exit = True
+        await task
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from tests.unit._source import PACKAGE, component, import_statements, imports, m
 TIERS: list[tuple[str, frozenset[str], bool]] = [
     # the package root re-exports Client; the daemon is what `corral serve` runs
     ("front doors", frozenset({"corral", "api", "cli", "client", "client_networks",
-                               "client_pools", "wire", "daemon"}), False),
+                               "client_access", "client_pools", "wire", "remote",
+                               "daemon"}), False),
     ("use cases", frozenset({"service", "perf"}), True),
     ("mechanisms", frozenset({"engine", "store", "scheduler", "images"}), True),
     # every host command goes through host.runner, so host sits under all its users
@@ -44,7 +45,8 @@ INDEPENDENT = {name for _, names, independent in TIERS if independent for name i
 FORBIDDEN = {
     ("cli", "service"), ("cli", "api"),  # the CLI talks HTTP to the daemon
     ("client", "service"), ("client", "api"), ("client", "cli"), ("client", "daemon"),
-    *((part, other) for part in ("wire", "client_networks", "client_pools")
+    *((part, other) for part in ("wire", "client_networks", "client_access", "client_pools",
+                                 "remote")
       for other in ("service", "api", "cli", "daemon")),
 }
 ONLY = {"scheduler": {"domain", "errors"}}  # pure: the simulator runs it outside the daemon

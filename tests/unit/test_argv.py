@@ -10,7 +10,7 @@ from typing import TypedDict
 import pytest
 
 from corral.domain.specs import DiskSpec, NicSpec, VMSpec
-from corral.engine.qemu.argv import RamFile, RunPaths, build
+from corral.engine.qemu.argv import Listeners, RamFile, RunPaths, build
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -34,6 +34,7 @@ class Launch(TypedDict, total=False):
 
     ram: RamFile
     incoming: bool
+    taps: dict[int, int]
 
 
 CASES: dict[str, tuple[VMSpec, Launch]] = {name: (case, {}) for name, case in {
@@ -56,6 +57,8 @@ CASES: dict[str, tuple[VMSpec, Launch]] = {name: (case, {}) for name, case in {
         DiskSpec(path="/vms/web/disk1.qcow2", format="qcow2")]),
 }.items()}
 CASES.update({
+    # engine/qemu/driver.py: the daemon opens the network NICs' taps and passes them
+    "q35-tap-fds": (CASES["q35-nics"][0], {"taps": {0: 6, 2: 7}}),
     # service/saved.py: a restore waits for the saved state
     "incoming": (spec(), {"incoming": True}),
     # service/warm.py: the helper QEMU that makes a template writes guest RAM into the file
@@ -68,8 +71,10 @@ CASES.update({
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden(case: str) -> None:
     vm, kwargs = CASES[case]
+    # as the driver passes them: the daemon's listening sockets, QEMU's seccomp filter
     argv = build(vm, RunPaths(Path("/run/corral/web")), Path("/vms/web/serial.log"),
-                 "tcg", tsc_khz=2600000, **kwargs)
+                 "tcg", tsc_khz=2600000, listeners=Listeners(qmp=3, console=4, agent=5),
+                 sandbox=True, **kwargs)
     path = GOLDEN / f"argv-{case}.json"
     if os.environ.get("CORRAL_REGEN_GOLDEN"):
         path.write_text(json.dumps(argv, indent=1) + "\n")

@@ -56,10 +56,12 @@ def test_disk_and_nic_options() -> None:
 
 
 def test_cli_import_stays_lean() -> None:
-    code = ("import sys, corral.cli.main, corral.client; "
-            "from corral.cli import vms, guest, disks, snapshots, networks, routers, host; "
+    code = ("import sys, corral.cli.main, corral.client, corral.remote; "
+            "from corral.cli import vms, guest, disks, snapshots, networks, routers, host, "
+            "access, remotes; "
+            "corral.client.Client(); corral.remote.current(); "  # what a local command does
             "heavy = {'fastapi', 'sqlalchemy', 'pydantic', 'uvicorn', 'qemu', 'asyncio', "
-            "'typing', 'typing_extensions', 'email'}; "
+            "'typing', 'typing_extensions', 'email', 'ssl', 'cryptography'}; "
             "print(sorted(heavy & {m.split('.')[0] for m in sys.modules} "
             "| {'corral.views'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

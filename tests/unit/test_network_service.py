@@ -89,7 +89,7 @@ async def test_networks_plan_addresses_and_refuse_clashes(api: httpx.AsyncClient
         "network", "10.20.0.10", "crl-tweb.0", "web")
     r = await api.post("/v1/vms", json={"name": "db", "nics": [
         {"network": "lan", "ip": "10.20.0.5"}, {"hostfwd": ["tcp:5432-:5432"]}]})
-    assert r.status_code == 201 and r.json()["nics"][1]["hostfwd"] == ["tcp::5432-:5432"]
+    assert r.status_code == 201 and r.json()["nics"][1]["hostfwd"] == ["tcp:127.0.0.1:5432-:5432"]
     for body, field in (
             ({"network": "lan", "ip": "10.20.0.5"}, "nics.0.ip"),
             ({"network": "lan", "ip": "10.20.0.1"}, "nics.0.ip"),
@@ -195,7 +195,7 @@ async def test_a_daemon_without_root_offers_user_mode_only(
         assert "--nic user" in r.json()["message"]
     r = await api.post("/v1/vms", json={"name": "web", "nics": [
         {"mode": "user", "hostfwd": ["tcp:8022-:22"]}]})
-    assert r.status_code == 201 and r.json()["nics"][0]["hostfwd"] == ["tcp::8022-:22"]
+    assert r.status_code == 201 and r.json()["nics"][0]["hostfwd"] == ["tcp:127.0.0.1:8022-:22"]
     err = client._error(403, {"error": "needs_root", "message": "cannot create network"})
     assert isinstance(err, errors.NeedsRoot) and err.exit_code == 10
 
@@ -261,3 +261,51 @@ async def test_forced_removal_takes_users_off_first(home: Path, host: Host) -> N
         with pytest.raises(errors.NotFound):
             await m.routers.rm("gw", force=True)
     await m.close()
+
+
+async def test_networks_and_routers_belong_to_projects(home: Path, host: Host) -> None:
+    """A token sees its project's networks and routers only; another project's are not
+    found, even to attach a NIC or a router leg to; the listings and firewall hide them."""
+    manager = Manager(Paths(home))
+    await manager.open()
+    local = httpx.AsyncClient(transport=httpx.ASGITransport(
+        app=create_app(manager, manage_lifecycle=False)), base_url="http://corral")
+    remote = httpx.AsyncClient(transport=httpx.ASGITransport(
+        app=create_app(manager, manage_lifecycle=False, remote=True)), base_url="https://c")
+    async with local, remote:
+        heads = {}
+        for p in ("red", "blue"):
+            assert (await local.post("/v1/projects", json={"name": p})).status_code == 201
+            r = await local.post("/v1/tokens", json={"name": f"op-{p}", "role": "operator",
+                                                     "project": p})
+            heads[p] = {"Authorization": f"Bearer {r.json()['secret']}"}
+        red, blue = heads["red"], heads["blue"]
+        r = await remote.post("/v1/networks", json={"name": "rnet", "subnet": "10.41.0.0/24"},
+                              headers=red)
+        assert r.status_code == 201, r.text
+        assert (await remote.post("/v1/routers", json={"name": "rgw"},
+                                  headers=red)).status_code == 201
+        assert [n["name"] for n in (await remote.get("/v1/networks", headers=red)).json()] \
+            == ["rnet"]
+        assert (await remote.get("/v1/networks", headers=blue)).json() == []
+        assert (await remote.get("/v1/routers", headers=blue)).json() == []
+        assert (await remote.get("/v1/firewall", headers=blue)).json()["policies"] == {}
+        for method, url, body in (("GET", "/v1/networks/rnet", None),
+                                  ("DELETE", "/v1/networks/rnet", None),
+                                  ("GET", "/v1/routers/rgw", None),
+                                  ("POST", "/v1/routers/rgw/networks", {"network": "rnet"})):
+            r = await remote.request(method, url, json=body, headers=blue)
+            assert r.status_code == 404, (method, url, r.text)
+        r = await remote.post("/v1/vms", json={"name": "bvm", "nics": [{"network": "rnet"}]},
+                              headers=blue)
+        ghost = await remote.post("/v1/vms", json={"name": "bvm", "nics": [
+            {"network": "ghost"}]}, headers=blue)  # the same answer as no such network
+        assert r.status_code == ghost.status_code == 422, r.text
+        assert r.json()["message"] == ghost.json()["message"].replace("ghost", "rnet")
+        assert (await local.get("/v1/vms")).json() == []  # nothing half-made
+        assert {n["name"] for n in (await local.get("/v1/networks")).json()} == {"rnet"}
+        r = await local.delete("/v1/projects/red")
+        assert r.status_code == 409 and "network rnet" in r.json()["facts"]["users"]
+        assert (await remote.delete("/v1/routers/rgw", headers=red)).status_code == 204
+        assert (await remote.delete("/v1/networks/rnet", headers=red)).status_code == 204
+    await manager.close()

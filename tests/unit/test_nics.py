@@ -14,10 +14,11 @@ HOST = HostFacts(cpus=4, memory_bytes=8 << 30)
 
 
 @pytest.mark.parametrize(("text", "qemu"), [
-    ("tcp:8022-:22", "tcp::8022-:22"),
-    ("tcp::8022-:22", "tcp::8022-:22"),
+    ("tcp:8022-:22", "tcp:127.0.0.1:8022-:22"),  # the host's loopback unless one is given
+    ("tcp::8022-:22", "tcp:127.0.0.1:8022-:22"),
     ("TCP:127.0.0.1:8080-:80", "tcp:127.0.0.1:8080-:80"),
-    ("udp::5353-10.0.2.15:53", "udp::5353-10.0.2.15:53"),
+    ("tcp:0.0.0.0:8080-:80", "tcp:0.0.0.0:8080-:80"),  # every address, only when asked
+    ("udp::5353-10.0.2.15:53", "udp:127.0.0.1:5353-10.0.2.15:53"),
 ])
 def test_hostfwd_forms_become_what_qemu_parses(text: str, qemu: str) -> None:
     assert parse_hostfwd("hostfwd", text).qemu() == qemu

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json as _json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
@@ -38,10 +38,35 @@ def timeout(default: float, what: str = "seconds to wait") -> Any:
 
 
 Seconds = Annotated[float, Query(gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)]
+MAX_PAGE = 1000
+
+
+class Paging:
+    """``?offset=&limit=`` of a list: at most :data:`MAX_PAGE` items per answer, the total
+    in the ``X-Total-Count`` header."""
+
+    def __init__(self, offset: Annotated[int, Query(ge=0, le=1 << 31,
+                                                    description="skip this many")] = 0,
+                 limit: Annotated[int, Query(ge=1, le=MAX_PAGE,
+                                             description="at most this many")] = MAX_PAGE
+                 ) -> None:
+        self.offset = offset
+        self.limit = limit
+
+    def of(self, items: list[Any]) -> Response:
+        response = json(items[self.offset:self.offset + self.limit])
+        response.headers["x-total-count"] = str(len(items))
+        return response
+
+
+Page = Annotated[Paging, Depends()]
 
 ERROR_REF = {"$ref": REF_PREFIX + "Error"}
 _REASONS = {
-    403: "Needs a daemon running as root", 404: "No such object",
+    401: "No valid token (missing, malformed, unknown, revoked or expired)",
+    403: "The token's role may not do this, or it needs a daemon running as root",
+    404: "No such object (or one of another project)",
+    429: "Too many requests from this token (see the Retry-After header)",
     409: "Not legal in the object's state, name taken, or no capacity",
     413: "Request body too large", 422: "Invalid input (names, numbers, sizes, body)",
     500: "A failure inside Corral or the host", 502: "The guest agent failed",
@@ -99,15 +124,19 @@ def router(tag: str) -> APIRouter:
 
 def ok(view: Any, *errors: int, status: int = 200) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route answering ``view`` with ``status``, and the error statuses
-    every route can answer (422, 500, 507) plus ``errors``, each with Corral's error body."""
+    every route can answer (401, 403, 422, 429, 500, 507) plus ``errors``, each with
+    Corral's error body."""
     out: dict[int | str, dict[str, Any]] = {}
     if view is not None:
         out[status] = {"description": "Success",
                        "content": {"application/json": {"schema": view_schema(view)}}}
-    for code in sorted({422, 500, 507, *errors}):
+    for code in sorted({401, 403, 422, 429, 500, 507, *errors}):
         # JSON also on routes answering another media type (files, topology)
         out[code] = {"description": _REASONS.get(code, "Error"),
                      "content": {"application/json": {"schema": dict(ERROR_REF)}}}
+        if code == 429:
+            out[code]["headers"] = {"Retry-After": {
+                "description": "seconds to wait", "schema": {"type": "integer"}}}
     return out
 
 

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.api.common import NAME_PATTERN, Name, json, ok, router
+from corral.api.common import NAME_PATTERN, Name, Page, json, ok, router
 from corral.service.manager import Manager
 from corral.views import VM, Disk
 
@@ -49,8 +49,8 @@ def routes(m: Manager) -> APIRouter:
         return json(await m.disks.create(req.name, req.size, req.format, req.source), 201)
 
     @r.get("/disks", responses=ok(list[Disk]))
-    async def list_disks() -> Response:
-        return json(await m.disks.list())
+    async def list_disks(page: Page) -> Response:
+        return page.of(await m.disks.list())
 
     @r.get("/disks/{disk}", responses=ok(Disk, 404))
     async def show_disk(disk: Name) -> Response:

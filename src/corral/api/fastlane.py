@@ -6,7 +6,12 @@ the pause itself.
 
 The routes stay declared in FastAPI (their OpenAPI documentation, and any request the lane
 does not take: a query string, a body, a name that needs checking) and answer exactly what
-the lane answers: the same service call, the same JSON, the same error bodies.
+the lane answers: the same service call, the same JSON (a list's first page and its
+``X-Total-Count``), the same error bodies. The lane sits inside the authorization seam
+(:class:`corral.api.auth.Guard`) and the request metrics: the caller's token, role, rate
+and project apply to it as to any route (the service hides what the caller's project may
+not see), its acts are audited, and it names the route it answered in the request's scope
+(``endpoint``) so that the metrics count it under the route's template.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from corral.api.common import API, NAME_PATTERN
+from corral.api.common import API, MAX_PAGE, NAME_PATTERN
 from corral.api.errors import as_corral_error
 
 if TYPE_CHECKING:
@@ -31,9 +36,12 @@ _JSON = [(b"content-type", b"application/json")]
 class FastLane:
     """ASGI middleware that answers the hot routes itself and passes the rest on."""
 
-    def __init__(self, app: Any, manager: Manager) -> None:
+    def __init__(self, app: Any, manager: Manager, routes: list[Any]) -> None:
         self.app = app
         self.m = manager
+        # the endpoints of the routes the lane answers for (the metrics name them by them)
+        self.endpoints = {(method, route.path): route.endpoint for route in routes
+                          for method in getattr(route, "methods", None) or ()}
 
     def _call(self, scope: dict[str, Any]) -> Any:
         """The service call for this request, or None to let FastAPI take it."""
@@ -41,6 +49,7 @@ class FastLane:
             return None
         method, path = scope["method"], scope["path"]
         if method == "GET" and path == API + "/vms":
+            scope["endpoint"] = self.endpoints.get(("GET", path))
             return self.m.vms.list
         if method != "POST":
             return None
@@ -53,6 +62,7 @@ class FastLane:
         if match is None:
             return None
         name, verb = match.groups()
+        scope["endpoint"] = self.endpoints.get(("POST", API + "/vms/{name}/" + verb))
         return (lambda: self.m.vms.pause(name)) if verb == "pause" \
             else (lambda: self.m.vms.resume(name))
 
@@ -61,10 +71,13 @@ class FastLane:
         if call is None:
             await self.app(scope, receive, send)
             return
-        status = 200
+        status, headers = 200, _JSON
         try:
             result = call()
-            if not isinstance(result, list):
+            if isinstance(result, list):  # the first page, as GET /v1/vms answers it
+                headers = [*_JSON, (b"x-total-count", str(len(result)).encode())]
+                result = result[:MAX_PAGE]
+            else:
                 result = await result
             body = json.dumps(result).encode()
         except Exception as err:  # answered as every route answers it
@@ -72,6 +85,7 @@ class FastLane:
                 log.exception("internal error in %s %s", scope["method"], scope["path"])
             answer = as_corral_error(err)
             status, body = answer.status, json.dumps(answer.to_dict()).encode()
+            headers = _JSON
         await send({"type": "http.response.start", "status": status,
-                    "headers": [*_JSON, (b"content-length", str(len(body)).encode())]})
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -1,27 +1,22 @@
-"""The REST routes of the host (``manager.host``) and of the event log (``manager.vms``)::
+"""The REST routes of the host (``manager.host``; the event log is :mod:`corral.api.events`)::
 
     GET  /v1/host                  CPUs, memory, accelerator and why, scheduler
     GET  /v1/queue                 VMs waiting for capacity, in start order
     POST /v1/batch                 {spec, argv, timeout, queue}: run a command in a fresh VM
     GET  /v1/trace                 every start request's arrival, start and end
-    GET  /v1/events?since=&vm=     the event log after id ``since``
 """
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from corral.api.common import MAX_TIMEOUT, OptName, json, ok, router
+from corral.api.common import MAX_TIMEOUT, Page, json, ok, router
 from corral.api.guest import MAX_ARGS, bounded
 from corral.api.vms import CreateSpec
 from corral.service.manager import Manager
-from corral.views import BatchResult, Event, Host, QueueEntry, TraceEntry
-
-MAX_EVENT_ID = (1 << 63) - 1
+from corral.views import BatchResult, Host, QueueEntry, TraceEntry
 
 
 class BatchSpec(CreateSpec):
@@ -49,8 +44,8 @@ def routes(m: Manager) -> APIRouter:
         return json(m.host.info())
 
     @r.get("/queue", responses=ok(list[QueueEntry]))
-    async def queue_entries() -> Response:
-        return json(m.host.queue())
+    async def queue_entries(page: Page) -> Response:
+        return page.of(m.host.queue())
 
     @r.post("/batch", responses=ok(BatchResult, 404, 409, 413, 502, 504))
     async def run_batch(req: BatchRequest) -> Response:
@@ -58,12 +53,7 @@ def routes(m: Manager) -> APIRouter:
         return json(await m.host.batch(spec, req.argv, req.timeout, req.queue))
 
     @r.get("/trace", responses=ok(list[TraceEntry]))
-    async def trace() -> Response:
-        return json(m.host.trace())
-
-    @r.get("/events", responses=ok(list[Event]))
-    async def events(since: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0,
-                     vm: OptName = None) -> Response:
-        return json(m.vms.events(since, vm))
+    async def trace(page: Page) -> Response:
+        return page.of(m.host.trace())
 
     return r

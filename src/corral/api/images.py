@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from corral.api.common import Name, json, ok, router
+from corral.api.common import Name, Page, ok, router
 from corral.service.manager import Manager
 from corral.views import Image
 
@@ -18,8 +18,8 @@ def routes(m: Manager) -> APIRouter:
     r = router("images")
 
     @r.get("/images", responses=ok(list[Image]))
-    async def list_images() -> Response:
-        return json(m.images.list())
+    async def list_images(page: Page) -> Response:
+        return page.of(m.images.list())
 
     @r.delete("/images/{image}", status_code=204, responses=ok(None, 404, 409))
     async def rm_image(image: Name) -> Response:

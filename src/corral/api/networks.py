@@ -5,7 +5,7 @@
     DELETE /v1/networks/NAME?force=              force: detach what uses it first; answers
                                                  200 {"removed": [...]} (else 204)
     PUT    /v1/networks/NAME/policy              {policy: accept|drop}
-    GET    /v1/topology?format=text|dot          switches, routers and VMs
+    GET    /v1/topology?format=text|dot|json     switches, routers and VMs
     GET    /v1/firewall                          policies and rules
     POST   /v1/firewall/rules                    {target, allow, from}
     DELETE /v1/firewall/rules/ID
@@ -22,7 +22,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.api.common import NAME_PATTERN, Name, json, ok, router
+from corral.api.common import NAME_PATTERN, Name, Page, json, ok, router
 from corral.service.manager import Manager
 from corral.views import VM, Firewall, FirewallRule, Network, Removed
 
@@ -70,8 +70,8 @@ def routes(m: Manager) -> APIRouter:
                                             isolated=req.isolated), 201)
 
     @r.get("/networks", responses=ok(list[Network]))
-    async def list_networks() -> Response:
-        return json(m.networks.list())
+    async def list_networks(page: Page) -> Response:
+        return page.of(m.networks.list())
 
     @r.get("/networks/{name}", responses=ok(Network, 404))
     async def show_network(name: Name) -> Response:
@@ -88,9 +88,12 @@ def routes(m: Manager) -> APIRouter:
         return json(await m.networks.set_policy(name, req.policy))
 
     @r.get("/topology", response_class=PlainTextResponse, responses={
-        **ok(None), 200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                          "description": "The topology as text or Graphviz dot"}})
-    async def topology(format: Literal["text", "dot"] = "text") -> PlainTextResponse:
+        **ok(None), 200: {"content": {"text/plain": {"schema": {"type": "string"}},
+                                      "application/json": {"schema": {"type": "object"}}},
+                          "description": "The topology as text, Graphviz dot or JSON"}})
+    async def topology(format: Literal["text", "dot", "json"] = "text") -> Response:
+        if format == "json":  # networks, routers and user-mode NICs (the web page draws it)
+            return json(m.networks.topology())
         return PlainTextResponse(m.networks.render_topology(format))
 
     @r.get("/firewall", responses=ok(Firewall))

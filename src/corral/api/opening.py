@@ -2,7 +2,9 @@
 loaded, and the service opens (store, re-adoption of every VM, networks, queue, pools) in
 the background meanwhile (:class:`Opening`). :class:`OpenGate` holds each request until
 the service is open, then lets it through; a service that could not open answers every
-request with why.
+request with why. The gate is the outermost middleware: the authorization seam behind it
+(:mod:`corral.api.auth`) reads the tokens and projects of the store the open loads, and the
+TCP listeners' apps share the unix socket's open.
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ class Opening:
                 await self.opening
 
 
-
 class OpenGate:
     """ASGI middleware: requests wait for the service's open to finish."""
 
@@ -56,16 +57,21 @@ class OpenGate:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         opening = self.state.opening
-        if scope["type"] == "http" and opening is not None and not opening.done():
-            await asyncio.wait([opening])
-        if scope["type"] == "http" and opening is not None and not opening.cancelled() \
-                and opening.exception() is not None:
-            message = f"the daemon could not open: {opening.exception()}"
-            body = json.dumps({"error": "internal", "kind": "internal", "message": message,
-                               "facts": {}}).encode()
-            await send({"type": "http.response.start", "status": 500,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+        if scope["type"] not in ("http", "websocket") or opening is None:
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        if not opening.done():
+            await asyncio.wait([opening])
+        if opening.cancelled() or opening.exception() is None:
+            await self.app(scope, receive, send)
+            return
+        message = f"the daemon could not open: {opening.exception()}"
+        if scope["type"] == "websocket":  # closed before it is accepted, with why
+            await send({"type": "websocket.close", "code": 1011, "reason": message[:120]})
+            return
+        body = json.dumps({"error": "internal", "kind": "internal", "message": message,
+                           "facts": {}}).encode()
+        await send({"type": "http.response.start", "status": 500,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

@@ -20,7 +20,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.api.common import NAME_PATTERN, Name, json, ok, router
+from corral.api.common import NAME_PATTERN, Name, Page, json, ok, router
 from corral.service.manager import Manager
 from corral.views import Forward, Removed, Router
 
@@ -54,8 +54,8 @@ def routes(m: Manager) -> APIRouter:
         return json(await m.routers.create(req.name, uplink=req.uplink), 201)
 
     @r.get("/routers", responses=ok(list[Router]))
-    async def list_routers() -> Response:
-        return json(m.routers.list())
+    async def list_routers(page: Page) -> Response:
+        return page.of(m.routers.list())
 
     @r.get("/routers/{name}", responses=ok(Router, 404))
     async def show_router(name: Name) -> Response:
@@ -76,8 +76,8 @@ def routes(m: Manager) -> APIRouter:
         return json(await m.routers.detach(name, network))
 
     @r.get("/forwards", responses=ok(list[Forward]))
-    async def list_forwards() -> Response:
-        return json(m.routers.forwards())
+    async def list_forwards(page: Page) -> Response:
+        return page.of(m.routers.forwards())
 
     @r.post("/routers/{name}/forwards", status_code=201,
             responses=ok(Forward, 403, 404, 409, 413, status=201))

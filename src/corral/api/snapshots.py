@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.api.common import NAME_PATTERN, Name, json, ok, router
+from corral.api.common import NAME_PATTERN, Name, Page, json, ok, router
 from corral.service.manager import Manager
 from corral.views import VM, Snapshot
 
@@ -34,8 +34,8 @@ def routes(m: Manager) -> APIRouter:
                                                  template=req.template), 201)
 
     @r.get("/vms/{name}/snapshots", responses=ok(list[Snapshot], 404))
-    async def list_snapshots(name: Name) -> Response:
-        return json(m.snapshots.list(name))
+    async def list_snapshots(name: Name, page: Page) -> Response:
+        return page.of(m.snapshots.list(name))
 
     @r.post("/vms/{name}/snapshots/{snapshot}/revert", responses=ok(VM, 404, 409, 504))
     async def revert_snapshot(name: Name, snapshot: Name) -> Response:

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import Field
 
-from corral.api.common import NAME_PATTERN, Name, OptName, json, ok, router, timeout
+from corral.api.common import NAME_PATTERN, Name, OptName, Page, json, ok, router, timeout
 from corral.domain.specs import MAX_CPUS, VMCreate
 from corral.service.manager import Manager
 from corral.views import VM, Export, Logs
@@ -64,8 +64,8 @@ def _catalog(r: APIRouter, m: Manager) -> None:
     """List, define (and maybe start), show and remove VMs."""
 
     @r.get("/vms", responses=ok(list[VM]))
-    async def list_vms() -> Response:
-        return json(m.vms.list())
+    async def list_vms(page: Page) -> Response:
+        return page.of(m.vms.list())
 
     @r.post("/vms", status_code=201, responses=ok(VM, 404, 409, 502, 504, status=201))
     async def create_vm(spec: CreateSpec, start: bool = False, wait: bool = False,

@@ -22,9 +22,29 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def client(args: argparse.Namespace, timeout: float | None = 300.0) -> Client:
+    """The daemon this command talks to: ``--remote NAME``, else ``$CORRAL_URL`` (with
+    ``$CORRAL_TOKEN``), else ``--socket``/``$CORRAL_SOCKET``, else the remote chosen with
+    ``corral remote switch``, else this host's daemon."""
+    import os
+
     from corral.client import Client
 
-    return Client(args.socket, timeout=timeout)
+    project = getattr(args, "project", None)
+    name = getattr(args, "remote", None)
+    if name is None and not os.environ.get("CORRAL_URL") and not args.socket:
+        from corral import remote
+
+        name = remote.current()
+    if name is not None and name != "local":
+        from corral import remote
+
+        entry = remote.get(name)
+        return Client(url=entry["url"], token=entry.get("token"), timeout=timeout,
+                      fingerprint=entry.get("fingerprint"), ca=entry.get("ca"),
+                      project=project)
+    if os.environ.get("CORRAL_URL") and name is None:
+        return Client(timeout=timeout, project=project)
+    return Client(args.socket, timeout=timeout, project=project)
 
 
 def out(args: argparse.Namespace, data: Any, human: str | None = None) -> int:
@@ -58,7 +78,8 @@ def command_result(args: argparse.Namespace, res: Any) -> int:
 
 
 class Parents:
-    """The option sets commands share: ``--socket`` (common) and ``--json`` (js)."""
+    """The option sets commands share: ``--socket``, ``--remote``, ``--project`` (common)
+    and ``--json`` (js)."""
 
     def __init__(self, common: argparse.ArgumentParser, js: argparse.ArgumentParser) -> None:
         self.common = common

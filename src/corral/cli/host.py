@@ -26,7 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from corral import daemon
 
-    daemon.main(Path(args.socket) if args.socket else None)
+    daemon.main(Path(args.socket) if args.socket else None, args.listen)
     return 0
 
 
@@ -101,10 +101,15 @@ def _images(sub: Any, pa: Parents) -> None:
 
 def register(sub: Any, pa: Parents) -> None:
     """Add ``serve``, ``host``, ``queue``, ``trace`` and ``image``."""
-    command(sub, pa, "serve", cmd_serve, "run the daemon (VMs outlive it; it re-adopts them)",
-            "Run the Corral daemon in the foreground. It owns the store, one QMP connection "
-            "per VM and the REST API on a unix socket. Stopping it leaves VMs running; the "
-            "next daemon re-adopts them.", js=False, vm=False)
+    sp = command(sub, pa, "serve", cmd_serve, "run the daemon (VMs outlive it; it re-adopts "
+                 "them)", "Run the Corral daemon in the foreground. It owns the store, one QMP "
+                 "connection per VM and the REST API on a unix socket (and, with --listen, the "
+                 "same API over TLS with tokens). Stopping it leaves VMs running; the next "
+                 "daemon re-adopts them.", js=False, vm=False)
+    sp.add_argument("--listen", metavar="ADDR:PORT", default=None,
+                    help="also serve the API over TLS here, e.g. 0.0.0.0:8443 (default: "
+                         "$CORRAL_LISTEN; the certificate is made under the home on first "
+                         "start unless CORRAL_TLS_CERT/CORRAL_TLS_KEY name one)")
     command(sub, pa, "queue", cmd_queue, "VMs waiting for capacity, in the order they will "
             "start", vm=False)
     command(sub, pa, "trace", cmd_trace, "every start request's arrival, start and end as JSON "

@@ -31,15 +31,22 @@ examples:
   corral pause web; corral resume web
   corral console web                      the serial console (Ctrl-] detaches)
   corral shutdown web; corral rm web      (rm is also 'destroy' and 'delete')
+  corral events -f --vm web               follow the VM's events live
+  corral dashboard                        the web page's address (CORRAL_WEB_LISTEN)
+
+  corral --remote lab list                a remote daemon ('corral remote add lab URL')
 
 environment:
   CORRAL_HOME    data directory (default /var/lib/corral as root, else ~/.local/share/corral)
   CORRAL_SOCKET  the daemon's socket (default $CORRAL_HOME/corral.sock)
+  CORRAL_URL     a remote daemon, https://HOST:PORT (with CORRAL_TOKEN, and
+                 CORRAL_FINGERPRINT or CORRAL_CA to trust its certificate)
   CORRAL_ACCEL   force the accelerator: kvm or tcg (default: detected)
 
 exit status: 0 ok, 2 invalid input, 3 not found, 4 already exists, 5 wrong state,
 6 timeout, 7 guest agent error, 8 daemon not running, 9 no capacity, 10 needs root,
-11 disk full, 1 other errors.
+11 disk full, 12 migration failed, 13 no valid token, 14 role too low, 15 over a quota,
+16 rate limited, 17 certificate not trusted, 1 other errors.
 """
 
 # which module of corral.cli defines each command word (aliases included)
@@ -55,6 +62,9 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "routers": ("router",),
     "models": ("model", "simulate"),
     "pools": ("pool",),
+    "access": ("token", "project", "whoami"),
+    "remotes": ("remote",),
+    "events": ("events", "dashboard"),
 }
 MODULE_OF = {word: module for module, words in COMMANDS.items() for word in words}
 
@@ -92,6 +102,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False, formatter_class=Formatter)
     common.add_argument("--socket", metavar="PATH", default=os.environ.get("CORRAL_SOCKET"),
                         help="the daemon's unix socket (default: $CORRAL_HOME/corral.sock)")
+    common.add_argument("--remote", metavar="NAME", default=None,
+                        help="a remote daemon added with 'corral remote add' ('local': this "
+                             "host's)")
+    common.add_argument("--project", metavar="P", default=None,
+                        help="the project to work in (admins; a token works in its own)")
     js = argparse.ArgumentParser(add_help=False, formatter_class=Formatter)
     js.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser = argparse.ArgumentParser(
@@ -112,8 +127,24 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+GLOBAL = ("--remote", "--project", "--socket")  # also accepted before the command word
+
+
+def _leading(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``corral --remote NAME list``: the global options before the command word."""
+    found: dict[str, str] = {}
+    while argv:
+        key, eq, value = argv[0].partition("=")
+        if key not in GLOBAL or (not eq and len(argv) < 2):
+            break
+        found[key[2:]] = value if eq else argv[1]
+        argv = argv[1:] if eq else argv[2:]
+    return found, argv
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    leading, argv = _leading(argv)
     word = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(word)
     tail: list[str] | None = None
@@ -121,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         cut = argv.index("--")
         argv, tail = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    for key, value in leading.items():
+        if getattr(args, key, None) in (None, os.environ.get("CORRAL_SOCKET")):
+            setattr(args, key, value)
     if tail is not None:
         if not hasattr(args, "command_argv"):
             parser.error("'--' is only for 'corral exec NAME -- CMD' and 'corral run --rm'")

@@ -43,8 +43,8 @@ def vm_table(vms: Sequence[Mapping[str, Any]]) -> str:
 
 def vm_detail(vm: Mapping[str, Any]) -> str:
     lines = [
-        ("name", vm["name"]), ("state", state(vm)),
-        ("qemu status", vm.get("qemu_status") or "-"),
+        ("name", vm["name"]), ("project", vm.get("project") or "default"),
+        ("state", state(vm)), ("qemu status", vm.get("qemu_status") or "-"),
         ("accelerator", vm.get("accel") or "-"),
         ("pid", vm.get("pid") or "-"), ("vcpus", vm["cpus"]),
         ("memory", _mib(vm["memory_bytes"])), ("machine", vm["machine"]),
@@ -58,11 +58,22 @@ def vm_detail(vm: Mapping[str, Any]) -> str:
                               f"{', read-only' if disk['readonly'] else ''})"))
     if vm.get("exit_reason"):
         lines.append(("last exit", vm["exit_reason"]))
+    if vm.get("confinement"):
+        lines.append(("confinement", confinement(vm["confinement"])))
     if vm.get("console_socket"):
         lines.append(("console", f"corral console {vm['name']}"))
     lines.append(("serial log", vm["serial_log"]))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in lines)
+
+
+def confinement(c: Mapping[str, Any]) -> str:
+    """What confines a VM's QEMU, as ``/proc`` tells it."""
+    limits = [f"memory {_mib(c.get('memory_limit_bytes'))}" if c.get("memory_limit_bytes")
+              else "no memory limit",
+              f"pids {c['pids_max']}" if c.get("pids_max") else "no pids limit"]
+    return ", ".join([f"user {c['user']} (uid {c['uid']})", f"seccomp {c['seccomp']}",
+                      "private home" if c.get("private_home") else "whole home", *limits])
 
 
 def disk_table(disks: Sequence[Mapping[str, Any]]) -> str:
@@ -149,6 +160,17 @@ def host(info: Mapping[str, Any]) -> str:
         *_capacity(info.get("scheduler")),
         ("vms", f"{info.get('vms', 0)} ({info.get('vms_running', 0)} running)"),
     ]
+    conf = info.get("confinement")
+    if conf:
+        lines.append(("qemu confined", ", ".join(
+            [f"user {conf['user'] or 'of the daemon'}",
+             "seccomp filter" if conf["seccomp"] else "no seccomp",
+             "private home" if conf["private_home"] else "whole home"] +
+            ([f"memory guest+{_mib(conf['memory_overhead_bytes'])}, pids "
+              f"{conf['pids_max']}"] if conf["cgroup_limits"] else []) +
+            (["host ports closed to guests"] if conf.get("host_guard") else []))))
+        for part, why in conf.get("off", {}).items():
+            lines.append((f"no {part.replace('_', ' ')}", why))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in lines)
 

@@ -7,12 +7,13 @@ A VM's NIC is one of two kinds:
     needs no privilege, so it is what a daemon that does not run as root can offer. Host
     ports reach the guest through ``hostfwd`` rules, written as QEMU writes them::
 
-        tcp:8022-:22                 host port 8022 (every host address) -> guest port 22
-        tcp:127.0.0.1:8080-:80       only on the host's loopback
-        udp::5353-10.0.2.15:53       to one guest address
+        tcp:8022-:22                 host port 8022 on the host's loopback -> guest port 22
+        tcp:0.0.0.0:8080-:80         on every host address (only when asked)
+        udp:192.0.2.7:5353-10.0.2.15:53   one host address, to one guest address
 
-    :func:`parse_hostfwd` checks one and gives the canonical form QEMU accepts
-    (``tcp::8022-:22``: QEMU itself cannot parse the short form without the empty address).
+    A forward binds 127.0.0.1 unless an address is given, so a guest's port is not open to
+    the network by accident. :func:`parse_hostfwd` checks one and gives the canonical form
+    QEMU accepts (``tcp:127.0.0.1:8022-:22``).
 ``network``
     a port on one of Corral's virtual networks (a tap on the network's bridge), with an
     address the network hands out by DHCP: a fixed one when ``ip`` is given.
@@ -26,13 +27,14 @@ from ipaddress import IPv4Address
 
 from corral.errors import InvalidSpec
 
+LOOPBACK = "127.0.0.1"  # where a forward binds unless an address is given
 _HOSTFWD = re.compile(r"^(tcp|udp):(?:([0-9.]*):)?(\d+)-([0-9.]*):(\d+)$")
 
 
 @dataclass(frozen=True)
 class HostFwd:
     """One user-mode port forward: ``proto`` ``host_addr``:``host_port`` -> the guest's
-    ``guest_addr``:``guest_port`` (an empty address: every host address, or the guest's)."""
+    ``guest_addr``:``guest_port`` (an empty guest address: the guest's own)."""
 
     proto: str
     host_addr: str
@@ -66,7 +68,7 @@ def parse_hostfwd(field: str, text: str) -> HostFwd:
     for port in (host_port, guest_port):
         if not 0 < int(port) < 65536:
             raise InvalidSpec(field, f"{port} in '{text}' is not a port number (1-65535)")
-    return HostFwd(proto, host_addr or "", int(host_port), guest_addr, int(guest_port))
+    return HostFwd(proto, host_addr or LOOPBACK, int(host_port), guest_addr, int(guest_port))
 
 
 def check_nic(field: str, mode: str | None, network: str | None, ip: str | None,

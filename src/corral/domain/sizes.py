@@ -42,3 +42,26 @@ def format_size(nbytes: int) -> str:
         if nbytes >= scale and nbytes % scale == 0:
             return f"{nbytes // scale}{unit}"
     return f"{nbytes / (1 << 20):.1f}M"
+
+
+_DURATION = re.compile(r"^\s*(\d{1,9})\s*([smhdw]?)\s*$", re.IGNORECASE)
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_DURATION = 10 * 366 * 86400  # ten years
+
+
+def parse_duration(field: str, value: str) -> int:
+    """``value`` (``90s``, ``15m``, ``12h``, ``30d``, ``2w``; a bare number is days) in
+    seconds.
+
+    :raises InvalidSpec: naming ``field`` unless it is a whole number of a unit, more than
+        zero and at most ten years.
+    """
+    match = _DURATION.match(value) if isinstance(value, str) and len(value) <= 20 else None
+    if not match:
+        shown = str(value) if len(str(value)) <= 24 else str(value)[:24] + "…"
+        raise InvalidSpec(field, f"'{shown}' is not a duration; use e.g. 12h, 30d or 2w")
+    number, unit = match.groups()
+    seconds = int(number) * _SECONDS[unit.lower() or "d"]
+    if not 0 < seconds <= MAX_DURATION:
+        raise InvalidSpec(field, f"'{value}' must be more than zero and at most ten years")
+    return seconds

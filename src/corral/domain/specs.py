@@ -34,7 +34,7 @@ MACHINES: dict[str, tuple[str, ...]] = {"x86_64": ("q35", "microvm"), "aarch64":
 
 def check_name(name: str, field: str = "name") -> str:
     """:raises InvalidSpec: unless ``name`` is 1-32 of a-z, 0-9 and '-', starting alnum."""
-    if not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidSpec(field, f"'{name}' is not a valid name; use 1-32 lowercase letters,"
                                  " digits and '-', starting with a letter or digit")
     return name

@@ -37,6 +37,8 @@ class ExitStatus:
     def describe(self) -> str:
         if self.returncode is None:
             return "exited (status unknown: not our child)"
+        if self.returncode == -signal.SIGSYS:  # how the kernel ends a seccomp violation
+            return "killed by SIGSYS (bad system call: seccomp)"
         if self.returncode < 0:
             try:
                 return f"killed by {signal.Signals(-self.returncode).name}"
@@ -62,6 +64,48 @@ class LaunchOptions:
     hold: bool = False       # stop before the first instruction (``-S``)
     ram: RamFile | None = None
     extra: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MigrationOptions:
+    """How a live migration runs. ``mirror`` names the disk nodes copied live to the target's
+    NBD server at ``nbd`` (``host:port``) while RAM moves; disks on shared storage are left
+    out. ``tls`` is a directory of x509 credentials (QEMU's file names) that encrypts the
+    stream. A migration still running after ``timeout`` seconds is cancelled: it could not
+    converge."""
+
+    max_downtime: float = 0.3       # seconds the guest may stand still at the switch
+    auto_converge: bool = True      # throttle the guest's vCPUs when it dirties too fast
+    postcopy: bool = False          # switch to post-copy after the first full pass
+    bandwidth: int | None = None    # bytes per second; None: as fast as the link
+    mirror: tuple[str, ...] = ()
+    nbd: str | None = None
+    tls: Path | None = None
+    timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """One reading of a running migration (bytes; rates in bytes per second)."""
+
+    status: str
+    transferred: int = 0
+    remaining: int = 0
+    total: int = 0
+    dirty_rate: int = 0
+    expected_downtime: float = 0.0  # seconds
+    passes: int = 0                 # full passes over RAM so far
+    disk_done: int = 0
+    disk_total: int = 0
+    postcopy: bool = False
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    total_time: float   # seconds from start to the guest running on the target
+    downtime: float     # seconds the guest stood still
+    transferred: int    # RAM bytes sent
+    postcopy: bool
 
 
 @dataclass(frozen=True)
@@ -127,6 +171,30 @@ class Machine(Protocol):
     async def cancel_save(self) -> None:
         """Stop a state stream that is still running (the guest stays as it is)."""
 
+    # -- live migration ----------------------------------------------------------------------
+    async def serve_incoming(self, uri: str, nbd: str | None = None,
+                             disks: tuple[str, ...] = (), postcopy: bool = False,
+                             tls: Path | None = None) -> None:
+        """On a machine launched ``incoming`` and ``hold``: listen for a migration at ``uri``
+        (``tcp:HOST:PORT``) and, with ``nbd``, serve ``disks`` writable there for the
+        source's mirror."""
+    async def migrate_to(self, uri: str, options: MigrationOptions,
+                         on_progress: Callable[[MigrationProgress], None] | None = None
+                         ) -> MigrationResult:
+        """Move the running guest to the machine listening at ``uri``; on success this one
+        is left stopped (``postmigrate``) for the caller to quit.
+
+        :raises MigrationFailed: when it fails, is cancelled or cannot converge; the guest
+            then keeps running here, and nothing of the attempt is left on this side.
+        """
+    async def cancel_migration(self) -> None:
+        """Stop a running migration; the guest keeps running here."""
+    async def finish_incoming(self, timeout: float = 600.0) -> None:
+        """On the target: wait for the state to arrive, stop serving disks, run the guest.
+
+        :raises MigrationFailed: when the stream ends without a complete state.
+        """
+
     # -- snapshots (internal, on every listed node; ``vmstate`` holds the RAM) ---------------
     async def snapshot_save(self, tag: str, vmstate: str, devices: list[str]) -> None: ...
     async def snapshot_load(self, tag: str, vmstate: str, devices: list[str]) -> None: ...
@@ -183,3 +251,6 @@ class Driver(Protocol):
         """Take up a machine a previous daemon started, or None when it is gone."""
     def cleanup(self, run_dir: Path, keep_dir: bool = False) -> None:
         """Remove the sockets and pidfile a machine left in ``run_dir``."""
+    def confinement_of(self, pid: int | None) -> dict[str, Any] | None:
+        """What confines the machine whose process is ``pid`` (None: gone), or with None
+        the confinement the driver applies to every machine it starts."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 from corral.errors import CorralError
 
@@ -72,3 +73,118 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process, in seconds (for tests and benchmarks)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ----- memory and pids limits of a confined QEMU -----------------------------------------
+# These groups are made below the daemon's own group in each hierarchy (not at the root), so
+# what QEMU uses stays counted where the daemon's own use is, and QEMU joins them before it
+# runs its first instruction (:mod:`corral.engine.qemu.spawn`).
+LIMITS = ("memory", "pids")
+
+
+def _names(names: str, controller: str) -> bool:
+    """Whether a ``/proc/PID/cgroup`` line with controllers ``names`` is ``controller``'s
+    (on v2 the one unified line is every controller's)."""
+    return names == "" if _v2() else controller in names.split(",")
+
+
+def _own(controller: str) -> str | None:
+    """The daemon's own group in ``controller``'s hierarchy ('' at its root)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _id, names, path = line.split(":", 2)
+        if _names(names, controller):
+            return path.lstrip("/")
+    return None
+
+
+def _base(controller: str) -> Path | None:
+    own = _own(controller)
+    if own is None:
+        return None
+    top = ROOT if _v2() else ROOT / controller
+    return top / own if own else top
+
+
+def limit_group(tag: str, vm: str, controller: str) -> Path | None:
+    base = _base(controller)
+    return None if base is None else base / f"corral-{tag}-{vm}"
+
+
+def limits_unavailable() -> str | None:
+    """Why memory and pids limits cannot be set on this host (None: they can)."""
+    for controller in LIMITS:
+        base = _base(controller)
+        if base is None or not base.is_dir():
+            return f"no {controller} cgroup controller is mounted"
+        if not os.access(base, os.W_OK):
+            return f"{base} is not writable (needs root)"
+        if _v2() and controller not in (base / "cgroup.controllers").read_text().split():
+            return f"the {controller} controller is not enabled in {base}"
+    return None
+
+
+def make_limits(tag: str, vm: str, memory: int, pids: int) -> list[Path]:
+    """Make the VM's memory and pids groups with their limits; the ``cgroup.procs`` files a
+    process writes its pid into to join them.
+
+    :raises CorralError: when a group cannot be made or limited.
+    """
+    procs = []
+    for controller in LIMITS:
+        path = limit_group(tag, vm, controller)
+        if path is None:
+            raise CorralError(f"no {controller} cgroup hierarchy")
+        try:
+            path.mkdir(exist_ok=True)
+            if controller == "memory":
+                name = "memory.max" if _v2() else "memory.limit_in_bytes"
+                (path / name).write_text(str(memory))
+            else:
+                (path / "pids.max").write_text(str(pids))
+        except OSError as err:
+            remove_limits(tag, vm)
+            raise CorralError(f"cannot limit the {controller} of '{vm}' in {path}: "
+                              f"{err.strerror}") from err
+        procs.append(path / "cgroup.procs")
+    return procs
+
+
+def remove_limits(tag: str, vm: str) -> None:
+    for controller in LIMITS:
+        path = limit_group(tag, vm, controller)
+        if path is not None:
+            remove_group(path)
+
+
+def limits_of(pid: int) -> dict[str, dict[str, Any]]:
+    """The memory and pids groups of process ``pid`` and their limits (what ``corral show``
+    tells): ``{"memory": {"group": …, "limit_bytes": …}, "pids": {…}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        _id, names, path = line.split(":", 2)
+        for controller in LIMITS:
+            if _names(names, controller):
+                top = ROOT if _v2() else ROOT / controller
+                group = top / path.lstrip("/")
+                out[controller] = {"group": str(group), "limit": _limit(group, controller)}
+    return out
+
+
+def _limit(group: Path, controller: str) -> int | None:
+    name = {"memory": "memory.max" if _v2() else "memory.limit_in_bytes",
+            "pids": "pids.max"}[controller]
+    try:
+        text = (group / name).read_text().strip()
+    except OSError:
+        return None
+    if text == "max" or int(text) >= 1 << 62:
+        return None
+    return int(text)

@@ -88,6 +88,7 @@ async def _adopt(rt: VMRuntime, rec: VMRecord) -> None:
     if machine is None:
         _gone(rt, rec)
         rt.driver.cleanup(run_dir)
+        rt.hooks.released(rec.name)  # its cgroups, which no exit will free now
         return
     status = await machine.status()
     if status == "inmigrate":  # a restore or warm start that never got its state

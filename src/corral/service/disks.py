@@ -19,6 +19,7 @@ from corral.engine.qemu.argv import HOTPLUG_PORTS
 from corral.errors import AlreadyExists, CorralError, InvalidSpec, InvalidState, NotFound
 from corral.host import qemu_img
 from corral.images import catalog
+from corral.service import access, quotas
 
 if TYPE_CHECKING:
     from corral.engine.driver import Machine
@@ -30,7 +31,7 @@ ATTACHABLE = (State.DEFINED, State.STOPPED, State.CRASHED, State.RUNNING, State.
 
 def _row(rt: VMRuntime, name: str) -> dict[str, Any]:
     row = rt.db.get_disk(name)
-    if row is None:
+    if row is None or not access.visible(row["project"]):
         raise NotFound(f"no disk named '{name}'; see 'corral disk list'")
     return row
 
@@ -47,6 +48,9 @@ async def create(rt: VMRuntime, name: str, size: str | None, fmt: str = "qcow2",
         raise InvalidSpec("format", f"'{fmt}' is not a disk format; use qcow2 or raw")
     if rt.db.get_disk(name) is not None:
         raise AlreadyExists(f"a disk named '{name}' exists")
+    project = access.project_for_new()
+    if size:
+        await quotas.check_disk(rt, project, parse_size("size", size, default_unit="G"))
     root = rt.paths.home / "disks"
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{name}.{fmt}"
@@ -65,7 +69,7 @@ async def create(rt: VMRuntime, name: str, size: str | None, fmt: str = "qcow2",
             raise InvalidSpec("size", "give the size of the new disk, e.g. --size 10G")
         await qemu_img.acreate(path, fmt, parse_size("size", size, default_unit="G"))
     try:
-        rt.db.add_disk({"name": name, "path": str(path), "format": fmt})
+        rt.db.add_disk({"name": name, "path": str(path), "format": fmt, "project": project})
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -80,7 +84,8 @@ async def show(rt: VMRuntime, name: str) -> dict[str, Any]:
 
 
 async def list_all(rt: VMRuntime) -> list[dict[str, Any]]:
-    return [await show(rt, row["name"]) for row in rt.db.list_disks()]
+    return [await show(rt, row["name"]) for row in rt.db.list_disks()
+            if access.in_scope(row["project"])]
 
 
 async def resize(rt: VMRuntime, name: str, size: str) -> dict[str, Any]:

@@ -47,4 +47,5 @@ def info(accel: Accel) -> dict[str, Any]:
         "accel_reason": accel.reason,
         "qemu_version": qemu_version(),
         "kernel": os.uname().release,
+        "hostname": os.uname().nodename,
     }

@@ -2,31 +2,39 @@
 network state and the slices, wires the hooks between them, and opens and closes them.
 
 Front doors use only the slices: ``vms``, ``snapshots``, ``disks``, ``guest``, ``images``,
-``host``, ``networks``, ``routers`` and ``pools`` (available once :meth:`Manager.open` has
-run). Use-case modules never receive the Manager: each gets the runtime and the
-collaborators it needs.
+``host``, ``networks``, ``routers``, ``pools``, ``projects`` and ``tokens``, and the
+observers: ``events`` (the live event stream), ``telemetry`` (cached figures of every VM)
+and ``metrics`` (Prometheus), all available once :meth:`Manager.open` has run. Use-case
+modules never receive the Manager: each gets the runtime and the collaborators it needs.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from corral.config import Paths
 from corral.domain.specs import VMSpec
 from corral.engine import accel as accel_mod
 from corral.engine.driver import Driver
 from corral.errors import CorralError
-from corral.service import adoption, netreconcile, nics, slices
+from corral.service import adoption, confinement, netreconcile, nics, slices
+from corral.service.events import EventHub
 from corral.service.guest import GuestService
+from corral.service.metrics import Metrics
 from corral.service.netstate import Networks
 from corral.service.pools import Pools
+from corral.service.projects import Projects, Tokens
 from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
+from corral.service.telemetry import Telemetry
 from corral.service.vms import VMs
 from corral.store.db import Store, VMRecord
 
 log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from corral.engine.qemu.driver import QemuDriver
 
 
 class _Hooks:
@@ -55,10 +63,11 @@ class Manager:
     def __init__(self, paths: Paths | None = None, driver: Driver | None = None) -> None:
         self.paths = paths or Paths.from_env()
         self.accel = accel_mod.detect()
+        self._qemu: QemuDriver | None = None  # the QEMU driver it made: it confines that one
         if driver is None:
             from corral.engine.qemu.driver import QemuDriver
 
-            driver = QemuDriver(self.accel.name, accel_mod.tsc_khz())
+            driver = self._qemu = QemuDriver(self.accel.name, accel_mod.tsc_khz())
         self.driver = driver
         self._opened: _Opened | None = None
 
@@ -68,18 +77,24 @@ class Manager:
         from corral.engine.qemu.process import become_subreaper
 
         become_subreaper()
-        for d in (self.paths.home, self.paths.images, self.paths.run):
+        confinement.private_home(self.paths)
+        for d in (self.paths.images, self.paths.run):
             d.mkdir(parents=True, exist_ok=True)
+        if self._qemu is not None:
+            self._qemu.confinement = confinement.decide(self.paths, self.accel.name)
         t0 = time.monotonic()
         rt = VMRuntime(self.paths, Store(self.paths.db), self.driver, self.accel.name)
         self._opened = opened = _Opened(rt, self.accel)
         await adoption.adopt_all(rt)
         log.info("store opened and %d VMs taken up in %.2f s", len(rt.live),
                  time.monotonic() - t0)
+        if self._qemu is not None:
+            self._qemu.settle_guard()
         await netreconcile.reconcile(opened.net)  # before the queue may start VMs on networks
         opened.sched.load()
         opened.sched.dispatch()
         opened.pools.load()
+        opened.telemetry.start()
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: they outlive the daemon."""
@@ -87,6 +102,8 @@ class Manager:
             return
         opened, self._opened = self._opened, None
         await opened.pools.close()
+        opened.events.close()
+        await opened.telemetry.close()
         await opened.rt.close()
         await opened.sched.close()
         opened.rt.db.close()
@@ -137,12 +154,33 @@ class Manager:
     def pools(self) -> Pools:
         return self._parts().pools
 
+    @property
+    def projects(self) -> Projects:
+        return self._parts().projects
+
+    @property
+    def tokens(self) -> Tokens:
+        return self._parts().tokens
+
+    @property
+    def events(self) -> EventHub:
+        return self._parts().events
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self._parts().telemetry
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._parts().metrics
+
 
 class _Opened:
     """Everything that exists while the service is open."""
 
     def __init__(self, rt: VMRuntime, accel: accel_mod.Accel) -> None:
         self.rt = rt
+        self.events = EventHub(rt.db)  # before anything is recorded
         self.net = Networks(rt)
         self.sched = Scheduler(rt)
         rt.hooks = _Hooks(self.net, self.sched)
@@ -155,4 +193,8 @@ class _Opened:
         self.host = slices.Host(rt, self.sched, accel, self.vms, self.guest)
         self.networks = slices.Networks(self.net)
         self.routers = slices.Routers(self.net)
+        self.projects = Projects(rt, self.net)
+        self.tokens = Tokens(rt)
+        self.telemetry = Telemetry(rt, self.events)
+        self.metrics = Metrics(rt, self.sched, self.events, self.telemetry)
         self.pools = Pools(rt, self.vms, self.guest, self.sched)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from corral.errors import CommandFailed, NeedsRoot, NotFound
 from corral.host.network import Host, Port, RouterPlan, counters, update_network
 from corral.host.network.nft import Firewall
+from corral.service import access
 from corral.store.networks import NetStore, NetworkRow
 
 if TYPE_CHECKING:
@@ -74,14 +75,14 @@ class Networks:
     def network(self, name: str) -> NetworkRow:
         """:raises NotFound: no network of that name."""
         row = self.db.networks.get(name)
-        if row is None:
+        if row is None or not access.visible(self.db.project_of("network", name)):
             raise NotFound(f"no network named '{name}'; see 'corral network list'")
         return row
 
     def router(self, name: str) -> RouterPlan:
         """:raises NotFound: no router of that name."""
         plan = self.db.routers.get(name)
-        if plan is None:
+        if plan is None or not access.visible(self.db.project_of("router", name)):
             raise NotFound(f"no router named '{name}'; see 'corral router list'")
         return plan
 

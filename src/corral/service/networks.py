@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ from corral.host.network import (
     remove,
 )
 from corral.host.network.nft import Policy
-from corral.service import nics, routers
+from corral.service import access, nics, routers
 from corral.service.netstate import Networks, reap_dnsmasq_zombies, require_root, taps_counters
 from corral.store.networks import NetworkRow, RuleRow
 
@@ -75,7 +76,8 @@ async def create(net: Networks, name: str, subnet: str, dhcp: bool = True,
         raise AlreadyExists(f"a network named '{name}' exists")
     existing = {f"network '{n}'": r.plan.network for n, r in net.db.networks.items()}
     plan = plan_network(name, subnet, existing=existing, taken=net.taken(), dhcp=dhcp)
-    net.db.add_network(NetworkRow(plan, isolated, "accept", time.time()))
+    net.db.add_network(NetworkRow(plan, isolated, "accept", time.time()),
+                       access.project_for_new())
     try:
         async with net.lock:
             made = await net.call(ensure_network, net.host, plan, [], net.firewall(name))
@@ -190,7 +192,8 @@ async def show(net: Networks, name: str) -> dict[str, Any]:
 
 
 def list_all(net: Networks) -> list[dict[str, Any]]:
-    return [view(net, name) for name in net.db.networks]
+    return [view(net, name) for name in net.db.networks
+            if access.in_scope(net.db.project_of("network", name))]
 
 
 # -- firewall --------------------------------------------------------------------------------
@@ -220,7 +223,9 @@ async def add_rule(net: Networks, target: str, allow: str, source: str = "0.0.0.
     """
     require_root("add a firewall rule")
     kind, _, name = target.rpartition(":")
-    is_net, is_vm = name in net.db.networks, net.rt.db.get_vm(name) is not None
+    rec = net.rt.db.get_vm(name)
+    is_net = name in net.db.networks and access.visible(net.db.project_of("network", name))
+    is_vm = rec is not None and access.visible(rec.project)
     if kind not in ("", "network", "vm") or (kind == "network" and not is_net) \
             or (kind == "vm" and not is_vm) or not (is_net or is_vm):
         raise InvalidSpec("target", f"'{target}' is neither a network nor a VM")
@@ -244,7 +249,7 @@ async def add_rule(net: Networks, target: str, allow: str, source: str = "0.0.0.
 async def remove_rule(net: Networks, rule_id: int) -> None:
     """:raises NotFound: no rule with that id."""
     row = net.db.rules.get(rule_id)
-    if row is None:
+    if row is None or not _rule_visible(net, row.network, row.rule.vm):
         raise NotFound(f"no firewall rule {rule_id}; see 'corral firewall list'")
     affected = [row.network] if row.network else _networks_of(net, str(row.rule.vm))
     net.db.delete_rules([rule_id])
@@ -275,5 +280,16 @@ async def set_policy(net: Networks, network: str, policy: str) -> dict[str, Any]
 
 
 def list_rules(net: Networks) -> dict[str, Any]:
-    return {"policies": {n: r.policy for n, r in net.db.networks.items()},
-            "rules": [rule_view(r) for r in net.db.rules.values()]}
+    return {"policies": {n: r.policy for n, r in net.db.networks.items()
+                         if _rule_visible(net, n, None, access.in_scope)},
+            "rules": [rule_view(r) for r in net.db.rules.values()
+                      if _rule_visible(net, r.network, r.rule.vm, access.in_scope)]}
+
+
+def _rule_visible(net: Networks, network: str | None, vm: str | None,
+                  allowed: Callable[[str], bool] = access.visible) -> bool:
+    """Whether the caller may see a firewall rule of ``network`` (or of VM ``vm``)."""
+    if network is not None:
+        return allowed(net.db.project_of("network", network))
+    rec = net.rt.db.get_vm(vm) if vm else None
+    return rec is None or allowed(rec.project)

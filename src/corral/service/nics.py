@@ -34,7 +34,7 @@ from corral.errors import (
     NotFound,
 )
 from corral.host.network import Port, Record, ensure_tap, leases, plan_port, remove
-from corral.service import disks, routers
+from corral.service import access, disks, routers
 from corral.service.netstate import require_root, tap_counters
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def _plan(net: Networks, vm: str, position: int, nic: NicSpec, siblings: list[Ni
     """Plan ``nic`` (of ``vm``, whose NICs are ``siblings``) on its network, in place."""
     require_root(f"put VM '{vm}' on network '{nic.network}'")
     row = net.db.networks.get(str(nic.network))
-    if row is None:
+    if row is None or not access.visible(net.db.project_of("network", str(nic.network))):
         raise InvalidSpec(f"{field}.network", f"no network named '{nic.network}'; see "
                                               "'corral network list'")
     own = [n for n in siblings if n is not nic and n.planned_for == vm and n.ifname]

@@ -32,6 +32,7 @@ from corral.domain.states import LIVE, State
 from corral.errors import AlreadyExists, CorralError, InvalidSpec, InvalidState
 from corral.host.runner import run
 from corral.images import catalog
+from corral.service import access, quotas
 from corral.store.db import VMRecord
 
 if TYPE_CHECKING:
@@ -230,7 +231,9 @@ def _record(rt: VMRuntime, manifest: dict[str, Any], spec: sp.VMSpec, name: str,
     if renamed:  # a copy beside the original, not a move: it needs its own MACs
         spec.nics = [n.model_copy(update={"mac": sp.new_mac()}) for n in spec.nics]
     saved = bool(manifest.get("saved"))
-    return VMRecord(name=name, uid=str(uuid.uuid4()), spec=spec,
+    project = access.project_for_new()
+    quotas.check_vm(rt, project, spec.cpus, spec.memory_bytes)
+    return VMRecord(name=name, uid=str(uuid.uuid4()), spec=spec, project=project,
                     state=State.SAVED if saved else State.STOPPED,
                     saved_state=str(vm_dir / "saved.state") if saved else None,
                     saved_running=manifest.get("saved_running") if saved else None)

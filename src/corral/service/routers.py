@@ -33,6 +33,7 @@ from corral.host.network import (
     remove,
     set_forwards,
 )
+from corral.service import access
 from corral.service.netstate import require_root
 from corral.store.networks import ForwardRow
 
@@ -65,7 +66,8 @@ def forward_view(row: ForwardRow) -> dict[str, Any]:
 
 
 def list_all(net: Networks) -> list[dict[str, Any]]:
-    return [view(net, name) for name in net.db.routers]
+    return [view(net, name) for name in net.db.routers
+            if access.in_scope(net.db.project_of("router", name))]
 
 
 async def create(net: Networks, name: str, uplink: bool = False) -> dict[str, Any]:
@@ -82,7 +84,7 @@ async def create(net: Networks, name: str, uplink: bool = False) -> dict[str, An
         raise AlreadyExists(f"a router named '{name}' exists")
     plan = plan_router(name, uplink=uplink, taken=net.taken(),
                        transfers=[p.transfer for p in net.db.routers.values() if p.transfer])
-    net.db.add_router(plan)
+    net.db.add_router(plan, access.project_for_new())
     try:
         async with net.lock:
             made = await net.call(ensure_router, net.host, plan, [])

@@ -1,5 +1,4 @@
-"""The VM runtime: the one owner of VM records, per-VM locks, state transitions, live
-machines and views.
+"""The VM runtime: the one owner of VM records, per-VM locks, state transitions, live machines.
 
 Every use case goes through it: it takes the VM's lock (:meth:`VMRuntime.lock`), reads the
 record (:meth:`get`), checks the verb against the table in :mod:`corral.domain.states`, does
@@ -40,6 +39,7 @@ from corral.engine.driver import (
     Machine,
 )
 from corral.errors import CorralError, InvalidState, NotFound, Timeout
+from corral.service import access
 from corral.store.db import Store, VMRecord
 
 log = logging.getLogger(__name__)
@@ -116,9 +116,9 @@ class VMRuntime:
         return name in self._locks and self._locks[name].locked()
 
     def get(self, name: str) -> VMRecord:
-        """:raises NotFound: no VM of that name."""
+        """:raises NotFound: no VM of that name (in a project the caller may see)."""
         rec = self.db.get_vm(name)
-        if rec is None:
+        if rec is None or not access.visible(rec.project):
             raise NotFound(f"no VM named '{name}'; see 'corral list'")
         return rec
 
@@ -221,7 +221,7 @@ class VMRuntime:
             await live.machine.wait_exit(5)
 
     def background(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
+        task = access.detached(coro)  # as the daemon, not as the request that set it going
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -270,7 +270,7 @@ class VMRuntime:
         live.ready.clear()
         if live.ready_task:
             live.ready_task.cancel()
-        live.ready_task = asyncio.create_task(watch(), name=f"ready-{name}")
+        live.ready_task = access.detached(watch(), f"ready-{name}")
 
     def not_ready(self, name: str, why: str) -> None:
         """The guest agent stopped answering: the VM is not ready until it answers again."""
@@ -389,7 +389,7 @@ class VMRuntime:
         """What a front door shows of a VM (see :func:`corral.service.vmview.vm_view`)."""
         from corral.service.vmview import vm_view
 
-        return vm_view(rec, rec.state in LIVE and rec.name in self.live, self.paths)
+        return vm_view(rec, rec.state in LIVE and rec.name in self.live, self.paths, self.driver)
 
     def forget(self, name: str) -> None:
         """The VM is gone: drop its lock."""

@@ -200,8 +200,9 @@ class Scheduler:
         self.rt.set_state(rec, state, "dequeued", doc=(QUEUE_DOC, self.queue.to_dict()))
 
     def release(self, name: str) -> None:
-        """The VM's QEMU is gone: free its capacity and cgroup, start whoever now fits."""
+        """The VM's QEMU is gone: free its capacity and cgroups, start whoever now fits."""
         cgroups.remove_group(cgroups.group_path(self.rt.paths.tag, name))
+        cgroups.remove_limits(self.rt.paths.tag, name)
         self.sliced_out.discard(name)
         if self.inventory.release(name) is not None:
             self.dispatch()

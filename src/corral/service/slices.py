@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError, InUse, NotFound
 from corral.images import catalog
+from corral.service import access
 
 if TYPE_CHECKING:
     from corral.engine.accel import Accel
@@ -149,11 +150,14 @@ class Host(_Slice):
         info["scheduler"] = self.sched.info()
         vms = self.rt.db.list_vms()
         info.update(home=str(self.rt.paths.home), vms=len(vms),
-                    vms_running=sum(1 for r in vms if r.state in LIVE))
+                    vms_running=sum(1 for r in vms if r.state in LIVE),
+                    confinement=self.rt.driver.confinement_of(None))
         return info
 
     def queue(self) -> builtins.list[dict[str, Any]]:
-        return self.sched.entries()
+        vms = self.rt.db
+        return [e for e in self.sched.entries()
+                if (rec := vms.get_vm(e["vm"])) is None or access.in_scope(rec.project)]
 
     async def batch(self, spec: dict[str, Any], argv: builtins.list[str],
                     timeout: float = 600.0, queue: bool = True) -> dict[str, Any]:
@@ -280,7 +284,8 @@ class Routers(_NetSlice):
     def forwards(self) -> builtins.list[dict[str, Any]]:
         from corral.service import routers
 
-        return [routers.forward_view(f) for f in self.net.db.forwards.values()]
+        return [routers.forward_view(f) for f in self.net.db.forwards.values()
+                if access.in_scope(self.net.db.project_of("router", f.forward.router))]
 
     async def add_forward(self, name: str, proto: str, host_port: int, vm: str, port: int
                           ) -> dict[str, Any]:

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from corral.domain import specs as sp
+from corral.domain.sizes import parse_size
 from corral.domain.states import State
 from corral.errors import AlreadyExists, CorralError, DiskFull, InvalidSpec
 from corral.images import catalog
-from corral.service import hostfacts, nics, provision
+from corral.service import access, hostfacts, nics, provision, quotas
 from corral.service.lifecycle import Lifecycle
 from corral.service.runtime import READY_TIMEOUT, VMRuntime
 from corral.store.db import VMRecord
@@ -76,6 +77,11 @@ class VMs:
                                     f"'corral rm {req.name}'")
             spec = _resolve(rt, req, memory)
             spec.sched = sp.scheduling(req, hostfacts.facts())
+            project = access.project_for_new()
+            quotas.check_vm(rt, project, spec.cpus, spec.memory_bytes)
+            await quotas.check_disk(rt, project, sum(
+                parse_size(f"disks.{i}.size", d.size, default_unit="G")
+                for i, d in enumerate(req.disks) if d.size is not None))
             vm_dir = rt.paths.vm_dir(req.name)
             if vm_dir.exists():  # left by a crash between mkdir and commit
                 shutil.rmtree(vm_dir)
@@ -92,7 +98,8 @@ class VMs:
                 spec.vmstate = await provision.make_vmstate(vm_dir)
                 nics.plan_nics(self.net, spec)  # no await until add_vm: addresses stay ours
                 rec = VMRecord(name=req.name, uid=str(uuid.uuid4()), spec=spec,
-                               state=State.DEFINED)
+                               state=State.DEFINED, project=project)
+                quotas.check_vm(rt, project, spec.cpus, spec.memory_bytes)  # others meanwhile
                 rt.db.add_vm(rec)
             except BaseException as err:
                 shutil.rmtree(vm_dir, ignore_errors=True)
@@ -104,7 +111,14 @@ class VMs:
 
     # ----- read ------------------------------------------------------------------------------
     def list(self) -> builtins.list[dict[str, Any]]:
-        return [self.rt.view(r) for r in self.rt.db.list_vms()]
+        return [self.rt.view(r) for r in self.rt.db.list_vms() if access.in_scope(r.project)]
+
+    def view(self, name: str) -> dict[str, Any]:
+        """One VM as the store knows it (no call to its machine: cheap).
+
+        :raises NotFound: no VM of that name.
+        """
+        return self.rt.view(self.rt.get(name))
 
     async def get(self, name: str) -> dict[str, Any]:
         """One VM, with QEMU's own run state asked live.
@@ -146,8 +160,18 @@ class VMs:
             data = b""
         return {"data": data.decode(errors="replace"), "offset": offset + len(data)}
 
-    def events(self, since: int = 0, vm: str | None = None) -> builtins.list[dict[str, Any]]:
-        return self.rt.db.events(since, vm)
+    def events(self, since: int = 0, vm: str | None = None, tail: int | None = None,
+               limit: int = 1000, project: str | None = None
+               ) -> builtins.list[dict[str, Any]]:
+        """The event log after id ``since`` (``tail``: only its last ``tail`` events, else
+        the first ``limit``): the caller's own project only (a local caller: every
+        project, or ``project``)."""
+        scope = access.current().scope
+        if scope is not None and project is not None and project != scope:
+            return []
+        if tail is not None:
+            return self.rt.db.events(since, vm, limit=tail, tail=True, project=scope or project)
+        return self.rt.db.events(since, vm, limit, project=scope or project)
 
     # ----- remove ----------------------------------------------------------------------------
     async def rm(self, name: str) -> None:

@@ -8,14 +8,18 @@ from typing import Any
 
 from corral.config import Paths
 from corral.domain.states import OPERATIONS
+from corral.engine.driver import Driver
 from corral.store.db import VMRecord
 
 
-def vm_view(rec: VMRecord, live: bool, paths: Paths) -> dict[str, Any]:
-    """``live``: the daemon holds a machine for the VM."""
+def vm_view(rec: VMRecord, live: bool, paths: Paths, driver: Driver | None = None
+            ) -> dict[str, Any]:
+    """``live``: the daemon holds a machine for the VM. With the ``driver``, a live VM's view
+    tells what confines its process (user, seccomp, cgroup limits)."""
     run = paths.run_dir(rec.name)
     return {
         "name": rec.name,
+        "project": rec.project,
         "uid": rec.uid,
         "state": rec.state.value,
         "ready": rec.ready_at is not None and live,
@@ -36,4 +40,6 @@ def vm_view(rec: VMRecord, live: bool, paths: Paths) -> dict[str, Any]:
         "serial_log": str(paths.vm_dir(rec.name) / "serial.log"),
         "created_at": rec.created_at,
         "operations": sorted(op for op, states in OPERATIONS.items() if rec.state in states),
+        "confinement": driver.confinement_of(rec.pid)
+        if driver is not None and live and rec.pid else None,
     }

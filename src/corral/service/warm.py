@@ -30,7 +30,7 @@ from corral.engine.driver import LaunchOptions, Machine, RamFile
 from corral.engine.qemu.argv import VMSTATE_NODE
 from corral.errors import AgentError, AlreadyExists, CorralError, InvalidSpec, InvalidState, Timeout
 from corral.host import qemu_img
-from corral.service import provision, snapshots
+from corral.service import access, provision, quotas, snapshots
 from corral.service.runtime import VMRuntime
 from corral.store.db import VMRecord
 
@@ -93,6 +93,7 @@ async def _capture(rt: VMRuntime, spec: sp.VMSpec, snapshot: str, work: Path) ->
     machine = await rt.driver.launch(spec, run_dir, work / "serial.log", lambda _e, _d: None,
                                      LaunchOptions(hold=True, ram=RamFile(work / "ram",
                                                                           shared=True)))
+    machine.watch_exit(lambda _status: None)  # so that kill and wait_exit see it end
     try:
         await machine.snapshot_load(snapshot, VMSTATE_NODE, [VMSTATE_NODE])
         await machine.save_state(work / "dev.state", ignore_shared=True)
@@ -156,7 +157,10 @@ async def _define_clone(rt: VMRuntime, name: str, base: sp.VMSpec, full: bool,
             "name": name, "disks": disks, "vmstate": await provision.make_vmstate(vm_dir),
             "nics": [n.model_copy(update={"mac": sp.new_mac()}) for n in base.nics],
             "sched": sched or sp.Scheduling(), "warm_template": None})
-        rec = VMRecord(name=name, uid=str(uuid.uuid4()), spec=spec, state=State.DEFINED)
+        project = access.project_for_new()
+        quotas.check_vm(rt, project, spec.cpus, spec.memory_bytes)
+        rec = VMRecord(name=name, uid=str(uuid.uuid4()), spec=spec, state=State.DEFINED,
+                       project=project)
         rt.db.add_vm(rec)
     except BaseException:
         shutil.rmtree(vm_dir, ignore_errors=True)

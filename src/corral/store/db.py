@@ -19,17 +19,29 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import OperationalError
 
 from corral.domain.specs import VMSpec
 from corral.domain.states import State
 from corral.errors import DiskFull
+from corral.store.access import AccessStore
 from corral.store.schema import disks, events, kv, snapshots, vms
 
-HEAD = "0005"
+HEAD = "0006"
 log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).parent / "migrations"
+_PUBLISH = "corral_events"  # a transaction's new events, told to listeners once committed
+EventListener = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -49,6 +61,7 @@ class VMRecord:
     saved_state: str | None = None
     saved_running: bool | None = None
     current_snapshot: str | None = None
+    project: str = "default"
 
     @classmethod
     def from_row(cls, row: Any) -> VMRecord:
@@ -103,6 +116,10 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(select(vms).order_by(vms.c.created_at)).all()
         self._vms: dict[str, VMRecord] = {r.name: VMRecord.from_row(r) for r in rows}
+        self.access = AccessStore(self)
+        #: called on the writer thread with each event (id, ts, vm, kind, detail, project)
+        #: once its transaction is committed, in the order of their ids
+        self.listeners: list[EventListener] = []
 
     def _migrate(self) -> None:
         with self.engine.begin() as conn:
@@ -126,8 +143,10 @@ class Store:
     def _tx(self) -> Iterator[Connection]:
         """One transaction. A full disk becomes :class:`~corral.errors.DiskFull` (the
         transaction is rolled back: the store is as it was)."""
+        published: list[dict[str, Any]] = []
         try:
             with self.engine.begin() as conn:
+                conn.info[_PUBLISH] = published
                 yield conn
         except (OperationalError, OSError) as err:
             text = str(err).lower()
@@ -135,6 +154,12 @@ class Store:
                 raise DiskFull(f"the store at {self.path} cannot be written: the disk is "
                                "full; free some space and try again") from err
             raise
+        for ev in published:  # committed: the event is history now; tell who listens
+            for listener in self.listeners:
+                try:
+                    listener(ev)
+                except Exception:  # the write stands whatever a listener does
+                    log.exception("an event listener failed")
 
     def add_vm(self, rec: VMRecord) -> None:
         rec.created_at = rec.updated_at = time.time()
@@ -238,7 +263,8 @@ class Store:
         def write() -> None:
             with self._tx() as conn:
                 conn.execute(insert(disks).values(created_at=time.time(), vm=None, **row))
-                self._event(conn, row["name"], "disk_created", {"path": row["path"]})
+                self._event(conn, row["name"], "disk_created", {"path": row["path"]},
+                            row.get("project"))
 
         self._run(write)
 
@@ -269,8 +295,10 @@ class Store:
     def delete_disk(self, name: str) -> None:
         def write() -> None:
             with self._tx() as conn:
+                project = conn.execute(select(disks.c.project).where(
+                    disks.c.name == name)).scalar()
                 conn.execute(delete(disks).where(disks.c.name == name))
-                self._event(conn, name, "disk_deleted", {})
+                self._event(conn, name, "disk_deleted", {}, project)
 
         self._run(write)
 
@@ -319,18 +347,44 @@ class Store:
         if parent and rec is not None and rec.current_snapshot == name:
             rec.current_snapshot = parent[0]
 
-    def _event(self, conn: Connection, vm: str, kind: str, detail: dict[str, Any]) -> None:
-        conn.execute(insert(events).values(ts=time.time(), vm=vm, kind=kind,
-                                           detail=json.dumps(detail)))
+    def _event(self, conn: Connection, vm: str, kind: str, detail: dict[str, Any],
+               project: str | None = None) -> None:
+        """An event of ``vm`` (or of the named object); in the VM's project unless
+        ``project`` says which. Told to the listeners once its transaction commits."""
+        if project is None:
+            rec = self._vms.get(vm)
+            project = rec.project if rec is not None else "default"
+        ts, text = time.time(), json.dumps(detail)
+        done = conn.execute(insert(events).values(ts=ts, vm=vm, kind=kind, detail=text,
+                                                  project=project))
+        key = done.inserted_primary_key
+        assert key is not None
+        conn.info[_PUBLISH].append({"id": key[0], "ts": ts, "vm": vm, "kind": kind,
+                                    "detail": json.loads(text), "project": project})
 
-    def events(self, since: int = 0, vm: str | None = None,
-               limit: int = 1000) -> list[dict[str, Any]]:
-        query = select(events).where(events.c.id > since).order_by(events.c.id).limit(limit)
+    def add_event(self, name: str, kind: str, detail: dict[str, Any], project: str) -> None:
+        """Record an event that changes nothing else (an audit record), queued in order
+        behind the writes before it."""
+        def write() -> None:
+            with self._tx() as conn:
+                self._event(conn, name, kind, detail, project)
+
+        self._writer.submit(write).add_done_callback(_log_failure)
+
+    def events(self, since: int = 0, vm: str | None = None, limit: int = 1000,
+               tail: bool = False, project: str | None = None) -> list[dict[str, Any]]:
+        """The first ``limit`` events after id ``since`` (``tail``: the last ``limit``), in
+        order; ``vm``'s or ``project``'s only when given."""
+        order = events.c.id.desc() if tail else events.c.id
+        query = select(events).where(events.c.id > since).order_by(order).limit(limit)
         if vm is not None:
             query = query.where(events.c.vm == vm)
+        if project is not None:
+            query = query.where(events.c.project == project)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [{**dict(r._mapping), "detail": json.loads(r.detail)} for r in rows]
+        out = [{**dict(r._mapping), "detail": json.loads(r.detail)} for r in rows]
+        return out[::-1] if tail else out
 
     def _run(self, write: Callable[[], None]) -> None:
         """Run ``write`` on the writer thread, after every write queued before it."""

@@ -63,12 +63,15 @@ class NetStore:
     def __init__(self, store: Store) -> None:
         self._store = store
         with store.engine.connect() as conn:
+            nets = conn.execute(select(networks).order_by(networks.c.created_at)).all()
             self.networks = {
                 r.name: NetworkRow(NetworkPlan(**json.loads(r.plan)), bool(r.isolated),
-                                   r.policy, r.created_at)
-                for r in conn.execute(select(networks).order_by(networks.c.created_at))}
-            self.routers = {r.name: RouterPlan(**json.loads(r.plan)) for r in conn.execute(
-                select(routers).order_by(routers.c.created_at))}
+                                   r.policy, r.created_at) for r in nets}
+            routs = conn.execute(select(routers).order_by(routers.c.created_at)).all()
+            self.routers = {r.name: RouterPlan(**json.loads(r.plan)) for r in routs}
+            # the project of each network ("network:N") and router ("router:R")
+            self.projects = {**{f"network:{r.name}": r.project for r in nets},
+                             **{f"router:{r.name}": r.project for r in routs}}
             self.legs = {r.network: Leg(**json.loads(r.plan))
                          for r in conn.execute(select(router_legs))}
             self.forwards = {(r.proto, r.host_port): ForwardRow(
@@ -87,8 +90,9 @@ class NetStore:
         """Nothing recorded at all: no network work to do when the daemon starts."""
         return not (self.networks or self.routers or self._records)
 
-    def _write(self, *statements: Executable, event: tuple[str, str, dict[str, Any]] | None
-               = None) -> None:
+    def _write(self, *statements: Executable,
+               event: tuple[str, str, dict[str, Any]] | tuple[str, str, dict[str, Any], str]
+               | None = None) -> None:
         """Run ``statements`` and record ``event`` (name, kind, detail): one transaction."""
         def write() -> None:
             with self._store._tx() as conn:
@@ -99,13 +103,14 @@ class NetStore:
         self._store._run(write)
 
     # --- networks and routers ---
-    def add_network(self, row: NetworkRow) -> None:
+    def add_network(self, row: NetworkRow, project: str = "default") -> None:
         name = row.plan.name
         self._write(insert(networks).values(
             name=name, plan=json.dumps(asdict(row.plan)), isolated=row.isolated,
-            policy=row.policy, created_at=row.created_at),
-            event=(name, "network_created", {"subnet": row.plan.subnet}))
+            policy=row.policy, created_at=row.created_at, project=project),
+            event=(name, "network_created", {"subnet": row.plan.subnet}, project))
         self.networks[name] = row
+        self.projects[f"network:{name}"] = project
 
     def set_policy(self, name: str, policy: Policy) -> None:
         self._write(update(networks).where(networks.c.name == name).values(policy=policy),
@@ -117,20 +122,28 @@ class NetStore:
         """The network's row and its rules (its records stay until its objects are gone)."""
         self._write(delete(networks).where(networks.c.name == name),
                     delete(firewall_rules).where(firewall_rules.c.network == name),
-                    event=(name, "network_deleted", {}))
+                    event=(name, "network_deleted", {}, self.project_of("network", name)))
         self.networks.pop(name, None)
+        self.projects.pop(f"network:{name}", None)
         self.rules = {i: r for i, r in self.rules.items() if r.network != name}
 
-    def add_router(self, plan: RouterPlan) -> None:
+    def add_router(self, plan: RouterPlan, project: str = "default") -> None:
         self._write(insert(routers).values(name=plan.name, plan=json.dumps(asdict(plan)),
-                                           created_at=time.time()),
-                    event=(plan.name, "router_created", {"uplink": plan.uplink is not None}))
+                                           created_at=time.time(), project=project),
+                    event=(plan.name, "router_created", {"uplink": plan.uplink is not None},
+                           project))
         self.routers[plan.name] = plan
+        self.projects[f"router:{plan.name}"] = project
 
     def delete_router(self, name: str) -> None:
         self._write(delete(routers).where(routers.c.name == name),
-                    event=(name, "router_deleted", {}))
+                    event=(name, "router_deleted", {}, self.project_of("router", name)))
         self.routers.pop(name, None)
+        self.projects.pop(f"router:{name}", None)
+
+    def project_of(self, kind: str, name: str) -> str:
+        """The project of network or router ``name`` (``kind``: "network" or "router")."""
+        return str(self.projects.get(f"{kind}:{name}", "default"))
 
     def add_leg(self, leg: Leg) -> None:
         self._write(insert(router_legs).values(network=leg.network, router=leg.router,

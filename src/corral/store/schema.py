@@ -23,6 +23,7 @@ vms = Table(
     Column("saved_state", Text),  # path of the state file while the VM is saved
     Column("saved_running", Boolean),  # whether it ran (else was paused) when saved
     Column("current_snapshot", String(64)),  # parent of the next snapshot
+    Column("project", String(64), nullable=False, default="default"),
 )
 
 disks = Table(
@@ -32,6 +33,7 @@ disks = Table(
     Column("format", String(8), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("vm", String(64)),  # the VM it is attached to, if any
+    Column("project", String(64), nullable=False, default="default"),
 )
 
 kv = Table(
@@ -58,6 +60,7 @@ events = Table(
     Column("vm", String(64), nullable=False),
     Column("kind", String(32), nullable=False),
     Column("detail", Text, nullable=False, default="{}"),
+    Column("project", String(64), nullable=False, default="default", index=True),
 )
 
 # --- virtual networks (corral.store.networks) ---
@@ -68,6 +71,7 @@ networks = Table(
     Column("isolated", Boolean, nullable=False),  # no router may join it
     Column("policy", String(8), nullable=False),  # the firewall's default: accept or drop
     Column("created_at", Float, nullable=False),
+    Column("project", String(64), nullable=False, default="default"),
 )
 
 routers = Table(
@@ -75,6 +79,7 @@ routers = Table(
     Column("name", String(64), primary_key=True),
     Column("plan", Text, nullable=False),  # JSON of corral.host.network.RouterPlan
     Column("created_at", Float, nullable=False),
+    Column("project", String(64), nullable=False, default="default"),
 )
 
 router_legs = Table(
@@ -113,4 +118,27 @@ net_records = Table(
     Column("name", String(32), nullable=False),
     Column("netns", String(16)),
     Column("detail", Text, nullable=False),
+)
+
+# --- projects and API tokens (corral.store.access) ---
+projects = Table(
+    "projects", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("max_vms", Integer),  # None: no limit
+    Column("max_cpus", Integer),
+    Column("max_memory", Integer),  # bytes
+    Column("max_disk", Integer),  # bytes
+    Column("created_at", Float, nullable=False),
+)
+
+tokens = Table(
+    "tokens", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("id", String(32), nullable=False, unique=True),  # the public part of the secret
+    Column("salt", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),  # sha256(salt + secret), hex
+    Column("role", String(16), nullable=False),
+    Column("project", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float),  # None: never
 )

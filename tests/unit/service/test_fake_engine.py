@@ -364,3 +364,33 @@ async def test_a_new_driver_adopts_a_live_machine_and_not_a_dead_one(tmp_path: P
     assert await FakeDriver().adopt(machine.spec, run, None, None, later.on_event) is None
     FakeDriver().cleanup(run)
     assert not run.exists()
+
+
+async def test_live_migration_moves_the_guest_and_a_failure_keeps_it_on_the_source(
+        tmp_path: Path) -> None:
+    from corral.engine.driver import MigrationOptions
+    from corral.errors import MigrationFailed
+
+    driver = FakeDriver()
+    source, _ = await start(tmp_path, driver)
+    await source.guest_wait_ready(1)
+    handle = await source.guest_open("/root/note", "w")
+    await source.guest_write(handle, b"travels")
+    await source.guest_close(handle)
+    # nobody listens yet: refused, the guest runs on
+    with pytest.raises(MigrationFailed) as err:
+        await source.migrate_to("tcp:10.0.0.2:4444", MigrationOptions())
+    assert err.value.phase == "stream" and await source.status() == "running"
+
+    (tmp_path / "t").mkdir()
+    target, _ = await start(tmp_path / "t", driver, LaunchOptions(incoming=True, hold=True))
+    await target.serve_incoming("tcp:10.0.0.2:4444")
+    seen: list[str] = []
+    result = await source.migrate_to("tcp:10.0.0.2:4444", MigrationOptions(),
+                                     lambda p: seen.append(p.status))
+    assert seen[-1] == "completed" and result.transferred > 0
+    assert await source.status() == "postmigrate"
+    await target.finish_incoming(1)
+    assert await target.status() == "running"
+    handle = await target.guest_open("/root/note", "r")
+    assert await target.guest_read(handle, 100) == (b"travels", True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from corral.domain.specs import VMSpec
 from corral.engine.driver import EventHandler, LaunchOptions
@@ -64,6 +64,10 @@ class FakeDriver:
 
     def cleanup(self, run_dir: Path, keep_dir: bool = False) -> None:
         qargv.RunPaths(run_dir).remove(keep_dir)
+
+    def confinement_of(self, pid: int | None) -> dict[str, Any] | None:
+        """The fake engine confines nothing (its machines are no processes)."""
+        return None
 
     async def launch(self, spec: VMSpec, run_dir: Path, serial_log: Path,
                      on_event: EventHandler, options: LaunchOptions | None = None

@@ -24,15 +24,15 @@ from corral.engine.fake.core import (
     NEEDS_RESET,
     STATE_FORMAT,
     VMSTATE_FORMAT,
-    MachineCore,
     read_json,
     write_atomic,
 )
+from corral.engine.fake.migration import FakeLiveMigration
 from corral.engine.qemu import argv as qargv
 from corral.errors import AgentError, CorralError, MonitorError, Timeout
 
 
-class FakeMachine(MachineCore):
+class FakeMachine(FakeLiveMigration):
     """One fake VM: a QEMU process, its monitor and its guest agent, as objects."""
 
     async def status(self, timeout: float = 30.0) -> str:

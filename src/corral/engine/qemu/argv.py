@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.domain.nics import parse_hostfwd
 from corral.domain.specs import DiskSpec, NicSpec, VMSpec
 from corral.engine.driver import RamFile as RamFile  # re-exported for callers of build()
 
@@ -19,6 +20,20 @@ VMSTATE_NODE = "vmstate"
 
 
 HOTPLUG_PORTS = 4  # empty PCIe root ports on q35, so disks and NICs can be hot-plugged
+#: QEMU's own seccomp filter at its strictest: no obsolete calls, no setuid and friends, no
+#: fork or exec, no scheduler or resource changes (a denied call kills the process)
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """Listening sockets the daemon made and passes to QEMU (descriptor numbers): QEMU opens
+    no path for them, and the daemon's connection waits in the socket's backlog until QEMU
+    takes it, so there is nothing to poll for."""
+
+    qmp: int
+    console: int
+    agent: int | None = None
 
 
 def disk_node(index: int) -> str:
@@ -48,12 +63,18 @@ def disk_device(disk: DiskSpec, node: str, bus: str, port: str | None = None
     return dev
 
 
-def nic_netdev(nic: NicSpec, index: int) -> dict[str, object]:
+def nic_netdev(nic: NicSpec, index: int, tap_fd: str | None = None) -> dict[str, object]:
     """The ``netdev_add`` object of a NIC's backend: QEMU's user-mode networking, or the tap
-    the network service made (QEMU opens it by name; no scripts run)."""
+    the network service made, opened by the daemon and passed as ``tap_fd`` (a descriptor's
+    number on the command line, a ``getfd`` name over QMP), else opened by QEMU by name. No
+    scripts run."""
     netdev_id = "net" + nic.device(index).removeprefix("nic")
     if nic.mode == "user":
-        return {"type": "user", "id": netdev_id, "hostfwd": [{"str": h} for h in nic.hostfwd]}
+        # canonical again: a forward stored before they bound the loopback by default does now
+        return {"type": "user", "id": netdev_id, "hostfwd": [
+            {"str": parse_hostfwd("hostfwd", h).qemu()} for h in nic.hostfwd]}
+    if tap_fd is not None:  # QEMU reads the tap's flags (virtio-net headers) from it
+        return {"type": "tap", "id": netdev_id, "fd": tap_fd}
     return {"type": "tap", "id": netdev_id, "ifname": nic.ifname, "script": "no",
             "downscript": "no", "vnet_hdr": True}
 
@@ -104,9 +125,15 @@ class RunPaths:
     def pidfile(self) -> Path:
         return self.dir / "qemu.pid"
 
+    @property
+    def log(self) -> Path:
+        """QEMU's own output (its warnings, why it would not start)."""
+        return self.dir / "qemu.log"
+
     def remove(self, keep_dir: bool = False) -> None:
-        """Remove the sockets and pidfile a machine left (and the directory, if empty)."""
-        for path in (self.qmp, self.agent, self.console, self.pidfile):
+        """Remove the sockets, pidfile and log a machine left (and the directory, if
+        empty)."""
+        for path in (self.qmp, self.agent, self.console, self.pidfile, self.log):
             path.unlink(missing_ok=True)
         if not keep_dir:
             with contextlib.suppress(OSError):
@@ -129,11 +156,43 @@ def _dev(obj: dict[str, object]) -> str:
 RAM_ID = "pc.ram"  # QEMU's own name for machine RAM, so states move between both backends
 
 
+def _socket(run_path: Path, fd: int | None) -> str:
+    return f"fd={fd}" if fd is not None else f"path={_opt(run_path)}"
+
+
+def _channels(spec: VMSpec, run: RunPaths, serial_log: Path, listeners: Listeners | None,
+              bus: str) -> list[str]:
+    """The serial console (logged), the monitor and the guest agent's channel."""
+    argv: list[str] = []
+    con_fd, qmp_fd, qga_fd = ((None, None, None) if listeners is None else
+                              (listeners.console, listeners.qmp, listeners.agent))
+    argv += [
+        "-chardev", f"socket,id=serial0,{_socket(run.console, con_fd)}"
+                    f",server=on,wait=off,logfile={_opt(serial_log)},logappend=on",
+        "-serial", "chardev:serial0",
+        "-chardev", f"socket,id=qmp0,{_socket(run.qmp, qmp_fd)},server=on,wait=off",
+        "-mon", "chardev=qmp0,mode=control",
+    ]
+    if spec.agent:
+        argv += [
+            "-chardev", f"socket,id=qga0,{_socket(run.agent, qga_fd)}"
+                        ",server=on,wait=off",
+            "-device", _dev({"driver": f"virtio-serial-{bus}", "id": "vser0"}),
+            "-device", _dev({"driver": "virtserialport", "chardev": "qga0", "id": "qga0port",
+                             "name": AGENT_PORT}),
+        ]
+    return argv
+
+
 def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
-          tsc_khz: int | None = None, daemonize: bool = True,
-          ram: RamFile | None = None, incoming: bool = False) -> list[str]:
+          tsc_khz: int | None = None, ram: RamFile | None = None, incoming: bool = False,
+          listeners: Listeners | None = None, sandbox: bool = False,
+          taps: dict[int, int] | None = None) -> list[str]:
     """The full argv for ``spec``. With ``incoming`` QEMU waits for a migration stream
     (``-incoming defer``: a saved state or a warm start's device state) instead of booting.
+    With ``listeners`` the monitor, console and agent sockets are the daemon's descriptors
+    (else QEMU makes them in ``run``), and with ``taps`` (NIC index -> descriptor) so are the
+    NICs' taps; ``sandbox`` adds the seccomp filter :data:`SANDBOX`.
 
     ``-no-shutdown`` keeps QEMU alive after a guest poweroff only where the service wants it;
     here a guest poweroff ends the process, and the exit is what marks the VM stopped.
@@ -168,24 +227,13 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
         argv += ["-append", cmdline]
     if microvm:
         argv += ["-global", "virtio-mmio.force-legacy=false"]
-    argv += [
-        "-chardev", f"socket,id=serial0,path={_opt(run.console)},server=on,wait=off,"
-                    f"logfile={_opt(serial_log)},logappend=on",
-        "-serial", "chardev:serial0",
-        "-qmp", f"unix:{_opt(run.qmp)},server=on,wait=off",
-    ]
-    if spec.agent:
-        argv += [
-            "-chardev", f"socket,id=qga0,path={_opt(run.agent)},server=on,wait=off",
-            "-device", _dev({"driver": f"virtio-serial-{bus}", "id": "vser0"}),
-            "-device", _dev({"driver": "virtserialport", "chardev": "qga0", "id": "qga0port",
-                             "name": AGENT_PORT}),
-        ]
+    argv += _channels(spec, run, serial_log, listeners, bus)
     # a device once hot-plugged behind a root port comes after the ports (QEMU makes devices
     # in command-line order), which is also where it was in the QEMU it was plugged into
     behind_ports: list[str] = []
     for i, nic in enumerate(spec.nics):
-        argv += ["-netdev", netdev_option(nic_netdev(nic, i))]
+        tap = (taps or {}).get(i)
+        argv += ["-netdev", netdev_option(nic_netdev(nic, i, None if tap is None else str(tap)))]
         (behind_ports if nic.port else argv).extend(["-device", _dev(nic_device(nic, i, bus))])
     for i, disk in enumerate(spec.disks):
         node = disk.node(i)
@@ -202,8 +250,8 @@ def build(spec: VMSpec, run: RunPaths, serial_log: Path, accel: str,
                                     "file": {"driver": "file", "filename": spec.vmstate,
                                              "node-name": f"{VMSTATE_NODE}-file"}})]
     argv += ["-msg", "timestamp=on"]
-    if daemonize:
-        argv += ["-daemonize", "-pidfile", str(run.pidfile)]
+    if sandbox:
+        argv += ["-sandbox", SANDBOX]
     if incoming:
         argv += ["-incoming", "defer"]
     return argv

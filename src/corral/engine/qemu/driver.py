@@ -28,11 +28,16 @@ from corral.engine.driver import (
 )
 from corral.engine.events import EventWaiters
 from corral.engine.qemu import argv as qargv
+from corral.engine.qemu import confine
+from corral.engine.qemu.confine import Confinement
 from corral.engine.qemu.guest_agent import GuestAgent
 from corral.engine.qemu.guest_ops import GuestOps
-from corral.engine.qemu.process import Process, launch
+from corral.engine.qemu.migration import LiveMigration
+from corral.engine.qemu.process import Process, launch, log_tail, reap
 from corral.engine.qemu.qmp import Monitor
-from corral.errors import CorralError, MonitorError, Timeout
+from corral.engine.qemu.spawn import listening, opened_taps
+from corral.errors import CorralError, LaunchFailed, MonitorError, Timeout
+from corral.host.tap import open_tap
 
 UNLIMITED = 1 << 40  # bytes per second: no cap
 STATE_FD = "corral-state"
@@ -46,13 +51,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class QemuMachine(GuestOps):
+class QemuMachine(GuestOps, LiveMigration):
     """One QEMU process with its monitor and (optional) guest agent (whose calls are
-    :class:`~.guest_ops.GuestOps`)."""
+    :class:`~.guest_ops.GuestOps`; live migration is :class:`~.migration.LiveMigration`)."""
 
     def __init__(self, name: str, process: Process, monitor: Monitor,
-                 agent: GuestAgent | None) -> None:
+                 agent: GuestAgent | None, confinement: Confinement | None = None,
+                 on_gone: Callable[[], None] | None = None) -> None:
         self.name = name
+        self.confinement = confinement or Confinement()
+        self.on_gone = on_gone  # the driver counts its running QEMUs
         self.process = process
         self.monitor = monitor
         self.agent = agent
@@ -77,7 +85,11 @@ class QemuMachine(GuestOps):
         return self.process.alive
 
     def watch_exit(self, on_exit: Callable[[ExitStatus], None]) -> None:
-        self.process.watch(on_exit)
+        def ended(status: ExitStatus) -> None:
+            if self.on_gone is not None:
+                self.on_gone()
+            on_exit(status)
+        self.process.watch(ended)
 
     def unwatch(self) -> None:
         self.process.unwatch()
@@ -202,6 +214,7 @@ class QemuMachine(GuestOps):
 
     # -- devices -----------------------------------------------------------------------------
     async def add_disk(self, disk: DiskSpec, node: str) -> None:
+        self.confinement.hand_over([disk.path])
         await self.monitor.execute("blockdev-add", qargv.disk_blockdev(disk, node))
         try:
             await self.monitor.execute("device_add",
@@ -246,7 +259,15 @@ class QemuMachine(GuestOps):
         return out
 
     async def add_nic(self, nic: NicSpec, position: int) -> None:
-        netdev = qargv.nic_netdev(nic, position)
+        tap_fd = None
+        if nic.mode == "network" and nic.ifname:  # the daemon opens the tap, QEMU gets it
+            tap_fd = f"tap-{nic.device(position)}"
+            fd = open_tap(nic.ifname)
+            try:
+                await self.monitor.send_fd(fd, tap_fd)
+            finally:
+                os.close(fd)
+        netdev = qargv.nic_netdev(nic, position, tap_fd)
         await self.monitor.execute("netdev_add", netdev)
         try:
             await self.monitor.execute("device_add", qargv.nic_device(nic, position, "pci"))
@@ -264,14 +285,38 @@ class QemuMachine(GuestOps):
 
 
 class QemuDriver:
-    """Starts QEMU processes (``-daemonize``) and re-adopts them after a daemon restart."""
+    """Starts QEMU processes, each confined as :class:`~.confine.Confinement` says, and
+    re-adopts them after a daemon restart."""
 
-    def __init__(self, accel: str, tsc_khz: int | None = None) -> None:
+    def __init__(self, accel: str, tsc_khz: int | None = None,
+                 confinement: Confinement | None = None) -> None:
         self.accel = accel
         self.tsc_khz = tsc_khz
+        self.confinement = confinement or Confinement()
+        self.running = 0  # QEMUs started or adopted and not seen to end: the host guard's
+
+    def _hold(self) -> None:
+        self.running += 1
+        self.confinement.raise_guard()
+
+    def _drop(self) -> None:
+        self.running -= 1
+        if self.running <= 0:
+            self.running = 0
+            self.confinement.lower_guard()
+
+    def settle_guard(self) -> None:
+        """After adoption: no QEMU runs, so no guard stays (one a killed daemon left)."""
+        if self.running == 0:
+            self.confinement.lower_guard()
 
     def cleanup(self, run_dir: Path, keep_dir: bool = False) -> None:
         qargv.RunPaths(run_dir).remove(keep_dir)
+
+    def confinement_of(self, pid: int | None) -> dict[str, Any] | None:
+        """What confines the QEMU ``pid`` (the kernel's view), or with None the daemon's
+        confinement settings."""
+        return self.confinement.describe() if pid is None else confine.facts(pid)
 
     def _machine(self, spec: VMSpec, run: qargv.RunPaths, proc: Process,
                  on_event: EventHandler) -> QemuMachine:
@@ -283,7 +328,8 @@ class QemuDriver:
             on_event(event, data)
 
         machine = QemuMachine(spec.name, proc, Monitor(spec.name, handler),
-                              GuestAgent(spec.name, run.agent) if spec.agent else None)
+                              GuestAgent(spec.name, run.agent) if spec.agent else None,
+                              self.confinement, self._drop)
         holder.append(machine)
         return machine
 
@@ -292,23 +338,45 @@ class QemuDriver:
                      ) -> QemuMachine:
         opts = options or LaunchOptions()
         run = qargv.RunPaths(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.cleanup(run_dir, keep_dir=True)
         # KVM runs only the host's own architecture; other guests are always emulated
         accel = self.accel if spec.arch == os.uname().machine else "tcg"
-        argv = qargv.build(spec, run, serial_log, accel, self.tsc_khz, ram=opts.ram,
-                           incoming=opts.incoming)
-        if opts.hold:
-            argv.append("-S")
-        argv += opts.extra
-        proc = await launch(argv, run.pidfile)
+        self._hold()
+        try:
+            return await self._launch(spec, run, serial_log, accel, opts, on_event)
+        except BaseException:
+            self._drop()
+            raise
+
+    async def _launch(self, spec: VMSpec, run: qargv.RunPaths, serial_log: Path, accel: str,
+                      opts: LaunchOptions, on_event: EventHandler) -> QemuMachine:
+        jail = self.confinement.jail(spec, serial_log, opts.ram)
+        with listening(run.qmp, run.console, run.agent if spec.agent else None) as fds, \
+                opened_taps(spec) as taps:
+            argv = qargv.build(spec, run, serial_log, accel, self.tsc_khz, ram=opts.ram,
+                               incoming=opts.incoming, listeners=fds,
+                               sandbox=self.confinement.sandbox, taps=taps)
+            if opts.hold:
+                argv.append("-S")
+            argv += opts.extra
+            passed = [fd for fd in (fds.qmp, fds.console, fds.agent) if fd is not None]
+            proc = await launch(argv, run, passed + list(taps.values()), jail)
         machine = self._machine(spec, run, proc, on_event)
+        machine.on_gone = None  # launch's caller counts it down if it fails from here
         try:
             await machine.monitor.connect(run.qmp)
-        except BaseException:
-            proc.signal(9)
-            await proc.wait(5)
+        except BaseException as err:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, 9)
+            code = reap(proc.pid)
+            await machine.monitor.close()
+            if isinstance(err, CorralError):
+                raise LaunchFailed(argv, code if code is not None else 1,
+                                   log_tail(run.log) or err.message,
+                                   what="QEMU would not start") from err
             raise
+        machine.on_gone = self._drop
         return machine
 
     async def adopt(self, spec: VMSpec, run_dir: Path, pid: int | None, started: int | None,
@@ -317,10 +385,9 @@ class QemuDriver:
         if pid is None:
             with contextlib.suppress(OSError, ValueError):
                 pid = int(run.pidfile.read_text().strip())
-        # a renamed VM's process still names the run directory it was launched in
-        marker = run.dir.parent / spec.launched_as if spec.launched_as else run.dir
-        proc = Process.adopt(pid, started, str(qargv.RunPaths(marker).qmp)) \
-            if pid is not None else None
+        # a renamed VM's QEMU holds the monitor socket bound in its first run directory
+        first = qargv.RunPaths(run.dir.parent / spec.launched_as) if spec.launched_as else run
+        proc = Process.adopt(pid, started, first.qmp) if pid is not None else None
         if proc is None:
             return None
         machine = self._machine(spec, run, proc, on_event)
@@ -329,4 +396,5 @@ class QemuDriver:
         except CorralError:
             await machine.monitor.close()
             raise
+        self._hold()
         return machine

@@ -1,15 +1,15 @@
 """Launch, adopt, watch and kill QEMU processes.
 
-Each VM is a QEMU started with ``-daemonize -pidfile``: QEMU's first process returns once the
-monitor socket exists (so there is nothing to poll), and the VM lives on in its own session
-when the daemon stops. The daemon makes itself a *child subreaper*, so the daemonized QEMUs it
-starts are its children and it reaps them the moment they exit; QEMUs adopted after a daemon
-restart are not its children, and a zombie counts as exited for them.
+Each VM is a QEMU started by :mod:`.spawn` in its own session, confined, and orphaned at once
+by a short-lived intermediate; the VM lives on when the daemon stops. The daemon makes itself
+a *child subreaper*, so the QEMUs it starts are its children and it reaps them the moment they
+exit; QEMUs adopted after a daemon restart are not its children, and a zombie counts as exited
+for them.
 
 Exits are seen through a pidfd (``os.pidfd_open`` + ``loop.add_reader``): it turns readable
 when the process exits, zombie or not, and it cannot be fooled by pid reuse. Identity on
-adoption is the pid plus its start time (``/proc/PID/stat`` field 22) plus our monitor socket
-on its command line.
+adoption is the pid plus its start time (``/proc/PID/stat`` field 22) plus the monitor socket
+the daemon made for it among its open files.
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ import contextlib
 import ctypes
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from corral.engine.driver import ExitStatus
+from corral.engine.qemu.argv import RunPaths
+from corral.engine.qemu.spawn import Jail, spawn
 from corral.errors import LaunchFailed
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -62,14 +65,6 @@ def zombie_status(pid: int) -> int | None:
     return -(status & 0x7F) if status & 0x7F else (status >> 8) & 0xFF
 
 
-def cmdline_of(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
 Exit = ExitStatus  # how a QEMU ended
 
 
@@ -84,13 +79,13 @@ class Process:
         self._exited = asyncio.Event()
 
     @classmethod
-    def adopt(cls, pid: int, started: int | None, marker: str) -> Process | None:
-        """The process ``pid`` if it is still the QEMU we started (same start time and
-        ``marker`` on its command line), else None."""
+    def adopt(cls, pid: int, started: int | None, monitor: Path) -> Process | None:
+        """The process ``pid`` if it is still the QEMU we started (same start time, and it
+        holds the ``monitor`` socket the daemon made for it), else None."""
         now = start_time(pid)
         if now is None or (started is not None and now != started):
             return None
-        if not any(marker in arg for arg in cmdline_of(pid)):
+        if not holds_socket(pid, monitor):
             return None
         return cls(pid, now)
 
@@ -159,35 +154,60 @@ class Process:
             self._pidfd = None
 
 
-async def launch(argv: list[str], pidfile: Path, timeout: float = 30.0) -> Process:
-    """Start a daemonizing QEMU and return its process.
+def holds_socket(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` holds a unix socket bound to ``path`` (its monitor's): the
+    identity of a QEMU to adopt, since the daemon made that socket and passed it only to the
+    QEMU it started."""
+    target = str(path)
+    inodes = set()
+    try:
+        with open("/proc/net/unix") as table:
+            for line in table:
+                cols = line.split()
+                if len(cols) >= 8 and cols[7] == target:
+                    inodes.add(f"socket:[{cols[6]}]")
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+    return False
+
+
+def log_tail(log: Path, limit: int = 4000) -> str:
+    try:
+        return log.read_text(errors="replace")[-limit:].strip()
+    except OSError:
+        return ""
+
+
+async def launch(argv: list[str], run: RunPaths, pass_fds: list[int], jail: Jail) -> Process:
+    """Start QEMU (confined by ``jail``) and return its process.
 
     :raises LaunchFailed: with the exit code, the full command line and QEMU's own words
         when it does not come up.
     """
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        pid = await spawn(argv, pass_fds, run.log, run.pidfile, jail)
     except FileNotFoundError as err:
         raise LaunchFailed(argv, 127, f"{argv[0]} is not installed (apt-get install "
                                       "qemu-system-x86)", what="QEMU would not start") from err
-    try:
-        out, errout = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError as exc:
-        proc.kill()
-        await proc.wait()
-        raise LaunchFailed(argv, -1, f"no answer in {timeout} s",
-                           what="QEMU would not start") from exc
-    if proc.returncode != 0:
-        raise LaunchFailed(argv, proc.returncode or 1, errout.decode(errors="replace"),
-                           out.decode(errors="replace"), what="QEMU would not start")
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError) as exc:
-        raise LaunchFailed(argv, 0, f"no pid in {pidfile}", what="QEMU would not start") from exc
+    except (OSError, subprocess.SubprocessError, ValueError) as err:
+        raise LaunchFailed(argv, 1, log_tail(run.log) or str(err),
+                           what="QEMU would not start") from err
     started = start_time(pid)
     if started is None:
-        raise LaunchFailed(argv, 0, "QEMU exited right after starting",
-                           what="QEMU would not start")
+        raise LaunchFailed(argv, reap(pid) or 1, log_tail(run.log) or
+                           "QEMU exited right after starting", what="QEMU would not start")
     return Process(pid, started)
+
+
+def reap(pid: int) -> int | None:
+    """The exit status of our child ``pid`` that has ended (negative: its signal)."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status)

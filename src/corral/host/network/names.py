@@ -10,6 +10,7 @@ object and what it is, followed by a *key* built from the owners' ids::
     leg       crl-vl    crl-vlgw.lan    veth joining router "gw" to the bridge of "lan"
     uplink    crl-vu    crl-vugw        veth from router "gw" to the host
     dhcp      crl-vd    crl-vdlan       veth of the DHCP/DNS namespace of "lan"
+    vxlan     crl-vx    crl-vxlan       VXLAN port joining the bridge of "lan" to other hosts
     network   corral-n  corral-nlan     netns of dnsmasq, and the nft tables, of "lan"
     router    corral-r  corral-rgw      netns of router "gw", and its nft tables
 
@@ -35,7 +36,7 @@ from typing import Literal
 
 from corral.errors import InvalidSpec
 
-Kind = Literal["bridge", "tap", "leg", "uplink", "dhcp", "network", "router"]
+Kind = Literal["bridge", "tap", "leg", "uplink", "dhcp", "vxlan", "network", "router"]
 
 MAX_LEN = 15
 PREFIXES: dict[Kind, str] = {
@@ -44,10 +45,11 @@ PREFIXES: dict[Kind, str] = {
     "leg": "crl-vl",
     "uplink": "crl-vu",
     "dhcp": "crl-vd",
+    "vxlan": "crl-vx",
     "network": "corral-n",
     "router": "corral-r",
 }
-LINK_KINDS: tuple[Kind, ...] = ("bridge", "tap", "leg", "uplink", "dhcp")
+LINK_KINDS: tuple[Kind, ...] = ("bridge", "tap", "leg", "uplink", "dhcp", "vxlan")
 NETNS_KINDS: tuple[Kind, ...] = ("network", "router")
 
 _READABLE = re.compile(r"^[a-z0-9][a-z0-9-]*$")

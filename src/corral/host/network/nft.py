@@ -260,6 +260,21 @@ def host_table(table: str, uplink: str, transfer: IPv4Network, router_ip: IPv4Ad
     return cmds
 
 
+def qemu_table(table: str, uid: int) -> list[Cmd]:
+    """The host's table that keeps guests on user-mode networking off the host itself:
+    QEMU's user (``uid``) may open no TCP connection to an address of the host (slirp makes
+    a guest's connection to 10.0.2.2 one from QEMU to 127.0.0.1), so no guest reaches the
+    daemon's API port or any other host service that way. Forwards into guests still work:
+    their connections are QEMU's answers, not new ones."""
+    return [*_replace("inet", table),
+            _chain("inet", table, "out", hook="output"),
+            _rule("inet", table, "out", _is(_meta("skuid"), uid),
+                  _is({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
+                  _is(_meta("l4proto"), "tcp"),
+                  _is({"ct": {"key": "state"}}, "new", op="in"),
+                  {"counter": None}, {"reject": {"type": "tcp reset"}})]
+
+
 # -- JSON pieces -----------------------------------------------------------------------------
 
 def _table(family: str, name: str) -> Cmd:

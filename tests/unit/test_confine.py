@@ -1,0 +1,127 @@
+"""QEMU's confinement, the parts that need no guest: the files handed over to QEMU's user
+(with the backing chain of a qcow2), the daemon's decision and what it says, the exit of a
+seccomp kill, and the spawner (a real process, started as another user)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.config import Paths
+from corral.engine.driver import ExitStatus
+from corral.engine.qemu.process import reap, start_time
+from corral.engine.qemu.spawn import Jail, spawn
+from corral.host import qemu_user
+from corral.host.qemu_user import QemuUser
+from corral.service import confinement
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="changes owners (needs root)")
+NOBODY = QemuUser("nobody", 65534, 65534)
+
+
+def qcow2(path: Path, backing: Path | None = None) -> Path:
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if backing is not None:
+        argv += ["-b", str(backing), "-F", "qcow2"]
+    subprocess.run([*argv, str(path), "16M"], check=True)
+    return path
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_the_backing_chain_of_a_qcow2_is_read_from_its_header(tmp_path: Path) -> None:
+    base = qcow2(tmp_path / "base.qcow2")
+    mid = qcow2(tmp_path / "mid.qcow2", base)
+    top = qcow2(tmp_path / "top.qcow2", mid)
+    assert qemu_user.backing_file(top) == mid
+    assert qemu_user.backing_file(mid) == base
+    assert qemu_user.backing_file(base) is None
+    (tmp_path / "raw.img").write_bytes(b"\0" * 4096)
+    assert qemu_user.backing_file(tmp_path / "raw.img") is None
+    assert qemu_user.backing_file(tmp_path / "missing") is None
+
+
+@root_only
+def test_hand_over_gives_qemu_its_files_and_only_reading_of_the_bases(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    images, vm = home / "images" / "tiny", home / "vms" / "web"
+    images.mkdir(parents=True, mode=0o700)
+    vm.mkdir(parents=True, mode=0o700)
+    base = qcow2(images / "disk.qcow2")
+    disk = qcow2(vm / "root.qcow2", base)
+    os.chmod(home, 0o700)
+    qemu_user.hand_over([disk, vm / "serial.log", "/etc/hostname"], home, NOBODY,
+                        shared=[home / "images"])
+    for path in (disk, vm, home / "vms"):
+        assert path.stat().st_uid == NOBODY.uid, path
+    assert (mode(disk), mode(vm), mode(home / "vms")) == (0o600, 0o700, 0o700)
+    assert not (vm / "serial.log").exists()  # QEMU makes it, in a directory it owns
+    assert (base.stat().st_uid, base.stat().st_gid, mode(base)) == (0, NOBODY.gid, 0o640)
+    assert (mode(images), mode(home / "images")) == (0o750, 0o750)
+    assert (home.stat().st_uid, mode(home)) == (0, 0o700)  # the home itself stays root's
+    assert Path("/etc/hostname").stat().st_uid == 0  # nothing outside the home is touched
+
+
+def test_a_seccomp_kill_is_named() -> None:
+    assert "bad system call: seccomp" in ExitStatus(-31).describe()
+    assert ExitStatus(-9).describe() == "killed by SIGKILL"
+
+
+def test_without_a_user_of_its_own_the_daemon_says_why(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_QEMU_USER", "root")
+    monkeypatch.setenv("CORRAL_SANDBOX", "0")
+    conf = confinement.decide(Paths(tmp_path / "home"), "tcg")
+    assert conf.user is None and conf.home is None and not conf.sandbox
+    assert "engine.qemu_user" in conf.off["user"] and "engine.sandbox" in conf.off["seccomp"]
+    assert set(conf.off) >= {"user", "seccomp", "private_home", "host_guard"}
+    told = conf.describe()
+    assert (told["user"], told["seccomp"], told["private_home"]) == (None, False, False)
+
+
+def test_a_bad_setting_is_one_clear_error(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.errors import CorralError
+    from corral.host import cgroups
+
+    if cgroups.limits_unavailable():
+        pytest.skip(f"no cgroup limits here ({cgroups.limits_unavailable()})")
+    monkeypatch.setenv("CORRAL_QEMU_PIDS_MAX", "lots")
+    monkeypatch.setenv("CORRAL_QEMU_USER", "root")
+    with pytest.raises(CorralError, match="CORRAL_QEMU_PIDS_MAX"):
+        confinement.decide(Paths(tmp_path / "home"), "tcg")
+
+
+@root_only
+def test_the_spawner_starts_a_process_as_the_user_orphaned_with_its_pidfile(
+        tmp_path: Path) -> None:
+    """The process runs as the jail's user with no groups, gets the descriptor it was
+    given, and its pid is in the pidfile before ``spawn`` returns."""
+    os.chmod(tmp_path, 0o755)
+    r, w = os.pipe()
+    os.set_inheritable(w, False)
+    script = f"import os; os.write({w}, f'{{os.getuid()}} {{os.getgroups()}}'.encode())"
+    jail = Jail(uid=NOBODY.uid, gid=NOBODY.gid)
+    pid = asyncio.run(spawn(["python3", "-c", script], [w], tmp_path / "log",
+                            tmp_path / "pid", jail))
+    os.close(w)
+    assert int((tmp_path / "pid").read_text()) == pid
+    out = os.read(r, 4096).decode()
+    os.close(r)
+    deadline = time.monotonic() + 5
+    while start_time(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # orphaned at once: ours only when this process is a subreaper (the daemon is; a test
+    # that opened a Manager made this one too), and then it ended well
+    assert reap(pid) in (None, 0)
+    uid, rest = out.split(" ", 1)
+    assert uid == str(NOBODY.uid) and rest.startswith("[]"), out
+    assert mode(tmp_path / "log") == 0o600
