@@ -351,6 +351,7 @@ class PoolTake(TypedDict):
 
 class Pool(TypedDict):
     name: str
+    project: str
     source: str        # VM:SNAPSHOT
     size: int
     max: int

@@ -196,5 +196,5 @@ class _Opened:
         self.projects = Projects(rt, self.net)
         self.tokens = Tokens(rt)
         self.telemetry = Telemetry(rt, self.events)
-        self.metrics = Metrics(rt, self.sched, self.events, self.telemetry)
         self.pools = Pools(rt, self.vms, self.guest, self.sched)
+        self.metrics = Metrics(rt, self.sched, self.events, self.telemetry, self.pools)

@@ -6,6 +6,10 @@ A clone is a warm start of the pool's snapshot (:mod:`.warm`), started *without*
 a pool never takes capacity that a queued request is waiting for, and on a full host it
 holds what fits and says so in its ``note``. Once its guest agent answers (and it has taken
 its own name, MAC and hostname) it is paused, and from then on it is free to hand out.
+
+A pool belongs to a project like a VM (:mod:`.access`): its clones are VMs of that project,
+made as the daemon working in it, so they count against its quotas (a refill over a quota
+holds what fits and says so, like a full host) and run confined like any QEMU.
 """
 
 from __future__ import annotations
@@ -20,7 +24,16 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from corral.domain.states import State
-from corral.errors import AgentError, CorralError, InvalidSpec, NoCapacity, NotFound, Timeout
+from corral.errors import (
+    AgentError,
+    CorralError,
+    InvalidSpec,
+    NoCapacity,
+    NotFound,
+    QuotaExceeded,
+    Timeout,
+)
+from corral.service import access
 
 if TYPE_CHECKING:
     from corral.service.guest import GuestService
@@ -57,6 +70,12 @@ class Pool:
     note: str | None = None
     drained: bool = False
     created_at: float = field(default_factory=time.time)
+    project: str = access.DEFAULT_PROJECT
+
+    def principal(self) -> access.Principal:
+        """Who the pool's background work acts as: the daemon, working in its project
+        (its clones are made there)."""
+        return access.Principal(access.SYSTEM.name, "admin", None, self.project)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Pool:
@@ -101,7 +120,8 @@ class Keeper:
 
     def start(self, name: str) -> None:
         self._wake[name] = asyncio.Event()
-        self._tasks[name] = asyncio.create_task(self._keep(name), name=f"pool-{name}")
+        # a fresh context (not the principal of the request that made the pool)
+        self._tasks[name] = access.detached(self._keep(name), name=f"pool-{name}")
 
     async def stop(self, name: str) -> None:
         task = self._tasks.pop(name, None)
@@ -150,15 +170,10 @@ class Keeper:
         while name in self.pools:
             p = self.pools[name]
             try:
-                await self.settle(p)
-                if p.autosize:
-                    self.autosize(p)
-                if not p.drained and len(p.clones) < p.size:
-                    if await self.refill(p):
-                        continue
-                    delay = BACKOFF
-                else:
-                    delay = IDLE_CHECK
+                with access.acting_as(p.principal()):
+                    delay = await self._step(p)
+                if delay is None:
+                    continue
             except asyncio.CancelledError:
                 raise
             except Exception:  # the keeper must outlive one bad step
@@ -171,6 +186,16 @@ class Keeper:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await wake.wait()
+
+    async def _step(self, p: Pool) -> float | None:
+        """Settle the pool's clones and make one if it is short: None when one was made
+        (go on at once), else the seconds to wait before the next step."""
+        await self.settle(p)
+        if p.autosize:
+            self.autosize(p)
+        if p.drained or len(p.clones) >= p.size:
+            return IDLE_CHECK
+        return None if await self.refill(p) else BACKOFF
 
     async def refill(self, p: Pool) -> bool:
         """Make one clone; False (with the pool's note saying why) when it could not."""
@@ -187,6 +212,10 @@ class Keeper:
             await self.remove(clone)
             self._note(p, f"holds {len(p.clones)} of {p.size}: the host is full "
                           f"({err.message})")
+            return False
+        except QuotaExceeded as err:
+            await self.remove(clone)
+            self._note(p, f"holds {len(p.clones)} of {p.size}: {err.message}")
             return False
         except (NotFound, InvalidSpec) as err:  # the snapshot (or its VM) went away
             await self.remove(clone)

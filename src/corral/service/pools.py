@@ -8,6 +8,10 @@ request that finds the pool empty is a *miss*: it becomes an ordinary warm start
 ``pool_only`` waits for the next clone. ``corral run --rm --pool py -- CMD`` runs one command
 in a clone and removes it.
 
+A pool belongs to the project it was made in, like a VM (:mod:`.access`): another
+project's pools are not found, lists keep the caller's project's, and its clones (and the
+VMs handed out, and those a miss warm-starts) are VMs of its project, under its quotas.
+
 Pools are stored in one document of the store, so a restarted daemon takes them up again
 with their clones (which it re-adopts like every VM). A pool's figures (size, free clones,
 hand-outs, misses, clones replaced, refill and hand-out times) are in :meth:`Pools.get`;
@@ -34,7 +38,7 @@ from corral.errors import (
     NotFound,
     Timeout,
 )
-from corral.service import renaming
+from corral.service import access, renaming
 from corral.service.poolkeeper import DOC, Keeper, Pool
 
 if TYPE_CHECKING:
@@ -75,15 +79,15 @@ class Pools:
 
     def _pool(self, name: str) -> Pool:
         p = self.keeper.pools.get(name)
-        if p is None:
+        if p is None or not access.visible(p.project):
             raise NotFound(f"no pool named '{name}'; see 'corral pool list'")
         return p
 
     def view(self, p: Pool) -> dict[str, Any]:
         refill = p.refill_time()
         handout = sorted(p.handout_seconds)
-        return {"name": p.name, "source": p.source, "size": p.size, "max": p.max_size,
-                "free": len(p.clones), "clones": list(p.clones),
+        return {"name": p.name, "project": p.project, "source": p.source, "size": p.size,
+                "max": p.max_size, "free": len(p.clones), "clones": list(p.clones),
                 "filling": self.keeper.filling.get(p.name), "autosize": p.autosize,
                 "target_wait": p.target_wait, "handouts": p.handouts, "misses": p.misses,
                 "replaced": p.replaced,
@@ -117,14 +121,15 @@ class Pools:
             raise InvalidSpec("from_snapshot", f"'{src}' has NICs on virtual networks; pools "
                                                "hold VMs with user-mode NICs only")
         await warm.ensure_template(self.rt, src, snapshot)
-        p = Pool(name, source, size, top, autosize, target_wait)
+        p = Pool(name, source, size, top, autosize, target_wait,
+                 project=access.project_for_new())
         self.keeper.pools[name] = p
         self.keeper.save()
         self.keeper.start(name)
         return self.view(p)
 
     def list(self) -> builtins.list[dict[str, Any]]:
-        return [self.view(p) for p in self.keeper.pools.values()]
+        return [self.view(p) for p in self.keeper.pools.values() if access.in_scope(p.project)]
 
     def get(self, name: str) -> dict[str, Any]:
         """:raises NotFound: no such pool."""
@@ -176,9 +181,12 @@ class Pools:
             p.misses += 1
             p.requested()
             self.keeper.save()
-            if not pool_only:
-                view = await self.vms.create({"name": name, "from_snapshot": p.source},
-                                             start=True, wait=True, timeout=timeout)
+            if not pool_only:  # in the pool's project, as a clone would have been
+                who = access.current()
+                with access.acting_as(access.Principal(who.name, who.role, who.project,
+                                                       p.project, who.home)):
+                    view = await self.vms.create({"name": name, "from_snapshot": p.source},
+                                                 start=True, wait=True, timeout=timeout)
                 return {**view, "pool": {"name": pool, "hit": False, "clone": None,
                                          "seconds": round(time.monotonic() - t0, 4)}}
             clone = await self._wait_free(p, timeout)

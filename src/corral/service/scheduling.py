@@ -209,7 +209,8 @@ class Scheduler:
         self._wake.set()
 
     def renamed(self, old: str, new: str) -> None:
-        """A live VM was renamed: its reservation goes with it."""
+        """A live VM was renamed: its reservation and its cgroups go with it."""
+        cgroups.rename(self.rt.paths.tag, old, new)
         held = self.inventory.release(old)
         if held is not None:
             self.inventory.reserve(dataclasses.replace(held, vm=new))

@@ -226,7 +226,7 @@ class Store:
                 if doc is not None:
                     conn.execute(delete(kv).where(kv.c.key == doc[0]))
                     conn.execute(insert(kv).values(key=doc[0], value=json.dumps(doc[1])))
-                self._event(conn, rec.name, kind, {"from": old, **detail})
+                self._event(conn, rec.name, kind, {"from": old, **detail}, rec.project)
 
         self._run(write)
         self._vms.pop(old, None)
