@@ -3,16 +3,23 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := qemu-system-x86 qemu-system-arm qemu-utils busybox-static cpio lz4 iproute2 \
-	dnsmasq-base nftables debootstrap e2fsprogs chromium prometheus
+	dnsmasq-base nftables debootstrap e2fsprogs chromium prometheus systemd
 # binaries whose presence proves the packages above are installed
 APT_PROBES := qemu-system-x86_64 qemu-system-aarch64 qemu-img busybox cpio lz4 ip dnsmasq nft \
-	debootstrap mkfs.ext4 chromium promtool
+	debootstrap mkfs.ext4 chromium promtool systemd-analyze
 IMAGES := build/images
 # the guest images the tests boot (tiny also writes tiny-disk beside it)
 TEST_IMAGES := $(IMAGES)/tiny/image.json $(IMAGES)/tiny-arm64/image.json \
 	$(IMAGES)/debian/image.json
 
-.PHONY: demo test deps apt venv image lint unit integration bench bench-report web-vendor clean
+.PHONY: demo test deps apt venv image lint unit integration bench bench-report web-vendor clean install
+
+# `make install`: Corral in its own virtual environment under PREFIX, the command in
+# PREFIX/bin, the systemd unit, and a commented configuration file (kept if one exists).
+PREFIX ?= /usr/local
+DESTDIR ?=
+LIBDIR := $(PREFIX)/lib/corral
+UNITDIR ?= /etc/systemd/system
 
 demo: deps
 	$(BIN)/corral image build tiny
@@ -73,6 +80,16 @@ bench-report: deps $(IMAGES)/tiny/image.json
 # refreshes them from npm at the versions pinned in web/package-lock.json
 web-vendor:
 	scripts/vendor-web.sh
+install:
+	python3 -m venv $(DESTDIR)$(LIBDIR)
+	$(DESTDIR)$(LIBDIR)/bin/pip install -q --disable-pip-version-check .
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/corral
+	ln -sf $(LIBDIR)/bin/corral $(DESTDIR)$(PREFIX)/bin/corral
+	sed 's|@CORRAL@|$(PREFIX)/bin/corral|' packaging/corral.service.in \
+	  > $(DESTDIR)$(UNITDIR)/corral.service
+	test -e $(DESTDIR)/etc/corral/corral.toml || \
+	  install -m 644 packaging/corral.toml $(DESTDIR)/etc/corral/corral.toml
+	@echo "installed; start it with: systemctl daemon-reload && systemctl enable --now corral"
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -32,6 +32,7 @@ from corral import errors
 from corral.client_access import AccessCalls
 from corral.client_networks import NetworkCalls
 from corral.client_pools import PoolCalls
+from corral.client_stacks import StackCalls
 from corral.wire import MAX_TIMEOUT, error, integer, seconds, seg
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
@@ -50,7 +51,7 @@ def _error(status: int, body: dict[str, Any]) -> errors.CorralError:
     return error(status, body)
 
 
-class Client(NetworkCalls, AccessCalls, PoolCalls):
+class Client(NetworkCalls, AccessCalls, PoolCalls, StackCalls):
     """A connection to ``corral serve`` with one method per action. Every method raises
     :class:`~corral.errors.CorralError` subclasses; :class:`~corral.errors.DaemonUnavailable`
     when the daemon is not running."""

@@ -1,6 +1,8 @@
 """Where Corral keeps things. Stdlib only: the CLI imports this on its lean path.
 
-``CORRAL_HOME`` is the data directory (default ``/var/lib/corral`` as root,
+The settings ``home``, ``socket`` and ``images.path`` (:mod:`corral.settings`: the
+configuration file, ``CORRAL_HOME``, ``CORRAL_SOCKET``, ``CORRAL_IMAGE_PATH``) place them.
+``home`` is the data directory (default ``/var/lib/corral`` as root,
 ``~/.local/share/corral`` otherwise): ``images/``, ``vms/<name>/``, ``run/``, ``corral.db``
 and the daemon's socket ``corral.sock`` (``CORRAL_SOCKET`` overrides). The home may be
 private (mode 0700): what other users' processes must reach lives in ``/run/corral-<tag>``.
@@ -14,22 +16,24 @@ import contextlib
 import os
 from pathlib import Path
 
+from corral import settings
+
 _SUN_PATH_MAX = 107  # a unix socket path must fit sockaddr_un
 
 
 def default_home() -> Path:
-    env = os.environ.get("CORRAL_HOME")
-    if env:
-        return Path(env).expanduser().absolute()
+    home = settings.value("home")
+    if home:
+        return Path(home).expanduser().absolute()
     if os.geteuid() == 0:
         return Path("/var/lib/corral")
     return Path.home() / ".local" / "share" / "corral"
 
 
 def default_socket(home: Path | None = None) -> Path:
-    env = os.environ.get("CORRAL_SOCKET")
-    if env:
-        return Path(env).expanduser().absolute()
+    sock = settings.value("socket")
+    if sock:
+        return Path(sock).expanduser().absolute()
     return (home or default_home()) / "corral.sock"
 
 
@@ -59,8 +63,7 @@ class Paths:
 
     @property
     def image_path(self) -> list[Path]:
-        extra = os.environ.get("CORRAL_IMAGE_PATH", "")
-        return [self.images] + [Path(p) for p in extra.split(":") if p]
+        return [self.images] + [Path(p) for p in settings.value("images.path")]
 
     def vm_dir(self, name: str) -> Path:
         return self.home / "vms" / name

@@ -276,7 +276,46 @@ def _quiet_disconnects(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_exception_handler(handler)
 
 
-def main(socket_path: Path | None = None, listen: str | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line (``--log-format json``): time, level, logger, message,
+    and the exception's traceback when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        line = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def setup_logging() -> None:
+    """Log to standard error, one line per event, as the settings ``log.format`` and
+    ``log.level`` say (a journal keeps standard error as it is)."""
+    from corral import settings
+
+    handler = logging.StreamHandler()
+    if settings.value("log.format") == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                               "%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.value("log.level").upper())
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def main(socket_path: Path | None = None, listen: str | None = None) -> None:
+    setup_logging()
+    logging.getLogger(__name__).info("corral serve starting (configuration file: %s)",
+                                     _config_name())
     asyncio.run(serve(socket_path, listen=listen))
+
+
+def _config_name() -> str:
+    from corral import settings
+
+    path = settings.file_path()
+    return str(path) if path else "none"

@@ -4,23 +4,40 @@ runs. Stdlib only: the CLI imports this on its lean path.
 
 A setting's value comes from, in rising precedence: its default, the configuration file,
 the environment, a command-line flag, and (for ``live`` settings) a change made at run
-time. :func:`value` reads the layers that exist so far; new code reads settings only
-through it, never ``os.environ`` directly, so that ``corral config show`` can tell every
+time (``corral host set``). :func:`value` reads them; code reads settings only through it,
+never ``os.environ`` directly, so that :func:`table` (``corral config show``) can tell every
 value in force and where it came from.
+
+The configuration file is TOML (:func:`config_path`: ``--config``, else ``$CORRAL_CONFIG``,
+else ``HOME/corral.toml``, else ``/etc/corral/corral.toml``, the first that exists). A key's
+dotted name is its table and its name: ``[scheduler]`` ``cpu_ratio = 2.0`` sets
+``scheduler.cpu_ratio``. An unknown key or a value that does not parse is an error naming
+the file, the line and the reason.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-TYPE_CHECKING = False  # typing is slow to import; the CLI reads settings on its lean path
+from corral.errors import InvalidSpec
+
+TYPE_CHECKING = False  # typing is slow to import; the CLI imports this module
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import Any
 
+SYSTEM_CONFIG = Path("/etc/corral/corral.toml")
 
-class SettingError(ValueError):
-    """A setting's value cannot be parsed: the message names the setting and the reason."""
+
+class SettingError(InvalidSpec, ValueError):
+    """A setting's value cannot be parsed, or a file names no setting: the message names
+    where (the file and line, the variable or the flag), the setting and the reason."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(key, message)
+        self.message = message
+        self.args = (message,)
 
 
 def _float(text: str) -> float:
@@ -55,8 +72,9 @@ def _paths(text: str) -> list[str]:
 
 
 def _listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` on a loopback address: until tokens exist, the page and the API it
-    calls are served only where the host's own users reach them."""
+    """``HOST:PORT`` on a loopback address: the page's listener is plain HTTP (with tokens),
+    so it is served only where the host's own users reach it; remote access is over TLS
+    (``api.listen``)."""
     import ipaddress
 
     host, sep, port = text.rpartition(":")
@@ -68,8 +86,14 @@ def _listen(text: str) -> tuple[str, int]:
     except ValueError:
         loopback = False
     if not loopback:
-        raise ValueError("only a loopback address (127.0.0.1, ::1) until the API has tokens")
+        raise ValueError("only a loopback address (127.0.0.1, ::1); use api.listen (TLS) "
+                         "to serve other hosts")
     return host, int(port)
+def _accel(text: str) -> str:
+    low = text.strip().lower()
+    if low not in ("", "kvm", "tcg"):
+        raise ValueError("not an accelerator; use kvm or tcg")
+    return low
 
 
 def _choice(*options: str) -> Callable[[str], str]:
@@ -96,7 +120,7 @@ class Setting:
         try:
             return self.parse(text)
         except (ValueError, TypeError) as err:
-            raise SettingError(f"{where}: {self.key} = {text!r}: {err}") from err
+            raise SettingError(self.key, f"{where}: {self.key} = {text!r}: {err}") from err
 
 
 SETTINGS: dict[str, Setting] = {}
@@ -116,7 +140,7 @@ declare("socket", "CORRAL_SOCKET", _str, None, "the daemon's unix socket (HOME/c
 declare("images.path", "CORRAL_IMAGE_PATH", _paths, [],
         "read-only image directories searched after HOME/images (':'-separated)")
 # the engine
-declare("engine.accel", "CORRAL_ACCEL", _str, "",
+declare("engine.accel", "CORRAL_ACCEL", _accel, "",
         "the accelerator, kvm or tcg (default: kvm where the host really offers it)")
 declare("engine.qemu_user", "CORRAL_QEMU_USER", _str, "corral-qemu",
         "the unprivileged system user QEMU runs as (made if missing; root: the daemon's user)")
@@ -169,6 +193,176 @@ declare("client.fingerprint", "CORRAL_FINGERPRINT", _str, "",
         "the CLI and Client: the SHA-256 fingerprint the remote's certificate must have")
 declare("client.ca", "CORRAL_CA", _str, "",
         "the CLI and Client: a CA (PEM file) that signs the remote's certificate")
+# the daemon's log
+declare("log.format", "CORRAL_LOG_FORMAT", _choice("text", "json"), "text",
+        "the daemon's log lines: text, or json (one object per line, for a journal)")
+declare("log.level", "CORRAL_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info",
+        "the daemon's least important log lines: debug, info, warning or error")
+
+
+def declared(key: str) -> Setting:
+    """The setting ``key``; a short name also does (``cpu-ratio`` is
+    ``scheduler.cpu_ratio``) when only one setting ends with it.
+
+    :raises SettingError: no setting (or more than one) has that name.
+    """
+    norm = key.strip().replace("-", "_")
+    if norm in SETTINGS:
+        return SETTINGS[norm]
+    found = [s for k, s in SETTINGS.items() if k.rpartition(".")[2] == norm]
+    if len(found) == 1:
+        return found[0]
+    import difflib
+
+    close = difflib.get_close_matches(norm, list(SETTINGS), n=1)
+    hint = f"; did you mean {close[0]}?" if close else "; see 'corral config show'"
+    raise SettingError(key, f"no setting named '{key}'{hint}")
+
+
+class _Layers:
+    """The values set by the file, flags and run-time changes (the environment is read
+    when asked): ``key -> (value, where)``."""
+
+    def __init__(self) -> None:
+        self.file: dict[str, tuple[Any, str]] = {}
+        self.file_path: Path | None = None
+        self.file_stamp: tuple[float, int] | None = None
+        self.explicit = False  # the file was named (--config): no search for another
+        self.flags: dict[str, tuple[Any, str]] = {}
+        self.live: dict[str, tuple[Any, str]] = {}
+
+
+_layers = _Layers()
+
+
+def reset() -> None:
+    """Forget the file, the flags and the run-time changes (a new daemon, or a test)."""
+    global _layers
+    _layers = _Layers()
+
+
+def _default_home(env: Mapping[str, str]) -> Path:
+    text = env.get("CORRAL_HOME")
+    if text:
+        return Path(text).expanduser().absolute()
+    if os.geteuid() == 0:
+        return Path("/var/lib/corral")
+    return Path.home() / ".local" / "share" / "corral"
+
+
+def config_path(env: Mapping[str, str] | None = None) -> Path | None:
+    """The configuration file to read when none is named: ``$CORRAL_CONFIG``, else
+    ``HOME/corral.toml``, else ``/etc/corral/corral.toml``, the first that exists.
+
+    :raises SettingError: ``$CORRAL_CONFIG`` names no file.
+    """
+    env = os.environ if env is None else env
+    named = env.get("CORRAL_CONFIG")
+    if named:
+        path = Path(named).expanduser().absolute()
+        if not path.is_file():
+            raise SettingError("config", f"CORRAL_CONFIG: no file {path}")
+        return path
+    for path in (_default_home(env) / "corral.toml", SYSTEM_CONFIG):
+        if path.is_file():
+            return path
+    return None
+
+
+def load_file(path: Path | str) -> None:
+    """Read the configuration file ``path`` (``--config``) in place of any other.
+
+    :raises SettingError: it is missing, is not TOML, names an unknown setting or holds a
+        value that does not parse (the message names the file and the line).
+    """
+    path = Path(path).expanduser().absolute()
+    _layers.file = _read(path)
+    _layers.file_path, _layers.explicit = path, True
+
+
+def _read(path: Path) -> dict[str, tuple[Any, str]]:
+    from corral import settings_file
+
+    try:
+        return settings_file.read(path, SETTINGS)
+    except settings_file.FileError as err:
+        if isinstance(err.__cause__, SettingError):
+            raise err.__cause__ from None
+        raise SettingError(err.key or "config", err.message) from err
+
+
+def _file_layer() -> dict[str, tuple[Any, str]]:
+    """The file's values, (re)read when the file to use or its contents changed."""
+    if _layers.explicit:
+        return _layers.file
+    path = config_path()
+    if path is None:
+        _layers.file, _layers.file_path, _layers.file_stamp = {}, None, None
+        return _layers.file
+    st = path.stat()
+    stamp = (st.st_mtime, st.st_size)
+    if path != _layers.file_path or stamp != _layers.file_stamp:
+        _layers.file = _read(path)
+        _layers.file_path, _layers.file_stamp = path, stamp
+    return _layers.file
+
+
+def file_path() -> Path | None:
+    """The configuration file in use (None: none)."""
+    _file_layer()
+    return _layers.file_path
+
+
+def set_flag(key: str, text: str, where: str | None = None) -> None:
+    """A value given on the command line (``--set KEY=VALUE``).
+
+    :raises SettingError: no such setting, or the value does not parse.
+    """
+    setting = declared(key)
+    where = where or f"--set {setting.key}"
+    _layers.flags[setting.key] = (setting.from_text(text, where), where)
+
+
+def set_live(key: str, text: str, take_up: Callable[[], None] = lambda: None,
+             where: str = "corral host set") -> tuple[Setting, Any, Any]:
+    """Change a ``live`` setting of the running daemon and call ``take_up`` to apply it
+    (when that raises, the change is undone); returns the setting, the value it had and the
+    new one.
+
+    :raises SettingError: no such setting, it cannot change at run time, or the value does
+        not parse.
+    """
+    setting = declared(key)
+    if not setting.live:
+        raise SettingError(setting.key, f"{setting.key} cannot change while the daemon runs; "
+                                        "set it in the configuration file and restart")
+    old = value(setting.key)
+    new = setting.from_text(text, where)
+    before = _layers.live.get(setting.key)
+    _layers.live[setting.key] = (new, where)
+    try:
+        take_up()
+    except BaseException:
+        if before is None:
+            del _layers.live[setting.key]
+        else:
+            _layers.live[setting.key] = before
+        raise
+    return setting, old, new
+
+
+def _lookup(setting: Setting, env: Mapping[str, str]) -> tuple[Any, str]:
+    for layer in (_layers.live, _layers.flags):
+        if setting.key in layer:
+            return layer[setting.key]
+    if setting.env:
+        text = env.get(setting.env)
+        if text:
+            return setting.from_text(text, setting.env), f"environment {setting.env}"
+    found = _file_layer().get(setting.key)
+    if found is not None:
+        return found
+    return setting.default, "default"
 
 
 def value(key: str, env: Mapping[str, str] | None = None) -> Any:
@@ -176,10 +370,25 @@ def value(key: str, env: Mapping[str, str] | None = None) -> Any:
 
     :raises SettingError: when a layer holds a value that does not parse.
     """
-    setting = SETTINGS[key]
+    return _lookup(SETTINGS[key], os.environ if env is None else env)[0]
+
+
+def source(key: str, env: Mapping[str, str] | None = None) -> str:
+    """Where the value in force of ``key`` comes from: ``default``, ``FILE:LINE``,
+    ``environment VAR``, ``--set KEY`` (or the flag) or ``corral host set``."""
+    return _lookup(SETTINGS[key], os.environ if env is None else env)[1]
+
+
+def table(env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every setting: key, value in force, where it comes from, its variable, whether it
+    can change at run time, and its help.
+
+    :raises SettingError: when a layer holds a value that does not parse.
+    """
     env = os.environ if env is None else env
-    if setting.env:
-        text = env.get(setting.env)
-        if text:
-            return setting.from_text(text, setting.env)
-    return setting.default
+    out = []
+    for key, setting in SETTINGS.items():
+        val, where = _lookup(setting, env)
+        out.append({"key": key, "value": val, "source": where, "env": setting.env,
+                    "live": setting.live, "doc": setting.doc})
+    return out

@@ -1,12 +1,14 @@
 """Templates made at snapshot time and warm pools, on real QEMU guests: hand-outs are running
 VMs with their own name, MAC and hostname; the pool refills, replaces a clone killed while
-waiting, runs batch commands, and is taken up again (with a renamed VM) by a new daemon."""
+waiting, runs batch commands, and is taken up again (with a renamed VM) by a new daemon.
+Clones run confined like every QEMU, and a handed-out one's cgroups follow its name."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from .conftest import Daemon
@@ -26,6 +28,16 @@ def wait_pool(d: Daemon, pool: str, check: Any, within: float = 90) -> dict[str,
             return view
         time.sleep(0.1)
     raise AssertionError(f"pool {pool} never got there: {d.client.pool_show(pool)}")
+
+
+def cgroups_of(pid: int) -> list[str]:
+    """The memory and pids cgroups of process ``pid`` that Corral made (``corral-…``)."""
+    out = []
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _id, names, path = line.split(":", 2)
+        if {"memory", "pids"} & set(names.split(",")) and "/corral-" in path:
+            out.append(path)
+    return out
 
 
 def full(size: int) -> Any:
@@ -73,6 +85,12 @@ def test_template_at_snapshot_time_and_a_warm_pool(daemon: Daemon) -> None:
         assert hostname_is(d, v["name"], v["name"])
         assert sh(d, v["name"], "cat /sys/class/net/eth0/address") == v["nics"][0]["mac"]
         assert abs(int(sh(d, v["name"], "date +%s")) - time.time()) < 3
+    # clones run confined like any QEMU; a handed-out one's cgroups follow its new name
+    shown = c.get("job0")["confinement"]
+    assert shown is not None and shown["user"] == "corral-qemu", shown
+    assert shown["seccomp"] == "filter" and shown["private_home"], shown
+    groups = cgroups_of(handed[0]["pid"])
+    assert groups and all(g.endswith("-job0") for g in groups), groups
     after = wait_pool(d, "py", full(3))
     assert not set(after["clones"]) & set(before["clones"])
     assert after["handouts"] == 3 and after["misses"] == 0

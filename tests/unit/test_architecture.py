@@ -26,17 +26,21 @@ from tests.unit._source import PACKAGE, component, import_statements, imports, m
 TIERS: list[tuple[str, frozenset[str], bool]] = [
     # the package root re-exports Client; the daemon is what `corral serve` runs
     ("front doors", frozenset({"corral", "api", "cli", "client", "client_networks",
-                               "client_access", "client_pools", "wire", "remote",
+                               "client_access", "client_pools", "client_stacks", "wire",
+                               "remote",
                                "daemon"}), False),
     ("use cases", frozenset({"service", "perf"}), True),
     ("mechanisms", frozenset({"engine", "store", "scheduler", "images"}), True),
     # every host command goes through host.runner, so host sits under all its users
     ("host", frozenset({"host"}), True),
+    # where things live, placed by the settings (home, socket, image path)
+    ("paths", frozenset({"config"}), True),
     # every setting declared once (parsers from the domain); read by whoever needs one
     ("settings", frozenset({"settings"}), True),
     ("domain", frozenset({"domain"}), True),
     # views: the typed shapes of answers, stdlib only, shared by the API and the Client
-    ("foundations", frozenset({"errors", "config", "views"}), True),
+    # the configuration file's reader (TOML, stdlib only) sits under the settings it fills
+    ("foundations", frozenset({"errors", "views", "settings_file"}), True),
 ]
 TIER = {name: i for i, (_, names, _) in enumerate(TIERS) for name in names}
 INDEPENDENT = {name for _, names, independent in TIERS if independent for name in names}
@@ -46,6 +50,7 @@ FORBIDDEN = {
     ("cli", "service"), ("cli", "api"),  # the CLI talks HTTP to the daemon
     ("client", "service"), ("client", "api"), ("client", "cli"), ("client", "daemon"),
     *((part, other) for part in ("wire", "client_networks", "client_access", "client_pools",
+                                 "client_stacks",
                                  "remote")
       for other in ("service", "api", "cli", "daemon")),
 }

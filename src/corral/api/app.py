@@ -2,9 +2,9 @@
 
 Routes parse the request into one call of the service's resource objects
 (``manager.vms``, ``.disks``, ``.snapshots``, ``.guest``, ``.images``, ``.host``,
-``.networks``, ``.routers``, ``.pools``) and own no logic. Every error answers Corral's one body,
-``{"error": kind, "kind": kind, "message": one line, "facts": {...}}`` (see
-:mod:`corral.api.errors`); request bodies are bounded (:mod:`corral.api.limits`). The
+``.networks``, ``.routers``, ``.pools``, ``.stacks``) and own no logic. Every error answers
+Corral's one body, ``{"error": kind, "kind": kind, "message": one line, "facts": {...}}``
+(see :mod:`corral.api.errors`); request bodies are bounded (:mod:`corral.api.limits`). The
 OpenAPI schema, with every response body and error status, is at ``/openapi.json`` and
 browsable at ``/docs``; it is made when first asked for, the views' schemas with it
 (:mod:`corral.api.schema`), so a daemon that never serves it never pays for them. The web
@@ -34,6 +34,7 @@ from corral.api import (
     projects,
     routers,
     snapshots,
+    stacks,
     vms,
     web,
 )
@@ -48,7 +49,7 @@ from corral.service.manager import Manager
 __all__ = ["API", "create_app"]
 
 ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers, pools, projects,
-          events, metrics, console)
+          events, metrics, console, stacks)
 
 
 def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = False,

@@ -1,5 +1,5 @@
-"""``corral serve``, ``host info``, ``queue``, ``trace`` and ``image build|list|import|rm``:
-the daemon, the host and the images on it."""
+"""``corral serve``, ``config show``, ``host info|set``, ``queue``, ``trace`` and ``image
+build|list|import|rm``: the daemon, its settings, the host and the images on it."""
 
 from __future__ import annotations
 
@@ -24,10 +24,68 @@ IMAGE_BUILD_DESC = (
 def cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from corral import daemon
+    from corral import daemon, settings
 
+    if args.config:
+        settings.load_file(args.config)
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise settings.SettingError("set", f"--set {item!r}: expected KEY=VALUE")
+        settings.set_flag(key, text)
+    if args.log_format:
+        settings.set_flag("log.format", args.log_format, "--log-format")
+    if args.socket:
+        settings.set_flag("socket", args.socket, "--socket")
+    if args.listen:
+        settings.set_flag("api.listen", args.listen, "--listen")
+    settings.table()  # every value must parse before the daemon starts
     daemon.main(Path(args.socket) if args.socket else None, args.listen)
     return 0
+
+
+def _show_value(v: Any) -> str:
+    if isinstance(v, list):
+        return ":".join(str(x) for x in v) or "-"
+    return "-" if v is None or v == "" else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _local_config(args: argparse.Namespace) -> tuple[Any, str]:
+    """The settings a daemon started now would use (with ``--config``: that file's)."""
+    from corral import settings
+
+    if args.config:
+        settings.load_file(args.config)
+    path = settings.file_path()
+    cfg = {"file": str(path) if path else None, "settings": settings.table()}
+    return cfg, f"with {args.config}" if args.config else \
+        "for a daemon started now (none is running)"
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from corral.errors import DaemonUnavailable
+
+    if args.config:
+        cfg, where = _local_config(args)
+    else:
+        try:
+            cfg, where = client(args).config(), "in force in the daemon"
+        except DaemonUnavailable:
+            cfg, where = _local_config(args)
+    rows = [("KEY", "VALUE", "FROM", "")]
+    rows += [(s["key"], _show_value(s["value"]), s["source"], "live" if s["live"] else "")
+             for s in cfg["settings"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+    head = f"settings {where}; configuration file: {cfg['file'] or 'none'}"
+    return out(args, cfg, f"{head}\n{text}")
+
+
+def cmd_host_set(args: argparse.Namespace) -> int:
+    res = client(args).host_set(args.key, args.value)
+    return out(args, res, f"{res['key']}: {_show_value(res['old'])} → "
+                          f"{_show_value(res['value'])} (until the daemon restarts)")
 
 
 def cmd_host_info(args: argparse.Namespace) -> int:
@@ -100,22 +158,32 @@ def _images(sub: Any, pa: Parents) -> None:
 
 
 def register(sub: Any, pa: Parents) -> None:
-    """Add ``serve``, ``host``, ``queue``, ``trace`` and ``image``."""
-    sp = command(sub, pa, "serve", cmd_serve, "run the daemon (VMs outlive it; it re-adopts "
-                 "them)", "Run the Corral daemon in the foreground. It owns the store, one QMP "
-                 "connection per VM and the REST API on a unix socket (and, with --listen, the "
-                 "same API over TLS with tokens). Stopping it leaves VMs running; the next "
-                 "daemon re-adopts them.", js=False, vm=False)
-    sp.add_argument("--listen", metavar="ADDR:PORT", default=None,
-                    help="also serve the API over TLS here, e.g. 0.0.0.0:8443 (default: "
-                         "$CORRAL_LISTEN; the certificate is made under the home on first "
-                         "start unless CORRAL_TLS_CERT/CORRAL_TLS_KEY name one)")
+    """Add ``serve``, ``config``, ``host``, ``queue``, ``trace`` and ``image``."""
+    p = command(sub, pa, "serve", cmd_serve, "run the daemon (VMs outlive it; it re-adopts "
+                "them)", "Run the Corral daemon in the foreground. It owns the store, one QMP "
+                "connection per VM and the REST API on a unix socket (and, with --listen, the "
+                "same API over TLS with tokens). Stopping it leaves VMs running; the next "
+                "daemon re-adopts them. Settings come from their defaults, the configuration "
+                "file, the environment and these flags, each overriding the one before "
+                "('corral config show' tells which).", js=False, vm=False)
+    p.add_argument("--listen", metavar="ADDR:PORT", default=None,
+                   help="also serve the API over TLS here, e.g. 0.0.0.0:8443 (the setting "
+                        "api.listen; the certificate is made under the home on first "
+                        "start unless api.tls_cert/api.tls_key name one)")
     command(sub, pa, "queue", cmd_queue, "VMs waiting for capacity, in the order they will "
             "start", vm=False)
     command(sub, pa, "trace", cmd_trace, "every start request's arrival, start and end as JSON "
             "(for 'corral simulate --trace')", js=False, vm=False)
-    hp = sub.add_parser("host", help="facts about this host", formatter_class=Formatter)
+    hp = sub.add_parser("host", help="facts about this host; live settings",
+                       formatter_class=Formatter)
     hsub = hp.add_subparsers(dest="host_command", metavar="COMMAND", required=True)
     command(hsub, pa, "info", cmd_host_info, "CPUs, memory, accelerator in use and why",
             vm=False)
+    p = command(hsub, pa, "set", cmd_host_set, "change a live setting now, without a restart",
+                "Change a setting of the running daemon at once (recorded as an event): "
+                "cpu-ratio, memory-ratio, disk-ratio, queue-policy, backfill, quantum. It "
+                "lasts until the daemon restarts; put it in the configuration file to keep it.",
+                vm=False)
+    p.add_argument("key", metavar="KEY", help="the setting (cpu-ratio or scheduler.cpu_ratio)")
+    p.add_argument("value", metavar="VALUE")
     _images(sub, pa)

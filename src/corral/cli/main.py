@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from corral import errors
@@ -32,11 +31,15 @@ examples:
   corral console web                      the serial console (Ctrl-] detaches)
   corral shutdown web; corral rm web      (rm is also 'destroy' and 'delete')
   corral events -f --vm web               follow the VM's events live
-  corral dashboard                        the web page's address (CORRAL_WEB_LISTEN)
+  corral dashboard                        a login link to the web page (CORRAL_WEB_LISTEN)
+  corral apply -f lab.yaml                create or update a stack of VMs, networks, routers
+  corral config show                      every setting in force and where it came from
 
   corral --remote lab list                a remote daemon ('corral remote add lab URL')
 
-environment:
+environment (each also a key of the configuration file, see 'corral config show'):
+  CORRAL_CONFIG  the configuration file (default $CORRAL_HOME/corral.toml, else
+                 /etc/corral/corral.toml)
   CORRAL_HOME    data directory (default /var/lib/corral as root, else ~/.local/share/corral)
   CORRAL_SOCKET  the daemon's socket (default $CORRAL_HOME/corral.sock)
   CORRAL_URL     a remote daemon, https://HOST:PORT (with CORRAL_TOKEN, and
@@ -51,7 +54,7 @@ exit status: 0 ok, 2 invalid input, 3 not found, 4 already exists, 5 wrong state
 
 # which module of corral.cli defines each command word (aliases included)
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "host": ("serve", "queue", "trace", "host", "image"),
+    "host": ("serve", "queue", "trace", "host", "image", "config"),
     "vms": ("create", "run", "start", "pause", "resume", "shutdown", "stop", "reboot", "save",
             "restore", "clone", "export", "import", "rm", "destroy", "delete", "list", "show",
             "console", "logs"),
@@ -65,6 +68,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "access": ("token", "project", "whoami"),
     "remotes": ("remote",),
     "events": ("events", "dashboard"),
+    "stacks": ("apply", "plan", "stack"),
 }
 MODULE_OF = {word: module for module, words in COMMANDS.items() for word in words}
 
@@ -100,8 +104,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     # every parser gets the fixed-width formatter: the default one imports shutil to size
     # the terminal, even when no help is printed
     common = argparse.ArgumentParser(add_help=False, formatter_class=Formatter)
-    common.add_argument("--socket", metavar="PATH", default=os.environ.get("CORRAL_SOCKET"),
-                        help="the daemon's unix socket (default: $CORRAL_HOME/corral.sock)")
+    common.add_argument("--socket", metavar="PATH",
+                        help="the daemon's unix socket (default: the setting 'socket', "
+                             "$CORRAL_SOCKET, else $CORRAL_HOME/corral.sock)")
     common.add_argument("--remote", metavar="NAME", default=None,
                         help="a remote daemon added with 'corral remote add' ('local': this "
                              "host's)")
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, tail = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
     for key, value in leading.items():
-        if getattr(args, key, None) in (None, os.environ.get("CORRAL_SOCKET")):
+        if getattr(args, key, None) is None:
             setattr(args, key, value)
     if tail is not None:
         if not hasattr(args, "command_argv"):

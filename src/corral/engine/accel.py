@@ -2,7 +2,8 @@
 
 ``/dev/kvm`` existing is not enough: some hosts expose a paravirtual KVM (PVM) without VT-x or
 AMD-V that runs only specially built guest kernels. So KVM needs both a ``/dev/kvm`` that opens
-read-write and a CPU that shows ``vmx`` or ``svm``. ``CORRAL_ACCEL=kvm|tcg`` overrides.
+read-write and a CPU that shows ``vmx`` or ``svm``. The setting ``engine.accel`` (``accel`` in
+the configuration file's ``[engine]`` table, or ``CORRAL_ACCEL=kvm|tcg``) overrides.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from corral.errors import InvalidSpec
 
 
 @dataclass(frozen=True)
@@ -36,14 +35,13 @@ def detect(env: Mapping[str, str] | None = None, kvm: Path = Path("/dev/kvm"),
            cpuinfo: Path = Path("/proc/cpuinfo")) -> Accel:
     """Return the accelerator to use and why.
 
-    :raises InvalidSpec: when ``CORRAL_ACCEL`` names something other than kvm or tcg.
+    :raises InvalidSpec: when ``engine.accel`` names something other than kvm or tcg.
     """
-    env = os.environ if env is None else env
-    forced = env.get("CORRAL_ACCEL", "").strip().lower()
+    from corral import settings
+
+    forced = settings.value("engine.accel", env)
     if forced:
-        if forced not in ("kvm", "tcg"):
-            raise InvalidSpec("CORRAL_ACCEL", f"'{forced}' is not an accelerator; use kvm or tcg")
-        return Accel(forced, "set by CORRAL_ACCEL")
+        return Accel(forced, f"set by {settings.source('engine.accel', env)}")
     try:
         fd = os.open(kvm, os.O_RDWR | os.O_CLOEXEC)
     except OSError as err:

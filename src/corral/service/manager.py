@@ -2,9 +2,9 @@
 network state and the slices, wires the hooks between them, and opens and closes them.
 
 Front doors use only the slices: ``vms``, ``snapshots``, ``disks``, ``guest``, ``images``,
-``host``, ``networks``, ``routers``, ``pools``, ``projects`` and ``tokens``, and the
-observers: ``events`` (the live event stream), ``telemetry`` (cached figures of every VM)
-and ``metrics`` (Prometheus), all available once :meth:`Manager.open` has run. Use-case
+``host``, ``networks``, ``routers``, ``pools``, ``stacks``, ``projects`` and ``tokens``, and
+the observers: ``events`` (the live event stream), ``telemetry`` (cached figures of every
+VM) and ``metrics`` (Prometheus), all available once :meth:`Manager.open` has run. Use-case
 modules never receive the Manager: each gets the runtime and the collaborators it needs.
 """
 
@@ -28,6 +28,8 @@ from corral.service.pools import Pools
 from corral.service.projects import Projects, Tokens
 from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
+from corral.service.stackrun import Runner
+from corral.service.stacks import Stacks
 from corral.service.telemetry import Telemetry
 from corral.service.vms import VMs
 from corral.store.db import Store, VMRecord
@@ -174,6 +176,10 @@ class Manager:
     def metrics(self) -> Metrics:
         return self._parts().metrics
 
+    @property
+    def stacks(self) -> Stacks:
+        return self._parts().stacks
+
 
 class _Opened:
     """Everything that exists while the service is open."""
@@ -198,3 +204,5 @@ class _Opened:
         self.telemetry = Telemetry(rt, self.events)
         self.pools = Pools(rt, self.vms, self.guest, self.sched)
         self.metrics = Metrics(rt, self.sched, self.events, self.telemetry, self.pools)
+        self.stacks = Stacks(rt, Runner(self.vms, self.disks, self.snapshots, self.networks,
+                                        self.routers, self.guest))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import AlreadyExists
+from corral.store.renames import rename_vm
 
 if TYPE_CHECKING:
     from corral.service.runtime import VMRuntime
@@ -62,7 +63,7 @@ def rename(rt: VMRuntime, old: str, new: str, kind: str = "renamed",
                 os.rename(src, dst)
                 moved.append((src, dst))
         rec.name, rec.spec = new, spec
-        rt.db.rename_vm(old, rec, kind, doc, **detail)
+        rename_vm(rt.db, old, rec, kind, doc, **detail)
     except BaseException:
         rec.name, rec.spec = before
         for src, dst in reversed(moved):

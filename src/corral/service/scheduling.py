@@ -136,6 +136,27 @@ class Scheduler:
                 self.queue.cancel(req.id)
         self._slice_task = asyncio.create_task(self._slice_loop(), name="timeslicer")
 
+    def reload_settings(self) -> None:
+        """Take up the settings in force now (``corral host set``): the overcommit ratios,
+        the queue's policy and backfill (the waiting requests keep their arrival order) and
+        the quantum; then start whoever fits under the new rules.
+
+        :raises CorralError: a setting's value does not parse.
+        """
+        new = Settings.from_env(self.rt.paths.home)
+        self.inventory.ratios = new.ratios
+        self.inventory.capacity = new.ratios.apply(self.inventory.total)
+        if (new.policy, new.backfill) != (self.queue.policy, self.queue.backfill):
+            queue = AdmissionQueue(new.policy, backfill=new.backfill)
+            for req in self.queue.waiting():
+                queue.submit(req)
+            self.queue = queue
+            self._save_queue()
+        self.slicer.quantum = new.quantum
+        self.settings = new
+        self.dispatch()
+        self._wake.set()
+
     async def close(self) -> None:
         if self._slice_task is not None:
             self._slice_task.cancel()

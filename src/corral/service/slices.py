@@ -170,6 +170,36 @@ class Host(_Slice):
 
         return batch.trace(self.rt)
 
+    def config(self) -> dict[str, Any]:
+        """The configuration file in use and every setting in force, with where it came
+        from."""
+        from corral import settings
+
+        path = settings.file_path()
+        return {"file": str(path) if path else None, "settings": settings.table()}
+
+    def set(self, key: str, value: str) -> dict[str, Any]:
+        """Change a live setting now (until the daemon restarts), recorded as a
+        ``setting_changed`` event of ``host``.
+
+        :raises InvalidSpec: no such setting, it needs a restart, or a bad value.
+        """
+        from corral import settings
+
+        # who takes up a live change, by the key's table (a new live setting adds its part)
+        take_up = {"scheduler": self.sched.reload_settings}
+        declared = settings.declared(key)
+        taker = take_up.get(declared.key.partition(".")[0])
+        if declared.live and taker is None:
+            raise settings.SettingError(key, f"no part of the daemon takes up '{key}' while "
+                                             "it runs; set it in the configuration file")
+        setting, old, new = settings.set_live(key, value, taker or (lambda: None))
+        self.rt.db.add_event("host", "setting_changed",
+                             {"key": setting.key, "old": old, "new": new})
+        self.rt.db.flush()  # in the log before the answer
+        return {"key": setting.key, "old": old, "value": new,
+                "source": settings.source(setting.key)}
+
 
 class _NetSlice:
     def __init__(self, net: NetState) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 from corral.domain import specs as sp
 from corral.domain.sizes import parse_size
 from corral.domain.states import State
-from corral.errors import AlreadyExists, CorralError, DiskFull, InvalidSpec
+from corral.errors import AlreadyExists, CorralError, DiskFull, InvalidSpec, InvalidState
 from corral.images import catalog
 from corral.service import access, hostfacts, nics, provision, quotas
 from corral.service.lifecycle import Lifecycle
@@ -197,6 +197,30 @@ class VMs:
             shutil.rmtree(rt.paths.vm_dir(name), ignore_errors=True)
             await rt.hooks.forget(name, rec.spec)
         rt.forget(name)
+
+    async def set_hardware(self, name: str, *, cpus: int | None = None,
+                           memory: str | int | None = None) -> dict[str, Any]:
+        """Change the CPUs or memory of a VM that is not running (the next start has them).
+
+        :raises InvalidState: it runs, is queued or saved.
+        :raises InvalidSpec: a value the host cannot give.
+        """
+        rt = self.rt
+        async with rt.lock(name):
+            rec = rt.get(name)
+            idle = (State.DEFINED, State.STOPPED, State.CRASHED)
+            if rec.state not in idle:
+                raise InvalidState(name, "change the hardware of", rec.state.value,
+                                   [s.value for s in idle])
+            body = {"name": name, "cpus": rec.spec.cpus if cpus is None else cpus,
+                    "memory": f"{rec.spec.memory_bytes >> 20}M" if memory is None else memory}
+            req = sp.parse_create(body)
+            new_memory = sp.validate_against_host(req, hostfacts.facts())
+            old = {"cpus": rec.spec.cpus, "memory_bytes": rec.spec.memory_bytes}
+            rec.spec.cpus, rec.spec.memory_bytes = req.cpus, new_memory
+            rt.db.update_vm(rec, "hardware_changed", {"old": old, "cpus": req.cpus,
+                                                      "memory_bytes": new_memory})
+        return rt.view(rec)
 
     # ----- the rest of a VM's life -------------------------------------------------------------
     async def start(self, name: str, *, wait: bool = False, timeout: float = READY_TIMEOUT,

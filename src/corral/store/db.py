@@ -211,27 +211,6 @@ class Store:
         self._run(write)
         self._vms.pop(name, None)
 
-    def rename_vm(self, old: str, rec: VMRecord, kind: str,
-                  doc: tuple[str, Any] | None = None, **detail: Any) -> None:
-        """``old`` is now called ``rec.name`` (its snapshots follow it); with an event, and
-        the document ``doc`` (key, value) when given, in the same transaction."""
-        rec.updated_at = time.time()
-        row = rec.to_row()
-
-        def write() -> None:
-            with self._tx() as conn:
-                conn.execute(update(vms).where(vms.c.name == old).values(**row))
-                conn.execute(update(snapshots).where(snapshots.c.vm == old)
-                             .values(vm=rec.name))
-                if doc is not None:
-                    conn.execute(delete(kv).where(kv.c.key == doc[0]))
-                    conn.execute(insert(kv).values(key=doc[0], value=json.dumps(doc[1])))
-                self._event(conn, rec.name, kind, {"from": old, **detail}, rec.project)
-
-        self._run(write)
-        self._vms.pop(old, None)
-        self._vms[rec.name] = rec
-
     # --- small documents ---
     def put_doc(self, key: str, value: Any, vm: VMRecord | None = None,
                 kind: str | None = None, detail: dict[str, Any] | None = None) -> None:
@@ -257,6 +236,24 @@ class Store:
         with self.engine.connect() as conn:
             value = conn.execute(select(kv.c.value).where(kv.c.key == key)).scalar()
         return json.loads(value) if value is not None else None
+
+    def list_docs(self, prefix: str) -> dict[str, Any]:
+        """Every document whose key starts with ``prefix``, by key."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(kv).where(kv.c.key.startswith(prefix, autoescape=True))
+                                .order_by(kv.c.key)).all()
+        return {r.key: json.loads(r.value) for r in rows}
+
+    def delete_doc(self, key: str, kind: str | None = None,
+                   detail: dict[str, Any] | None = None) -> None:
+        """Remove a document, with an optional event about ``key``, in one transaction."""
+        def write() -> None:
+            with self._tx() as conn:
+                conn.execute(delete(kv).where(kv.c.key == key))
+                if kind:
+                    self._event(conn, key, kind, detail or {})
+
+        self._run(write)
 
     # --- named disks ---
     def add_disk(self, row: dict[str, Any]) -> None:
@@ -362,9 +359,10 @@ class Store:
         conn.info[_PUBLISH].append({"id": key[0], "ts": ts, "vm": vm, "kind": kind,
                                     "detail": json.loads(text), "project": project})
 
-    def add_event(self, name: str, kind: str, detail: dict[str, Any], project: str) -> None:
-        """Record an event that changes nothing else (an audit record), queued in order
-        behind the writes before it."""
+    def add_event(self, name: str, kind: str, detail: dict[str, Any],
+                  project: str = "default") -> None:
+        """Record an event that changes nothing else (an audit record; a setting changed,
+        of ``host``), queued in order behind the writes before it."""
         def write() -> None:
             with self._tx() as conn:
                 self._event(conn, name, kind, detail, project)

@@ -140,6 +140,12 @@ class RunPaths:
                 self.dir.rmdir()
 
 
+def first_run(run: RunPaths, launched_as: str | None) -> RunPaths:
+    """The run directory a VM's QEMU was launched in: its own, or for a VM renamed since (a
+    warm pool's clone handed out) its first name's, whose monitor socket that QEMU holds."""
+    return RunPaths(run.dir.parent / launched_as) if launched_as else run
+
+
 def binary(arch: str) -> str:
     return f"qemu-system-{arch}"
 

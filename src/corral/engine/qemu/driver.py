@@ -385,8 +385,7 @@ class QemuDriver:
         if pid is None:
             with contextlib.suppress(OSError, ValueError):
                 pid = int(run.pidfile.read_text().strip())
-        # a renamed VM's QEMU holds the monitor socket bound in its first run directory
-        first = qargv.RunPaths(run.dir.parent / spec.launched_as) if spec.launched_as else run
+        first = qargv.first_run(run, spec.launched_as)  # a renamed VM's QEMU: its first name's
         proc = Process.adopt(pid, started, first.qmp) if pid is not None else None
         if proc is None:
             return None

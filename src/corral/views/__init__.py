@@ -12,24 +12,21 @@ A field marked ``NotRequired`` is left out of some answers (``get`` adds live fa
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-if sys.version_info >= (3, 12):
-    from typing import NotRequired, TypedDict
-else:
-    from typing import NotRequired
-
-    from typing_extensions import TypedDict
-
-
-class Error(TypedDict):
-    """The body of every error answer; ``facts`` depend on the kind (see corral.errors)."""
-
-    error: str
-    kind: str
-    message: str
-    facts: dict[str, Any]
+from corral.views._typed import Error, NotRequired, TypedDict
+from corral.views.access import Principal, Project, Quotas, Token, TokenCreated
+from corral.views.pools import Pool, PoolRecommendation, PoolTake
+from corral.views.stacks import (
+    Config,
+    FieldChange,
+    Setting,
+    SettingChange,
+    Stack,
+    StackChange,
+    StackEvent,
+    StackPlan,
+)
 
 
 class VMDisk(TypedDict):
@@ -231,43 +228,6 @@ class Event(TypedDict):
     project: NotRequired[str]
 
 
-class Quotas(TypedDict):
-    max_vms: int | None
-    max_cpus: int | None
-    max_memory: int | None
-    max_disk: int | None
-
-
-class Project(TypedDict):
-    name: str
-    created_at: float
-    quotas: Quotas
-    usage: dict[str, int]
-
-
-class Token(TypedDict):
-    name: str
-    id: str
-    role: str
-    project: str
-    created_at: float
-    expires_at: float | None
-
-
-class TokenCreated(Token):
-    secret: str
-
-
-class Principal(TypedDict):
-    """Who a request acts as: ``project`` None for admins (every project)."""
-
-    name: str
-    role: str
-    project: str | None
-    selected: str | None
-    home: str
-
-
 class VMFigures(TypedDict):
     """What the daemon last gathered of a VM with a machine (``at``: when)."""
 
@@ -342,46 +302,6 @@ class BatchResult(ExecResult):
     total_seconds: float
 
 
-class PoolTake(TypedDict):
-    name: str
-    hit: bool          # a free clone was handed out (else: a warm start, a miss)
-    clone: str | None  # the clone's name in the pool
-    seconds: float     # request → running
-
-
-class Pool(TypedDict):
-    name: str
-    project: str
-    source: str        # VM:SNAPSHOT
-    size: int
-    max: int
-    free: int
-    clones: list[str]
-    filling: str | None
-    autosize: bool
-    target_wait: float
-    handouts: int
-    misses: int
-    replaced: int      # clones that crashed while waiting, replaced
-    refill_seconds: float | None   # mean warm start to ready of its clones
-    handout_seconds: float | None  # median request → running of its hand-outs
-    note: str | None   # why it holds fewer than its size, if it does
-    drained: bool
-    created_at: float
-
-
-class PoolRecommendation(TypedDict):
-    size: int
-    arrival_rate: float
-    refill_time: float
-    target_wait: float
-    mean_wait: float
-    miss_probability: float
-    offered_load: float
-    running_vms: float | None
-    curve: list[dict[str, float]]
-
-
 class Logs(TypedDict):
     data: str
     offset: int
@@ -409,9 +329,11 @@ class Export(TypedDict):
 
 
 __all__ = [
-    "VM", "BatchResult", "Disk", "Error", "Event", "ExecResult", "Export", "FileWritten",
-    "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface", "Leg", "Logs",
-    "Network", "Pool", "PoolRecommendation", "PoolTake", "Port", "Principal", "Project",
-    "QueueEntry", "Quotas", "Removed", "Router", "Snapshot", "StatsPoint", "Token",
-    "TokenCreated", "TraceEntry", "VMDisk", "VMFigures", "VMNic", "VMStats", "WebInfo",
+    "VM", "BatchResult", "Config", "Disk", "Error", "Event", "ExecResult", "Export",
+    "FieldChange", "FileWritten", "Firewall", "FirewallRule", "Forward", "Host", "Image",
+    "Interface", "Leg", "Logs", "Network", "Pool", "PoolRecommendation", "PoolTake", "Port",
+    "Principal", "Project", "QueueEntry", "Quotas", "Removed", "Router", "Setting",
+    "SettingChange", "Snapshot", "Stack", "StackChange", "StackEvent", "StackPlan",
+    "StatsPoint", "Token", "TokenCreated", "TraceEntry", "VMDisk", "VMFigures", "VMNic",
+    "VMStats", "WebInfo",
 ]
