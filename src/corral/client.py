@@ -30,6 +30,7 @@ import json
 
 from corral import errors
 from corral.client_access import AccessCalls
+from corral.client_events import EventCalls
 from corral.client_networks import NetworkCalls
 from corral.client_pools import PoolCalls
 from corral.client_stacks import StackCalls
@@ -44,14 +45,13 @@ if TYPE_CHECKING:
     from corral import views
 
 __all__ = ["MAX_TIMEOUT", "Client"]
-MAX_ID = (1 << 63) - 1
 
 
 def _error(status: int, body: dict[str, Any]) -> errors.CorralError:
     return error(status, body)
 
 
-class Client(NetworkCalls, AccessCalls, PoolCalls, StackCalls):
+class Client(NetworkCalls, AccessCalls, PoolCalls, StackCalls, EventCalls):
     """A connection to ``corral serve`` with one method per action. Every method raises
     :class:`~corral.errors.CorralError` subclasses; :class:`~corral.errors.DaemonUnavailable`
     when the daemon is not running."""
@@ -141,8 +141,10 @@ class Client(NetworkCalls, AccessCalls, PoolCalls, StackCalls):
         out: views.VM = self.request("GET", f"/vms/{seg(name)}")
         return out
 
-    def list(self) -> builtins.list[views.VM]:
-        out: builtins.list[views.VM] = self.request("GET", "/vms")
+    def list(self, host: str | None = None) -> builtins.list[views.VM]:
+        """Every VM (in a cluster: of every host, each with its ``host``; ``host`` keeps
+        one host's)."""
+        out: builtins.list[views.VM] = self.request("GET", "/vms", host=host)
         return out
 
     def logs(self, name: str, offset: int = 0, limit: int | None = None) -> views.Logs:
@@ -150,62 +152,6 @@ class Client(NetworkCalls, AccessCalls, PoolCalls, StackCalls):
         out: views.Logs = self.request("GET", f"/vms/{seg(name)}/logs",
                                        offset=integer(offset, "offset", -(1 << 50), 1 << 50),
                                        limit=integer(limit, "limit", 1, 16 << 20))
-        return out
-
-    def events(self, since: int = 0, vm: str | None = None, project: str | None = None,
-               tail: int | None = None) -> builtins.list[views.Event]:
-        """Up to 1000 events after id ``since`` (``tail``: only the last ``tail``):
-        ``vm``'s only, ``project``'s only (a token sees its own project's only)."""
-        out: builtins.list[views.Event] = self.request(
-            "GET", "/events", since=integer(since, "since", 0, MAX_ID),
-            vm=None if vm is None else (seg(vm, "vm") and vm),
-            project=None if project is None else (seg(project, "project") and project),
-            tail=integer(tail, "tail", 1, 10000))
-        return out
-
-    def follow_events(self, since: int | None = None, vm: str | None = None
-                      ) -> Iterator[views.Event]:
-        """Every event as the daemon commits it, for as long as the caller iterates: those
-        after id ``since`` first (when given). A stream the daemon drops (this client fell
-        behind) or that breaks is resumed from the last event, so none is missed or repeated.
-
-        :raises DaemonUnavailable: the daemon is not running (or went away).
-        """
-        import time
-
-        from corral.wire import Transport
-
-        integer(since, "since", 0, MAX_ID)
-        if vm is not None:
-            seg(vm, "vm")
-        while True:
-            query = "&".join(f"{k}={v}" for k, v in (("since", since), ("vm", vm))
-                             if v is not None)
-            # its own connection (the stream is not reused), as this client connects:
-            # heartbeats come every 15 s
-            conn = Transport(self.socket_path, 60.0, self._conn.tls, self._conn.headers)
-            try:
-                for status, line in conn.stream_lines("GET", "/v1/events/stream?" + query, b""):
-                    if status >= 400:
-                        raise error(status, json.loads(line) if line.strip() else {})
-                    if line.startswith(b"data: {\"id\""):
-                        event: views.Event = json.loads(line[6:])
-                        since = event["id"]
-                        yield event
-            except (FileNotFoundError, ConnectionRefusedError) as err:
-                raise errors.DaemonUnavailable(
-                    f"the Corral daemon is not running at {self.socket_path}") from err
-            except (ConnectionResetError, TimeoutError):
-                pass  # resumed below from the last event seen
-            finally:
-                conn.close()
-            time.sleep(0.2)  # dropped, or the daemon is stopping: it may refuse us next
-            if since is None:
-                since = 0 if not (last := self.events(tail=1)) else last[0]["id"]
-
-    def web_info(self) -> views.WebInfo:
-        """Where the daemon serves its web page (``url`` None: not on TCP)."""
-        out: views.WebInfo = self.request("GET", "/web")
         return out
 
     def clone(self, src: str, new: str, full: bool = False,
@@ -253,6 +199,42 @@ class Client(NetworkCalls, AccessCalls, PoolCalls, StackCalls):
             "spec": spec, "argv": list(argv), "timeout": seconds(timeout), "queue": queue})
         out["stdout"] = base64.b64decode(out["stdout"])
         out["stderr"] = base64.b64decode(out["stderr"])
+        return out
+
+    # --- the cluster ---
+    def hosts(self) -> builtins.list[views.ClusterHost]:
+        """Every host of the cluster: state (up, down, cordoned, draining), leader,
+        allocation ratios and VM count.
+
+        :raises InvalidSpec: the daemon is not in a cluster.
+        """
+        out: builtins.list[views.ClusterHost] = self.request("GET", "/hosts")
+        return out
+
+    def host_admin(self, name: str, action: str) -> views.ClusterHost:
+        """``cordon`` (no new VMs), ``drain`` (no new VMs; to be emptied) or ``uncordon``."""
+        if action not in ("cordon", "uncordon", "drain"):
+            raise errors.InvalidSpec("action", f"'{action}' is not cordon, uncordon or drain")
+        out: views.ClusterHost = self.request("POST", f"/hosts/{seg(name, 'host')}/{action}")
+        return out
+
+    def join_token(self) -> views.JoinToken:
+        """A new token another host joins the cluster with (``CORRAL_JOIN_TOKEN``)."""
+        out: views.JoinToken = self.request("POST", "/cluster/token")
+        return out
+
+    def move(self, name: str, to: str) -> views.VM:
+        """Move a VM that does not run to host ``to`` of the cluster (a saved VM resumes
+        there).
+
+        :raises InvalidState: it runs. :raises HostUnavailable: ``to`` is not up.
+        """
+        out: views.VM = self.request("POST", f"/vms/{seg(name)}/move", to=seg(to, "to") and to)
+        return out
+
+    def placement(self, name: str) -> views.PlacementExplained:
+        """Where the VM went and why each host was or was not chosen."""
+        out: views.PlacementExplained = self.request("GET", f"/vms/{seg(name)}/placement")
         return out
 
     def trace(self) -> builtins.list[views.TraceEntry]:

@@ -120,15 +120,16 @@ async def _serve_api(paths: Paths, sock: socket.socket, tls: socket.socket | Non
 
     server = _server_class()(_config(create_app(manager, where=where, opening=opening,
                                                 on_failure=failed), lifespan="on"), manager)
-    extra = [_serve_tls(server, remote_app(), paths, tls, listen)] if tls else []
+    extra = [_serve_tls(server, manager, remote_app(), paths, tls, listen)] if tls else []
     if tcp is not None:
         extra.append(_Remote(server, _config(remote_app()), tcp))
     try:
         await server.serve(sockets=[sock])
     finally:
-        for server in extra:
-            await server.stop()
-    if failure:
+        server.should_exit = True  # a listener still waiting to start gives up
+        for listener in extra:
+            await listener.stop()
+    if failure:  # one line and its exit code (a bad setting, a cluster that refuses us)
         if isinstance(failure[0], CorralError):
             raise failure[0]
         raise CorralError(f"the daemon could not open: {failure[0]}") from failure[0]
@@ -138,14 +139,17 @@ def _config(app: FastAPI, lifespan: Literal["on", "off"] = "off",
             tls: tuple[str, str] | None = None) -> Any:
     """The uvicorn configuration of one listener (``lifespan`` "on": the one that opens
     and closes the service; ``tls``: its certificate and key files); without the headers
-    and proxy handling nobody here uses."""
+    and proxy handling nobody here uses. A TCP listener's graceful shutdown is bounded:
+    closing a TLS connection waits for the peer's close_notify, which an idle kept-alive
+    client (another host's forwarding pool) never sends."""
     import uvicorn
 
     return uvicorn.Config(app, loop="none", http="httptools", lifespan=lifespan,
                           log_level="warning", access_log=False, ws="websockets-sansio",
                           proxy_headers=False, server_header=False, date_header=False,
                           ssl_certfile=tls[0] if tls else None,
-                          ssl_keyfile=tls[1] if tls else None)
+                          ssl_keyfile=tls[1] if tls else None,
+                          timeout_graceful_shutdown=None if lifespan == "on" else 2)
 
 
 def _bind(host: str, port: int, what: str) -> socket.socket:
@@ -244,15 +248,16 @@ class _Remote:
             await self.task
 
 
-def _serve_tls(main: Any, app: FastAPI, paths: Paths, tcp: socket.socket,
+def _serve_tls(main: Any, manager: Manager, app: FastAPI, paths: Paths, tcp: socket.socket,
                listen: str) -> _Remote:
     from corral.api.tls import ensure_certificate, fingerprint, parse_listen
 
     cert, key = ensure_certificate(paths.home, parse_listen(listen)[0])
     config = _config(app, tls=(str(cert), str(key)))
+    manager.endpoint = (listen, fingerprint(cert.read_bytes()))  # for the cluster's peers
     logging.getLogger("corral").info(
         "serving the API over TLS on %s; certificate SHA-256 fingerprint %s", listen,
-        fingerprint(cert.read_bytes()))
+        manager.endpoint[1])
     return _Remote(main, config, tcp)
 
 

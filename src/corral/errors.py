@@ -25,8 +25,10 @@ tree onto exit codes and HTTP statuses, so a user never sees a traceback for the
     ├── Forbidden                    (403 / exit 14) the token's role may not do that
     ├── QuotaExceeded                (409 / exit 15) over a project's quota; ``quota`` names it
     ├── RateLimited                  (429 / exit 16) too many requests; ``retry_after`` seconds
-    └── Untrusted                    (exit 17)       the daemon's certificate is not the one
-                                                     trusted; ``fingerprint`` is what it showed
+    ├── Untrusted                    (exit 17)       the daemon's certificate is not the one
+    │                                                trusted; ``fingerprint`` is what it showed
+    ├── StoreUnavailable             (503 / exit 18) the cluster's PostgreSQL cannot be reached
+    └── HostUnavailable              (503 / exit 19) a cluster host is down or does not answer
 
 Errors cross the wire whole: :meth:`CorralError.to_dict` gives the body of an error answer,
 ``{"error": kind, "kind": kind, "message": one line, "facts": {...}}`` (the facts are also
@@ -206,6 +208,28 @@ class DaemonUnavailable(CorralError):
     kind = "daemon_unavailable"
 
 
+class StoreUnavailable(CorralError):
+    """The cluster's store (PostgreSQL) cannot be reached: nothing was changed. Running VMs
+    keep running; the daemon reconnects by itself."""
+
+    status = 503
+    exit_code = 18
+    kind = "store_unavailable"
+
+
+class HostUnavailable(CorralError):
+    """A cluster host is down, cordoned away or did not answer in time; ``host`` names it."""
+
+    status = 503
+    exit_code = 19
+    kind = "host_unavailable"
+    fact_names = ("host",)
+
+    def __init__(self, message: str, host: str = "") -> None:
+        super().__init__(message)
+        self.host = host
+
+
 class TooLarge(CorralError):
     """A request body (or one of its values) is larger than the daemon accepts."""
 
@@ -339,6 +363,7 @@ __all__ = [
     "DaemonUnavailable",
     "DiskFull",
     "Forbidden",
+    "HostUnavailable",
     "InUse",
     "InvalidSpec",
     "InvalidState",
@@ -350,6 +375,7 @@ __all__ = [
     "NotFound",
     "QuotaExceeded",
     "RateLimited",
+    "StoreUnavailable",
     "Timeout",
     "TooLarge",
     "Unauthorized",

@@ -21,6 +21,17 @@ import os
 from pathlib import Path
 
 from corral.errors import InvalidSpec
+from corral.settings_parse import (
+    _accel,
+    _bool,
+    _choice,
+    _float,
+    _int,
+    _labels,
+    _listen,
+    _paths,
+    _str,
+)
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI imports this module
 if TYPE_CHECKING:
@@ -40,68 +51,10 @@ class SettingError(InvalidSpec, ValueError):
         self.args = (message,)
 
 
-def _float(text: str) -> float:
-    return float(text)
-
-
-def _int(text: str) -> int:
-    return int(text)
-
-
-def _bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("expected true or false")
-
-
-def _str(text: str) -> str:
-    return text
-
-
 def _size(text: str) -> int:
     from corral.domain.sizes import parse_size
 
     return parse_size("size", text)
-
-
-def _paths(text: str) -> list[str]:
-    return [p for p in text.split(":") if p]
-
-
-def _listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` on a loopback address: the page's listener is plain HTTP (with tokens),
-    so it is served only where the host's own users reach it; remote access is over TLS
-    (``api.listen``)."""
-    import ipaddress
-
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8470")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError("only a loopback address (127.0.0.1, ::1); use api.listen (TLS) "
-                         "to serve other hosts")
-    return host, int(port)
-def _accel(text: str) -> str:
-    low = text.strip().lower()
-    if low not in ("", "kvm", "tcg"):
-        raise ValueError("not an accelerator; use kvm or tcg")
-    return low
-
-
-def _choice(*options: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in options:
-            raise ValueError(f"expected one of {', '.join(options)}")
-        return text
-    return parse
 
 
 class Setting:
@@ -174,6 +127,29 @@ declare("events.queue", "CORRAL_EVENTS_QUEUE", _int, 1000,
         "events a stream client may fall behind before it is dropped (it then resumes)")
 declare("metrics.interval", "CORRAL_METRICS_INTERVAL", _float, 2.0,
         "seconds between two gatherings of every VM's figures (CPU, memory, IO)")
+declare("scheduler.weigher", "CORRAL_WEIGHER", _choice("spread", "pack"), "spread",
+        "where placement puts a VM among the hosts that fit: spread (most free memory) or "
+        "pack (least free memory that fits)", live=True)
+# several hosts: one cluster on PostgreSQL
+declare("cluster.url", "CORRAL_CLUSTER", _str, "",
+        "a PostgreSQL URL (postgresql://user@host/db): join that cluster (empty: one host, "
+        "SQLite)")
+declare("cluster.host", "CORRAL_HOST_NAME", _str, "",
+        "this host's name in the cluster (default: the machine's host name)")
+declare("cluster.address", "CORRAL_HOST_ADDRESS", _str, "",
+        "the address other hosts reach this one's API at (host:port)")
+declare("cluster.labels", "CORRAL_HOST_LABELS", _labels, {},
+        "this host's labels, key=value,key=value (placement's --on)")
+declare("cluster.token", "CORRAL_JOIN_TOKEN", _str, "",
+        "the join token (corral cluster token) a host needs to join a cluster that has hosts")
+declare("cluster.heartbeat", "CORRAL_HEARTBEAT", _float, 1.0,
+        "seconds between a host's heartbeats (and the leader's rounds)")
+declare("cluster.down_after", "CORRAL_DOWN_AFTER", _float, 6.0,
+        "seconds without a heartbeat after which a host is down")
+declare("cluster.shared", "CORRAL_SHARED_DIR", _str, "",
+        "a directory every host mounts (NFS, Ceph…): --ha VMs keep their files there")
+declare("cluster.max_skew", "CORRAL_MAX_CLOCK_SKEW", _float, 30.0,
+        "how far (seconds) a joining host's clock may be from the store's")
 
 # the remote API (TLS beside the unix socket) and its clients
 declare("api.listen", "CORRAL_LISTEN", _str, "",

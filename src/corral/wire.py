@@ -85,6 +85,7 @@ class Transport:
         self.headers = headers
         self.sock: socket.socket | None = None
         self._buf = b""
+        self.last_headers: dict[str, str] = {}  # of the last answer
 
     def close(self) -> None:
         if self.sock is not None:
@@ -157,14 +158,24 @@ class Transport:
             self.close()
 
     def request(self, method: str, url: str, body: bytes | None,
-                content_type: str = "application/json") -> tuple[int, bytes]:
+                content_type: str = "application/json", file: Path | None = None
+                ) -> tuple[int, bytes]:
+        """One exchange; the body is ``body``, or the contents of ``file`` (sent as it is
+        read, however large)."""
         sock = self._connect()
         head = f"{method} {url} HTTP/1.1\r\nHost: corral\r\n{self.headers}"
-        if body is not None:
+        if file is not None:
+            head += (f"Content-Type: {content_type}\r\n"
+                     f"Content-Length: {file.stat().st_size}\r\n")
+        elif body is not None:
             head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
         elif method in ("POST", "PUT"):
             head += "Content-Length: 0\r\n"
         sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        if file is not None:
+            with file.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    sock.sendall(chunk)
         lines = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
         headers = {k.strip().lower(): v.strip()
@@ -179,6 +190,7 @@ class Transport:
             data = self._read_exact(int(headers.get("content-length", "0")))
         if headers.get("connection", "").lower() == "close":
             self.close()
+        self.last_headers = headers
         return status, data
 
 
@@ -248,6 +260,32 @@ class Connection:
         payload = json.dumps(body).encode() if body is not None else None
         data = self.raw_request(method, route, payload, **query)
         return json.loads(data) if data else None
+
+    def exchange(self, method: str, url: str, payload: bytes | None, content_type: str,
+                 file: Path | None = None) -> tuple[int, dict[str, str], bytes]:
+        """Send one request as given (``url``: path and query) and return the answer as it
+        came, errors included: (status, headers, body). For a daemon that forwards a request
+        to another host's daemon.
+
+        :raises DaemonUnavailable: no daemon answers. :raises Timeout: it did not answer.
+        """
+        for attempt in (1, 2):  # a kept-alive connection the daemon closed is retried once
+            fresh = self._conn.sock is None
+            try:
+                status, data = self._conn.request(method, url, payload, content_type, file)
+                return status, self._conn.last_headers, data
+            except (BrokenPipeError, ConnectionResetError) as err:
+                self.close()
+                if fresh or attempt == 2:
+                    raise self.unavailable() from err
+            except TimeoutError as err:
+                self.close()
+                raise errors.Timeout(f"{self.socket_path} did not answer {method} in "
+                                     f"{self.timeout:g} s") from err
+            except OSError as err:
+                self.close()
+                raise self.unavailable() from err
+        raise AssertionError("unreachable")
 
     def raw_request(self, method: str, route: str, payload: bytes | None = None,
                     content_type: str = "application/json", **query: Any) -> bytes:

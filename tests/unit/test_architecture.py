@@ -26,8 +26,8 @@ from tests.unit._source import PACKAGE, component, import_statements, imports, m
 TIERS: list[tuple[str, frozenset[str], bool]] = [
     # the package root re-exports Client; the daemon is what `corral serve` runs
     ("front doors", frozenset({"corral", "api", "cli", "client", "client_networks",
-                               "client_access", "client_pools", "client_stacks", "wire",
-                               "remote",
+                               "client_access", "client_pools", "client_stacks",
+                               "client_events", "wire", "remote",
                                "daemon"}), False),
     ("use cases", frozenset({"service", "perf"}), True),
     ("mechanisms", frozenset({"engine", "store", "scheduler", "images"}), True),
@@ -40,7 +40,7 @@ TIERS: list[tuple[str, frozenset[str], bool]] = [
     ("domain", frozenset({"domain"}), True),
     # views: the typed shapes of answers, stdlib only, shared by the API and the Client
     # the configuration file's reader (TOML, stdlib only) sits under the settings it fills
-    ("foundations", frozenset({"errors", "views", "settings_file"}), True),
+    ("foundations", frozenset({"errors", "views", "settings_file", "settings_parse"}), True),
 ]
 TIER = {name: i for i, (_, names, _) in enumerate(TIERS) for name in names}
 INDEPENDENT = {name for _, names, independent in TIERS if independent for name in names}
@@ -50,8 +50,7 @@ FORBIDDEN = {
     ("cli", "service"), ("cli", "api"),  # the CLI talks HTTP to the daemon
     ("client", "service"), ("client", "api"), ("client", "cli"), ("client", "daemon"),
     *((part, other) for part in ("wire", "client_networks", "client_access", "client_pools",
-                                 "client_stacks",
-                                 "remote")
+                                 "client_stacks", "client_events", "remote")
       for other in ("service", "api", "cli", "daemon")),
 }
 ONLY = {"scheduler": {"domain", "errors"}}  # pure: the simulator runs it outside the daemon

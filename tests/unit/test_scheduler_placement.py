@@ -150,3 +150,24 @@ def test_ten_thousand_requests_on_a_thousand_hosts_is_fast() -> None:
     elapsed = time.perf_counter() - t0
     assert sum(r.host is not None for r in results) > 9_000
     assert elapsed < 3.0  # bench/placement.py: target 1 s; scanning every host takes ~20 s
+
+
+def test_a_request_for_one_host_goes_there_or_nowhere_and_says_why() -> None:
+    p = Placer(hosts(), "spread")
+    assert p.place(rq("a", host="h1")).host == "h1"
+    too_big = p.place(rq("b", memory=9 * GiB, host="h1"))
+    assert too_big.host is None and "memory" in too_big.rejected["h1"]
+    assert too_big.rejected["h2"] == "not the host asked for (h1)"
+    explained = p.place(rq("c", host="h3"), explain=True)
+    assert explained.host == "h3" and set(explained.rejected) == {"h1", "h2"}
+
+
+def test_assign_accounts_a_placement_decided_elsewhere() -> None:
+    p = Placer(hosts(), "spread")
+    p.assign(rq("x", cpus=2, memory=30 * GiB, anti_affinity="g"), "h2")
+    assert p.free("h2").memory == 2 * GiB
+    assert p.place(rq("y", anti_affinity="g")).host == "h3"  # h2 holds the group now
+    with pytest.raises(AlreadyExists):
+        p.assign(rq("x"), "h1")
+    with pytest.raises(NotFound):
+        p.assign(rq("z"), "h9")

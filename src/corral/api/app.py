@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from corral.api import (
+    cluster,
     console,
     disks,
     errors,
@@ -41,6 +42,7 @@ from corral.api import (
 from corral.api.auth import Guard
 from corral.api.common import API
 from corral.api.fastlane import FastLane
+from corral.api.forward import Forward
 from corral.api.limits import BodyLimit
 from corral.api.opening import OpenGate, Opening
 from corral.api.schema import CorralAPI
@@ -49,7 +51,7 @@ from corral.service.manager import Manager
 __all__ = ["API", "create_app"]
 
 ROUTES = (vms, snapshots, disks, guest, images, host, networks, routers, pools, projects,
-          events, metrics, console, stacks)
+          events, metrics, console, stacks, cluster)
 
 
 def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = False,
@@ -85,9 +87,12 @@ def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = F
     app.router.routes.extend(web.routes(where or web.Where()).routes)
     app.mount("/static", web.static_files(), name="static")
     errors.install(app)
-    app.add_middleware(BodyLimit)
-    # inside Guard and the metrics: tokens, roles, projects, audit and metrics apply to it
+    # innermost, the hot routes: inside Guard and the metrics (tokens, roles, projects, audit
+    # and metrics apply to them) and inside Forward (a VM of another host is answered there)
     app.add_middleware(FastLane, manager=manager, routes=list(app.router.routes))
+    # a request about a VM of another host goes there, once authorised
+    app.add_middleware(Forward, manager=manager)
+    app.add_middleware(BodyLimit)
     app.add_middleware(metrics.RequestMetrics, manager=manager, paths={
         r.endpoint: r.path for r in app.router.routes if isinstance(r, Route)})
     app.add_middleware(web.SameOrigin)

@@ -46,6 +46,8 @@ ADMIN = frozenset({
     ("DELETE", "/v1/projects/{name}"), ("DELETE", "/v1/images/{image}"),
     # the daemon opens the path the client names, with its own rights
     ("POST", "/v1/import"), ("POST", "/v1/vms/{name}/export"),
+    # a whole VM sent by another host of the cluster (with its peer token)
+    ("PUT", "/v1/cluster/incoming/{name}"),
     # host-wide views that span projects
     ("GET", "/v1/topology"), ("GET", "/v1/trace"),
 })

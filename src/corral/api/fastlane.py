@@ -7,11 +7,13 @@ the pause itself.
 The routes stay declared in FastAPI (their OpenAPI documentation, and any request the lane
 does not take: a query string, a body, a name that needs checking) and answer exactly what
 the lane answers: the same service call, the same JSON (a list's first page and its
-``X-Total-Count``), the same error bodies. The lane sits inside the authorization seam
-(:class:`corral.api.auth.Guard`) and the request metrics: the caller's token, role, rate
-and project apply to it as to any route (the service hides what the caller's project may
-not see), its acts are audited, and it names the route it answered in the request's scope
-(``endpoint``) so that the metrics count it under the route's template.
+``X-Total-Count``; in a cluster every host's VMs), the same error bodies. The lane sits
+inside the authorization seam (:class:`corral.api.auth.Guard`), the request metrics and
+the cluster's forwarding (:mod:`corral.api.forward`: a VM of another host is answered by
+that host): the caller's token, role, rate and project apply to it as to any route (the
+service hides what the caller's project may not see), its acts are audited, and it names
+the route it answered in the request's scope (``endpoint``) so that the metrics count it
+under the route's template.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class FastLane:
         method, path = scope["method"], scope["path"]
         if method == "GET" and path == API + "/vms":
             scope["endpoint"] = self.endpoints.get(("GET", path))
-            return self.m.vms.list
+            cluster = self.m.cluster
+            return self.m.vms.list if cluster is None else (lambda: cluster.list_vms(None))
         if method != "POST":
             return None
         for key, value in scope.get("headers", ()):
@@ -74,11 +77,11 @@ class FastLane:
         status, headers = 200, _JSON
         try:
             result = call()
+            if not isinstance(result, list):
+                result = await result
             if isinstance(result, list):  # the first page, as GET /v1/vms answers it
                 headers = [*_JSON, (b"x-total-count", str(len(result)).encode())]
                 result = result[:MAX_PAGE]
-            else:
-                result = await result
             body = json.dumps(result).encode()
         except Exception as err:  # answered as every route answers it
             if not hasattr(err, "status"):

@@ -20,6 +20,7 @@ from corral.errors import TooLarge
 
 MAX_JSON_BODY = 1 << 20
 MAX_FILE_BODY = 256 << 20
+MAX_MOVE_BODY = 1 << 40  # a VM moved from another host of the cluster: its disks and state
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -28,6 +29,8 @@ Message = dict[str, Any]
 def limit_for(method: str, path: str) -> int:
     if method == "PUT" and path.endswith("/files"):
         return MAX_FILE_BODY
+    if method == "PUT" and path.startswith("/v1/cluster/incoming/"):
+        return MAX_MOVE_BODY
     return MAX_JSON_BODY
 
 

@@ -34,9 +34,10 @@ class Opening:
 
         def done(task: asyncio.Task[None]) -> None:
             if not task.cancelled() and task.exception() is not None:
-                log.error("the service could not open: %s", task.exception())
-                if on_failure is not None:
+                if on_failure is not None:  # it tells (the daemon: one line, its exit code)
                     on_failure(task.exception())  # type: ignore[arg-type]
+                else:
+                    log.error("the service could not open: %s", task.exception())
 
         self.opening.add_done_callback(done)
 

@@ -50,6 +50,10 @@ class CreateSpec(VMCreate):
         | None = None
     pin: list[Annotated[int, Field(ge=0, le=4095)]] | None = Field(None, max_length=4096)
     owner: str = Field("default", min_length=1, max_length=64)
+    host: str | None = Field(None, min_length=1, max_length=64)
+    on: dict[Annotated[str, Field(min_length=1, max_length=64)],
+             Annotated[str, Field(max_length=128)]] | None = Field(None, max_length=32)
+    group: str | None = Field(None, min_length=1, max_length=64)
 
 
 def routes(m: Manager) -> APIRouter:
@@ -63,26 +67,39 @@ def routes(m: Manager) -> APIRouter:
 def _catalog(r: APIRouter, m: Manager) -> None:
     """List, define (and maybe start), show and remove VMs."""
 
-    @r.get("/vms", responses=ok(list[VM]))
-    async def list_vms(page: Page) -> Response:
-        return page.of(m.vms.list())
+    @r.get("/vms", responses=ok(list[VM], 503))
+    async def list_vms(page: Page, host: Annotated[str | None, Query(
+            min_length=1, max_length=64)] = None) -> Response:
+        """Every VM; in a cluster every host's (``host`` keeps one host's)."""
+        if m.cluster is not None:
+            return page.of(await m.cluster.list_vms(host))
+        return page.of(m.vms.list() if host is None else [])
 
     @r.post("/vms", status_code=201, responses=ok(VM, 404, 409, 502, 504, status=201))
     async def create_vm(spec: CreateSpec, start: bool = False, wait: bool = False,
                         timeout: float = timeout(120.0, "readiness timeout"),
                         queue: bool = True) -> Response:
         """Define a VM; ``start`` also boots it (all or nothing: a failed start leaves
-        nothing behind); ``from_snapshot`` makes it a warm start."""
+        nothing behind); ``from_snapshot`` makes it a warm start. In a cluster it is placed
+        on a host first (``host``, ``on``, ``group``, ``anti_affinity``)."""
+        if m.cluster is not None:
+            return json(await m.cluster.create(spec.model_dump(exclude_unset=True),
+                                               start=start, wait=wait, timeout=timeout,
+                                               queue=queue), 201)
         return json(await m.vms.create(spec.model_dump(exclude_unset=True), start=start,
                                        wait=wait, timeout=timeout, queue=queue), 201)
 
     @r.get("/vms/{name}", responses=ok(VM, 404))
     async def get_vm(name: Name) -> Response:
+        if m.cluster is not None:
+            return json(await m.cluster.get(name))
         return json(await m.vms.get(name))
 
     @r.delete("/vms/{name}", status_code=204, responses=ok(None, 404, 409))
     async def rm_vm(name: Name) -> Response:
-        await m.vms.rm(name)
+        """Remove a VM (in a cluster, also a request still waiting for room anywhere)."""
+        if m.cluster is None or not await m.cluster.cancel_queued(name):
+            await m.vms.rm(name)
         return Response(status_code=204)
 
 

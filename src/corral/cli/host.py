@@ -1,5 +1,6 @@
-"""``corral serve``, ``config show``, ``host info|set``, ``queue``, ``trace`` and ``image
-build|list|import|rm``: the daemon, its settings, the host and the images on it."""
+"""``corral serve``, ``config show``, ``host info|set|list|cordon|uncordon|drain``,
+``cluster token``, ``queue``, ``trace`` and ``image build|list|import|rm``: the daemon, its
+settings, the hosts and the images on them."""
 
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.set_flag("socket", args.socket, "--socket")
     if args.listen:
         settings.set_flag("api.listen", args.listen, "--listen")
+    for key, flag, value in (("cluster.url", "--cluster", args.cluster),
+                             ("cluster.host", "--name", args.name),
+                             ("cluster.labels", "--labels", args.labels),
+                             ("cluster.address", "--address", args.address)):
+        if value is not None:
+            settings.set_flag(key, value, flag)
     settings.table()  # every value must parse before the daemon starts
     daemon.main(Path(args.socket) if args.socket else None, args.listen)
     return 0
@@ -86,6 +93,22 @@ def cmd_host_set(args: argparse.Namespace) -> int:
     res = client(args).host_set(args.key, args.value)
     return out(args, res, f"{res['key']}: {_show_value(res['old'])} → "
                           f"{_show_value(res['value'])} (until the daemon restarts)")
+
+
+def cmd_host_list(args: argparse.Namespace) -> int:
+    hosts = client(args).hosts()
+    return out(args, hosts, render.host_table(hosts))
+
+
+def cmd_host_admin(args: argparse.Namespace) -> int:
+    host = client(args).host_admin(args.host, args.host_command)
+    return out(args, host, f"host {host['name']} is {host['state']}")
+
+
+def cmd_cluster_token(args: argparse.Namespace) -> int:
+    tok = client(args).join_token()
+    return out(args, tok, f"{tok['token']}\n(join with: CORRAL_JOIN_TOKEN={tok['token']} "
+                          f"corral serve --cluster {tok['cluster']})")
 
 
 def cmd_host_info(args: argparse.Namespace) -> int:
@@ -163,27 +186,64 @@ def register(sub: Any, pa: Parents) -> None:
                 "them)", "Run the Corral daemon in the foreground. It owns the store, one QMP "
                 "connection per VM and the REST API on a unix socket (and, with --listen, the "
                 "same API over TLS with tokens). Stopping it leaves VMs running; the next "
-                "daemon re-adopts them. Settings come from their defaults, the configuration "
-                "file, the environment and these flags, each overriding the one before "
-                "('corral config show' tells which).", js=False, vm=False)
+                "daemon re-adopts them. With --cluster it keeps its store in that PostgreSQL "
+                "database and joins the cluster of hosts there (a new host of a cluster that "
+                "has members needs CORRAL_JOIN_TOKEN from 'corral cluster token'). Settings "
+                "come from their defaults, the configuration file, the environment and these "
+                "flags, each overriding the one before ('corral config show' tells which).",
+                js=False, vm=False)
     p.add_argument("--listen", metavar="ADDR:PORT", default=None,
                    help="also serve the API over TLS here, e.g. 0.0.0.0:8443 (the setting "
                         "api.listen; the certificate is made under the home on first "
                         "start unless api.tls_cert/api.tls_key name one)")
+    p.add_argument("--config", metavar="FILE", help="the configuration file (TOML; default "
+                   "$CORRAL_CONFIG, $CORRAL_HOME/corral.toml, else /etc/corral/corral.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting, over the file and the environment (repeatable)")
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="log lines as text, or as one JSON object each (for a journal)")
+    p.add_argument("--cluster", metavar="URL",
+                   help="join the cluster whose store is this PostgreSQL URL, e.g. "
+                        "postgresql://corral@db/corral (default: one host on SQLite)")
+    p.add_argument("--name", metavar="NAME", help="this host's name in the cluster "
+                                                  "(default: the machine's host name)")
+    p.add_argument("--labels", metavar="K=V,...", help="this host's labels, for --on")
+    p.add_argument("--address", metavar="HOST:PORT",
+                   help="where other hosts reach this one's API")
+    p = command(sub, pa, "config", cmd_config_show, "every setting in force and where it "
+                "came from", "Print every setting of the daemon: its value in force and "
+                "where it came from (default, FILE:LINE, environment, --set flag, or 'corral "
+                "host set'). Asks the running daemon; without one, tells what a daemon "
+                "started now would use.", vm=False)
+    p.add_argument("config_command", choices=["show"], metavar="show")
+    p.add_argument("--config", metavar="FILE", help="read this file instead of asking the "
+                   "daemon (checks it: an unknown key or a bad value is an error)")
     command(sub, pa, "queue", cmd_queue, "VMs waiting for capacity, in the order they will "
             "start", vm=False)
     command(sub, pa, "trace", cmd_trace, "every start request's arrival, start and end as JSON "
             "(for 'corral simulate --trace')", js=False, vm=False)
-    hp = sub.add_parser("host", help="facts about this host; live settings",
-                       formatter_class=Formatter)
+    hp = sub.add_parser("host", help="this host and a cluster's hosts; live settings",
+                        formatter_class=Formatter)
     hsub = hp.add_subparsers(dest="host_command", metavar="COMMAND", required=True)
     command(hsub, pa, "info", cmd_host_info, "CPUs, memory, accelerator in use and why",
             vm=False)
+    command(hsub, pa, "list", cmd_host_list, "the cluster's hosts: state (up, down, "
+            "cordoned, draining), leader, allocation ratios, VM count", vm=False)
+    for action, what in (("cordon", "take no new VMs (its VMs keep running)"),
+                         ("uncordon", "take new VMs again"),
+                         ("drain", "take no new VMs; its VMs are to be moved off")):
+        p = command(hsub, pa, action, cmd_host_admin, f"{action} a host: {what}", vm=False)
+        p.add_argument("host", metavar="NAME", help="the host's name (corral host list)")
     p = command(hsub, pa, "set", cmd_host_set, "change a live setting now, without a restart",
                 "Change a setting of the running daemon at once (recorded as an event): "
-                "cpu-ratio, memory-ratio, disk-ratio, queue-policy, backfill, quantum. It "
-                "lasts until the daemon restarts; put it in the configuration file to keep it.",
-                vm=False)
+                "cpu-ratio, memory-ratio, disk-ratio, queue-policy, backfill, quantum, "
+                "weigher. It lasts until the daemon restarts; put it in the configuration "
+                "file to keep it.", vm=False)
     p.add_argument("key", metavar="KEY", help="the setting (cpu-ratio or scheduler.cpu_ratio)")
     p.add_argument("value", metavar="VALUE")
+    cp = sub.add_parser("cluster", help="the cluster of hosts", formatter_class=Formatter)
+    csub = cp.add_subparsers(dest="cluster_command", metavar="COMMAND", required=True)
+    command(csub, pa, "token", cmd_cluster_token, "make a token another host joins with",
+            "Make a join token: start a new host's daemon with CORRAL_JOIN_TOKEN set to it "
+            "and --cluster URL. Only a digest of it is stored.", vm=False)
     _images(sub, pa)

@@ -49,15 +49,16 @@ environment (each also a key of the configuration file, see 'corral config show'
 exit status: 0 ok, 2 invalid input, 3 not found, 4 already exists, 5 wrong state,
 6 timeout, 7 guest agent error, 8 daemon not running, 9 no capacity, 10 needs root,
 11 disk full, 12 migration failed, 13 no valid token, 14 role too low, 15 over a quota,
-16 rate limited, 17 certificate not trusted, 1 other errors.
+16 rate limited, 17 certificate not trusted, 18 cluster store unreachable, 19 cluster host
+down or silent, 1 other errors.
 """
 
 # which module of corral.cli defines each command word (aliases included)
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "host": ("serve", "queue", "trace", "host", "image", "config"),
+    "host": ("serve", "queue", "trace", "host", "cluster", "image", "config"),
     "vms": ("create", "run", "start", "pause", "resume", "shutdown", "stop", "reboot", "save",
             "restore", "clone", "export", "import", "rm", "destroy", "delete", "list", "show",
-            "console", "logs"),
+            "console", "logs", "move"),
     "guest": ("exec", "cp", "ip"),
     "disks": ("disk", "attach-disk", "detach-disk"),
     "snapshots": ("snapshot",),

@@ -132,7 +132,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="comma-separated policies (default fcfs,sjf,priority,fair)")
     p.add_argument("--aging-rate", type=float, default=1 / 60, metavar="R",
                    help="priority points a waiting job gains per second (default 1/60)")
+    c = p.add_argument_group("a cluster on paper")
+    c.add_argument("--hosts", type=int, metavar="N",
+                   help="simulate the cluster's admission queue and placement over N "
+                        "synthetic hosts instead (with --arrival-rate, --service-mean, "
+                        "--jobs), e.g. --hosts 1000 --arrival-rate 50 --service-mean 60 "
+                        "--jobs 100000")
+    c.add_argument("--weigher", choices=["spread", "pack"], default="spread",
+                   help="placement's weigher for --hosts (default spread)")
     p.set_defaults(func=cmd_simulate)
+
+
+def _simulate_cluster(args: argparse.Namespace) -> int:
+    from corral.perf import clustersim
+
+    if args.arrival_rate is None or args.service_mean is None:
+        raise InvalidSpec("arrival-rate", "--hosts needs --arrival-rate and --service-mean")
+    run = clustersim.simulate_cluster(args.hosts, args.arrival_rate, args.service_mean,
+                                      args.jobs, args.seed, args.weigher)
+    if args.json:
+        _dump(run.as_dict())
+    else:
+        print(clustersim.table(run))
+    return 0
 
 
 def _dump(data: object) -> None:
@@ -202,6 +224,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from corral.domain.sizes import parse_size
     from corral.perf import queueing, simulate
 
+    if args.hosts is not None:
+        return _simulate_cluster(args)
     theory = None
     if args.trace:
         jobs = simulate.parse_trace(_read_trace(args.trace))

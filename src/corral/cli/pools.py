@@ -44,7 +44,8 @@ def pool_table(pools: Sequence[Mapping[str, Any]]) -> str:
 
 
 def pool_detail(p: Mapping[str, Any]) -> str:
-    lines = [("name", p["name"]), ("source", p["source"]),
+    lines = [("name", p["name"]), ("project", str(p.get("project", "default"))),
+             ("source", p["source"]),
              ("size", f"{p['size']} (max {p['max']}{', autosized' if p['autosize'] else ''})"),
              ("free", f"{p['free']}" + (f" (making {p['filling']})" if p["filling"] else "")),
              ("hand-outs", str(p["handouts"])), ("misses", str(p["misses"])),

@@ -30,12 +30,42 @@ def _secs(v: float | None) -> str:
 
 
 def vm_table(vms: Sequence[Mapping[str, Any]]) -> str:
-    rows = [("NAME", "STATE", "READY", "CPUS", "MEMORY", "PID", "UPTIME")]
+    """The VMs; with a HOST column when they carry one (a cluster)."""
+    cluster = any("host" in vm for vm in vms)
+    rows = [("NAME", *(("HOST",) if cluster else ()), "STATE", "READY", "CPUS", "MEMORY",
+             "PID", "UPTIME")]
     for vm in vms:
         up = vm.get("uptime_seconds")
-        rows.append((vm["name"], vm["state"], "yes" if vm.get("ready") else "-",
+        host = (vm.get("host") or "-",) if cluster else ()
+        rows.append((vm["name"], *host, vm["state"], "yes" if vm.get("ready") else "-",
                      str(vm["cpus"]), _mib(vm["memory_bytes"]), str(vm.get("pid") or "-"),
                      "-" if up is None else f"{up:.0f}s"))
+    return _table(rows)
+
+
+def host_table(hosts: Sequence[Mapping[str, Any]]) -> str:
+    """The cluster's hosts: state, leader, allocation ratios, VM count, labels."""
+    rows = [("NAME", "STATE", "LEADER", "CPU", "MEMORY", "VMS", "ACCEL", "ADDRESS", "LABELS")]
+    for h in hosts:
+        ratio = h["allocation_ratio"]
+        rows.append((h["name"], h["state"], "yes" if h["leader"] else "-",
+                     f"{ratio['cpus']:.0%} of {h['cpus']}",
+                     f"{ratio['memory']:.0%} of {_mib(h['memory_bytes'])}", str(h["vms"]),
+                     h["accel"], h["address"] or "-",
+                     ",".join(f"{k}={v}" for k, v in h["labels"].items()) or "-"))
+    return _table(rows)
+
+
+def placement(p: Mapping[str, Any]) -> str:
+    """Where a VM went and why each host was or was not chosen."""
+    lines = [f"{p['vm']} is on {p['host'] or '(no host yet: queued)'}; placement weigher: "
+             f"{p['weigher']}"]
+    width = max((len(h) for h in p["hosts"]), default=0)
+    lines += [f"  {h.ljust(width)}  {why}" for h, why in p["hosts"].items()]
+    return "\n".join(lines)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)
@@ -44,10 +74,13 @@ def vm_table(vms: Sequence[Mapping[str, Any]]) -> str:
 def vm_detail(vm: Mapping[str, Any]) -> str:
     lines = [
         ("name", vm["name"]), ("project", vm.get("project") or "default"),
-        ("state", state(vm)), ("qemu status", vm.get("qemu_status") or "-"),
+        ("state", state(vm)),
+        *((("host", vm["host"] or "- (queued)"),) if "host" in vm else ()),
+        *((("last known state", vm["last_state"]),) if "last_state" in vm else ()),
+        ("qemu status", vm.get("qemu_status") or "-"),
         ("accelerator", vm.get("accel") or "-"),
         ("pid", vm.get("pid") or "-"), ("vcpus", vm["cpus"]),
-        ("memory", _mib(vm["memory_bytes"])), ("machine", vm["machine"]),
+        ("memory", _mib(vm["memory_bytes"])), ("machine", vm.get("machine") or "-"),
         ("image", vm.get("image") or "-"), ("uptime", _secs(vm.get("uptime_seconds"))),
         ("start to ready", _secs(vm.get("boot_seconds"))),
     ]
@@ -62,7 +95,8 @@ def vm_detail(vm: Mapping[str, Any]) -> str:
         lines.append(("confinement", confinement(vm["confinement"])))
     if vm.get("console_socket"):
         lines.append(("console", f"corral console {vm['name']}"))
-    lines.append(("serial log", vm["serial_log"]))
+    if vm.get("serial_log"):
+        lines.append(("serial log", vm["serial_log"]))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in lines)
 

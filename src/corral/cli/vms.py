@@ -104,12 +104,20 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return out(args, {"name": args.name, "destroyed": True}, f"destroyed {args.name}")
 
 
+def cmd_move(args: argparse.Namespace) -> int:
+    vm = client(args).move(args.name, args.to)
+    return out(args, vm, f"{vm['name']} is on {vm.get('host')}, {render.state(vm)}")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    vms = client(args).list()
+    vms = client(args).list(host=args.host)
     return out(args, vms, render.vm_table(vms))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    if args.explain:
+        placed = client(args).placement(args.name)
+        return out(args, placed, render.placement(placed))
     vm = client(args).get(args.name)
     return out(args, vm, render.vm_detail(vm))
 
@@ -257,8 +265,19 @@ def register(sub: Any, pa: Parents) -> None:
     _state_and_copies(sub, pa)
     command(sub, pa, "rm", cmd_rm, "stop a VM if it runs and remove all it owns",
             aliases=("destroy", "delete"))
-    command(sub, pa, "list", cmd_list, "list VMs", vm=False)
-    command(sub, pa, "show", cmd_show, "show one VM: state, accelerator, pid, uptime, boot time")
+    p = command(sub, pa, "move", cmd_move, "move a VM that does not run to another host",
+                "Move a defined, stopped, saved or crashed VM to another host of the "
+                "cluster: its disks, snapshots and saved state are copied over the hosts' "
+                "TLS API, and a saved VM resumes there. (Running VMs: live migration is not "
+                "built yet.)")
+    p.add_argument("--to", required=True, metavar="HOST", help="the host to move it to")
+    p = command(sub, pa, "list", cmd_list, "list VMs (in a cluster: every host's, with HOST)",
+                vm=False)
+    p.add_argument("--host", metavar="NAME", help="only the VMs of this cluster host")
+    p = command(sub, pa, "show", cmd_show,
+                "show one VM: state, host, accelerator, pid, uptime, boot time")
+    p.add_argument("--explain", action="store_true",
+                   help="in a cluster: why each host was or was not chosen for it")
     command(sub, pa, "console", cmd_console, "attach to a VM's serial console (Ctrl-] detaches)",
             js=False)
     p = command(sub, pa, "logs", cmd_logs, "print a VM's serial log", js=False)

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 _PLAIN = ("image", "cpus", "memory", "kernel", "initrd", "cmdline", "machine", "arch",
-          "hostname", "owner", "priority", "expected_runtime", "cpu_weight", "cpu_max")
+          "hostname", "owner", "priority", "expected_runtime", "cpu_weight", "cpu_max", "host",
+          "group")
 
 
 def spec_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -36,7 +37,25 @@ def spec_from(args: argparse.Namespace) -> dict[str, Any]:
         spec["timeslice"] = True
     if getattr(args, "pin", None):
         spec["pin"] = render.parse_cpus(args.pin)
+    if getattr(args, "on", None):
+        spec["on"] = _labels(args.on)
+    if getattr(args, "anti_affinity", False):
+        spec["anti_affinity"] = True
+    if getattr(args, "ha", False):
+        spec["ha"] = True
     return spec
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    from corral import errors
+
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise errors.InvalidSpec("on", f"'{item}' is not LABEL=VALUE")
+        out[key] = value
+    return out
 
 
 def add_spec_options(p: argparse.ArgumentParser) -> None:
@@ -74,3 +93,14 @@ def add_spec_options(p: argparse.ArgumentParser) -> None:
                                                                 "(100 is normal)")
     s.add_argument("--cpu-max", metavar="PCT", help="cap CPU use, e.g. 50%% of one CPU")
     s.add_argument("--pin", metavar="CPUS", help="pin vCPU threads to host CPUs, e.g. 0,1")
+    c = p.add_argument_group("placement (a cluster of hosts)")
+    c.add_argument("--host", metavar="NAME", help="on this host and no other")
+    c.add_argument("--on", action="append", metavar="LABEL=VALUE",
+                   help="only on hosts with this label (arch and accel are labels too); "
+                        "repeatable")
+    c.add_argument("--group", metavar="G", help="a placement group: its VMs share hosts")
+    c.add_argument("--anti-affinity", action="store_true",
+                   help="the --group's VMs never share a host")
+    c.add_argument("--ha", action="store_true",
+                   help="keep its files on the cluster's shared storage and restart it on "
+                        "another host when its host is lost")

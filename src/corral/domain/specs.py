@@ -90,6 +90,12 @@ class VMCreate(BaseModel):
     cpu_weight: int | None = None
     cpu_max: str | float | None = None  # "50%" or 50
     pin: list[int] | None = None
+    # placement across a cluster's hosts (corral.scheduler.placement)
+    host: str | None = None  # this host and no other
+    on: dict[str, str] | None = None  # only hosts with these labels
+    group: str | None = None  # an affinity group (anti_affinity: an anti-affinity group)
+    anti_affinity: bool = False
+    ha: bool = False  # on shared storage; restarted on another host when its host is lost
 
     @field_validator("name")
     @classmethod
@@ -148,6 +154,9 @@ class Scheduling(BaseModel):
     cpu_weight: int | None = None  # relative CPU share, 1-10000 (100 is the default)
     cpu_max: float | None = None  # cap in percent of one CPU (50: half a CPU)
     pin: list[int] | None = None  # host CPUs its vCPU threads may run on
+    group: str | None = None  # placement group: its VMs share hosts (or, anti, never do)
+    anti_affinity: bool = False
+    ha: bool = False  # its files are on shared storage; the leader restarts it elsewhere
 
 
 class VMSpec(BaseModel):
@@ -261,6 +270,10 @@ def scheduling(req: VMCreate, host: HostFacts) -> Scheduling:
         if not 0 < cap <= 100 * host.cpus:
             raise InvalidSpec("cpu_max", f"'{req.cpu_max}' is not a CPU cap; give a percentage "
                                          f"of one CPU up to {100 * host.cpus}%, e.g. 50%")
+    if req.group is not None and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", req.group):
+        raise InvalidSpec("group", f"'{req.group}' is not a group name")
+    if req.anti_affinity and req.group is None:
+        raise InvalidSpec("anti_affinity", "an anti-affinity needs its --group")
     if req.pin is not None and (not req.pin or any(not 0 <= c < host.cpus for c in req.pin)):
         raise InvalidSpec("pin", f"{req.pin} names CPUs this host does not have "
                                  f"(0-{host.cpus - 1})")
@@ -268,7 +281,8 @@ def scheduling(req: VMCreate, host: HostFacts) -> Scheduling:
                       expected_runtime=None if req.expected_runtime is None
                       else parse_duration("expected_runtime", req.expected_runtime),
                       timeslice=req.timeslice, cpu_weight=req.cpu_weight, cpu_max=cap,
-                      pin=req.pin)
+                      pin=req.pin, group=req.group, anti_affinity=req.anti_affinity,
+                      ha=req.ha)
 
 
 def new_mac() -> str:

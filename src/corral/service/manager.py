@@ -37,6 +37,19 @@ from corral.store.db import Store, VMRecord
 log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from corral.engine.qemu.driver import QemuDriver
+    from corral.service.cluster import Member
+
+
+def _cluster_of() -> tuple[str, str] | None:
+    """(the PostgreSQL URL, this host's name) when the daemon is one host of a cluster."""
+    from corral import settings
+
+    url = settings.value("cluster.url")
+    if not url:
+        return None
+    from corral.service.cluster import host_name
+
+    return str(url), host_name()
 
 
 class _Hooks:
@@ -71,6 +84,8 @@ class Manager:
 
             driver = self._qemu = QemuDriver(self.accel.name, accel_mod.tsc_khz())
         self.driver = driver
+        #: (listen address, certificate fingerprint) of the TLS API, set by the daemon
+        self.endpoint: tuple[str, str] | None = None
         self._opened: _Opened | None = None
 
     async def open(self) -> None:
@@ -84,19 +99,33 @@ class Manager:
             d.mkdir(parents=True, exist_ok=True)
         if self._qemu is not None:
             self._qemu.confinement = confinement.decide(self.paths, self.accel.name)
+        cluster = _cluster_of()
         t0 = time.monotonic()
-        rt = VMRuntime(self.paths, Store(self.paths.db), self.driver, self.accel.name)
+        rt = VMRuntime(self.paths, Store(self.paths.db, cluster), self.driver, self.accel.name)
         self._opened = opened = _Opened(rt, self.accel)
-        await adoption.adopt_all(rt)
-        log.info("store opened and %d VMs taken up in %.2f s", len(rt.live),
-                 time.monotonic() - t0)
-        if self._qemu is not None:
-            self._qemu.settle_guard()
-        await netreconcile.reconcile(opened.net)  # before the queue may start VMs on networks
-        opened.sched.load()
-        opened.sched.dispatch()
-        opened.pools.load()
-        opened.telemetry.start()
+        try:
+            if cluster is not None:
+                from corral.service.cluster import Member
+
+                opened.member = Member(rt, opened.sched, opened.vms, self.accel.name,
+                                       opened.tokens, self.endpoint)
+                await opened.member.fence()  # before anything else: no VM runs twice
+            await adoption.adopt_all(rt)
+            log.info("store opened and %d VMs taken up in %.2f s", len(rt.live),
+                     time.monotonic() - t0)
+            if self._qemu is not None:
+                self._qemu.settle_guard()
+            await netreconcile.reconcile(opened.net)  # before the queue may start VMs on nets
+            opened.sched.load()
+            opened.sched.dispatch()
+            opened.pools.load()
+            opened.telemetry.start()
+            if opened.member is not None:
+                await opened.member.open()
+        except BaseException:
+            if cluster is not None:
+                await self.close()
+            raise
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: they outlive the daemon."""
@@ -104,8 +133,12 @@ class Manager:
             return
         opened, self._opened = self._opened, None
         await opened.pools.close()
+        if opened.member is not None:
+            await opened.member.close()
         opened.events.close()
         await opened.telemetry.close()
+        if self._qemu is not None and not opened.rt.live:
+            self._qemu.confinement.lower_guard()  # no QEMU of ours runs on without us
         await opened.rt.close()
         await opened.sched.close()
         opened.rt.db.close()
@@ -115,6 +148,25 @@ class Manager:
         if self._opened is None:
             raise CorralError("the service is not open (Manager.open() was not called)")
         return self._opened
+
+    @property
+    def cluster(self) -> Member | None:
+        """This daemon's part in a cluster; None on a single host."""
+        return self._parts().member
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened is not None
+
+    def cluster_member(self) -> Member:
+        """:raises InvalidSpec: this daemon is not in a cluster."""
+        member = self._parts().member
+        if member is None:
+            from corral.errors import InvalidSpec
+
+            raise InvalidSpec("cluster", "this daemon is not in a cluster; start it with "
+                                         "'corral serve --cluster postgresql://…'")
+        return member
 
     @property
     def runtime(self) -> VMRuntime:
@@ -206,3 +258,4 @@ class _Opened:
         self.metrics = Metrics(rt, self.sched, self.events, self.telemetry, self.pools)
         self.stacks = Stacks(rt, Runner(self.vms, self.disks, self.snapshots, self.networks,
                                         self.routers, self.guest))
+        self.member: Member | None = None

@@ -88,3 +88,34 @@ async def prepare_disks(requests: list[DiskRequest], vm_dir: Path) -> list[DiskS
         fmt = req.format or ("qcow2" if detected == "qcow2" else "raw")
         disks.append(DiskSpec(path=str(path), format=fmt, readonly=req.readonly, owned=False))
     return disks
+
+
+def make_vm_dir(vm_dir: Path, ha: bool) -> None:
+    """A new VM's directory; for an ``ha`` VM a link to its directory on the cluster's
+    shared storage (``cluster.shared``), where every host finds its files.
+
+    :raises InvalidSpec: ``ha`` without shared storage.
+    """
+    if not ha:
+        vm_dir.mkdir(parents=True)
+        return
+    from corral import settings
+
+    shared = str(settings.value("cluster.shared"))
+    if not shared or not settings.value("cluster.url"):
+        raise InvalidSpec("ha", "an HA VM needs a cluster with shared storage (corral serve "
+                                "--cluster URL, CORRAL_SHARED_DIR on every host)")
+    # a directory of its own: two hosts defining the same name at once never share one
+    target = Path(shared) / "vms" / f"{vm_dir.name}-{uuid.uuid4().hex[:8]}"
+    target.mkdir(parents=True)
+    vm_dir.parent.mkdir(parents=True, exist_ok=True)
+    vm_dir.symlink_to(target)
+
+
+def remove_vm_dir(vm_dir: Path) -> None:
+    """Remove a VM's directory and, for a link to shared storage, what it points to."""
+    if vm_dir.is_symlink():
+        shutil.rmtree(vm_dir.resolve(), ignore_errors=True)
+        vm_dir.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(vm_dir, ignore_errors=True)

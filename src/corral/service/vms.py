@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import errno
-import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -19,6 +18,7 @@ from corral.errors import AlreadyExists, CorralError, DiskFull, InvalidSpec, Inv
 from corral.images import catalog
 from corral.service import access, hostfacts, nics, provision, quotas
 from corral.service.lifecycle import Lifecycle
+from corral.service.provision import make_vm_dir, remove_vm_dir
 from corral.service.runtime import READY_TIMEOUT, VMRuntime
 from corral.store.db import VMRecord
 
@@ -70,6 +70,9 @@ class VMs:
         """Make a VM's record and its disks; nothing boots. A failure leaves nothing."""
         rt = self.rt
         req = sp.parse_create(body)
+        if req.host is not None or req.on:
+            raise InvalidSpec("host" if req.host is not None else "on",
+                              "placing on hosts needs a cluster (corral serve --cluster URL)")
         memory = sp.validate_against_host(req, hostfacts.facts())
         async with rt.lock(req.name):
             if rt.db.get_vm(req.name) is not None:
@@ -83,26 +86,28 @@ class VMs:
                 parse_size(f"disks.{i}.size", d.size, default_unit="G")
                 for i, d in enumerate(req.disks) if d.size is not None))
             vm_dir = rt.paths.vm_dir(req.name)
-            if vm_dir.exists():  # left by a crash between mkdir and commit
-                shutil.rmtree(vm_dir)
-            vm_dir.mkdir(parents=True)
+            remove_vm_dir(vm_dir)  # left by a crash between mkdir and commit
+            make_vm_dir(vm_dir, req.ha)
+            # an HA VM's files: on shared storage, at the same path on every host
+            files = vm_dir.resolve() if req.ha else vm_dir
             try:
-                spec.disks = await provision.prepare_disks(req.disks, vm_dir)
+                spec.disks = await provision.prepare_disks(req.disks, files)
                 image = catalog.find(rt.paths, spec.image) if spec.image else None
                 if image is not None and image.disk is not None:
-                    root = await provision.make_root(image.disk, vm_dir, image.root_bus,
+                    root = await provision.make_root(image.disk, files, image.root_bus,
                                                      boot=spec.kernel is None)
                     spec.disks.insert(0, root)
                 if req.user_data is not None or req.ssh_keys or req.hostname:
-                    spec.disks.append(provision.make_seed(vm_dir, req))
-                spec.vmstate = await provision.make_vmstate(vm_dir)
+                    spec.disks.append(provision.make_seed(files, req))
+                vmstate = Path(await provision.make_vmstate(vm_dir))
+                spec.vmstate = str(files / vmstate.name)
                 nics.plan_nics(self.net, spec)  # no await until add_vm: addresses stay ours
                 rec = VMRecord(name=req.name, uid=str(uuid.uuid4()), spec=spec,
                                state=State.DEFINED, project=project)
                 quotas.check_vm(rt, project, spec.cpus, spec.memory_bytes)  # others meanwhile
                 rt.db.add_vm(rec)
             except BaseException as err:
-                shutil.rmtree(vm_dir, ignore_errors=True)
+                remove_vm_dir(vm_dir)
                 if isinstance(err, OSError) and err.errno == errno.ENOSPC:
                     raise DiskFull(f"cannot create '{req.name}': the disk holding "
                                    f"{rt.paths.home} is full; free some space") from err
@@ -169,6 +174,7 @@ class VMs:
         scope = access.current().scope
         if scope is not None and project is not None and project != scope:
             return []
+        self.rt.db.flush()  # records queued behind earlier answers (audit) are in the log
         if tail is not None:
             return self.rt.db.events(since, vm, limit=tail, tail=True, project=scope or project)
         return self.rt.db.events(since, vm, limit, project=scope or project)
@@ -194,7 +200,7 @@ class VMs:
                 if disk.name:  # a named disk outlives the VM; it is only detached
                     rt.db.set_disk_vm(disk.name, None)
             rt.db.delete_vm(name)
-            shutil.rmtree(rt.paths.vm_dir(name), ignore_errors=True)
+            remove_vm_dir(rt.paths.vm_dir(name))
             await rt.hooks.forget(name, rec.spec)
         rt.forget(name)
 

@@ -1,4 +1,5 @@
-"""The store: SQLite through SQLAlchemy Core, schema kept by Alembic migrations.
+"""The store: SQLite through SQLAlchemy Core, schema kept by Alembic migrations; in a
+cluster, PostgreSQL (one schema per host, see :mod:`corral.store.cluster`).
 
 Every write is one transaction, so a daemon killed in the middle of an operation leaves the
 last committed state; the daemon reconciles that with the live processes when it starts again.
@@ -13,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -33,15 +34,14 @@ from sqlalchemy.exc import OperationalError
 
 from corral.domain.specs import VMSpec
 from corral.domain.states import State
-from corral.errors import DiskFull
+from corral.errors import DiskFull, StoreUnavailable
 from corral.store.access import AccessStore
-from corral.store.schema import disks, events, kv, snapshots, vms
+from corral.store.eventlog import PUBLISH, EventListener, EventLog, log_failure
+from corral.store.schema import disks, kv, snapshots, vms
 
 HEAD = "0006"
 log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).parent / "migrations"
-_PUBLISH = "corral_events"  # a transaction's new events, told to listeners once committed
-EventListener = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -83,9 +83,8 @@ class VMRecord:
         return row
 
 
-def _log_failure(done: Future[None]) -> None:
-    if done.exception() is not None:
-        log.error("a queued store write failed: %s", done.exception())
+def _first_line(err: Exception) -> str:
+    return (str(getattr(err, "orig", None) or err).strip().splitlines() or ["unreachable"])[0]
 
 
 def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -96,22 +95,33 @@ def _pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-class Store:
+class Store(EventLog):
     """All of Corral's persistent state.
 
     The daemon is the store's only writer, so VM records are read once and then served from
     memory; every change is written through in one transaction before it is cached. (A read
     from SQLite plus parsing the spec would cost more than the pause it describes.)
+
+    With ``cluster`` (a PostgreSQL URL and this host's name) the same tables live in this
+    host's own schema of that database, of which this daemon is still the only writer, and
+    every VM's name is also claimed cluster-wide in the same transaction that adds it.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cluster: tuple[str, str] | None = None) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(f"sqlite:///{path}",
-                                            connect_args={"check_same_thread": False})
+        self.host: str | None = None
+        if cluster is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(f"sqlite:///{path}",
+                                                connect_args={"check_same_thread": False})
+            event.listen(self.engine, "connect", _pragmas)
+        else:
+            from corral.store import cluster as cl
+
+            url, self.host = cluster
+            self.engine = cl.host_engine(url, self.host)
         # one writer thread: writes stay in order, and hot paths need not wait for them
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="corral-store")
-        event.listen(self.engine, "connect", _pragmas)
         self._migrate()
         with self.engine.connect() as conn:
             rows = conn.execute(select(vms).order_by(vms.c.created_at)).all()
@@ -146,9 +156,12 @@ class Store:
         published: list[dict[str, Any]] = []
         try:
             with self.engine.begin() as conn:
-                conn.info[_PUBLISH] = published
+                conn.info[PUBLISH] = published
                 yield conn
         except (OperationalError, OSError) as err:
+            if self.host is not None and isinstance(err, OperationalError):
+                raise StoreUnavailable(f"the cluster store cannot be written: "
+                                       f"{_first_line(err)}; nothing was changed") from err
             text = str(err).lower()
             if "full" in text or getattr(err, "errno", None) == errno.ENOSPC:
                 raise DiskFull(f"the store at {self.path} cannot be written: the disk is "
@@ -162,9 +175,14 @@ class Store:
                     log.exception("an event listener failed")
 
     def add_vm(self, rec: VMRecord) -> None:
+        """:raises AlreadyExists: in a cluster, another host has a VM of that name."""
         rec.created_at = rec.updated_at = time.time()
         def write() -> None:
             with self._tx() as conn:
+                if self.host is not None:
+                    from corral.store import cluster as cl
+
+                    cl.claim_name(conn, rec.name, self.host)
                 conn.execute(insert(vms).values(**rec.to_row()))
                 self._event(conn, rec.name, "created", {})
 
@@ -193,7 +211,7 @@ class Store:
         if wait:
             done.result()
         else:
-            done.add_done_callback(_log_failure)
+            done.add_done_callback(log_failure)
 
     def get_vm(self, name: str) -> VMRecord | None:
         return self._vms.get(name)
@@ -206,6 +224,10 @@ class Store:
             with self._tx() as conn:
                 conn.execute(delete(vms).where(vms.c.name == name))
                 conn.execute(delete(snapshots).where(snapshots.c.vm == name))
+                if self.host is not None:
+                    from corral.store import cluster as cl
+
+                    cl.release_name(conn, name, self.host)
                 self._event(conn, name, "destroyed", {})
 
         self._run(write)
@@ -343,46 +365,6 @@ class Store:
         rec = self._vms.get(vm)
         if parent and rec is not None and rec.current_snapshot == name:
             rec.current_snapshot = parent[0]
-
-    def _event(self, conn: Connection, vm: str, kind: str, detail: dict[str, Any],
-               project: str | None = None) -> None:
-        """An event of ``vm`` (or of the named object); in the VM's project unless
-        ``project`` says which. Told to the listeners once its transaction commits."""
-        if project is None:
-            rec = self._vms.get(vm)
-            project = rec.project if rec is not None else "default"
-        ts, text = time.time(), json.dumps(detail)
-        done = conn.execute(insert(events).values(ts=ts, vm=vm, kind=kind, detail=text,
-                                                  project=project))
-        key = done.inserted_primary_key
-        assert key is not None
-        conn.info[_PUBLISH].append({"id": key[0], "ts": ts, "vm": vm, "kind": kind,
-                                    "detail": json.loads(text), "project": project})
-
-    def add_event(self, name: str, kind: str, detail: dict[str, Any],
-                  project: str = "default") -> None:
-        """Record an event that changes nothing else (an audit record; a setting changed,
-        of ``host``), queued in order behind the writes before it."""
-        def write() -> None:
-            with self._tx() as conn:
-                self._event(conn, name, kind, detail, project)
-
-        self._writer.submit(write).add_done_callback(_log_failure)
-
-    def events(self, since: int = 0, vm: str | None = None, limit: int = 1000,
-               tail: bool = False, project: str | None = None) -> list[dict[str, Any]]:
-        """The first ``limit`` events after id ``since`` (``tail``: the last ``limit``), in
-        order; ``vm``'s or ``project``'s only when given."""
-        order = events.c.id.desc() if tail else events.c.id
-        query = select(events).where(events.c.id > since).order_by(order).limit(limit)
-        if vm is not None:
-            query = query.where(events.c.vm == vm)
-        if project is not None:
-            query = query.where(events.c.project == project)
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        out = [{**dict(r._mapping), "detail": json.loads(r.detail)} for r in rows]
-        return out[::-1] if tail else out
 
     def _run(self, write: Callable[[], None]) -> None:
         """Run ``write`` on the writer thread, after every write queued before it."""

@@ -93,6 +93,8 @@ class VM(TypedDict):
     operations: list[str]
     qemu_status: NotRequired[str | None]
     confinement: NotRequired[Confinement | None]
+    host: NotRequired[str | None]  # in a cluster: the host it is on (None: queued)
+    last_state: NotRequired[str]  # its host is down: the state it last reported
     project: NotRequired[str]
 
 
@@ -328,10 +330,41 @@ class Export(TypedDict):
     files: list[str]
 
 
+
+
+class ClusterHost(TypedDict):
+    name: str
+    state: str  # up, down, cordoned or draining
+    address: str
+    leader: bool
+    cpus: int
+    memory_bytes: int
+    disk_bytes: int
+    accel: str
+    arch: str
+    labels: dict[str, str]
+    vms: int
+    allocation_ratio: dict[str, float]
+    silent_seconds: float
+
+
+class JoinToken(TypedDict):
+    token: str
+    cluster: str
+
+
+class PlacementExplained(TypedDict):
+    vm: str
+    host: str | None
+    weigher: str
+    hosts: dict[str, str]  # each host's reason: chosen, fits, or why not
+
+
 __all__ = [
-    "VM", "BatchResult", "Config", "Disk", "Error", "Event", "ExecResult", "Export",
-    "FieldChange", "FileWritten", "Firewall", "FirewallRule", "Forward", "Host", "Image",
-    "Interface", "Leg", "Logs", "Network", "Pool", "PoolRecommendation", "PoolTake", "Port",
+    "VM", "BatchResult", "ClusterHost", "Config", "Disk", "Error", "Event", "ExecResult",
+    "Export", "FieldChange", "FileWritten", "Firewall", "FirewallRule", "Forward", "Host",
+    "Image", "Interface", "JoinToken", "Leg", "Logs", "Network", "PlacementExplained", "Pool",
+    "PoolRecommendation", "PoolTake", "Port",
     "Principal", "Project", "QueueEntry", "Quotas", "Removed", "Router", "Setting",
     "SettingChange", "Snapshot", "Stack", "StackChange", "StackEvent", "StackPlan",
     "StatsPoint", "Token", "TokenCreated", "TraceEntry", "VMDisk", "VMFigures", "VMNic",

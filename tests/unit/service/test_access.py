@@ -26,6 +26,7 @@ ADMIN_ONLY = {
     ("DELETE", "/v1/projects/{name}"), ("DELETE", "/v1/images/{image}"),
     ("POST", "/v1/import"), ("POST", "/v1/vms/{name}/export"),
     ("GET", "/v1/topology"), ("GET", "/v1/trace"),
+    ("PUT", "/v1/cluster/incoming/{name}"),  # a whole VM another host sends (cold move)
 }
 OPERATOR_READS = {("GET", "/v1/vms/{name}/files")}
 STREAMS = {("GET", "/v1/events/stream")}

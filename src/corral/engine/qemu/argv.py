@@ -140,10 +140,10 @@ class RunPaths:
                 self.dir.rmdir()
 
 
-def first_run(run: RunPaths, launched_as: str | None) -> RunPaths:
-    """The run directory a VM's QEMU was launched in: its own, or for a VM renamed since (a
-    warm pool's clone handed out) its first name's, whose monitor socket that QEMU holds."""
-    return RunPaths(run.dir.parent / launched_as) if launched_as else run
+def monitor(run: RunPaths, spec: VMSpec) -> Path:
+    """The monitor socket a VM's QEMU holds: its run directory's, or for a VM renamed since
+    it was launched (a warm pool's clone handed out) the one its first name's had."""
+    return RunPaths(run.dir.parent / spec.launched_as).qmp if spec.launched_as else run.qmp
 
 
 def binary(arch: str) -> str:

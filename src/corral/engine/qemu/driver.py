@@ -33,7 +33,7 @@ from corral.engine.qemu.confine import Confinement
 from corral.engine.qemu.guest_agent import GuestAgent
 from corral.engine.qemu.guest_ops import GuestOps
 from corral.engine.qemu.migration import LiveMigration
-from corral.engine.qemu.process import Process, launch, log_tail, reap
+from corral.engine.qemu.process import Process, launch, log_tail, reap, start_time
 from corral.engine.qemu.qmp import Monitor
 from corral.engine.qemu.spawn import listening, opened_taps
 from corral.errors import CorralError, LaunchFailed, MonitorError, Timeout
@@ -60,7 +60,7 @@ class QemuMachine(GuestOps, LiveMigration):
                  on_gone: Callable[[], None] | None = None) -> None:
         self.name = name
         self.confinement = confinement or Confinement()
-        self.on_gone = on_gone  # the driver counts its running QEMUs
+        self.on_gone = on_gone  # the driver keeps account of its running QEMUs
         self.process = process
         self.monitor = monitor
         self.agent = agent
@@ -293,21 +293,20 @@ class QemuDriver:
         self.accel = accel
         self.tsc_khz = tsc_khz
         self.confinement = confinement or Confinement()
-        self.running = 0  # QEMUs started or adopted and not seen to end: the host guard's
+        # the QEMUs started or adopted and not known to have ended, and the launches under
+        # way: the host guard stands while there is one
+        self.pids: set[int] = set()
+        self.launching = 0
 
-    def _hold(self) -> None:
-        self.running += 1
-        self.confinement.raise_guard()
-
-    def _drop(self) -> None:
-        self.running -= 1
-        if self.running <= 0:
-            self.running = 0
-            self.confinement.lower_guard()
+    def _gone(self, pid: int) -> None:
+        self.pids.discard(pid)
+        self.settle_guard()
 
     def settle_guard(self) -> None:
-        """After adoption: no QEMU runs, so no guard stays (one a killed daemon left)."""
-        if self.running == 0:
+        """Lower the host guard once no QEMU of ours runs or starts (one that ended unseen,
+        say a helper nobody watched, counts as ended once it is gone or a zombie)."""
+        self.pids = {pid for pid in self.pids if start_time(pid) is not None}
+        if not self.pids and not self.launching:
             self.confinement.lower_guard()
 
     def cleanup(self, run_dir: Path, keep_dir: bool = False) -> None:
@@ -329,7 +328,7 @@ class QemuDriver:
 
         machine = QemuMachine(spec.name, proc, Monitor(spec.name, handler),
                               GuestAgent(spec.name, run.agent) if spec.agent else None,
-                              self.confinement, self._drop)
+                              self.confinement, lambda: self._gone(proc.pid))
         holder.append(machine)
         return machine
 
@@ -342,12 +341,15 @@ class QemuDriver:
         self.cleanup(run_dir, keep_dir=True)
         # KVM runs only the host's own architecture; other guests are always emulated
         accel = self.accel if spec.arch == os.uname().machine else "tcg"
-        self._hold()
+        self.launching += 1
+        self.confinement.raise_guard()
         try:
-            return await self._launch(spec, run, serial_log, accel, opts, on_event)
-        except BaseException:
-            self._drop()
-            raise
+            machine = await self._launch(spec, run, serial_log, accel, opts, on_event)
+            self.pids.add(machine.pid)
+            return machine
+        finally:
+            self.launching -= 1
+            self.settle_guard()
 
     async def _launch(self, spec: VMSpec, run: qargv.RunPaths, serial_log: Path, accel: str,
                       opts: LaunchOptions, on_event: EventHandler) -> QemuMachine:
@@ -363,7 +365,6 @@ class QemuDriver:
             passed = [fd for fd in (fds.qmp, fds.console, fds.agent) if fd is not None]
             proc = await launch(argv, run, passed + list(taps.values()), jail)
         machine = self._machine(spec, run, proc, on_event)
-        machine.on_gone = None  # launch's caller counts it down if it fails from here
         try:
             await machine.monitor.connect(run.qmp)
         except BaseException as err:
@@ -376,7 +377,6 @@ class QemuDriver:
                                    log_tail(run.log) or err.message,
                                    what="QEMU would not start") from err
             raise
-        machine.on_gone = self._drop
         return machine
 
     async def adopt(self, spec: VMSpec, run_dir: Path, pid: int | None, started: int | None,
@@ -385,8 +385,7 @@ class QemuDriver:
         if pid is None:
             with contextlib.suppress(OSError, ValueError):
                 pid = int(run.pidfile.read_text().strip())
-        first = qargv.first_run(run, spec.launched_as)  # a renamed VM's QEMU: its first name's
-        proc = Process.adopt(pid, started, first.qmp) if pid is not None else None
+        proc = Process.adopt(pid, started, qargv.monitor(run, spec)) if pid is not None else None
         if proc is None:
             return None
         machine = self._machine(spec, run, proc, on_event)
@@ -395,5 +394,6 @@ class QemuDriver:
         except CorralError:
             await machine.monitor.close()
             raise
-        self._hold()
+        self.pids.add(proc.pid)
+        self.confinement.raise_guard()
         return machine

@@ -1,0 +1,112 @@
+"""Stand-ins for a cluster on one machine: a throw-away PostgreSQL and hosts that are network
+namespaces.
+
+* :class:`Postgres` runs Debian's PostgreSQL 15 as the ``postgres`` user (``initdb`` refuses
+  root) on a unix socket in a temporary directory, with no TCP.
+* :class:`Underlay` is a bridge with one veth per namespace (``crlt-hN``, 10.251.0.N/24):
+  each host's daemon runs inside its namespace with its own ``CORRAL_HOME`` and QEMUs. The
+  namespaces share the filesystem, so every daemon reaches PostgreSQL's socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+BRIDGE = "crlt-ul"
+
+
+def _run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+
+
+class Postgres:
+    """One PostgreSQL server for a test module; ``url`` is a ``postgresql://`` URL."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="crlt-pg-", dir="/tmp"))
+        self.dir.chmod(0o755)
+        shutil.chown(self.dir, "postgres")
+        self.data = self.dir / "data"
+        self.url = f"postgresql://postgres@/postgres?host={self.dir}"
+
+    def _as_postgres(self, *argv: str) -> None:
+        _run("runuser", "-u", "postgres", "--", *argv)
+
+    def init(self) -> None:
+        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust")
+        self.start()
+
+    def start(self) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-o",
+                          f"-k {self.dir} -c listen_addresses='' -c fsync=off",
+                          "-l", str(self.dir / "log"), "start")
+
+    def stop(self) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast",
+                          "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Underlay:
+    """A bridge and namespaces ``crlt-h1`` … joined to it by veths."""
+
+    def __init__(self) -> None:
+        self.namespaces: list[str] = []
+
+    def up(self) -> None:
+        _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        _run("ip", "link", "set", BRIDGE, "up")
+
+    def add(self, n: int) -> tuple[str, str]:
+        """Namespace ``crlt-hN`` with address 10.251.0.N; returns (namespace, address)."""
+        ns, outer, inner = f"crlt-h{n}", f"crlt-v{n}", f"crlt-i{n}"
+        _run("ip", "netns", "add", ns)
+        self.namespaces.append(ns)
+        _run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+        _run("ip", "link", "set", outer, "master", BRIDGE, "up")
+        _run("ip", "link", "set", inner, "netns", ns)
+        _run("ip", "-n", ns, "addr", "add", f"10.251.0.{n}/24", "dev", inner)
+        _run("ip", "-n", ns, "link", "set", inner, "up")
+        _run("ip", "-n", ns, "link", "set", "lo", "up")
+        return ns, f"10.251.0.{n}"
+
+    def down(self) -> None:
+        for ns in self.namespaces:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _run("ip", "netns", "del", ns)
+        for n in range(1, 10):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _run("ip", "link", "del", f"crlt-v{n}")
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _run("ip", "link", "del", BRIDGE)
+
+
+def netns_inode(pid: int) -> int:
+    return Path(f"/proc/{pid}/ns/net").stat().st_ino
+
+
+def namespace_inode(ns: str) -> int:
+    return Path(f"/run/netns/{ns}").stat().st_ino
+
+
+def wait_for(check: object, within: float, what: str, step: float = 0.2) -> float:
+    """Poll ``check()`` until true; return the seconds it took.
+
+    :raises AssertionError: not true within ``within`` seconds.
+    """
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < within:
+        if check():  # type: ignore[operator]
+            return time.monotonic() - t0
+        time.sleep(step)
+    raise AssertionError(f"{what}: not within {within:g} s")
