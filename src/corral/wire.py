@@ -10,19 +10,20 @@ remote is used: :mod:`corral.remote`).
 from __future__ import annotations
 
 import json
+import os
 import socket
-import urllib.parse
-from pathlib import Path
 
 from corral import errors
-from corral.config import default_socket
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
     from typing import Any
 
 MAX_TIMEOUT = 86400.0  # the daemon refuses longer waits
+# what a path segment may hold unquoted (every valid name): the hot path skips urllib
+_UNRESERVED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
 
 
 def error(status: int, body: dict[str, Any]) -> errors.CorralError:
@@ -43,6 +44,10 @@ def seg(name: object, field: str = "name") -> str:
         raise errors.InvalidSpec(field, f"{shown!r} is not a valid name; use 1-32 lowercase "
                                         "letters, digits and '-', starting with a letter or "
                                         "digit")
+    if _UNRESERVED.issuperset(name):
+        return name
+    import urllib.parse
+
     return urllib.parse.quote(name, safe="")
 
 
@@ -221,8 +226,12 @@ class Connection:
                          str(ca or settings.value("client.ca") or "") or None)
             token = token or settings.value("client.token") or None
             self.socket_path = url
-        else:
-            self.socket_path = str(socket_path or default_socket())
+        elif socket_path:
+            self.socket_path = os.path.abspath(os.path.expanduser(socket_path))
+        else:  # config (and pathlib) only when the socket must be found
+            from corral.config import default_socket
+
+            self.socket_path = str(default_socket())
         if token:
             if any(ord(c) < 33 or ord(c) > 126 for c in token):
                 raise errors.InvalidSpec("token", "a token is printable ASCII without spaces")
@@ -283,7 +292,11 @@ class Connection:
         """One REST call with a raw body; returns the raw response body."""
         params = {k: (str(v).lower() if isinstance(v, bool) else v)
                   for k, v in query.items() if v is not None}
-        url = "/v1" + route + ("?" + urllib.parse.urlencode(params) if params else "")
+        url = "/v1" + route
+        if params:
+            import urllib.parse
+
+            url += "?" + urllib.parse.urlencode(params)
         for attempt in (1, 2):  # a kept-alive connection the daemon closed is retried once
             fresh = self._conn.sock is None
             try:

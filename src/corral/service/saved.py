@@ -42,13 +42,17 @@ async def save(rt: VMRuntime, name: str, file: str | None = None) -> dict[str, A
     :raises DiskFull: the host's disk filled up; the VM is as it was.
     :raises CorralError: when the state cannot be written; the VM is as it was.
     """
-    if file is not None and not Path(file).expanduser().is_absolute():
+    try:  # ~user of no user cannot be expanded
+        path = Path(file).expanduser() if file is not None else None
+    except RuntimeError as err:
+        raise InvalidSpec("file", f"'{file}' names no home directory ({err})") from err
+    if path is not None and not path.is_absolute():
         raise InvalidSpec("file", f"'{file}' is a relative path; give an absolute one")
     async with rt.lock(name):
         rec = rt.get(name)
         check(name, "save", rec.state)
         live = rt.machine(rec)
-        target = Path(file).expanduser() if file else rt.paths.vm_dir(name) / SAVED_STATE
+        target = path or rt.paths.vm_dir(name) / SAVED_STATE
         if not target.parent.is_dir():
             raise InvalidSpec("file", f"no directory '{target.parent}'")
         was_running = rec.state == State.RUNNING
