@@ -12,7 +12,7 @@ IMAGES := build/images
 TEST_IMAGES := $(IMAGES)/tiny/image.json $(IMAGES)/tiny-arm64/image.json \
 	$(IMAGES)/debian/image.json
 
-.PHONY: demo test deps apt venv image lint unit integration bench web-vendor clean install
+.PHONY: demo test deps apt venv image lint unit integration bench bench-report web-vendor clean install
 
 # `make install`: Corral in its own virtual environment under PREFIX, the command in
 # PREFIX/bin, the systemd unit, and a commented configuration file (kept if one exists).
@@ -71,6 +71,10 @@ $(IMAGES)/debian/image.json: src/corral/images/debian.py | venv
 
 bench: deps $(IMAGES)/tiny/image.json
 	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/python bench/lifecycle.py
+
+# every benchmark, their tables and plots in docs/benchmarks.md (about 20 min; QUICK=1: about 5)
+bench-report: deps $(IMAGES)/tiny/image.json
+	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/python bench/report.py $(if $(QUICK),--quick)
 
 # the web page's JavaScript libraries are committed in src/corral/api/static/vendor; this
 # refreshes them from npm at the versions pinned in web/package-lock.json

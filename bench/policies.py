@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -101,8 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--policies", default="fcfs,sjf,priority,fair")
     p.add_argument("--slots", type=int, default=3)
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = p.parse_args(argv)
     rows = [run_policy(policy, args.slots) for policy in args.policies.split(",")]
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     print(f"{len(RUNTIMES)} batch jobs (warm starts) on {args.slots} slots; seconds; "
           "real | simulated from the recorded trace")
     print(f"{'policy':<9}{'mean response':>22}{'p95 response':>22}{'throughput /s':>20}"

@@ -33,6 +33,7 @@ from corral.client_access import AccessCalls
 from corral.client_events import EventCalls
 from corral.client_files import FileCalls, writing
 from corral.client_networks import NetworkCalls
+from corral.client_pools import PoolCalls
 from corral.client_stacks import StackCalls
 from corral.wire import MAX_TIMEOUT, error, integer, seconds, seg
 
@@ -52,7 +53,7 @@ def _error(status: int, body: dict[str, Any]) -> errors.CorralError:
     return error(status, body)
 
 
-class Client(NetworkCalls, AccessCalls, StackCalls, EventCalls, FileCalls):
+class Client(NetworkCalls, AccessCalls, PoolCalls, StackCalls, EventCalls, FileCalls):
     """A connection to ``corral serve`` with one method per action. Every method raises
     :class:`~corral.errors.CorralError` subclasses; :class:`~corral.errors.DaemonUnavailable`
     when the daemon is not running."""
@@ -285,11 +286,13 @@ class Client(NetworkCalls, AccessCalls, StackCalls, EventCalls, FileCalls):
         return out
 
     # --- snapshots ---
-    def snapshot_create(self, name: str, snapshot: str, memory: bool = False
-                        ) -> views.Snapshot:
+    def snapshot_create(self, name: str, snapshot: str, memory: bool = False,
+                        template: bool = False) -> views.Snapshot:
+        """``template`` (with ``memory``): make its warm-start template before returning."""
         seg(snapshot, "snapshot")
         out: views.Snapshot = self.request("POST", f"/vms/{seg(name)}/snapshots",
-                                           {"name": snapshot, "memory": memory})
+                                           {"name": snapshot, "memory": memory,
+                                            "template": template})
         return out
 
     def snapshot_list(self, name: str) -> builtins.list[views.Snapshot]:

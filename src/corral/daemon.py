@@ -17,17 +17,21 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from corral import settings
 from corral.config import Paths, default_socket
 from corral.errors import CorralError
 
+STARTED = time.monotonic()  # this module is imported when `corral serve` starts
+log = logging.getLogger(__name__)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from corral.api.web import Where
+    from fastapi import FastAPI
+
     from corral.service.manager import Manager
 
 
@@ -45,15 +49,14 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None,
     """Serve until SIGTERM or SIGINT. However it ends, the socket is removed, and so are
     the run directories' empty leftovers.
 
-    :raises CorralError: when another daemon serves ``socket_path``, or ``listen`` cannot
-        be listened on.
+    The sockets are bound first (clients that connect meanwhile wait in their backlog),
+    then the API is loaded and served; the service opens in the background, and requests
+    wait for it (:mod:`corral.api.opening`), so re-adopting many VMs does not delay the
+    answer.
+
+    :raises CorralError: when another daemon serves ``socket_path``, ``listen`` cannot be
+        listened on, or the service could not open (its store, say).
     """
-    import uvicorn
-
-    from corral.api.app import create_app
-    from corral.api.web import Where
-    from corral.service.manager import Manager
-
     paths = paths or Paths.from_env()
     listen = listen if listen is not None else str(settings.value("api.listen"))
     socket_path = socket_path or default_socket(paths.home)
@@ -62,12 +65,10 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None,
         if _socket_in_use(socket_path):
             raise CorralError(f"a daemon already serves {socket_path}; stop it first")
         socket_path.unlink()
-    where = Where()
-    where.socket = str(socket_path)
     # the TCP sockets before the unix socket: a taken port leaves nothing behind
     tls = _tcp_socket(listen) if listen else None
     try:
-        tcp = _tcp_listener(where)
+        tcp, url = _tcp_listener()
     except CorralError:
         if tls is not None:
             tls.close()
@@ -81,26 +82,7 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None,
         os.chmod(socket_path, 0o600)
         sock.listen(128)
         _quiet_disconnects(asyncio.get_running_loop())
-        manager = Manager(paths)
-        config = uvicorn.Config(create_app(manager, manage_lifecycle=False, where=where),
-                                loop="none", http="httptools", lifespan="off",
-                                log_level="warning", access_log=False, ws="websockets-sansio")
-        main = _server_class()(config, manager)
-        extra = [_serve_tls(main, manager, paths, tls, listen, where)] if tls else []
-        if tcp is not None:
-            extra.append(_serve_web(main, manager, tcp, where))
-        try:
-            # opened here, not in the app's lifespan: a refusal (a setting that does not
-            # parse, a cluster that refuses this host) ends the command in one line
-            await manager.open()
-            try:
-                await main.serve(sockets=[sock])
-            finally:
-                await manager.close()
-        finally:
-            main.should_exit = True
-            for server in extra:
-                await server.stop()
+        await _serve_api(paths, sock, tls, listen, tcp, url, str(socket_path))
     finally:
         for listener in (tls, tcp):
             if listener is not None:
@@ -110,6 +92,64 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None,
             socket_path.unlink()
         paths.remove_leftovers()
         signal.signal(signal.SIGTERM, previous)
+
+
+async def _serve_api(paths: Paths, sock: socket.socket, tls: socket.socket | None,
+                     listen: str, tcp: socket.socket | None, url: str | None,
+                     socket_path: str) -> None:
+    """Load the API and serve it on the unix socket (and the TCP listeners) until told to
+    stop; every listener's app waits for the one open of the service."""
+    from corral.api.app import create_app
+    from corral.api.opening import Opening
+    from corral.api.web import Where
+    from corral.service.manager import Manager
+
+    log.info("API loaded %.2f s after the daemon started", time.monotonic() - STARTED)
+    where = Where()
+    where.socket, where.url = socket_path, url
+    manager, opening = Manager(paths), Opening()
+    failure: list[BaseException] = []
+
+    def failed(err: BaseException) -> None:
+        failure.append(err)
+        server.should_exit = True
+
+    def remote_app(loopback: bool = False) -> FastAPI:
+        return create_app(manager, manage_lifecycle=False, remote=True, where=where,
+                          opening=opening, loopback=loopback)
+
+    server = _server_class()(_config(create_app(manager, where=where, opening=opening,
+                                                on_failure=failed), lifespan="on"), manager)
+    extra = [_serve_tls(server, manager, remote_app(), paths, tls, listen)] if tls else []
+    if tcp is not None:  # the page's loopback listener: same-origin requests only
+        extra.append(_Remote(server, _config(remote_app(loopback=True)), tcp))
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        server.should_exit = True  # a listener still waiting to start gives up
+        for listener in extra:
+            await listener.stop()
+    if failure:  # one line and its exit code (a bad setting, a cluster that refuses us)
+        if isinstance(failure[0], CorralError):
+            raise failure[0]
+        raise CorralError(f"the daemon could not open: {failure[0]}") from failure[0]
+
+
+def _config(app: FastAPI, lifespan: Literal["on", "off"] = "off",
+            tls: tuple[str, str] | None = None) -> Any:
+    """The uvicorn configuration of one listener (``lifespan`` "on": the one that opens
+    and closes the service; ``tls``: its certificate and key files); without the headers
+    and proxy handling nobody here uses. A TCP listener's graceful shutdown is bounded:
+    closing a TLS connection waits for the peer's close_notify, which an idle kept-alive
+    client (another host's forwarding pool) never sends."""
+    import uvicorn
+
+    return uvicorn.Config(app, loop="none", http="httptools", lifespan=lifespan,
+                          log_level="warning", access_log=False, ws="websockets-sansio",
+                          proxy_headers=False, server_header=False, date_header=False,
+                          ssl_certfile=tls[0] if tls else None,
+                          ssl_keyfile=tls[1] if tls else None,
+                          timeout_graceful_shutdown=None if lifespan == "on" else 2)
 
 
 def _bind(host: str, port: int, what: str) -> socket.socket:
@@ -163,8 +203,10 @@ def _server_class() -> type:
     return Server
 
 
-def _tcp_listener(where: Where) -> socket.socket | None:
-    """The TCP socket of ``web.listen``, bound and listening (None when not set).
+def _tcp_listener() -> tuple[socket.socket | None, str | None]:
+    """The TCP socket of ``web.listen``, bound and listening, and the page's address there
+    (None and None when not set). Plain HTTP, and, like the TLS one, every request needs a
+    token (a loopback port is open to every local user, unlike the 0600 socket).
 
     :raises CorralError: the setting is not a loopback HOST:PORT, or the port is taken.
     """
@@ -173,22 +215,24 @@ def _tcp_listener(where: Where) -> socket.socket | None:
     except settings.SettingError as err:
         raise CorralError(str(err)) from err
     if listen is None:
-        return None
+        return None, None
     host, port = listen
     tcp = _bind(host, port, "web.listen")
     bound = tcp.getsockname()[1]
-    where.url = f"http://[{host}]:{bound}/" if ":" in host else f"http://{host}:{bound}/"
-    logging.getLogger(__name__).info("the web page is at %s", where.url)
-    return tcp
+    url = f"http://[{host}]:{bound}/" if ":" in host else f"http://{host}:{bound}/"
+    log.info("the web page is at %s", url)
+    return tcp, url
 
 
 class _Remote:
     """A TCP listener: a second uvicorn server on the same loop and manager. It leaves
     signals to the main server (which owns the app's lifespan) and starts once that one
-    has opened the manager."""
+    has started the manager's open (its requests wait for it like the main one's)."""
 
-    def __init__(self, main: Any, server: Any, tcp: socket.socket) -> None:
-        self.server = server
+    def __init__(self, main: Any, config: Any, tcp: socket.socket) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(config)
         self.task = asyncio.ensure_future(self._run(main, tcp))
 
     async def _run(self, main: Any, tcp: socket.socket) -> None:
@@ -204,43 +248,17 @@ class _Remote:
             await self.task
 
 
-def _serve_web(main: Any, manager: Any, tcp: socket.socket, where: Where) -> _Remote:
-    """The web page's loopback listener: plain HTTP, and, like the TLS one, every request
-    needs a token (a loopback port is open to every local user, unlike the 0600 socket)."""
-    import uvicorn
-
-    from corral.api.app import create_app
-
-    config = uvicorn.Config(create_app(manager, manage_lifecycle=False, remote=True,
-                                       where=where, loopback=True),
-                            loop="none", http="httptools", lifespan="off",
-                            log_level="warning", access_log=False, ws="websockets-sansio",
-                            timeout_graceful_shutdown=2)
-    return _Remote(main, uvicorn.Server(config), tcp)
-
-
-def _serve_tls(main: Any, manager: Any, paths: Paths, tcp: socket.socket,
-               listen: str, where: Where) -> _Remote:
-    import uvicorn
-
-    from corral.api.app import create_app
+def _serve_tls(main: Any, manager: Manager, app: FastAPI, paths: Paths, tcp: socket.socket,
+               listen: str) -> _Remote:
     from corral.api.tls import ensure_certificate, fingerprint, parse_listen
 
     cert, key = ensure_certificate(paths.home, parse_listen(listen)[0])
-    config = uvicorn.Config(create_app(manager, manage_lifecycle=False, remote=True,
-                                       where=where),
-                            loop="none", http="httptools", lifespan="off",
-                            log_level="warning", access_log=False, ws="websockets-sansio",
-                            ssl_certfile=str(cert), ssl_keyfile=str(key),
-                            # closing a TLS connection waits for the peer's close_notify,
-                            # which an idle kept-alive client (another host's forwarding
-                            # pool) never sends: do not wait the 30 s of asyncio for it
-                            timeout_graceful_shutdown=2)
+    config = _config(app, tls=(str(cert), str(key)))
     manager.endpoint = (listen, fingerprint(cert.read_bytes()))  # for the cluster's peers
     logging.getLogger("corral").info(
         "serving the API over TLS on %s; certificate SHA-256 fingerprint %s", listen,
         manager.endpoint[1])
-    return _Remote(main, uvicorn.Server(config), tcp)
+    return _Remote(main, config, tcp)
 
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> NoReturn:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
-import urllib.parse
-from pathlib import Path
 
 from corral import errors
-from corral.config import default_socket
-from corral.wire_checks import MAX_TIMEOUT, error, integer, seconds, seg
+from corral.wire_checks import MAX_TIMEOUT, error, integer, seconds, seg, url_of
 
 __all__ = ["MAX_TIMEOUT", "Connection", "Transport", "error", "integer", "seconds",
            "seg"]
@@ -25,6 +23,7 @@ __all__ = ["MAX_TIMEOUT", "Connection", "Transport", "error", "integer", "second
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from pathlib import Path
     from typing import Any, BinaryIO
 
     Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
@@ -261,8 +260,12 @@ class Connection:
                          str(ca or settings.value("client.ca") or "") or None)
             token = token or settings.value("client.token") or None
             self.socket_path = url
-        else:
-            self.socket_path = str(socket_path or default_socket())
+        elif socket_path:
+            self.socket_path = os.path.abspath(os.path.expanduser(socket_path))
+        else:  # config (and pathlib) only when the socket must be found
+            from corral.config import default_socket
+
+            self.socket_path = str(default_socket())
         if token:
             if any(ord(c) < 33 or ord(c) > 126 for c in token):
                 raise errors.InvalidSpec("token", "a token is printable ASCII without spaces")
@@ -321,7 +324,7 @@ class Connection:
     def raw_request(self, method: str, route: str, payload: bytes | None = None,
                     content_type: str = "application/json", **query: Any) -> bytes:
         """One REST call with a raw body; returns the raw response body."""
-        url = _url(route, query)
+        url = url_of(route, query)
         for attempt in (1, 2):  # a kept-alive connection the daemon closed is retried once
             fresh = self._conn.sock is None
             try:
@@ -337,7 +340,7 @@ class Connection:
         """POST ``size`` bytes of ``source`` as they are read; returns the answer's body."""
         self.close()  # a fresh connection: a body half-sent cannot be sent again
         with self._failures("POST", route):
-            status, data = self._conn.send_file("POST", _url(route, query), source, size,
+            status, data = self._conn.send_file("POST", url_of(route, query), source, size,
                                                 progress)
         return _checked(status, data)
 
@@ -349,7 +352,7 @@ class Connection:
         """
         self.close()
         with self._failures(method, route):
-            status, headers, data = self._conn.receive_file(method, _url(route, query), sink,
+            status, headers, data = self._conn.receive_file(method, url_of(route, query), sink,
                                                             progress)
         _checked(status, data)
         return headers
@@ -377,12 +380,6 @@ class Connection:
 
 class _Retry(Exception):
     """A kept-alive connection the daemon had closed: send the request again."""
-
-
-def _url(route: str, query: dict[str, Any]) -> str:
-    params = {k: (str(v).lower() if isinstance(v, bool) else v)
-              for k, v in query.items() if v is not None}
-    return "/v1" + route + ("?" + urllib.parse.urlencode(params) if params else "")
 
 
 def _checked(status: int, data: bytes) -> bytes:

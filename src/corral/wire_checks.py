@@ -3,8 +3,6 @@ the daemon's error answers as Corral's errors. Standard library only."""
 
 from __future__ import annotations
 
-import urllib.parse
-
 from corral import errors
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
@@ -12,6 +10,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_TIMEOUT = 86400.0  # the daemon refuses longer waits
+# what a path segment may hold unquoted (every valid name): the hot path skips urllib
+_UNRESERVED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
 
 
 def error(status: int, body: dict[str, Any]) -> errors.CorralError:
@@ -32,6 +32,10 @@ def seg(name: object, field: str = "name") -> str:
         raise errors.InvalidSpec(field, f"{shown!r} is not a valid name; use 1-32 lowercase "
                                         "letters, digits and '-', starting with a letter or "
                                         "digit")
+    if _UNRESERVED.issuperset(name):
+        return name
+    import urllib.parse
+
     return urllib.parse.quote(name, safe="")
 
 
@@ -53,3 +57,14 @@ def integer(value: int | None, field: str, low: int, high: int) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise errors.InvalidSpec(field, f"{value!r} is not an integer in [{low}, {high}]")
     return value
+
+
+def url_of(route: str, query: dict[str, Any]) -> str:
+    """The request target of ``route`` (under ``/v1``) with the query's given values."""
+    params = {k: (str(v).lower() if isinstance(v, bool) else v)
+              for k, v in query.items() if v is not None}
+    if not params:
+        return "/v1" + route
+    import urllib.parse  # not on the hot path (no query)
+
+    return "/v1" + route + "?" + urllib.parse.urlencode(params)

@@ -2,9 +2,9 @@
 
 Routes parse the request into one call of the service's resource objects
 (``manager.vms``, ``.disks``, ``.snapshots``, ``.guest``, ``.images``, ``.host``,
-``.networks``, ``.routers``, ``.stacks``) and own no logic. Every error answers Corral's one body,
-``{"error": kind, "kind": kind, "message": one line, "facts": {...}}`` (see
-:mod:`corral.api.errors`); request bodies are bounded (:mod:`corral.api.limits`). The
+``.networks``, ``.routers``, ``.pools``, ``.stacks``) and own no logic. Every error answers
+Corral's one body, ``{"error": kind, "kind": kind, "message": one line, "facts": {...}}``
+(see :mod:`corral.api.errors`); request bodies are bounded (:mod:`corral.api.limits`). The
 OpenAPI schema, with every response body and error status, is at ``/openapi.json`` and
 browsable at ``/docs``; it is made when first asked for, the views' schemas with it
 (:mod:`corral.api.schema`), so a daemon that never serves it never pays for them. The web
@@ -14,7 +14,7 @@ stream at ``/v1/events/stream`` and each VM's console WebSocket at ``/v1/vms/NAM
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -31,6 +31,7 @@ from corral.api import (
     images,
     metrics,
     networks,
+    pools,
     projects,
     routers,
     snapshots,
@@ -41,33 +42,43 @@ from corral.api import (
 )
 from corral.api.auth import Guard
 from corral.api.common import API
+from corral.api.fastlane import FastLane
 from corral.api.forward import Forward
 from corral.api.limits import BodyLimit
+from corral.api.opening import OpenGate, Opening
 from corral.api.schema import CorralAPI
 from corral.service.manager import Manager
 
 __all__ = ["API", "create_app"]
 
-ROUTES = (vms, snapshots, disks, guest, images, uploads, host, networks, routers, projects,
-          events, metrics, console, stacks, cluster)
+ROUTES = (vms, snapshots, disks, guest, images, uploads, host, networks, routers, pools,
+          projects, events, metrics, console, stacks, cluster)
 
 
 def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = False,
-               where: web.Where | None = None, loopback: bool = False) -> FastAPI:
-    """The API bound to ``manager``; with ``manage_lifecycle`` the app opens and closes it.
-    Routes look up ``manager``'s slices on each request: they exist only once it is open.
-    ``remote``: the app of a TCP listener, where every request needs a token (the unix
-    socket's acts as the local admin without one; see :mod:`corral.api.auth`). ``where``
-    tells the page where the daemon listens (filled in by the daemon). ``loopback``: the
-    app of the page's loopback listener (``web.listen``), which refuses other sites."""
+               where: web.Where | None = None, opening: Opening | None = None,
+               on_failure: Callable[[BaseException], None] | None = None,
+               loopback: bool = False) -> FastAPI:
+    """The API bound to ``manager``; with ``manage_lifecycle`` the app opens (in the
+    background: requests wait for it) and closes it; ``on_failure`` is called when the open
+    fails. Routes look up ``manager``'s slices on each request: they exist once it is open.
+    ``opening``: the open the requests wait for, shared by the apps of one daemon (the TCP
+    listeners' wait for the unix socket's). ``remote``: the app of a TCP listener, where
+    every request needs a token (the unix socket's acts as the local admin without one;
+    see :mod:`corral.api.auth`). ``where`` tells the page where the daemon listens (filled
+    in by the daemon). ``loopback``: the app of the page's loopback listener
+    (``web.listen``), which refuses other sites."""
+    opening = opening or Opening()
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if manage_lifecycle:
-            await manager.open()
+        if manage_lifecycle:  # served at once; requests wait for the open (OpenGate)
+            opening.start(manager.open, on_failure)
         try:
             yield
         finally:
             if manage_lifecycle:
+                await opening.stop()
                 await manager.close()
 
     app = CorralAPI(title="Corral", version="0.1.0", lifespan=lifespan,
@@ -79,13 +90,18 @@ def create_app(manager: Manager, manage_lifecycle: bool = True, remote: bool = F
     app.router.routes.extend(web.routes(where or web.Where()).routes)
     app.mount("/static", web.static_files(), name="static")
     errors.install(app)
-    # innermost: a request about a VM of another host goes there, once authorised
+    # innermost, the hot routes: inside Guard and the metrics (tokens, roles, projects, audit
+    # and metrics apply to them) and inside Forward (a VM of another host is answered there)
+    app.add_middleware(FastLane, manager=manager, routes=list(app.router.routes))
+    # a request about a VM of another host goes there, once authorised
     app.add_middleware(Forward, manager=manager)
     app.add_middleware(BodyLimit)
     app.add_middleware(metrics.RequestMetrics, manager=manager, paths={
         r.endpoint: r.path for r in app.router.routes if isinstance(r, Route)})
     if loopback:  # the page's plain-HTTP listener: no other site's pages, no rebound names
         app.add_middleware(web.SameOrigin)
-    # outermost: who asks, and may it, before anything reads the body
+    # who asks, and may it, before anything reads the body
     app.add_middleware(Guard, manager=manager, routes=list(app.router.routes), remote=remote)
+    # outermost: requests wait for the service's open (Guard reads the store's tokens)
+    app.add_middleware(OpenGate, opening=opening)
     return app

@@ -56,6 +56,17 @@ def invalid_request(err: RequestValidationError) -> InvalidSpec:
     return InvalidSpec(_field(first.get("loc", ())), _message(first))
 
 
+def as_corral_error(err: Exception) -> CorralError:
+    """What any exception answers: itself when it is Corral's, a full disk, or (a bug) an
+    internal error, still one line in Corral's shape (the traceback goes to the log)."""
+    if isinstance(err, CorralError):
+        return err
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return DiskFull(f"the host's disk is full ({err.filename or 'a write'}); free "
+                        "some space and try again")
+    return CorralError(f"internal error: {type(err).__name__}: {err}"[:300])
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
 
@@ -69,13 +80,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def internal_error(_req: Request, err: Exception) -> JSONResponse:
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            full = DiskFull(f"the host's disk is full ({err.filename or 'a write'}); free "
-                            "some space and try again")
-            return JSONResponse(full.to_dict(), status_code=full.status)
-        # a bug: still one line in Corral's shape (the traceback goes to the daemon's log)
-        failure = CorralError(f"internal error: {type(err).__name__}: {err}"[:300])
-        return JSONResponse(failure.to_dict(), status_code=500)
+        answer = as_corral_error(err)
+        return JSONResponse(answer.to_dict(), status_code=answer.status)
 
     @app.exception_handler(HTTPException)
     async def http_error(req: Request, err: HTTPException) -> JSONResponse:

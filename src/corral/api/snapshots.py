@@ -1,6 +1,6 @@
 """The REST routes of snapshots (a tree per VM); each is one call of ``manager.snapshots``::
 
-    POST   /v1/vms/NAME/snapshots                      {name, memory}
+    POST   /v1/vms/NAME/snapshots                      {name, memory, template}
     GET    /v1/vms/NAME/snapshots                      the tree, depth-first
     POST   /v1/vms/NAME/snapshots/SNAPSHOT/revert
     DELETE /v1/vms/NAME/snapshots/SNAPSHOT
@@ -21,6 +21,7 @@ class SnapshotRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_PATTERN, max_length=32)
     memory: bool = False
+    template: bool = False  # make the warm-start template now (needs memory)
 
 
 def routes(m: Manager) -> APIRouter:
@@ -29,7 +30,8 @@ def routes(m: Manager) -> APIRouter:
     @r.post("/vms/{name}/snapshots", status_code=201,
             responses=ok(Snapshot, 404, 409, 413, 504, status=201))
     async def create_snapshot(name: Name, req: SnapshotRequest) -> Response:
-        return json(await m.snapshots.create(name, req.name, memory=req.memory), 201)
+        return json(await m.snapshots.create(name, req.name, memory=req.memory,
+                                                 template=req.template), 201)
 
     @r.get("/vms/{name}/snapshots", responses=ok(list[Snapshot], 404))
     async def list_snapshots(name: Name, page: Page) -> Response:

@@ -75,14 +75,18 @@ def _loopback(host: str) -> bool:
 
 
 class SameOrigin:
-    """ASGI middleware: on a TCP listener, only the page's own origin on a loopback host."""
+    """ASGI middleware: on the page's plain-HTTP TCP listener, only the page's own origin on
+    a loopback host. The TLS listener is for remote clients (whose host is not loopback):
+    every request there carries its token in a header, which no other site's page can make
+    a browser send."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         server = scope.get("server")
-        if scope["type"] in ("http", "websocket") and server and server[1] is not None:
+        if scope["type"] in ("http", "websocket") and server and server[1] is not None \
+                and scope.get("scheme") not in ("https", "wss"):
             headers = {k: v.decode("latin-1") for k, v in scope.get("headers", ())}
             host = headers.get(b"host", "")
             origin = headers.get(b"origin")

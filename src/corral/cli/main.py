@@ -65,6 +65,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "networks": ("network", "firewall", "attach-nic", "detach-nic"),
     "routers": ("router",),
     "models": ("model", "simulate"),
+    "pools": ("pool",),
     "access": ("token", "project", "whoami"),
     "remotes": ("remote",),
     "events": ("events", "dashboard"),
@@ -101,7 +102,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The ``corral`` parser; with ``only`` (a command word), just that command's part of
     it is built; an unknown word (or None) builds everything, so argparse can list the
     choices."""
-    common = argparse.ArgumentParser(add_help=False)
+    # every parser gets the fixed-width formatter: the default one imports shutil to size
+    # the terminal, even when no help is printed
+    common = argparse.ArgumentParser(add_help=False, formatter_class=Formatter)
     common.add_argument("--socket", metavar="PATH",
                         help="the daemon's unix socket (default: the setting 'socket', "
                              "$CORRAL_SOCKET, else $CORRAL_HOME/corral.sock)")
@@ -110,7 +113,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                              "host's)")
     common.add_argument("--project", metavar="P", default=None,
                         help="the project to work in (admins; a token works in its own)")
-    js = argparse.ArgumentParser(add_help=False)
+    js = argparse.ArgumentParser(add_help=False, formatter_class=Formatter)
     js.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser = argparse.ArgumentParser(
         prog="corral", formatter_class=Formatter, epilog=EPILOG,

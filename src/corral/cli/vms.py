@@ -42,6 +42,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise errors.InvalidSpec("name", "give the new VM's name (or --rm -- CMD for a batch "
                                          "VM)")
     t0 = time.monotonic()
+    if args.pool:
+        vm = client(args).pool_take(args.pool, args.name, pool_only=args.pool_only,
+                                    timeout=args.timeout)
+        how = "from pool" if vm["pool"]["hit"] else "warm-started (pool empty) for"
+        return out(args, vm, f"{vm['name']} is {render.state(vm)} after "
+                             f"{time.monotonic() - t0:.3f} s, {how} {args.pool}")
     vm = client(args).create(args.name, start=True, wait=not args.no_wait,
                              timeout=args.timeout, queue=not args.no_queue,
                              progress=transfer_progress("uploading"), **spec_from(args))
@@ -54,6 +60,11 @@ def _run_batch(args: argparse.Namespace) -> int:
     if not (args.rm and args.command_argv):
         raise errors.InvalidSpec("command", "a batch VM needs both --rm and a command after "
                                             "'--', e.g. corral run --rm -- uname -a")
+    if args.pool:
+        res = client(args, timeout=None).pool_batch(
+            args.pool, args.command_argv, timeout=600.0 if args.timeout is None
+            else args.timeout, pool_only=args.pool_only)
+        return command_result(args, res)
     spec = spec_from(args)
     if args.name:
         spec["name"] = args.name
@@ -197,6 +208,11 @@ def _lifecycle(sub: Any, pa: Parents) -> None:
     p.add_argument("--no-wait", action="store_true", help="return once QEMU runs")
     p.add_argument("--from-snapshot", metavar="VM:SNAPSHOT",
                    help="warm start: begin as a copy of a memory snapshot instead of booting")
+    p.add_argument("--pool", metavar="POOL",
+                   help="take a ready VM from a warm pool (see 'corral pool'); a warm start "
+                        "of the pool's snapshot when it is empty")
+    p.add_argument("--pool-only", action="store_true",
+                   help="with --pool: wait for the pool's next VM instead of a warm start")
     _timeout(p)
     p = command(sub, pa, "start", cmd_start,
                 "boot a defined or stopped VM (queued if the host is full)")

@@ -184,6 +184,9 @@ class VMSpec(BaseModel):
     vmstate: str | None = None  # qcow2 file (no guest device) that holds snapshots' RAM
     sched: Scheduling = Field(default_factory=lambda: Scheduling())
     warm_template: str | None = None  # set until its first start: resume this template
+    # the name its live machine was launched under, when the VM was renamed since (a pool
+    # clone handed out): that machine's command line names the old run directory
+    launched_as: str | None = None
 
 
 @dataclass(frozen=True)

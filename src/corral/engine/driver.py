@@ -148,6 +148,9 @@ class Machine(Protocol):
     def kill(self) -> None: ...
     async def close(self) -> None:
         """Let go of the machine's channels; the process keeps running."""
+    def moved(self, name: str, run_dir: Path) -> None:
+        """The VM was renamed ``name`` and its run directory moved to ``run_dir``; the
+        process keeps running, and channels opened later use the new paths."""
 
     # -- run state ---------------------------------------------------------------------------
     async def status(self, timeout: float = 30.0) -> str:

@@ -14,11 +14,14 @@ percentage of one CPU. The group is removed when the VM's QEMU is gone (by the s
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from corral.errors import CorralError
+
+log = logging.getLogger(__name__)
 
 ROOT = Path("/sys/fs/cgroup")
 PERIOD_US = 100_000
@@ -158,6 +161,21 @@ def remove_limits(tag: str, vm: str) -> None:
         path = limit_group(tag, vm, controller)
         if path is not None:
             remove_group(path)
+
+
+def rename(tag: str, old: str, new: str) -> None:
+    """VM ``old`` is now called ``new`` (a pool's clone handed out): its groups follow it,
+    with the process in them, so that they go when it does. A group that cannot be moved
+    stays where it is (logged): the process keeps its limits either way."""
+    moves: list[tuple[Path | None, Path | None]] = [(group_path(tag, old), group_path(tag, new))]
+    moves += [(limit_group(tag, old, c), limit_group(tag, new, c)) for c in LIMITS]
+    for src, dst in moves:
+        if src is None or dst is None or not src.is_dir():
+            continue
+        try:
+            os.rename(src, dst)
+        except OSError as err:
+            log.warning("cannot rename cgroup %s to %s: %s", src, dst, err.strerror)
 
 
 def limits_of(pid: int) -> dict[str, dict[str, Any]]:

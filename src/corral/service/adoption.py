@@ -26,6 +26,7 @@ whatever a note still names:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import shutil
@@ -43,6 +44,7 @@ from corral.store.db import VMRecord
 log = logging.getLogger(__name__)
 PENDING = "pending/"
 SAVED_STATE = "saved.state"  # a managed save's file in the VM's directory
+ADOPT_AT_ONCE = 32  # VMs taken up in parallel (each holds a few descriptors meanwhile)
 
 
 async def set_clock(_name: str, machine: Machine) -> None:
@@ -63,13 +65,19 @@ def clear(rt: VMRuntime, vm: str) -> None:
 
 
 async def adopt_all(rt: VMRuntime) -> None:
-    """Take up or settle every VM in the store, then sweep the home."""
-    for rec in rt.db.list_vms():
-        try:
-            await _adopt(rt, rec)
-        except CorralError as err:
-            log.warning("cannot adopt %s: %s", rec.name, err)
-        await _settle_note(rt, rec)
+    """Take up or settle every VM in the store, all at once (each VM's QMP connection and
+    status query wait on its own QEMU), then sweep the home."""
+    limit = asyncio.Semaphore(ADOPT_AT_ONCE)
+
+    async def one(rec: VMRecord) -> None:
+        async with limit:
+            try:
+                await _adopt(rt, rec)
+            except CorralError as err:
+                log.warning("cannot adopt %s: %s", rec.name, err)
+            await _settle_note(rt, rec)
+
+    await asyncio.gather(*(one(rec) for rec in rt.db.list_vms()))
     _sweep(rt)
 
 

@@ -2,14 +2,17 @@
 network state and the slices, wires the hooks between them, and opens and closes them.
 
 Front doors use only the slices: ``vms``, ``snapshots``, ``disks``, ``guest``, ``images``,
-``uploads``, ``host``, ``networks``, ``routers``, ``stacks``, ``projects`` and ``tokens``,
-and the observers: ``events`` (the live event stream), ``telemetry`` (cached figures of every
-VM) and ``metrics`` (Prometheus), all available once :meth:`Manager.open` has run. Use-case
-modules never receive the Manager: each gets the runtime and the collaborators it needs.
+``uploads``, ``host``, ``networks``, ``routers``, ``pools``, ``stacks``, ``projects`` and
+``tokens``, and the observers: ``events`` (the live event stream), ``telemetry`` (cached
+figures of every VM) and ``metrics`` (Prometheus), all available once :meth:`Manager.open`
+has run. Use-case modules never receive the Manager: each gets the runtime and the
+collaborators it needs.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import TYPE_CHECKING
 
 from corral.config import Paths
@@ -22,6 +25,7 @@ from corral.service.events import EventHub
 from corral.service.guest import GuestService
 from corral.service.metrics import Metrics
 from corral.service.netstate import Networks
+from corral.service.pools import Pools
 from corral.service.projects import Projects, Tokens
 from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
@@ -32,6 +36,7 @@ from corral.service.uploads import Uploads
 from corral.service.vms import VMs
 from corral.store.db import Store, VMRecord
 
+log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from corral.engine.qemu.driver import QemuDriver
     from corral.service.cluster import Member
@@ -100,6 +105,7 @@ class Manager:
         if self._qemu is not None:
             self._qemu.confinement = confinement.decide(self.paths, self.accel.name)
         cluster = _cluster_of()
+        t0 = time.monotonic()
         rt = VMRuntime(self.paths, Store(self.paths.db, cluster), self.driver, self.accel.name)
         self._opened = opened = _Opened(rt, self.accel)
         opened.uploads.sweep_partial()
@@ -111,11 +117,14 @@ class Manager:
                                        opened.tokens, self.endpoint)
                 await opened.member.fence()  # before anything else: no VM runs twice
             await adoption.adopt_all(rt)
+            log.info("store opened and %d VMs taken up in %.2f s", len(rt.live),
+                     time.monotonic() - t0)
             if self._qemu is not None:
                 self._qemu.settle_guard()
             await netreconcile.reconcile(opened.net)  # before the queue may start VMs on nets
             opened.sched.load()
             opened.sched.dispatch()
+            opened.pools.load()
             opened.telemetry.start()
             if opened.member is not None:
                 await opened.member.open()
@@ -129,6 +138,7 @@ class Manager:
         if self._opened is None:
             return
         opened, self._opened = self._opened, None
+        await opened.pools.close()
         if opened.member is not None:
             await opened.member.close()
         opened.events.close()
@@ -205,6 +215,10 @@ class Manager:
         return self._parts().routers
 
     @property
+    def pools(self) -> Pools:
+        return self._parts().pools
+
+    @property
     def projects(self) -> Projects:
         return self._parts().projects
 
@@ -251,7 +265,8 @@ class _Opened:
         self.projects = Projects(rt, self.net)
         self.tokens = Tokens(rt)
         self.telemetry = Telemetry(rt, self.events)
-        self.metrics = Metrics(rt, self.sched, self.events, self.telemetry)
+        self.pools = Pools(rt, self.vms, self.guest, self.sched)
+        self.metrics = Metrics(rt, self.sched, self.events, self.telemetry, self.pools)
         self.stacks = Stacks(rt, Runner(self.vms, self.disks, self.snapshots, self.networks,
                                         self.routers, self.guest))
         self.member: Member | None = None

@@ -5,12 +5,14 @@ cache, never a guest or a monitor, so it costs the same whether a guest answers 
 Names follow Prometheus' conventions: the unit in the name, ``_total`` on counters, one
 ``vm`` label per VM (``disk`` and ``nic`` for devices). Histograms: queue waits, cold boots
 and warm starts (from the event stream), API requests by route (observed by the API).
+Warm pools: each pool's size, free clones, hand-outs, misses, clones replaced and mean
+refill time (``pool`` label; the pools of the caller's project).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,6 +30,9 @@ from corral.service.events import EventHub
 from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
 from corral.service.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from corral.service.pools import Pools
 
 BOOT_BUCKETS = (0.25, 0.5, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 30, 60, 120)
 WARM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
@@ -48,7 +53,7 @@ class Metrics:
     """The registry and the histograms the front door fills (API requests)."""
 
     def __init__(self, rt: VMRuntime, sched: Scheduler, hub: EventHub,
-                 telemetry: Telemetry) -> None:
+                 telemetry: Telemetry, pools: Pools | None = None) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
@@ -67,7 +72,7 @@ class Metrics:
         telemetry.durations.sinks["queue_wait"].append(self.queue_wait.observe)
         telemetry.durations.sinks["boot"].append(self.boot.observe)
         telemetry.durations.sinks["warm_start"].append(self.warm.observe)
-        reg.register(_Figures(rt, sched, hub, telemetry))
+        reg.register(_Figures(rt, sched, hub, telemetry, pools))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).observe(seconds)
@@ -81,8 +86,9 @@ class Metrics:
 class _Figures(Collector):
     """Per-VM, host, queue and daemon figures, made at each scrape from cached values."""
 
-    def __init__(self, rt: VMRuntime, sched: Scheduler, hub: EventHub, tel: Telemetry) -> None:
-        self.rt, self.sched, self.hub, self.tel = rt, sched, hub, tel
+    def __init__(self, rt: VMRuntime, sched: Scheduler, hub: EventHub, tel: Telemetry,
+                 pools: Pools | None) -> None:
+        self.rt, self.sched, self.hub, self.tel, self.pools = rt, sched, hub, tel, pools
 
     def describe(self) -> list[Metric]:
         return []  # made at each scrape: nothing to check names against in advance
@@ -90,6 +96,7 @@ class _Figures(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._vms()
         yield from self._host()
+        yield from self._pools()
         yield from self._daemon()
 
     def _vms(self) -> Iterator[Metric]:
@@ -143,6 +150,23 @@ class _Figures(Collector):
                 [kind], ratio[kind])
         g.gauge("queue_length", "start requests waiting for capacity").add_metric(
             [], len(self.sched.queue))
+        yield from g.all()
+
+    def _pools(self) -> Iterator[Metric]:
+        g = _Families()
+        for p in self.pools.list() if self.pools is not None else []:
+            name = [p["name"]]
+            g.gauge("pool_size", "clones the pool keeps", "pool").add_metric(name, p["size"])
+            g.gauge("pool_free", "clones ready to hand out", "pool").add_metric(name, p["free"])
+            g.counter("pool_handouts", "clones handed out", "pool").add_metric(
+                name, p["handouts"])
+            g.counter("pool_misses", "requests that found the pool empty", "pool").add_metric(
+                name, p["misses"])
+            g.counter("pool_replaced", "clones replaced after they crashed while waiting",
+                      "pool").add_metric(name, p["replaced"])
+            if p["refill_seconds"] is not None:
+                g.gauge("pool_refill_seconds", "mean time to make a clone (warm start to "
+                        "paused)", "pool").add_metric(name, p["refill_seconds"])
         yield from g.all()
 
     def _daemon(self) -> Iterator[Metric]:

@@ -106,14 +106,14 @@ class VMRuntime:
         self.live: dict[str, Live] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[None]] = set()
+        self.renamed: dict[str, str] = {}  # launch name → current name (:mod:`.renaming`)
 
     # ----- records, locks, transitions -----------------------------------------------------
     def lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
     def busy(self, name: str) -> bool:
-        lock = self._locks.get(name)
-        return lock is not None and lock.locked()
+        return name in self._locks and self._locks[name].locked()
 
     def get(self, name: str) -> VMRecord:
         """:raises NotFound: no VM of that name (in a project the caller may see)."""
@@ -197,12 +197,12 @@ class VMRuntime:
             self.hooks.unplug(rec.name)
             raise
         live = self.attach(rec, machine)
-        rec.accel = self.accel
+        rec.accel, rec.spec.launched_as = self.accel, None
         return live
 
     def event_handler(self, name: str) -> Callable[[str, dict[str, Any]], None]:
         """The callback through which a machine of VM ``name`` reports its events."""
-        return lambda event, data: self._on_event(name, event, data)
+        return lambda event, data: self._on_event(self.renamed.get(name, name), event, data)
 
     def attach(self, rec: VMRecord, machine: Machine) -> Live:
         """Hold ``machine`` as the VM's live machine and watch its exit."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -227,6 +228,13 @@ class Scheduler:
         if self.inventory.release(name) is not None:
             self.dispatch()
         self._wake.set()
+
+    def renamed(self, old: str, new: str) -> None:
+        """A live VM was renamed: its reservation and its cgroups go with it."""
+        cgroups.rename(self.rt.paths.tag, old, new)
+        held = self.inventory.release(old)
+        if held is not None:
+            self.inventory.reserve(dataclasses.replace(held, vm=new))
 
     def dispatch(self) -> None:
         now = time.time()

@@ -76,10 +76,13 @@ def _refuse(name: str, op: str, state: State) -> None:
         raise InvalidState(name, op, state.value, [s.value for s in SNAPSHOT_STATES])
 
 
-async def create(rt: VMRuntime, name: str, snapshot: str, memory: bool = False) -> dict[str, Any]:
-    """Take a snapshot of a running, paused or stopped VM.
+async def create(rt: VMRuntime, name: str, snapshot: str, memory: bool = False,
+                 template: bool = False) -> dict[str, Any]:
+    """Take a snapshot of a running, paused or stopped VM. ``template`` (a memory snapshot)
+    is checked here and made by the caller (:func:`.warm.ensure_template`).
 
-    :raises InvalidSpec: a bad snapshot name, a raw disk, or ``memory`` on a stopped VM.
+    :raises InvalidSpec: a bad snapshot name, a raw disk, ``memory`` on a stopped VM, or
+        ``template`` without ``memory``.
     :raises AlreadyExists: the VM has a snapshot of that name.
     """
     check_name(snapshot, "snapshot")
@@ -95,6 +98,9 @@ async def create(rt: VMRuntime, name: str, snapshot: str, memory: bool = False) 
                                         "state to keep; snapshot it without --memory")
         if memory and not rec.spec.vmstate:
             raise InvalidSpec("memory", f"'{name}' was defined without a state file")
+        if template and not memory:
+            raise InvalidSpec("template", "a warm-start template needs the running state; "
+                                          "add --memory")
         files = [p for _, p in disks] + ([rec.spec.vmstate] if rec.spec.vmstate else [])
         adoption.note(rt, name, snapshot=snapshot, files=files)
         if live:
@@ -112,7 +118,7 @@ async def create(rt: VMRuntime, name: str, snapshot: str, memory: bool = False) 
                 "running": rec.state == State.RUNNING, "vm_state": rec.state.value}
         rt.db.add_snapshot(snap)
         adoption.clear(rt, name)
-        return snap
+        return {**snap, "template": template_dir(rt, name, snapshot).is_dir()}
 
 
 def tree(rt: VMRuntime, name: str) -> list[dict[str, Any]]:
@@ -128,7 +134,8 @@ def tree(rt: VMRuntime, name: str) -> list[dict[str, Any]]:
 
     def walk(parent: str | None, depth: int) -> None:
         for s in children.get(parent, []):
-            out.append({**s, "depth": depth, "current": s["name"] == rec.current_snapshot})
+            out.append({**s, "depth": depth, "current": s["name"] == rec.current_snapshot,
+                        "template": template_dir(rt, name, s["name"]).is_dir()})
             walk(s["name"], depth + 1)
 
     walk(None, 0)
@@ -228,13 +235,20 @@ async def delete(rt: VMRuntime, name: str, snapshot: str) -> None:
             for path in paths:
                 await qemu_img.asnapshot(path, "delete", snapshot, check=False)
         rt.db.delete_snapshot(name, snapshot)
-        drop_templates(rt, name, snapshot)
+        async with rt.lock(template_lock(name, snapshot)):  # not while one is being made
+            drop_templates(rt, name, snapshot)
 
 
 def template_dir(rt: VMRuntime, vm: str, snapshot: str) -> Path:
     """Where the warm-start template of a snapshot is kept (made on first use by
     :mod:`.warm`, removed with the snapshot)."""
     return rt.paths.vm_dir(vm) / "templates" / snapshot
+
+
+def template_lock(vm: str, snapshot: str) -> str:
+    """The runtime lock under which a snapshot's template is made or removed (no VM name
+    holds a '/')."""
+    return f"template/{vm}/{snapshot}"
 
 
 def drop_templates(rt: VMRuntime, vm: str, snapshot: str) -> None:

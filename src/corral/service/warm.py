@@ -41,13 +41,20 @@ async def ensure_template(rt: VMRuntime, src: str, snapshot: str, memory: bool =
 
     :raises InvalidSpec: ``memory`` is asked of a snapshot that keeps no running state.
     """
-    tdir = snapshots.template_dir(rt, src, snapshot)
     snap = snapshots._find(rt, src, snapshot)
     if memory and not snap["memory"]:
         raise InvalidSpec("from_snapshot", f"snapshot '{snapshot}' of '{src}' has no running "
                                            "state; take one with --memory")
+    async with rt.lock(snapshots.template_lock(src, snapshot)):  # made once, not twice
+        return await _make_template(rt, src, snapshot, snap)
+
+
+async def _make_template(rt: VMRuntime, src: str, snapshot: str, snap: dict[str, Any]
+                         ) -> Path:
+    tdir = snapshots.template_dir(rt, src, snapshot)
     if (tdir / "template.json").is_file():
         return tdir
+    snapshots._find(rt, src, snapshot)  # removed while we waited for the lock
     rec = rt.get(src)
     work = tdir.with_name(f".{snapshot}.tmp-{uuid.uuid4().hex[:6]}")
     work.mkdir(parents=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from corral.views._typed import Error, NotRequired, TypedDict
 from corral.views.access import Principal, Project, Quotas, Token, TokenCreated
+from corral.views.pools import Pool, PoolRecommendation, PoolTake
 from corral.views.stacks import (
     Config,
     FieldChange,
@@ -72,6 +73,7 @@ class VM(TypedDict):
     name: str
     state: str
     ready: bool
+    pool: NotRequired[PoolTake]  # only in the answer of a hand-out from a pool
     uid: NotRequired[str]
     accel: NotRequired[str | None]
     pid: NotRequired[int | None]
@@ -118,6 +120,7 @@ class Snapshot(TypedDict):
     vm_state: NotRequired[str]
     depth: NotRequired[int]
     current: NotRequired[bool]
+    template: NotRequired[bool]  # its warm-start template is made
 
 
 # "from" is a keyword, hence the functional form
@@ -295,6 +298,7 @@ class ExecResult(TypedDict):
 
 class BatchResult(ExecResult):
     name: str
+    pool: NotRequired[PoolTake]
     wait_and_boot_seconds: float
     run_seconds: float
     total_seconds: float
@@ -368,7 +372,8 @@ class Upload(TypedDict):
 __all__ = [
     "VM", "BatchResult", "ClusterHost", "Config", "Disk", "Error", "Event", "ExecResult",
     "Export", "FieldChange", "FileWritten", "Firewall", "FirewallRule", "Forward", "Host",
-    "Image", "Interface", "JoinToken", "Leg", "Logs", "Network", "PlacementExplained", "Port",
+    "Image", "Interface", "JoinToken", "Leg", "Logs", "Network", "PlacementExplained", "Pool",
+    "PoolRecommendation", "PoolTake", "Port",
     "Principal", "Project", "QueueEntry", "Quotas", "Removed", "Router", "Setting",
     "SettingChange", "Snapshot", "Stack", "StackChange", "StackEvent", "StackPlan",
     "StatsPoint", "Token", "TokenCreated", "TraceEntry", "Upload", "VMDisk", "VMFigures",

@@ -45,6 +45,7 @@ class Launcher(Protocol):
     failures: Failures
 
     def gone(self, machine: MachineCore) -> None: ...
+    def moved(self, machine: MachineCore, old: Path) -> None: ...
 
 
 def inject(failures: Failures, op: str, error: BaseException, times: int,
@@ -125,6 +126,10 @@ class MachineCore:
     def fail_next(self, op: str, error: BaseException, times: int = 1) -> None:
         """The next ``times`` calls of method ``op`` raise ``error``, changing nothing."""
         inject(self._failures, op, error, times, type(self))
+
+    def moved(self, name: str, run_dir: Path) -> None:
+        old, self.name, self.run_dir = self.run_dir, name, run_dir.absolute()
+        self.driver.moved(self, old)
 
     def crash(self) -> None:
         """The process dies as if killed outside Corral."""

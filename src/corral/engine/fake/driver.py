@@ -56,6 +56,12 @@ class FakeDriver:
         if self._registry.get(machine.run_dir) is machine:
             del self._registry[machine.run_dir]
 
+    def moved(self, machine: MachineCore, old: Path) -> None:
+        """``machine``'s VM was renamed: it is adopted from its new run directory."""
+        if self._registry.get(old) is machine:
+            del self._registry[old]
+            self._registry[machine.run_dir] = machine
+
     def cleanup(self, run_dir: Path, keep_dir: bool = False) -> None:
         qargv.RunPaths(run_dir).remove(keep_dir)
 

@@ -140,6 +140,12 @@ class RunPaths:
                 self.dir.rmdir()
 
 
+def monitor(run: RunPaths, spec: VMSpec) -> Path:
+    """The monitor socket a VM's QEMU holds: its run directory's, or for a VM renamed since
+    it was launched (a warm pool's clone handed out) the one its first name's had."""
+    return RunPaths(run.dir.parent / spec.launched_as).qmp if spec.launched_as else run.qmp
+
+
 def binary(arch: str) -> str:
     return f"qemu-system-{arch}"
 

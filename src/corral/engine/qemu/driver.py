@@ -100,6 +100,11 @@ class QemuMachine(GuestOps, LiveMigration):
     def kill(self) -> None:
         self.process.signal(9)
 
+    def moved(self, name: str, run_dir: Path) -> None:
+        self.name = self.monitor.name = name
+        if self.agent is not None:
+            self.agent.vm, self.agent.path = name, qargv.RunPaths(run_dir).agent
+
     async def close(self) -> None:
         await self.monitor.close()
         if self.agent is not None:
@@ -380,7 +385,7 @@ class QemuDriver:
         if pid is None:
             with contextlib.suppress(OSError, ValueError):
                 pid = int(run.pidfile.read_text().strip())
-        proc = Process.adopt(pid, started, run.qmp) if pid is not None else None
+        proc = Process.adopt(pid, started, qargv.monitor(run, spec)) if pid is not None else None
         if proc is None:
             return None
         machine = self._machine(spec, run, proc, on_event)

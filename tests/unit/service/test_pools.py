@@ -1,0 +1,190 @@
+"""Warm pools through the service on fake machines: filling, hand-outs (renamed, running,
+their own identity), misses, crashed clones, a snapshot that goes away, a daemon restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.config import Paths
+from corral.engine.fake import FakeDriver
+from corral.errors import AlreadyExists, InvalidSpec, NotFound, Timeout
+from corral.service.manager import Manager
+
+from .conftest import vm
+
+
+@pytest.fixture
+def home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A host with room for a golden VM, full pools and the VMs they hand out."""
+    monkeypatch.setenv("CORRAL_HOST_CPUS", "12")
+    monkeypatch.setenv("CORRAL_HOST_MEMORY", "12G")
+    return home
+
+
+async def golden(m: Manager) -> None:
+    await m.vms.create(vm("gold"), start=True, wait=True, timeout=5)
+    await m.guest.write_file("gold", "/root/app", b"warm")
+    await m.snapshots.create("gold", "base", memory=True, template=True)
+
+
+async def filled(m: Manager, pool: str, size: int, timeout: float = 10.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = m.pools.get(pool)
+        if view["free"] == size and not view["filling"]:
+            return view
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"pool {pool} did not fill to {size}: {m.pools.get(pool)}")
+
+
+async def test_template_at_snapshot_time(m: Manager, home: Path) -> None:
+    await golden(m)
+    assert (home / "vms" / "gold" / "templates" / "base" / "template.json").is_file()
+    assert [s["template"] for s in m.snapshots.list("gold")] == [True]
+    with pytest.raises(InvalidSpec):
+        await m.snapshots.create("gold", "disk", template=True)
+
+
+async def test_pool_hands_out_running_vms_with_their_own_identity_and_refills(
+        m: Manager, driver: FakeDriver, home: Path) -> None:
+    await golden(m)
+    await m.pools.create("py", "gold:base", 3)
+    await filled(m, "py", 3)
+    views = [await m.pools.take("py", f"job{i}") for i in range(3)]
+    assert all(v["state"] == "running" and v["ready"] and v["pool"]["hit"] for v in views)
+    assert len({v["nics"][0]["mac"] for v in views}) == 3
+    for v in views:
+        name = v["name"]
+        assert (home / "vms" / name / "serial.log").is_file()
+        assert not (home / "vms" / v["pool"]["clone"]).exists()
+        assert await m.guest.read_file(name, "/root/app") == b"warm"
+        machine = driver.machine(name)
+        for _ in range(200):
+            if machine.guest.hostname == name:
+                break
+            await asyncio.sleep(0.005)
+        assert machine.guest.hostname == name
+        assert m.host.sched.inventory.reservations.get(name) is not None
+    await filled(m, "py", 3)
+    stats = m.pools.get("py")
+    assert stats["handouts"] == 3 and stats["misses"] == 0
+    assert stats["refill_seconds"] is not None and stats["handout_seconds"] is not None
+    await m.vms.pause("job0")  # a handed-out VM is an ordinary VM
+    await m.vms.rm("job0")
+    with pytest.raises(AlreadyExists):
+        await m.pools.take("py", "job1")
+    with pytest.raises(NotFound):
+        await m.pools.take("nope", "x")
+    assert sorted(await m.pools.rm("py")) == sorted(stats["clones"])
+    assert sorted(v["name"] for v in m.vms.list()) == ["gold", "job1", "job2"]
+
+
+async def test_empty_pool_misses_into_a_warm_start_or_waits(m: Manager) -> None:
+    await golden(m)
+    await m.pools.create("p", "gold:base", 0)
+    view = await m.pools.take("p", "w1")
+    assert view["state"] == "running" and not view["pool"]["hit"]
+    with pytest.raises(Timeout):
+        await m.pools.take("p", "w2", pool_only=True, timeout=0.2)
+    assert m.pools.get("p")["misses"] == 2
+    m.pools.resize("p", 1)
+    view = await m.pools.take("p", "w3", pool_only=True, timeout=10)
+    assert view["pool"]["hit"]
+
+
+async def test_crashed_clone_is_replaced_and_counted(m: Manager, driver: FakeDriver) -> None:
+    await golden(m)
+    await m.pools.create("p", "gold:base", 2)
+    first = await filled(m, "p", 2)
+    victim = first["clones"][0]
+    driver.machine(victim).crash()
+    deadline = time.monotonic() + 10
+    while m.pools.get("p")["replaced"] < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    view = await filled(m, "p", 2)
+    assert view["replaced"] == 1 and victim not in view["clones"]
+    assert victim not in [v["name"] for v in m.vms.list()]
+
+
+async def test_pool_on_a_full_host_holds_what_fits_and_says_so(
+        m: Manager, monkeypatch: pytest.MonkeyPatch) -> None:
+    await golden(m)
+    for i in range(9):  # 10 of the 12 vCPUs taken
+        await m.vms.create(vm(f"big{i}"), start=True, timeout=5)
+    await m.pools.create("p", "gold:base", 4)
+    deadline = time.monotonic() + 10
+    while "host is full" not in (m.pools.get("p")["note"] or "") \
+            and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    view = m.pools.get("p")
+    assert view["free"] == 2 and "holds 2 of 4" in view["note"]
+
+
+async def test_batch_through_a_pool(m: Manager) -> None:
+    await golden(m)
+    await m.pools.create("p", "gold:base", 1)
+    await filled(m, "p", 1)
+    res = await m.pools.batch("p", ["sh", "-c", "cat /root/app; exit 3"], timeout=10)
+    assert res["exitcode"] == 3 and res["pool"]["hit"]
+    assert res["name"] not in [v["name"] for v in m.vms.list()]
+
+
+async def test_pool_whose_snapshot_goes_is_drained(m: Manager) -> None:
+    await golden(m)
+    with pytest.raises(NotFound):
+        await m.pools.create("p", "gold:nope", 1)
+    await m.snapshots.create("gold", "disk")
+    with pytest.raises(InvalidSpec):
+        await m.pools.create("p", "gold:disk", 1)
+    await m.pools.create("p", "gold:base", 1)
+    await filled(m, "p", 1)
+    await m.snapshots.rm("gold", "base")
+    m.pools.resize("p", 2)
+    deadline = time.monotonic() + 10
+    while not m.pools.get("p")["drained"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    view = m.pools.get("p")
+    assert view["drained"] and "drained" in view["note"] and view["free"] == 0
+    assert [v["name"] for v in m.vms.list()] == ["gold"]
+
+
+async def test_restart_takes_up_the_pool_and_its_clones(home: Path, driver: FakeDriver
+                                                        ) -> None:
+    first = Manager(Paths(home), driver=driver)
+    await first.open()
+    await golden(first)
+    await first.pools.create("p", "gold:base", 2)
+    before = await filled(first, "p", 2)
+    handed = await first.pools.take("p", "mine")
+    await first.close()
+    second = Manager(Paths(home), driver=driver)
+    await second.open()
+    try:
+        view = await filled(second, "p", 2)
+        assert set(before["clones"]) - {handed["pool"]["clone"]} <= set(view["clones"])
+        assert second.vms.list()[0]["name"] == "gold"
+        mine = await second.vms.get("mine")
+        assert mine["state"] == "running"  # the renamed VM was adopted under its new name
+        await second.vms.pause("mine")
+        assert (await second.pools.take("p", "again"))["pool"]["hit"]
+    finally:
+        await second.close()
+
+
+async def test_autosize_applies_the_model_to_the_requests_it_sees(m: Manager) -> None:
+    await golden(m)
+    await m.pools.create("p", "gold:base", 3, max_size=5, autosize=True, target_wait=0.05)
+    await filled(m, "p", 3)
+    for i in range(3):  # 3 requests a minute with refills of milliseconds: 1 clone will do
+        await m.pools.take("p", f"t{i}")
+    deadline = time.monotonic() + 10
+    while m.pools.get("p")["size"] != 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    view = await filled(m, "p", 1)
+    assert view["size"] == 1 and "autosized to 1" in view["note"]
+    with pytest.raises(InvalidSpec):
+        m.pools.resize("p", 6, max_size=5)
