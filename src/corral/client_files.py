@@ -158,9 +158,9 @@ class FileCalls(Connection):
 @contextlib.contextmanager
 def writing(file: FileLike, what: str) -> Iterator[BinaryIO]:
     """A sink for the download of ``what`` into ``file``: a binary file open for writing is
-    written as it is; a path gets a temporary file beside it (made first, so a target the
-    caller may not write fails before the daemon does anything), synced and renamed onto
-    the path when the block ends well, removed when it does not.
+    written as it is; a path gets a private (0600) temporary file beside it (made first, so
+    a target the caller may not write fails before the daemon does anything), synced and
+    renamed onto the path when the block ends well, removed when it does not.
 
     :raises CorralError: the file cannot be written (nothing is left).
     """
@@ -172,7 +172,10 @@ def writing(file: FileLike, what: str) -> Iterator[BinaryIO]:
         raise errors.InvalidSpec("file", f"{target} is a directory; name the file")
     tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "xb") as f:
+        # private (0600) whatever the caller's umask: exports and states hold a guest's
+        # disks and memory
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                               0o600), "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

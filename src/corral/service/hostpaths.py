@@ -59,8 +59,13 @@ def _refuse(field: str, text: str, why: str) -> PathNotAllowed:
 
 
 def own_dirs(paths: Paths) -> list[Path]:
-    """The daemon's own directories (its home, its image directories), resolved."""
-    return [Path(os.path.realpath(d)) for d in (paths.home, *paths.image_path)]
+    """The daemon's own directories (its home, its image directories, and in a cluster the
+    HA VMs' directories it makes on shared storage), resolved."""
+    from corral import settings
+
+    shared = str(settings.value("cluster.shared") or "")
+    extra = [Path(shared) / "vms"] if shared else []
+    return [Path(os.path.realpath(d)) for d in (paths.home, *paths.image_path, *extra)]
 
 
 def check(field: str, text: str, paths: Paths, *, block_ok: bool = False) -> Path:
