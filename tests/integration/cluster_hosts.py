@@ -11,6 +11,7 @@ namespaces.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -18,7 +19,10 @@ import time
 from pathlib import Path
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-BRIDGE = "crlt-ul"
+#: the names' prefix and the underlay's second octet; two suites running at once on one
+#: machine (engineers' work trees) set CORRAL_TEST_UNDERLAY=crlu:252 so their hosts differ
+_PREFIX, _, _OCTET = os.environ.get("CORRAL_TEST_UNDERLAY", "crlt:251").partition(":")
+BRIDGE = f"{_PREFIX}-ul"
 
 
 def _run(*argv: str) -> None:
@@ -60,6 +64,8 @@ class Postgres:
 class Underlay:
     """A bridge and namespaces ``crlt-h1`` … joined to it by veths."""
 
+    prefix = _PREFIX
+
     def __init__(self) -> None:
         self.namespaces: list[str] = []
 
@@ -69,16 +75,16 @@ class Underlay:
 
     def add(self, n: int) -> tuple[str, str]:
         """Namespace ``crlt-hN`` with address 10.251.0.N; returns (namespace, address)."""
-        ns, outer, inner = f"crlt-h{n}", f"crlt-v{n}", f"crlt-i{n}"
+        ns, outer, inner = f"{_PREFIX}-h{n}", f"{_PREFIX}-v{n}", f"{_PREFIX}-i{n}"
         _run("ip", "netns", "add", ns)
         self.namespaces.append(ns)
         _run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
         _run("ip", "link", "set", outer, "master", BRIDGE, "up")
         _run("ip", "link", "set", inner, "netns", ns)
-        _run("ip", "-n", ns, "addr", "add", f"10.251.0.{n}/24", "dev", inner)
+        _run("ip", "-n", ns, "addr", "add", f"10.{_OCTET}.0.{n}/24", "dev", inner)
         _run("ip", "-n", ns, "link", "set", inner, "up")
         _run("ip", "-n", ns, "link", "set", "lo", "up")
-        return ns, f"10.251.0.{n}"
+        return ns, f"10.{_OCTET}.0.{n}"
 
     def down(self) -> None:
         for ns in self.namespaces:
@@ -86,7 +92,7 @@ class Underlay:
                 _run("ip", "netns", "del", ns)
         for n in range(1, 10):
             with contextlib.suppress(subprocess.CalledProcessError):
-                _run("ip", "link", "del", f"crlt-v{n}")
+                _run("ip", "link", "del", f"{_PREFIX}-v{n}")
         with contextlib.suppress(subprocess.CalledProcessError):
             _run("ip", "link", "del", BRIDGE)
 

@@ -56,6 +56,7 @@ class HostDaemon(Daemon):
                          CORRAL_LISTEN=f"{address}:7443", **SETTINGS, **env)
         self.name = name
         self.ns = ns
+        self.address = address
 
     def start(self) -> None:
         with (self.home / "daemon.log").open("ab") as log:
@@ -132,7 +133,7 @@ def test_hosts_join_and_list(cluster: dict[str, HostDaemon]) -> None:
     assert [h["name"] for h in hosts] == ["h1", "h2", "h3"]
     assert {h["state"] for h in hosts} == {"up"}
     assert sum(h["leader"] for h in hosts) == 1
-    assert hosts[0]["address"] == "10.251.0.1:7443" and hosts[0]["cpus"] == 2
+    assert hosts[0]["address"] == f"{cluster['h1'].address}:7443" and hosts[0]["cpus"] == 2
     table = cluster["h3"].cli("host", "list", check=True).stdout
     assert "LEADER" in table and "h3" in table
 
@@ -161,7 +162,7 @@ def test_a_vm_placed_on_the_host_asked_runs_there(cluster: dict[str, HostDaemon]
     vm = h1.json("run", "web", "--host", "h3", "--memory", "256M")
     assert vm["host"] == "h3" and vm["state"] == "running" and vm["ready"]
     pid = h3.client.get("web")["pid"]
-    assert pid and netns_inode(pid) == namespace_inode("crlt-h3")
+    assert pid and netns_inode(pid) == namespace_inode(cluster["h3"].ns)
     assert str(h3.home) in Path(f"/proc/{pid}/cmdline").read_text()
     table = cluster["h2"].cli("list", check=True).stdout
     assert "HOST" in table and any(line.split()[:3] == ["web", "h3", "running"]
