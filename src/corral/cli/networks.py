@@ -89,6 +89,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
+    if args.json:  # networks, routers, VMs (and in a cluster: hosts, the overlay)
+        return graph(common.client(args), "json", args.output)
     return graph(common.client(args), args.format, args.output)
 
 
@@ -97,7 +99,7 @@ def graph(c: Any, fmt: str, output: str | None) -> int:
 
     :raises CorralError: svg without Graphviz's ``dot`` installed, or ``dot`` failing.
     """
-    data = c.topology("text" if fmt == "text" else "dot").encode()
+    data = c.topology(fmt if fmt in ("text", "json") else "dot").encode()
     if fmt == "svg":
         import shutil
         import subprocess

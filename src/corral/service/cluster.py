@@ -25,6 +25,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from corral import settings
@@ -78,6 +79,8 @@ class Member(ClusterView):
         self._work = asyncio.Event()  # set when work for this host was written
         self._done = asyncio.Event()  # replaced each time a request of this host finishes
         self._listener: Listener | None = None
+        #: run after each heartbeat (the cluster's networks follow their hosts)
+        self.on_beat: list[Callable[[], Awaitable[None]]] = []
 
     # ----- joining and leaving -----
     async def open(self) -> None:
@@ -209,6 +212,11 @@ class Member(ClusterView):
         if time.monotonic() - self._last_beat >= self.heartbeat:
             await self.beat()
             await self.fence()
+            for hook in self.on_beat:
+                try:
+                    await hook()
+                except CorralError as err:  # not the store's round: no reason to fence
+                    log.warning("after the heartbeat: %s", err.message)
             if await asyncio.to_thread(self.lock.try_take):
                 await asyncio.to_thread(self.lead)
         for a in await asyncio.to_thread(self.work.claim):

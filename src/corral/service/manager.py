@@ -20,7 +20,16 @@ from corral.domain.specs import VMSpec
 from corral.engine import accel as accel_mod
 from corral.engine.driver import Driver
 from corral.errors import CorralError
-from corral.service import adoption, confinement, hostpaths, netreconcile, nics, slices
+from corral.service import (
+    adoption,
+    confinement,
+    hostpaths,
+    netoverlay,
+    netreconcile,
+    nics,
+    overlaynets,
+    slices,
+)
 from corral.service.events import EventHub
 from corral.service.guest import GuestService
 from corral.service.metrics import Metrics
@@ -115,6 +124,9 @@ class Manager:
 
                 opened.member = Member(rt, opened.sched, opened.vms, self.accel.name,
                                        opened.tokens, self.endpoint)
+                opened.net.overlay = netoverlay.join(cluster, opened.member.endpoint)
+                opened.member.on_beat.append(lambda: overlaynets.sync(opened.net))
+                await opened.net.call(opened.net.overlay.refresh)  # for the reconcile
                 await opened.member.fence()  # before anything else: no VM runs twice
             await adoption.adopt_all(rt)
             log.info("store opened and %d VMs taken up in %.2f s", len(rt.live),
@@ -141,6 +153,8 @@ class Manager:
         await opened.pools.close()
         if opened.member is not None:
             await opened.member.close()
+        if opened.net.overlay is not None:
+            opened.net.overlay.close()
         opened.events.close()
         await opened.telemetry.close()
         if self._qemu is not None and not opened.rt.live:

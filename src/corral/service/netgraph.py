@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from corral.service import overlaynets
+
 if TYPE_CHECKING:
     from corral.service.netstate import Networks
 
@@ -29,6 +31,8 @@ Tree = tuple[str, list[Any]]  # (label, children)
 
 def topology(net: Networks) -> dict[str, Any]:
     """Networks (with their ports), routers (with their forwards) and user-mode NICs."""
+    if net.overlay is not None:
+        net.overlay.refresh()  # a few ms: the cluster's networks as they are now
     states = {r.name: r.state.value for r in net.rt.db.list_vms()}
     nets = []
     for name, row in net.db.networks.items():
@@ -38,7 +42,15 @@ def topology(net: Networks) -> dict[str, Any]:
             "dhcp": row.plan.dhcp, "isolated": row.isolated,
             "router": leg.router if leg else None,
             "ports": [{"vm": p.vm, "nic": _device(net, p.vm, p.ifname), "ip": p.ip,
-                       "state": states.get(p.vm)} for p in net.ports(name)]})
+                       "state": states.get(p.vm),
+                       **({"host": overlaynets.host_of(net, p.vm)} if net.overlay else {})}
+                      for p in net.ports(name)], **overlaynets.describe(net, name)})
+    for name in overlaynets.elsewhere(net):  # cluster networks this host does not carry
+        seen = overlaynets.view_elsewhere(net, name)
+        nets.append({**{k: seen[k] for k in ("name", "subnet", "gateway", "dhcp", "isolated",
+                                             "router", "vni", "home", "mtu", "hosts")},
+                     "ports": [{"vm": p["vm"], "nic": None, "ip": p["ip"], "state": None,
+                                "host": p["host"]} for p in seen["ports"]]})
     routers = [{"name": name, "uplink": plan.uplink is not None,
                 "host_address": str(plan.host_ip.ip) if plan.uplink else None,
                 "router_address": str(plan.router_ip.ip) if plan.uplink else None,
@@ -50,7 +62,8 @@ def topology(net: Networks) -> dict[str, Any]:
              "state": rec.state.value}
             for rec in net.rt.db.list_vms() for i, nic in enumerate(rec.spec.nics)
             if nic.mode == "user"]
-    return {"networks": nets, "routers": routers, "user": user}
+    out = {"networks": nets, "routers": routers, "user": user}
+    return {**out, "hosts": overlaynets.hosts(net)} if net.overlay else out
 
 
 def _device(net: Networks, vm: str, ifname: str) -> str | None:
@@ -67,12 +80,21 @@ def render(topo: dict[str, Any], format: str = "text") -> str:
 def _network_label(n: dict[str, Any]) -> str:
     flags = [f"gateway {n['gateway']}" if n["router"] else "",
              "isolated" if n["isolated"] else "", "dhcp" if n["dhcp"] else "no dhcp"]
+    if "vni" in n:
+        flags.append(f"overlay vxlan {n['vni']} mtu {n['mtu']} on " + ", ".join(
+            f"{h} (home)" if h == n["home"] else h for h in n["hosts"]))
     return "  ".join([f"network {n['name']}", n["subnet"], *[f for f in flags if f]])
 
 
+def _port_label(p: dict[str, Any]) -> str:
+    parts = [f"vm {p['vm']}", p["nic"] or "-", p["ip"], p["state"] or ""]
+    if p.get("host"):
+        parts.append(f"on {p['host']}")
+    return "  ".join(x for x in parts if x)
+
+
 def _network_tree(n: dict[str, Any]) -> Tree:
-    return (_network_label(n), [(f"vm {p['vm']}  {p['nic']}  {p['ip']}  {p['state']}", [])
-                                for p in n["ports"]])
+    return (_network_label(n), [(_port_label(p), []) for p in n["ports"]])
 
 
 def _text(topo: dict[str, Any]) -> str:
@@ -89,6 +111,10 @@ def _text(topo: dict[str, Any]) -> str:
     if uplinked:
         roots.insert(0, ("host", uplinked))
     roots += [_network_tree(n) for n in topo["networks"] if n["router"] is None]
+    if topo.get("hosts"):
+        roots.insert(0, ("cluster hosts", [
+            (f"host {h['name']}  underlay {h['underlay'] or '?'}"
+             f"{'  (this daemon)' if h['self'] else ''}", []) for h in topo["hosts"]]))
     if topo["user"]:
         roots.append(("user-mode networking", [
             (f"vm {u['vm']}  {u['nic']}  {' '.join(u['hostfwd']) or 'no forwards'}  "
@@ -130,7 +156,7 @@ def _dot(topo: dict[str, Any]) -> str:
         if n["router"]:
             out.append(f"  {q('router:' + n['router'])} -- {node} [label={q(n['gateway'])}];")
         for p in n["ports"]:
-            vms[p["vm"]] = p["state"]
+            vms[p["vm"]] = p["state"] or ""
             out.append(f"  {node} -- {q('vm:' + p['vm'])} "
                        f"[label={q(str(p['nic']) + ' ' + p['ip'])}];")
     if topo["user"]:
@@ -141,5 +167,25 @@ def _dot(topo: dict[str, Any]) -> str:
                    f"[label={q(' '.join([u['nic'], *u['hostfwd']]))}];")
     for vm, state in vms.items():
         out.append(f"  {q('vm:' + vm)} [shape=ellipse, label={q(vm + chr(10) + state)}];")
+    out += _dot_hosts(topo)
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _dot_hosts(topo: dict[str, Any]) -> list[str]:
+    """The cluster's hosts as houses: each network that spans hosts joined to its carriers
+    (labelled with its VXLAN id), each VM to the host it runs on."""
+    q = json.dumps
+    out = [f"  {q('host:' + h['name'])} [shape=house, style=bold, "
+           f"label={q(h['name'] + chr(10) + (h['underlay'] or ''))}];"
+           for h in topo.get("hosts", [])]
+    placed: dict[str, str] = {}
+    for n in topo["networks"]:
+        for h in n.get("hosts", []):
+            label = f"vxlan {n['vni']}" + (" home" if h == n.get("home") else "")
+            out.append(f"  {q('network:' + n['name'])} -- {q('host:' + h)} "
+                       f"[style=bold, label={q(label)}];")
+        placed |= {p["vm"]: p["host"] for p in n["ports"] if p.get("host")}
+    out += [f"  {q('vm:' + vm)} -- {q('host:' + host)} [style=dashed, label=\"runs on\"];"
+            for vm, host in placed.items()]
+    return out

@@ -19,6 +19,7 @@ from corral.service import access
 from corral.store.networks import NetStore, NetworkRow
 
 if TYPE_CHECKING:
+    from corral.service.netoverlay import Overlay
     from corral.service.runtime import VMRuntime
 
 T = TypeVar("T")
@@ -56,6 +57,7 @@ class Networks:
         self.rt = rt
         self.lock = asyncio.Lock()
         self._db: NetStore | None = None
+        self.overlay: Overlay | None = None  # the cluster's networks, in a cluster
 
     @property
     def db(self) -> NetStore:
@@ -65,7 +67,8 @@ class Networks:
 
     @property
     def host(self) -> Host:
-        return Host(run_dir=self.rt.paths.networks)
+        underlay = self.overlay.underlay if self.overlay is not None else None
+        return Host(run_dir=self.rt.paths.networks, underlay=underlay)
 
     @staticmethod
     async def call(fn: Callable[..., T], *args: Any) -> T:
@@ -99,7 +102,8 @@ class Networks:
     def ports(self, network: str) -> list[Port]:
         """The ports of every NIC planned on ``network``, oldest VM first. The first NIC of
         each VM carries its name in DNS; an address or tap already taken by an older VM (a
-        copy not yet planned again) is left out."""
+        copy not yet planned again) is left out. On a network that spans hosts, the ports
+        of VMs on other hosts follow (as the cluster's reservations say)."""
         out: list[Port] = []
         for rec in self.rt.db.list_vms():
             named = False
@@ -112,7 +116,16 @@ class Networks:
                 out.append(Port(network, rec.name, nic.ifname, nic.mac, nic.ip,
                                 None if named else rec.name))
                 named = True
+        out += [p for p in self.remote_ports(network)
+                if not any(q.ip == p.ip or q.mac == p.mac for q in out)]
         return out
+
+    def remote_ports(self, network: str) -> list[Port]:
+        """The ports of ``network`` whose VMs are on other hosts of the cluster."""
+        if self.overlay is None or network not in self.overlay.networks:
+            return []
+        here = {r.name for r in self.rt.db.list_vms()}
+        return [r.port for r in self.overlay.ports(network) if r.port.vm not in here]
 
     def firewall(self, network: str) -> Firewall:
         """The network's default policy with its own rules and those of its VMs."""

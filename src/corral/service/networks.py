@@ -47,7 +47,7 @@ from corral.host.network import (
     remove,
 )
 from corral.host.network.nft import Policy
-from corral.service import access, nics, routers
+from corral.service import access, nics, overlaynets, routers
 from corral.service.netstate import Networks, reap_dnsmasq_zombies, require_root, taps_counters
 from corral.store.networks import NetworkRow, RuleRow
 
@@ -70,6 +70,9 @@ async def create(net: Networks, name: str, subnet: str, dhcp: bool = True,
     :raises NeedsRoot: the daemon does not run as root.
     :raises CorralError: a part could not be made (nothing is left of it then).
     """
+    if net.overlay is not None:  # in a cluster every network spans its hosts
+        await overlaynets.create(net, name, subnet, dhcp, isolated)
+        return await show(net, name)
     check_name(name)
     require_root(f"create network '{name}'")
     if name in net.db.networks:
@@ -102,6 +105,13 @@ async def remove_network(net: Networks, name: str, force: bool = False) -> list[
     :raises NotFound: no such network.
     :raises Timeout: a running guest did not release its NIC (it stays attached).
     """
+    if net.overlay is not None and (name not in net.db.networks
+                                    or net.db.networks[name].plan.vni is not None):
+        if force:
+            raise InvalidSpec("force", f"'{name}' spans the cluster's hosts: destroy or "
+                                       "detach its VMs' NICs first (--force works on one host)")
+        await overlaynets.remove_network(net, name)
+        return []
     net.network(name)
     removed = await _take_users_off(net, name) if force else []
     users = [f"{rec.name} ({nic.device(i)})" for rec in net.rt.db.list_vms()
@@ -163,9 +173,10 @@ def view(net: Networks, name: str) -> dict[str, Any]:
         "bridge": plan.bridge, "router": leg.router if leg else None, "policy": row.policy,
         "rules": [rule_view(r) for r in net.db.rules.values() if r.network == name],
         "ports": [{"vm": p.vm, "nic": _nic_id(net, p), "mac": p.mac, "ip": p.ip,
-                   "tap": p.ifname, "dns": f"{p.hostname}.corral" if p.hostname else None}
+                   "tap": p.ifname, "dns": f"{p.hostname}.corral" if p.hostname else None,
+                   **({"host": overlaynets.host_of(net, p.vm)} if net.overlay else {})}
                   for p in net.ports(name)],
-        "created_at": row.created_at,
+        "created_at": row.created_at, **overlaynets.describe(net, name),
     }
 
 
@@ -182,6 +193,10 @@ async def show(net: Networks, name: str) -> dict[str, Any]:
 
     :raises NotFound: no such network.
     """
+    if net.overlay is not None:
+        await net.call(net.overlay.refresh)
+    if name not in net.db.networks and overlaynets.cluster_network(net, name):
+        return overlaynets.view_elsewhere(net, name)
     out = view(net, name)
     held = await net.call(leases, net.host, net.network(name).plan)
     stats = await net.call(taps_counters, [p["tap"] for p in out["ports"]])
@@ -192,8 +207,11 @@ async def show(net: Networks, name: str) -> dict[str, Any]:
 
 
 def list_all(net: Networks) -> list[dict[str, Any]]:
-    return [view(net, name) for name in net.db.networks
-            if access.in_scope(net.db.project_of("network", name))]
+    if net.overlay is not None:
+        net.overlay.refresh()  # a few ms: the cluster's networks as they are now
+    return [*(view(net, name) for name in net.db.networks
+              if access.in_scope(net.db.project_of("network", name))),
+            *(overlaynets.view_elsewhere(net, name) for name in overlaynets.elsewhere(net))]
 
 
 # -- firewall --------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from corral.errors import (
     NotFound,
 )
 from corral.host.network import Port, Record, ensure_tap, leases, plan_port, remove
-from corral.service import access, disks, routers
+from corral.service import access, disks, overlaynets, routers
 from corral.service.netstate import require_root, tap_counters
 
 if TYPE_CHECKING:
@@ -59,21 +59,34 @@ def _plan(net: Networks, vm: str, position: int, nic: NicSpec, siblings: list[Ni
           field: str) -> None:
     """Plan ``nic`` (of ``vm``, whose NICs are ``siblings``) on its network, in place."""
     require_root(f"put VM '{vm}' on network '{nic.network}'")
-    row = net.db.networks.get(str(nic.network))
-    if row is None or not access.visible(net.db.project_of("network", str(nic.network))):
+    name = str(nic.network)
+    overlaynets.refresh_ports(net)
+    spans = overlaynets.cluster_network(net, name)
+    row = net.db.networks.get(name)
+    plan = row.plan if row is not None else spans.plan if spans is not None else None
+    project = spans.project if spans is not None else net.db.project_of("network", name)
+    if plan is None or not access.visible(project):
         raise InvalidSpec(f"{field}.network", f"no network named '{nic.network}'; see "
                                               "'corral network list'")
     own = [n for n in siblings if n is not nic and n.planned_for == vm and n.ifname]
-    ports = [p for p in net.ports(row.plan.name) if p.vm != vm]
-    ports += [_port(vm, n) for n in own if n.network == nic.network]
-    others = [n for r in net.rt.db.list_vms() if r.name != vm for n in r.spec.nics]
-    try:
-        port = plan_port(row.plan, vm, _index(nic, position), ports=ports,
-                         taken=net.taken() | {str(n.ifname) for n in own},
-                         macs={n.mac for n in [*others, *siblings] if n is not nic},
-                         mac=nic.mac, ip=nic.ip if nic.fixed_ip else None)
-    except InvalidSpec as err:
-        raise InvalidSpec(f"{field}.{err.field}", err.message.partition(": ")[2]) from err
+    for _ in range(overlaynets.PLAN_TRIES if spans is not None else 1):
+        ports = [p for p in net.ports(name) if p.vm != vm]
+        ports += [_port(vm, n) for n in own if n.network == nic.network]
+        others = [n.mac for r in net.rt.db.list_vms() if r.name != vm for n in r.spec.nics]
+        others += [p.mac for p in overlaynets.remote_ports(net, name) if p.vm != vm]
+        try:
+            port = plan_port(plan, vm, _index(nic, position), ports=ports,
+                             taken=net.taken() | {str(n.ifname) for n in own},
+                             macs={*others, *(n.mac for n in siblings if n is not nic)},
+                             mac=nic.mac, ip=nic.ip if nic.fixed_ip else None)
+        except InvalidSpec as err:
+            raise InvalidSpec(f"{field}.{err.field}", err.message.partition(": ")[2]) from err
+        if spans is None or overlaynets.reserve(net, port):
+            break
+        overlaynets.refresh_ports(net)  # another host took it first: plan again
+    else:
+        raise InvalidSpec(f"{field}.ip", f"no address could be held on network '{name}' "
+                                         "(other hosts took each one planned); try again")
     nic.ip, nic.mac, nic.ifname, nic.planned_for = port.ip, port.mac, port.ifname, vm
 
 
@@ -132,6 +145,7 @@ async def plug(net: Networks, rec: VMRecord) -> None:
     if stale:
         net.rt.db.update_vm(rec, "nics_planned", {"nics": [rec.spec.nics[i].device(i)
                                                        for i in stale]})
+    await overlaynets.plugging(net, rec.name, rec.spec.nics)
     async with net.lock:
         made: list[Record] = []
         try:
@@ -169,7 +183,9 @@ async def forget(net: Networks, name: str, spec: VMSpec) -> None:
                        if n.network and n.planned_for == name and n.network in net.db.networks})
     rules = [r.id for r in net.db.rules.values() if r.rule.vm == name]
     forwards = [f for f in net.db.forwards.values() if f.vm == name]
-    if not (networks or rules or forwards or net.db.records(f"vm:{name}")):
+    spans = sorted({str(n.network) for n in spec.nics
+                    if n.network and overlaynets.cluster_network(net, n.network)})
+    if not (networks or rules or forwards or spans or net.db.records(f"vm:{name}")):
         return
     unplug(net, name)
     net.db.delete_rules(rules)
@@ -178,6 +194,7 @@ async def forget(net: Networks, name: str, spec: VMSpec) -> None:
             await routers.forget_vm_forwards(net, name)
             for network in networks:
                 await net.apply(network)
+        await overlaynets.forgetting(net, name, spans)
     except CorralError as err:
         log.warning("could not take %s off its networks: %s", name, err)
 
@@ -203,6 +220,8 @@ async def attach(net: Networks, vm: str, network: str, mac: str | None = None,
         _plan(net, vm, len(rec.spec.nics), nic, rec.spec.nics, "nic")
         rec.spec.nics.append(nic)
         try:
+            if live:
+                await overlaynets.plugging(net, vm, rec.spec.nics)
             async with net.lock:
                 if live:
                     made = await net.call(ensure_tap, net.host, net.network(network).plan,
@@ -230,6 +249,8 @@ async def _unwire(net: Networks, vm: str, nic: NicSpec) -> None:
         net.db.drop_records(f"vm:{vm}", [str(nic.ifname)])
         if nic.network in net.db.networks:
             await net.apply(str(nic.network))
+    if overlaynets.cluster_network(net, str(nic.network)):
+        await overlaynets.forgetting(net, vm, [str(nic.network)], [nic.mac])
 
 
 def _find(rec: VMRecord, ref: str) -> int:

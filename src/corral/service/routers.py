@@ -33,7 +33,7 @@ from corral.host.network import (
     remove,
     set_forwards,
 )
-from corral.service import access
+from corral.service import access, overlaynets
 from corral.service.netstate import require_root
 from corral.store.networks import ForwardRow
 
@@ -130,6 +130,9 @@ async def attach_network(net: Networks, name: str, network: str) -> dict[str, An
     :raises NotFound: no such router or network.
     """
     require_root(f"attach router '{name}'")
+    if overlaynets.cluster_network(net, network) is not None:
+        net.router(name)
+        await overlaynets.carry(net, network)  # its leg is on this host's bridge
     plan, row = net.router(name), net.network(network)
     if row.isolated:
         raise InvalidSpec("network", f"network '{network}' is isolated: no router may join it")
@@ -166,6 +169,7 @@ async def detach_network(net: Networks, name: str, network: str) -> dict[str, An
         owner = f"router:{name}/{network}"
         await net.call(remove, net.db.records(owner))
         net.db.drop_records(owner)
+    await overlaynets.release_if_unused(net, network)
     return view(net, name)
 
 
@@ -191,9 +195,11 @@ async def add_forward(net: Networks, name: str, proto: str, host_port: int, vm: 
     """
     require_root("forward a host port")
     plan = net.router(name)
-    rec = net.rt.get(vm)
     mine = {leg.network for leg in net.db.legs.values() if leg.router == name}
-    ips = [n.ip for n in rec.spec.nics if n.network in mine and n.ip]
+    remote = [p.ip for n in sorted(mine) for p in overlaynets.remote_ports(net, n)
+              if p.vm == vm]  # a VM on another host, on a network that spans hosts
+    rec = net.rt.get(vm) if not remote else None
+    ips = [n.ip for n in rec.spec.nics if n.network in mine and n.ip] if rec else remote
     if not ips:
         raise InvalidSpec("vm", f"'{vm}' has no NIC on a network of router '{name}' "
                                 f"({', '.join(sorted(mine)) or 'none attached'})")

@@ -140,6 +140,7 @@ class Port(TypedDict):
     ip: str | None
     tap: str | None
     dns: NotRequired[str | None]
+    host: NotRequired[str | None]  # on a network that spans hosts: where the VM's NIC is
     lease: NotRequired[Any]
     counters: NotRequired[Any]
 
@@ -158,6 +159,10 @@ class Network(TypedDict):
     rules: list[FirewallRule]
     ports: list[Port]
     created_at: NotRequired[float]
+    vni: NotRequired[int]  # a network that spans the hosts of a cluster: its VXLAN id,
+    home: NotRequired[str]  # the host of its DHCP/DNS,
+    mtu: NotRequired[int | None]  # the MTU its guests are told,
+    hosts: NotRequired[list[str]]  # and the hosts that carry it now
 
 
 class Forward(TypedDict):

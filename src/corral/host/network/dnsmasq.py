@@ -57,10 +57,11 @@ class Dnsmasq:
     subnet: str
     gateway: str
     dir: Path
+    mtu: int | None = None  # told to guests (option 26) on a network that spans hosts
 
     @classmethod
     def of(cls, plan: NetworkPlan, dir: Path) -> Dnsmasq:
-        return cls(plan.netns, plan.veth, plan.subnet, plan.gateway, dir)
+        return cls(plan.netns, plan.veth, plan.subnet, plan.gateway, dir, plan.mtu)
 
     @property
     def pidfile(self) -> Path:
@@ -86,6 +87,7 @@ class Dnsmasq:
             f"--dhcp-option=option:router,{self.gateway}", "--dhcp-authoritative",
             "--no-ping", "--no-resolv", "--no-hosts", f"--domain={DOMAIN}",
             f"--local=/{DOMAIN}/",
+            *([f"--dhcp-option=option:mtu,{self.mtu}"] if self.mtu else []),
         ]
 
 

@@ -52,6 +52,11 @@ class NetworkPlan:
     bridge: str
     netns: str  # where dnsmasq runs; also the name of the network's nft tables
     veth: str  # dnsmasq's leg on the bridge
+    # a network that spans hosts (see :mod:`.overlay`): its VXLAN id, the MTU its guests
+    # are told by DHCP, and the name of each host's VXLAN port; None/"" on one host
+    vni: int | None = None
+    mtu: int | None = None
+    vxlan: str = ""
 
     @property
     def network(self) -> IPv4Network:

@@ -39,7 +39,8 @@ from corral.host.network.nft import Nft
 
 log = logging.getLogger(__name__)
 
-RecordKind = Literal["netns", "bridge", "tap", "veth", "nft_table", "dnsmasq", "route"]
+RecordKind = Literal["netns", "bridge", "tap", "veth", "nft_table", "dnsmasq", "route",
+                     "vxlan"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Host:
 
     run_dir: Path
     netns: str | None = None
+    underlay: IPv4Address | None = None  # where VXLAN ports bind (a host of a cluster)
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ def remove_one(record: Record) -> None:
         dnsmasq.stop(Path(record.detail))
     elif record.netns is not None and not links.netns_exists(record.netns):
         return  # it went with its namespace
-    elif record.kind in ("bridge", "tap", "veth"):
+    elif record.kind in ("bridge", "tap", "veth", "vxlan"):
         links.delete_link(record.name, record.netns)
     elif record.kind == "nft_table":
         Nft(record.netns).delete_table(record.detail, record.name)
@@ -191,4 +193,5 @@ def collect_garbage(host: Host, keep: Iterable[Record]) -> list[Record]:
 
 
 _LINK_RECORDS: dict[names.Kind, RecordKind] = {
-    "bridge": "bridge", "tap": "tap", "leg": "veth", "uplink": "veth", "dhcp": "veth"}
+    "bridge": "bridge", "tap": "tap", "leg": "veth", "uplink": "veth", "dhcp": "veth",
+    "vxlan": "vxlan"}

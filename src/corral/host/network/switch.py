@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from ipaddress import IPv4Interface
 
 from corral.errors import CorralError
-from corral.host.network import dnsmasq, links
+from corral.host.network import dnsmasq, links, overlay
 from corral.host.network.dnsmasq import Dnsmasq
 from corral.host.network.ipam import NetworkPlan, Port
 from corral.host.network.nft import OPEN, Firewall, Nft, bridge_filtering, network_tables
@@ -43,6 +43,12 @@ def ensure_network(host: Host, plan: NetworkPlan, ports: Sequence[Port] = (),
     with Build(f"network:{plan.name}") as build:
         build.add("bridge", plan.bridge, host.netns,
                   links.add_bridge(plan.bridge, host.netns))
+        if plan.vni is not None:
+            if host.underlay is None:
+                raise CorralError(f"network '{plan.name}' spans hosts, and this host has no "
+                                  "underlay address for its VXLAN port (cluster.address)")
+            build.add("vxlan", plan.vxlan, host.netns, overlay.add_vxlan(
+                plan.vxlan, plan.vni, host.underlay, plan.bridge, netns=host.netns))
         if plan.dhcp:
             build.add("netns", plan.netns, None, links.add_netns(plan.netns))
             address = IPv4Interface(f"{plan.dhcp_server}/{plan.network.prefixlen}")
