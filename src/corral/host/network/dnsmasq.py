@@ -87,7 +87,7 @@ class Dnsmasq:
             f"--dhcp-option=option:router,{self.gateway}", "--dhcp-authoritative",
             "--no-ping", "--no-resolv", "--no-hosts", f"--domain={DOMAIN}",
             f"--local=/{DOMAIN}/",
-            *([f"--dhcp-option=option:mtu,{self.mtu}"] if self.mtu else []),
+            *([f"--dhcp-option-force=option:mtu,{self.mtu}"] if self.mtu else []),
         ]
 
 
