@@ -29,15 +29,16 @@ def join(cluster: tuple[str, str], endpoint: tuple[str, str] | None) -> Overlay:
     from corral import settings
 
     address = str(settings.value("cluster.address") or (endpoint[0] if endpoint else ""))
-    return Overlay(cluster[0], cluster[1], underlay_of(address))
+    url, host = cluster
+    return Overlay(ClusterNets(cluster_engine(url, host)), host, underlay_of(address))
 
 
 class Overlay:
     """This host's part in the cluster's networks: the shared tables and a copy of them,
     read again on each heartbeat and before each plan."""
 
-    def __init__(self, url: str, host: str, underlay: IPv4Address | None) -> None:
-        self.store = ClusterNets(cluster_engine(url, host))
+    def __init__(self, store: ClusterNets, host: str, underlay: IPv4Address | None) -> None:
+        self.store = store
         self.host = host
         self.underlay = underlay
         self.networks: dict[str, ClusterNetwork] = {}
@@ -54,4 +55,4 @@ class Overlay:
         return [r for r in self.reservations if r.port.network == network]
 
     def close(self) -> None:
-        self.store.engine.dispose()
+        self.store.close()

@@ -60,7 +60,7 @@ def _plan(net: Networks, vm: str, position: int, nic: NicSpec, siblings: list[Ni
     """Plan ``nic`` (of ``vm``, whose NICs are ``siblings``) on its network, in place."""
     require_root(f"put VM '{vm}' on network '{nic.network}'")
     name = str(nic.network)
-    overlaynets.refresh_ports(net)
+    overlaynets.refresh_ports(net, name)
     spans = overlaynets.cluster_network(net, name)
     row = net.db.networks.get(name)
     plan = row.plan if row is not None else spans.plan if spans is not None else None
@@ -83,7 +83,7 @@ def _plan(net: Networks, vm: str, position: int, nic: NicSpec, siblings: list[Ni
             raise InvalidSpec(f"{field}.{err.field}", err.message.partition(": ")[2]) from err
         if spans is None or overlaynets.reserve(net, port):
             break
-        overlaynets.refresh_ports(net)  # another host took it first: plan again
+        overlaynets.refresh_ports(net, name)  # another host took it first: plan again
     else:
         raise InvalidSpec(f"{field}.ip", f"no address could be held on network '{name}' "
                                          "(other hosts took each one planned); try again")

@@ -229,10 +229,16 @@ async def sync(net: Networks) -> None:
 
 # -- addresses ---------------------------------------------------------------------------------
 
-def refresh_ports(net: Networks) -> None:
-    """Read the cluster's reservations again (synchronously: a plan follows at once)."""
-    if net.overlay is not None:
-        net.overlay.reservations = net.overlay.store.ports()
+def refresh_ports(net: Networks, network: str) -> None:
+    """Read the cluster's reservations again (synchronously: a plan follows at once), and
+    its networks too when ``network`` is new to this host."""
+    ov = net.overlay
+    if ov is None:
+        return
+    if network in ov.networks or network in net.db.networks:
+        ov.reservations = ov.store.ports()
+    else:
+        ov.refresh()
 
 
 def reserve(net: Networks, port: Port) -> bool:
@@ -258,9 +264,13 @@ async def plugging(net: Networks, vm: str, nics: list[NicSpec]) -> None:
     """Before a VM's taps are made here: carry its cluster networks, and note that its NICs
     (their addresses kept) are on this host now."""
     ov = net.overlay
-    mine = sorted({str(n.network) for n in nics if n.mode == "network"
-                   and cluster_network(net, str(n.network)) is not None})
-    if ov is None or not mine:
+    if ov is None:
+        return
+    wanted = {str(n.network) for n in nics if n.mode == "network"}
+    if wanted - set(net.db.networks) - set(ov.networks):
+        await net.call(ov.refresh)  # made on another host since the last heartbeat
+    mine = sorted(n for n in wanted if n in ov.networks)
+    if not mine:
         return
     for name in mine:
         await carry(net, name)

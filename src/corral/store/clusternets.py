@@ -134,6 +134,9 @@ class ClusterNets:
             line = (str(err.orig or err).strip().splitlines() or ["unreachable"])[0]
             raise StoreUnavailable(f"the cluster store is unreachable: {line}") from err
 
+    def close(self) -> None:
+        self.engine.dispose()
+
     # ----- networks -----
     def networks(self) -> dict[str, ClusterNetwork]:
         with self._tx() as conn:
