@@ -20,7 +20,7 @@ from corral.api.app import create_app
 from corral.config import Paths
 from corral.errors import AlreadyExists, InUse
 from corral.host.network import Made, NetworkPlan, Port
-from corral.service import overlaynets
+from corral.service import nics, overlaynets
 from corral.service.manager import Manager
 from corral.service.netoverlay import Overlay, underlay_of
 from corral.service.netstate import Networks
@@ -74,6 +74,9 @@ class Store:
     def release(self, vm: str, macs: list[str] | None = None) -> None:
         self.res = [r for r in self.res if not (r.port.vm == vm and
                                                 (macs is None or r.port.mac in macs))]
+
+    def sweep(self, network: str, older_than: float) -> None:
+        pass
 
     def owner(self, vm: str) -> str | None:
         return None
@@ -209,6 +212,10 @@ async def test_an_address_follows_its_vm_to_another_host(
     assert [(r.port.ip, r.port.mac, r.host) for r in store.res] == [
         (nic["ip"], nic["mac"], "b")]
     assert sorted(store.hosts["lan"]) == ["a", "b"]
+    # defined again on b (a migration's target makes its record): the same address
+    copy = spec.model_copy(deep=True)
+    nics.plan_nics(net_b, copy)
+    assert (copy.nics[0].ip, copy.nics[0].mac) == (nic["ip"], nic["mac"])
     # b dropped it again once no VM of b uses it; the home keeps it
     await overlaynets.release_if_unused(net_b, "lan")
     assert sorted(store.hosts["lan"]) == ["a"] and "lan" not in net_b.db.networks

@@ -78,7 +78,8 @@ def _plan(net: Networks, vm: str, position: int, nic: NicSpec, siblings: list[Ni
             port = plan_port(plan, vm, _index(nic, position), ports=ports,
                              taken=net.taken() | {str(n.ifname) for n in own},
                              macs={*others, *(n.mac for n in siblings if n is not nic)},
-                             mac=nic.mac, ip=nic.ip if nic.fixed_ip else None)
+                             mac=nic.mac, ip=nic.ip if nic.fixed_ip else
+                             overlaynets.held(net, name, vm, nic.mac))
         except InvalidSpec as err:
             raise InvalidSpec(f"{field}.{err.field}", err.message.partition(": ")[2]) from err
         if spans is None or overlaynets.reserve(net, port):

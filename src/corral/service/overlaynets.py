@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MTU = 1500 - overlay.OVERHEAD
 PLAN_TRIES = 5  # another host may take the address planned; plan again
+ORPHAN_AFTER = 120.0  # seconds: a reservation whose VM no host has (a define that failed)
 
 
 def cluster_network(net: Networks, name: str) -> ClusterNetwork | None:
@@ -217,6 +218,7 @@ async def sync(net: Networks) -> None:
             await net.call(ov.store.carry, name, ov.host, str(ov.underlay))
         await _set_peers(net, name)
         if cn.home == ov.host:
+            await net.call(ov.store.sweep, name, ORPHAN_AFTER)
             ports = tuple(net.ports(name))
             if ov.served.get(name) != ports:
                 async with net.lock:
@@ -246,6 +248,15 @@ def reserve(net: Networks, port: Port) -> bool:
     host took it meanwhile (plan again)."""
     assert net.overlay is not None
     return net.overlay.store.reserve(port, net.overlay.host)
+
+
+def held(net: Networks, network: str, vm: str, mac: str) -> str | None:
+    """The address the cluster holds for ``vm``'s NIC ``mac`` on ``network``: planned again
+    (the VM defined on another host, a migration's target), the NIC keeps it."""
+    if net.overlay is None:
+        return None
+    return next((r.port.ip for r in net.overlay.ports(network)
+                 if r.port.vm == vm and r.port.mac == mac), None)
 
 
 def remote_ports(net: Networks, network: str) -> list[Port]:

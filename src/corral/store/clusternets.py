@@ -216,6 +216,15 @@ class ClusterNets:
         with self._tx() as conn:
             conn.execute(delete(net_ports).where(cond))
 
+    def sweep(self, network: str, older_than: float) -> None:
+        """Drop the reservations of ``network`` older than ``older_than`` seconds whose VM no
+        host has: a define that failed after its NICs were planned."""
+        with self._tx() as conn:
+            conn.execute(delete(net_ports).where(
+                (net_ports.c.network == network)
+                & (net_ports.c.at < time.time() - older_than)
+                & net_ports.c.vm.not_in(select(vm_names.c.name))))
+
     def owner(self, vm: str) -> str | None:
         """The host whose VM ``vm`` is (None once it is destroyed)."""
         with self._tx() as conn:
