@@ -131,6 +131,8 @@ class Member(ClusterView):
     def _woken(self, kind: str) -> None:
         if kind == "work":
             self._work.set()
+        elif kind == "nets":  # a reservation of a network homed here changed: follow now
+            self.rt.background(self._after_beat())
         else:
             done, self._done = self._done, asyncio.Event()
             done.set()
@@ -212,15 +214,18 @@ class Member(ClusterView):
         if time.monotonic() - self._last_beat >= self.heartbeat:
             await self.beat()
             await self.fence()
-            for hook in self.on_beat:
-                try:
-                    await hook()
-                except CorralError as err:  # not the store's round: no reason to fence
-                    log.warning("after the heartbeat: %s", err.message)
+            await self._after_beat()
             if await asyncio.to_thread(self.lock.try_take):
                 await asyncio.to_thread(self.lead)
         for a in await asyncio.to_thread(self.work.claim):
             self.rt.background(self._carry_out(a))
+
+    async def _after_beat(self) -> None:
+        for hook in self.on_beat:
+            try:
+                await hook()
+            except CorralError as err:  # not the store's round: no reason to fence
+                log.warning("after the heartbeat: %s", err.message)
 
     def lead(self) -> None:
         """(Leader) restart the ``--ha`` VMs of lost hosts, then put queued assignments,

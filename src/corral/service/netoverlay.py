@@ -3,6 +3,7 @@ what is done with it): the shared tables, and what they held at the last look.""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from ipaddress import IPv4Address
 
@@ -45,6 +46,7 @@ class Overlay:
         self.reservations: list[Reservation] = []
         self.carriers: dict[str, dict[str, str]] = {}
         self.served: dict[str, tuple[Port, ...]] = {}  # home: what its dnsmasq was given
+        self.syncing = asyncio.Lock()
 
     def refresh(self) -> None:
         snap = self.store.snapshot()

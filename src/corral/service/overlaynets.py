@@ -206,6 +206,11 @@ async def sync(net: Networks) -> None:
     ov = net.overlay
     if ov is None:
         return
+    async with ov.syncing:  # the heartbeat's and a notification's, one after the other
+        await _sync(net, ov)
+
+
+async def _sync(net: Networks, ov: Overlay) -> None:
     await net.call(ov.refresh)
     for name, row in list(net.db.networks.items()):
         if row.plan.vni is None:
@@ -316,7 +321,8 @@ def describe(net: Networks, name: str) -> dict[str, Any]:
     if cn is None:
         return {}
     assert net.overlay is not None
-    return {"vni": cn.vni, "home": cn.home, "mtu": cn.plan.mtu,
+    return {"vni": cn.vni, "home": cn.home, "mtu": cn.plan.mtu, "dhcp": cn.plan.dhcp,
+            "dhcp_server": cn.plan.dhcp_server if cn.plan.dhcp else None,
             "hosts": sorted(net.overlay.carriers.get(name, {}))}
 
 

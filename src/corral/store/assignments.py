@@ -167,7 +167,8 @@ class Assignments:
 
 
 def channel(kind: str, host: str) -> str:
-    """The NOTIFY channel of ``host``'s new work (``work``) or finished requests (``done``)."""
+    """The NOTIFY channel of ``host``'s new work (``work``), finished requests (``done``) or
+    changed reservations of the networks it is the home of (``nets``)."""
     return f"corral_{kind}_{host_schema(host).removeprefix('corral_host_')}"
 
 
@@ -196,7 +197,7 @@ class Listener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-                    for kind in ("work", "done"):
+                    for kind in ("work", "done", "nets"):
                         conn.execute(f"LISTEN {channel(kind, self.cs.host)}")
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):

@@ -47,6 +47,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from corral.errors import AlreadyExists, InUse, InvalidSpec, StoreUnavailable
 from corral.host.network import NetworkPlan, Port
+from corral.store.assignments import channel
 from corral.store.cluster import SCHEMA, vm_names
 
 VNI_FIRST = 4096  # below are left for VNIs a site assigns by hand
@@ -204,6 +205,7 @@ class ClusterNets:
                 conn.execute(insert(net_ports).values(
                     network=port.network, vm=port.vm, mac=port.mac, ip=port.ip,
                     ifname=port.ifname, hostname=port.hostname, host=host, at=time.time()))
+                _wake_home(conn, [port.network])
         except IntegrityError:
             return False
         return True
@@ -214,7 +216,8 @@ class ClusterNets:
         if macs is not None:
             cond = cond & net_ports.c.mac.in_(list(macs))
         with self._tx() as conn:
-            conn.execute(delete(net_ports).where(cond))
+            gone = conn.execute(delete(net_ports).where(cond).returning(net_ports.c.network))
+            _wake_home(conn, {r.network for r in gone})
 
     def sweep(self, network: str, older_than: float) -> None:
         """Drop the reservations of ``network`` older than ``older_than`` seconds whose VM no
@@ -261,3 +264,11 @@ class ClusterNets:
         """Everything at once, for one refresh of a daemon's cache."""
         return {"networks": self.networks(), "ports": self.ports(),
                 "carriers": self.carriers()}
+
+
+def _wake_home(conn: Connection, nets: Iterable[str]) -> None:
+    """Tell the homes of ``nets`` (their dnsmasqs) that reservations changed, at commit."""
+    homes = conn.execute(select(networks.c.home).distinct()
+                         .where(networks.c.name.in_(list(nets)))).scalars()
+    for home in homes:
+        conn.execute(text("SELECT pg_notify(:c, '')"), {"c": channel("nets", home)})
