@@ -74,6 +74,9 @@ def _ours(d: HostDaemon) -> list[str]:
     dns = subprocess.run(["pgrep", "-f", "--", f"--pid-file={files}"], capture_output=True,
                          text=True).stdout.split()
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    nft = subprocess.run(["ip", "netns", "exec", d.ns, "nft", "list", "tables"],
+                         capture_output=True, text=True).stdout
+    found += [f"nft {t}" for t in nft.split() if t == f"corral-n{NET}"]
     return found + [f"dnsmasq {p}" for p in dns] + \
         ([f"netns corral-n{NET}"] if f"corral-n{NET}" in ns and d.name == "h1" else [])
 
@@ -146,6 +149,11 @@ def test_vms_on_two_hosts_share_one_dhcp_and_reach_each_other(
     dnsmasqs = [h.name for h in cluster.values() if any("dnsmasq" in x for x in _ours(h))]
     assert dnsmasqs == ["h1"], "one DHCP/DNS server for the whole network"
     assert sorted(h3.json("network", "show", NET)["hosts"]) == ["h1", "h2"]
+    listed = h3.cli("network", "list", check=True).stdout
+    assert "home h1, on h1,h2" in listed, listed
+    shown = h2.json("network", "show", NET)  # a carrier that is not the home
+    assert shown["dhcp"] and shown["dhcp_server"] == f"10.{OCTET}.7.2"
+    assert {p["vm"]: p["host"] for p in shown["ports"]} == {"a": "h1", "b": "h2"}
 
 
 def test_a_host_restarted_finds_its_part_again(cluster: dict[str, HostDaemon]) -> None:

@@ -85,3 +85,19 @@ def test_forced_rm_says_what_it_removed(stub: Stub, capsys: pytest.CaptureFixtur
     assert main.main(["router", "rm", "gw"]) == 0
     assert stub.calls[-1] == ("router_rm", ("gw", False))
     assert capsys.readouterr().out == "router gw removed\n"
+
+
+def test_a_network_that_spans_hosts_shows_its_overlay() -> None:
+    lan = {"name": "lan", "subnet": "10.20.0.0/24", "dhcp": True, "router": None,
+           "isolated": False, "policy": "accept", "vni": 4096, "home": "h1", "mtu": 1450,
+           "hosts": ["h1", "h2"], "bridge": "crl-br-lan", "gateway": "10.20.0.1",
+           "dhcp_server": "10.20.0.2", "pool": "10.20.0.10-10.20.0.254", "rules": [],
+           "ports": [{"vm": "b", "nic": None, "ip": "10.20.0.10", "mac": "52:54:00:00:00:01",
+                      "tap": "crl-tb.0", "host": "h2"}]}
+    listed = networks.network_table([lan]).splitlines()
+    assert listed[0].endswith("OVERLAY") and listed[1].endswith("vxlan 4096, home h1, on h1,h2")
+    shown = networks.network_detail(lan)
+    assert "overlay vxlan 4096, home h1, on h1,h2, guest MTU 1450" in shown
+    assert shown.splitlines()[-1].split()[-1] == "h2"  # the HOST of b's NIC
+    one_host = {k: v for k, v in lan.items() if k not in ("vni", "home", "mtu", "hosts")}
+    assert "OVERLAY" not in networks.network_table([one_host])

@@ -38,11 +38,21 @@ def table(rows: Sequence[tuple[str, ...]]) -> str:
 
 
 def network_table(nets: Sequence[Mapping[str, Any]]) -> str:
-    rows = [("NAME", "SUBNET", "DHCP", "ROUTER", "POLICY", "NICS")]
+    rows: list[tuple[str, ...]] = [("NAME", "SUBNET", "DHCP", "ROUTER", "POLICY", "NICS")]
     rows += [(n["name"], n["subnet"], "yes" if n["dhcp"] else "no",
               n["router"] or ("isolated" if n["isolated"] else "-"), n["policy"],
               str(len(n["ports"]))) for n in nets]
+    if any("vni" in n for n in nets):  # a cluster: networks span hosts
+        rows = [(*rows[0], "OVERLAY")] + [(*row, overlay_line(n))
+                                          for row, n in zip(rows[1:], nets, strict=True)]
     return table(rows) if nets else "no networks; make one with 'corral network create'"
+
+
+def overlay_line(n: Mapping[str, Any]) -> str:
+    """Where a network that spans hosts is: its VNI, its home and its hosts."""
+    if "vni" not in n:
+        return "-"
+    return f"vxlan {n['vni']}, home {n['home']}, on {','.join(n['hosts']) or '-'}"
 
 
 def network_detail(n: Mapping[str, Any]) -> str:
@@ -52,11 +62,17 @@ def network_detail(n: Mapping[str, Any]) -> str:
              f"dhcp {'server ' + n['dhcp_server'] + ', pool ' + n['pool'] if n['dhcp'] else 'off'}",
              f"firewall policy {n['policy']}"
              + "".join(f"; #{r['id']} allow {r['allow']} from {r['from']}" for r in n["rules"])]
+    if "vni" in n:
+        lines.append(f"overlay {overlay_line(n)}, guest MTU {n['mtu']}")
     if n["ports"]:
-        rows = [("VM", "NIC", "ADDRESS", "LEASE", "MAC", "TAP", "COUNTERS (guest's view)")]
+        rows: list[tuple[str, ...]] = [("VM", "NIC", "ADDRESS", "LEASE", "MAC", "TAP",
+                                        "COUNTERS (guest's view)")]
         rows += [(p["vm"], p["nic"] or "-", p["ip"], p.get("lease") or "-", p["mac"],
                   p["tap"], render.counters(p["counters"]) if p.get("counters") else "-")
                  for p in n["ports"]]
+        if "vni" in n:
+            rows = [(*rows[0], "HOST")] + [(*row, p.get("host") or "-")
+                                           for row, p in zip(rows[1:], n["ports"], strict=True)]
         lines += ["", table(rows)]
     return "\n".join(lines)
 
