@@ -3,10 +3,11 @@
 
 Both guests get their addresses by DHCP from h1's dnsmasq (h2's across the VXLAN), ping
 each other by address and by DNS name, and are told MTU 1450; h3, with no VM on it, carries
-nothing; h2's daemon restarted finds its parts again (its VXLAN port removed meanwhile is
-made again); a router with a port forward on h1 reaches the VM on h2; the graph shows the
-hosts and the overlay; ``network rm`` is refused while VMs use it, and at the end no VXLAN
-port, bridge, dnsmasq or namespace is left on any host.
+nothing; h1's and h2's daemons restarted find their parts again (the home's dnsmasq still
+serves h2's NIC; h2's VXLAN port removed meanwhile is made again); a router with a port
+forward on h1 reaches the VM on h2; the graph shows the hosts and the overlay; ``network
+rm`` is refused while VMs use it, and at the end no VXLAN port, bridge, nft table, dnsmasq
+or namespace is left on any host.
 """
 
 from __future__ import annotations
@@ -156,20 +157,27 @@ def test_vms_on_two_hosts_share_one_dhcp_and_reach_each_other(
     assert {p["vm"]: p["host"] for p in shown["ports"]} == {"a": "h1", "b": "h2"}
 
 
-def test_a_host_restarted_finds_its_part_again(cluster: dict[str, HostDaemon]) -> None:
-    h1, h2 = cluster["h1"], cluster["h2"]
+def test_hosts_restarted_find_their_parts_again(cluster: dict[str, HostDaemon]) -> None:
+    h1, h2, h3 = cluster["h1"], cluster["h2"], cluster["h3"]
     before = _links(h2)
     bridge = next(n for n in before if n.startswith("crl-br-"))
     vx = next(n for n in before if n.startswith("crl-vx"))
+    dns = [x for x in _ours(h1) if x.startswith("dnsmasq")]
+    h1.stop()  # the home too: its dnsmasq must keep serving b's reservation
     h2.stop()
     subprocess.run(["ip", "-n", h2.ns, "link", "del", vx], check=True)
-    wait_for(lambda: {h["name"]: h["state"] for h in h1.json("host", "list")}["h2"] == "down",
-             DOWN_AFTER + 5, "h2 down")  # before that its name is a live daemon's
+    wait_for(lambda: {h["name"]: h["state"] for h in h3.json("host", "list")
+                      if h["name"] in ("h1", "h2")} == {"h1": "down", "h2": "down"},
+             DOWN_AFTER + 5, "h1 and h2 down")  # before that their names are live daemons'
+    h1.start()
     h2.start()
     after = _links(h2)
     assert after[bridge]["ifindex"] == before[bridge]["ifindex"], "the bridge was made twice"
     assert vx in after, "the VXLAN port removed while the daemon was away is back"
+    assert [x for x in _ours(h1) if x.startswith("dnsmasq")] == dns, "dnsmasq was restarted"
     b_ip = h2.client.get("b")["nics"][0]["ip"]
+    hosts_file = Paths(h1.home).networks / f"corral-n{NET}" / "hosts"
+    assert b_ip in hosts_file.read_text(), "the home forgot the NIC of another host"
     assert until(lambda: pings(h1, "a", b_ip)), "the overlay does not work after a restart"
 
 
