@@ -183,6 +183,7 @@ class ClusterNets:
                 raise InUse("network", name, "remove",
                             sorted({f"{u.vm} (on {u.host})" for u in users}))
             conn.execute(delete(networks).where(networks.c.name == name))
+            conn.execute(delete(net_hosts).where(net_hosts.c.network == name))
 
     # ----- addresses -----
     def ports(self, network: str | None = None) -> list[Reservation]:
