@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "two hosts, VXLAN": (path("far"), GUEST)}, args.mb, args.reps)
         mtu = corral_end(hosts["h2"].client, "far")("cat /sys/class/net/eth0/mtu").strip()
     bridge = statistics.median(rates["one host, one bridge"])
-    rows = [[name, f"{statistics.median(r):.1f} ({min(r):.1f}-{max(r):.1f})",
+    rows = [[name, f"{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})",
              f"{statistics.median(r) / bridge:.2f}x"] for name, r in rates.items()]
     print(f"\nVM-to-VM TCP throughput, {args.mb} MB per transfer, median of {args.reps} "
           f"(min-max), {os.cpu_count()} host CPUs, guests under TCG, guest MTU {mtu}\n")
