@@ -4,7 +4,8 @@ and plots (matplotlib, PNG under ``docs/benchmarks/``).
     CORRAL_IMAGE_PATH=build/images .venv/bin/python bench/report.py [--quick] [--only B,...]
         [--out docs]
 
-It runs ``lifecycle.py``, ``state.py``, ``guest.py``, ``network.py``, ``placement.py``,
+It runs ``lifecycle.py``, ``state.py``, ``guest.py``, ``network.py``, ``overlay.py``,
+``placement.py``,
 ``policies.py``, ``pool.py`` and ``serve.py`` one after another (each with its own
 side-by-side table, printed into the report as it printed it), keeps their raw numbers
 (``--json``), and plots: boot and warm-start distributions (cold vs warm vs pool vs raw
@@ -46,6 +47,7 @@ BENCHES: dict[str, tuple[list[str], list[str], str | None]] = {
     "state": (["--with-libvirt"], ["--reps", "1"], "file"),
     "guest": ([], ["--reps", "1", "--exec-reps", "10", "--mib", "2"], "file"),
     "network": ([], ["--mb", "8", "--reps", "1"], None),
+    "overlay": ([], ["--mb", "4", "--reps", "1"], None),
     "placement": ([], ["--hosts", "300", "--requests", "3000", "--reps", "1"], "stdout"),
     "policies": ([], ["--policies", "fcfs,sjf"], "file"),
     "pool": ([], ["--quick"], "file"),
