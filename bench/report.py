@@ -5,8 +5,7 @@ and plots (matplotlib, PNG under ``docs/benchmarks/``).
         [--out docs]
 
 It runs ``lifecycle.py``, ``state.py``, ``guest.py``, ``network.py``, ``overlay.py``,
-``placement.py``,
-``policies.py``, ``pool.py`` and ``serve.py`` one after another (each with its own
+``placement.py``, ``policies.py``, ``pool.py`` and ``serve.py`` one after another (each with its own
 side-by-side table, printed into the report as it printed it), keeps their raw numbers
 (``--json``), and plots: boot and warm-start distributions (cold vs warm vs pool vs raw
 QEMU vs libvirt), pause and resume latency histograms (Corral vs raw QMP vs libvirt-python
