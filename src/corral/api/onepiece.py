@@ -5,9 +5,9 @@ body when the app sends it: two writes, two ``send()`` calls, and a client that 
 the head, finds no body and sleeps again until the rest arrives. On a busy host each
 wake-up is a trip through the scheduler, which costs more than making the answer. The
 protocol here holds what is written during one turn of the event loop and sends it at the
-end of that turn (or before the connection closes), so an answer made at once (every JSON
-answer) leaves in one ``send()``; a streamed one (events, downloads) still leaves as it is
-made, at most a turn of the loop later.
+end of that turn, or as soon as the answer is whole, or before the connection closes: an
+answer made at once (every JSON answer) leaves in one ``send()``; a streamed one (events,
+downloads) still leaves as it is made, at most a turn of the loop later.
 """
 
 from __future__ import annotations
@@ -47,8 +47,14 @@ class _Held:
 
 
 class OnePieceHttp(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing through :class:`_Held`."""
+    """uvicorn's httptools protocol, writing through :class:`_Held`; an answer is sent the
+    moment it is whole (not after what the request's task does next: its audit record)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        super().connection_made(_Held(transport))  # type: ignore[arg-type]
+        self.held = _Held(transport)
+        super().connection_made(self.held)  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        self.held.flush()
+        super().on_response_complete()
