@@ -31,6 +31,10 @@ class _Held:
             self._loop.call_soon(self.flush)
         self._held.append(data)
 
+    def writelines(self, lines: Any) -> None:  # (in order with write)
+        for data in lines:
+            self.write(data)
+
     def flush(self) -> None:
         if self._held:
             data = b"".join(self._held)
