@@ -136,13 +136,23 @@ def targets(res: Results) -> list[dict[str, Any]]:
           f"Corral/raw = {r:.3f} ({fmt_num(boot or 0)} vs {fmt_num(raw or 0)} ms; paired "
           f"per repetition: {paired_ratio(res, 'boot'):.3f})" if r is not None else "")
     for op, name, limit in (("spawn", "spawn to QMP ready under 50 ms", 50),
-                            ("pause", "pause through corral.Client under 2 ms median", 2),
-                            ("resume", "resume through corral.Client under 2 ms median", 2),
+                            ("pause", "pause through corral.Client under 1.5 ms median", 1.5),
+                            ("resume", "resume through corral.Client under 1.5 ms median", 1.5),
                             ("destroy", "destroy under 30 ms", 30),
-                            ("cli_pause", "CLI `corral pause` under 50 ms wall", 50),
-                            ("cli_list", "CLI `corral list` under 50 ms wall", 50)):
+                            ("cli_pause", "CLI `corral pause` under 30 ms wall", 30),
+                            ("cli_list", "CLI `corral list` under 30 ms wall", 30)):
         v = res.median(op)
         check(name, v, limit, f"{fmt_num(v)} ms" if v is not None else "")
+    # ... and no slower than libvirt's own, measured in the same run
+    for op, other, name in (("list", "libvirt", "`list` through the Client no slower than "
+                                                "libvirt-python's"),
+                            ("cli_pause", "virsh", "CLI `corral pause` faster than `virsh "
+                                                   "suspend`"),
+                            ("cli_list", "virsh", "CLI `corral list` faster than `virsh list`")):
+        ours, theirs = res.median(op), res.median(op, other)
+        ratio = ours / theirs if ours is not None and theirs else None
+        check(name, ratio, 1.0, f"Corral/{other} = {ratio:.2f} ({fmt_num(ours or 0)} vs "
+                                f"{fmt_num(theirs or 0)} ms)" if ratio is not None else "")
     mem = res.memory.get("corral", {})
     at20 = mem.get(20)
     rss20 = at20["rss_kib"] * 1024 / 1e6 if at20 else None

@@ -540,6 +540,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--with-libvirt", action="store_true",
                    help="install (apt, pip) and start libvirt, and measure it too")
     p.add_argument("--json", type=Path, help="write the raw numbers to this file")
+    p.add_argument("--skip-lifecycle", action="store_true",
+                   help="skip boot/spawn/destroy (measure the hot path: pause, resume, list)")
     args = p.parse_args(argv)
     args.counts = [] if args.vms == "none" else sorted({int(v) for v in args.vms.split(",")})
     if any(n < 1 for n in args.counts) or min(args.reps, args.pause_reps, args.cli_reps) < 1:
@@ -601,7 +603,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"ok: {host.version}, libvirtd (under a subreaper) and virtlogd started and "
                     "stopped by this benchmark", *host.notes])
         log(f"lifecycle: {args.reps} reps + 1 warm-up, systems {[s.key for s in systems]}")
-        phase_lifecycle(systems, args.reps, res)
+        if not args.skip_lifecycle:
+            phase_lifecycle(systems, args.reps, res)
         phase_control(systems, corral, args.pause_reps, args.cli_reps, res)
         if args.counts:
             log(f"daemon memory with {args.counts} idle VMs")

@@ -10,7 +10,6 @@ binary file, and an optional ``progress(done, total)`` callback. Standard librar
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 
@@ -19,6 +18,7 @@ from corral.wire import Connection, seg
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
+    import contextlib
     from collections.abc import Callable, Iterator
     from typing import Any, BinaryIO
 
@@ -155,8 +155,7 @@ class FileCalls(Connection):
             return self.receive_file(method, route, sink, progress, **query)
 
 
-@contextlib.contextmanager
-def writing(file: FileLike, what: str) -> Iterator[BinaryIO]:
+def writing(file: FileLike, what: str) -> contextlib.AbstractContextManager[BinaryIO]:
     """A sink for the download of ``what`` into ``file``: a binary file open for writing is
     written as it is; a path gets a private (0600) temporary file beside it (made first, so
     a target the caller may not write fails before the daemon does anything), synced and
@@ -164,6 +163,12 @@ def writing(file: FileLike, what: str) -> Iterator[BinaryIO]:
 
     :raises CorralError: the file cannot be written (nothing is left).
     """
+    import contextlib  # not on the CLI's lean path
+
+    return contextlib.contextmanager(_writing)(file, what)
+
+
+def _writing(file: FileLike, what: str) -> Iterator[BinaryIO]:
     if hasattr(file, "write"):
         yield file  # type: ignore[misc]
         return

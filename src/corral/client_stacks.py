@@ -5,7 +5,6 @@ live changes of them."""
 from __future__ import annotations
 
 import json
-import urllib.parse
 
 from corral import errors
 from corral.wire import Connection, error, seg
@@ -68,6 +67,8 @@ class StackCalls(Connection):
 
         :raises InvalidSpec: no such setting, it needs a restart, or a bad value.
         """
+        import urllib.parse  # not on the CLI's lean path
+
         out: views.SettingChange = self.request(
             "PUT", f"/config/{urllib.parse.quote(key, safe='')}", {"value": str(value)})
         return out

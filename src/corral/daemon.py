@@ -144,7 +144,9 @@ def _config(app: FastAPI, lifespan: Literal["on", "off"] = "off",
     client (another host's forwarding pool) never sends."""
     import uvicorn
 
-    return uvicorn.Config(app, loop="none", http="httptools", lifespan=lifespan,
+    from corral.api.onepiece import OnePieceHttp
+
+    return uvicorn.Config(app, loop="none", http=OnePieceHttp, lifespan=lifespan,
                           log_level="warning", access_log=False, ws="websockets-sansio",
                           proxy_headers=False, server_header=False, date_header=False,
                           ssl_certfile=tls[0] if tls else None,

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import urllib.parse
-from pathlib import Path
 
 from corral import errors
 
-TYPE_CHECKING = False  # the CLI reads the remotes on its lean path: no typing, no ssl yet
+# the CLI reads the remotes on its lean path: no typing, ssl, socket, urllib or pathlib
+# until a remote is used
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     import ssl
+    from pathlib import Path
     from typing import Any
 
 LOCAL = "local"  # the remote name of this host's own daemon (its unix socket)
@@ -43,6 +44,8 @@ def normalize_fingerprint(text: str) -> str:
 
 def parse_url(url: str) -> tuple[str, int]:
     """:raises InvalidSpec: unless ``url`` is ``https://HOST:PORT``."""
+    import urllib.parse
+
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
@@ -83,6 +86,8 @@ class Remote:
         return ctx
 
     def _raw(self, timeout: float | None) -> socket.socket:
+        import socket
+
         try:
             raw = socket.create_connection((self.host, self.port), timeout)
             # small requests and answers: no waiting for the peer's delayed ACK
@@ -144,18 +149,25 @@ class Remote:
 
 # --- the remotes the CLI knows ---
 def config_path() -> Path:
+    from pathlib import Path
+
+    return Path(_config_file())
+
+
+def _config_file() -> str:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"),
                                                              ".config")
-    return Path(base) / "corral" / "remotes.json"
+    return os.path.join(base, "corral", "remotes.json")
 
 
 def load() -> dict[str, Any]:
     try:
-        data = json.loads(config_path().read_text())
+        with open(_config_file(), encoding="utf-8") as f:
+            data = json.loads(f.read())
     except FileNotFoundError:
         return {"current": None, "remotes": {}}
     except (OSError, ValueError) as err:
-        raise errors.CorralError(f"cannot read {config_path()}: {err}") from err
+        raise errors.CorralError(f"cannot read {_config_file()}: {err}") from err
     return data if isinstance(data, dict) else {"current": None, "remotes": {}}
 
 

@@ -17,9 +17,7 @@ the file, the line and the reason.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from pathlib import Path
 
 from corral.errors import InvalidSpec
 from corral.settings_parse import (
@@ -34,12 +32,13 @@ from corral.settings_parse import (
     _str,
 )
 
-TYPE_CHECKING = False  # typing is slow to import; the CLI imports this module
+TYPE_CHECKING = False  # typing (and pathlib) are slow to import; the CLI imports this module
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from pathlib import Path
     from typing import Any
 
-SYSTEM_CONFIG = Path("/etc/corral/corral.toml")
+SYSTEM_CONFIG = "/etc/corral/corral.toml"
 
 
 class SettingError(InvalidSpec, ValueError):
@@ -227,13 +226,24 @@ def reset() -> None:
     _layers = _Layers()
 
 
-def _default_home(env: Mapping[str, str]) -> Path:
+def _default_home(env: Mapping[str, str]) -> str:
     text = env.get("CORRAL_HOME")
     if text:
-        return Path(text).expanduser().absolute()
+        return os.path.abspath(os.path.expanduser(text))
     if os.geteuid() == 0:
-        return Path("/var/lib/corral")
-    return Path.home() / ".local" / "share" / "corral"
+        return "/var/lib/corral"
+    return os.path.join(os.path.expanduser("~"), ".local", "share", "corral")
+
+
+def socket_file() -> str:
+    """The daemon's socket: the setting ``socket``, else HOME/corral.sock (what
+    :func:`corral.config.default_socket` tells, as text: the CLI's lean path has no
+    pathlib)."""
+    sock = value("socket")
+    if sock:
+        return os.path.abspath(os.path.expanduser(str(sock)))
+    home = value("home")
+    return os.path.join(_default_home({"CORRAL_HOME": home} if home else {}), "corral.sock")
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path | None:
@@ -244,16 +254,16 @@ def config_path(env: Mapping[str, str] | None = None) -> Path | None:
     """
     env = os.environ if env is None else env
     named = env.get("CORRAL_CONFIG")
-    if named:
-        path = Path(named).expanduser().absolute()
-        if not path.is_file():
-            raise SettingError("config", f"CORRAL_CONFIG: no file {path}")
-        return path
-    for path in (_default_home(env) / "corral.toml", SYSTEM_CONFIG):
-        with contextlib.suppress(OSError):  # a directory this user may not enter: not its
-            if path.is_file():
-                return path
-    return None
+    found = os.path.abspath(os.path.expanduser(named)) if named else next(
+        (p for p in (os.path.join(_default_home(env), "corral.toml"), SYSTEM_CONFIG)
+         if os.path.isfile(p)), None)  # (False for a directory this user may not enter)
+    if named and not os.path.isfile(str(found)):
+        raise SettingError("config", f"CORRAL_CONFIG: no file {found}")
+    if found is None:
+        return None  # no pathlib on the CLI's lean path
+    from pathlib import Path
+
+    return Path(found)
 
 
 def load_file(path: Path | str) -> None:
@@ -262,6 +272,8 @@ def load_file(path: Path | str) -> None:
     :raises SettingError: it is missing, is not TOML, names an unknown setting or holds a
         value that does not parse (the message names the file and the line).
     """
+    from pathlib import Path
+
     path = Path(path).expanduser().absolute()
     _layers.file = _read(path)
     _layers.file_path, _layers.explicit = path, True

@@ -9,19 +9,23 @@ remote is used: :mod:`corral.remote`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
+
+# the C module itself: ``socket`` wraps it in enums and helpers that cost the CLI more to
+# import than a request takes (a TLS socket from corral.remote is a full socket.socket)
+from _socket import AF_UNIX, SOCK_STREAM
+from _socket import socket as unix_socket
 
 from corral import errors
-from corral.wire_checks import MAX_TIMEOUT, error, integer, seconds, seg, url_of
+from corral.wire_checks import MAX_TIMEOUT, checked, error, integer, seconds, seg, url_of
 
 __all__ = ["MAX_TIMEOUT", "Connection", "Transport", "error", "integer", "seconds",
            "seg"]
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable, Iterator
     from pathlib import Path
     from typing import Any, BinaryIO
@@ -57,18 +61,19 @@ class Transport:
         self.close()
 
     def _connect(self) -> socket.socket:
-        if self.sock is None and self.tls is not None:
-            self.sock = self.tls.connect(self.timeout)
         if self.sock is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(self.path)
-            except OSError:
-                sock.close()
-                raise
-            self.sock = sock
+            self.sock = self.tls.connect(self.timeout) if self.tls is not None else self._unix()
         return self.sock
+
+    def _unix(self) -> socket.socket:
+        sock = unix_socket(AF_UNIX, SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        return sock  # type: ignore[return-value]  # the C socket: the same methods
 
     def _read_until(self, sep: bytes) -> bytes:
         assert self.sock is not None
@@ -262,10 +267,8 @@ class Connection:
             self.socket_path = url
         elif socket_path:
             self.socket_path = os.path.abspath(os.path.expanduser(socket_path))
-        else:  # config (and pathlib) only when the socket must be found
-            from corral.config import default_socket
-
-            self.socket_path = str(default_socket())
+        else:
+            self.socket_path = settings.socket_file()
         if token:
             if any(ord(c) < 33 or ord(c) > 126 for c in token):
                 raise errors.InvalidSpec("token", "a token is printable ASCII without spaces")
@@ -333,7 +336,7 @@ class Connection:
                     break
             except _Retry:
                 continue
-        return _checked(status, data)
+        return checked(status, data)
 
     def send_file(self, route: str, source: BinaryIO, size: int,
                   progress: Progress | None = None, **query: Any) -> bytes:
@@ -342,7 +345,7 @@ class Connection:
         with self._failures("POST", route):
             status, data = self._conn.send_file("POST", url_of(route, query), source, size,
                                                 progress)
-        return _checked(status, data)
+        return checked(status, data)
 
     def receive_file(self, method: str, route: str, sink: BinaryIO,
                      progress: Progress | None = None, **query: Any) -> dict[str, str]:
@@ -354,40 +357,40 @@ class Connection:
         with self._failures(method, route):
             status, headers, data = self._conn.receive_file(method, url_of(route, query), sink,
                                                             progress)
-        _checked(status, data)
+        checked(status, data)
         return headers
 
-    @contextlib.contextmanager
-    def _failures(self, method: str, route: str, retry: bool = False) -> Iterator[None]:
+    def _failures(self, method: str, route: str, retry: bool = False) -> _Failures:
         """Socket failures as Corral's errors (``retry``: a closed kept-alive connection
         raises :class:`_Retry` instead)."""
-        try:
-            yield
-        except (FileNotFoundError, ConnectionRefusedError) as err:
-            self.close()
-            raise self.unavailable() from err
-        except (BrokenPipeError, ConnectionResetError) as err:
-            self.close()
-            if retry:
+        return _Failures(self, method, route, retry)
+
+
+class _Failures:
+    """Socket failures as Corral's errors (a class: the CLI does not import contextlib)."""
+
+    def __init__(self, conn: Connection, method: str, route: str, retry: bool) -> None:
+        self.conn, self.method, self.route, self.retry = conn, method, route, retry
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _kind: object, err: BaseException | None, _tb: object) -> None:
+        conn = self.conn
+        if isinstance(err, (FileNotFoundError, ConnectionRefusedError)):
+            conn.close()
+            raise conn.unavailable() from err
+        if isinstance(err, (BrokenPipeError, ConnectionResetError)):
+            conn.close()
+            if self.retry:
                 raise _Retry from err
             raise errors.DaemonUnavailable(
-                f"the Corral daemon at {self.socket_path} closed the connection") from err
-        except TimeoutError as err:
-            self.close()
-            raise errors.Timeout(f"the daemon did not answer {method} {route} in "
-                                 f"{self.timeout:g} s") from err
+                f"the Corral daemon at {conn.socket_path} closed the connection") from err
+        if isinstance(err, TimeoutError):
+            conn.close()
+            raise errors.Timeout(f"the daemon did not answer {self.method} {self.route} in "
+                                 f"{conn.timeout:g} s") from err
 
 
 class _Retry(Exception):
     """A kept-alive connection the daemon had closed: send the request again."""
-
-
-def _checked(status: int, data: bytes) -> bytes:
-    """``data``, unless ``status`` is an error: then the daemon's error, raised."""
-    if status >= 400:
-        try:  # (a 401/403/404/429 of the daemon raises its own class, see errors)
-            decoded = json.loads(data) if data else {}
-        except ValueError:
-            decoded = {"message": data.decode(errors="replace")[:200]}
-        raise error(status, decoded if isinstance(decoded, dict) else {})
-    return data

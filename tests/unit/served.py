@@ -91,6 +91,7 @@ async def _serve(home: Path, port: int) -> None:
     import uvicorn
 
     from corral.api.app import create_app
+    from corral.api.onepiece import OnePieceHttp  # the daemon's own protocol
     from corral.config import Paths
     from corral.service.manager import Manager
 
@@ -103,10 +104,10 @@ async def _serve(home: Path, port: int) -> None:
     unix.listen(64)
     os.rename(str(path) + ".tmp", path)  # the socket appears once it listens
     manager = Manager(Paths(home))
-    config = uvicorn.Config(create_app(manager), loop="none", http="httptools",
+    config = uvicorn.Config(create_app(manager), loop="none", http=OnePieceHttp,
                             lifespan="on", log_level="warning", access_log=False, ws="none")
     remote = uvicorn.Config(create_app(manager, manage_lifecycle=False, remote=True),
-                            loop="none", http="httptools", lifespan="off", log_level="warning",
+                            loop="none", http=OnePieceHttp, lifespan="off", log_level="warning",
                             access_log=False, ws="none")
     main, tokens = uvicorn.Server(config), uvicorn.Server(remote)
 

@@ -94,7 +94,7 @@ def test_imports_are_sorted_by_when_they_run() -> None:
                      ("corral.c", "deferred"), ("corral.d", "module"), ("corral.e", "module"),
                      ("corral.f", "module")]
     assert {(i.target, i.kind) for i in imports("corral.wire")} >= {
-        ("corral.errors", "module"), ("corral.config", "deferred")}
+        ("corral.errors", "module"), ("corral.remote", "deferred")}
 
 
 def _layer_error(importer: str, imported: str) -> str | None:

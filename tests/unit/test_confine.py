@@ -125,3 +125,29 @@ def test_the_spawner_starts_a_process_as_the_user_orphaned_with_its_pidfile(
     uid, rest = out.split(" ", 1)
     assert uid == str(NOBODY.uid) and rest.startswith("[]"), out
     assert mode(tmp_path / "log") == 0o600
+
+
+def test_the_facts_of_a_running_qemu_are_read_once_and_dropped_when_it_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.engine.qemu import confine
+
+    reads: list[int] = []
+    real = confine.facts
+
+    def counted(pid: int) -> dict[str, object] | None:
+        reads.append(pid)
+        return real(pid)
+
+    monkeypatch.setattr(confine, "facts", counted)
+    known = confine.KnownFacts()
+    me = os.getpid()
+    first = known.of(me, known=True)
+    assert first is not None and first["uid"] == os.getuid()
+    assert known.of(me, known=True) == first and reads == [me]  # kept: not read again
+    assert known.of(me, known=False) == first and reads == [me, me]  # not ours: read afresh
+    known.keep([])  # it ended: a new process with its pid is read again
+    known.of(me, known=True)
+    assert reads == [me, me, me]
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert known.of(gone.pid, known=True) is None  # a process that is gone has no facts

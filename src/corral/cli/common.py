@@ -1,24 +1,21 @@
-"""What every command module of the CLI shares: the help formatter, the Client, printing.
+"""What every command module of the CLI shares: the Client, printing, the making of a
+command's parser (the help formatter is :mod:`corral.cli.formatter`).
 
-Standard library only: the CLI must start in milliseconds.
+Standard library only, and not even ``argparse`` until a parser is built: the CLI must
+start in milliseconds.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
     from corral.client import Client
-
-
-class Formatter(argparse.RawDescriptionHelpFormatter):
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, max_help_position=32, width=100)
 
 
 def client(args: argparse.Namespace, timeout: float | None = 300.0) -> Client:
@@ -107,6 +104,8 @@ def command(sub: Any, parents: Parents, name: str, func: Any, help_: str, desc: 
             *, js: bool = True, vm: bool = True, aliases: tuple[str, ...] = ()
             ) -> argparse.ArgumentParser:
     """Add command ``name`` running ``func``; ``vm``: it takes the VM's NAME."""
+    from corral.cli.formatter import Formatter
+
     p: argparse.ArgumentParser = sub.add_parser(
         name, help=help_, description=desc or help_, formatter_class=Formatter,
         parents=[parents.common, *([parents.js] if js else [])], aliases=list(aliases))

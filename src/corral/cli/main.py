@@ -4,20 +4,21 @@ turned into exit codes (see ``corral --help``).
 Only the standard library is imported on the path of ordinary commands, and only the parser
 of the command being run is built (with the one module that defines it), so ``corral list``
 or ``corral pause`` costs a few tens of milliseconds; ``serve`` and ``image build`` import
-their heavier parts when they run.
+their heavier parts when they run. The commands scripts run in loops skip ``argparse``
+altogether when given nothing but their NAME (see :data:`LEAN`).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
 from corral import errors
-from corral.cli.common import Formatter, Parents
+from corral.cli.common import Parents
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
 EPILOG = """\
@@ -73,6 +74,19 @@ COMMANDS: dict[str, tuple[str, ...]] = {
 }
 MODULE_OF = {word: module for module, words in COMMANDS.items() for word in words}
 
+# The commands scripts and sandbox services run in loops, given nothing but their NAME (or
+# nothing, for list) and perhaps --json: their arguments are made here as argparse would
+# make them (tests/unit/test_cli_lean.py compares the two), without importing argparse,
+# gettext and locale or building the parser, which together cost more than the request.
+# Anything else (an option, --help, a missing NAME) goes through argparse as always.
+# word -> (module, function, takes NAME, the command's other arguments and their defaults)
+LEAN: dict[str, tuple[str, str, bool, dict[str, Any]]] = {
+    "list": ("vms", "cmd_list", False, {"host": None}),
+    "pause": ("vms", "cmd_pause", True, {}),
+    "resume": ("vms", "cmd_resume", True, {}),
+    "show": ("vms", "cmd_show", True, {"explain": False}),
+}
+
 
 class _Null:
     """Stands in for the parsers of commands this run does not use: building all of them
@@ -102,6 +116,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The ``corral`` parser; with ``only`` (a command word), just that command's part of
     it is built; an unknown word (or None) builds everything, so argparse can list the
     choices."""
+    import argparse
+
+    from corral.cli.formatter import Formatter
+
     # every parser gets the fixed-width formatter: the default one imports shutil to size
     # the terminal, even when no help is printed
     common = argparse.ArgumentParser(add_help=False, formatter_class=Formatter)
@@ -148,8 +166,28 @@ def _leading(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     return found, argv
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def lean(argv: list[str]) -> Any:
+    """The arguments of a :data:`LEAN` command as argparse would parse them, or None when
+    ``argv`` is anything else."""
+    words = [a for a in argv if a != "--json"]
+    entry = LEAN.get(argv[0]) if argv else None
+    if entry is None:
+        return None
+    module, func, named, extra = entry
+    if len(words) != 1 + named or any(w.startswith("-") for w in words):
+        return None
+    import types
+
+    args = types.SimpleNamespace(
+        command=words[0], socket=None, remote=None, project=None, json="--json" in argv,
+        func=getattr(importlib.import_module(f"corral.cli.{module}"), func), **extra)
+    if named:
+        args.name = words[1]
+    return args
+
+
+def parsed(argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed by the command's parser (argparse exits on bad input, with usage)."""
     leading, argv = _leading(argv)
     word = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(word)
@@ -165,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "command_argv"):
             parser.error("'--' is only for 'corral exec NAME -- CMD' and 'corral run --rm'")
         args.command_argv = tail
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = lean(argv) or parsed(argv)
     try:
         return int(args.func(args))
     except errors.CorralError as err:

@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from corral.cli import common, render
-from corral.cli.common import Formatter, Parents, out
+from corral.cli.common import Parents, out
+from corral.cli.formatter import Formatter
 from corral.errors import CorralError
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from corral import errors
-from corral.cli.common import Formatter, Parents, client, command, out
+from corral.cli.common import Parents, client, command, out
+from corral.cli.formatter import Formatter
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:

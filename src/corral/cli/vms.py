@@ -3,7 +3,6 @@ import|rm|list|show|console|logs``: the VM commands, each one named Client call.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -21,6 +20,7 @@ from corral.cli.vmspec import add_spec_options, spec_from
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
 

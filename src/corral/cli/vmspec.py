@@ -3,12 +3,11 @@ they make. Standard library only."""
 
 from __future__ import annotations
 
-import argparse
-
 from corral.cli import render
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
 _PLAIN = ("image", "cpus", "memory", "kernel", "initrd", "cmdline", "machine", "arch",

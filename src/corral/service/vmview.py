@@ -16,7 +16,6 @@ def vm_view(rec: VMRecord, live: bool, paths: Paths, driver: Driver | None = Non
             ) -> dict[str, Any]:
     """``live``: the daemon holds a machine for the VM. With the ``driver``, a live VM's view
     tells what confines its process (user, seccomp, cgroup limits)."""
-    run = paths.run_dir(rec.name)
     return {
         "name": rec.name,
         "project": rec.project,
@@ -36,7 +35,7 @@ def vm_view(rec: VMRecord, live: bool, paths: Paths, driver: Driver | None = Non
         "exit_reason": rec.exit_reason,
         "nics": [n.model_dump() for n in rec.spec.nics],
         "disks": [d.model_dump() for d in rec.spec.disks],
-        "console_socket": str(run / "console.sock") if live else None,
+        "console_socket": str(paths.run_dir(rec.name) / "console.sock") if live else None,
         "serial_log": str(paths.vm_dir(rec.name) / "serial.log"),
         "created_at": rec.created_at,
         "operations": sorted(op for op, states in OPERATIONS.items() if rec.state in states),

@@ -136,3 +136,29 @@ def facts(pid: int) -> dict[str, Any] | None:
             "memory_limit_bytes": limits.get("memory", {}).get("limit"),
             "pids_max": limits.get("pids", {}).get("limit"),
             "cgroups": {k: v["group"] for k, v in limits.items()}}
+
+
+class KnownFacts:
+    """:func:`facts` of the QEMUs the driver runs, read once per process. What confines a
+    QEMU is fixed before it answers its monitor (user, mount namespace and cgroup limits
+    before exec, the seccomp filter before the monitor's greeting), and reading it costs a
+    dozen /proc and /sys reads that every view of a live VM (a pause's answer, each line of
+    a list) would pay again. A process's facts are dropped when it ends: pids are reused."""
+
+    def __init__(self) -> None:
+        self._of: dict[int, dict[str, Any]] = {}
+
+    def of(self, pid: int, known: bool) -> dict[str, Any] | None:
+        """``known``: the driver runs ``pid`` (started or adopted, not ended), so its facts
+        are kept; any other pid's are read afresh."""
+        found = self._of.get(pid) if known else None
+        if found is None:
+            found = facts(pid)
+            if found is not None and known:
+                self._of[pid] = found
+        return found
+
+    def keep(self, pids: Iterable[int]) -> None:
+        """Forget every process but ``pids`` (the ones still running)."""
+        alive = set(pids)
+        self._of = {pid: f for pid, f in self._of.items() if pid in alive}

@@ -290,13 +290,13 @@ class QemuDriver:
 
     def __init__(self, accel: str, tsc_khz: int | None = None,
                  confinement: Confinement | None = None) -> None:
-        self.accel = accel
-        self.tsc_khz = tsc_khz
+        self.accel, self.tsc_khz = accel, tsc_khz
         self.confinement = confinement or Confinement()
         # the QEMUs started or adopted and not known to have ended, and the launches under
         # way: the host guard stands while there is one
         self.pids: set[int] = set()
         self.launching = 0
+        self.known = confine.KnownFacts()  # what confines each of them (read once)
 
     def _gone(self, pid: int) -> None:
         self.pids.discard(pid)
@@ -306,6 +306,7 @@ class QemuDriver:
         """Lower the host guard once no QEMU of ours runs or starts (one that ended unseen,
         say a helper nobody watched, counts as ended once it is gone or a zombie)."""
         self.pids = {pid for pid in self.pids if start_time(pid) is not None}
+        self.known.keep(self.pids)
         if not self.pids and not self.launching:
             self.confinement.lower_guard()
 
@@ -313,9 +314,8 @@ class QemuDriver:
         qargv.RunPaths(run_dir).remove(keep_dir)
 
     def confinement_of(self, pid: int | None) -> dict[str, Any] | None:
-        """What confines the QEMU ``pid`` (the kernel's view), or with None the daemon's
-        confinement settings."""
-        return self.confinement.describe() if pid is None else confine.facts(pid)
+        """What confines the QEMU ``pid`` (the kernel's view); None: the daemon's settings."""
+        return self.confinement.describe() if pid is None else self.known.of(pid, pid in self.pids)
 
     def _machine(self, spec: VMSpec, run: qargv.RunPaths, proc: Process,
                  on_event: EventHandler) -> QemuMachine:
