@@ -130,6 +130,11 @@ declare("scheduler.timeslice_slots", "CORRAL_TIMESLICE_SLOTS", _int, None,
         "time-sliced VMs running at once (one per host CPU)")
 declare("scheduler.quantum", "CORRAL_QUANTUM", _float, 2.0,
         "the time slice of round-robin VMs, in seconds", live=True)
+# snapshots and warm starts
+declare("snapshots.background_template", "CORRAL_BACKGROUND_TEMPLATE", _bool, True,
+        "make a memory snapshot's warm-start template in the background right after it (a "
+        "copy of its disks and RAM on the host's disk), so the first warm start is fast",
+        live=True)
 # the web page, metrics and the event stream
 declare("web.listen", "CORRAL_WEB_LISTEN", _listen, None,
         "also serve the API and the web page on this loopback HOST:PORT (off by default)")

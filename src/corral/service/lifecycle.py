@@ -54,10 +54,12 @@ class Lifecycle:
         self.sched = sched
 
     async def start(self, name: str, wait: bool = False, timeout: float = READY_TIMEOUT,
-                    queue: bool = True) -> dict[str, Any]:
+                    queue: bool = True, ahead: bool = False) -> dict[str, Any]:
         """Boot a defined or stopped VM, or queue it when the host is full (it then starts
         by itself when capacity frees). With ``wait``, return once the guest agent answers,
-        waiting in the queue first if need be. A saved VM is restored.
+        waiting in the queue first if need be. A saved VM is restored. ``ahead``: it may
+        take capacity that fits even with requests waiting (a pool's refill, configured
+        so).
 
         :raises InvalidState: the VM is not defined, stopped, crashed or saved.
         :raises InvalidSpec: the VM is larger than the whole host.
@@ -76,7 +78,7 @@ class Lifecycle:
                 rt.record(rec, "requested", owner=s.owner, priority=s.priority,
                           expected_runtime=s.expected_runtime, cpus=rec.spec.cpus,
                           memory=rec.spec.memory_bytes)
-                if self.sched.admit(rec, queue):
+                if self.sched.admit(rec, queue, ahead):
                     await self.boot(rec, rec.state)
         if saved:
             from corral.service import saved as saved_state
