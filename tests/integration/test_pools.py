@@ -102,6 +102,8 @@ def test_template_at_snapshot_time_and_a_warm_pool(daemon: Daemon) -> None:
     assert shown["seccomp"] == "filter" and shown["private_home"], shown
     groups = cgroups_of(handed[0]["pid"])
     assert groups and all(g.endswith("-job0") for g in groups), groups
+    # under TCG, QEMU runs without transparent huge pages (they inflate an idle clone)
+    assert "THP_enabled:\t0" in Path(f"/proc/{handed[0]['pid']}/status").read_text()
     after = wait_pool(d, "py", full(3))
     assert not set(after["clones"]) & set(before["clones"])
     assert after["handouts"] == 3 and after["misses"] == 0
