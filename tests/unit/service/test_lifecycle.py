@@ -132,3 +132,27 @@ async def test_the_guest_through_its_agent(m: Manager, driver: FakeDriver) -> No
     await m.vms.pause("g")
     with pytest.raises(InvalidState):
         await m.guest.exec("g", ["true"])
+
+
+async def test_cold_boots_take_turns_until_their_guests_answer(
+        m: Manager, driver: FakeDriver, monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.service.lifecycle import BootGate
+
+    monkeypatch.setenv("CORRAL_BOOT_CONCURRENCY", "1")
+    m.vms.life.gate = BootGate()
+    driver.boot_delay = 2.0
+    first = asyncio.ensure_future(m.vms.create(vm("a"), start=True))
+    second = asyncio.ensure_future(m.vms.create(vm("b"), start=True))
+    for _ in range(400):
+        if {v["name"] for v in m.vms.list()} == {"a", "b"}:
+            break
+        await asyncio.sleep(0.005)
+    await settle(m, "a", "running")
+    await asyncio.sleep(0.1)
+    assert (await m.vms.get("b"))["state"] == "starting"  # waits for a's guest to answer
+    assert [mc.name for mc in driver.launched] == ["a"]
+    await asyncio.gather(first, second)
+    view = await settle(m, "b", "running", within=5)
+    assert (await m.vms.get("a"))["ready"] and view is not None
+    monkeypatch.setenv("CORRAL_BOOT_CONCURRENCY", "0")
+    assert BootGate().limit == 0  # no limit
