@@ -249,3 +249,18 @@ async def test_refills_wait_behind_the_queue_unless_ahead_of_queue(m: Manager) -
     while (await m.vms.get("waiter"))["state"] != "running" and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert (await m.vms.get("waiter"))["state"] == "running"
+
+
+async def test_no_background_template_where_the_disk_cannot_hold_it(
+        m: Manager, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.service import warm
+
+    monkeypatch.setattr(warm, "DISK_RESERVE", 1 << 60)  # no host disk is that large
+    await m.vms.create(vm("gold"), start=True, wait=True, timeout=5)
+    await m.snapshots.create("gold", "base", memory=True)
+    await settled(m)
+    skipped = [e for e in m.vms.events(vm="gold") if e["kind"] == "template_skipped"]
+    assert skipped and "host's disk" in skipped[0]["detail"]["reason"], skipped
+    assert not (home / "vms" / "gold" / "templates" / "base").exists()
+    view = await m.vms.create({"name": "w", "from_snapshot": "gold:base"}, start=True)
+    assert view["state"] == "running"  # the first warm start makes it as before
