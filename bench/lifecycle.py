@@ -359,12 +359,15 @@ def rotated(items: Sequence[Any], k: int) -> list[Any]:
 
 # ----- phases ---------------------------------------------------------------------------------
 
+WARMUPS = 1  # rounds run first and discarded (--no-warmup: none)
+
+
 def phase_lifecycle(systems: Sequence[System], reps: int, res: Results) -> None:
     """Boot to ready, then destroy; spawn to QMP ready, then an untimed stop."""
     for s in systems:
         s.prepare("boot")
         s.prepare("spawn")
-    for rep in range(-1, reps):
+    for rep in range(-WARMUPS, reps):
         for s in rotated(systems, rep + 1):
             ready = s.boot("boot")
             time.sleep(GAP)
@@ -398,7 +401,7 @@ def interleave(entries: Sequence[tuple[str, Op]], reps: int, res: Results,
                gap: float = 0.02) -> None:
     """Run ``(system, fn)`` entries ``reps`` times after one warm-up, rotating the order;
     ``fn`` returns ``(op, ms)`` pairs."""
-    for rep in range(-1, reps):
+    for rep in range(-WARMUPS, reps):
         for system, fn in rotated(entries, rep + 1):
             for op, took in fn():
                 if rep >= 0:
@@ -539,6 +542,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="idle VM counts for the daemon memory phase ('none' skips it)")
     p.add_argument("--with-libvirt", action="store_true",
                    help="install (apt, pip) and start libvirt, and measure it too")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="no discarded warm-up round (a quick report)")
     p.add_argument("--json", type=Path, help="write the raw numbers to this file")
     p.add_argument("--skip-lifecycle", action="store_true",
                    help="skip boot/spawn/destroy (measure the hot path: pause, resume, list)")
@@ -551,7 +556,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global WARMUPS
     args = parse_args(argv)
+    WARMUPS = 0 if args.no_warmup else 1
     images = image_path()
     os.environ["CORRAL_IMAGE_PATH"] = images
     become_subreaper()
@@ -602,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 res.meta["libvirt"] = "; ".join([
                     f"ok: {host.version}, libvirtd (under a subreaper) and virtlogd started and "
                     "stopped by this benchmark", *host.notes])
-        log(f"lifecycle: {args.reps} reps + 1 warm-up, systems {[s.key for s in systems]}")
+        log(f"lifecycle: {args.reps} reps + {WARMUPS} warm-up, systems {[s.key for s in systems]}")
         if not args.skip_lifecycle:
             phase_lifecycle(systems, args.reps, res)
         phase_control(systems, corral, args.pause_reps, args.cli_reps, res)

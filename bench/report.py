@@ -41,9 +41,10 @@ PY = sys.executable
 # name → (arguments, quick arguments, where its raw numbers go: "file" (--json FILE),
 # "stdout" (--json prints them) or None)
 BENCHES: dict[str, tuple[list[str], list[str], str | None]] = {
-    "lifecycle": (["--with-libvirt"], ["--with-libvirt", "--reps", "1", "--pause-reps", "15",
-                                       "--cli-reps", "4", "--vms", "2"], "file"),
-    "state": (["--with-libvirt"], ["--reps", "1"], "file"),
+    "lifecycle": (["--with-libvirt"], ["--with-libvirt", "--reps", "1", "--no-warmup",
+                                       "--pause-reps", "15", "--cli-reps", "4", "--vms", "1"],
+                  "file"),
+    "state": (["--with-libvirt"], ["--reps", "1", "--quick"], "file"),
     "guest": ([], ["--reps", "1", "--exec-reps", "10", "--mib", "2"], "file"),
     "network": ([], ["--mb", "8", "--reps", "1"], None),
     "overlay": ([], ["--mb", "4", "--reps", "1"], None),

@@ -96,6 +96,7 @@ FILL = ("mkdir -p /dev/shm && mount -t tmpfs -o size=800m shm /dev/shm && "
 GUEST_DD = ("a=$(cut -d' ' -f1 /proc/uptime); dd {args} 2>/dev/null; "
             "b=$(cut -d' ' -f1 /proc/uptime); echo $a $b")
 IO_MIB = 256
+QUICK_IO_MIB = 64
 
 
 class Bench:
@@ -423,7 +424,11 @@ def phase_memory_size(b: Bench) -> None:
     b.drop_first("save_1g", "restore_1g")
     b.raw.quit(rvm["vm"])
     b.c.destroy(BIG)
-    # the host's own sequential write speed, into the directory Corral writes its states to
+    host_speed(b)
+
+
+def host_speed(b: Bench) -> None:
+    """The host's own sequential write speed, into the directory Corral writes states to."""
     target = b.corral.home / "vms" / "sb-sr" / "dd.bin"
     for _ in range(b.reps):
         secs = host_dd(["if=/dev/zero", f"of={target}", "bs=1M", "count=512",
@@ -680,6 +685,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="repetitions of every measure (3)")
     p.add_argument("--with-libvirt", action="store_true",
                    help="install (apt, pip) and start libvirt, and measure virsh save/restore")
+    p.add_argument("--quick", action="store_true",
+                   help=f"skip the 1 GiB save/restore; disk IO with {QUICK_IO_MIB} MiB")
     p.add_argument("--json", type=Path, help="write the raw numbers to this file")
     args = p.parse_args(argv)
     if args.reps < 1:
@@ -726,8 +733,13 @@ def run(b: Bench, args: argparse.Namespace, stack: contextlib.ExitStack, token: 
     if b.virsh is not None:
         with contextlib.suppress(Exception):
             b.virsh.remove("sr")
-    log(f"save/restore at 1 GiB, {b.reps} each + 1 warm-up")
-    phase_memory_size(b)
+    if args.quick:
+        global IO_MIB
+        IO_MIB = QUICK_IO_MIB
+        host_speed(b)
+    else:
+        log(f"save/restore at 1 GiB, {b.reps} each + 1 warm-up")
+        phase_memory_size(b)
     log(f"disk IO, {IO_MIB} MiB, {b.reps} each + 1 warm-up")
     phase_disk(b, cname)
 

@@ -17,10 +17,12 @@ MAX_SIZE = 256
 class PoolCalls(Connection):
     def pool_create(self, name: str, from_snapshot: str, size: int,
                     max_size: int | None = None, autosize: bool = False,
-                    target_wait: float | None = None) -> views.Pool:
+                    target_wait: float | None = None, ahead_of_queue: bool = False
+                    ) -> views.Pool:
         """Keep ``size`` clones of the memory snapshot ``from_snapshot`` ("VM:SNAPSHOT")
         restored and paused; ``autosize`` lets the daemon size it (up to ``max_size``) for
-        a mean wait of ``target_wait`` seconds.
+        a mean wait of ``target_wait`` seconds. Its refills wait behind VMs queued for
+        capacity unless ``ahead_of_queue``.
 
         :raises InvalidSpec: a bad name, size or snapshot. :raises NotFound: no such VM
             or snapshot. :raises AlreadyExists: the pool exists.
@@ -30,7 +32,8 @@ class PoolCalls(Connection):
         integer(max_size, "max", 0, MAX_SIZE)
         body = {"name": name, "from_snapshot": from_snapshot, "size": size,
                 "max": max_size, "autosize": autosize,
-                "target_wait": seconds(target_wait, "target_wait")}
+                "target_wait": seconds(target_wait, "target_wait"),
+                "ahead_of_queue": ahead_of_queue or None}
         out: views.Pool = self.request("POST", "/pools",
                                        {k: v for k, v in body.items() if v is not None})
         return out
@@ -44,10 +47,12 @@ class PoolCalls(Connection):
         return out
 
     def pool_resize(self, name: str, size: int, max_size: int | None = None,
-                    autosize: bool | None = None) -> views.Pool:
+                    autosize: bool | None = None, ahead_of_queue: bool | None = None
+                    ) -> views.Pool:
         integer(size, "size", 0, MAX_SIZE)
         integer(max_size, "max", 0, MAX_SIZE)
-        body = {"size": size, "max": max_size, "autosize": autosize}
+        body = {"size": size, "max": max_size, "autosize": autosize,
+                "ahead_of_queue": ahead_of_queue}
         out: views.Pool = self.request("POST", f"/pools/{seg(name)}/resize",
                                        {k: v for k, v in body.items() if v is not None})
         return out

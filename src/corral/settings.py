@@ -127,8 +127,16 @@ declare("scheduler.backfill", "CORRAL_BACKFILL", _bool, False,
         "let smaller requests pass a head of the queue that does not fit", live=True)
 declare("scheduler.timeslice_slots", "CORRAL_TIMESLICE_SLOTS", _int, None,
         "time-sliced VMs running at once (one per host CPU)")
+declare("scheduler.boot_concurrency", "CORRAL_BOOT_CONCURRENCY", _int, None,
+        "cold boots run at once until their guests answer; more wait their turn (default: "
+        "twice the host's CPUs; 0: no limit): boots crowded on few cores cost more CPU each")
 declare("scheduler.quantum", "CORRAL_QUANTUM", _float, 2.0,
         "the time slice of round-robin VMs, in seconds", live=True)
+# snapshots and warm starts
+declare("snapshots.background_template", "CORRAL_BACKGROUND_TEMPLATE", _bool, True,
+        "make a memory snapshot's warm-start template in the background right after it (a "
+        "copy of its disks and RAM on the host's disk), so the first warm start is fast",
+        live=True)
 # the web page, metrics and the event stream
 declare("web.listen", "CORRAL_WEB_LISTEN", _listen, None,
         "also serve the API and the web page on this loopback HOST:PORT (off by default)")

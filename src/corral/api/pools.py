@@ -1,8 +1,9 @@
 """The REST routes of warm pools; each is one call of ``manager.pools``::
 
-    POST   /v1/pools                   {name, from_snapshot, size, max, autosize, target_wait}
+    POST   /v1/pools                   {name, from_snapshot, size, max, autosize, target_wait,
+                                        ahead_of_queue}
     GET    /v1/pools, /v1/pools/NAME
-    POST   /v1/pools/NAME/resize       {size, max, autosize}
+    POST   /v1/pools/NAME/resize       {size, max, autosize, ahead_of_queue}
     DELETE /v1/pools/NAME              removes its free clones too: {"removed": [...]}
     POST   /v1/pools/NAME/take?timeout= {name, pool_only}: a running VM from the pool
     POST   /v1/pools/NAME/batch        {argv, timeout, pool_only}: run a command, remove the VM
@@ -33,6 +34,7 @@ class PoolCreate(BaseModel):
     max: int | None = Field(None, ge=0, le=MAX_SIZE)
     autosize: bool = False
     target_wait: float = Field(0.05, ge=0, le=MAX_TIMEOUT, allow_inf_nan=False)
+    ahead_of_queue: bool = False
 
 
 class PoolResize(BaseModel):
@@ -40,6 +42,7 @@ class PoolResize(BaseModel):
     size: int = Field(ge=0, le=MAX_SIZE)
     max: int | None = Field(None, ge=0, le=MAX_SIZE)
     autosize: bool | None = None
+    ahead_of_queue: bool | None = None
 
 
 class PoolTakeRequest(BaseModel):
@@ -80,7 +83,8 @@ def routes(m: Manager) -> APIRouter:
     @r.post("/pools", status_code=201, responses=ok(Pool, 404, 409, 504, status=201))
     async def create_pool(req: PoolCreate) -> Response:
         return json(await m.pools.create(req.name, req.from_snapshot, req.size, req.max,
-                                         req.autosize, req.target_wait), 201)
+                                         req.autosize, req.target_wait,
+                                         req.ahead_of_queue), 201)
 
     @r.get("/pools", responses=ok(list[Pool]))
     async def list_pools() -> Response:
@@ -92,7 +96,8 @@ def routes(m: Manager) -> APIRouter:
 
     @r.post("/pools/{name}/resize", responses=ok(Pool, 404))
     async def resize_pool(name: Name, req: PoolResize) -> Response:
-        return json(m.pools.resize(name, req.size, req.max, req.autosize))
+        return json(m.pools.resize(name, req.size, req.max, req.autosize,
+                                   req.ahead_of_queue))
 
     @r.delete("/pools/{name}", responses=ok(Removed, 404))
     async def rm_pool(name: Name) -> Response:

@@ -47,7 +47,8 @@ def pool_table(pools: Sequence[Mapping[str, Any]]) -> str:
 def pool_detail(p: Mapping[str, Any]) -> str:
     lines = [("name", p["name"]), ("project", str(p.get("project", "default"))),
              ("source", p["source"]),
-             ("size", f"{p['size']} (max {p['max']}{', autosized' if p['autosize'] else ''})"),
+             ("size", f"{p['size']} (max {p['max']}{', autosized' if p['autosize'] else ''}"
+                      f"{', refills ahead of the queue' if p.get('ahead_of_queue') else ''})"),
              ("free", f"{p['free']}" + (f" (making {p['filling']})" if p["filling"] else "")),
              ("hand-outs", str(p["handouts"])), ("misses", str(p["misses"])),
              ("replaced", f"{p['replaced']} (crashed while waiting)"),
@@ -61,7 +62,7 @@ def pool_detail(p: Mapping[str, Any]) -> str:
 
 def cmd_create(args: argparse.Namespace) -> int:
     p = client(args).pool_create(args.name, args.from_snapshot, args.size, args.max,
-                                 args.autosize, args.target_wait)
+                                 args.autosize, args.target_wait, args.ahead_of_queue)
     return out(args, p, f"pool {p['name']} of {p['source']} created; it fills to "
                         f"{p['size']} in the background ('corral pool show {p['name']}')")
 
@@ -77,7 +78,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_resize(args: argparse.Namespace) -> int:
-    p = client(args).pool_resize(args.name, args.size, args.max, args.autosize)
+    p = client(args).pool_resize(args.name, args.size, args.max, args.autosize,
+                                 args.ahead_of_queue)
     return out(args, p, f"pool {p['name']} holds {p['free']} of {p['size']} now")
 
 
@@ -130,7 +132,8 @@ def register(sub: Any, pa: Parents) -> None:
                        description="A warm pool keeps clones of a memory snapshot restored "
                                    "and paused; 'corral run NAME --pool P' hands one out in "
                                    "milliseconds and the pool refills in the background "
-                                   "(never ahead of VMs waiting in the admission queue).")
+                                   "(never ahead of VMs waiting in the admission queue, "
+                                   "unless made --ahead-of-queue).")
     psub = p.add_subparsers(dest="pool_command", metavar="COMMAND", required=True)
     c = command(psub, pa, "create", cmd_create, "make a pool of a memory snapshot", vm=False)
     c.add_argument("name", metavar="NAME", help="the pool's name (at most 24 characters)")
@@ -142,6 +145,9 @@ def register(sub: Any, pa: Parents) -> None:
                    help="let the daemon size it from the requests it sees (Erlang C)")
     c.add_argument("--target-wait", type=float, metavar="S",
                    help="with --autosize: mean wait to aim for (default 0.05 s)")
+    c.add_argument("--ahead-of-queue", action="store_true",
+                   help="let its refills take capacity that VMs waiting in the admission "
+                        "queue need (by default a refill waits until the queue is empty)")
     command(psub, pa, "list", cmd_list, "list pools", vm=False)
     c = command(psub, pa, "show", cmd_show, "a pool's clones and figures", vm=False)
     c.add_argument("name", metavar="NAME", help="the pool")
@@ -151,6 +157,8 @@ def register(sub: Any, pa: Parents) -> None:
     c.add_argument("--max", type=int, help="the most --autosize may grow it to")
     c.add_argument("--autosize", action=argparse.BooleanOptionalAction, default=None,
                    help="let the daemon size it (or stop)")
+    c.add_argument("--ahead-of-queue", action=argparse.BooleanOptionalAction, default=None,
+                   help="let its refills go ahead of the admission queue (or stop)")
     c = command(psub, pa, "rm", cmd_rm, "remove a pool and its free clones", vm=False,
                 aliases=("delete",))
     c.add_argument("name", metavar="NAME", help="the pool")

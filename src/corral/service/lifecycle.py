@@ -23,6 +23,42 @@ if TYPE_CHECKING:
 
 
 DHCP_WAIT = 20.0  # seconds a guest may take for its leases before it is called ready anyway
+BOOT_SLOT = 60.0  # the longest a cold boot holds its place among those booting at once
+
+
+class BootGate:
+    """How many cold boots run at once, each until its guest answers (or ``BOOT_SLOT``
+    seconds, or its QEMU ends): a storm of boots crowded on a few cores costs each boot
+    more CPU (caches, the guest's timers over a longer boot) than boots taken in turns.
+    ``scheduler.boot_concurrency`` (default: twice the host's CPUs; 0: no limit)."""
+
+    def __init__(self) -> None:
+        import os
+
+        from corral import settings
+
+        n = settings.value("scheduler.boot_concurrency")
+        self.limit = 2 * (os.cpu_count() or 1) if n is None else max(0, n)
+        self._slots = asyncio.Semaphore(self.limit) if self.limit else None
+
+    async def enter(self) -> None:
+        if self._slots is not None:
+            await self._slots.acquire()
+
+    def leave(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+
+    async def leave_when_booted(self, ready: asyncio.Event, exited: Any) -> None:
+        """Give the place back once ``ready`` is set, ``exited`` (an awaitable) ends, or
+        after ``BOOT_SLOT`` seconds."""
+        waits = {asyncio.ensure_future(ready.wait()), asyncio.ensure_future(exited)}
+        try:
+            await asyncio.wait(waits, timeout=BOOT_SLOT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            self.leave()
 
 
 def addresses_leased(rec: VMRecord) -> OnReady | None:
@@ -52,12 +88,15 @@ class Lifecycle:
     def __init__(self, rt: VMRuntime, sched: Scheduler) -> None:
         self.rt = rt
         self.sched = sched
+        self.gate = BootGate()
 
     async def start(self, name: str, wait: bool = False, timeout: float = READY_TIMEOUT,
-                    queue: bool = True) -> dict[str, Any]:
+                    queue: bool = True, ahead: bool = False) -> dict[str, Any]:
         """Boot a defined or stopped VM, or queue it when the host is full (it then starts
         by itself when capacity frees). With ``wait``, return once the guest agent answers,
-        waiting in the queue first if need be. A saved VM is restored.
+        waiting in the queue first if need be. A saved VM is restored. ``ahead``: it may
+        take capacity that fits even with requests waiting (a pool's refill, configured
+        so).
 
         :raises InvalidState: the VM is not defined, stopped, crashed or saved.
         :raises InvalidSpec: the VM is larger than the whole host.
@@ -76,7 +115,7 @@ class Lifecycle:
                 rt.record(rec, "requested", owner=s.owner, priority=s.priority,
                           expected_runtime=s.expected_runtime, cpus=rec.spec.cpus,
                           memory=rec.spec.memory_bytes)
-                if self.sched.admit(rec, queue):
+                if self.sched.admit(rec, queue, ahead):
                     await self.boot(rec, rec.state)
         if saved:
             from corral.service import saved as saved_state
@@ -106,7 +145,17 @@ class Lifecycle:
     async def _cold_boot(self, rec: VMRecord) -> None:
         from corral.service import disks
 
-        live = await self.rt.spawn(rec)
+        await self.gate.enter()
+        try:
+            live = await self.rt.spawn(rec)
+        except BaseException:
+            self.gate.leave()
+            raise
+        if live.machine.has_agent:
+            self.rt.background(self.gate.leave_when_booted(live.ready,
+                                                           live.machine.wait_exit()))
+        else:
+            self.gate.leave()
         for i, disk in enumerate(rec.spec.disks):
             await disks.apply_limits(live.machine, disk, disk.node(i),
                                      rec.spec.machine == "q35")

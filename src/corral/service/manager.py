@@ -109,7 +109,11 @@ class Manager:
 
         become_subreaper()
         confinement.private_home(self.paths)
-        for d in (self.paths.images, self.paths.run):
+        # every directory a QEMU's private view of the home shows exists before the first
+        # QEMU starts: one missing then stays missing for that QEMU (a named disk made later
+        # could not be hot-plugged into it)
+        for d in (self.paths.images, self.paths.run, self.paths.home / "vms",
+                  self.paths.home / "disks"):
             d.mkdir(parents=True, exist_ok=True)
         if self._qemu is not None:
             self._qemu.confinement = confinement.decide(self.paths, self.accel.name)

@@ -3,9 +3,11 @@ out, removes the ones that crashed (and counts them), shrinks to what the host h
 with ``autosize``, sizes the pool from the requests it sees (:mod:`corral.perf.pools`).
 
 A clone is a warm start of the pool's snapshot (:mod:`.warm`), started *without* queueing:
-a pool never takes capacity that a queued request is waiting for, and on a full host it
-holds what fits and says so in its ``note``. Once its guest agent answers (and it has taken
-its own name, MAC and hostname) it is paused, and from then on it is free to hand out.
+a pool never takes capacity that a queued request is waiting for (unless it was made
+``ahead_of_queue``: its refills then take what fits even with requests waiting), and on a
+full host it holds what fits and says so in its ``note``. Once its guest agent answers (and
+it has taken its own name, MAC and hostname) it is paused, and from then on it is free to
+hand out.
 
 A pool belongs to a project like a VM (:mod:`.access`): its clones are VMs of that project,
 made as the daemon working in it, so they count against its quotas (a refill over a quota
@@ -60,6 +62,7 @@ class Pool:
     max_size: int
     autosize: bool = False
     target_wait: float = 0.05
+    ahead_of_queue: bool = False      # refills may take capacity queued requests wait for
     clones: list[str] = field(default_factory=list)   # free: paused, ready, in order
     handouts: int = 0
     misses: int = 0
@@ -204,7 +207,8 @@ class Keeper:
         t0 = time.monotonic()
         try:
             await self.vms.create({"name": clone, "from_snapshot": p.source}, start=True,
-                                  wait=True, timeout=CLONE_READY, queue=False)
+                                  wait=True, timeout=CLONE_READY, queue=False,
+                                  ahead=p.ahead_of_queue)
             await self._identity_taken(clone)
             if self.rt.get(clone).state == State.RUNNING:
                 await self.vms.pause(clone)

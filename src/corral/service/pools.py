@@ -89,7 +89,8 @@ class Pools:
         return {"name": p.name, "project": p.project, "source": p.source, "size": p.size,
                 "max": p.max_size, "free": len(p.clones), "clones": list(p.clones),
                 "filling": self.keeper.filling.get(p.name), "autosize": p.autosize,
-                "target_wait": p.target_wait, "handouts": p.handouts, "misses": p.misses,
+                "target_wait": p.target_wait, "ahead_of_queue": p.ahead_of_queue,
+                "handouts": p.handouts, "misses": p.misses,
                 "replaced": p.replaced,
                 "refill_seconds": None if refill is None else round(refill, 4),
                 "handout_seconds": handout[len(handout) // 2] if handout else None,
@@ -97,9 +98,11 @@ class Pools:
 
     # ----- manage -----
     async def create(self, name: str, source: str, size: int, max_size: int | None = None,
-                     autosize: bool = False, target_wait: float = 0.05) -> dict[str, Any]:
+                     autosize: bool = False, target_wait: float = 0.05,
+                     ahead_of_queue: bool = False) -> dict[str, Any]:
         """Define a pool and start filling it (its template is made first, so a snapshot
-        that cannot be warm-started is refused here).
+        that cannot be warm-started is refused here). Its refills wait behind the admission
+        queue unless ``ahead_of_queue``.
 
         :raises InvalidSpec: a bad name, size or source (not VM:SNAPSHOT, no running state,
             a VM on a virtual network).
@@ -121,7 +124,7 @@ class Pools:
             raise InvalidSpec("from_snapshot", f"'{src}' has NICs on virtual networks; pools "
                                                "hold VMs with user-mode NICs only")
         await warm.ensure_template(self.rt, src, snapshot)
-        p = Pool(name, source, size, top, autosize, target_wait,
+        p = Pool(name, source, size, top, autosize, target_wait, ahead_of_queue,
                  project=access.project_for_new())
         self.keeper.pools[name] = p
         self.keeper.save()
@@ -136,13 +139,16 @@ class Pools:
         return self.view(self._pool(name))
 
     def resize(self, name: str, size: int, max_size: int | None = None,
-               autosize: bool | None = None) -> dict[str, Any]:
+               autosize: bool | None = None, ahead_of_queue: bool | None = None
+               ) -> dict[str, Any]:
         """:raises NotFound: no such pool. :raises InvalidSpec: a bad size."""
         p = self._pool(name)
         p.size, p.max_size = _sizes(size, max_size if max_size is not None
                                     else max(size, p.max_size))
         if autosize is not None:
             p.autosize = autosize
+        if ahead_of_queue is not None:
+            p.ahead_of_queue = ahead_of_queue
         p.note = None
         self.keeper.save()
         self.keeper.poke(name)

@@ -1,8 +1,9 @@
 """A project's quotas: how many VMs, vCPUs, bytes of guest memory and bytes of virtual disk
 its objects may hold. Every VM of the project counts, whatever its state (a stopped VM may
-start at any time); disks count by their virtual size (named disks and the disks Corral made
-for the project's VMs). A request that would go over is refused with
-:class:`~corral.errors.QuotaExceeded` naming the quota, before anything is made.
+start at any time); disks count by their virtual size (named disks, the disks Corral made
+for the project's VMs, and the copies their warm-start templates keep). A request that would
+go over is refused with :class:`~corral.errors.QuotaExceeded` naming the quota, before
+anything is made.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ def usage(rt: VMRuntime, project: str) -> dict[str, int]:
 
 async def disk_usage(rt: VMRuntime, project: str) -> int:
     paths = [Path(row["path"]) for row in rt.db.list_disks() if row["project"] == project]
-    paths += [Path(d.path) for r in rt.db.list_vms() if r.project == project
-              for d in r.spec.disks if d.owned and d.name is None]
+    recs = [r for r in rt.db.list_vms() if r.project == project]
+    paths += [Path(d.path) for r in recs for d in r.spec.disks if d.owned and d.name is None]
+    # the copies kept by warm-start templates (:mod:`.warm`) are disk the project holds too
+    paths += [p for r in recs for p in (rt.paths.vm_dir(r.name) / "templates").glob("*/disk*")]
     total = 0
     for path in paths:
         if path.exists():

@@ -174,9 +174,10 @@ class Scheduler:
         self.rt.db.put_doc(QUEUE_DOC, self.queue.to_dict(), rec, kind, detail)
 
     # ----- admission -----
-    def admit(self, rec: VMRecord, queue: bool = True) -> bool:
+    def admit(self, rec: VMRecord, queue: bool = True, ahead: bool = False) -> bool:
         """Reserve capacity for ``rec`` now (True), or queue it (False; the VM is then
-        ``queued`` and recorded with the queue in one transaction).
+        ``queued`` and recorded with the queue in one transaction). ``ahead``: capacity
+        that fits is taken even with requests waiting.
 
         :raises InvalidSpec: the VM is larger than the whole host (it would wait forever).
         :raises NoCapacity: it does not fit now and ``queue`` is false.
@@ -184,7 +185,7 @@ class Scheduler:
         need = _need(rec)
         self.inventory.check_request(need)
         now = time.time()
-        if len(self.queue) == 0 and self.inventory.fits(need):
+        if (ahead or len(self.queue) == 0) and self.inventory.fits(need):
             self.inventory.reserve(self._reservation(rec, now))
             return True
         if not queue:

@@ -44,13 +44,17 @@ class Snapshots(_Slice):
     async def create(self, vm: str, name: str, *, memory: bool = False,
                      template: bool = False) -> dict[str, Any]:
         """With ``template``, the snapshot's warm-start template is made before this returns,
-        so the first warm start from it is as fast as the later ones."""
+        so the first warm start from it is as fast as the later ones; without, a memory
+        snapshot's template is made in the background right after (see
+        :func:`.warm.template_soon`)."""
         from corral.service import snapshots, warm
 
         snap = await snapshots.create(self.rt, vm, name, memory, template)
         if template:
             await warm.ensure_template(self.rt, vm, name)
             snap["template"] = True
+        elif snap["memory"]:
+            warm.template_soon(self.rt, vm, name)
         return snap
 
     def list(self, vm: str) -> list[dict[str, Any]]:

@@ -225,18 +225,27 @@ async def delete(rt: VMRuntime, name: str, snapshot: str) -> None:
         _refuse(name, "delete a snapshot of", rec.state)
         _find(rt, name, snapshot)
         disks = _disks(rec)
-        if rec.state in LIVE:
-            machine = rt.machine(rec).machine
-            devices = [node for node, _ in disks] + ([VMSTATE_NODE] if rec.spec.vmstate else [])
-            if devices:
-                await machine.snapshot_delete(snapshot, devices)
-        else:
-            paths = [p for _, p in disks] + ([rec.spec.vmstate] if rec.spec.vmstate else [])
-            for path in paths:
-                await qemu_img.asnapshot(path, "delete", snapshot, check=False)
-        rt.db.delete_snapshot(name, snapshot)
-        async with rt.lock(template_lock(name, snapshot)):  # not while one is being made
+        # a template being made (in the background) is finished first, then dropped
+        async with rt.lock(template_lock(name, snapshot)):
+            if rec.state in LIVE:
+                machine = rt.machine(rec).machine
+                devices = [node for node, _ in disks] + (
+                    [VMSTATE_NODE] if rec.spec.vmstate else [])
+                if devices:
+                    await machine.snapshot_delete(snapshot, devices)
+            else:
+                paths = [p for _, p in disks] + ([rec.spec.vmstate] if rec.spec.vmstate else [])
+                for path in paths:
+                    await qemu_img.asnapshot(path, "delete", snapshot, check=False)
+            rt.db.delete_snapshot(name, snapshot)
             drop_templates(rt, name, snapshot)
+
+
+async def templates_settled(rt: VMRuntime, name: str) -> None:
+    """Wait for the templates of ``name``'s snapshots being made (before its files go)."""
+    for snap in rt.db.list_snapshots(name):
+        async with rt.lock(template_lock(name, snap["name"])):
+            pass
 
 
 def template_dir(rt: VMRuntime, vm: str, snapshot: str) -> Path:

@@ -43,9 +43,11 @@ class VMs:
 
     # ----- define ----------------------------------------------------------------------------
     async def create(self, body: dict[str, Any], *, start: bool = False, wait: bool = False,
-                     timeout: float = READY_TIMEOUT, queue: bool = True) -> dict[str, Any]:
+                     timeout: float = READY_TIMEOUT, queue: bool = True,
+                     ahead: bool = False) -> dict[str, Any]:
         """Define a VM; with ``start`` also boot it (all or nothing: a failed start removes
-        the VM it defined). ``from_snapshot`` in the body makes it a warm start.
+        the VM it defined). ``from_snapshot`` in the body makes it a warm start. ``ahead``
+        lets it take capacity that fits even with requests waiting in the queue.
 
         :raises InvalidSpec: a field is wrong (named in the error).
         :raises AlreadyExists: the name is taken.
@@ -62,7 +64,8 @@ class VMs:
         if not start:
             return self.rt.view(rec)
         try:
-            return await self.life.start(rec.name, wait=wait, timeout=timeout, queue=queue)
+            return await self.life.start(rec.name, wait=wait, timeout=timeout, queue=queue,
+                                         ahead=ahead)
         except BaseException:  # all or nothing: a VM that never ran is removed
             gone = self.rt.db.get_vm(rec.name)
             if gone is not None and gone.state == State.DEFINED:
@@ -211,6 +214,9 @@ class VMs:
                 live.expected_exit = "destroyed"
                 await rt.kill(live)
             rt.driver.cleanup(rt.run_dir(name))
+            from corral.service import snapshots
+
+            await snapshots.templates_settled(rt, name)
             rec = rt.get(name)
             for disk in rec.spec.disks:
                 if disk.name:  # a named disk outlives the VM; it is only detached

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import time
 import uuid
@@ -28,11 +29,23 @@ from corral.domain import specs as sp
 from corral.domain.states import LIVE, State
 from corral.engine.driver import LaunchOptions, Machine, RamFile
 from corral.engine.qemu.argv import VMSTATE_NODE
-from corral.errors import AgentError, AlreadyExists, CorralError, InvalidSpec, InvalidState, Timeout
+from corral.errors import (
+    AgentError,
+    AlreadyExists,
+    CorralError,
+    InvalidSpec,
+    InvalidState,
+    NotFound,
+    QuotaExceeded,
+    Timeout,
+)
 from corral.host import qemu_img
 from corral.service import access, provision, quotas, snapshots
 from corral.service.runtime import VMRuntime
 from corral.store.db import VMRecord
+
+log = logging.getLogger(__name__)
+DISK_RESERVE = 1 << 30  # a background template leaves at least this much of the disk free
 
 
 async def ensure_template(rt: VMRuntime, src: str, snapshot: str, memory: bool = True) -> Path:
@@ -47,6 +60,72 @@ async def ensure_template(rt: VMRuntime, src: str, snapshot: str, memory: bool =
                                            "state; take one with --memory")
     async with rt.lock(snapshots.template_lock(src, snapshot)):  # made once, not twice
         return await _make_template(rt, src, snapshot, snap)
+
+
+def template_soon(rt: VMRuntime, src: str, snapshot: str) -> None:
+    """After a memory snapshot: make its template in the background (the snapshot's answer
+    does not wait for it), unless ``snapshots.background_template`` is off."""
+    from corral import settings
+
+    if settings.value("snapshots.background_template"):
+        rt.background(_background_template(rt, src, snapshot))
+
+
+async def _background_template(rt: VMRuntime, src: str, snapshot: str) -> None:
+    """Make the template of a snapshot just taken, if the host's disk and the project's
+    disk quota hold it (it is counted against both); a snapshot (or VM) removed meanwhile
+    leaves nothing (its removal waits for this under the template's lock)."""
+    async with rt.lock(snapshots.template_lock(src, snapshot)):
+        rec = rt.db.get_vm(src)
+        try:
+            if rec is None:
+                return
+            snap = snapshots._find(rt, src, snapshot)
+            tdir = snapshots.template_dir(rt, src, snapshot)
+            if (tdir / "template.json").is_file():
+                return
+            reason = await _no_room(rt, rec, tdir.parent.parent)
+            if reason is not None:
+                _note(rt, src, "template_skipped", snapshot=snapshot, reason=reason)
+                return
+            t0 = time.monotonic()
+            await _make_template(rt, src, snapshot, snap)
+        except NotFound:  # the snapshot or its VM went away before we began
+            return
+        except CorralError as err:
+            log.warning("the template of %s:%s was not made: %s", src, snapshot, err.message)
+            _note(rt, src, "template_failed", snapshot=snapshot, reason=err.message)
+            return
+        _note(rt, src, "template_made", snapshot=snapshot,
+              seconds=round(time.monotonic() - t0, 3))
+
+
+def _note(rt: VMRuntime, vm: str, kind: str, **detail: Any) -> None:
+    """An event on ``vm`` as it is now (the record read before an await may be stale)."""
+    rec = rt.db.get_vm(vm)
+    if rec is not None:
+        rt.record(rec, kind, **detail)
+
+
+async def _no_room(rt: VMRuntime, rec: VMRecord, where: Path) -> str | None:
+    """Why a template of ``rec`` does not fit (None: it does): its disk copies and its RAM
+    file against the free space of the host's disk, its disks against the project's quota."""
+    allocated = virtual = 0
+    for disk in rec.spec.disks:
+        if not disk.readonly:
+            info = await qemu_img.ainfo(disk.path)
+            allocated += info.actual_size or info.virtual_size
+            virtual += info.virtual_size
+    need = allocated + rec.spec.memory_bytes
+    free = shutil.disk_usage(where).free
+    if free - need < DISK_RESERVE:
+        return (f"the host's disk has {free >> 20} MiB free; the template needs "
+                f"{need >> 20} MiB and {DISK_RESERVE >> 20} MiB are kept free")
+    try:
+        await quotas.check_disk(rt, rec.project, virtual)
+    except QuotaExceeded as err:
+        return err.message
+    return None
 
 
 async def _make_template(rt: VMRuntime, src: str, snapshot: str, snap: dict[str, Any]

@@ -23,6 +23,7 @@ class Pool(TypedDict):
     filling: str | None
     autosize: bool
     target_wait: float
+    ahead_of_queue: bool  # its refills may go ahead of the admission queue
     handouts: int
     misses: int
     replaced: int      # clones that crashed while waiting, replaced

@@ -132,3 +132,30 @@ async def test_the_guest_through_its_agent(m: Manager, driver: FakeDriver) -> No
     await m.vms.pause("g")
     with pytest.raises(InvalidState):
         await m.guest.exec("g", ["true"])
+
+
+async def test_cold_boots_take_turns_until_their_guests_answer(
+        m: Manager, driver: FakeDriver, monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.service.lifecycle import BootGate
+
+    monkeypatch.setenv("CORRAL_BOOT_CONCURRENCY", "1")
+    m.vms.life.gate = BootGate()
+    driver.boot_delay = 4.0
+    first = asyncio.ensure_future(m.vms.create(vm("a"), start=True))
+    second = asyncio.ensure_future(m.vms.create(vm("b"), start=True))
+    states: dict[str, str] = {}
+    for _ in range(800):  # whichever came first boots; the other waits for its guest
+        states = {v["name"]: v["state"] for v in m.vms.list()}
+        if sorted(states.values()) == ["running", "starting"]:
+            break
+        await asyncio.sleep(0.005)
+    assert sorted(states.values()) == ["running", "starting"], states
+    await asyncio.sleep(0.1)
+    assert sorted(v["state"] for v in m.vms.list()) == ["running", "starting"]
+    assert [mc.name for mc in driver.launched] == [n for n, st in states.items()
+                                                   if st == "running"]
+    await asyncio.gather(first, second)
+    for name in ("a", "b"):
+        assert (await settle(m, name, "running", within=5))["name"] == name
+    monkeypatch.setenv("CORRAL_BOOT_CONCURRENCY", "0")
+    assert BootGate().limit == 0  # no limit

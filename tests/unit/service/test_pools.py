@@ -188,3 +188,79 @@ async def test_autosize_applies_the_model_to_the_requests_it_sees(m: Manager) ->
     assert view["size"] == 1 and "autosized to 1" in view["note"]
     with pytest.raises(InvalidSpec):
         m.pools.resize("p", 6, max_size=5)
+
+
+async def settled(m: Manager) -> None:
+    """Wait for the daemon's background work (templates being made) to finish."""
+    tasks = m.vms.rt._tasks
+    while tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_template_made_in_the_background_after_a_memory_snapshot(
+        m: Manager, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    await m.vms.create(vm("gold"), start=True, wait=True, timeout=5)
+    templates = home / "vms" / "gold" / "templates"
+    snap = await m.snapshots.create("gold", "base", memory=True)
+    assert snap["template"] is False  # the answer did not wait for it
+    await settled(m)
+    assert (templates / "base" / "template.json").is_file()
+    assert [s["template"] for s in m.snapshots.list("gold")] == [True]
+    assert "template_made" in [e["kind"] for e in m.vms.events(vm="gold")]
+    # a snapshot removed at once leaves no template (its removal waits for the making)
+    await m.snapshots.create("gold", "gone", memory=True)
+    await m.snapshots.rm("gold", "gone")
+    await m.snapshots.create("gold", "disk")  # no running state: no template
+    monkeypatch.setenv("CORRAL_BACKGROUND_TEMPLATE", "0")
+    await m.snapshots.create("gold", "off", memory=True)
+    await settled(m)
+    assert sorted(p.name for p in templates.iterdir()) == ["base"]
+    # a VM removed while its template is being made leaves nothing either
+    monkeypatch.delenv("CORRAL_BACKGROUND_TEMPLATE")
+    await m.snapshots.create("gold", "late", memory=True)
+    await m.vms.rm("gold")
+    await settled(m)
+    assert not (home / "vms" / "gold").exists()
+
+
+async def test_refills_wait_behind_the_queue_unless_ahead_of_queue(m: Manager) -> None:
+    await golden(m)
+    for i in range(9):  # 10 of the 12 vCPUs taken
+        await m.vms.create(vm(f"big{i}"), start=True, timeout=5)
+    waiting = await m.vms.create(vm("waiter", cpus=4), start=True, timeout=5)
+    assert waiting["state"] == "queued"
+    await m.pools.create("p", "gold:base", 2)
+    deadline = time.monotonic() + 10
+    while "waiting ahead" not in (m.pools.get("p")["note"] or "") \
+            and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    view = m.pools.get("p")
+    assert view["free"] == 0 and "holds 0 of 2" in view["note"], view
+    assert not view["ahead_of_queue"]
+    view = m.pools.resize("p", 2, ahead_of_queue=True)  # configured to go ahead
+    assert view["ahead_of_queue"]
+    view = await filled(m, "p", 2)
+    assert view["note"] is None
+    assert (await m.vms.get("waiter"))["state"] == "queued"
+    await m.pools.rm("p")
+    for i in range(2):  # room for the waiter: it starts
+        await m.vms.rm(f"big{i}")
+    deadline = time.monotonic() + 10
+    while (await m.vms.get("waiter"))["state"] != "running" and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert (await m.vms.get("waiter"))["state"] == "running"
+
+
+async def test_no_background_template_where_the_disk_cannot_hold_it(
+        m: Manager, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.service import warm
+
+    monkeypatch.setattr(warm, "DISK_RESERVE", 1 << 60)  # no host disk is that large
+    await m.vms.create(vm("gold"), start=True, wait=True, timeout=5)
+    await m.snapshots.create("gold", "base", memory=True)
+    await settled(m)
+    skipped = [e for e in m.vms.events(vm="gold") if e["kind"] == "template_skipped"]
+    assert skipped and "host's disk" in skipped[0]["detail"]["reason"], skipped
+    assert not (home / "vms" / "gold" / "templates" / "base").exists()
+    view = await m.vms.create({"name": "w", "from_snapshot": "gold:base"}, start=True)
+    assert view["state"] == "running"  # the first warm start makes it as before

@@ -82,8 +82,10 @@ class Confinement:
         if self.user is not None and self.home is not None:
             qemu_user.hand_over(paths, self.home, self.user, self.shared, self.owned)
 
-    def jail(self, spec: VMSpec, serial_log: Path, ram: RamFile | None) -> Jail:
-        """Prepare the launch of ``spec``: hand its files over, make its cgroups.
+    def jail(self, spec: VMSpec, serial_log: Path, ram: RamFile | None, tcg: bool = False
+             ) -> Jail:
+        """Prepare the launch of ``spec``: hand its files over, make its cgroups. Under
+        ``tcg`` QEMU runs without transparent huge pages (see :class:`.spawn.Jail`).
 
         :raises CorralError: when a file cannot be handed over or a cgroup not made.
         """
@@ -98,7 +100,7 @@ class Confinement:
                                               self.pids_max))
         user = self.user
         return Jail(uid=user.uid if user else None, gid=user.gid if user else None,
-                    home=self.home, visible=VISIBLE, cgroups=procs)
+                    home=self.home, visible=VISIBLE, cgroups=procs, no_thp=tcg)
 
     def memory_limit(self, spec: VMSpec) -> int:
         return spec.memory_bytes + self.memory_overhead

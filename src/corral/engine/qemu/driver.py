@@ -353,7 +353,7 @@ class QemuDriver:
 
     async def _launch(self, spec: VMSpec, run: qargv.RunPaths, serial_log: Path, accel: str,
                       opts: LaunchOptions, on_event: EventHandler) -> QemuMachine:
-        jail = self.confinement.jail(spec, serial_log, opts.ram)
+        jail = self.confinement.jail(spec, serial_log, opts.ram, tcg=accel.startswith("tcg"))
         with listening(run.qmp, run.console, run.agent if spec.agent else None) as fds, \
                 opened_taps(spec) as taps:
             argv = qargv.build(spec, run, serial_log, accel, self.tsc_khz, ram=opts.ram,

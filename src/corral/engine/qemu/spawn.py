@@ -39,6 +39,7 @@ from corral.engine.qemu.argv import Listeners
 from corral.host.tap import open_tap
 
 _CLONE_NEWNS = 0x00020000
+_PR_SET_THP_DISABLE = 41
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = (
     0x2, 0x4, 0x8, 0x1000, 0x4000, 0x40000)
 
@@ -52,6 +53,9 @@ class Jail:
     home: Path | None = None  # hidden behind a private view that shows only ``visible``
     visible: tuple[str, ...] = ()
     cgroups: tuple[Path, ...] = field(default_factory=tuple)  # cgroup.procs files to join
+    #: no transparent huge pages (TCG: QEMU asks them for its translation buffer and guest
+    #: RAM, and an idle guest's scattered pages then cost 2 MiB each)
+    no_thp: bool = False
 
 
 class _Libc:
@@ -101,10 +105,13 @@ def _start(argv: list[str], pass_fds: Sequence[int], log_fd: int, pid_fd: int,
            jail: Jail) -> None:
     libc = _libc() if jail.home is not None else None
     visible = [v for v in jail.visible if jail.home is not None and (jail.home / v).is_dir()]
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if jail.no_thp else None
 
     def intermediate() -> None:
         # runs after fork, before exec; what it says goes to QEMU's log (fd 2)
         try:
+            if prctl is not None:  # kept across fork and exec: QEMU's own process has it
+                prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0)
             if libc is not None and jail.home is not None:
                 _private_view(libc, jail.home, visible)
             pid = os.fork()
