@@ -16,7 +16,9 @@ def sh(d: Daemon, vm: str, script: str) -> str:
 
 def test_warm_start_from_snapshot(daemon: Daemon) -> None:
     d, c = daemon, daemon.client
+    t0 = time.monotonic()
     c.create("gold", disks=[{"size": "32M"}], start=True, wait=True)
+    cold = time.monotonic() - t0
     sh(d, "gold", "echo golden > /tmp/state; printf GOLD-1 | "
                   "dd of=/dev/vda bs=512 seek=3 conv=notrunc,fsync 2>/dev/null")
     c.snapshot_create("gold", "base", memory=True)
@@ -30,8 +32,11 @@ def test_warm_start_from_snapshot(daemon: Daemon) -> None:
         vm = c.create(name, from_snapshot="gold:base", start=True, wait=True)
         times.append(time.monotonic() - t0)
         assert vm["state"] == "running" and vm["ready"]
-    print(f"warm starts to an answering agent: {[round(t, 3) for t in times]}")
-    assert min(times) < 1.0  # a cold boot takes about 2 s here; the bench measures precisely
+    print(f"cold boot {cold:.3f} s, warm starts to an answering agent: "
+          f"{[round(t, 3) for t in times]}")
+    # against a cold boot in the same run (the same load on both): about 5x apart here, so
+    # half is a margin a busy host keeps; bench/state.py measures precisely
+    assert min(times) < cold / 2, (cold, times)
 
     macs = set()
     for name in ("w1", "w2", "w3", "w4", "w5"):
