@@ -38,10 +38,12 @@ from corral.errors import (
 )
 from corral.service import clusterha, clusterplace
 from corral.service.clusterview import ClusterView, queued_view
+from corral.service.migratein import Arrivals
 from corral.store.assignments import LeaderLock, Listener
 from corral.store.cluster import ClusterStore
 
 if TYPE_CHECKING:
+    from corral.service.clustermigrate import Departure
     from corral.service.projects import Tokens
     from corral.service.runtime import VMRuntime
     from corral.service.scheduling import Scheduler
@@ -78,6 +80,9 @@ class Member(ClusterView):
         self._work = asyncio.Event()  # set when work for this host was written
         self._done = asyncio.Event()  # replaced each time a request of this host finishes
         self._listener: Listener | None = None
+        self.departures: dict[str, Departure] = {}  # live migrations from here
+        self.arrivals = Arrivals(rt, sched, self.name, endpoint)  # and to here
+        self.arrivals.on_arrival = self.beat
 
     # ----- joining and leaving -----
     async def open(self) -> None:
