@@ -18,10 +18,11 @@ if TYPE_CHECKING:
 
 class MigrateCalls(Connection):
     def migrate(self, name: str, to: str, postcopy: bool = False, max_downtime: float = 0.3,
-                timeout: float = 600.0,
+                timeout: float = 600.0, bandwidth: int | None = None,
                 progress: Callable[[dict[str, Any]], None] | None = None) -> views.VM:
         """Live-migrate running VM ``name`` to host ``to``; the VM as it runs there, with
-        ``migration`` (total time, downtime, bytes, encrypted). ``progress`` is called with
+        ``migration`` (total time, downtime, bytes, encrypted). ``bandwidth``: bytes per
+        second the stream may use (None: as fast as the link). ``progress`` is called with
         each reading (status, transferred, remaining, dirty_rate, expected_downtime …).
 
         :raises MigrationFailed: it failed, was cancelled or could not converge (the VM runs
@@ -32,7 +33,7 @@ class MigrateCalls(Connection):
 
         body = {"to": seg(to, "to") and to, "postcopy": bool(postcopy),
                 "max_downtime": seconds(max_downtime, "max_downtime"),
-                "timeout": seconds(timeout)}
+                "timeout": seconds(timeout), "bandwidth": bandwidth}
         url = f"/v1/vms/{seg(name)}/migrate?stream=true&timeout={timeout:g}"
         conn = Transport(self.socket_path, timeout + 120.0, self._conn.tls, self._conn.headers)
         vm: views.VM | None = None

@@ -30,6 +30,9 @@ COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; do
 DIRTY = ("nice -n 19 sh -c 'while :; do dd if=/dev/zero of=/tmp/dirty bs=1M count=48 "
          "2>/dev/null; done' >/dev/null 2>&1 &")
 
+# a slow link and a tiny downtime limit: the migration surely runs a while
+SLOW = ("--max-downtime", "1", "--bandwidth", "4", "--timeout", "90")
+
 
 @pytest.fixture(scope="module")
 def cluster(image_path: str) -> Iterator[dict[str, HostDaemon]]:
@@ -121,14 +124,14 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
 def test_cancel_leaves_the_vm_on_the_source(cluster: dict[str, HostDaemon]) -> None:
     h1, h2, h3 = cluster["h1"], cluster["h2"], cluster["h3"]
     sh(h2, DIRTY)
-    proc = _migrate_in_background(h1, "h3", "--max-downtime", "1", "--timeout", "90")
+    proc = _migrate_in_background(h1, "h3", *SLOW)
     try:
         wait_for(lambda: _arriving(h3), 60, "the target's QEMU waits")
         time.sleep(1.0)
         res = h1.cli("migrate", VM, "--cancel", "--json")
-        assert res.returncode == 0, res.stderr
     finally:
         code, err = _finish(proc)
+    assert res.returncode == 0, (res.stderr, err)
     assert code == 12 and "cancelled" in err, err
     assert h2.client.get(VM)["state"] == "running" and where(h1) == "h2"
     sh(h2, "true")  # the guest answers on the source
@@ -139,7 +142,7 @@ def test_cancel_leaves_the_vm_on_the_source(cluster: dict[str, HostDaemon]) -> N
 def test_a_cut_link_leaves_the_vm_on_the_source(cluster: dict[str, HostDaemon]) -> None:
     h2, h3 = cluster["h2"], cluster["h3"]
     inner = f"{h3.ns.rsplit('-h', 1)[0]}-i3"
-    proc = _migrate_in_background(h2, "h3", "--max-downtime", "1", "--timeout", "90")
+    proc = _migrate_in_background(h2, "h3", *SLOW)
     try:
         wait_for(lambda: _arriving(h3), 60, "the target's QEMU waits")
         time.sleep(1.0)

@@ -35,6 +35,8 @@ class MigrateRequest(BaseModel):
     timeout: float = Field(600.0, gt=0, le=MAX_TIMEOUT, description="seconds before a "
                                                                      "migration that does "
                                                                      "not converge stops")
+    bandwidth: int | None = Field(None, ge=1 << 20, le=1 << 40,
+                                  description="bytes per second the stream may use")
 
 
 def migrate_routes(r: APIRouter, m: Manager) -> None:
@@ -43,7 +45,8 @@ def migrate_routes(r: APIRouter, m: Manager) -> None:
         """Live-migrate a running VM to host ``to``; ``stream=true`` answers NDJSON lines:
         ``{"progress": {...}}`` as it goes, then ``{"vm": {...}}`` (or an error body)."""
         member = m.cluster_member()
-        asked = clustermigrate.Asked(req.to, req.postcopy, req.max_downtime, req.timeout)
+        asked = clustermigrate.Asked(req.to, req.postcopy, req.max_downtime, req.timeout,
+                                     req.bandwidth)
         if not stream:
             return json(await clustermigrate.migrate(member, name, asked, call_peer))
         lines: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

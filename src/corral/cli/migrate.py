@@ -61,6 +61,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     show = None if args.json else _printer()
     vm = c.migrate(args.name, args.to, postcopy=args.postcopy,
                    max_downtime=args.max_downtime / 1000, timeout=args.timeout,
+                   bandwidth=int(args.bandwidth * (1 << 20)) if args.bandwidth else None,
                    progress=show)
     if show is not None and sys.stderr.isatty():
         sys.stderr.write("\n")
@@ -108,6 +109,8 @@ def register(sub: Any, pa: Parents) -> None:
                         "memory faster than the link; not with disks of its own)")
     p.add_argument("--max-downtime", type=float, default=300.0, metavar="MS",
                    help="milliseconds the guest may stand still at the switch (default 300)")
+    p.add_argument("--bandwidth", type=float, metavar="MIB",
+                   help="MiB per second the stream may use (default: as fast as the link)")
     p.add_argument("--timeout", type=float, default=600.0, metavar="S",
                    help="give up (the VM runs on here) after this many seconds")
     p.add_argument("--cancel", action="store_true",

@@ -58,6 +58,7 @@ Report = Callable[[dict[str, Any]], None]
 STALL = 8.0  # seconds without a byte moving before the link counts as cut
 FLOWING = ("active", "copying disks", "postcopy-active")  # statuses in which bytes move
 ABORT_TIMEOUT = 10.0  # seconds the target gets to hear that an attempt is given up
+ABORT_TRIES = 24      # and how often it is told again when it cannot be reached
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Asked:
     postcopy: bool = False
     max_downtime: float = 0.3   # seconds
     timeout: float = 600.0
+    bandwidth: int | None = None  # bytes per second; None: as fast as the link
 
 
 def progress_view(p: MigrationProgress) -> dict[str, Any]:
@@ -209,6 +211,7 @@ async def _run(member: Member, rec: VMRecord, asked: Asked, route: dict[str, Any
             report(departure.last)
 
     options = MigrationOptions(max_downtime=asked.max_downtime, postcopy=asked.postcopy,
+                               bandwidth=asked.bandwidth,
                                mirror=tuple(plan.get("disks") or ()), nbd=plan.get("nbd"),
                                timeout=asked.timeout)
     try:
@@ -216,9 +219,7 @@ async def _run(member: Member, rec: VMRecord, asked: Asked, route: dict[str, Any
             raise MigrationFailed(f"migration of '{name}' cancelled", "cancelled")
         result = await live.machine.migrate_to(plan["uri"], options, on_progress)
     except BaseException:
-        with contextlib.suppress(CorralError):
-            await call(route, "DELETE", f"/v1/cluster/migrate-in/{name}{query}", None,
-                       ABORT_TIMEOUT)
+        await _abort(member, route, call, f"/v1/cluster/migrate-in/{name}{query}")
         raise
     try:
         moved = await call(route, "POST", f"/v1/cluster/migrate-in/{name}/outcome{query}",
@@ -226,9 +227,7 @@ async def _run(member: Member, rec: VMRecord, asked: Asked, route: dict[str, Any
     except CorralError as err:
         owner = await asyncio.to_thread(member.cs.owner_of, name)
         if owner == member.name:  # the target never took it: run on here
-            with contextlib.suppress(CorralError):
-                await call(route, "DELETE", f"/v1/cluster/migrate-in/{name}{query}", None,
-                           ABORT_TIMEOUT)
+            await _abort(member, route, call, f"/v1/cluster/migrate-in/{name}{query}")
             await live.machine.cont()
             raise MigrationFailed(f"host {asked.to} did not take '{name}' ({err.message}); "
                                   "it runs on here", "switch") from err
@@ -238,6 +237,25 @@ async def _run(member: Member, rec: VMRecord, asked: Asked, route: dict[str, Any
         "from": member.name, "to": asked.to, "total_time": round(result.total_time, 3),
         "downtime": result.downtime, "transferred": result.transferred,
         "postcopy": result.postcopy, "disks": list(options.mirror), "encrypted": False}}
+
+
+async def _abort(member: Member, route: dict[str, Any], call: PeerCall, url: str) -> None:
+    """Tell the target to remove what it made; when it cannot be reached now (a cut link),
+    keep telling it in the background for a while (it also gives up by itself)."""
+    try:
+        await call(route, "DELETE", url, None, ABORT_TIMEOUT)
+        return
+    except CorralError:
+        pass
+
+    async def later() -> None:
+        for _ in range(ABORT_TRIES):
+            await asyncio.sleep(ABORT_TIMEOUT / 2)
+            with contextlib.suppress(CorralError):
+                await call(route, "DELETE", url, None, ABORT_TIMEOUT)
+                return
+
+    member.rt.background(later())
 
 
 async def _let_go(member: Member, name: str) -> None:

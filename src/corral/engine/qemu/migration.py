@@ -249,6 +249,11 @@ class LiveMigration:
                     if info.get("status") in ENDED:
                         break
                     await asyncio.sleep(0.01)
+        if options.mirror:  # a cut link leaves NBD requests hanging: close their sockets
+            with contextlib.suppress(CorralError):
+                await self.monitor.execute("yank", {"instances": [
+                    {"type": "block-node", "node-name": f"crl-nbd-{node}"}
+                    for node in options.mirror]})
         with contextlib.suppress(CorralError):
             await self._end_mirrors(force=True)
         await self._drop_nbd_nodes(options.mirror)
