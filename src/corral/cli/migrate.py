@@ -95,7 +95,8 @@ def cmd_host_drain(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, pa: Parents) -> None:
-    p = command(sub, pa, "migrate", cmd_migrate, "live-migrate a running VM to another host",
+    word = "migrate"
+    p = command(sub, pa, word, cmd_migrate, "live-migrate a running VM to another host",
                 "Move a running VM to another host of the cluster while it keeps running: "
                 "its memory is copied while the guest runs (pre-copy, slowing the guest when "
                 "it dirties memory faster than the link), then it stands still at most "

@@ -43,7 +43,6 @@ from corral.store.assignments import LeaderLock, Listener
 from corral.store.cluster import ClusterStore
 
 if TYPE_CHECKING:
-    from corral.service.clustermigrate import Departure
     from corral.service.projects import Tokens
     from corral.service.runtime import VMRuntime
     from corral.service.scheduling import Scheduler
@@ -80,7 +79,8 @@ class Member(ClusterView):
         self._work = asyncio.Event()  # set when work for this host was written
         self._done = asyncio.Event()  # replaced each time a request of this host finishes
         self._listener: Listener | None = None
-        self.departures: dict[str, Departure] = {}  # live migrations from here
+        #: live migrations from here (:class:`.clustermigrate.Departure`), by VM
+        self.departures: dict[str, Any] = {}
         self.arrivals = Arrivals(rt, sched, self.name, endpoint)  # and to here
         self.arrivals.on_arrival = self.beat
 
