@@ -19,6 +19,7 @@ from corral.errors import CorralError, InvalidSpec
 from corral.service import clusterdrain, clustermigrate
 from corral.service.manager import Manager
 from corral.views import VM
+from corral.views.migrate import ArrivalAborted, DrainReport, MigrationCancelled, MigrationPlan
 
 HOST = r"^[A-Za-z0-9_.-]+$"
 Source = Annotated[str, Query(min_length=1, max_length=64, pattern=HOST)]
@@ -74,24 +75,24 @@ def migrate_routes(r: APIRouter, m: Manager) -> None:
 
         return StreamingResponse(out(), media_type="application/x-ndjson")
 
-    @r.post("/vms/{name}/migrate/cancel", responses=ok(None, 404, 409, 422, 503))
+    @r.post("/vms/{name}/migrate/cancel", responses=ok(MigrationCancelled, 404, 409, 422, 503))
     async def cancel_migration(name: Name) -> Response:
         """Stop the migration of the VM under way; it runs on where it was."""
         return json(await clustermigrate.cancel(m.cluster_member(), name))
 
-    @r.post("/hosts/{host}/evacuate", responses=ok(None, 404, 422, 503))
+    @r.post("/hosts/{host}/evacuate", responses=ok(DrainReport, 404, 422, 503))
     async def evacuate_host(host: Annotated[str, Path(min_length=1, max_length=64,
                                                       pattern=HOST)],
                             parallel: Annotated[int, Query(ge=1, le=16)] = 1) -> Response:
         """Drain a host: no new VMs, and each running VM live-migrated off it."""
         return json(await clusterdrain.drain(m.cluster_member(), host, parallel, call_peer))
 
-    @r.post("/cluster/evacuate", responses=ok(None, 422, 503))
+    @r.post("/cluster/evacuate", responses=ok(DrainReport, 422, 503))
     async def evacuate_here(parallel: Annotated[int, Query(ge=1, le=16)] = 1) -> Response:
         """(Host to host) move this host's running VMs off it."""
         return json(await clusterdrain.evacuate(m.cluster_member(), parallel, call_peer))
 
-    @r.post("/cluster/migrate-in/{name}", responses=ok(None, 404, 409, 422, 503))
+    @r.post("/cluster/migrate-in/{name}", responses=ok(MigrationPlan, 404, 409, 422, 503))
     async def migrate_in(name: Name, source: Source, request: Request) -> Response:
         """(Host to host) make a place for VM ``name`` arriving from ``source``."""
         try:
@@ -107,7 +108,7 @@ def migrate_routes(r: APIRouter, m: Manager) -> None:
         """(Host to host) wait until VM ``name`` arrived; it as it runs here."""
         return json(await m.cluster_member().arrivals.outcome(name, 110.0))
 
-    @r.delete("/cluster/migrate-in/{name}", responses=ok(None, 422, 503))
+    @r.delete("/cluster/migrate-in/{name}", responses=ok(ArrivalAborted, 422, 503))
     async def migrate_in_abort(name: Name, source: Source) -> Response:
         """(Host to host) give up the arrival of VM ``name``: remove what was made for it."""
         return json(await m.cluster_member().arrivals.abort(name))

@@ -65,7 +65,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                    progress=show)
     if show is not None and sys.stderr.isatty():
         sys.stderr.write("\n")
-    m: dict[str, Any] = dict(vm.get("migration") or {})  # type: ignore[call-overload]
+    m: dict[str, Any] = dict(vm.get("migration") or {})
     return out(args, vm, f"{vm['name']} runs on {vm.get('host')} (from {m.get('from')}): "
                          f"{m.get('total_time', 0):.2f} s, downtime "
                          f"{float(m.get('downtime', 0)) * 1000:.0f} ms, sent "
