@@ -178,15 +178,7 @@ class Arrivals:
         rec, live = arrival.rec, arrival.live
         assert live is not None
         try:
-            deadline = time.monotonic() + arrival.limit
-            while live.machine.alive and await live.machine.status() == "inmigrate":
-                if time.monotonic() > deadline:  # the source gave up without telling us
-                    raise MigrationFailed(f"'{rec.name}' did not arrive within "
-                                          f"{arrival.limit:g} s", "incoming")
-                await asyncio.sleep(POLL)
-            if not live.machine.alive:
-                raise MigrationFailed(f"'{rec.name}' did not arrive on host {self.host}: "
-                                      "the stream broke", "incoming")
+            await self._arrived(arrival, live)
             rec.state, rec.pid, rec.pid_start = State.RUNNING, live.machine.pid, \
                 live.machine.started
             rec.accel = self.rt.accel
@@ -210,6 +202,27 @@ class Arrivals:
                 await self.on_arrival()
         if not arrival.done.done():
             arrival.done.set_result({**self.rt.view(self.rt.get(rec.name)), "host": self.host})
+
+    async def _arrived(self, arrival: Incoming, live: Live) -> None:
+        """Wait while the state streams in.
+
+        :raises MigrationFailed: QEMU ended (the stream broke) or the time is up.
+        """
+        deadline = time.monotonic() + arrival.limit
+        while live.machine.alive:
+            try:
+                if await live.machine.status() != "inmigrate":
+                    return
+            except CorralError:
+                if await live.machine.wait_exit(5):
+                    break  # it ended while we asked
+                raise
+            if time.monotonic() > deadline:  # the source gave up without telling us
+                raise MigrationFailed(f"'{arrival.rec.name}' did not arrive within "
+                                      f"{arrival.limit:g} s", "incoming")
+            await asyncio.sleep(POLL)
+        raise MigrationFailed(f"'{arrival.rec.name}' did not arrive on host {self.host}: "
+                              "the stream broke", "incoming")
 
     async def outcome(self, name: str, timeout: float) -> dict[str, Any]:
         """The VM as it runs here once it arrived.
@@ -269,10 +282,16 @@ class Arrivals:
 def _settle(done: asyncio.Future[dict[str, Any]], err: BaseException) -> None:
     if done.done():
         return
+    done.add_done_callback(_seen)  # nobody may be waiting for it (the source went away)
     if isinstance(err, CorralError):
         done.set_exception(err)
     else:
         done.set_exception(MigrationFailed(f"the target failed: {err!r}", "incoming"))
+
+
+def _seen(done: asyncio.Future[dict[str, Any]]) -> None:
+    if not done.cancelled():
+        done.exception()
 
 
 def _free_port(address: str) -> int:
