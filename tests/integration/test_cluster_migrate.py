@@ -8,6 +8,7 @@ cut migration leave it running where it was with nothing of it on the target.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import time
@@ -199,7 +200,9 @@ def test_drain_empties_a_host(cluster: dict[str, HostDaemon]) -> None:
              "every host up")
     src = str(where(h1))
     before = int(sh(cluster[src], "cat /tmp/counter"))
-    report: dict[str, Any] = h1.json("host", "drain", src)
+    res = h1.cli("host", "drain", src, "--json")
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    report: dict[str, Any] = json.loads(res.stdout)
     assert report["left"] == [] and len(report["moves"]) == 1, report
     move = report["moves"][0]
     assert move["ok"] and move["from"] == src and move["to"] != src

@@ -183,6 +183,7 @@ class LiveMigration:
             params["downtime-limit"] = max(1, int(options.max_downtime * 1000))
             params["max-bandwidth"] = options.bandwidth or (1 << 40)
             await self.monitor.execute("migrate-set-parameters", params)
+            await self._clear(options)
             await self._capabilities(auto_converge=options.auto_converge,
                                      postcopy_ram=options.postcopy,
                                      pause_before_switchover=bool(options.mirror))
@@ -238,6 +239,20 @@ class LiveMigration:
                     "--max-downtime or use --postcopy", "converge")
             await asyncio.sleep(POLL)
 
+    async def _clear(self, options: MigrationOptions) -> None:
+        """Disk copies left by an attempt nobody saw to its end (its daemon was killed)."""
+        if await self._jobs():
+            with contextlib.suppress(CorralError):
+                await self._yank(options.mirror)
+                await self._end_mirrors(force=True)
+        await self._drop_nbd_nodes(options.mirror)
+
+    async def _yank(self, nodes: tuple[str, ...]) -> None:
+        """Close the NBD clients' sockets at once (a cut link leaves requests hanging)."""
+        if nodes:
+            await self.monitor.execute("yank", {"instances": [
+                {"type": "block-node", "node-name": f"crl-nbd-{node}"} for node in nodes]})
+
     async def _undo(self, options: MigrationOptions, was_running: bool) -> None:
         """After a failure: stop the stream and the mirrors; the guest runs on here."""
         with contextlib.suppress(CorralError):
@@ -249,11 +264,8 @@ class LiveMigration:
                     if info.get("status") in ENDED:
                         break
                     await asyncio.sleep(0.01)
-        if options.mirror:  # a cut link leaves NBD requests hanging: close their sockets
-            with contextlib.suppress(CorralError):
-                await self.monitor.execute("yank", {"instances": [
-                    {"type": "block-node", "node-name": f"crl-nbd-{node}"}
-                    for node in options.mirror]})
+        with contextlib.suppress(CorralError):
+            await self._yank(options.mirror)
         with contextlib.suppress(CorralError):
             await self._end_mirrors(force=True)
         await self._drop_nbd_nodes(options.mirror)
