@@ -71,7 +71,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                          f"{float(m.get('downtime', 0)) * 1000:.0f} ms, sent "
                          f"{_mib(m.get('transferred'))}"
                          f"{', post-copy' if m.get('postcopy') else ''}"
-                         f"{'' if m.get('encrypted') else ' (unencrypted)'}")
+                         f"{', encrypted' if m.get('encrypted') else ' (unencrypted)'}")
 
 
 def drain_report(res: dict[str, Any]) -> str:
@@ -103,7 +103,8 @@ def register(sub: Any, pa: Parents) -> None:
                 "--max-downtime while the rest moves. Disks of its own are copied live too; "
                 "files on shared storage stay where they are. Name, MAC and addresses stay. "
                 "On failure or --cancel it runs on where it was, and the target keeps "
-                "nothing. The stream is not encrypted yet.")
+                "nothing. The stream is encrypted (QEMU TLS, each host trusting the other's "
+                "CA) unless a daemon serves a certificate of the user's own.")
     p.add_argument("--to", metavar="HOST", help="the host to move it to")
     p.add_argument("--postcopy", action="store_true",
                    help="switch to post-copy after the first pass (for guests that dirty "

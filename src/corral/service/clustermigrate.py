@@ -15,8 +15,9 @@ source forget its record and remove its files, taps and stopped QEMU. On a failu
 link or ``--cancel`` the stream is stopped, the guest runs on here untouched, and the target
 is told to remove what it made (it also does so by itself when its QEMU dies).
 
-The stream is not encrypted yet (no QEMU TLS credentials are handed out to the hosts): the
-answer says ``"encrypted": false``.
+The stream and the disk copies are encrypted with QEMU's TLS, each side trusting only the
+other's CA (:mod:`corral.service.migratetls`); a daemon without a CA of its own (a
+certificate of the user's) migrates in clear, and the answer says ``"encrypted": false``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from corral.errors import (
     NotFound,
 )
 from corral.host import qemu_img
+from corral.service import migratetls
 from corral.service.migratein import MAX_SENT
 from corral.store import hostmoves
 
@@ -154,6 +156,7 @@ async def _request(member: Member, rec: VMRecord, asked: Asked) -> dict[str, Any
     return {"spec": rec.spec.model_dump(mode="json"), "uid": rec.uid, "project": rec.project,
             "started_at": rec.started_at, "disks": disks, "files": files,
             "postcopy": asked.postcopy, "timeout": asked.timeout,
+            "tls_ca": migratetls.ca_pem(member.rt.paths.home),
             "shared": str(vm_dir.resolve()) if rec.spec.sched.ha else None}
 
 
@@ -210,8 +213,13 @@ async def _run(member: Member, rec: VMRecord, asked: Asked, route: dict[str, Any
         if report is not None:
             report(departure.last)
 
+    vm_dir = rt.paths.vm_dir(name)
+    tls = None
+    if plan.get("tls_ca") and migratetls.ca_pem(rt.paths.home):
+        tls = await asyncio.to_thread(migratetls.write, rt.paths.home, vm_dir, "client",
+                                      str(plan["tls_ca"]))
     options = MigrationOptions(max_downtime=asked.max_downtime, postcopy=asked.postcopy,
-                               bandwidth=asked.bandwidth,
+                               bandwidth=asked.bandwidth, tls=tls,
                                mirror=tuple(plan.get("disks") or ()), nbd=plan.get("nbd"),
                                timeout=asked.timeout)
     try:
@@ -221,6 +229,8 @@ async def _run(member: Member, rec: VMRecord, asked: Asked, route: dict[str, Any
     except BaseException:
         await _abort(member, route, call, f"/v1/cluster/migrate-in/{name}{query}")
         raise
+    finally:
+        migratetls.remove(vm_dir, "client")
     try:
         moved = await call(route, "POST", f"/v1/cluster/migrate-in/{name}/outcome{query}",
                            None, 120.0)
@@ -236,7 +246,8 @@ async def _run(member: Member, rec: VMRecord, asked: Asked, route: dict[str, Any
     return {**moved, "migration": {
         "from": member.name, "to": asked.to, "total_time": round(result.total_time, 3),
         "downtime": result.downtime, "transferred": result.transferred,
-        "postcopy": result.postcopy, "disks": list(options.mirror), "encrypted": False}}
+        "postcopy": result.postcopy, "disks": list(options.mirror),
+        "encrypted": tls is not None}}
 
 
 async def _abort(member: Member, route: dict[str, Any], call: PeerCall, url: str) -> None:

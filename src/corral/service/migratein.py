@@ -40,7 +40,7 @@ from corral.engine.driver import LaunchOptions
 from corral.errors import AlreadyExists, CorralError, InvalidSpec, MigrationFailed, NotFound
 from corral.host import qemu_img
 from corral.images import catalog
-from corral.service import provision
+from corral.service import migratetls, provision
 from corral.service.runtime import Live
 from corral.store import hostmoves
 from corral.store.db import VMRecord
@@ -120,13 +120,20 @@ class Arrivals:
             uri, nbd = f"tcp:{address}:{_free_port(address)}", None
             if mirror:
                 nbd = f"{address}:{_free_port(address)}"
+            tls, mine = None, migratetls.ca_pem(self.rt.paths.home)
+            if body.get("tls_ca") and mine:
+                tls = await asyncio.to_thread(migratetls.write, self.rt.paths.home,
+                                              self.rt.paths.vm_dir(name), "server",
+                                              str(body["tls_ca"]), address)
             await arrival.live.machine.serve_incoming(
-                uri, nbd=nbd, disks=tuple(mirror), postcopy=bool(body.get("postcopy")))
+                uri, nbd=nbd, disks=tuple(mirror), postcopy=bool(body.get("postcopy")),
+                tls=tls)
         except BaseException:
             await self._undo(arrival)
             raise
         arrival.task = asyncio.create_task(self._watch(arrival), name=f"migrate-in-{name}")
-        return {"uri": uri, "nbd": nbd, "disks": mirror, "host": self.host}
+        return {"uri": uri, "nbd": nbd, "disks": mirror, "host": self.host,
+                "tls_ca": mine if tls is not None else None}
 
     async def _make_files(self, rec: VMRecord, body: dict[str, Any]) -> list[str]:
         """The VM's directory and files here; the disk nodes the source mirrors."""
@@ -190,6 +197,7 @@ class Arrivals:
         live.expected_exit = None
         try:
             await live.machine.finish_incoming(60)
+            migratetls.remove(self.rt.paths.vm_dir(rec.name), "server")
         except CorralError as err:  # the name is ours: the VM crashed here
             log.error("migrated VM %s did not run on: %s", rec.name, err)
             rec.exit_reason = f"after its migration: {err.message}"

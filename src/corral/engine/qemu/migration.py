@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.engine.driver import MigrationOptions, MigrationProgress, MigrationResult
+from corral.engine.qemu.confine import Confinement
 from corral.engine.qemu.qmp import Monitor
 from corral.errors import CorralError, MigrationFailed, MonitorError
 
@@ -58,10 +59,14 @@ class LiveMigration:
 
     name: str
     monitor: Monitor
+    confinement: Confinement
 
     async def _tls(self, directory: Path | None, endpoint: str) -> dict[str, Any]:
         if directory is None:
             return {}
+        # QEMU opens them as its own user: hand them over
+        self.confinement.hand_over([directory / f for f in (
+            "ca-cert.pem", f"{endpoint}-cert.pem", f"{endpoint}-key.pem")])
         with contextlib.suppress(MonitorError):  # from an earlier attempt
             await self.monitor.execute("object-del", {"id": TLS_ID})
         await self.monitor.execute("object-add", {
