@@ -87,7 +87,8 @@ def test_a_running_vm_moves_and_keeps_running(cluster: dict[str, HostDaemon]) ->
     assert shown["nics"][0]["mac"] == mac
     assert shown["pid"] in qemu_pids(str(h2.home))
     # the same guest, not a new boot: same boot id, the counter went on
-    assert sh(h3, "cat /proc/sys/kernel/random/boot_id") == boot_id
+    assert sh(h3, "cat /proc/sys/kernel/random/boot_id") == boot_id, \
+        (h2.home / "vms" / VM / "serial.log").read_text(errors="replace")[-3000:]
     after = int(sh(h3, "cat /tmp/counter"))
     assert after > before
     # the gap the guest saw is at most the whole migration (it counts every 50 ms)

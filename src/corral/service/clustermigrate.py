@@ -15,9 +15,8 @@ source forget its record and remove its files, taps and stopped QEMU. On a failu
 link or ``--cancel`` the stream is stopped, the guest runs on here untouched, and the target
 is told to remove what it made (it also does so by itself when its QEMU dies).
 
-The stream and the disk copies are encrypted with QEMU's TLS, each side trusting only the
-other's CA (:mod:`corral.service.migratetls`); a daemon without a CA of its own (a
-certificate of the user's) migrates in clear, and the answer says ``"encrypted": false``.
+The stream and the disk copies are encrypted with QEMU's TLS, with a CA made for this one
+migration (:mod:`corral.service.migratetls`); the answer says ``"encrypted"``.
 """
 
 from __future__ import annotations
@@ -156,7 +155,6 @@ async def _request(member: Member, rec: VMRecord, asked: Asked) -> dict[str, Any
     return {"spec": rec.spec.model_dump(mode="json"), "uid": rec.uid, "project": rec.project,
             "started_at": rec.started_at, "disks": disks, "files": files,
             "postcopy": asked.postcopy, "timeout": asked.timeout,
-            "tls_ca": migratetls.ca_pem(member.rt.paths.home),
             "shared": str(vm_dir.resolve()) if rec.spec.sched.ha else None}
 
 
@@ -195,8 +193,10 @@ async def _run(member: Member, rec: VMRecord, asked: Asked, route: dict[str, Any
     live = rt.machine(rec)
     departure.machine = live.machine
     query = f"?source={member.name}"
+    creds = await asyncio.to_thread(migratetls.issue,
+                                    route["address"].rpartition(":")[0].strip("[]"))
     plan = await call(route, "POST", f"/v1/cluster/migrate-in/{name}{query}",
-                      await _request(member, rec, asked), 300.0)
+                      {**await _request(member, rec, asked), "tls": creds["server"]}, 300.0)
 
     moved_at = [time.monotonic(), -1]  # when bytes last moved, and how many had
 
@@ -214,10 +214,7 @@ async def _run(member: Member, rec: VMRecord, asked: Asked, route: dict[str, Any
             report(departure.last)
 
     vm_dir = rt.paths.vm_dir(name)
-    tls = None
-    if plan.get("tls_ca") and migratetls.ca_pem(rt.paths.home):
-        tls = await asyncio.to_thread(migratetls.write, rt.paths.home, vm_dir, "client",
-                                      str(plan["tls_ca"]))
+    tls = migratetls.write(vm_dir, "client", creds["client"]) if plan.get("tls") else None
     options = MigrationOptions(max_downtime=asked.max_downtime, postcopy=asked.postcopy,
                                bandwidth=asked.bandwidth, tls=tls,
                                mirror=tuple(plan.get("disks") or ()), nbd=plan.get("nbd"),

@@ -120,11 +120,11 @@ class Arrivals:
             uri, nbd = f"tcp:{address}:{_free_port(address)}", None
             if mirror:
                 nbd = f"{address}:{_free_port(address)}"
-            tls, mine = None, migratetls.ca_pem(self.rt.paths.home)
-            if body.get("tls_ca") and mine:
-                tls = await asyncio.to_thread(migratetls.write, self.rt.paths.home,
-                                              self.rt.paths.vm_dir(name), "server",
-                                              str(body["tls_ca"]), address)
+            tls = None
+            if isinstance(body.get("tls"), dict):
+                tls = migratetls.write(self.rt.paths.vm_dir(name), "server",
+                                       {k: str(body["tls"].get(k, "")) for k in
+                                        ("ca", "cert", "key")})
             await arrival.live.machine.serve_incoming(
                 uri, nbd=nbd, disks=tuple(mirror), postcopy=bool(body.get("postcopy")),
                 tls=tls)
@@ -133,7 +133,7 @@ class Arrivals:
             raise
         arrival.task = asyncio.create_task(self._watch(arrival), name=f"migrate-in-{name}")
         return {"uri": uri, "nbd": nbd, "disks": mirror, "host": self.host,
-                "tls_ca": mine if tls is not None else None}
+                "tls": tls is not None}
 
     async def _make_files(self, rec: VMRecord, body: dict[str, Any]) -> list[str]:
         """The VM's directory and files here; the disk nodes the source mirrors."""
