@@ -203,6 +203,11 @@ def three_hosts(image_path: str, **extra: str) -> Iterator[dict[str, HostDaemon]
                     d.client.destroy(vm["name"])
         for d in hosts.values():
             d.stop()
+        keep = os.environ.get("CORRAL_TEST_KEEP_LOGS")  # a directory for the daemons' logs
+        if keep:
+            for d in hosts.values():
+                with contextlib.suppress(OSError):
+                    shutil.copy(d.home / "daemon.log", Path(keep) / f"{d.name}.log")
         try:
             for d in hosts.values():
                 assert_nothing_left(d.home)

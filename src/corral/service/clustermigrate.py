@@ -15,8 +15,9 @@ source forget its record and remove its files, taps and stopped QEMU. On a failu
 link or ``--cancel`` the stream is stopped, the guest runs on here untouched, and the target
 is told to remove what it made (it also does so by itself when its QEMU dies).
 
-The stream and the disk copies are encrypted with QEMU's TLS, with a CA made for this one
-migration (:mod:`corral.service.migratetls`); the answer says ``"encrypted"``.
+With ``cluster.migrate_tls`` the stream and the disk copies are encrypted with QEMU's TLS,
+with a CA made for this one migration (:mod:`corral.service.migratetls`); it is off by
+default for now, and the answer says ``"encrypted"`` either way.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corral import settings
 from corral.domain.states import State
 from corral.engine.driver import MigrationOptions, MigrationProgress
 from corral.errors import (
@@ -193,10 +195,12 @@ async def _run(member: Member, rec: VMRecord, asked: Asked, route: dict[str, Any
     live = rt.machine(rec)
     departure.machine = live.machine
     query = f"?source={member.name}"
-    creds = await asyncio.to_thread(migratetls.issue,
-                                    route["address"].rpartition(":")[0].strip("[]"))
-    plan = await call(route, "POST", f"/v1/cluster/migrate-in/{name}{query}",
-                      {**await _request(member, rec, asked), "tls": creds["server"]}, 300.0)
+    body = await _request(member, rec, asked)
+    creds = None
+    if settings.value("cluster.migrate_tls"):
+        creds = migratetls.issue(route["address"].rpartition(":")[0].strip("[]"))
+        body["tls"] = creds["server"]
+    plan = await call(route, "POST", f"/v1/cluster/migrate-in/{name}{query}", body, 300.0)
 
     moved_at = [time.monotonic(), -1]  # when bytes last moved, and how many had
 
@@ -214,7 +218,8 @@ async def _run(member: Member, rec: VMRecord, asked: Asked, route: dict[str, Any
             report(departure.last)
 
     vm_dir = rt.paths.vm_dir(name)
-    tls = migratetls.write(vm_dir, "client", creds["client"]) if plan.get("tls") else None
+    tls = migratetls.write(vm_dir, "client", creds["client"]) \
+        if creds is not None and plan.get("tls") else None
     options = MigrationOptions(max_downtime=asked.max_downtime, postcopy=asked.postcopy,
                                bandwidth=asked.bandwidth, tls=tls,
                                mirror=tuple(plan.get("disks") or ()), nbd=plan.get("nbd"),
