@@ -52,13 +52,14 @@ from corral.engine.qemu.driver import QemuDriver  # noqa: E402
 VM = "bm"
 
 
-def corral_round(hosts: dict[str, Any], where: str) -> tuple[str, float, float, float]:
+def corral_round(hosts: dict[str, Any], where: str, vm_name: str
+                 ) -> tuple[str, float, float, float]:
     """One migration of the guest to the other host; (its new host, end-to-end ms, stream ms,
     downtime ms)."""
     to = "h2" if where == "h1" else "h1"
     c = hosts["h3"].client  # any daemon takes it: forwarded to the VM's host
     t0 = time.perf_counter()
-    vm: Any = c.migrate(VM, to, timeout=300)
+    vm: Any = c.migrate(vm_name, to, timeout=300)
     wall = (time.perf_counter() - t0) * 1000
     m = vm["migration"]
     assert vm["host"] == to and vm["state"] == "running", vm
@@ -87,16 +88,17 @@ def run(reps: int, sizes: list[int], image_path: str) -> dict[str, list[float]]:
         c = hosts["h1"].client
         for mib in sizes:
             for workload in ("idle", "dirty"):
-                c.create(VM, start=True, wait=True, host="h1", memory=f"{mib}M")
+                name = f"{VM}{mib}{workload[0]}"  # a name of its own: nothing reused
+                c.create(name, start=True, wait=True, host="h1", memory=f"{mib}M", timeout=300)
                 where = "h1"
                 if workload == "dirty":
-                    c.exec(VM, ["sh", "-c", migration.DIRTY])
+                    c.exec(name, ["sh", "-c", migration.DIRTY])
                     time.sleep(1.0)
                 for rep in range(reps):
                     for side in (("corral", "raw") if rep % 2 == 0 else ("raw", "corral")):
                         key = f"{mib}/{workload}"
                         if side == "corral":
-                            where, wall, stream, down = corral_round(hosts, where)
+                            where, wall, stream, down = corral_round(hosts, where, name)
                             samples.setdefault(f"{key}/corral/wall", []).append(wall)
                             samples.setdefault(f"{key}/corral/total", []).append(stream)
                         else:
@@ -105,7 +107,7 @@ def run(reps: int, sizes: list[int], image_path: str) -> dict[str, list[float]]:
                         samples.setdefault(f"{key}/{side}/downtime", []).append(down)
                         print(f"  {mib} MiB {workload:5} {side:6} migration {stream:7.0f} ms"
                               f"  downtime {down:5.0f} ms", flush=True)
-                hosts[where].client.destroy(VM)
+                hosts[where].client.destroy(name)
     return samples
 
 
