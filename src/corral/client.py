@@ -32,6 +32,7 @@ from corral import errors
 from corral.client_access import AccessCalls
 from corral.client_events import EventCalls
 from corral.client_files import FileCalls, writing
+from corral.client_migrate import MigrateCalls
 from corral.client_networks import NetworkCalls
 from corral.client_pools import PoolCalls
 from corral.client_stacks import StackCalls
@@ -53,7 +54,8 @@ def _error(status: int, body: dict[str, Any]) -> errors.CorralError:
     return error(status, body)
 
 
-class Client(NetworkCalls, AccessCalls, PoolCalls, StackCalls, EventCalls, FileCalls):
+class Client(NetworkCalls, AccessCalls, PoolCalls, StackCalls, EventCalls, FileCalls,
+             MigrateCalls):
     """A connection to ``corral serve`` with one method per action. Every method raises
     :class:`~corral.errors.CorralError` subclasses; :class:`~corral.errors.DaemonUnavailable`
     when the daemon is not running."""

@@ -53,7 +53,6 @@ class SettingError(InvalidSpec, ValueError):
 
 def _size(text: str) -> int:
     from corral.domain.sizes import parse_size
-
     return parse_size("size", text)
 
 
@@ -128,15 +127,13 @@ declare("scheduler.backfill", "CORRAL_BACKFILL", _bool, False,
 declare("scheduler.timeslice_slots", "CORRAL_TIMESLICE_SLOTS", _int, None,
         "time-sliced VMs running at once (one per host CPU)")
 declare("scheduler.boot_concurrency", "CORRAL_BOOT_CONCURRENCY", _int, None,
-        "cold boots run at once until their guests answer; more wait their turn (default: "
-        "twice the host's CPUs; 0: no limit): boots crowded on few cores cost more CPU each")
+        "cold boots at once until their guests answer (default: twice the CPUs; 0: no limit)")
 declare("scheduler.quantum", "CORRAL_QUANTUM", _float, 2.0,
         "the time slice of round-robin VMs, in seconds", live=True)
 # snapshots and warm starts
 declare("snapshots.background_template", "CORRAL_BACKGROUND_TEMPLATE", _bool, True,
-        "make a memory snapshot's warm-start template in the background right after it (a "
-        "copy of its disks and RAM on the host's disk), so the first warm start is fast",
-        live=True)
+        "make a memory snapshot's warm-start template (a copy of its disks and RAM) right "
+        "after it, in the background, so that the first warm start is fast", live=True)
 # the web page, metrics and the event stream
 declare("web.listen", "CORRAL_WEB_LISTEN", _listen, None,
         "also serve the API and the web page on this loopback HOST:PORT (off by default)")
@@ -163,6 +160,8 @@ declare("cluster.heartbeat", "CORRAL_HEARTBEAT", _float, 1.0,
         "seconds between a host's heartbeats (and the leader's rounds)")
 declare("cluster.down_after", "CORRAL_DOWN_AFTER", _float, 6.0,
         "seconds without a heartbeat after which a host is down")
+declare("cluster.migrate_tls", "CORRAL_MIGRATE_TLS", _bool, False,
+        "encrypt live migrations with QEMU's TLS (a CA made for each migration)")
 declare("cluster.shared", "CORRAL_SHARED_DIR", _str, "",
         "a directory every host mounts (NFS, Ceph…): --ha VMs keep their files there")
 declare("cluster.max_skew", "CORRAL_MAX_CLOCK_SKEW", _float, 30.0,

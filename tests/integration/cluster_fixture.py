@@ -36,8 +36,9 @@ class HostDaemon(Daemon):
                  **env: str) -> None:
         home = Path(tempfile.mkdtemp(prefix=f"crl-{name}-", dir="/tmp"))
         HOMES.append(home)
-        super().__init__(home, image_path, CORRAL_CLUSTER=url, CORRAL_HOST_NAME=name,
-                         CORRAL_LISTEN=f"{address}:7443", **SETTINGS, **env)
+        super().__init__(home, image_path, **{  # a test's own settings win over SETTINGS
+            **SETTINGS, "CORRAL_CLUSTER": url, "CORRAL_HOST_NAME": name,
+            "CORRAL_LISTEN": f"{address}:7443", **env})
         self.name = name
         self.ns = ns
         self.address = address
@@ -95,6 +96,11 @@ def three_hosts(image_path: str, **env: str) -> Iterator[dict[str, HostDaemon]]:
                     d.client.destroy(vm["name"])
         for d in hosts.values():
             d.stop()
+        keep = os.environ.get("CORRAL_TEST_KEEP_LOGS")  # a directory for the daemons' logs
+        if keep:
+            for d in hosts.values():
+                with contextlib.suppress(OSError):
+                    shutil.copy(d.home / "daemon.log", Path(keep) / f"{d.name}.log")
         try:
             for d in hosts.values():
                 assert_nothing_left(d.home)

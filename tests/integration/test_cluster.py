@@ -32,6 +32,8 @@ from tests.integration.cluster_hosts import (
 from tests.integration.conftest import CORRAL, qemu_pids
 
 pytestmark = pytest.mark.integration
+
+
 @pytest.fixture(scope="module")
 def cluster(image_path: str) -> Iterator[dict[str, HostDaemon]]:
     with three_hosts(image_path) as hosts:

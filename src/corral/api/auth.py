@@ -50,6 +50,10 @@ ADMIN = frozenset({
     ("POST", "/v1/images"), ("DELETE", "/v1/images/{image}"),
     # a whole VM sent by another host of the cluster (with its peer token)
     ("PUT", "/v1/cluster/incoming/{name}"),
+    # a live migration's steps between hosts, and a host emptied by live migrations
+    ("POST", "/v1/cluster/migrate-in/{name}"), ("POST", "/v1/cluster/migrate-in/{name}/outcome"),
+    ("DELETE", "/v1/cluster/migrate-in/{name}"), ("POST", "/v1/cluster/evacuate"),
+    ("POST", "/v1/hosts/{host}/evacuate"),
     # host-wide views that span projects
     ("GET", "/v1/topology"), ("GET", "/v1/trace"),
 })

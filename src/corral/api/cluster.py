@@ -6,6 +6,13 @@
     GET  /v1/vms/NAME/placement             where the VM went and why each host was or not
     POST /v1/vms/NAME/move?to=HOST          move a VM that does not run to another host
     PUT  /v1/cluster/incoming/NAME?source=H (host to host) the export of a VM moved here
+    POST /v1/vms/NAME/migrate               live-migrate a running VM (``stream``: NDJSON
+                                            progress lines, then the VM)
+    POST /v1/vms/NAME/migrate/cancel        stop that migration; the VM runs on
+    POST /v1/hosts/HOST/evacuate            drain HOST: live-migrate its VMs off it
+    POST|DELETE /v1/cluster/migrate-in/NAME (host to host) a place for an arriving VM; give up
+    POST /v1/cluster/migrate-in/NAME/outcome  (host to host) wait until it arrived
+    POST /v1/cluster/evacuate               (host to host) move this host's VMs off it
 
 A daemon that is not in a cluster answers 422 to each.
 """
@@ -20,6 +27,7 @@ from fastapi.responses import Response
 
 from corral.api.common import Name, json, ok, router
 from corral.api.forward import send_file
+from corral.api.migrate import migrate_routes
 from corral.service import clustermove
 from corral.service.manager import Manager
 from corral.views import VM, ClusterHost, JoinToken, PlacementExplained
@@ -29,6 +37,7 @@ HostName = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
 
 def routes(m: Manager) -> APIRouter:
     r = router("cluster")
+    migrate_routes(r, m)  # before /hosts/{host}/{action}, which would take /evacuate
 
     @r.get("/hosts", responses=ok(list[ClusterHost], 422, 503))
     async def list_hosts() -> Response:

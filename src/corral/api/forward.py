@@ -81,6 +81,23 @@ async def send_file(route: dict[str, Any], url: str, file: Path) -> dict[str, An
     return dict(answer)
 
 
+async def call_peer(route: dict[str, Any], method: str, url: str,
+                    body: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+    """One JSON request to another host's API (a live migration's steps) and its answer.
+
+    :raises HostUnavailable: it did not answer. :raises CorralError: what it answered.
+    """
+    import json
+
+    payload = json.dumps(body).encode() if body is not None else None
+    status, _headers, data = await asyncio.to_thread(
+        PEERS.exchange, route, None, timeout, method, url, payload, "application/json")
+    answer = json.loads(data) if data else {}
+    if status >= 400:
+        raise error(status, answer if isinstance(answer, dict) else {})
+    return dict(answer)
+
+
 class Forward:
     """ASGI middleware: forward requests about VMs of other hosts (see the module)."""
 

@@ -232,10 +232,19 @@ def register(sub: Any, pa: Parents) -> None:
     command(hsub, pa, "list", cmd_host_list, "the cluster's hosts: state (up, down, "
             "cordoned, draining), leader, allocation ratios, VM count", vm=False)
     for action, what in (("cordon", "take no new VMs (its VMs keep running)"),
-                         ("uncordon", "take new VMs again"),
-                         ("drain", "take no new VMs; its VMs are to be moved off")):
+                         ("uncordon", "take new VMs again")):
         p = command(hsub, pa, action, cmd_host_admin, f"{action} a host: {what}", vm=False)
         p.add_argument("host", metavar="NAME", help="the host's name (corral host list)")
+    from corral.cli.migrate import cmd_host_drain
+
+    p = command(hsub, pa, "drain", cmd_host_drain, "empty a host by live migration",
+                "Drain a host: it takes no new VMs, and each VM running there is "
+                "live-migrated to the host placement chooses (groups' affinity and "
+                "anti-affinity respected), --parallel at a time. Each move is reported; "
+                "the exit status is 12 when a VM could not be moved.", vm=False)
+    p.add_argument("host", metavar="NAME", help="the host's name (corral host list)")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="migrations at once (default 1)")
     p = command(hsub, pa, "set", cmd_host_set, "change a live setting now, without a restart",
                 "Change a setting of the running daemon at once (recorded as an event): "
                 "cpu-ratio, memory-ratio, disk-ratio, queue-policy, backfill, quantum, "

@@ -60,6 +60,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "vms": ("create", "run", "start", "pause", "resume", "shutdown", "stop", "reboot", "save",
             "restore", "clone", "export", "import", "rm", "destroy", "delete", "list", "show",
             "console", "logs", "move"),
+    "migrate": ("migrate",),
     "guest": ("exec", "cp", "ip"),
     "disks": ("disk", "attach-disk", "detach-disk"),
     "snapshots": ("snapshot",),

@@ -42,6 +42,8 @@ from corral.service.runtime import Live, VMRuntime
 from corral.store.db import VMRecord
 
 log = logging.getLogger(__name__)
+#: run states of a QEMU that may be sending a live migration (held at its switch, or not)
+MIGRATING = ("running", "finish-migrate")
 PENDING = "pending/"
 SAVED_STATE = "saved.state"  # a managed save's file in the VM's directory
 ADOPT_AT_ONCE = 32  # VMs taken up in parallel (each holds a few descriptors meanwhile)
@@ -108,6 +110,10 @@ async def _adopt(rt: VMRuntime, rec: VMRecord) -> None:
     if rec.state == State.SAVING:  # a save cut short: its stream must not end it later
         with contextlib.suppress(CorralError):
             await machine.cancel_save()
+        status = await machine.status()
+    elif status in MIGRATING:  # a live migration its daemon no longer follows: stopped, so
+        with contextlib.suppress(CorralError):  # the guest runs on here (see clustermigrate)
+            await machine.cancel_migration()
         status = await machine.status()
     live = rt.attach(rec, machine)
     state = from_qmp_status(status)

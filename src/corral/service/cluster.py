@@ -39,6 +39,7 @@ from corral.errors import (
 )
 from corral.service import clusterha, clusterplace
 from corral.service.clusterview import ClusterView, queued_view
+from corral.service.migratein import Arrivals
 from corral.store.assignments import LeaderLock, Listener
 from corral.store.cluster import ClusterStore
 
@@ -81,6 +82,10 @@ class Member(ClusterView):
         self._listener: Listener | None = None
         #: run after each heartbeat (the cluster's networks follow their hosts)
         self.on_beat: list[Callable[[], Awaitable[None]]] = []
+        #: live migrations from here (:class:`.clustermigrate.Departure`), by VM
+        self.departures: dict[str, Any] = {}
+        self.arrivals = Arrivals(rt, sched, self.name, endpoint)  # and to here
+        self.arrivals.on_arrival = self.beat
 
     # ----- joining and leaving -----
     async def open(self) -> None:

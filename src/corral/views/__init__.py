@@ -16,6 +16,14 @@ from typing import Any
 
 from corral.views._typed import Error, NotRequired, TypedDict
 from corral.views.access import Principal, Project, Quotas, Token, TokenCreated
+from corral.views.migrate import (
+    ArrivalAborted,
+    DrainMove,
+    DrainReport,
+    Migration,
+    MigrationCancelled,
+    MigrationPlan,
+)
 from corral.views.pools import Pool, PoolRecommendation, PoolTake
 from corral.views.stacks import (
     Config,
@@ -74,6 +82,7 @@ class VM(TypedDict):
     state: str
     ready: bool
     pool: NotRequired[PoolTake]  # only in the answer of a hand-out from a pool
+    migration: NotRequired[Migration]  # only in the answer of a live migration
     uid: NotRequired[str]
     accel: NotRequired[str | None]
     pid: NotRequired[int | None]
@@ -375,12 +384,13 @@ class Upload(TypedDict):
 
 
 __all__ = [
-    "VM", "BatchResult", "ClusterHost", "Config", "Disk", "Error", "Event", "ExecResult",
-    "Export", "FieldChange", "FileWritten", "Firewall", "FirewallRule", "Forward", "Host",
-    "Image", "Interface", "JoinToken", "Leg", "Logs", "Network", "PlacementExplained", "Pool",
-    "PoolRecommendation", "PoolTake", "Port",
-    "Principal", "Project", "QueueEntry", "Quotas", "Removed", "Router", "Setting",
-    "SettingChange", "Snapshot", "Stack", "StackChange", "StackEvent", "StackPlan",
-    "StatsPoint", "Token", "TokenCreated", "TraceEntry", "Upload", "VMDisk", "VMFigures",
-    "VMNic", "VMStats", "WebInfo",
+    "VM", "ArrivalAborted", "BatchResult", "ClusterHost", "Config", "Disk", "DrainMove",
+    "DrainReport", "Error", "Event", "ExecResult", "Export", "FieldChange", "FileWritten",
+    "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface", "JoinToken",
+    "Leg", "Logs", "Migration", "MigrationCancelled", "MigrationPlan", "Network",
+    "PlacementExplained", "Pool", "PoolRecommendation", "PoolTake", "Port", "Principal",
+    "Project", "QueueEntry", "Quotas", "Removed", "Router", "Setting", "SettingChange",
+    "Snapshot", "Stack", "StackChange", "StackEvent", "StackPlan", "StatsPoint", "Token",
+    "TokenCreated", "TraceEntry", "Upload", "VMDisk", "VMFigures", "VMNic", "VMStats",
+    "WebInfo",
 ]

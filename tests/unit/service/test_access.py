@@ -26,6 +26,10 @@ ADMIN_ONLY = {
     ("DELETE", "/v1/projects/{name}"), ("POST", "/v1/images"), ("DELETE", "/v1/images/{image}"),
     ("GET", "/v1/topology"), ("GET", "/v1/trace"),
     ("PUT", "/v1/cluster/incoming/{name}"),  # a whole VM another host sends (cold move)
+    # a live migration's steps between hosts; a host emptied by live migrations
+    ("POST", "/v1/cluster/migrate-in/{name}"), ("POST", "/v1/cluster/migrate-in/{name}/outcome"),
+    ("DELETE", "/v1/cluster/migrate-in/{name}"), ("POST", "/v1/cluster/evacuate"),
+    ("POST", "/v1/hosts/{host}/evacuate"),
 }
 # reads of what is inside a guest: its files, its saved memory
 OPERATOR_READS = {("GET", "/v1/vms/{name}/files"), ("GET", "/v1/vms/{name}/state")}

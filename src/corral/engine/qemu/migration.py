@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.engine.driver import MigrationOptions, MigrationProgress, MigrationResult
+from corral.engine.qemu.confine import Confinement
 from corral.engine.qemu.qmp import Monitor
 from corral.errors import CorralError, MigrationFailed, MonitorError
 
@@ -58,10 +59,14 @@ class LiveMigration:
 
     name: str
     monitor: Monitor
+    confinement: Confinement
 
     async def _tls(self, directory: Path | None, endpoint: str) -> dict[str, Any]:
         if directory is None:
             return {}
+        # QEMU opens them as its own user: hand them over
+        self.confinement.hand_over([directory / f for f in (
+            "ca-cert.pem", f"{endpoint}-cert.pem", f"{endpoint}-key.pem")])
         with contextlib.suppress(MonitorError):  # from an earlier attempt
             await self.monitor.execute("object-del", {"id": TLS_ID})
         await self.monitor.execute("object-add", {
@@ -183,6 +188,7 @@ class LiveMigration:
             params["downtime-limit"] = max(1, int(options.max_downtime * 1000))
             params["max-bandwidth"] = options.bandwidth or (1 << 40)
             await self.monitor.execute("migrate-set-parameters", params)
+            await self._clear(options)
             await self._capabilities(auto_converge=options.auto_converge,
                                      postcopy_ram=options.postcopy,
                                      pause_before_switchover=bool(options.mirror))
@@ -238,6 +244,20 @@ class LiveMigration:
                     "--max-downtime or use --postcopy", "converge")
             await asyncio.sleep(POLL)
 
+    async def _clear(self, options: MigrationOptions) -> None:
+        """Disk copies left by an attempt nobody saw to its end (its daemon was killed)."""
+        if await self._jobs():
+            with contextlib.suppress(CorralError):
+                await self._yank(options.mirror)
+                await self._end_mirrors(force=True)
+        await self._drop_nbd_nodes(options.mirror)
+
+    async def _yank(self, nodes: tuple[str, ...]) -> None:
+        """Close the NBD clients' sockets at once (a cut link leaves requests hanging)."""
+        if nodes:
+            await self.monitor.execute("yank", {"instances": [
+                {"type": "block-node", "node-name": f"crl-nbd-{node}"} for node in nodes]})
+
     async def _undo(self, options: MigrationOptions, was_running: bool) -> None:
         """After a failure: stop the stream and the mirrors; the guest runs on here."""
         with contextlib.suppress(CorralError):
@@ -249,6 +269,8 @@ class LiveMigration:
                     if info.get("status") in ENDED:
                         break
                     await asyncio.sleep(0.01)
+        with contextlib.suppress(CorralError):
+            await self._yank(options.mirror)
         with contextlib.suppress(CorralError):
             await self._end_mirrors(force=True)
         await self._drop_nbd_nodes(options.mirror)
