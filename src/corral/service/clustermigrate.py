@@ -275,10 +275,12 @@ async def _let_go(member: Member, name: str) -> None:
     """The VM runs on the target: forget it here, end the stopped QEMU, remove its files."""
     rt = member.rt
     live = rt.live.get(name)
+    spec = rt.get(name).spec
     hostmoves.forget_vm(rt.db, name)  # the name is the target's already
     if live is not None:
         live.expected_exit = "migrated"
         await rt.kill(live)
+    await rt.hooks.moved(name, spec)
     vm_dir = rt.paths.vm_dir(name)
     if vm_dir.is_symlink():  # an HA VM's files are on shared storage: the target uses them
         vm_dir.unlink()

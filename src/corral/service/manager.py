@@ -85,6 +85,9 @@ class _Hooks:
     async def forget(self, name: str, spec: VMSpec) -> None:
         await nics.forget(self.net, name, spec)
 
+    async def moved(self, name: str, spec: VMSpec) -> None:
+        await nics.moved(self.net, name, spec)
+
 
 class Manager:
     """The in-process VM manager. The daemon serves it; tests may drive it directly."""

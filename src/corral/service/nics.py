@@ -200,6 +200,20 @@ async def forget(net: Networks, name: str, spec: VMSpec) -> None:
         log.warning("could not take %s off its networks: %s", name, err)
 
 
+async def moved(net: Networks, name: str, spec: VMSpec) -> None:
+    """After VM ``name`` was live-migrated to another host: its taps go, and this host stops
+    carrying the cluster networks no VM here uses any more. Its address stays (the cluster
+    holds it for the VM, wherever it runs), and so do the forwards and rules that name it:
+    they reach it over the overlay."""
+    unplug(net, name)
+    spans = sorted({str(n.network) for n in spec.nics
+                    if n.network and overlaynets.cluster_network(net, n.network)})
+    try:
+        await overlaynets.forgetting(net, name, spans)
+    except CorralError as err:
+        log.warning("could not take %s's networks off this host: %s", name, err)
+
+
 # -- hot-plug ----------------------------------------------------------------------------------
 
 async def attach(net: Networks, vm: str, network: str, mac: str | None = None,

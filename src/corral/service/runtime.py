@@ -22,10 +22,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from corral.config import Paths
-from corral.domain.specs import VMSpec
 from corral.domain.states import LIVE, State, allowed
 from corral.engine.driver import (
     GUEST_PANICKED,
@@ -40,42 +39,11 @@ from corral.engine.driver import (
 )
 from corral.errors import CorralError, InvalidState, NotFound, Timeout
 from corral.service import access
+from corral.service.hooks import Hooks, NoHooks
 from corral.store.db import Store, VMRecord
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT = 120.0
-
-
-class Hooks(Protocol):
-    """What the runtime asks of the slices it does not own."""
-
-    async def plug(self, rec: VMRecord) -> None:
-        """Before a machine starts: make what its NICs need (taps)."""
-
-    def unplug(self, name: str) -> None:
-        """A machine ended: remove its taps."""
-
-    def released(self, name: str) -> None:
-        """A machine ended or never started: free its reservation."""
-
-    async def forget(self, name: str, spec: VMSpec) -> None:
-        """A VM is gone for good: remove every network object that names it."""
-
-
-class NoHooks:
-    """Hooks that do nothing (a runtime without networks or scheduler, in tests)."""
-
-    async def plug(self, rec: VMRecord) -> None:
-        return None
-
-    def unplug(self, name: str) -> None:
-        return None
-
-    def released(self, name: str) -> None:
-        return None
-
-    async def forget(self, name: str, spec: VMSpec) -> None:
-        return None
 
 
 OnReady = Callable[[str, Machine], Awaitable[None]]
