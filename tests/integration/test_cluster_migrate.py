@@ -81,13 +81,17 @@ def test_a_running_vm_moves_and_keeps_running(cluster: dict[str, HostDaemon]) ->
     took = time.monotonic() - t0
     assert res.returncode == 0, res.stderr
     assert "sent" in res.stderr and "runs on h2" in res.stdout, (res.stdout, res.stderr)
-    encrypted = os.environ.get("CORRAL_MIGRATE_TLS", "1") not in ("0", "false", "no", "off")
+    encrypted = os.environ.get("CORRAL_MIGRATE_TLS", "1").strip().lower() not in (
+        "0", "false", "no", "off", "")
     assert ("encrypted" if encrypted else "(unencrypted)") in res.stdout, res.stdout
     assert ("(unencrypted)" in res.stdout) is not encrypted
     assert not list((h2.home / "vms" / VM).glob(".migrate-tls*"))  # its credentials: gone
     assert where(h3) == "h2"
     shown = h3.json("show", VM)  # forwarded to h2 now
     assert shown["host"] == "h2" and shown["state"] == "running"
+    assert shown["last_migration"]["source"] == "h1"
+    assert shown["last_migration"]["encrypted"] is encrypted
+    assert ("UNENCRYPTED" in h3.cli("show", VM, check=True).stdout) is not encrypted
     assert shown["nics"][0]["mac"] == mac
     assert shown["pid"] in qemu_pids(str(h2.home))
     # the same guest, not a new boot: same boot id, the counter went on
