@@ -27,8 +27,9 @@ pytestmark = pytest.mark.integration
 
 VM = "mig"
 DEV = "/dev/vda"
-COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done) "
-           ">/dev/null 2>&1 &")
+# written aside and renamed: a reader never sees the file truncated mid-write (empty)
+COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; "
+           "mv /tmp/counter.new /tmp/counter; sleep 0.05; done) >/dev/null 2>&1 &")
 # rewrites 48 MiB of guest RAM over and over at the lowest priority: a migration with a
 # tiny downtime limit then does not converge until it is stopped
 DIRTY = ("nice -n 19 sh -c 'while :; do dd if=/dev/zero of=/tmp/dirty bs=1M count=48 "
