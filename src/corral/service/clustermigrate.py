@@ -267,9 +267,10 @@ async def _prepare(member: Member, route: dict[str, Any], call: PeerCall, name: 
         return await call(route, "POST", url, body, PREPARE_TIMEOUT)
     except HostUnavailable as err:
         await _abort(member, route, call, url)
-        raise MigrationFailed(f"host {route['host']} did not make a place for '{name}' "
-                              f"({err.message}): the link is cut or the host stopped; "
-                              f"'{name}' runs on here", "setup") from err
+        why = err.message.split(": ", 1)[-1]  # without its "host X did not answer"
+        raise MigrationFailed(f"host {route['host']} did not make a place for '{name}': "
+                              f"{why}; the link is cut or the host stopped; '{name}' runs "
+                              "on here", "setup") from err
 
 
 async def _abort(member: Member, route: dict[str, Any], call: PeerCall, url: str) -> None:
