@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from corral.errors import CorralError
-from tests.integration.cluster_fixture import HostDaemon, three_hosts
+from tests.integration.cluster_fixture import DOWN_AFTER, HostDaemon, three_hosts
 from tests.integration.cluster_hosts import wait_for
 from tests.integration.conftest import CORRAL, qemu_pids
 
@@ -129,11 +129,13 @@ def _arriving(d: HostDaemon) -> bool:
     return bool(qemu_pids(str(d.home)))
 
 
-def _streaming(d: HostDaemon) -> bool:
-    """The source has connected to the target's QEMU (the place is made, the stream runs)."""
+def _streaming(d: HostDaemon, source: HostDaemon) -> bool:
+    """The source's QEMU has connected to the target's: an NBD client per disk copied and
+    the migration stream (the place is made, the RAM moves)."""
+    copied = sum(not disk["readonly"] for disk in source.client.get(VM)["disks"])
     out = subprocess.run(["ip", "netns", "exec", d.ns, "ss", "-tnpH", "state", "established"],
                          capture_output=True, text=True).stdout
-    return '"crl-' + VM + '"' in out
+    return out.count('"crl-' + VM + '"') >= copied + 1
 
 
 def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
@@ -164,7 +166,7 @@ def test_a_cut_link_leaves_the_vm_on_the_source(cluster: dict[str, HostDaemon]) 
     inner = f"{h3.ns.rsplit('-h', 1)[0]}-i3"
     proc = _migrate_in_background(h2, "h3", *SLOW)
     try:
-        wait_for(lambda: _streaming(h3), 60, "the stream to the target's QEMU")
+        wait_for(lambda: _streaming(h3, h2), 60, "the stream to the target's QEMU")
         subprocess.run(["ip", "-n", h3.ns, "link", "set", inner, "down"], check=True)
         code, err = _finish(proc)
     finally:
@@ -197,6 +199,8 @@ def test_the_source_daemon_killed_mid_way_leaves_it_on_one_host(
         time.sleep(2.0)
         h2.stop(signal.SIGKILL)  # its QEMUs go on; the stream with them
         _finish(proc)
+        # its name is refused to a new daemon while its last heartbeat is fresh
+        time.sleep(DOWN_AFTER + 0.5)
     finally:
         with contextlib.suppress(Exception):
             proc.kill()
