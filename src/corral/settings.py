@@ -160,8 +160,8 @@ declare("cluster.heartbeat", "CORRAL_HEARTBEAT", _float, 1.0,
         "seconds between a host's heartbeats (and the leader's rounds)")
 declare("cluster.down_after", "CORRAL_DOWN_AFTER", _float, 6.0,
         "seconds without a heartbeat after which a host is down")
-declare("cluster.migrate_tls", "CORRAL_MIGRATE_TLS", _bool, False,
-        "encrypt live migrations with QEMU's TLS (a CA made for each migration)")
+declare("cluster.migrate_tls", "CORRAL_MIGRATE_TLS", _bool, True, "encrypt live migrations "
+        "with QEMU TLS (a CA each) when both hosts have it on; else in clear, and show says so")
 declare("cluster.shared", "CORRAL_SHARED_DIR", _str, "",
         "a directory every host mounts (NFS, Ceph…): --ha VMs keep their files there")
 declare("cluster.max_skew", "CORRAL_MAX_CLOCK_SKEW", _float, 30.0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from corral.errors import CorralError
-from tests.integration.cluster_fixture import HostDaemon, three_hosts
+from tests.integration.cluster_fixture import DOWN_AFTER, HostDaemon, three_hosts
 from tests.integration.cluster_hosts import wait_for
 from tests.integration.conftest import CORRAL, qemu_pids
 
@@ -26,8 +27,9 @@ pytestmark = pytest.mark.integration
 
 VM = "mig"
 DEV = "/dev/vda"
-COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done) "
-           ">/dev/null 2>&1 &")
+# written aside and renamed: a reader never sees the file truncated mid-write (empty)
+COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; "
+           "mv /tmp/counter.new /tmp/counter; sleep 0.05; done) >/dev/null 2>&1 &")
 # rewrites 48 MiB of guest RAM over and over at the lowest priority: a migration with a
 # tiny downtime limit then does not converge until it is stopped
 DIRTY = ("nice -n 19 sh -c 'while :; do dd if=/dev/zero of=/tmp/dirty bs=1M count=48 "
@@ -80,11 +82,17 @@ def test_a_running_vm_moves_and_keeps_running(cluster: dict[str, HostDaemon]) ->
     took = time.monotonic() - t0
     assert res.returncode == 0, res.stderr
     assert "sent" in res.stderr and "runs on h2" in res.stdout, (res.stdout, res.stderr)
-    assert "(unencrypted)" in res.stdout  # cluster.migrate_tls is off by default
+    encrypted = os.environ.get("CORRAL_MIGRATE_TLS", "1").strip().lower() not in (
+        "0", "false", "no", "off", "")
+    assert ("encrypted" if encrypted else "(unencrypted)") in res.stdout, res.stdout
+    assert ("(unencrypted)" in res.stdout) is not encrypted
     assert not list((h2.home / "vms" / VM).glob(".migrate-tls*"))  # its credentials: gone
     assert where(h3) == "h2"
     shown = h3.json("show", VM)  # forwarded to h2 now
     assert shown["host"] == "h2" and shown["state"] == "running"
+    assert shown["last_migration"]["source"] == "h1"
+    assert shown["last_migration"]["encrypted"] is encrypted
+    assert ("UNENCRYPTED" in h3.cli("show", VM, check=True).stdout) is not encrypted
     assert shown["nics"][0]["mac"] == mac
     assert shown["pid"] in qemu_pids(str(h2.home))
     # the same guest, not a new boot: same boot id, the counter went on
@@ -121,6 +129,15 @@ def _arriving(d: HostDaemon) -> bool:
     return bool(qemu_pids(str(d.home)))
 
 
+def _streaming(d: HostDaemon, source: HostDaemon) -> bool:
+    """The source's QEMU has connected to the target's: an NBD client per disk copied and
+    the migration stream (the place is made, the RAM moves)."""
+    copied = sum(not disk["readonly"] for disk in source.client.get(VM)["disks"])
+    out = subprocess.run(["ip", "netns", "exec", d.ns, "ss", "-tnpH", "state", "established"],
+                         capture_output=True, text=True).stdout
+    return out.count('"crl-' + VM + '"') >= copied + 1
+
+
 def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
     _, err = proc.communicate(timeout=120)
     return proc.returncode, err
@@ -149,8 +166,7 @@ def test_a_cut_link_leaves_the_vm_on_the_source(cluster: dict[str, HostDaemon]) 
     inner = f"{h3.ns.rsplit('-h', 1)[0]}-i3"
     proc = _migrate_in_background(h2, "h3", *SLOW)
     try:
-        wait_for(lambda: _arriving(h3), 60, "the target's QEMU waits")
-        time.sleep(1.0)
+        wait_for(lambda: _streaming(h3, h2), 60, "the stream to the target's QEMU")
         subprocess.run(["ip", "-n", h3.ns, "link", "set", inner, "down"], check=True)
         code, err = _finish(proc)
     finally:
@@ -183,6 +199,8 @@ def test_the_source_daemon_killed_mid_way_leaves_it_on_one_host(
         time.sleep(2.0)
         h2.stop(signal.SIGKILL)  # its QEMUs go on; the stream with them
         _finish(proc)
+        # its name is refused to a new daemon while its last heartbeat is fresh
+        time.sleep(DOWN_AFTER + 0.5)
     finally:
         with contextlib.suppress(Exception):
             proc.kill()

@@ -103,8 +103,10 @@ def register(sub: Any, pa: Parents) -> None:
                 "--max-downtime while the rest moves. Disks of its own are copied live too; "
                 "files on shared storage stay where they are. Name, MAC and addresses stay. "
                 "On failure or --cancel it runs on where it was, and the target keeps "
-                "nothing. The stream is encrypted (QEMU TLS) only where the source's daemon "
-                "has cluster.migrate_tls (CORRAL_MIGRATE_TLS=1); the answer says which.")
+                "nothing. The stream and the disk copies are encrypted (QEMU TLS, a CA made for "
+                "this migration) when both hosts have cluster.migrate_tls (the default; "
+                "CORRAL_MIGRATE_TLS=0 turns it off), else sent in clear: the answer and "
+                "'corral show' (last migration) say which.")
     p.add_argument("--to", metavar="HOST", help="the host to move it to")
     p.add_argument("--postcopy", action="store_true",
                    help="switch to post-copy after the first pass (for guests that dirty "

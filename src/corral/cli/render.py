@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from corral.errors import InvalidSpec
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
@@ -91,6 +93,8 @@ def vm_detail(vm: Mapping[str, Any]) -> str:
                               f"{', read-only' if disk['readonly'] else ''})"))
     if vm.get("exit_reason"):
         lines.append(("last exit", vm["exit_reason"]))
+    if vm.get("last_migration"):
+        lines.append(("last migration", migrated(vm["last_migration"])))
     if vm.get("confinement"):
         lines.append(("confinement", confinement(vm["confinement"])))
     if vm.get("console_socket"):
@@ -99,6 +103,13 @@ def vm_detail(vm: Mapping[str, Any]) -> str:
         lines.append(("serial log", vm["serial_log"]))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in lines)
+
+
+def migrated(m: Mapping[str, Any]) -> str:
+    """A VM's last live migration: from where, when, encrypted or not."""
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(m["at"])))
+    how = "encrypted (QEMU TLS)" if m.get("encrypted") else "UNENCRYPTED (in clear)"
+    return f"from {m['source']} at {at}, {how}"
 
 
 def confinement(c: Mapping[str, Any]) -> str:

@@ -164,6 +164,15 @@ class Scheduling(BaseModel):
     ha: bool = False  # its files are on shared storage; the leader restarts it elsewhere
 
 
+class Migrated(BaseModel):
+    """A VM's last live migration, as the host it arrived on recorded it."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str       # the host it came from
+    at: float         # when it arrived (epoch seconds)
+    encrypted: bool   # the stream and the disk copies went over QEMU's TLS
+
+
 class VMSpec(BaseModel):
     """A complete, defaulted VM spec: what the engine turns into a QEMU command line."""
 
@@ -187,6 +196,7 @@ class VMSpec(BaseModel):
     # the name its live machine was launched under, when the VM was renamed since (a pool
     # clone handed out): that machine's command line names the old run directory
     launched_as: str | None = None
+    migrated: Migrated | None = None  # its last live migration here (not a clone's)
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ source forget its record and remove its files, taps and stopped QEMU. On a failu
 link or ``--cancel`` the stream is stopped, the guest runs on here untouched, and the target
 is told to remove what it made (it also does so by itself when its QEMU dies).
 
-With ``cluster.migrate_tls`` the stream and the disk copies are encrypted with QEMU's TLS,
-with a CA made for this one migration (:mod:`corral.service.migratetls`); it is off by
-default for now, and the answer says ``"encrypted"`` either way.
+With ``cluster.migrate_tls`` (the default) on both hosts the stream and the disk copies
+are encrypted with QEMU's TLS, with a CA made for this one migration
+(:mod:`corral.service.migratetls`); otherwise they go in clear. The answer says
+``"encrypted"`` either way, and the target records it for ``corral show``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ STALL = 8.0  # seconds without a byte moving before the link counts as cut
 FLOWING = ("active", "copying disks", "postcopy-active")  # statuses in which bytes move
 ABORT_TIMEOUT = 10.0  # seconds the target gets to hear that an attempt is given up
 ABORT_TRIES = 24      # and how often it is told again when it cannot be reached
+PREPARE_TIMEOUT = 60.0  # seconds the target gets to make a place (files, a waiting QEMU)
 
 
 @dataclass
@@ -200,7 +202,7 @@ async def _run(member: Member, rec: VMRecord, asked: Asked, route: dict[str, Any
     if settings.value("cluster.migrate_tls"):
         creds = migratetls.issue(route["address"].rpartition(":")[0].strip("[]"))
         body["tls"] = creds["server"]
-    plan = await call(route, "POST", f"/v1/cluster/migrate-in/{name}{query}", body, 300.0)
+    plan = await _prepare(member, route, call, name, body)
 
     moved_at = [time.monotonic(), -1]  # when bytes last moved, and how many had
 
@@ -250,6 +252,25 @@ async def _run(member: Member, rec: VMRecord, asked: Asked, route: dict[str, Any
         "downtime": result.downtime, "transferred": result.transferred,
         "postcopy": result.postcopy, "disks": list(options.mirror),
         "encrypted": tls is not None}}
+
+
+async def _prepare(member: Member, route: dict[str, Any], call: PeerCall, name: str,
+                   body: dict[str, Any]) -> dict[str, Any]:
+    """Ask the target for a place: where to send the VM. A target that does not answer in
+    :data:`PREPARE_TIMEOUT` (a link cut while it made the place: its answer is lost) is
+    told to remove what it may have made, as after a failed stream.
+
+    :raises MigrationFailed: no answer. And what the target refuses.
+    """
+    url = f"/v1/cluster/migrate-in/{name}?source={member.name}"
+    try:
+        return await call(route, "POST", url, body, PREPARE_TIMEOUT)
+    except HostUnavailable as err:
+        await _abort(member, route, call, url)
+        why = err.message.split(": ", 1)[-1]  # without its "host X did not answer"
+        raise MigrationFailed(f"host {route['host']} did not make a place for '{name}': "
+                              f"{why}; the link is cut or the host stopped; '{name}' runs "
+                              "on here", "setup") from err
 
 
 async def _abort(member: Member, route: dict[str, Any], call: PeerCall, url: str) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral import settings
-from corral.domain.specs import DiskSpec, VMSpec
+from corral.domain.specs import DiskSpec, Migrated, VMSpec
 from corral.domain.states import State
 from corral.engine.driver import LaunchOptions
 from corral.errors import AlreadyExists, CorralError, InvalidSpec, MigrationFailed, NotFound
@@ -109,6 +109,7 @@ class Arrivals:
         rec = VMRecord(name=name, uid=str(body.get("uid") or uuid.uuid4()), spec=spec,
                        state=State.RESTORING, project=str(body.get("project", "default")),
                        started_at=body.get("started_at"), created_at=time.time())
+        began = time.monotonic()
         self.sched.reserve_now(rec)  # :raises NoCapacity: before anything is made
         arrival = Incoming(rec, source, float(body.get("timeout") or 600.0) + 60.0)
         self.arriving[name] = arrival
@@ -121,17 +122,21 @@ class Arrivals:
             if mirror:
                 nbd = f"{address}:{_free_port(address)}"
             tls = None
-            if isinstance(body.get("tls"), dict):
+            if isinstance(body.get("tls"), dict) and settings.value("cluster.migrate_tls"):
                 tls = migratetls.write(self.rt.paths.vm_dir(name), "server",
                                        {k: str(body["tls"].get(k, "")) for k in
                                         ("ca", "cert", "key")})
             await arrival.live.machine.serve_incoming(
                 uri, nbd=nbd, disks=tuple(mirror), postcopy=bool(body.get("postcopy")),
                 tls=tls)
+            rec.spec.migrated = Migrated(source=source, at=time.time(),
+                                         encrypted=tls is not None)
         except BaseException:
             await self._undo(arrival)
             raise
         arrival.task = asyncio.create_task(self._watch(arrival), name=f"migrate-in-{name}")
+        log.info("a place for %s of host %s made in %.2f s (%s)", name, source,
+                 time.monotonic() - began, "encrypted" if tls is not None else "in clear")
         return {"uri": uri, "nbd": nbd, "disks": mirror, "host": self.host,
                 "tls": tls is not None}
 

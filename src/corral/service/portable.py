@@ -167,6 +167,7 @@ def _record(rt: VMRuntime, manifest: dict[str, Any], spec: sp.VMSpec, name: str,
                 what="qemu-img could not attach the root disk to this host's image")
     spec.name = name
     spec.warm_template = None  # a path of the exporter's home
+    spec.migrated = None
     if spec.kernel is None:
         spec.initrd = None
     if renamed:  # a copy beside the original, not a move: it needs its own MACs

@@ -33,6 +33,7 @@ def vm_view(rec: VMRecord, live: bool, paths: Paths, driver: Driver | None = Non
         if live and rec.started_at else None,
         "boot_seconds": rec.boot_seconds() if live else None,
         "exit_reason": rec.exit_reason,
+        "last_migration": rec.spec.migrated.model_dump() if rec.spec.migrated else None,
         "nics": [n.model_dump() for n in rec.spec.nics],
         "disks": [d.model_dump() for d in rec.spec.disks],
         "console_socket": str(paths.run_dir(rec.name) / "console.sock") if live else None,

@@ -235,7 +235,7 @@ async def _define_clone(rt: VMRuntime, name: str, base: sp.VMSpec, full: bool,
         spec = base.model_copy(update={
             "name": name, "disks": disks, "vmstate": await provision.make_vmstate(vm_dir),
             "nics": [n.model_copy(update={"mac": sp.new_mac()}) for n in base.nics],
-            "sched": sched or sp.Scheduling(), "warm_template": None})
+            "sched": sched or sp.Scheduling(), "warm_template": None, "migrated": None})
         project = access.project_for_new()
         quotas.check_vm(rt, project, spec.cpus, spec.memory_bytes)
         rec = VMRecord(name=name, uid=str(uuid.uuid4()), spec=spec, state=State.DEFINED,

@@ -20,6 +20,7 @@ from corral.views.migrate import (
     ArrivalAborted,
     DrainMove,
     DrainReport,
+    LastMigration,
     Migration,
     MigrationCancelled,
     MigrationPlan,
@@ -94,6 +95,7 @@ class VM(TypedDict):
     uptime_seconds: NotRequired[float | None]
     boot_seconds: NotRequired[float | None]
     exit_reason: NotRequired[str | None]
+    last_migration: NotRequired[LastMigration | None]
     nics: list[VMNic]
     disks: list[VMDisk]
     console_socket: NotRequired[str | None]
@@ -387,7 +389,7 @@ __all__ = [
     "VM", "ArrivalAborted", "BatchResult", "ClusterHost", "Config", "Disk", "DrainMove",
     "DrainReport", "Error", "Event", "ExecResult", "Export", "FieldChange", "FileWritten",
     "Firewall", "FirewallRule", "Forward", "Host", "Image", "Interface", "JoinToken",
-    "Leg", "Logs", "Migration", "MigrationCancelled", "MigrationPlan", "Network",
+    "LastMigration", "Leg", "Logs", "Migration", "MigrationCancelled", "MigrationPlan", "Network",
     "PlacementExplained", "Pool", "PoolRecommendation", "PoolTake", "Port", "Principal",
     "Project", "QueueEntry", "Quotas", "Removed", "Router", "Setting", "SettingChange",
     "Snapshot", "Stack", "StackChange", "StackEvent", "StackPlan", "StatsPoint", "Token",

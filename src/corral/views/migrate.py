@@ -14,7 +14,15 @@ class Migration(TypedDict):
     transferred: int     # RAM bytes sent
     postcopy: bool
     disks: list[str]     # the disks copied live (none: shared storage)
-    encrypted: bool
+    encrypted: bool      # over QEMU's TLS (both hosts have cluster.migrate_tls); false: in clear
+
+
+class LastMigration(TypedDict):
+    """A VM's last live migration (in ``corral show``, as ``last_migration``)."""
+
+    source: str        # the host it came from
+    at: float          # when it arrived (epoch seconds)
+    encrypted: bool    # over QEMU's TLS; false: in clear
 
 
 class MigrationCancelled(TypedDict):

@@ -9,16 +9,19 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from corral.cli import render
 from corral.config import Paths
 from corral.domain.states import State
 from corral.engine.fake import FakeDriver
 from corral.errors import (
     AlreadyExists,
     CorralError,
+    HostUnavailable,
     InvalidSpec,
     InvalidState,
     MigrationFailed,
@@ -124,7 +127,12 @@ async def test_a_running_vm_moves_and_the_source_forgets_it(pair: tuple[Host, Ho
     log: list[str] = []
     moved = await clustermigrate.migrate(s, "a", Asked("t"), calls(t, log))  # type: ignore[arg-type]
     assert moved["host"] == "t" and moved["state"] == "running"
-    assert moved["migration"]["encrypted"] is False and moved["migration"]["to"] == "t"
+    # encrypted by default (both hosts have cluster.migrate_tls), and show says so after
+    assert moved["migration"]["encrypted"] is True and moved["migration"]["to"] == "t"
+    assert moved["last_migration"]["encrypted"] is True
+    assert moved["last_migration"]["source"] == "s"
+    assert t.rt.view(t.rt.get("a"))["last_migration"] == moved["last_migration"]
+    assert not list(t.rt.paths.vm_dir("a").glob(".migrate-tls*"))  # its credentials: gone
     assert log == ["POST migrate-in/a", "POST migrate-in/a/outcome"]
     assert names.owner["a"] == "t"
     after = t.rt.get("a")
@@ -227,3 +235,43 @@ async def test_the_target_gives_up_alone_when_its_qemu_dies(pair: tuple[Host, Ho
         await t.arrivals.outcome("a", 10)
     nothing_on(t, "a")
     assert names.owner["a"] == "s"
+
+
+async def test_a_lost_answer_to_the_request_for_a_place_is_given_up(
+        pair: tuple[Host, Host, Names]) -> None:
+    """A link cut while the target made the place: the source does not wait on it for
+    ever, and the target removes what it made."""
+    s, t, names = pair
+    await running(s, names)
+    log: list[str] = []
+    answered = calls(t, log)
+    timeouts: list[float] = []
+
+    async def call(route: dict[str, Any], method: str, url: str, body: dict[str, Any] | None,
+                   timeout: float) -> dict[str, Any]:
+        answer = await answered(route, method, url, body, timeout)
+        if method == "POST":  # made, but the answer does not come back
+            timeouts.append(timeout)
+            raise HostUnavailable("host t did not answer: timed out", "t")
+        return answer
+
+    with pytest.raises(MigrationFailed, match="link is cut"):
+        await clustermigrate.migrate(s, "a", Asked("t"), call)  # type: ignore[arg-type]
+    assert log == ["POST migrate-in/a", "DELETE migrate-in/a"]
+    assert timeouts == [clustermigrate.PREPARE_TIMEOUT]
+    assert s.rt.get("a").state == State.RUNNING and names.owner["a"] == "s"
+    assert s.departures == {}
+    nothing_on(t, "a")
+
+
+async def test_a_target_without_tls_takes_it_in_clear_and_says_so(
+        pair: tuple[Host, Host, Names], monkeypatch: pytest.MonkeyPatch) -> None:
+    s, t, names = pair
+    await running(s, names)
+    real = migratein.settings.value
+    monkeypatch.setattr(migratein, "settings", SimpleNamespace(
+        value=lambda key: False if key == "cluster.migrate_tls" else real(key)))
+    moved = await clustermigrate.migrate(s, "a", Asked("t"), calls(t, []))  # type: ignore[arg-type]
+    assert moved["migration"]["encrypted"] is False
+    assert moved["last_migration"]["encrypted"] is False
+    assert "UNENCRYPTED" in render.vm_detail(moved)
