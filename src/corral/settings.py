@@ -164,9 +164,8 @@ declare("cluster.migrate_tls", "CORRAL_MIGRATE_TLS", _bool, True, "encrypt live 
         "with QEMU TLS (a CA each) when both hosts have it on; else in clear, and show says so")
 declare("cluster.shared", "CORRAL_SHARED_DIR", _str, "",
         "a directory every host mounts (NFS, Ceph…): --ha VMs keep their files there")
-declare("cluster.max_skew", "CORRAL_MAX_CLOCK_SKEW", _float, 30.0,
-        "how far (seconds) a joining host's clock may be from the store's")
-
+declare("cluster.max_skew", "CORRAL_MAX_CLOCK_SKEW", _float, 30.0, "how far (seconds) a "
+        "joining host's clock may be from the store's")
 # the remote API (TLS beside the unix socket) and its clients
 declare("api.listen", "CORRAL_LISTEN", _str, "",
         "ADDR:PORT to serve the API over TLS with tokens (empty: the unix socket only)")
