@@ -26,7 +26,7 @@ demo: deps
 	scripts/demo.sh
 
 test: deps $(TEST_IMAGES) lint
-	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/pytest -q
+	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/pytest -q --durations=25
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
