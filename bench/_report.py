@@ -18,12 +18,13 @@ ROWS = [  # (op, label, compared with raw)
     ("destroy", "destroy → QEMU pid gone", True),
     ("pause", "pause (API; virsh: CLI)", True),
     ("resume", "resume (API; virsh: CLI)", True),
-    ("list", "list VMs (API; virsh: CLI)", False),
+    ("list", "list VMs + states (API; virsh: CLI)", False),
+    ("list_bare", "libvirt: listAllDomains() alone", False),
     ("cli_pause", "CLI: corral pause / virsh suspend", False),
     ("cli_resume", "CLI: corral resume / virsh resume", False),
     ("cli_list", "CLI: corral list / virsh list --all", False),
 ]
-API_ROWS = ("pause", "resume", "list")  # virsh there is a CLI: no virsh/Corral ratio
+API_ROWS = ("pause", "resume", "list", "list_bare")  # virsh there is a CLI: no virsh/Corral ratio
 
 
 @dataclass
@@ -52,8 +53,10 @@ def timing_table(res: Results, keys: Sequence[str]) -> str:
     rows = []
     for op, label, vs_raw in ROWS:
         cells = {k: res.get(op, k) for k in keys}
+        if not any(cells.values()):
+            continue  # not measured in this run (--skip-lifecycle, --only cli)
         row = [label, *(fmt_summary(cells[k]) for k in keys),
-               ratio(cells["corral"], cells["raw"]) if vs_raw else "—"]
+               ratio(cells["corral"], cells.get("raw")) if vs_raw else "—"]
         if lv:
             row.append(ratio(cells["libvirt"], cells["corral"]))
             row.append("—" if op in API_ROWS else ratio(cells["virsh"], cells["corral"]))

@@ -1,7 +1,7 @@
 """Lifecycle benchmark: Corral vs raw QEMU (vs libvirt), measured side by side in one run.
 
     CORRAL_IMAGE_PATH=build/images .venv/bin/python bench/lifecycle.py [--reps 5]
-        [--vms 1,10,20] [--with-libvirt] [--json FILE]
+        [--vms 1,10,20] [--with-libvirt] [--json FILE] [--only cli]
 
 All systems drive the same tiny guest (q35, 256 MiB, 1 vCPU, TCG, direct kernel boot):
 
@@ -410,8 +410,9 @@ def interleave(entries: Sequence[tuple[str, Op]], reps: int, res: Results,
 
 
 def phase_control(systems: Sequence[System], corral: CorralSystem, pause_reps: int,
-                  cli_reps: int, res: Results) -> None:
-    """Pause/resume and list through each API and each CLI, on one idle guest per system."""
+                  cli_reps: int, res: Results, cli_only: bool = False) -> None:
+    """Pause/resume and list through each API and each CLI, on one idle guest per system
+    (``cli_only``: pause/resume through the CLIs alone, and the lists)."""
     for s in systems:
         s.prepare("idle")
         s.boot("idle")
@@ -434,7 +435,7 @@ def phase_control(systems: Sequence[System], corral: CorralSystem, pause_reps: i
         return lambda: [(op, fn())]
 
     log(f"pause/resume, {pause_reps} each")
-    entries = [(s.key, pause_resume(s)) for s in systems]
+    entries = [(s.key, pause_resume(s)) for s in systems if not cli_only or s.key == "virsh"]
     entries.append(("corral", cli_pause_resume))
     interleave(entries, pause_reps, res)
     log(f"list, {cli_reps} each")
@@ -442,6 +443,8 @@ def phase_control(systems: Sequence[System], corral: CorralSystem, pause_reps: i
              ("corral", one("cli_list", lambda: corral.cli("list")))]
     lists += [(s.key, one("cli_list" if s.key == "virsh" else "list", s.list_vms))
               for s in systems if s.key in ("libvirt", "virsh")]
+    lists += [(s.key, one("list_bare", s.list_bare)) for s in systems
+              if isinstance(s, _libvirt.LibvirtPy) and s.key == "libvirt"]
     interleave(lists, cli_reps, res)
     if "virsh" in res.samples["pause"]:  # virsh is a CLI: the same samples serve both rows
         for op in ("pause", "resume"):
@@ -547,7 +550,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="write the raw numbers to this file")
     p.add_argument("--skip-lifecycle", action="store_true",
                    help="skip boot/spawn/destroy (measure the hot path: pause, resume, list)")
+    p.add_argument("--only", choices=["cli"],
+                   help="cli: only the CLIs (corral list/pause/resume beside virsh) and the "
+                        "lists through the APIs; no lifecycle, no raw QEMU, no memory phase")
     args = p.parse_args(argv)
+    if args.only == "cli":
+        args.skip_lifecycle, args.vms = True, "none"
     args.counts = [] if args.vms == "none" else sorted({int(v) for v in args.vms.split(",")})
     if any(n < 1 for n in args.counts) or min(args.reps, args.pause_reps, args.cli_reps) < 1:
         p.error("counts and repetitions must be at least 1")
@@ -586,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         res.meta["argv_check"] = learn_argv(corral, raw)
         res.meta["accel"] = raw.option("-accel")
         log(f"raw QEMU argv: {res.meta['argv_check']}")
-        systems: list[System] = [corral, raw]
+        systems: list[System] = [corral] if args.only == "cli" else [corral, raw]
         lvpy: _libvirt.LibvirtPy | None = None
         if args.with_libvirt:
             host = _libvirt.LibvirtHost(ws / "l")
@@ -612,7 +620,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"lifecycle: {args.reps} reps + {WARMUPS} warm-up, systems {[s.key for s in systems]}")
         if not args.skip_lifecycle:
             phase_lifecycle(systems, args.reps, res)
-        phase_control(systems, corral, args.pause_reps, args.cli_reps, res)
+        phase_control(systems, corral, args.pause_reps, args.cli_reps, res,
+                      cli_only=args.only == "cli")
         if args.counts:
             log(f"daemon memory with {args.counts} idle VMs")
             phase_memory(corral, lvpy, args.counts, res)
