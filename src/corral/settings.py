@@ -279,8 +279,7 @@ def load_file(path: Path | str) -> None:
     """Read the configuration file ``path`` (``--config``) in place of any other.
 
     :raises SettingError: it is missing, is not TOML, names an unknown setting or holds a
-        value that does not parse (the message names the file and the line).
-    """
+        value that does not parse (the message names the file and the line)."""
     text = str(_path(str(path)).expanduser().absolute())
     _layers.file = _read(text)
     _layers.file_path, _layers.explicit = text, True
