@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from _common import Memory, System, memory_of, ms_since, wait_gone
+from _common import Memory, System, memory_of, ms_since, run_timed, wait_gone
 
 URI = "qemu:///system"
 PACKAGES = ["libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-clients", "libvirt-dev",
@@ -378,11 +378,10 @@ class Virsh(LibvirtPy):
 
     key = "virsh"
 
+    cpu_ms = 0.0  # the CPU time of the last virsh process
+
     def virsh(self, *args: str) -> float:
-        t0 = time.perf_counter()
-        res = subprocess.run(["virsh", "-q", "-c", URI, *args], capture_output=True, text=True,
-                             check=False)
-        took = ms_since(t0)
+        res, took, self.cpu_ms = run_timed(["virsh", "-q", "-c", URI, *args])
         if res.returncode != 0:
             raise RuntimeError(f"virsh {' '.join(args)}: {res.stderr.strip()}")
         return took

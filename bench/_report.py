@@ -23,6 +23,10 @@ ROWS = [  # (op, label, compared with raw)
     ("cli_pause", "CLI: corral pause / virsh suspend", False),
     ("cli_resume", "CLI: corral resume / virsh resume", False),
     ("cli_list", "CLI: corral list / virsh list --all", False),
+    # the CLI process's own CPU time (user + system): what load does not inflate
+    ("cli_pause_cpu", "CLI process CPU: pause / suspend", False),
+    ("cli_resume_cpu", "CLI process CPU: resume", False),
+    ("cli_list_cpu", "CLI process CPU: list", False),
 ]
 API_ROWS = ("pause", "resume", "list", "list_bare")  # virsh there is a CLI: no virsh/Corral ratio
 
@@ -174,7 +178,8 @@ def report(res: Results, keys: Sequence[str]) -> str:
         "",
         f"Corral lifecycle benchmark: {m['host']}, {m['qemu']}, accel {m['accel']}, guest q35 "
         f"{m['memory_mib']} MiB 1 vCPU. Median (min-max); n={m['reps']} after 1 warm-up "
-        f"(pause/resume n={m['pause_reps']}, list n={m['cli_reps']})",
+        f"(pause/resume n={m['pause_reps']}, CLI list n={m['cli_reps']}, API lists "
+        f"n={m.get('api_lists', m['cli_reps'])}); CLI process CPU: user + system time",
         f"libvirt: {m['libvirt']}",
         f"raw QEMU argv: {m['argv_check']}",
         "",
