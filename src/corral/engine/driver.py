@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -213,6 +214,12 @@ class Machine(Protocol):
     async def vcpu_threads(self) -> list[int]: ...
 
     # -- guest agent -------------------------------------------------------------------------
+    def guest_hold(self) -> AbstractAsyncContextManager[None]:
+        """Keep the guest agent to the calling task: the guest calls it makes inside go one
+        after another, with no other call between them.
+
+        :raises AgentError: the VM has no guest agent.
+        """
     async def guest_wait_ready(self, timeout: float) -> None: ...
     async def guest_reset_channel(self) -> None:
         """The guest rebooted: drop the agent channel so the next call starts afresh."""

@@ -18,6 +18,7 @@ from typing import Any
 from corral.engine.fake.shell import COMMANDS, Run
 from corral.errors import AgentError
 
+HOSTNAME = "/proc/sys/kernel/hostname"
 DIRS = ("/", "/dev", "/etc", "/home", "/proc", "/root", "/run", "/tmp", "/var", "/var/tmp")
 
 
@@ -119,6 +120,9 @@ class FakeGuest:
     def write(self, path: str, data: bytes, append: bool = False) -> bool:
         path = self.path(path)
         if path == "/dev/null":
+            return True
+        if path == HOSTNAME:  # the kernel's hostname, as a file
+            self.hostname = data.decode(errors="replace").strip()
             return True
         if not self.can_create(path):
             return False

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import json
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,10 @@ class FakeMachine(FakeLiveMigration):
             await asyncio.sleep(max(0.0, deadline - self._loop.time()))
             raise Timeout(f"guest agent of '{self.name}' did not answer in {timeout:g} s"
                           ) from None
+
+    def guest_hold(self) -> AbstractAsyncContextManager[None]:
+        """Nothing to hold: the fake agent answers each call whole, at once."""
+        return contextlib.nullcontext()
 
     async def guest_reset_channel(self) -> None:
         """Nothing to drop: the fake channel holds no stale replies."""

@@ -7,6 +7,7 @@ Files move as raw bytes here and as base64 on the wire; an agent that is absent 
 from __future__ import annotations
 
 import base64
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from corral.engine.driver import ExecStatus, GuestInterface
@@ -25,6 +26,9 @@ class GuestOps:
         if self.agent is None:
             raise AgentError(f"VM '{self.name}' has no guest agent")
         return self.agent
+
+    def guest_hold(self) -> AbstractAsyncContextManager[None]:
+        return self._agent().hold()
 
     async def guest_wait_ready(self, timeout: float) -> None:
         await self._agent().wait_ready(timeout)
