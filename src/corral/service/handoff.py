@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 FIFO = "/tmp/.corral-identity-"  # + the shell's pid
 # a line "SECONDS NAME" sets the clock and the hostname; a line without a name, or the
 # FIFO closed, ends the shell having done nothing
-WAITER = ('f=/tmp/.corral-identity-$$; mkfifo -m 600 "$f" || exit 1; exec 3<"$f"; '
+WAITER = (f'f={FIFO}$$; mkfifo -m 600 "$f" || exit 1; exec 3<"$f"; '
           'rm -f "$f"; read -r t n <&3 || exit 0; [ -n "$n" ] || exit 0; '
           'echo "$n" >/proc/sys/kernel/hostname; exec date -s "@$t" >/dev/null')
 PREPARE_WITHIN = 5.0
