@@ -111,3 +111,15 @@ async def test_a_task_holding_the_channel_runs_its_calls_back_to_back(
     assert other is not None
     await other
     assert fake.seen[1:] == ["guest-info", "guest-info", "guest-ping"]
+
+
+async def test_an_exchange_sends_its_calls_at_once_and_reads_each_reply(
+        agent: tuple[Agent, GuestAgent]) -> None:
+    fake, channel = agent
+    replies = await channel.exchange([("guest-exec-status", {"pid": 1}),
+                                      ("guest-file-close", {"handle": 2})])
+    assert replies == [{"return": {"of": "guest-exec-status"}},
+                       {"return": {"of": "guest-file-close"}}]
+    assert await channel.execute("guest-ping") == {"of": "guest-ping"}  # still in step
+    assert fake.seen == ["guest-sync-delimited", "guest-exec-status", "guest-file-close",
+                         "guest-ping"]

@@ -9,8 +9,8 @@ a FIFO that the agent holds open read-write (opening a FIFO read-write never blo
 write of a few bytes into it neither, so the agent can never hang on it). The FIFO's name is
 unlinked as soon as both ends are open: nothing is left in the guest. At the hand-out
 (:func:`apply`) the agent checks the shell still waits, writes the time and the name into
-the FIFO and closes it, three requests without a fork; the shell writes the hostname and
-becomes ``date``.
+the FIFO and closes it, three requests sent at once and none of them a fork; the shell
+writes the hostname and becomes ``date``.
 
 A clone without a waiting shell (a guest without ``mkfifo``, a clone of an older daemon, a
 shell that died) gets one short command instead (:func:`identity_exec`).
@@ -103,14 +103,10 @@ async def apply(machine: Machine, name: str, waiting: tuple[int, int] | None) ->
 
 
 async def _handed(machine: Machine, name: str, pid: int, handle: int) -> bool:
-    """Whether the waiting shell got the clock and the name."""
-    sent = False
-    with contextlib.suppress(*ERRORS):
-        if not (await machine.guest_exec_status(pid)).exited:
-            await machine.guest_write(handle, f"{int(time.time())} {name}\n".encode())
-            sent = True
+    """Whether the waiting shell got the clock and the name (the line is written and the
+    FIFO closed, which flushes it, whether the shell still runs or not: with no reader
+    left the line goes nowhere)."""
     try:
-        await machine.guest_close(handle)  # flushes the line to the shell
+        return await machine.guest_feed(pid, handle, f"{int(time.time())} {name}\n".encode())
     except ERRORS:
         return False
-    return sent

@@ -1,7 +1,7 @@
 """How a clone takes its clock and hostname at a hand-out (corral.service.handoff), against a
 scripted guest agent: the waiting shell is made ready while the clone is made (its FIFO
-held, its name gone), fed at the hand-out without a command started, and replaced by one
-short command when it is gone or was never there."""
+held, its name gone), fed at the hand-out in one exchange without a command started, with
+the agent held, and replaced by one short command when it is gone or was never there."""
 
 from __future__ import annotations
 
@@ -55,12 +55,14 @@ class Guest:
             return 7 + self.unlinks_after
         raise AgentError("No such file or directory")
 
-    async def guest_write(self, handle: int, data: bytes) -> None:
-        self.calls.append(("write", data.decode().split()[1]))
-        assert self.held
-
     async def guest_close(self, handle: int) -> None:
         self.calls.append(("close", handle))
+
+    async def guest_feed(self, pid: int, handle: int, data: bytes, timeout: float = 5.0
+                         ) -> bool:
+        self.calls.append(("feed", data.decode().split()[1]))
+        assert self.held and handle == 8 and pid == 42
+        return not self.shell_exited
 
 
 def m(guest: Guest) -> Machine:
@@ -76,13 +78,13 @@ async def test_the_shell_is_made_ready_and_fed_at_the_hand_out() -> None:
     assert ("close", 7) in g.calls and ("close", 8) not in g.calls
     g.calls.clear()
     await handoff.apply(m(g), "job1", waiting)
-    assert g.calls == [("status", 42), ("write", "job1"), ("close", 8)]
+    assert g.calls == [("feed", "job1")]
 
 
 async def test_a_shell_gone_or_missing_gives_way_to_one_command() -> None:
     g = Guest(shell_exited=True)
     await handoff.apply(m(g), "job1", (42, 8))
-    assert [c for c, _ in g.calls] == ["status", "close", "exec"]
+    assert [c for c, _ in g.calls] == ["feed", "exec"]
     assert "job1 >/proc/sys/kernel/hostname" in str(g.calls[-1][1])
     g = Guest()
     await handoff.apply(m(g), "job2", None)

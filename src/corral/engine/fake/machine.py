@@ -319,6 +319,20 @@ class FakeMachine(FakeLiveMigration):
     async def guest_close(self, handle: int) -> None:
         (await self._qga("guest_close", "guest-file-close")).close(handle)
 
+    async def guest_feed(self, pid: int, handle: int, data: bytes, timeout: float = 5.0
+                         ) -> bool:
+        guest = await self._qga("guest_feed", "guest-exec-status", timeout)
+        try:
+            running = not guest.status(pid, self._loop.time())[0]
+        except AgentError:
+            running = False
+        try:
+            guest.write_handle(handle, data)
+            guest.close(handle)
+        except AgentError:
+            return False
+        return running
+
     async def guest_interfaces(self, timeout: float = 10.0) -> list[GuestInterface]:
         guest = await self._qga("guest_interfaces", "guest-network-get-interfaces", timeout)
         nics = list(self.nics.values())

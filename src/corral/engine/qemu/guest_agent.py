@@ -120,25 +120,44 @@ class GuestAgent:
         :raises AgentError: when the agent reports an error.
         :raises Timeout: when it does not answer in ``timeout`` seconds.
         """
+        replies = await self.exchange([(command, arguments)], timeout, expect_reply)
+        if not replies:
+            return None
+        if "error" in replies[0]:
+            err = replies[0]["error"]
+            raise AgentError(f"guest agent of '{self.vm}': {err.get('desc', err)}")
+        return replies[0].get("return")
+
+    async def exchange(self, calls: list[tuple[str, dict[str, Any] | None]],
+                       timeout: float = 30.0, expect_reply: bool = True
+                       ) -> list[dict[str, Any]]:
+        """Send ``calls`` at once (after a sync unless the channel is in step) and read
+        their replies in order, each ``{"return": ...}`` or ``{"error": ...}``: one round
+        trip to the guest for all of them (the agent runs them one after another).
+
+        :raises AgentError: the channel is not there or broke.
+        :raises Timeout: when the replies do not come in ``timeout`` seconds.
+        """
+        lines = b"".join(json.dumps({"execute": c, **({"arguments": a} if a else {})}
+                                    ).encode() + b"\n" for c, a in calls)
         async with self._turn():
             try:
                 if not self.in_step:
                     await self.sync(timeout)
                 reader, writer = await self._open()
-                msg: dict[str, Any] = {"execute": command}
-                if arguments:
-                    msg["arguments"] = arguments
-                self.in_step = False  # until its reply is read
-                writer.write(json.dumps(msg).encode() + b"\n")
+                self.in_step = False  # until every reply is read
+                writer.write(lines)
                 await writer.drain()
                 if not expect_reply:
-                    return None
+                    return []
                 try:
-                    reply = await asyncio.wait_for(self._read_reply(reader), timeout)
+                    async with asyncio.timeout(timeout):
+                        replies = [await self._read_reply(reader) for _ in calls]
                 except TimeoutError as exc:
-                    raise Timeout(f"guest agent of '{self.vm}' did not answer {command} in "
-                                  f"{timeout:g} s") from exc
+                    raise Timeout(f"guest agent of '{self.vm}' did not answer "
+                                  f"{calls[-1][0]} in {timeout:g} s") from exc
                 self.in_step = True
+                return replies
             except (Timeout, AgentError):
                 await self.close()  # the next call starts on a fresh channel
                 raise
@@ -146,10 +165,6 @@ class GuestAgent:
                 await self.close()
                 raise AgentError(f"guest agent channel of '{self.vm}' failed: "
                                  f"{broken.strerror or broken}") from broken
-        if "error" in reply:
-            err = reply["error"]
-            raise AgentError(f"guest agent of '{self.vm}': {err.get('desc', err)}")
-        return reply.get("return")
 
     async def wait_ready(self, timeout: float) -> None:
         """Wait until the agent answers a sync, retrying as the guest boots.

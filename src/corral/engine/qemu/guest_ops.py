@@ -91,6 +91,15 @@ class GuestOps:
     async def guest_close(self, handle: int) -> None:
         await self._agent().execute("guest-file-close", {"handle": handle})
 
+    async def guest_feed(self, pid: int, handle: int, data: bytes, timeout: float = 5.0
+                         ) -> bool:
+        status, wrote, closed = await self._agent().exchange([
+            ("guest-exec-status", {"pid": pid}),
+            ("guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(data).decode()}),
+            ("guest-file-close", {"handle": handle})], timeout)
+        running = not (status.get("return") or {"exited": True}).get("exited")
+        return running and "return" in wrote and "return" in closed
+
     async def guest_interfaces(self, timeout: float = 10.0) -> list[GuestInterface]:
         ifaces = await self._agent().execute("guest-network-get-interfaces", timeout=timeout)
         return [GuestInterface(
