@@ -67,8 +67,8 @@ class Pool:
     target_wait: float = 0.05
     ahead_of_queue: bool = False      # refills may take capacity queued requests wait for
     clones: list[str] = field(default_factory=list)   # free: paused, ready, in order
-    waiting: dict[str, list[int]] = field(default_factory=dict)  # clone: its identity
-    # shell's pid and the agent's handle on its FIFO (:func:`.handoff.prepare`)
+    # a free clone's identity shell: its pid, the agent's handle on its FIFO (.handoff)
+    waiting: dict[str, list[int]] = field(default_factory=dict)
     handouts: int = 0
     misses: int = 0
     replaced: int = 0                  # clones that crashed (or vanished) while waiting
@@ -312,4 +312,3 @@ class Keeper:
             p.size = size
             self._note(p, f"autosized to {size} for {rate:.3g} requests/s and "
                           f"{refill:.3g} s refills")
-
