@@ -2,7 +2,7 @@
 the memory of idle clones; and a storm of VMs requested at once.
 
     CORRAL_IMAGE_PATH=build/images .venv/bin/python bench/pool.py [--reps 8] [--clones 50]
-        [--storm 40] [--quick] [--json FILE]
+        [--storm 40] [--quick] [--latency-only] [--json FILE]
 
 Everything goes through ``corral.Client`` against a ``corral serve`` this script starts with
 its own temporary ``CORRAL_HOME`` (overcommit raised so the storm is not queued). The guest
@@ -24,7 +24,10 @@ is the tiny image (q35, 1 vCPU, 256 MiB, TCG).
 
 Targets (from the issue): hand-out to running under 20 ms, to the agent under 50 ms; idle
 clones under 60 MiB RSS each; the storm within 1.2x of the single boots' CPU time over the
-cores. ``--quick``: 2 repetitions, 8 clones, a storm of 8.
+cores. ``--quick``: 2 repetitions, 8 clones, a storm of 8. ``--latency-only``: the hand-out
+beside the warm start and the cold boot alone (``--reps`` rounds), no idle clones, no storm.
+The header gives the load average at the end of the rounds: on a shared 2-core host every
+figure moves with it.
 """
 
 from __future__ import annotations
