@@ -135,7 +135,7 @@ class FakeGuest:
     def open(self, path: str, mode: str) -> int:
         """:raises AgentError: in QGA's words, when the file cannot be opened."""
         path = self.path(path)
-        if "r" in mode and "+" not in mode and path not in self.files:
+        if mode.startswith("r") and path not in self.files:  # r and r+ create nothing
             raise AgentError(f"failed to open file '{path}' (mode: '{mode}'): "
                              "No such file or directory")
         if path not in self.files and not self.can_create(path):
