@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,12 @@ def cgroups_of(pid: int) -> list[str]:
         if {"memory", "pids"} & set(names.split(",")) and "/corral-" in path:
             out.append(path)
     return out
+
+
+def stored_pool(d: Daemon, pool: str) -> dict[str, Any]:
+    with sqlite3.connect(d.home / "corral.db") as db:
+        row = db.execute("SELECT value FROM kv WHERE key = 'pools'").fetchone()
+    return dict(json.loads(row[0])[pool])
 
 
 def full(size: int) -> Any:
@@ -84,6 +91,9 @@ def test_template_at_snapshot_time_and_a_warm_pool(daemon: Daemon) -> None:
     res = d.cli("pool", "create", "py", "--from-snapshot", "gold:base", "--size", "3", "--json")
     assert res.returncode == 0, res.stderr
     before = wait_pool(d, "py", full(3))
+    # each clone waits with the shell that takes its clock and name at its hand-out
+    waiting = stored_pool(d, "py")["waiting"]
+    assert sorted(waiting) == sorted(before["clones"]), waiting
     handed = []
     for i in range(3):
         res = d.cli("run", f"job{i}", "--pool", "py", "--json")
@@ -96,6 +106,8 @@ def test_template_at_snapshot_time_and_a_warm_pool(daemon: Daemon) -> None:
         assert hostname_is(d, v["name"], v["name"])
         assert sh(d, v["name"], "cat /sys/class/net/eth0/address") == v["nics"][0]["mac"]
         assert abs(int(sh(d, v["name"], "date +%s")) - time.time()) < 3
+        # the shell is gone and its FIFO too
+        assert sh(d, v["name"], "ls -a /tmp; ps").count("corral-identity") == 0
     # clones run confined like any QEMU; a handed-out one's cgroups follow its new name
     shown = c.get("job0")["confinement"]
     assert shown is not None and shown["user"] == "corral-qemu", shown

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -213,6 +214,12 @@ class Machine(Protocol):
     async def vcpu_threads(self) -> list[int]: ...
 
     # -- guest agent -------------------------------------------------------------------------
+    def guest_hold(self) -> AbstractAsyncContextManager[None]:
+        """Keep the guest agent to the calling task: the guest calls it makes inside go one
+        after another, with no other call between them.
+
+        :raises AgentError: the VM has no guest agent.
+        """
     async def guest_wait_ready(self, timeout: float) -> None: ...
     async def guest_reset_channel(self) -> None:
         """The guest rebooted: drop the agent channel so the next call starts afresh."""
@@ -232,6 +239,11 @@ class Machine(Protocol):
     async def guest_seek(self, handle: int, offset: int, whence: str) -> None: ...
     async def guest_flush(self, handle: int) -> None: ...
     async def guest_close(self, handle: int) -> None: ...
+    async def guest_feed(self, pid: int, handle: int, data: bytes, timeout: float = 5.0
+                         ) -> bool:
+        """Write ``data`` to the open guest file ``handle`` (a pipe the process ``pid``
+        reads) and close it, asking the agent all at once (under TCG every round trip to
+        the guest counts); whether ``pid`` still ran to read it and both went through."""
     async def guest_interfaces(self, timeout: float = 10.0) -> list[GuestInterface]: ...
 
 

@@ -6,8 +6,11 @@ A clone is a warm start of the pool's snapshot (:mod:`.warm`), started *without*
 a pool never takes capacity that a queued request is waiting for (unless it was made
 ``ahead_of_queue``: its refills then take what fits even with requests waiting), and on a
 full host it holds what fits and says so in its ``note``. Once its guest agent answers (and
-it has taken its own name, MAC and hostname) it is paused, and from then on it is free to
-hand out.
+it has taken its own name, MAC and hostname) it gets ready for its hand-out: it starts the
+shell that will set its clock and hostname then (:mod:`.handoff`), and lists its interfaces
+once (the usual first question to a new VM: under TCG its guest code is then translated
+before the clone waits); then it is paused, its agent channel open and in step, and from
+then on it is free to hand out.
 
 A pool belongs to a project like a VM (:mod:`.access`): its clones are VMs of that project,
 made as the daemon working in it, so they count against its quotas (a refill over a quota
@@ -35,7 +38,7 @@ from corral.errors import (
     QuotaExceeded,
     Timeout,
 )
-from corral.service import access
+from corral.service import access, handoff
 
 if TYPE_CHECKING:
     from corral.service.guest import GuestService
@@ -64,6 +67,8 @@ class Pool:
     target_wait: float = 0.05
     ahead_of_queue: bool = False      # refills may take capacity queued requests wait for
     clones: list[str] = field(default_factory=list)   # free: paused, ready, in order
+    # a free clone's identity shell: its pid, the agent's handle on its FIFO (.handoff)
+    waiting: dict[str, list[int]] = field(default_factory=dict)
     handouts: int = 0
     misses: int = 0
     replaced: int = 0                  # clones that crashed (or vanished) while waiting
@@ -108,6 +113,8 @@ class Keeper:
 
     # ----- the stored document -----
     def doc(self) -> dict[str, Any]:
+        for p in self.pools.values():  # only free clones wait for a hand-out
+            p.waiting = {c: w for c, w in p.waiting.items() if c in p.clones}
         return {name: asdict(p) for name, p in self.pools.items()}
 
     def save(self) -> None:
@@ -210,6 +217,7 @@ class Keeper:
                                   wait=True, timeout=CLONE_READY, queue=False,
                                   ahead=p.ahead_of_queue)
             await self._identity_taken(clone)
+            waiting = await self._get_ready(clone)
             if self.rt.get(clone).state == State.RUNNING:
                 await self.vms.pause(clone)
         except NoCapacity as err:
@@ -237,6 +245,8 @@ class Keeper:
             await self.remove(clone)
             return False
         p.clones.append(clone)
+        if waiting is not None:
+            p.waiting[clone] = list(waiting)
         p.refill_seconds = [*p.refill_seconds, round(time.monotonic() - t0, 4)][-KEEP:]
         if p.note and p.note.startswith("holds"):  # it fits again (an autosize note stays)
             p.note = None
@@ -258,6 +268,16 @@ class Keeper:
                     return
             await asyncio.sleep(0.05)
         raise Timeout(f"clone '{clone}' did not take its hostname in {IDENTITY_WAIT:g} s")
+
+    async def _get_ready(self, clone: str) -> tuple[int, int] | None:
+        """Start the shell that takes the clone's identity at its hand-out, and list its
+        interfaces once (best effort: both only make the hand-out faster)."""
+        live = self.rt.live.get(clone)
+        if live is None:
+            return None
+        with contextlib.suppress(AgentError, Timeout, CorralError):
+            await self.guest.addresses(clone)
+        return await handoff.prepare(live.machine)
 
     def _note(self, p: Pool, note: str) -> None:
         if p.note != note:

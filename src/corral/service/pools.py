@@ -3,7 +3,8 @@
 ``corral pool create py --from-snapshot base:warm --size 4`` keeps four clones of the
 snapshot ready (:mod:`.poolkeeper` makes and replaces them). ``corral run NAME --pool py``
 takes one at once: the clone is renamed ``NAME`` (:mod:`.renaming`), continued, and given
-the host's clock and its new hostname; the pool starts a replacement in the background. A
+the host's clock and its new hostname (:mod:`.handoff`: by a shell the clone left waiting,
+without a process started then); the pool then starts a replacement in the background. A
 request that finds the pool empty is a *miss*: it becomes an ordinary warm start, or with
 ``pool_only`` waits for the next clone. ``corral run --rm --pool py -- CMD`` runs one command
 in a clone and removes it.
@@ -30,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 from corral.domain import specs as sp
 from corral.domain.states import State
 from corral.errors import (
-    AgentError,
     AlreadyExists,
     CorralError,
     InvalidSpec,
@@ -38,10 +38,11 @@ from corral.errors import (
     NotFound,
     Timeout,
 )
-from corral.service import access, renaming
+from corral.service import access, handoff, renaming
 from corral.service.poolkeeper import DOC, Keeper, Pool
 
 if TYPE_CHECKING:
+    from corral.engine.driver import Machine
     from corral.service.guest import GuestService
     from corral.service.runtime import VMRuntime
     from corral.service.scheduling import Scheduler
@@ -198,8 +199,7 @@ class Pools:
             clone = await self._wait_free(p, timeout)
         view = await self._hand_out(p, clone, name)
         seconds = time.monotonic() - t0
-        p.requested(seconds)
-        self.keeper.poke(pool)
+        p.requested(seconds)  # the replacement starts once the VM has its identity
         return {**view, "pool": {"name": pool, "hit": True, "clone": clone,
                                  "seconds": round(seconds, 5)}}
 
@@ -227,21 +227,33 @@ class Pools:
         rt = self.rt
         async with rt.lock(clone), rt.lock(name):
             p.handouts += 1
+            waiting = p.waiting.pop(clone, None)
             try:
                 rec = renaming.rename(rt, clone, name, "handed_out",
                                       doc=(DOC, self.keeper.doc()), pool=p.name)
             except BaseException:
                 p.handouts -= 1
                 p.clones.insert(0, clone)
+                if waiting is not None:
+                    p.waiting[clone] = waiting
                 raise
             self.sched.renamed(clone, name)
             live = rt.machine(rec)
             await live.machine.cont()
             rt.set_state(rec, State.RUNNING, "resumed", wait=False)
-            rt.background(_new_identity(live.machine, name))
+            rt.background(self._settle_in(p, live.machine, name, _pair(waiting)))
             view = rt.view(rec)
         rt.forget(clone)
         return view
+
+    async def _settle_in(self, p: Pool, machine: Machine, name: str,
+                         waiting: tuple[int, int] | None) -> None:
+        """A VM just handed out takes the host's clock and its name; then the pool makes
+        a replacement (so that its start does not compete with that step)."""
+        try:
+            await handoff.apply(machine, name, waiting)
+        finally:
+            self.keeper.poke(p.name)
 
     async def batch(self, pool: str, argv: builtins.list[str], timeout: float = 600.0,
                     pool_only: bool = False) -> dict[str, Any]:
@@ -284,10 +296,5 @@ class Pools:
         return model.recommend(arrival_rate, refill_time, target_wait, runtime).as_dict()
 
 
-async def _new_identity(machine: Any, name: str) -> None:
-    """A clone handed out takes its new name and the host's clock (it slept in the pool)."""
-    if not machine.has_agent:
-        return
-    with contextlib.suppress(AgentError, Timeout, CorralError):
-        await machine.guest_exec(["sh", "-c", f"date -s @{int(time.time())} >/dev/null; "
-                                              f"hostname {name}"], capture=False, timeout=5)
+def _pair(waiting: list[int] | None) -> tuple[int, int] | None:
+    return (waiting[0], waiting[1]) if waiting and len(waiting) == 2 else None

@@ -159,6 +159,7 @@ async def revert(rt: VMRuntime, sched: Scheduler, start: Start, name: str, snaps
         if snap["memory"] and rec.state in LIVE:
             machine = rt.machine(rec).machine
             await machine.snapshot_load(snapshot, VMSTATE_NODE, devices)
+            await machine.guest_reset_channel()  # the agent is back where it was: resync
             await (machine.cont() if snap["running"] else machine.pause())
             target = State.RUNNING if snap["running"] else State.PAUSED
             if rec.state != target:

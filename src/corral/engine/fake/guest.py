@@ -18,6 +18,7 @@ from typing import Any
 from corral.engine.fake.shell import COMMANDS, Run
 from corral.errors import AgentError
 
+HOSTNAME = "/proc/sys/kernel/hostname"
 DIRS = ("/", "/dev", "/etc", "/home", "/proc", "/root", "/run", "/tmp", "/var", "/var/tmp")
 
 
@@ -120,6 +121,9 @@ class FakeGuest:
         path = self.path(path)
         if path == "/dev/null":
             return True
+        if path == HOSTNAME:  # the kernel's hostname, as a file
+            self.hostname = data.decode(errors="replace").strip()
+            return True
         if not self.can_create(path):
             return False
         if append and path in self.files:
@@ -131,7 +135,7 @@ class FakeGuest:
     def open(self, path: str, mode: str) -> int:
         """:raises AgentError: in QGA's words, when the file cannot be opened."""
         path = self.path(path)
-        if "r" in mode and "+" not in mode and path not in self.files:
+        if mode.startswith("r") and path not in self.files:  # r and r+ create nothing
             raise AgentError(f"failed to open file '{path}' (mode: '{mode}'): "
                              "No such file or directory")
         if path not in self.files and not self.can_create(path):

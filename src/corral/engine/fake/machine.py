@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import json
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +270,10 @@ class FakeMachine(FakeLiveMigration):
             raise Timeout(f"guest agent of '{self.name}' did not answer in {timeout:g} s"
                           ) from None
 
+    def guest_hold(self) -> AbstractAsyncContextManager[None]:
+        """Nothing to hold: the fake agent answers each call whole, at once."""
+        return contextlib.nullcontext()
+
     async def guest_reset_channel(self) -> None:
         """Nothing to drop: the fake channel holds no stale replies."""
 
@@ -313,6 +318,20 @@ class FakeMachine(FakeLiveMigration):
 
     async def guest_close(self, handle: int) -> None:
         (await self._qga("guest_close", "guest-file-close")).close(handle)
+
+    async def guest_feed(self, pid: int, handle: int, data: bytes, timeout: float = 5.0
+                         ) -> bool:
+        guest = await self._qga("guest_feed", "guest-exec-status", timeout)
+        try:
+            running = not guest.status(pid, self._loop.time())[0]
+        except AgentError:
+            running = False
+        try:
+            guest.write_handle(handle, data)
+            guest.close(handle)
+        except AgentError:
+            return False
+        return running
 
     async def guest_interfaces(self, timeout: float = 10.0) -> list[GuestInterface]:
         guest = await self._qga("guest_interfaces", "guest-network-get-interfaces", timeout)

@@ -7,6 +7,7 @@ Files move as raw bytes here and as base64 on the wire; an agent that is absent 
 from __future__ import annotations
 
 import base64
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from corral.engine.driver import ExecStatus, GuestInterface
@@ -25,6 +26,9 @@ class GuestOps:
         if self.agent is None:
             raise AgentError(f"VM '{self.name}' has no guest agent")
         return self.agent
+
+    def guest_hold(self) -> AbstractAsyncContextManager[None]:
+        return self._agent().hold()
 
     async def guest_wait_ready(self, timeout: float) -> None:
         await self._agent().wait_ready(timeout)
@@ -86,6 +90,15 @@ class GuestOps:
 
     async def guest_close(self, handle: int) -> None:
         await self._agent().execute("guest-file-close", {"handle": handle})
+
+    async def guest_feed(self, pid: int, handle: int, data: bytes, timeout: float = 5.0
+                         ) -> bool:
+        status, wrote, closed = await self._agent().exchange([
+            ("guest-exec-status", {"pid": pid}),
+            ("guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(data).decode()}),
+            ("guest-file-close", {"handle": handle})], timeout)
+        running = not (status.get("return") or {"exited": True}).get("exited")
+        return running and "return" in wrote and "return" in closed
 
     async def guest_interfaces(self, timeout: float = 10.0) -> list[GuestInterface]:
         ifaces = await self._agent().execute("guest-network-get-interfaces", timeout=timeout)
