@@ -2,7 +2,8 @@
 the memory of idle clones; and a storm of VMs requested at once.
 
     CORRAL_IMAGE_PATH=build/images .venv/bin/python bench/pool.py [--reps 8] [--clones 50]
-        [--storm 40] [--quick] [--json FILE]
+        [--storm 40] [--only latency|clones|storm ...] [--boot-concurrency N] [--quick]
+        [--json FILE]
 
 Everything goes through ``corral.Client`` against a ``corral serve`` this script starts with
 its own temporary ``CORRAL_HOME`` (overcommit raised so the storm is not queued). The guest
@@ -16,11 +17,15 @@ is the tiny image (q35, 1 vCPU, 256 MiB, TCG).
   interleaved, the pool refilled (unmeasured) before each hand-out.
 * **idle clones**: a pool resized to ``--clones``; the RSS and PSS of each clone's QEMU once
   all are paused (clones map the template's RAM file privately, so unchanged pages are
-  shared through the page cache: PSS shows the share each one really costs).
+  shared through the page cache: PSS shows the share each one really costs), and for the
+  median clone the same mapping by mapping (``_smaps.py``: guest RAM, TCG translation
+  buffer, QEMU binary, libraries, heap, other anonymous memory).
 * **storm**: ``--storm`` cold boots requested at once from as many threads; the time until
   every guest is ready, and no guest panicked (serial logs), against the CPU time of single
   boots (QEMU's user+system time at ready, measured on ``--reps`` single boots) times the
-  number of VMs, spread over the host's cores.
+  number of VMs, spread over the host's cores. On a shared host other work stretches the
+  wall time, so the storm's own CPU over the cores and each QEMU's CPU against a single
+  boot's are shown too, with the load average.
 
 Targets (from the issue): hand-out to running under 20 ms, to the agent under 50 ms; idle
 clones under 60 MiB RSS each; the storm within 1.2x of the single boots' CPU time over the
