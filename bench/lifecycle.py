@@ -410,8 +410,9 @@ def interleave(entries: Sequence[tuple[str, Op]], reps: int, res: Results,
 
 
 def phase_control(systems: Sequence[System], corral: CorralSystem, pause_reps: int,
-                  cli_reps: int, res: Results) -> None:
-    """Pause/resume and list through each API and each CLI, on one idle guest per system."""
+                  cli_reps: int, res: Results, hot: bool = False) -> None:
+    """Pause/resume and list through each API and each CLI, on one idle guest per system
+    (``hot``: pause/resume through each API only, the quick loop for the hot path)."""
     for s in systems:
         s.prepare("idle")
         s.boot("idle")
@@ -434,9 +435,15 @@ def phase_control(systems: Sequence[System], corral: CorralSystem, pause_reps: i
         return lambda: [(op, fn())]
 
     log(f"pause/resume, {pause_reps} each")
-    entries = [(s.key, pause_resume(s)) for s in systems]
-    entries.append(("corral", cli_pause_resume))
+    entries = [(s.key, pause_resume(s)) for s in systems if not (hot and s.key == "virsh")]
+    if not hot:
+        entries.append(("corral", cli_pause_resume))
     interleave(entries, pause_reps, res)
+    if hot:
+        for s in systems:
+            s.teardown("idle")
+            s.remove("idle")
+        return
     log(f"list, {cli_reps} each")
     lists = [("corral", one("list", corral.list_vms)),
              ("corral", one("cli_list", lambda: corral.cli("list")))]
@@ -547,7 +554,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="write the raw numbers to this file")
     p.add_argument("--skip-lifecycle", action="store_true",
                    help="skip boot/spawn/destroy (measure the hot path: pause, resume, list)")
+    p.add_argument("--hot", action="store_true",
+                   help="only pause/resume through each API, on one guest booted once "
+                   "(implies --skip-lifecycle --vms none)")
     args = p.parse_args(argv)
+    if args.hot:
+        args.skip_lifecycle, args.vms = True, "none"
     args.counts = [] if args.vms == "none" else sorted({int(v) for v in args.vms.split(",")})
     if any(n < 1 for n in args.counts) or min(args.reps, args.pause_reps, args.cli_reps) < 1:
         p.error("counts and repetitions must be at least 1")
@@ -612,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"lifecycle: {args.reps} reps + {WARMUPS} warm-up, systems {[s.key for s in systems]}")
         if not args.skip_lifecycle:
             phase_lifecycle(systems, args.reps, res)
-        phase_control(systems, corral, args.pause_reps, args.cli_reps, res)
+        phase_control(systems, corral, args.pause_reps, args.cli_reps, res, args.hot)
         if args.counts:
             log(f"daemon memory with {args.counts} idle VMs")
             phase_memory(corral, lvpy, args.counts, res)
