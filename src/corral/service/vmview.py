@@ -3,6 +3,7 @@ has (pid, accelerator, uptime, boot time, console), plus the verbs legal in its 
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -36,10 +37,17 @@ def vm_view(rec: VMRecord, live: bool, paths: Paths, driver: Driver | None = Non
         "last_migration": rec.spec.migrated.model_dump() if rec.spec.migrated else None,
         "nics": [n.model_dump() for n in rec.spec.nics],
         "disks": [d.model_dump() for d in rec.spec.disks],
-        "console_socket": str(paths.run_dir(rec.name) / "console.sock") if live else None,
-        "serial_log": str(paths.vm_dir(rec.name) / "serial.log"),
+        "console_socket": _files(paths, rec.name)[0] if live else None,
+        "serial_log": _files(paths, rec.name)[1],
         "created_at": rec.created_at,
         "operations": sorted(op for op, states in OPERATIONS.items() if rec.state in states),
         "confinement": driver.confinement_of(rec.pid)
         if driver is not None and live and rec.pid else None,
     }
+
+
+@functools.lru_cache(maxsize=1024)
+def _files(paths: Paths, name: str) -> tuple[str, str]:
+    """The console socket and serial log of VM ``name`` (making the paths cost more than the
+    rest of the view: a pause answers with it)."""
+    return str(paths.run_dir(name) / "console.sock"), str(paths.vm_dir(name) / "serial.log")
