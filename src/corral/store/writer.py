@@ -14,38 +14,46 @@ for.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
+import queue
 import threading
+import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from sqlalchemy import Connection
 
 log = logging.getLogger(__name__)
 Write = Callable[[Connection], None]  # one write, given the transaction's connection
-
-
-def log_failure(done: Future[Any]) -> None:
-    if done.exception() is not None:
-        log.error("a queued store write failed: %s", done.exception())
+_Job = tuple[Callable[[], Any], "Future[Any] | None"]  # None: nobody waits (failures logged)
 
 
 class Writer:
     """One thread that runs the store's writes in order. ``batch`` runs a list of held
-    writes in one transaction (on the writer thread)."""
+    writes in one transaction (on the writer thread). (A thread and a queue of its own: a
+    thread pool's ``submit`` cost a pause more than the rest of its write.)"""
 
     def __init__(self, batch: Callable[[list[Write]], None]) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="corral-store")
         self._batch = batch
         self._held: list[Write] = []
         self._lock = threading.Lock()  # writes may be asked for from worker threads too
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=_work, args=(self._jobs,), daemon=True,
+                                        name="corral-store")
+        self._thread.start()
+        # what is queued still runs when the interpreter exits without a close
+        self._at_exit = weakref.WeakMethod(self.shutdown)
+        atexit.register(_at_exit, self._at_exit)
 
     def submit(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run ``fn`` on the writer thread after every write asked for before it."""
+        done: Future[Any] = Future()
         with self._lock:
             self._release()
-            return self._pool.submit(fn)
+            self._jobs.put((fn, done))
+        return done
 
     def later(self, write: Write) -> None:
         """Run ``write`` in order, without waiting for it: once the event loop's current turn
@@ -70,9 +78,35 @@ class Writer:
     def _release(self) -> None:
         if self._held:
             held, self._held = self._held, []
-            self._pool.submit(self._batch, held).add_done_callback(log_failure)
+            self._jobs.put((lambda: self._batch(held), None))
 
     def shutdown(self) -> None:
         """Run what is held and queued, then stop the thread."""
+        if not self._thread.is_alive():
+            return
         self.release()
-        self._pool.shutdown(wait=True)
+        self._jobs.put(None)
+        self._thread.join()
+
+
+def _at_exit(shutdown: weakref.WeakMethod[Callable[[], None]]) -> None:
+    method = shutdown()
+    if method is not None:
+        method()
+
+
+def _work(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    while (job := jobs.get()) is not None:
+        fn, done = job
+        if done is not None and not done.set_running_or_notify_cancel():
+            continue
+        try:
+            result = fn()
+        except BaseException as err:
+            if done is None:
+                log.error("a queued store write failed: %s", err)
+            else:
+                done.set_exception(err)
+        else:
+            if done is not None:
+                done.set_result(result)
