@@ -9,6 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from corral.domain.specs import VMSpec
 from corral.domain.states import State
 from corral.store.db import Store, VMRecord
@@ -44,11 +46,16 @@ def test_off_the_loop_a_held_write_goes_at_once() -> None:
     writer.shutdown()
 
 
-async def test_shutdown_runs_what_is_held() -> None:
+async def test_shutdown_runs_what_is_held_and_then_refuses_writes() -> None:
     writer, ran = recording()
     writer.later(lambda _conn: "a")
     writer.shutdown()
     assert ran == [["a"]]
+    with pytest.raises(RuntimeError):
+        writer.submit(lambda: None)
+    with pytest.raises(RuntimeError):
+        writer.later(lambda _conn: "b")
+    writer.shutdown()  # again: nothing happens
 
 
 def spec() -> VMSpec:

@@ -39,6 +39,7 @@ class Writer:
         self._batch = batch
         self._held: list[Write] = []
         self._lock = threading.Lock()  # writes may be asked for from worker threads too
+        self._closed = False
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=_work, args=(self._jobs,), daemon=True,
                                         name="corral-store")
@@ -48,9 +49,13 @@ class Writer:
         atexit.register(_at_exit, self._at_exit)
 
     def submit(self, fn: Callable[[], Any]) -> Future[Any]:
-        """Run ``fn`` on the writer thread after every write asked for before it."""
+        """Run ``fn`` on the writer thread after every write asked for before it.
+
+        :raises RuntimeError: the writer was shut down (as a thread pool's ``submit``).
+        """
         done: Future[Any] = Future()
         with self._lock:
+            self._check()
             self._release()
             self._jobs.put((fn, done))
         return done
@@ -58,12 +63,16 @@ class Writer:
     def later(self, write: Write) -> None:
         """Run ``write`` in order, without waiting for it: once the event loop's current turn
         ends, with the other writes held in that turn, in one transaction (off the loop: at
-        once). A failure is logged."""
+        once). A failure is logged.
+
+        :raises RuntimeError: the writer was shut down.
+        """
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         with self._lock:
+            self._check()
             if loop is not None and not self._held:
                 loop.call_soon(self.release)
             self._held.append(write)
@@ -75,6 +84,10 @@ class Writer:
         with self._lock:
             self._release()
 
+    def _check(self) -> None:
+        if self._closed:
+            raise RuntimeError("cannot write to a closed store")
+
     def _release(self) -> None:
         if self._held:
             held, self._held = self._held, []
@@ -82,10 +95,12 @@ class Writer:
 
     def shutdown(self) -> None:
         """Run what is held and queued, then stop the thread."""
-        if not self._thread.is_alive():
-            return
-        self.release()
-        self._jobs.put(None)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._release()
+            self._jobs.put(None)
         self._thread.join()
 
 
