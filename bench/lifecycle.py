@@ -1,7 +1,7 @@
 """Lifecycle benchmark: Corral vs raw QEMU (vs libvirt), measured side by side in one run.
 
     CORRAL_IMAGE_PATH=build/images .venv/bin/python bench/lifecycle.py [--reps 5]
-        [--vms 1,10,20] [--with-libvirt] [--json FILE] [--only cli]
+        [--vms 1,10,20] [--with-libvirt] [--json FILE] [--only cli|hot]
 
 All systems drive the same tiny guest (q35, 256 MiB, 1 vCPU, TCG, direct kernel boot):
 
@@ -412,9 +412,10 @@ def interleave(entries: Sequence[tuple[str, Op]], reps: int, res: Results,
 
 
 def phase_control(systems: Sequence[System], corral: CorralSystem, pause_reps: int,
-                  cli_reps: int, res: Results, cli_only: bool = False) -> None:
+                  cli_reps: int, res: Results, only: str | None = None) -> None:
     """Pause/resume and list through each API and each CLI, on one idle guest per system
-    (``cli_only``: pause/resume through the CLIs alone, and the lists)."""
+    (``only``: ``cli``, pause/resume through the CLIs alone, and the lists; ``hot``,
+    pause/resume through the APIs alone)."""
     for s in systems:
         s.prepare("idle")
         s.boot("idle")
@@ -448,9 +449,16 @@ def phase_control(systems: Sequence[System], corral: CorralSystem, pause_reps: i
         return lambda: [(op, fn()), (f"{op}_cpu", s.cpu_ms)]
 
     log(f"pause/resume, {pause_reps} each")
-    entries = [(s.key, pause_resume(s)) for s in systems if not cli_only or s.key == "virsh"]
-    entries.append(("corral", cli_pause_resume))
+    wanted = {"cli": ("virsh",), "hot": ("corral", "raw", "libvirt")}.get(only or "")
+    entries = [(s.key, pause_resume(s)) for s in systems if wanted is None or s.key in wanted]
+    if only != "hot":
+        entries.append(("corral", cli_pause_resume))
     interleave(entries, pause_reps, res)
+    if only == "hot":
+        for s in systems:
+            s.teardown("idle")
+            s.remove("idle")
+        return
     log(f"list, {cli_reps} each")
     lists = [("corral", cli("cli_list", corral, lambda: corral.cli("list")))]
     lists += [(s.key, cli("cli_list", s, s.list_vms)) for s in systems
@@ -568,11 +576,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="write the raw numbers to this file")
     p.add_argument("--skip-lifecycle", action="store_true",
                    help="skip boot/spawn/destroy (measure the hot path: pause, resume, list)")
-    p.add_argument("--only", choices=["cli"],
+    p.add_argument("--only", choices=["cli", "hot"],
                    help="cli: only the CLIs (corral list/pause/resume beside virsh) and the "
-                        "lists through the APIs; no lifecycle, no raw QEMU, no memory phase")
+                        "lists through the APIs; no lifecycle, no raw QEMU, no memory phase. "
+                        "hot: only pause/resume through each API, on one guest booted once")
     args = p.parse_args(argv)
-    if args.only == "cli":
+    if args.only:
         args.skip_lifecycle, args.vms = True, "none"
     args.counts = [] if args.vms == "none" else sorted({int(v) for v in args.vms.split(",")})
     if any(n < 1 for n in args.counts) or min(args.reps, args.pause_reps, args.cli_reps) < 1:
@@ -639,8 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"lifecycle: {args.reps} reps + {WARMUPS} warm-up, systems {[s.key for s in systems]}")
         if not args.skip_lifecycle:
             phase_lifecycle(systems, args.reps, res)
-        phase_control(systems, corral, args.pause_reps, args.cli_reps, res,
-                      cli_only=args.only == "cli")
+        phase_control(systems, corral, args.pause_reps, args.cli_reps, res, args.only)
         if args.counts:
             log(f"daemon memory with {args.counts} idle VMs")
             phase_memory(corral, lvpy, args.counts, res)

@@ -42,6 +42,7 @@ class Paths:
 
     def __init__(self, home: Path) -> None:
         self.home = home
+        self._run: Path | None = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Paths) and other.home == self.home
@@ -88,11 +89,11 @@ class Paths:
     @property
     def run(self) -> Path:
         """Sockets and pidfiles. Falls back to :attr:`outside` when the home is too deep for
-        unix socket names."""
-        run = self.home / "run"
-        if len(str(run)) + 48 <= _SUN_PATH_MAX:
-            return run
-        return self.outside
+        unix socket names. (Worked out once: every view of a live VM names its socket.)"""
+        if self._run is None:
+            run = self.home / "run"
+            self._run = run if len(str(run)) + 48 <= _SUN_PATH_MAX else self.outside
+        return self._run
 
     @property
     def networks(self) -> Path:

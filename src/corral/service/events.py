@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -100,20 +101,30 @@ class EventHub:
         self.observers: list[Observer] = []
         self.dropped_total = 0
         self.closed = False
+        self._arrived: list[Event] = []  # committed, not yet fanned out (in id order)
+        self._lock = threading.Lock()
         db.listeners.append(self._from_writer)
 
     def _from_writer(self, ev: Event) -> None:
+        # events told close together (a pause and its audit record) wake the loop once
+        with self._lock:
+            self._arrived.append(ev)
+            if len(self._arrived) > 1:
+                return
         with contextlib.suppress(RuntimeError):  # the loop is closing: nobody listens
-            self.loop.call_soon_threadsafe(self._fan_out, ev)
+            self.loop.call_soon_threadsafe(self._fan_out)
 
-    def _fan_out(self, ev: Event) -> None:
-        for observe in self.observers:
-            try:
-                observe(ev)
-            except Exception:  # a metric is not worth the stream
-                log.exception("an event observer failed")
-        for sub in list(self.subscribers):
-            sub.offer(ev)
+    def _fan_out(self) -> None:
+        with self._lock:
+            arrived, self._arrived = self._arrived, []
+        for ev in arrived:
+            for observe in self.observers:
+                try:
+                    observe(ev)
+                except Exception:  # a metric is not worth the stream
+                    log.exception("an event observer failed")
+            for sub in list(self.subscribers):
+                sub.offer(ev)
 
     def subscribe(self, vm: str | None = None, size: int | None = None) -> Subscription:
         """A new subscriber of every event (of VM ``vm`` only, when given)."""

@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -36,12 +36,16 @@ from corral.domain.specs import VMSpec
 from corral.domain.states import State
 from corral.errors import DiskFull, StoreUnavailable
 from corral.store.access import AccessStore
-from corral.store.eventlog import PUBLISH, EventListener, EventLog, log_failure
+from corral.store.eventlog import PUBLISH, EventListener, EventLog
 from corral.store.schema import disks, kv, snapshots, vms
+from corral.store.writer import Write, Writer
 
 HEAD = "0006"
 log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).parent / "migrations"
+# built once (every column set from the parameters): a statement built per write costs the
+# writer thread more than its commit
+_UPDATE_VM = update(vms).where(vms.c.name == bindparam("_name"))
 
 
 @dataclass
@@ -77,10 +81,13 @@ class VMRecord:
         return round(self.ready_at - self.started_at, 3)
 
     def to_row(self) -> dict[str, Any]:
-        row = {f.name: getattr(self, f.name) for f in fields(self)}
+        row = {name: getattr(self, name) for name in _RECORD_FIELDS}
         row["spec"] = self.spec.model_dump_json()
         row["state"] = self.state.value
         return row
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(VMRecord))  # (``fields`` costs a write more)
 
 
 def _first_line(err: Exception) -> str:
@@ -121,7 +128,7 @@ class Store(EventLog):
             url, self.host = cluster
             self.engine = cl.host_engine(url, self.host)
         # one writer thread: writes stay in order, and hot paths need not wait for them
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="corral-store")
+        self._writer = Writer(self._batch)
         self._migrate()
         with self.engine.connect() as conn:
             rows = conn.execute(select(vms).order_by(vms.c.created_at)).all()
@@ -174,6 +181,12 @@ class Store(EventLog):
                 except Exception:  # the write stands whatever a listener does
                     log.exception("an event listener failed")
 
+    def _batch(self, writes: list[Write]) -> None:
+        """Writes nobody waits for, in one transaction (:meth:`Writer.later`)."""
+        with self._tx() as conn:
+            for write in writes:
+                write(conn)
+
     def add_vm(self, rec: VMRecord) -> None:
         """:raises AlreadyExists: in a cluster, another host has a VM of that name."""
         rec.created_at = rec.updated_at = time.time()
@@ -201,17 +214,20 @@ class Store(EventLog):
         row = rec.to_row()
         self._vms[rec.name] = rec
 
-        def write() -> None:
-            with self._tx() as conn:
-                conn.execute(update(vms).where(vms.c.name == row["name"]).values(**row))
-                if kind:
-                    self._event(conn, row["name"], kind, detail or {})
+        def write(conn: Connection) -> None:
+            conn.execute(_UPDATE_VM, {**row, "_name": row["name"]})
+            if kind:
+                self._event(conn, row["name"], kind, detail or {})
 
-        done = self._writer.submit(write)
-        if wait:
-            done.result()
-        else:
-            done.add_done_callback(log_failure)
+        if not wait:
+            self._writer.later(write)
+            return
+
+        def one() -> None:
+            with self._tx() as conn:
+                write(conn)
+
+        self._writer.submit(one).result()
 
     def get_vm(self, name: str) -> VMRecord | None:
         return self._vms.get(name)
@@ -375,5 +391,5 @@ class Store(EventLog):
         self._writer.submit(lambda: None).result()
 
     def close(self) -> None:
-        self._writer.shutdown(wait=True)
+        self._writer.shutdown()
         self.engine.dispose()

@@ -4,33 +4,27 @@ the events are told to listeners once that transaction commits (see :class:`~.db
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select
 
 from corral.store.schema import events
+from corral.store.writer import Writer
 
-log = logging.getLogger(__name__)
 PUBLISH = "corral_events"  # a transaction's new events, told to listeners once committed
 EventListener = Callable[[dict[str, Any]], None]
-
-
-def log_failure(done: Future[None]) -> None:
-    if done.exception() is not None:
-        log.error("a queued store write failed: %s", done.exception())
-
+# built once: a statement built per write costs the writer thread more than its commit
+_INSERT = insert(events)
 
 
 class EventLog:
     """The event half of the store (it has the store's engine, writer and records)."""
 
     engine: Engine
-    _writer: ThreadPoolExecutor
+    _writer: Writer
     _vms: dict[str, Any]  # name → VMRecord (its project is read)
     _tx: Callable[[], AbstractContextManager[Connection]]
 
@@ -42,8 +36,8 @@ class EventLog:
             rec = self._vms.get(vm)
             project = rec.project if rec is not None else "default"
         ts, text = time.time(), json.dumps(detail)
-        done = conn.execute(insert(events).values(ts=ts, vm=vm, kind=kind, detail=text,
-                                                  project=project))
+        done = conn.execute(_INSERT, {"ts": ts, "vm": vm, "kind": kind, "detail": text,
+                                      "project": project})
         key = done.inserted_primary_key
         assert key is not None
         conn.info[PUBLISH].append({"id": key[0], "ts": ts, "vm": vm, "kind": kind,
@@ -52,12 +46,8 @@ class EventLog:
     def add_event(self, name: str, kind: str, detail: dict[str, Any],
                   project: str = "default") -> None:
         """Record an event that changes nothing else (an audit record; a setting changed,
-        of ``host``), queued in order behind the writes before it."""
-        def write() -> None:
-            with self._tx() as conn:
-                self._event(conn, name, kind, detail, project)
-
-        self._writer.submit(write).add_done_callback(log_failure)
+        of ``host``), queued in order behind the writes before it (not waited for)."""
+        self._writer.later(lambda conn: self._event(conn, name, kind, detail, project))
 
     def events(self, since: int = 0, vm: str | None = None, limit: int = 1000,
                tail: bool = False, project: str | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,113 @@
+"""The store's writer: writes nobody waits for are held until the loop's turn ends and go
+together in one transaction, and every write still runs in the order it was asked for."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.domain.specs import VMSpec
+from corral.domain.states import State
+from corral.store.db import Store, VMRecord
+from corral.store.writer import Writer
+
+
+def recording() -> tuple[Writer, list[Any]]:
+    ran: list[Any] = []
+
+    def batch(writes: list[Any]) -> None:
+        ran.append([w(None) for w in writes])
+
+    return Writer(batch), ran
+
+
+async def test_held_writes_go_together_once_the_turn_ends_and_before_later_ones() -> None:
+    writer, ran = recording()
+    writer.later(lambda _conn: "a")
+    writer.later(lambda _conn: "b")
+    await asyncio.sleep(0)  # the turn ends: both go, in one batch
+    writer.later(lambda _conn: "c")
+    done = writer.submit(lambda: ran.append("d"))  # asked for after c: runs after it
+    await asyncio.wrap_future(done)
+    writer.shutdown()
+    assert ran == [["a", "b"], ["c"], "d"]
+
+
+def test_off_the_loop_a_held_write_goes_at_once() -> None:
+    writer, ran = recording()
+    writer.later(lambda _conn: "a")
+    writer.submit(lambda: None).result()
+    assert ran == [["a"]]
+    writer.shutdown()
+
+
+async def test_shutdown_runs_what_is_held_and_then_refuses_writes() -> None:
+    writer, ran = recording()
+    writer.later(lambda _conn: "a")
+    writer.shutdown()
+    assert ran == [["a"]]
+    with pytest.raises(RuntimeError):
+        writer.submit(lambda: None)
+    with pytest.raises(RuntimeError):
+        writer.later(lambda _conn: "b")
+    writer.shutdown()  # again: nothing happens
+
+
+def spec() -> VMSpec:
+    return VMSpec.model_validate(dict(
+        name="web", image="tiny", cpus=1, memory_bytes=256 << 20, kernel="/img/vmlinux",
+        initrd=None, cmdline="console=ttyS0", machine="q35", cpu_model="max", disks=[],
+        nics=[]))
+
+
+async def test_a_state_change_and_an_audit_record_commit_together_in_order(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "corral.db")
+    rec = VMRecord(name="web", uid=str(uuid.uuid4()), spec=spec(), state=State.RUNNING)
+    store.add_vm(rec)
+    told: list[tuple[str, str]] = []
+    commits: list[int] = []
+    store.listeners.append(lambda ev: told.append((ev["kind"], threading.current_thread().name)))
+    batch = store._batch
+
+    def counted(writes: list[Any]) -> None:
+        commits.append(len(writes))
+        batch(writes)
+
+    store._writer._batch = counted  # type: ignore[method-assign]
+    rec.state = State.PAUSED
+    store.update_vm(rec, "paused", {}, wait=False)
+    store.add_event("web", "audit", {"who": "local"})
+    assert store.get_vm("web") is rec  # the record is cached at once
+    await asyncio.sleep(0)
+    await asyncio.to_thread(store.flush)
+    assert commits == [2]
+    assert [kind for kind, _ in told] == ["paused", "audit"]
+    assert [ev["kind"] for ev in store.events(vm="web")][-2:] == ["paused", "audit"]
+    store.close()
+    again = Store(tmp_path / "corral.db")
+    after = again.get_vm("web")
+    assert after is not None and after.state is State.PAUSED and after.spec == rec.spec
+    again.close()
+
+
+def test_writes_without_a_loop_are_in_order(tmp_path: Path) -> None:
+    store = Store(tmp_path / "corral.db")
+    rec = VMRecord(name="web", uid=str(uuid.uuid4()), spec=spec(), state=State.RUNNING)
+    store.add_vm(rec)
+    for state in (State.PAUSED, State.RUNNING, State.PAUSED):
+        rec.state = state
+        store.update_vm(rec, state.value, {}, wait=False)
+    store.flush()
+    assert [ev["kind"] for ev in store.events(vm="web")] == [
+        "created", "paused", "running", "paused"]
+    store.close()
+    again = Store(tmp_path / "corral.db")
+    after = again.get_vm("web")
+    assert after is not None and after.state is State.PAUSED
+    again.close()
