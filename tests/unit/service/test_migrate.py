@@ -208,10 +208,12 @@ async def test_cancel_stops_it_and_the_target_removes_what_it_made(
     await running(s, names)
     log: list[str] = []
     task = asyncio.create_task(clustermigrate.migrate(s, "a", Asked("t"), calls(t, log)))  # type: ignore[arg-type]
-    for _ in range(200):
-        if "a" in s.departures:
-            break
-        await asyncio.sleep(0)
+    # until the migration is under way (its first steps wait on threads: count time, not
+    # turns of the loop)
+    deadline = asyncio.get_running_loop().time() + 10
+    while "a" not in s.departures:
+        assert asyncio.get_running_loop().time() < deadline and not task.done()
+        await asyncio.sleep(0.001)
     assert (await clustermigrate.cancel(s, "a"))["cancelled"]  # type: ignore[arg-type]
     with pytest.raises(MigrationFailed, match="cancelled"):
         await task
