@@ -55,13 +55,14 @@ class Daemons:
         self.env = {**os.environ, "CORRAL_HOME": str(home),
                     "CORRAL_SOCKET": str(home / "corral.sock"), "CORRAL_CPU_RATIO": "40"}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.t0 = 0.0
+        self.t0 = self.cpu = 0.0
 
     def log(self, key: str) -> Path:
         return self.home / f"daemon-{key}.log"
 
     def start(self, key: str, src: str) -> tuple[Client, float]:
-        """Start the daemon of ``src``: its client and how soon it answered the list."""
+        """Start the daemon of ``src``: its client and how soon it answered the list (the
+        CPU time it had used by then is in :attr:`cpu`)."""
         self.t0 = t0 = time.monotonic()
         env = {**self.env, "PYTHONPATH": os.pathsep.join(
             [src, *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -72,7 +73,9 @@ class Daemons:
         while True:
             with contextlib.suppress(CorralError, OSError):
                 c.list()
-                return c, time.monotonic() - t0
+                took = time.monotonic() - t0
+                self.cpu = _cpu(self.proc.pid)
+                return c, took
             if self.proc.poll() is not None:
                 raise RuntimeError(self.log(key).read_text()[-2000:])
             time.sleep(0.005)
@@ -82,6 +85,12 @@ class Daemons:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(30)
             self.proc = None
+
+
+def _cpu(pid: int) -> float:
+    """The CPU time process ``pid`` has used (user and system), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _restart(d: Daemons, key: str, src: str, vms: int) -> tuple[Client, float, float]:
@@ -107,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         compileall.compile_dir(src, quiet=1)
     home = Path(tempfile.mkdtemp(prefix="crv-", dir="/tmp"))
     d = Daemons(home)
-    times: dict[str, dict[str, list[float]]] = {k: {"answers": [], "full": []} for k in trees}
+    times: dict[str, dict[str, list[float]]] = {k: {"answers": [], "full": [], "cpu": []}
+                                                for k in trees}
     load = os.getloadavg()[0]
     c, _ = d.start("this", HERE)
     try:
@@ -122,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 c, took, full = _restart(d, key, src, args.vms)
                 times[key]["answers"].append(took)
                 times[key]["full"].append(full)
+                times[key]["cpu"].append(d.cpu)
     finally:
         with contextlib.suppress(CorralError):
             c.pool_rm("p")
@@ -155,6 +166,8 @@ def _report(args: argparse.Namespace, trees: dict[str, str],
         print(f"  {key} ({src}):")
         print(f"    first answer of GET /v1/vms: median {statistics.median(answers):.2f} s "
               f"({', '.join(f'{a:.2f}' for a in answers)})")
+        print(f"    the daemon's CPU time by then (user+system): median "
+              f"{statistics.median(times[key]['cpu']):.2f} s")
         print(f"    first answer of GET /v1/vms/NAME (the full API): median "
               f"{statistics.median(full):.2f} s ({', '.join(f'{a:.2f}' for a in full)})")
         if opened:
@@ -163,6 +176,7 @@ def _report(args: argparse.Namespace, trees: dict[str, str],
                   (f"API loaded {statistics.median(loaded):.2f}, " if loaded else "") +
                   f"store and adoption took {statistics.median(opened):.2f}")
         out[key] = {"src": src, "answers": answers, "full_api": full, "served": served,
+                    "cpu": times[key]["cpu"],
                     "api_loaded": loaded, "opened": opened}
     if "against" in trees:
         ratio = statistics.median(times["against"]["answers"]) / \

@@ -68,9 +68,9 @@ def clear(rt: VMRuntime, vm: str) -> None:
 
 async def adopt_all(rt: VMRuntime) -> None:
     """Take up or settle every VM in the store, all at once (each VM's QMP connection and
-    status query wait on its own QEMU; the store's pending notes are read once, and what a
-    VM taken up as it was says is written behind, all on disk before this returns), then
-    sweep the home."""
+    status query wait on its own QEMU; the store's pending notes are read once, and what the
+    VMs taken up as they were say is written in one transaction, on disk before this
+    returns), then sweep the home."""
     limit = asyncio.Semaphore(ADOPT_AT_ONCE)
     notes = rt.db.list_docs(PENDING)
 
@@ -82,7 +82,8 @@ async def adopt_all(rt: VMRuntime) -> None:
                 log.warning("cannot adopt %s: %s", rec.name, err)
             await _settle_note(rt, rec, notes.get(PENDING + rec.name))
 
-    await asyncio.gather(*(one(rec) for rec in rt.db.list_vms()))
+    with rt.db.together():  # what each VM taken up as it was says: one commit for all
+        await asyncio.gather(*(one(rec) for rec in rt.db.list_vms()))
     rt.db.flush()
     _sweep(rt)
 

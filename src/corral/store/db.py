@@ -36,7 +36,7 @@ from corral.domain.specs import VMSpec
 from corral.domain.states import State
 from corral.errors import DiskFull, StoreUnavailable
 from corral.store.access import AccessStore
-from corral.store.eventlog import PUBLISH, EventListener, EventLog, log_failure
+from corral.store.eventlog import PUBLISH, EventListener, EventLog
 from corral.store.schema import disks, kv, snapshots, vms
 
 HEAD = "0006"
@@ -201,17 +201,15 @@ class Store(EventLog):
         row = rec.to_row()
         self._vms[rec.name] = rec
 
-        def write() -> None:
-            with self._tx() as conn:
-                conn.execute(update(vms).where(vms.c.name == row["name"]).values(**row))
-                if kind:
-                    self._event(conn, row["name"], kind, detail or {})
+        def apply(conn: Connection) -> None:
+            conn.execute(update(vms).where(vms.c.name == row["name"]).values(**row))
+            if kind:
+                self._event(conn, row["name"], kind, detail or {})
 
-        done = self._writer.submit(write)
-        if wait:
-            done.result()
-        else:
-            done.add_done_callback(log_failure)
+        if not wait:
+            self._behind(apply)
+            return
+        self._run(lambda: self._all([apply]))
 
     def get_vm(self, name: str) -> VMRecord | None:
         return self._vms.get(name)
@@ -252,7 +250,7 @@ class Store(EventLog):
                 if kind:
                     self._event(conn, row["name"] if row else key, kind, detail or {})
 
-        self._writer.submit(write).result()
+        self._run(write)
 
     def get_doc(self, key: str) -> Any:
         with self.engine.connect() as conn:
@@ -368,11 +366,11 @@ class Store(EventLog):
 
     def _run(self, write: Callable[[], None]) -> None:
         """Run ``write`` on the writer thread, after every write queued before it."""
-        self._writer.submit(write).result()
+        self._submit(write).result()
 
     def flush(self) -> None:
         """Wait until every queued write is on disk."""
-        self._writer.submit(lambda: None).result()
+        self._submit(lambda: None).result()
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
