@@ -179,12 +179,13 @@ def holds_socket(pid: int, path: Path) -> bool:
     global _BOUND
     target = str(path)
     held: set[str] = set()
+    known = _BOUND.get(target, set())
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):
             with contextlib.suppress(OSError):
-                held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        if held & _BOUND.get(target, set()):
-            return True
+                held.add(link := os.readlink(f"/proc/{pid}/fd/{fd}"))
+                if link in known:
+                    return True
         _BOUND = _bound()
     except OSError:
         return False
