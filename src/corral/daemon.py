@@ -20,7 +20,7 @@ import socket
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, cast
 
 from corral import settings
 from corral.config import Paths, default_socket
@@ -155,11 +155,19 @@ def _config(app: Any, lifespan: Literal["on", "off"] = "off",
     from corral.api.onepiece import OnePieceHttp
 
     return uvicorn.Config(app, loop="none", http=OnePieceHttp, lifespan=lifespan,
-                          log_level="warning", access_log=False, ws="websockets-sansio",
+                          log_level="warning", access_log=False, ws=cast(Any, _websocket),
                           proxy_headers=False, server_header=False, date_header=False,
                           ssl_certfile=tls[0] if tls else None,
                           ssl_keyfile=tls[1] if tls else None,
                           timeout_graceful_shutdown=None if lifespan == "on" else 2)
+
+
+def _websocket(**kwargs: Any) -> Any:
+    """uvicorn's WebSocket protocol (websockets, sans-I/O) for a connection that upgrades,
+    imported by the first one (the consoles): a daemon starts without it."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    return WebSocketsSansIOProtocol(**kwargs)
 
 
 def _bind(host: str, port: int, what: str) -> socket.socket:
