@@ -84,9 +84,10 @@ class Loader:
 
     def _built(self, apps: list[Any], error: Exception | None) -> None:
         if error is not None:
-            self._loaded([], f"the daemon could not load its API: {error}")
+            why = f"the daemon could not load its API: {error}"
+            self._loaded([], why)
             if self.on_failure is not None:
-                self.on_failure(error)
+                self.on_failure(CorralError(why))
             return
         self._loaded(apps, None)
 

@@ -98,3 +98,22 @@ async def test_a_service_that_could_not_open_answers_why(home: Path, m: Manager)
     assert loader.done.is_set() and loader.apps == []  # nothing was loaded
     del m.open
     await m.open()  # for the fixture's close
+
+
+async def test_an_api_that_could_not_load_answers_why_and_stops_the_daemon(m: Manager) -> None:
+    await m.close()
+    opening, failures = Opening(), list[BaseException]()
+
+    def build() -> list[Any]:
+        raise RuntimeError("no such module")
+
+    loader = Loader(build, failures.append)
+    front = Front(m, opening, loader, 0, lane=True, owner=True)
+    front.start()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=front),
+                                 base_url="http://corral") as c:
+        r = await c.get("/v1/vms/a")
+        assert r.status_code == 500, r.text
+        assert r.json()["message"] == "the daemon could not load its API: no such module"
+        assert (await c.get("/v1/vms")).status_code == 200  # the list needs no API
+    assert [str(f) for f in failures] == ["the daemon could not load its API: no such module"]
