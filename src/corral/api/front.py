@@ -107,7 +107,7 @@ class Front:
         self.index, self.lane, self.owner = index, lane, owner
         self.app: Any = None  # the API, once loaded
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         app = self.app
         if app is not None:
             await app(scope, receive, send)
