@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _EARLY = (b"authorization", b"x-corral-project")  # a request with these waits for the API
+TURNS = 4  # of the loop between the open and the API's load: a list waiting is answered
 
 
 class Loader:
@@ -56,6 +57,7 @@ class Loader:
         self.apps: list[Any] = []
         self.error: str | None = None
         self.done = asyncio.Event()
+        self._starting: asyncio.Task[None] | None = None
 
     def after(self, opening: asyncio.Task[None]) -> None:
         """Load once ``opening`` is done (not when it failed or was cancelled: then every
@@ -68,9 +70,15 @@ class Loader:
         elif task.exception() is not None:
             self._loaded([], f"the daemon could not open: {task.exception()}")
         else:
-            self._start(asyncio.get_running_loop())
+            self._starting = asyncio.get_running_loop().create_task(self._start())
 
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _start(self) -> None:
+        """Start the thread once the requests that waited for the open are answered (a few
+        turns of the loop): it would hold the interpreter while they are made."""
+        for _ in range(TURNS):
+            await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+
         def run() -> None:
             try:
                 apps, error = self.build(), None
