@@ -117,21 +117,20 @@ class Front:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         app = self.app
-        if app is not None:
-            await app(scope, receive, send)
-            return
-        if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-            return
-        if self.lane and _early(scope) and await self._open():
-            await self._list(scope, send)
-            return
-        await self.loader.done.wait()
-        if self.loader.error is not None:
-            await refuse(scope, send, self.loader.error)
-            return
-        self.app = self.loader.apps[self.index]
-        await self.app(scope, receive, send)
+        if app is None:
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+                return
+            if self.lane and not self.loader.done.is_set() and _early(scope) and \
+                    await self._open():
+                await self._list(scope, send)
+                return
+            await self.loader.done.wait()
+            if self.loader.error is not None:
+                await refuse(scope, send, self.loader.error)
+                return
+            app = self.app = self.loader.apps[self.index]
+        await app(scope, receive, send)
 
     async def _open(self) -> bool:
         """Wait for the service's open: whether it opened on a single host."""

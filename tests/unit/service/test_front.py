@@ -112,8 +112,8 @@ async def test_an_api_that_could_not_load_answers_why_and_stops_the_daemon(m: Ma
     front.start()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=front),
                                  base_url="http://corral") as c:
-        r = await c.get("/v1/vms/a")
-        assert r.status_code == 500, r.text
-        assert r.json()["message"] == "the daemon could not load its API: no such module"
-        assert (await c.get("/v1/vms")).status_code == 200  # the list needs no API
+        for path in ("/v1/vms/a", "/v1/vms"):  # the list too, once the load is over
+            r = await c.get(path)
+            assert r.status_code == 500, r.text
+            assert r.json()["message"] == "the daemon could not load its API: no such module"
     assert [str(f) for f in failures] == ["the daemon could not load its API: no such module"]
