@@ -12,8 +12,9 @@ twenty VMs, so a restarted daemon does them in this order:
 
 Until the API is loaded, the unix socket answers the local admin's list of VMs
 (``GET /v1/vms`` without a query, a token or a project: ``corral list``,
-``Client.list()``) as soon as the service is open, with every VM as adoption found it:
-the answer the API gives (:func:`corral.api.fastlane.answer`, as the principal ``local``
+``Client.list()``) as soon as the open has taken up every VM (the networks, the queue and
+the pools may still be opening: the list does not depend on them), each as adoption found
+it: the answer the API gives (:func:`corral.api.fastlane.answer`, as the principal ``local``
 that :class:`corral.api.auth.Guard` gives such a request, counted in the request metrics).
 Every other request, and every request on a TCP listener (which needs a token), waits until
 the API is loaded and is then answered as always. A service that could not open answers
@@ -133,14 +134,19 @@ class Front:
         await app(scope, receive, send)
 
     async def _open(self) -> bool:
-        """Wait for the service's open: whether it opened on a single host."""
+        """Wait until the open has taken up every VM (or ended): whether it did, on a
+        single host."""
         opening = self.opening.opening
         if opening is None:
             return False
-        if not opening.done():
-            await asyncio.wait([opening])
-        return not opening.cancelled() and opening.exception() is None and \
-            self.manager.cluster is None
+        adopted = self.manager.adopted
+        if not opening.done() and not adopted.is_set():
+            waiting = asyncio.ensure_future(adopted.wait())
+            await asyncio.wait([opening, waiting], return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+        if opening.done() and (opening.cancelled() or opening.exception() is not None):
+            return False
+        return adopted.is_set() and self.manager.cluster is None
 
     async def _list(self, scope: dict[str, Any], send: Any) -> None:
         t0, status = time.perf_counter(), 500

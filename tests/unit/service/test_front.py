@@ -1,6 +1,6 @@
 """The daemon's first answers (:mod:`corral.api.front`), on the fake engine: while the
-service opens and the API loads, the unix socket's plain list of VMs waits for the open and
-is answered with every VM as adoption found it, before the API is loaded; every other
+service opens and the API loads, the unix socket's plain list of VMs waits until every VM is
+taken up and is answered with each as adoption found it, before the API is loaded; every other
 request (a query, a token, another route) waits for the API; a service that could not open
 answers every request with why."""
 
@@ -40,13 +40,11 @@ async def test_the_list_answers_once_adopted_before_the_api_is_loaded(m: Manager
     await m.close()  # the VMs run on; the next open takes them up
     release = threading.Event()
     front, loader = _front(m, release)
-    opened = asyncio.Event()
     real_open = m.open
 
     async def slow_open() -> None:
         await asyncio.sleep(0.2)
         await real_open()
-        opened.set()
 
     m.open = slow_open  # type: ignore[method-assign]
     front.start()
@@ -57,7 +55,7 @@ async def test_the_list_answers_once_adopted_before_the_api_is_loaded(m: Manager
                 ("/v1/vms/a", {}), ("/v1/vms?limit=1", {}),
                 ("/v1/vms", {"X-Corral-Project": "default"}))]
             r = await c.get("/v1/vms")
-            assert opened.is_set() and r.status_code == 200, r.text
+            assert m.adopted.is_set() and r.status_code == 200, r.text
             assert [(v["name"], v["state"]) for v in r.json()] == [
                 ("a", "running"), ("b", "paused")]
             assert r.headers["x-total-count"] == "2"
