@@ -26,7 +26,7 @@ demo: deps
 	scripts/demo.sh
 
 test: deps $(TEST_IMAGES) lint
-	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/pytest -q
+	CORRAL_IMAGE_PATH=$(CURDIR)/$(IMAGES) $(BIN)/pytest -q --durations=25
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
@@ -49,9 +49,13 @@ apt:
 
 venv: $(BIN)/corral
 
-$(BIN)/corral: pyproject.toml
+# the command's interpreter line gets -S (no site: packaging/corral tells why and how)
+NO_SITE := sed -i '1s/^\(\#!.*python[0-9.]*\)$$/\1 -S/'
+
+$(BIN)/corral: pyproject.toml packaging/corral
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(NO_SITE) $(BIN)/corral
 	# bytecode now, even where PYTHONDONTWRITEBYTECODE is set: the CLI must start in milliseconds
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m compileall -q src/corral >/dev/null
 	touch $@
@@ -83,6 +87,7 @@ web-vendor:
 install:
 	python3 -m venv $(DESTDIR)$(LIBDIR)
 	$(DESTDIR)$(LIBDIR)/bin/pip install -q --disable-pip-version-check .
+	$(NO_SITE) $(DESTDIR)$(LIBDIR)/bin/corral
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/corral
 	ln -sf $(LIBDIR)/bin/corral $(DESTDIR)$(PREFIX)/bin/corral
 	sed 's|@CORRAL@|$(PREFIX)/bin/corral|' packaging/corral.service.in \

@@ -9,10 +9,12 @@ import ctypes
 import json
 import os
 import re
+import resource
 import secrets
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -268,6 +270,20 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def ms_since(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000
+
+
+def run_timed(argv: Sequence[str], env: dict[str, str] | None = None
+              ) -> tuple[subprocess.CompletedProcess[str], float, float]:
+    """Run a command to its end: its result, its wall time and the CPU time (user + system)
+    its process used, in ms. CPU time counts the command's own work, and holds still when
+    the host is loaded, where wall time mostly counts the waits for a CPU."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    res = subprocess.run(list(argv), env=env, capture_output=True, text=True, check=False)
+    wall = ms_since(t0)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
+    return res, wall, cpu
 
 
 class System:

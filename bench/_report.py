@@ -18,12 +18,17 @@ ROWS = [  # (op, label, compared with raw)
     ("destroy", "destroy → QEMU pid gone", True),
     ("pause", "pause (API; virsh: CLI)", True),
     ("resume", "resume (API; virsh: CLI)", True),
-    ("list", "list VMs (API; virsh: CLI)", False),
+    ("list", "list VMs + states (API; virsh: CLI)", False),
+    ("list_bare", "libvirt: listAllDomains() alone", False),
     ("cli_pause", "CLI: corral pause / virsh suspend", False),
     ("cli_resume", "CLI: corral resume / virsh resume", False),
     ("cli_list", "CLI: corral list / virsh list --all", False),
+    # the CLI process's own CPU time (user + system): what load does not inflate
+    ("cli_pause_cpu", "CLI process CPU: pause / suspend", False),
+    ("cli_resume_cpu", "CLI process CPU: resume", False),
+    ("cli_list_cpu", "CLI process CPU: list", False),
 ]
-API_ROWS = ("pause", "resume", "list")  # virsh there is a CLI: no virsh/Corral ratio
+API_ROWS = ("pause", "resume", "list", "list_bare")  # virsh there is a CLI: no virsh/Corral ratio
 
 
 @dataclass
@@ -52,8 +57,10 @@ def timing_table(res: Results, keys: Sequence[str]) -> str:
     rows = []
     for op, label, vs_raw in ROWS:
         cells = {k: res.get(op, k) for k in keys}
+        if not any(cells.values()):
+            continue  # not measured in this run (--skip-lifecycle, --only cli)
         row = [label, *(fmt_summary(cells[k]) for k in keys),
-               ratio(cells["corral"], cells["raw"]) if vs_raw else "—"]
+               ratio(cells["corral"], cells.get("raw")) if vs_raw else "—"]
         if lv:
             row.append(ratio(cells["libvirt"], cells["corral"]))
             row.append("—" if op in API_ROWS else ratio(cells["virsh"], cells["corral"]))
@@ -171,7 +178,8 @@ def report(res: Results, keys: Sequence[str]) -> str:
         "",
         f"Corral lifecycle benchmark: {m['host']}, {m['qemu']}, accel {m['accel']}, guest q35 "
         f"{m['memory_mib']} MiB 1 vCPU. Median (min-max); n={m['reps']} after 1 warm-up "
-        f"(pause/resume n={m['pause_reps']}, list n={m['cli_reps']})",
+        f"(pause/resume n={m['pause_reps']}, CLI list n={m['cli_reps']}, API lists "
+        f"n={m.get('api_lists', m['cli_reps'])}); CLI process CPU: user + system time",
         f"libvirt: {m['libvirt']}",
         f"raw QEMU argv: {m['argv_check']}",
         "",

@@ -1,7 +1,7 @@
 """Lifecycle benchmark: Corral vs raw QEMU (vs libvirt), measured side by side in one run.
 
     CORRAL_IMAGE_PATH=build/images .venv/bin/python bench/lifecycle.py [--reps 5]
-        [--vms 1,10,20] [--with-libvirt] [--json FILE]
+        [--vms 1,10,20] [--with-libvirt] [--json FILE] [--only cli]
 
 All systems drive the same tiny guest (q35, 256 MiB, 1 vCPU, TCG, direct kernel boot):
 
@@ -54,6 +54,7 @@ from _common import (
     reap,
     replayable,
     run_benchmark,
+    run_timed,
     wait_gone,
 )
 from _report import Results, report, write_json
@@ -184,13 +185,13 @@ class CorralSystem(System):
         info: dict[str, Any] = self.client.get(self.name(role))
         return info
 
+    cpu_ms = 0.0  # the CPU time of the last CLI process
+
     def cli(self, *args: str) -> float:
         """Wall time of one ``corral`` CLI process."""
-        t0 = time.perf_counter()
-        res = subprocess.run([CORRAL, *args], env=self.env, capture_output=True, check=False)
-        took = ms_since(t0)
+        res, took, self.cpu_ms = run_timed([CORRAL, *args], self.env)
         if res.returncode != 0:
-            raise RuntimeError(f"corral {' '.join(args)}: {res.stderr.decode().strip()}")
+            raise RuntimeError(f"corral {' '.join(args)}: {res.stderr.strip()}")
         return took
 
     def daemon_memory(self) -> Memory:
@@ -360,6 +361,7 @@ def rotated(items: Sequence[Any], k: int) -> list[Any]:
 # ----- phases ---------------------------------------------------------------------------------
 
 WARMUPS = 1  # rounds run first and discarded (--no-warmup: none)
+API_LISTS = 5  # lists through each API per repetition of the CLI's
 
 
 def phase_lifecycle(systems: Sequence[System], reps: int, res: Results) -> None:
@@ -410,8 +412,9 @@ def interleave(entries: Sequence[tuple[str, Op]], reps: int, res: Results,
 
 
 def phase_control(systems: Sequence[System], corral: CorralSystem, pause_reps: int,
-                  cli_reps: int, res: Results) -> None:
-    """Pause/resume and list through each API and each CLI, on one idle guest per system."""
+                  cli_reps: int, res: Results, cli_only: bool = False) -> None:
+    """Pause/resume and list through each API and each CLI, on one idle guest per system
+    (``cli_only``: pause/resume through the CLIs alone, and the lists)."""
     for s in systems:
         s.prepare("idle")
         s.boot("idle")
@@ -421,29 +424,47 @@ def phase_control(systems: Sequence[System], corral: CorralSystem, pause_reps: i
     def pause_resume(s: System) -> Op:
         def run() -> list[tuple[str, float]]:
             paused = s.pause("idle")
+            out = [("pause", paused)]
+            if isinstance(s, _libvirt.Virsh):  # a CLI: its process's CPU time too
+                out.append(("cli_pause_cpu", s.cpu_ms))
             time.sleep(0.02)
-            return [("pause", paused), ("resume", s.resume("idle"))]
+            out.append(("resume", s.resume("idle")))
+            if isinstance(s, _libvirt.Virsh):
+                out.append(("cli_resume_cpu", s.cpu_ms))
+            return out
         return run
 
     def cli_pause_resume() -> list[tuple[str, float]]:
         paused = corral.cli("pause", cname)
+        out = [("cli_pause", paused), ("cli_pause_cpu", corral.cpu_ms)]
         time.sleep(0.02)
-        return [("cli_pause", paused), ("cli_resume", corral.cli("resume", cname))]
+        return [*out, ("cli_resume", corral.cli("resume", cname)),
+                ("cli_resume_cpu", corral.cpu_ms)]
 
     def one(op: str, fn: Callable[[], float]) -> Op:
         return lambda: [(op, fn())]
 
+    def cli(op: str, s: CorralSystem | _libvirt.Virsh, fn: Callable[[], float]) -> Op:
+        return lambda: [(op, fn()), (f"{op}_cpu", s.cpu_ms)]
+
     log(f"pause/resume, {pause_reps} each")
-    entries = [(s.key, pause_resume(s)) for s in systems]
+    entries = [(s.key, pause_resume(s)) for s in systems if not cli_only or s.key == "virsh"]
     entries.append(("corral", cli_pause_resume))
     interleave(entries, pause_reps, res)
     log(f"list, {cli_reps} each")
-    lists = [("corral", one("list", corral.list_vms)),
-             ("corral", one("cli_list", lambda: corral.cli("list")))]
-    lists += [(s.key, one("cli_list" if s.key == "virsh" else "list", s.list_vms))
-              for s in systems if s.key in ("libvirt", "virsh")]
+    lists = [("corral", cli("cli_list", corral, lambda: corral.cli("list")))]
+    lists += [(s.key, cli("cli_list", s, s.list_vms)) for s in systems
+              if isinstance(s, _libvirt.Virsh)]
     interleave(lists, cli_reps, res)
-    if "virsh" in res.samples["pause"]:  # virsh is a CLI: the same samples serve both rows
+    # the lists through the APIs take a millisecond: API_LISTS times as many repetitions,
+    # one call each, interleaved like the rest (20 ms apart: no call finds the last one's
+    # work still in the caches)
+    log(f"list through the APIs, {API_LISTS * cli_reps} each")
+    lists = [("corral", one("list", corral.list_vms))]
+    lists += [(s.key, fn) for s in systems if type(s) is _libvirt.LibvirtPy
+              for fn in (one("list", s.list_vms), one("list_bare", s.list_bare))]
+    interleave(lists, API_LISTS * cli_reps, res)
+    if "virsh" in res.samples.get("pause", {}):  # virsh is a CLI: the same samples serve both
         for op in ("pause", "resume"):
             res.samples[f"cli_{op}"]["virsh"] = res.samples[op]["virsh"]
         res.samples["list"]["virsh"] = res.samples["cli_list"]["virsh"]
@@ -547,7 +568,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="write the raw numbers to this file")
     p.add_argument("--skip-lifecycle", action="store_true",
                    help="skip boot/spawn/destroy (measure the hot path: pause, resume, list)")
+    p.add_argument("--only", choices=["cli"],
+                   help="cli: only the CLIs (corral list/pause/resume beside virsh) and the "
+                        "lists through the APIs; no lifecycle, no raw QEMU, no memory phase")
     args = p.parse_args(argv)
+    if args.only == "cli":
+        args.skip_lifecycle, args.vms = True, "none"
     args.counts = [] if args.vms == "none" else sorted({int(v) for v in args.vms.split(",")})
     if any(n < 1 for n in args.counts) or min(args.reps, args.pause_reps, args.cli_reps) < 1:
         p.error("counts and repetitions must be at least 1")
@@ -567,7 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           check=False).stdout.split("\n")[0]
     res.meta = {"host": f"{os.cpu_count()} CPUs, Linux {platform.release()}", "qemu": qemu,
                 "memory_mib": MEMORY_MIB, "reps": args.reps, "pause_reps": args.pause_reps,
-                "cli_reps": args.cli_reps, "vms": args.counts,
+                "cli_reps": args.cli_reps, "api_lists": API_LISTS * args.cli_reps,
+                "vms": args.counts,
                 "loadavg_start": os.getloadavg(),
                 "libvirt": "not measured (run with --with-libvirt)"}
     t_start = time.monotonic()
@@ -586,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         res.meta["argv_check"] = learn_argv(corral, raw)
         res.meta["accel"] = raw.option("-accel")
         log(f"raw QEMU argv: {res.meta['argv_check']}")
-        systems: list[System] = [corral, raw]
+        systems: list[System] = [corral] if args.only == "cli" else [corral, raw]
         lvpy: _libvirt.LibvirtPy | None = None
         if args.with_libvirt:
             host = _libvirt.LibvirtHost(ws / "l")
@@ -612,7 +639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"lifecycle: {args.reps} reps + {WARMUPS} warm-up, systems {[s.key for s in systems]}")
         if not args.skip_lifecycle:
             phase_lifecycle(systems, args.reps, res)
-        phase_control(systems, corral, args.pause_reps, args.cli_reps, res)
+        phase_control(systems, corral, args.pause_reps, args.cli_reps, res,
+                      cli_only=args.only == "cli")
         if args.counts:
             log(f"daemon memory with {args.counts} idle VMs")
             phase_memory(corral, lvpy, args.counts, res)

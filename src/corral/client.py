@@ -349,8 +349,8 @@ class Client(NetworkCalls, AccessCalls, PoolCalls, StackCalls, EventCalls, FileC
                         event[key] = base64.b64decode(event[key])
                 if event:
                     yield event
-        except (FileNotFoundError, ConnectionRefusedError) as err:
-            raise self.unavailable() from err
+        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as err:
+            raise self.unavailable(err) from err
 
     def read_file(self, name: str, path: str) -> bytes:
         return self.raw_request("GET", f"/vms/{seg(name)}/files", path=path)

@@ -47,8 +47,8 @@ class MigrateCalls(Connection):
                         progress(event["progress"])
                     if "vm" in event:
                         vm = event["vm"]
-        except (FileNotFoundError, ConnectionRefusedError) as err:
-            raise self.unavailable() from err
+        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as err:
+            raise self.unavailable(err) from err
         finally:
             conn.close()
         if vm is None:

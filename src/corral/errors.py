@@ -44,10 +44,9 @@ what the daemon raised. Every class names its facts in ``facts`` (``InvalidState
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-TYPE_CHECKING = False  # typing is slow to import; the CLI imports this module
+TYPE_CHECKING = False  # typing (and collections) are slow to import; the CLI imports this
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 

@@ -216,7 +216,7 @@ class _Layers:
 
     def __init__(self) -> None:
         self.file: dict[str, tuple[Any, str]] = {}
-        self.file_path: Path | None = None
+        self.file_path: str | None = None
         self.file_stamp: tuple[float, int] | None = None
         self.explicit = False  # the file was named (--config): no search for another
         self.flags: dict[str, tuple[Any, str]] = {}
@@ -243,8 +243,7 @@ def _default_home(env: Mapping[str, str]) -> str:
 
 def socket_file() -> str:
     """The daemon's socket: the setting ``socket``, else HOME/corral.sock (what
-    :func:`corral.config.default_socket` tells, as text: the CLI's lean path has no
-    pathlib)."""
+    :func:`corral.config.default_socket` tells, as text: the CLI's quick path has no pathlib)."""
     sock = value("socket")
     if sock:
         return os.path.abspath(os.path.expanduser(str(sock)))
@@ -255,37 +254,38 @@ def socket_file() -> str:
 def config_path(env: Mapping[str, str] | None = None) -> Path | None:
     """The configuration file to read when none is named: ``$CORRAL_CONFIG``, else
     ``HOME/corral.toml``, else ``/etc/corral/corral.toml``, the first that exists.
+    :raises SettingError: ``$CORRAL_CONFIG`` names no file."""
+    found = _config_file(os.environ if env is None else env)
+    return None if found is None else _path(found)
 
-    :raises SettingError: ``$CORRAL_CONFIG`` names no file.
-    """
-    env = os.environ if env is None else env
+
+def _config_file(env: Mapping[str, str]) -> str | None:
+    """:func:`config_path` as text: the CLI's quick path has no pathlib."""
     named = env.get("CORRAL_CONFIG")
     found = os.path.abspath(os.path.expanduser(named)) if named else next(
         (p for p in (os.path.join(_default_home(env), "corral.toml"), SYSTEM_CONFIG)
          if os.path.isfile(p)), None)  # (False for a directory this user may not enter)
     if named and not os.path.isfile(str(found)):
         raise SettingError("config", f"CORRAL_CONFIG: no file {found}")
-    if found is None:
-        return None  # no pathlib on the CLI's lean path
-    from pathlib import Path
+    return found
 
-    return Path(found)
+
+def _path(text: str) -> Path:
+    from pathlib import Path  # (not on the CLI's quick path)
+    return Path(text)
 
 
 def load_file(path: Path | str) -> None:
     """Read the configuration file ``path`` (``--config``) in place of any other.
 
     :raises SettingError: it is missing, is not TOML, names an unknown setting or holds a
-        value that does not parse (the message names the file and the line).
-    """
-    from pathlib import Path
-
-    path = Path(path).expanduser().absolute()
-    _layers.file = _read(path)
-    _layers.file_path, _layers.explicit = path, True
+        value that does not parse (the message names the file and the line)."""
+    text = str(_path(str(path)).expanduser().absolute())
+    _layers.file = _read(text)
+    _layers.file_path, _layers.explicit = text, True
 
 
-def _read(path: Path) -> dict[str, tuple[Any, str]]:
+def _read(path: str) -> dict[str, tuple[Any, str]]:
     from corral import settings_file
 
     try:
@@ -300,11 +300,11 @@ def _file_layer() -> dict[str, tuple[Any, str]]:
     """The file's values, (re)read when the file to use or its contents changed."""
     if _layers.explicit:
         return _layers.file
-    path = config_path()
+    path = _config_file(os.environ)
     if path is None:
         _layers.file, _layers.file_path, _layers.file_stamp = {}, None, None
         return _layers.file
-    st = path.stat()
+    st = os.stat(path)
     stamp = (st.st_mtime, st.st_size)
     if path != _layers.file_path or stamp != _layers.file_stamp:
         _layers.file = _read(path)
@@ -315,7 +315,7 @@ def _file_layer() -> dict[str, tuple[Any, str]]:
 def file_path() -> Path | None:
     """The configuration file in use (None: none)."""
     _file_layer()
-    return _layers.file_path
+    return None if _layers.file_path is None else _path(_layers.file_path)
 
 
 def set_flag(key: str, text: str, where: str | None = None) -> None:

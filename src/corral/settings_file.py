@@ -8,8 +8,6 @@ names the file, the line and the reason. Stdlib only.
 
 from __future__ import annotations
 
-import re
-
 TYPE_CHECKING = False  # typing is slow to import; the CLI reads the file too
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -21,8 +19,11 @@ if TYPE_CHECKING:
 
         def from_text(self, text: str, where: str) -> Any: ...
 
-_HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
-_KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=")
+_HEADER = r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$"
+_KEY = r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*="
+# what a table's name may be for :func:`sets_nothing` to vouch for it (no dots, no quotes)
+_CONTROL = [chr(c) for c in (*range(9), 11, 12, *range(14, 32), 127)]
+_BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 class FileError(ValueError):
@@ -41,17 +42,19 @@ def _norm(part: str) -> str:
 
 def key_lines(text: str) -> dict[str, int]:
     """Each dotted key of the TOML ``text`` and the line (1-based) where it is set."""
+    import re
+
     out: dict[str, int] = {}
     table: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.lstrip().startswith("#"):
             continue
-        header = _HEADER.match(line)
+        header = re.match(_HEADER, line)
         if header:
             table = [_norm(p) for p in header.group(1).split(".")]
             out.setdefault(".".join(table), number)
             continue
-        key = _KEY.match(line)
+        key = re.match(_KEY, line)
         if key:
             out.setdefault(".".join(table + [_norm(p) for p in key.group(1).split(".")]),
                            number)
@@ -90,19 +93,45 @@ def _line_of(lines: Mapping[str, int], key: str) -> int:
     return 1
 
 
-def read(path: Path, settings: Mapping[str, Parser]) -> dict[str, tuple[Any, str]]:
+def sets_nothing(text: str) -> bool:
+    """True when ``text`` is TOML that sets no key: blank lines, comments and distinct
+    plain table headers (the file ``make install`` writes, all of it commented out), so the
+    CLI need not import :mod:`tomllib` (and ``re``, ``typing``) to read it. False for
+    anything else, which :mod:`tomllib` then reads."""
+    if any(c in text for c in _CONTROL) or "\r" in text.replace("\r\n", ""):
+        return False  # TOML allows these in no comment (a carriage return only before \n)
+    tables: set[str] = set()
+    for line in text.replace("\r\n", "\n").split("\n"):
+        body = line.strip(" \t")
+        if not body or body[0] == "#":
+            continue
+        name, bracket, rest = body[1:].partition("]")
+        rest = rest.lstrip(" \t")
+        name = name.strip(" \t")
+        if body[0] != "[" or not bracket or (rest and rest[0] != "#") or not name or \
+                not _BARE.issuperset(name) or name in tables:
+            return False
+        tables.add(name)
+    return True
+
+
+def read(path: Path | str, settings: Mapping[str, Parser]) -> dict[str, tuple[Any, str]]:
     """The settings the file at ``path`` sets: ``key -> (value, "FILE:LINE")``.
 
     :raises FileError: the file cannot be read, is not TOML, names an unknown setting, or
         holds a value that does not parse.
     """
-    import tomllib
-
     try:
-        text = path.read_text()
+        with open(path) as f:
+            text = f.read()
     except OSError as err:
         raise FileError(None, f"{path}: cannot read the configuration file: "
                               f"{err.strerror}") from err
+    if sets_nothing(text):
+        return {}
+    import re
+    import tomllib
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

@@ -278,7 +278,10 @@ class Connection:
     def close(self) -> None:
         self._conn.close()
 
-    def unavailable(self) -> errors.DaemonUnavailable:
+    def unavailable(self, err: OSError | None = None) -> errors.DaemonUnavailable:
+        if isinstance(err, PermissionError):  # the unix socket is 0600: its owner's alone
+            return errors.DaemonUnavailable(f"no permission to use {self.socket_path}; run "
+                                            "as the daemon's user, or use a remote and token")
         if self.url is not None:
             return errors.DaemonUnavailable(f"no Corral daemon answers at {self.url}; is it "
                                             "serving with --listen?")
@@ -321,7 +324,7 @@ class Connection:
                                      f"{self.timeout:g} s") from err
             except OSError as err:
                 self.close()
-                raise self.unavailable() from err
+                raise self.unavailable(err) from err
         raise AssertionError("unreachable")
 
     def raw_request(self, method: str, route: str, payload: bytes | None = None,
@@ -377,9 +380,9 @@ class _Failures:
 
     def __exit__(self, _kind: object, err: BaseException | None, _tb: object) -> None:
         conn = self.conn
-        if isinstance(err, (FileNotFoundError, ConnectionRefusedError)):
+        if isinstance(err, (FileNotFoundError, ConnectionRefusedError, PermissionError)):
             conn.close()
-            raise conn.unavailable() from err
+            raise conn.unavailable(err) from err
         if isinstance(err, (BrokenPipeError, ConnectionResetError)):
             conn.close()
             if self.retry:

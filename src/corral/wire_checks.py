@@ -3,9 +3,8 @@ the daemon's error answers as Corral's errors. Standard library only."""
 
 from __future__ import annotations
 
-import json
-
 from corral import errors
+from corral.wire_json import loads
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
@@ -76,7 +75,7 @@ def checked(status: int, data: bytes) -> bytes:
     """``data``, unless ``status`` is an error: then the daemon's error, raised."""
     if status >= 400:
         try:  # (a 401/403/404/429 of the daemon raises its own class, see errors)
-            decoded = json.loads(data) if data else {}
+            decoded = loads(data) if data else {}
         except ValueError:
             decoded = {"message": data.decode(errors="replace")[:200]}
         raise error(status, decoded if isinstance(decoded, dict) else {})

@@ -120,6 +120,22 @@ class Daemon:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
+def remove_everything(c: Client) -> None:
+    """Take down what a networking test made through ``c``: forwards, routers, VMs, networks
+    (in that order, each user before what it uses)."""
+    with contextlib.suppress(CorralError):
+        for f in c.forward_list():
+            c.forward_delete(f["router"], f["proto"], f["host_port"])
+        for r in c.router_list():
+            for leg in r["networks"]:
+                c.router_detach(r["name"], leg["network"])
+            c.router_delete(r["name"])
+        for vm in c.list():
+            c.destroy(vm["name"])
+        for n in c.network_list():
+            c.network_delete(n["name"])
+
+
 def assert_nothing_left(home: Path, run_dir: Path | None = None) -> None:
     assert qemu_pids(str(home)) == [], "QEMU processes left behind"
     if run_dir is None:

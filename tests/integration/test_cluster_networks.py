@@ -13,7 +13,6 @@ VXLAN port, bridge, nft table, dnsmasq or namespace is left on any host.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -26,10 +25,10 @@ from typing import Any
 import pytest
 
 from corral.config import Paths
-from corral.errors import CorralError
 from corral.host.network import links
 from tests.integration.cluster_fixture import DOWN_AFTER, HostDaemon, three_hosts
 from tests.integration.cluster_hosts import wait_for
+from tests.integration.conftest import remove_everything
 
 pytestmark = pytest.mark.integration
 # the underlay's octet: two suites at once (CORRAL_TEST_UNDERLAY) use different networks
@@ -49,18 +48,7 @@ def cluster(image_path: str) -> Iterator[dict[str, HostDaemon]]:
 
 
 def _clean(hosts: dict[str, HostDaemon]) -> None:
-    c = hosts["h1"].client
-    with contextlib.suppress(CorralError):
-        for f in c.forward_list():
-            c.forward_delete(f["router"], f["proto"], f["host_port"])
-        for r in c.router_list():
-            for leg in r["networks"]:
-                c.router_detach(r["name"], leg["network"])
-            c.router_delete(r["name"])
-        for vm in c.list():
-            c.destroy(vm["name"])
-        for n in c.network_list():
-            c.network_delete(n["name"])
+    remove_everything(hosts["h1"].client)
     wait_for(lambda: not any(_ours(h) for h in hosts.values()), 15, "network parts removed")
 
 

@@ -26,7 +26,7 @@ import pytest
 
 from corral.errors import CorralError
 
-from .conftest import CORRAL, HOMES, Daemon, assert_nothing_left, running_daemon
+from .conftest import CORRAL, HOMES, Daemon, assert_nothing_left, remove_everything, running_daemon
 from .netcheck import assert_no_network_leftovers
 
 pytestmark = pytest.mark.skipif(
@@ -109,18 +109,7 @@ def world(image_path: str) -> Iterator[Daemon]:
         try:
             yield d
         finally:
-            c = d.client
-            with contextlib.suppress(CorralError):
-                for vm in c.list():
-                    c.destroy(vm["name"])
-                for f in c.forward_list():
-                    c.forward_delete(f["router"], f["proto"], f["host_port"])
-                for r in c.router_list():
-                    for leg in r["networks"]:
-                        c.router_detach(r["name"], leg["network"])
-                    c.router_delete(r["name"])
-                for n in c.network_list():
-                    c.network_delete(n["name"])
+            remove_everything(d.client)
     assert_no_network_leftovers()
 
 

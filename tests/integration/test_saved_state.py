@@ -32,6 +32,12 @@ def uptime(d: Daemon, name: str) -> float:
 def vm(daemon: Daemon) -> Iterator[str]:
     daemon.client.create("sv", start=True, wait=True)
     daemon.client.exec("sv", ["sh", "-c", COUNTER])
+    # its user-mode DHCP lease first, so the addresses compared across a save are settled
+    # ones (on a busy host the lease can come after the guest agent answers)
+    deadline = time.monotonic() + 60
+    while not all(i["ipv4"] for i in daemon.client.addresses("sv") if i["name"] != "lo"):
+        assert time.monotonic() < deadline, daemon.client.addresses("sv")
+        time.sleep(0.2)
     time.sleep(0.3)
     yield "sv"
     with contextlib.suppress(CorralError):

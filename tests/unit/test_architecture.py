@@ -28,7 +28,7 @@ TIERS: list[tuple[str, frozenset[str], bool]] = [
     ("front doors", frozenset({"corral", "api", "cli", "client", "client_networks",
                                "client_access", "client_files", "client_pools",
                                "client_stacks", "client_events", "client_migrate", "wire",
-                               "wire_checks",
+                               "wire_checks", "wire_json",
                                "remote",
                                "daemon"}), False),
     ("use cases", frozenset({"service", "perf"}), True),
@@ -53,7 +53,7 @@ FORBIDDEN = {
     ("client", "service"), ("client", "api"), ("client", "cli"), ("client", "daemon"),
     *((part, other) for part in ("wire", "client_networks", "client_access", "client_pools",
                                  "client_stacks", "client_events", "client_files",
-                                 "client_migrate", "wire_checks", "remote")
+                                 "client_migrate", "wire_checks", "wire_json", "remote")
       for other in ("service", "api", "cli", "daemon")),
 }
 ONLY = {"scheduler": {"domain", "errors"}}  # pure: the simulator runs it outside the daemon

@@ -43,6 +43,38 @@ def test_daemon_not_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert err.count("\n") == 1 and "corral serve" in err and "Traceback" not in err
 
 
+class _Refused:
+    """A unix socket whose connect the kernel refuses: the daemon's socket is 0600 and this
+    user is not its owner."""
+
+    def __init__(self, *_args: object) -> None:
+        pass
+
+    def settimeout(self, _timeout: float) -> None:
+        pass
+
+    def connect(self, _path: str) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("argv", [["list"], ["list", "--json"], ["show", "vm"], ["pause", "vm"]])
+def test_a_socket_of_another_user_is_one_line(argv: list[str], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from corral import wire
+    from corral.cli import quick
+
+    monkeypatch.setattr(wire, "unix_socket", _Refused)
+    monkeypatch.setattr(quick, "unix_socket", _Refused)
+    code = main([*argv, "--socket", str(tmp_path / "corral.sock")])
+    err = capsys.readouterr().err
+    assert code == 8, err
+    assert err.count("\n") == 1 and "no permission to use" in err and "Traceback" not in err
+
+
 def test_disk_and_nic_options() -> None:
     assert render.parse_disk("2G") == {"size": "2G"}
     assert render.parse_disk("path=/x.img,format=raw,readonly=on") == {

@@ -5,13 +5,16 @@ scheduler and are recorded as events, others are refused."""
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from corral import settings
+from corral import settings, settings_file
 from corral.settings_file import key_lines
 
 
@@ -131,3 +134,23 @@ def test_a_default_file_the_user_may_not_reach_is_none_of_theirs(
     monkeypatch.setattr(os, "stat", stat)
     found = settings.config_path({"CORRAL_HOME": str(home)})
     assert found is None or found.parent != home
+
+
+@given(st.lists(st.sampled_from([
+    "", "# a comment", "  # indented — with ünïcode", "[images]", "[ paths ] # why", "[log]",
+    "[a.b]", "[[x]]", "key = 1", "[images]x", "[]", "#\x01", "\r", "[bad", "\ufeff# bom",
+    "[scheduler]\r", "\t[host]\t",
+]), max_size=8))
+def test_a_file_that_sets_nothing_is_known_without_tomllib(lines: list[str]) -> None:
+    text = "\n".join(lines)
+    if settings_file.sets_nothing(text):  # then tomllib reads tables and no key
+        data = tomllib.loads(text)
+        assert all(v == {} for v in data.values()), text
+
+
+def test_the_installed_configuration_file_sets_nothing(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    packaged = Path(__file__).parents[2] / "packaging" / "corral.toml"
+    assert settings_file.sets_nothing(packaged.read_text())
+    monkeypatch.setenv("CORRAL_CONFIG", str(packaged))
+    assert settings.value("socket") is None and settings.file_path() == packaged

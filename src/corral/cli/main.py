@@ -5,21 +5,21 @@ Only the standard library is imported on the path of ordinary commands, and only
 of the command being run is built (with the one module that defines it), so ``corral list``
 or ``corral pause`` costs a few tens of milliseconds; ``serve`` and ``image build`` import
 their heavier parts when they run. The commands scripts run in loops skip ``argparse``
-altogether when given nothing but their NAME (see :data:`LEAN`).
+altogether when given nothing but their NAME (see :data:`LEAN`), and on this host's daemon
+skip the Client and ``json`` too (:mod:`corral.cli.quick`).
 """
 
 from __future__ import annotations
 
-import importlib
+import os
 import sys
 
 from corral import errors
-from corral.cli.common import Parents
 
 TYPE_CHECKING = False  # typing is slow to import; the CLI must start in milliseconds
 if TYPE_CHECKING:
     import argparse
-    from typing import Any
+    from typing import Any, NoReturn
 
 EPILOG = """\
 examples:
@@ -118,7 +118,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     it is built; an unknown word (or None) builds everything, so argparse can list the
     choices."""
     import argparse
+    import importlib
 
+    from corral.cli.common import Parents
     from corral.cli.formatter import Formatter
 
     # every parser gets the fixed-width formatter: the default one imports shutil to size
@@ -177,6 +179,7 @@ def lean(argv: list[str]) -> Any:
     module, func, named, extra = entry
     if len(words) != 1 + named or any(w.startswith("-") for w in words):
         return None
+    import importlib
     import types
 
     args = types.SimpleNamespace(
@@ -207,11 +210,26 @@ def parsed(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _site() -> None:
+    """Run ``site`` if the command started without it (``-S``: see packaging/corral): every
+    path but the quick one may import the environment's other packages."""
+    if sys.flags.no_site:
+        import site
+
+        site.main()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = lean(argv) or parsed(argv)
+    from corral.cli import quick
+
     try:
-        return int(args.func(args))
+        code = quick.run(argv)
+        if code is None:
+            _site()
+            args = lean(argv) or parsed(argv)
+            code = int(args.func(args))
+        return code
     except errors.CorralError as err:
         print(f"corral: error: {err.message}", file=sys.stderr)
         return err.exit_code
@@ -221,5 +239,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def command() -> NoReturn:
+    """``corral`` as a command (the script packaging/corral): :func:`main`, then out. After
+    the quick path, out at once: the interpreter's teardown (every module freed one by one)
+    would add a tenth to the command's time, and that path leaves nothing to tear down (no
+    thread, no exit hook, no file but stdout, which it flushed, and stderr)."""
+    code = main()
+    from corral.cli import quick
+
+    if quick.answered:
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

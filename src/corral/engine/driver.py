@@ -249,8 +249,9 @@ class Driver(Protocol):
     async def adopt(self, spec: VMSpec, run_dir: Path, pid: int | None, started: int | None,
                     on_event: EventHandler) -> Machine | None:
         """Take up a machine a previous daemon started, or None when it is gone."""
-    def cleanup(self, run_dir: Path, keep_dir: bool = False) -> None:
-        """Remove the sockets and pidfile a machine left in ``run_dir``."""
+    def cleanup(self, run_dir: Path, keep_dir: bool = False, orphan: bool = False) -> None:
+        """Remove the sockets and pidfile a machine left in ``run_dir``; with ``orphan``,
+        first end the machine still running there that no record owns."""
     def confinement_of(self, pid: int | None) -> dict[str, Any] | None:
         """What confines the machine whose process is ``pid`` (None: gone), or with None
         the confinement the driver applies to every machine it starts."""

@@ -247,4 +247,5 @@ def _sweep(rt: VMRuntime) -> None:
             ours = child.name.startswith(".tmpl-") or (child / "qemu.pid").exists() or (
                 child / "qmp.sock").exists()
             if child.is_dir() and ours and child.name not in names:
+                rt.driver.cleanup(child, orphan=True)  # a QEMU waiting for a migration
                 shutil.rmtree(child, ignore_errors=True)

@@ -69,14 +69,20 @@ class Metrics:
                                   buckets=API_BUCKETS, registry=reg)
         self.request_count = Counter("corral_api_requests", "API requests by route, method "
                                      "and status", ["route", "method", "status"], registry=reg)
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         telemetry.durations.sinks["queue_wait"].append(self.queue_wait.observe)
         telemetry.durations.sinks["boot"].append(self.boot.observe)
         telemetry.durations.sinks["warm_start"].append(self.warm.observe)
         reg.register(_Figures(rt, sched, hub, telemetry, pools))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).observe(seconds)
-        self.request_count.labels(route, method, str(status)).inc()
+        series = self._series.get((route, method, status))
+        if series is None:  # (labels() locks and builds its key each time: kept here)
+            labels = (route, method, str(status))
+            series = self._series[route, method, status] = (
+                self.requests.labels(*labels), self.request_count.labels(*labels))
+        series[0].observe(seconds)
+        series[1].inc()
 
     def exposition(self) -> bytes:
         """Every metric in the Prometheus text format."""

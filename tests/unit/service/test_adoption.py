@@ -96,3 +96,19 @@ async def test_a_save_cut_short_leaves_the_vm_as_its_machine_is_and_no_partial_f
         finally:
             await asyncio.sleep(0.01)
             await second.close()
+
+
+async def test_a_machine_in_a_run_directory_no_record_owns_is_ended_and_swept(
+        home: Path) -> None:
+    # a daemon that died while a QEMU waited for an incoming migration: the QEMU has a run
+    # directory (pidfile, sockets) but the VM was never recorded here
+    run = Paths(home).run / "arriving"
+    run.mkdir(parents=True)
+    (run / "qemu.pid").write_text("4242\n")
+    (run / "qmp.sock").touch()
+    second, driver = await reopen(home)
+    try:
+        assert driver.orphans_ended == ["arriving"]
+        assert not run.exists()
+    finally:
+        await second.close()

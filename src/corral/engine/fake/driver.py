@@ -27,6 +27,7 @@ class FakeDriver:
         self.latency = latency
         self.launched: list[FakeMachine] = []
         self.failures: Failures = {}
+        self.orphans_ended: list[str] = []  # run directories swept with a machine in them
         #: called with every machine this driver launches, before the service sees it
         self.on_launch: Callable[[FakeMachine], None] | None = None
 
@@ -62,7 +63,9 @@ class FakeDriver:
             del self._registry[old]
             self._registry[machine.run_dir] = machine
 
-    def cleanup(self, run_dir: Path, keep_dir: bool = False) -> None:
+    def cleanup(self, run_dir: Path, keep_dir: bool = False, orphan: bool = False) -> None:
+        if orphan:  # a fake machine is no process: one left there is only forgotten
+            self.orphans_ended.append(run_dir.name)
         qargv.RunPaths(run_dir).remove(keep_dir)
 
     def confinement_of(self, pid: int | None) -> dict[str, Any] | None:

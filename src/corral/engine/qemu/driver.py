@@ -33,7 +33,7 @@ from corral.engine.qemu.confine import Confinement
 from corral.engine.qemu.guest_agent import GuestAgent
 from corral.engine.qemu.guest_ops import GuestOps
 from corral.engine.qemu.migration import LiveMigration
-from corral.engine.qemu.process import Process, launch, log_tail, reap, start_time
+from corral.engine.qemu.process import Process, end_orphan, launch, log_tail, reap, start_time
 from corral.engine.qemu.qmp import Monitor
 from corral.engine.qemu.spawn import listening, opened_taps
 from corral.errors import CorralError, LaunchFailed, MonitorError, Timeout
@@ -303,14 +303,15 @@ class QemuDriver:
         self.settle_guard()
 
     def settle_guard(self) -> None:
-        """Lower the host guard once no QEMU of ours runs or starts (one that ended unseen,
-        say a helper nobody watched, counts as ended once it is gone or a zombie)."""
+        """Lower the host guard once no QEMU of ours runs or starts (gone or zombie: ended)."""
         self.pids = {pid for pid in self.pids if start_time(pid) is not None}
         self.known.keep(self.pids)
         if not self.pids and not self.launching:
             self.confinement.lower_guard()
 
-    def cleanup(self, run_dir: Path, keep_dir: bool = False) -> None:
+    def cleanup(self, run_dir: Path, keep_dir: bool = False, orphan: bool = False) -> None:
+        if orphan:
+            end_orphan(qargv.RunPaths(run_dir))
         qargv.RunPaths(run_dir).remove(keep_dir)
 
     def confinement_of(self, pid: int | None) -> dict[str, Any] | None:
@@ -339,8 +340,7 @@ class QemuDriver:
         run = qargv.RunPaths(run_dir)
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.cleanup(run_dir, keep_dir=True)
-        # KVM runs only the host's own architecture; other guests are always emulated
-        accel = self.accel if spec.arch == os.uname().machine else "tcg"
+        accel = self.accel if spec.arch == os.uname().machine else "tcg"  # KVM: own arch only
         self.launching += 1
         self.confinement.raise_guard()
         try:

@@ -65,6 +65,21 @@ def zombie_status(pid: int) -> int | None:
     return -(status & 0x7F) if status & 0x7F else (status >> 8) & 0xFF
 
 
+def end_orphan(run: RunPaths) -> int | None:
+    """Kill the QEMU a run directory's pidfile names if it is still there, that is, if it
+    still holds the directory's monitor socket. That is a machine no record owns: a daemon
+    that died while it waited for an incoming migration. Returns the pid ended, or None."""
+    try:
+        pid = int(run.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if start_time(pid) is None or not holds_socket(pid, run.qmp):
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return pid
+
+
 Exit = ExitStatus  # how a QEMU ended
 
 
