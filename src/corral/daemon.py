@@ -20,7 +20,7 @@ import socket
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, cast
 
 from corral import settings
 from corral.config import Paths, default_socket
@@ -30,8 +30,6 @@ STARTED = time.monotonic()  # this module is imported when `corral serve` starts
 log = logging.getLogger(__name__)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from fastapi import FastAPI
-
     from corral.service.manager import Manager
 
 
@@ -49,10 +47,10 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None,
     """Serve until SIGTERM or SIGINT. However it ends, the socket is removed, and so are
     the run directories' empty leftovers.
 
-    The sockets are bound first (clients that connect meanwhile wait in their backlog),
-    then the API is loaded and served; the service opens in the background, and requests
-    wait for it (:mod:`corral.api.opening`), so re-adopting many VMs does not delay the
-    answer.
+    The sockets are bound first (clients that connect meanwhile wait in their backlog) and
+    served at once; the service opens in the background, and FastAPI and the routes are
+    loaded once it is open, while the unix socket already answers the list of VMs
+    (:mod:`corral.api.front`).
 
     :raises CorralError: when another daemon serves ``socket_path``, ``listen`` cannot be
         listened on, or the service could not open (its store, say).
@@ -97,16 +95,14 @@ async def serve(socket_path: Path | None = None, paths: Paths | None = None,
 async def _serve_api(paths: Paths, sock: socket.socket, tls: socket.socket | None,
                      listen: str, tcp: socket.socket | None, url: str | None,
                      socket_path: str) -> None:
-    """Load the API and serve it on the unix socket (and the TCP listeners) until told to
-    stop; every listener's app waits for the one open of the service."""
-    from corral.api.app import create_app
+    """Serve the unix socket (and the TCP listeners) until told to stop: at once, with the
+    service opening in the background and the API loaded once it is open
+    (:mod:`corral.api.front`)."""
+    from corral.api.front import Front, Loader
     from corral.api.opening import Opening
-    from corral.api.web import Where
     from corral.service.manager import Manager
 
-    log.info("API loaded %.2f s after the daemon started", time.monotonic() - STARTED)
-    where = Where()
-    where.socket, where.url = socket_path, url
+    log.info("serving %.2f s after the daemon started", time.monotonic() - STARTED)
     manager, opening = Manager(paths), Opening()
     failure: list[BaseException] = []
 
@@ -114,15 +110,27 @@ async def _serve_api(paths: Paths, sock: socket.socket, tls: socket.socket | Non
         failure.append(err)
         server.should_exit = True
 
-    def remote_app(loopback: bool = False) -> FastAPI:
-        return create_app(manager, manage_lifecycle=False, remote=True, where=where,
-                          opening=opening, loopback=loopback)
+    def build() -> list[Any]:  # on the loader's thread
+        from corral.api.app import create_app
+        from corral.api.web import Where
 
-    server = _server_class()(_config(create_app(manager, where=where, opening=opening,
-                                                on_failure=failed), lifespan="on"), manager)
-    extra = [_serve_tls(server, manager, remote_app(), paths, tls, listen)] if tls else []
+        where = Where()
+        where.socket, where.url = socket_path, url
+        apps = [create_app(manager, manage_lifecycle=False, where=where, opening=opening),
+                create_app(manager, manage_lifecycle=False, remote=True, where=where,
+                           opening=opening) if tls else None,
+                create_app(manager, manage_lifecycle=False, remote=True, where=where,
+                           opening=opening, loopback=True) if tcp else None]
+        log.info("API loaded %.2f s after the daemon started", time.monotonic() - STARTED)
+        return apps
+
+    loader = Loader(build, failed)
+    server = _server_class()(_config(Front(manager, opening, loader, 0, lane=True, owner=True),
+                                     lifespan="on"), manager)
+    extra = [_serve_tls(server, manager, Front(manager, opening, loader, 1), paths, tls,
+                        listen)] if tls else []
     if tcp is not None:  # the page's loopback listener: same-origin requests only
-        extra.append(_Remote(server, _config(remote_app(loopback=True)), tcp))
+        extra.append(_Remote(server, _config(Front(manager, opening, loader, 2)), tcp))
     try:
         await server.serve(sockets=[sock])
     finally:
@@ -135,7 +143,7 @@ async def _serve_api(paths: Paths, sock: socket.socket, tls: socket.socket | Non
         raise CorralError(f"the daemon could not open: {failure[0]}") from failure[0]
 
 
-def _config(app: FastAPI, lifespan: Literal["on", "off"] = "off",
+def _config(app: Any, lifespan: Literal["on", "off"] = "off",
             tls: tuple[str, str] | None = None) -> Any:
     """The uvicorn configuration of one listener (``lifespan`` "on": the one that opens
     and closes the service; ``tls``: its certificate and key files); without the headers
@@ -147,11 +155,19 @@ def _config(app: FastAPI, lifespan: Literal["on", "off"] = "off",
     from corral.api.onepiece import OnePieceHttp
 
     return uvicorn.Config(app, loop="none", http=OnePieceHttp, lifespan=lifespan,
-                          log_level="warning", access_log=False, ws="websockets-sansio",
+                          log_level="warning", access_log=False, ws=cast(Any, _websocket),
                           proxy_headers=False, server_header=False, date_header=False,
                           ssl_certfile=tls[0] if tls else None,
                           ssl_keyfile=tls[1] if tls else None,
                           timeout_graceful_shutdown=None if lifespan == "on" else 2)
+
+
+def _websocket(**kwargs: Any) -> Any:
+    """uvicorn's WebSocket protocol (websockets, sans-I/O) for a connection that upgrades,
+    imported by the first one (the consoles): a daemon starts without it."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    return WebSocketsSansIOProtocol(**kwargs)
 
 
 def _bind(host: str, port: int, what: str) -> socket.socket:
@@ -250,7 +266,7 @@ class _Remote:
             await self.task
 
 
-def _serve_tls(main: Any, manager: Manager, app: FastAPI, paths: Paths, tcp: socket.socket,
+def _serve_tls(main: Any, manager: Manager, app: Any, paths: Paths, tcp: socket.socket,
                listen: str) -> _Remote:
     from corral.api.tls import ensure_certificate, fingerprint, parse_listen
 

@@ -336,6 +336,19 @@ class Untrusted(CorralError):
         self.fingerprint = fingerprint
 
 
+def as_corral_error(err: Exception) -> CorralError:
+    """What any exception answers: itself when it is Corral's, a full disk, or (a bug) an
+    internal error, still one line in Corral's shape (the traceback goes to the log)."""
+    if isinstance(err, CorralError):
+        return err
+    import errno
+
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return DiskFull(f"the host's disk is full ({err.filename or 'a write'}); free "
+                        "some space and try again")
+    return CorralError(f"internal error: {type(err).__name__}: {err}"[:300])
+
+
 def _classes() -> list[type[CorralError]]:
     out: list[type[CorralError]] = [CorralError]
     for cls in out:
@@ -375,5 +388,5 @@ __all__ = [
     "DiskFull", "Forbidden", "HostUnavailable", "InUse", "InvalidSpec", "InvalidState",
     "LaunchFailed", "MigrationFailed", "MonitorError", "NeedsRoot", "NoCapacity",
     "NotFound", "PathNotAllowed", "QuotaExceeded", "RateLimited", "StoreUnavailable",
-    "Timeout", "TooLarge", "Unauthorized", "Untrusted", "from_dict",
+    "Timeout", "TooLarge", "Unauthorized", "Untrusted", "as_corral_error", "from_dict",
 ]

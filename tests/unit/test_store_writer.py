@@ -38,6 +38,24 @@ async def test_held_writes_go_together_once_the_turn_ends_and_before_later_ones(
     assert ran == [["a", "b"], ["c"], "d"]
 
 
+async def test_writes_held_through_a_block_go_in_one_batch_at_its_end() -> None:
+    writer, ran = recording()
+    with writer.holding():
+        writer.later(lambda _conn: "a")
+        await asyncio.sleep(0.01)  # turns of the loop pass: still held
+        writer.later(lambda _conn: "b")
+        await asyncio.sleep(0.01)
+        assert ran == []
+    writer.submit(lambda: None).result()
+    assert ran == [["a", "b"]]
+    with writer.holding():  # a write one waits for sends the held ones first, in order
+        writer.later(lambda _conn: "c")
+        done = writer.submit(lambda: ran.append("d"))
+        await asyncio.wrap_future(done)
+    writer.shutdown()
+    assert ran == [["a", "b"], ["c"], "d"]
+
+
 def test_off_the_loop_a_held_write_goes_at_once() -> None:
     writer, ran = recording()
     writer.later(lambda _conn: "a")

@@ -41,10 +41,10 @@ from corral.api import (
     web,
 )
 from corral.api.auth import Guard
-from corral.api.common import API
 from corral.api.fastlane import FastLane
 from corral.api.forward import Forward
 from corral.api.limits import BodyLimit
+from corral.api.names import API
 from corral.api.opening import OpenGate, Opening
 from corral.api.schema import CorralAPI
 from corral.service.manager import Manager

@@ -20,10 +20,12 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
+# re-exported: the routes modules take them from here
+from corral.api.names import API as API
+from corral.api.names import MAX_PAGE as MAX_PAGE
+from corral.api.names import NAME_PATTERN as NAME_PATTERN
 from corral.api.schema import REF_PREFIX, view_schema
 
-API = "/v1"
-NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 DAY = 86400.0
 MAX_TIMEOUT = DAY
 
@@ -40,7 +42,6 @@ def timeout(default: float, what: str = "seconds to wait") -> Any:
 
 
 Seconds = Annotated[float, Query(gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)]
-MAX_PAGE = 1000
 
 
 class Paging:

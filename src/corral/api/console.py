@@ -17,7 +17,7 @@ import re
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from corral.api.common import API, NAME_PATTERN
+from corral.api.names import API, NAME_PATTERN
 from corral.errors import NotFound
 from corral.service.manager import Manager
 

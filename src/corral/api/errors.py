@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import errno
 import re
 
 from fastapi import FastAPI, Request
@@ -18,7 +17,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from corral.api.limits import Exceeded
-from corral.errors import CorralError, DiskFull, InvalidSpec, NotFound, TooLarge
+from corral.errors import (
+    CorralError,
+    InvalidSpec,
+    NotFound,
+    TooLarge,
+    as_corral_error,
+)
 
 _WHERE = ("body", "path", "query", "header", "cookie")
 
@@ -54,17 +59,6 @@ def invalid_request(err: RequestValidationError) -> InvalidSpec:
         why = ctx.get("error") if isinstance(ctx, dict) else None
         return InvalidSpec("body", f"not valid JSON ({why})" if why else "not valid JSON")
     return InvalidSpec(_field(first.get("loc", ())), _message(first))
-
-
-def as_corral_error(err: Exception) -> CorralError:
-    """What any exception answers: itself when it is Corral's, a full disk, or (a bug) an
-    internal error, still one line in Corral's shape (the traceback goes to the log)."""
-    if isinstance(err, CorralError):
-        return err
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        return DiskFull(f"the host's disk is full ({err.filename or 'a write'}); free "
-                        "some space and try again")
-    return CorralError(f"internal error: {type(err).__name__}: {err}"[:300])
 
 
 def install(app: FastAPI) -> None:

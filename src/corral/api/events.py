@@ -21,7 +21,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response, StreamingResponse
 
-from corral.api.common import MAX_PAGE, OptName, json, ok, router
+from corral.api.common import OptName, json, ok, router
+from corral.api.names import MAX_PAGE
 from corral.service import access
 from corral.service.events import Dropped
 from corral.service.manager import Manager

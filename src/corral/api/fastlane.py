@@ -23,8 +23,8 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from corral.api.common import API, MAX_PAGE, NAME_PATTERN
-from corral.api.errors import as_corral_error
+from corral.api.names import API, MAX_PAGE, NAME_PATTERN
+from corral.errors import as_corral_error
 
 if TYPE_CHECKING:
     from corral.service.manager import Manager
@@ -74,21 +74,27 @@ class FastLane:
         if call is None:
             await self.app(scope, receive, send)
             return
-        status, headers = 200, _JSON
-        try:
-            result = call()
-            if not isinstance(result, list):
-                result = await result
-            if isinstance(result, list):  # the first page, as GET /v1/vms answers it
-                headers = [*_JSON, (b"x-total-count", str(len(result)).encode())]
-                result = result[:MAX_PAGE]
-            body = json.dumps(result).encode()
-        except Exception as err:  # answered as every route answers it
-            if not hasattr(err, "status"):
-                log.exception("internal error in %s %s", scope["method"], scope["path"])
-            answer = as_corral_error(err)
-            status, body = answer.status, json.dumps(answer.to_dict()).encode()
-            headers = _JSON
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await answer(call, scope, send)
+
+
+async def answer(call: Any, scope: dict[str, Any], send: Any) -> None:
+    """Answer the request with what the service ``call`` returns (its error in Corral's
+    shape); a list as ``GET /v1/vms`` answers it: its first page and its ``X-Total-Count``."""
+    status, headers = 200, _JSON
+    try:
+        result = call()
+        if not isinstance(result, list):
+            result = await result
+        if isinstance(result, list):  # the first page, as GET /v1/vms answers it
+            headers = [*_JSON, (b"x-total-count", str(len(result)).encode())]
+            result = result[:MAX_PAGE]
+        body = json.dumps(result).encode()
+    except Exception as err:  # answered as every route answers it
+        if not hasattr(err, "status"):
+            log.exception("internal error in %s %s", scope["method"], scope["path"])
+        error = as_corral_error(err)
+        status, body = error.status, json.dumps(error.to_dict()).encode()
+        headers = _JSON
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -66,13 +66,18 @@ class OpenGate:
         if opening.cancelled() or opening.exception() is None:
             await self.app(scope, receive, send)
             return
-        message = f"the daemon could not open: {opening.exception()}"
-        if scope["type"] == "websocket":  # closed before it is accepted, with why
-            await send({"type": "websocket.close", "code": 1011, "reason": message[:120]})
-            return
-        body = json.dumps({"error": "internal", "kind": "internal", "message": message,
-                           "facts": {}}).encode()
-        await send({"type": "http.response.start", "status": 500,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await refuse(scope, send, f"the daemon could not open: {opening.exception()}")
+
+
+async def refuse(scope: Any, send: Any, message: str) -> None:
+    """Answer a request the daemon cannot serve with why, a 500 (a WebSocket is closed
+    before it is accepted, with why)."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1011, "reason": message[:120]})
+        return
+    body = json.dumps({"error": "internal", "kind": "internal", "message": message,
+                       "facts": {}}).encode()
+    await send({"type": "http.response.start", "status": 500,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -28,7 +28,6 @@ from fastapi.responses import Response
 from pydantic import Field
 
 from corral.api.common import (
-    NAME_PATTERN,
     Download,
     Name,
     OptName,
@@ -39,6 +38,7 @@ from corral.api.common import (
     router,
     timeout,
 )
+from corral.api.names import NAME_PATTERN
 from corral.domain.specs import MAX_CPUS, VMCreate
 from corral.errors import PathNotAllowed
 from corral.service.manager import Manager

@@ -26,7 +26,8 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from corral.api.common import API, ok
+from corral.api.common import ok
+from corral.api.names import API
 from corral.views import WebInfo
 
 STATIC = Path(__file__).parent / "static"

@@ -68,8 +68,11 @@ def clear(rt: VMRuntime, vm: str) -> None:
 
 async def adopt_all(rt: VMRuntime) -> None:
     """Take up or settle every VM in the store, all at once (each VM's QMP connection and
-    status query wait on its own QEMU), then sweep the home."""
+    status query wait on its own QEMU; the store's pending notes are read once, and what the
+    VMs taken up as they were say is written in one transaction, on disk before this
+    returns), then sweep the home."""
     limit = asyncio.Semaphore(ADOPT_AT_ONCE)
+    notes = rt.db.list_docs(PENDING)
 
     async def one(rec: VMRecord) -> None:
         async with limit:
@@ -77,9 +80,11 @@ async def adopt_all(rt: VMRuntime) -> None:
                 await _adopt(rt, rec)
             except CorralError as err:
                 log.warning("cannot adopt %s: %s", rec.name, err)
-            await _settle_note(rt, rec)
+            await _settle_note(rt, rec, notes.get(PENDING + rec.name))
 
-    await asyncio.gather(*(one(rec) for rec in rt.db.list_vms()))
+    with rt.db.together():  # what each VM taken up as it was says: one commit for all
+        await asyncio.gather(*(one(rec) for rec in rt.db.list_vms()))
+    rt.db.flush()
     _sweep(rt)
 
 
@@ -126,7 +131,9 @@ async def _adopt(rt: VMRuntime, rec: VMRecord) -> None:
             state = State.RUNNING
         _drop_managed_state(rt, rec)
         rec.saved_state = rec.saved_running = None
-    _force(rt, rec, state, "adopted", pid=machine.pid)
+    # written behind (the loop goes on taking up the others): what QEMU says, which the
+    # next daemon would read again from it
+    _force(rt, rec, state, "adopted", wait=False, pid=machine.pid)
     if rec.ready_at is not None and not restored:
         live.ready.set()
     else:  # a guest back from a saved state also gets the host's clock
@@ -158,11 +165,12 @@ def _gone(rt: VMRuntime, rec: VMRecord) -> None:
 
 
 def _force(rt: VMRuntime, rec: VMRecord, state: State, kind: str | None = None,
-           **detail: Any) -> None:
+           wait: bool = True, **detail: Any) -> None:
     """Settle a VM after a restart: through the table when it allows the move, else (a
-    state the table cannot reach from an interrupted one) recorded as adoption found it."""
+    state the table cannot reach from an interrupted one) recorded as adoption found it.
+    ``wait=False``: see :meth:`~corral.store.db.Store.update_vm`."""
     if rec.state == state or allowed(rec.state, state):
-        rt.set_state(rec, state, kind, **detail)
+        rt.set_state(rec, state, kind, wait=wait, **detail)
     else:
         rec.state = state
         rt.record(rec, kind or state.value, **detail)
@@ -175,9 +183,8 @@ async def _end(rt: VMRuntime, live: Live) -> None:
     rt.driver.cleanup(rt.run_dir(live.machine.name))
 
 
-async def _settle_note(rt: VMRuntime, rec: VMRecord) -> None:
-    """Finish or undo what a pending note names."""
-    pending = rt.db.get_doc(PENDING + rec.name)
+async def _settle_note(rt: VMRuntime, rec: VMRecord, pending: Any) -> None:
+    """Finish or undo what the VM's pending note (read before adoption) names."""
     if not pending:
         return
     tmp = pending.get("tmp")

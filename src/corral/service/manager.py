@@ -11,6 +11,7 @@ collaborators it needs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -104,6 +105,8 @@ class Manager:
         #: (listen address, certificate fingerprint) of the TLS API, set by the daemon
         self.endpoint: tuple[str, str] | None = None
         self._opened: _Opened | None = None
+        #: set once the open has taken up every VM (networks, queue and pools come after)
+        self.adopted = asyncio.Event()
 
     async def open(self) -> None:
         """Open the store, re-adopt every VM whose machine is still alive, settle what an
@@ -111,6 +114,7 @@ class Manager:
         from corral.engine.qemu.process import become_subreaper
 
         become_subreaper()
+        self.adopted.clear()
         confinement.private_home(self.paths)
         # every directory a QEMU's private view of the home shows exists before the first
         # QEMU starts: one missing then stays missing for that QEMU (a named disk made later
@@ -138,6 +142,7 @@ class Manager:
             await adoption.adopt_all(rt)
             log.info("store opened and %d VMs taken up in %.2f s", len(rt.live),
                      time.monotonic() - t0)
+            self.adopted.set()
             if self._qemu is not None:
                 self._qemu.settle_guard()
             await netreconcile.reconcile(opened.net)  # before the queue may start VMs on nets
@@ -157,6 +162,7 @@ class Manager:
         if self._opened is None:
             return
         opened, self._opened = self._opened, None
+        self.adopted.clear()
         await opened.pools.close()
         if opened.member is not None:
             await opened.member.close()

@@ -21,11 +21,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from corral.domain import stackfile, stackgraph, stackplan
 from corral.errors import CorralError, InvalidState, NotFound
 from corral.service.stackrun import Runner
 
 if TYPE_CHECKING:
+    from corral.domain import stackfile, stackgraph
     from corral.service.runtime import VMRuntime
 
 DOC = "stack:"
@@ -42,6 +42,8 @@ class Stacks:
 
     # ----- read ------------------------------------------------------------------------------
     def schema(self) -> dict[str, Any]:
+        from corral.domain import stackfile
+
         return stackfile.schema()
 
     def list(self) -> list[dict[str, Any]]:
@@ -61,6 +63,8 @@ class Stacks:
 
         :raises InvalidSpec: the file is wrong (the message names file, line and field).
         """
+        from corral.domain import stackgraph, stackplan
+
         loaded, stack = _load(text, file, name)
         doc = self.rt.db.get_doc(DOC + stack) or _new_doc(stack, file)
         existing = await self._existing(doc)
@@ -75,6 +79,8 @@ class Stacks:
 
     async def _existing(self, doc: dict[str, Any]) -> stackgraph.Existing:
         """What the daemon has now, named as stacks name it."""
+        from corral.domain import stackgraph
+
         views = self.runner.vms.list()
         vms = [v["name"] for v in views]
         snaps = {f"{vm}:{s['name']}" for vm in vms for s in self.runner.snapshots.list(vm)}
@@ -115,6 +121,8 @@ class Stacks:
 
         :raises NotFound: no such stack. :raises InvalidState: it is being applied.
         """
+        from corral.domain import stackgraph, stackplan
+
         doc = self.rt.db.get_doc(DOC + name)
         if doc is None:
             raise NotFound(f"no stack named '{name}'; see 'corral stack list'")
@@ -171,6 +179,8 @@ class _Apply:
         self.s.rt.db.put_doc(self.key, self.doc, kind=kind, detail=detail)
 
     async def run(self) -> None:
+        from corral.domain import stackplan
+
         self.doc["file"] = self.plan["file"]
         self.doc["status"] = "removing" if self.remove else "applying"
         self.save("stack_apply_started" if not self.remove else "stack_rm_started",
@@ -262,6 +272,8 @@ class _Apply:
 
 def _load(text: str, file: str, name: str | None) -> tuple[stackfile.Loaded, str]:
     import os
+
+    from corral.domain import stackfile
 
     loaded = stackfile.load(text, file)
     stack = name or loaded.stack.name or os.path.splitext(os.path.basename(file))[0]

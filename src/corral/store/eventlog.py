@@ -28,6 +28,11 @@ class EventLog:
     _vms: dict[str, Any]  # name → VMRecord (its project is read)
     _tx: Callable[[], AbstractContextManager[Connection]]
 
+    def together(self) -> AbstractContextManager[None]:
+        """The writes nobody waits for (``update_vm(wait=False)``, events) made in the block
+        go in one transaction at its end (see :meth:`Writer.holding`)."""
+        return self._writer.holding()
+
     def _event(self, conn: Connection, vm: str, kind: str, detail: dict[str, Any],
                project: str | None = None) -> None:
         """An event of ``vm`` (or of the named object); in the VM's project unless

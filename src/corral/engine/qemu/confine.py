@@ -11,6 +11,7 @@ the process starts. :func:`facts` reads back from ``/proc`` what holds for one p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -51,6 +52,7 @@ class Confinement:
     host_guard: str | None = None   # the nftables table that keeps QEMU off the host's ports
     off: dict[str, str] = field(default_factory=dict)
     guard_up: bool = False
+    _raising: asyncio.Future[None] | None = field(default=None, repr=False, compare=False)
 
     def raise_guard(self) -> None:
         """Put the host guard in place (before a QEMU starts, or when QEMUs are adopted). A
@@ -65,6 +67,16 @@ class Confinement:
             self.host_guard = None
             return
         self.guard_up = True
+
+    async def guard(self) -> None:
+        """:meth:`raise_guard` off the event loop (``nft`` takes tens of milliseconds, more
+        on a busy host): the QEMUs adopted at once wait together for one run of it while
+        the loop goes on taking up the others."""
+        if self.host_guard is None or self.user is None or self.guard_up:
+            return
+        if self._raising is None or self._raising.done():
+            self._raising = asyncio.ensure_future(asyncio.to_thread(self.raise_guard))
+        await asyncio.shield(self._raising)
 
     def lower_guard(self) -> None:
         """No QEMU of this daemon runs any more: the guard goes (also one a daemon killed

@@ -395,5 +395,5 @@ class QemuDriver:
             await machine.monitor.close()
             raise
         self.pids.add(proc.pid)
-        self.confinement.raise_guard()
+        await self.confinement.guard()
         return machine

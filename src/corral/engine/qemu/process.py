@@ -169,26 +169,42 @@ class Process:
             self._pidfd = None
 
 
+_BOUND: dict[str, set[str]] = {}  # unix socket path -> socket inodes, as last read
+
+
+def _bound() -> dict[str, set[str]]:
+    """Every bound unix socket of the host: its path and its socket inodes."""
+    table: dict[str, set[str]] = {}
+    with open("/proc/net/unix") as lines:
+        for line in lines:
+            cols = line.split()
+            if len(cols) >= 8:
+                table.setdefault(cols[7], set()).add(f"socket:[{cols[6]}]")
+    return table
+
+
 def holds_socket(pid: int, path: Path) -> bool:
     """Whether process ``pid`` holds a unix socket bound to ``path`` (its monitor's): the
     identity of a QEMU to adopt, since the daemon made that socket and passed it only to the
-    QEMU it started."""
+    QEMU it started.
+
+    ``/proc/net/unix`` (slow to make on a busy host) is read once for the QEMUs adopted
+    together: a socket it listed counts only when the process holds it now, and any other
+    answer is given by reading it again."""
+    global _BOUND
     target = str(path)
-    inodes = set()
+    held: set[str] = set()
+    known = _BOUND.get(target, set())
     try:
-        with open("/proc/net/unix") as table:
-            for line in table:
-                cols = line.split()
-                if len(cols) >= 8 and cols[7] == target:
-                    inodes.add(f"socket:[{cols[6]}]")
-        fds = os.listdir(f"/proc/{pid}/fd")
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                held.add(link := os.readlink(f"/proc/{pid}/fd/{fd}"))
+                if link in known:
+                    return True
+        _BOUND = _bound()
     except OSError:
         return False
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                return True
-    return False
+    return bool(held & _BOUND.get(target, set()))
 
 
 def log_tail(log: Path, limit: int = 4000) -> str:
