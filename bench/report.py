@@ -75,13 +75,18 @@ def machine() -> dict[str, str]:
 
 
 class RunQueueDelay(threading.Thread):
-    """Sums the run-queue delay (``/proc/PID/task/TID/schedstat``, time runnable but waiting
-    for a CPU) of a process and all its descendants, sampled twice a second: the part of
-    the wall time that other work on the host added."""
+    """Samples, twice a second, the run time and the run-queue delay (time runnable but
+    waiting for a CPU; ``/proc/PID/task/TID/schedstat``) of a process and all its
+    descendants, and from them what each half second would have taken on a quiet 2-core
+    host: the interval less its delay divided by how many of the tree's threads wanted a CPU
+    at once (two threads waiting the same second lose one second of wall time), never less
+    than the CPU time they used spread over both cores."""
 
     def __init__(self, root: int) -> None:
         super().__init__(daemon=True)
-        self.root, self.stop, self.seen = root, threading.Event(), {}  # type: ignore[var-annotated]
+        self.root, self.stop = root, threading.Event()
+        self.seen: dict[tuple[str, str], tuple[int, int]] = {}
+        self.delay = self.quiet = 0.0
 
     def tree(self) -> list[str]:
         parent: dict[str, str] = {}
@@ -96,20 +101,33 @@ class RunQueueDelay(threading.Thread):
             grew = bool(more)
         return list(ours)
 
-    def run(self) -> None:
-        while not self.stop.wait(0.5):
-            for pid in self.tree():
-                with contextlib.suppress(OSError):
-                    for tid in os.listdir(f"/proc/{pid}/task"):
-                        with contextlib.suppress(OSError, IndexError, ValueError):
-                            delay = int(Path(f"/proc/{pid}/task/{tid}/schedstat")
-                                        .read_text().split()[1])
-                            self.seen[(pid, tid)] = max(delay, self.seen.get((pid, tid), 0))
+    def sample(self) -> tuple[float, float]:
+        for pid in self.tree():
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with contextlib.suppress(OSError, IndexError, ValueError):
+                        stat = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text()
+                        run, wait = stat.split()[:2]
+                        self.seen[(pid, tid)] = (int(run), int(wait))
+        return (sum(r for r, _ in self.seen.values()) / 1e9,
+                sum(w for _, w in self.seen.values()) / 1e9)
 
-    def seconds(self) -> float:
+    def run(self) -> None:
+        t, (r, d) = time.monotonic(), self.sample()
+        while not self.stop.wait(0.5):
+            now, (r2, d2) = time.monotonic(), self.sample()
+            dt, ran, waited = now - t, max(0.0, r2 - r), max(0.0, d2 - d)
+            wanted = ran + waited
+            self.quiet += max(dt - waited / max(1.0, wanted / dt), ran / 2)
+            self.delay += waited
+            t, r, d = now, r2, d2
+        self.quiet += time.monotonic() - t
+
+    def seconds(self) -> tuple[float, float]:
+        """(run-queue delay, quiet-host estimate) in seconds."""
         self.stop.set()
         self.join()
-        return sum(self.seen.values()) / 1e9
+        return round(self.delay, 1), round(self.quiet, 1)
 
 
 def run_timed(argv: list[str], work: Path, tag: str) -> dict[str, Any]:
@@ -125,25 +143,14 @@ def run_timed(argv: list[str], work: Path, tag: str) -> dict[str, Any]:
         sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = rc = os.waitstatus_to_exitcode(status)
-        delay = sampler.seconds()
+        delay, quiet = sampler.seconds()
         so.seek(0)
         se.seek(0)
         stdout, stderr = so.read(), se.read()
     return {"rc": rc, "stdout": stdout, "stderr": stderr,
             "seconds": round(time.monotonic() - t0, 1),
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
-            "delay_seconds": round(delay, 1)}
-
-
-def quiet_estimate(wall: float, cpu: float, delay: float) -> float:
-    """The wall time on a quiet 2-core host: the wall time less the run-queue delay, that
-    delay divided by how many of the bench's threads were runnable at once on average (two
-    threads waiting the same second lose one second of wall time), and never under the CPU
-    time spread over both cores."""
-    if wall <= 0:
-        return 0.0
-    together = max(1.0, (cpu + delay) / wall)
-    return round(max(cpu / 2, wall - delay / together), 1)
+            "delay_seconds": delay, "quiet_seconds": quiet}
 
 
 def run_bench(name: str, quick: bool, work: Path) -> dict[str, Any]:
@@ -154,8 +161,6 @@ def run_bench(name: str, quick: bool, work: Path) -> dict[str, Any]:
     log(f"{name}: {' '.join(argv[1:])}")
     run = run_timed(argv, work, name)
     stdout, rc = run.pop("stdout"), run["rc"]
-    run["quiet_seconds"] = quiet_estimate(run["seconds"], run["cpu_seconds"],
-                                          run["delay_seconds"])
     log(f"{name}: exit {rc}, {run['seconds']} s wall, {run['cpu_seconds']} s CPU, "
         f"{run['delay_seconds']} s waiting for a CPU: about {run['quiet_seconds']} s on a "
         "quiet host")
@@ -175,7 +180,8 @@ def log(text: str) -> None:
 
 def placement_series(quick: bool, work: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The placer at growing host counts (no VMs: CPU only), and its times."""
-    series, times = [], {"seconds": 0.0, "cpu_seconds": 0.0, "delay_seconds": 0.0}
+    series = []
+    times = {"seconds": 0.0, "cpu_seconds": 0.0, "delay_seconds": 0.0, "quiet_seconds": 0.0}
     for hosts in PLACEMENT_HOSTS[quick]:
         run = run_timed([PY, str(HERE / "placement.py"), "--hosts", str(hosts), "--requests",
                          str(hosts * 10), "--reps", "1", "--naive-requests",
@@ -184,8 +190,6 @@ def placement_series(quick: bool, work: Path) -> tuple[list[dict[str, Any]], dic
             times[k] = round(times[k] + run[k], 1)
         if run["rc"] == 0:
             series.append({"hosts": hosts, **json.loads(run["stdout"])["placement"]})
-    times["quiet_seconds"] = quiet_estimate(times["seconds"], times["cpu_seconds"],
-                                            times["delay_seconds"])
     log(f"placement series: {times}")
     return series, times
 
