@@ -10,6 +10,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
+BOOT_NAMES = {"corral": "Corral", "raw": "raw QEMU", "libvirt": "libvirt", "virsh": "virsh"}
+WARM_NAMES = {"corral": "Corral", "tmpl": "Corral's template by hand (raw QEMU)",
+              "raw": "raw QEMU streamed restore", "virsh": "virsh restore"}
+PAUSE_NAMES = {"corral": "Corral (corral.Client)", "raw": "raw QMP",
+               "libvirt": "libvirt-python", "virsh": "virsh (CLI)"}
+
+
 def stamp(m: dict[str, str]) -> str:
     return f"{m['host']} · {m['cpus']}× {m['cpu']} · {m['date']} · commit {m['commit']}"
 
@@ -43,39 +50,56 @@ def plot_all(results: dict[str, dict[str, Any]], placement: list[dict[str, Any]]
 
     def boots() -> None:
         series: dict[str, list[float]] = {}
-        for system, xs in _samples(data.get("lifecycle"), "samples_ms", "boot").items():
-            series[f"cold boot: {system}"] = xs
+        # cold boots to an answering agent, from lifecycle.py and state.py alike
+        for bench, key, op in (("lifecycle", "samples_ms", "boot"), ("state", "samples", "cold")):
+            for system, xs in _samples(data.get(bench), key, op).items():
+                series.setdefault(f"cold boot: {BOOT_NAMES.get(system, system)}", []).extend(xs)
         for system, xs in _samples(data.get("state"), "samples", "warm_ready").items():
-            series[f"warm start: {system}"] = xs
+            series[f"warm start: {WARM_NAMES.get(system, system)}"] = xs
+        for system, xs in _samples(data.get("state"), "samples", "restore_ready").items():
+            series[f"restore: {BOOT_NAMES.get(system, system)}"] = xs
         pool = (data.get("pool") or {}).get("samples", {})
-        for key, label in (("cold_ready", "cold boot (pool bench)"),
-                           ("warm_agent", "warm start (pool bench)"),
-                           ("pool_agent", "pool hand-out")):
+        for key, label in (("cold_ready", "cold boot: Corral (pool bench)"),
+                           ("warm_agent", "warm start: Corral (pool bench)"),
+                           ("pool_agent", "pool hand-out: Corral")):
             if pool.get(key):
                 series[label] = pool[key]
         if not series:
             return
-        fig, ax = plt.subplots(figsize=(9, 0.45 * len(series) + 1.6))
+        labels = [f"{k} (n={len(v)})" for k, v in series.items()]
+        fig, ax = plt.subplots(figsize=(9, 0.45 * len(series) + 1.8))
         ax.boxplot(list(series.values()), vert=False)
-        ax.set_yticks(range(1, len(series) + 1), list(series))
+        for i, xs in enumerate(series.values(), start=1):
+            ax.plot(xs, [i] * len(xs), "o", color="C0", alpha=0.5, markersize=4)
+        ax.set_yticks(range(1, len(series) + 1), labels)
         ax.set_xscale("log")
         ax.set_xlabel("request → guest agent answers (ms, log)")
-        ax.set_title("Boot and warm-start times")
+        missing = "" if any("libvirt" in k for k in series) else \
+            " (libvirt not measured in this run)"
+        ax.set_title(f"Boot and warm-start times{missing}")
         save(fig, "boot.png", "Boot, warm start and pool hand-out to an answering guest")
 
     def pauses() -> None:
+        import numpy as np
+
         lc = data.get("lifecycle")
         ops = [(op, _samples(lc, "samples_ms", op)) for op in ("pause", "resume")]
         if not any(s for _, s in ops):
             return
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for ax, (op, by) in zip(axes, ops, strict=True):
+            every = [x for xs in by.values() for x in xs if x > 0]
+            bins = np.geomspace(min(every), max(every), 30) if every else 20
             for system, xs in by.items():
-                ax.hist(xs, bins=20, alpha=0.55, label=system)
+                ax.hist(xs, bins=bins, alpha=0.55,
+                        label=f"{PAUSE_NAMES.get(system, system)} (n={len(xs)})")
             ax.set_xscale("log")
             ax.set_xlabel(f"{op} (ms, log)")
+            ax.set_ylabel("count")
             ax.legend(fontsize=8)
-        fig.suptitle("Pause and resume latency (API; virsh: CLI)")
+        missing = "" if any("libvirt" in by for _, by in ops) else \
+            "; libvirt not measured in this run"
+        fig.suptitle(f"Pause and resume latency (API; virsh: CLI{missing})")
         save(fig, "pause.png", "Pause and resume latency")
 
     def memory() -> None:
@@ -139,13 +163,20 @@ def plot_all(results: dict[str, dict[str, Any]], placement: list[dict[str, Any]]
 
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
         s = pool["samples"]
-        for key, label in (("pool_running", "hand-out → running"),
-                           ("pool_agent", "hand-out → agent answers")):
-            if s.get(key):
-                a1.hist(s[key], bins=12, alpha=0.6, label=label)
-        a1.set_xlabel("ms")
+        rows = [(label, s[key]) for key, label in (
+            ("pool_running", "hand-out → running"), ("pool_agent", "hand-out → agent answers"),
+            ("warm_running", "warm start → running"), ("warm_agent", "warm start → agent"))
+            if s.get(key)]
+        for i, (_, xs) in enumerate(rows):
+            a1.plot(xs, [i] * len(xs), "o", alpha=0.6)
+            a1.plot([sorted(xs)[len(xs) // 2]] * 2, [i - 0.3, i + 0.3], color="k")
+        a1.set_yticks(range(len(rows)), [f"{lab} (n={len(xs)})" for lab, xs in rows])
+        for limit, what, style in ((20, "target: running", ":"), (50, "target: agent", "--")):
+            a1.axvline(limit, color="0.5", linestyle=style, label=f"{what} {limit} ms")
+        a1.legend(fontsize=7, loc="lower right")
+        a1.set_xscale("log")
+        a1.set_xlabel("ms, log (bar: median)")
         a1.set_title("Pool hand-out latency")
-        a1.legend(fontsize=8)
         refill = pool.get("refill_seconds") or 1.0
         rate = 0.8 / refill * 2  # a load of 1.6 Erlang: pools of 2-8 are interesting
         sizes = list(range(2, 9))
