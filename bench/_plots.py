@@ -113,7 +113,9 @@ def plot_all(results: dict[str, dict[str, Any]], placement: list[dict[str, Any]]
                     marker="o", label=f"{system} RSS")
             ax.plot([int(n) for n in counts], [by[n]["pss_kib"] / 1024 for n in counts],
                     marker="x", linestyle="--", label=f"{system} PSS")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("idle VMs")
         ax.set_ylabel("daemon memory (MiB)")
         ax.set_title("Daemon memory against the number of VMs")

@@ -15,6 +15,13 @@ wait against the pool size beside the Erlang C curve. Every plot names the machi
 date and the commit. A benchmark that fails is reported with the end of its output; the
 others still run.
 
+Each benchmark runs under ``_subreaper.py``; the report keeps its wall time, its CPU time
+(user + system of it and every process it started, QEMU and the daemons included: what
+other work on the host does not stretch), the run-queue delay of its processes (sampled
+from ``/proc``) and from it an estimate of its wall time on a quiet host. The placer's
+runs (CPU only, no VM) go in a thread beside the queue-policy benchmark, whose guests
+mostly sleep.
+
 ``--quick`` runs each with fewer repetitions (about 5 minutes on a quiet 2-core host); the
 full report takes about 20.
 """
