@@ -117,6 +117,7 @@ def plot_all(results: dict[str, dict[str, Any]], placement: list[dict[str, Any]]
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("idle VMs")
+        ax.set_ylim(bottom=0)
         ax.set_ylabel("daemon memory (MiB)")
         ax.set_title("Daemon memory against the number of VMs")
         ax.legend(fontsize=8)

@@ -53,7 +53,7 @@ PY = sys.executable
 # "stdout" (--json prints them) or None)
 BENCHES: dict[str, tuple[list[str], list[str], str | None]] = {
     "lifecycle": (["--with-libvirt"], ["--with-libvirt", "--reps", "1", "--no-warmup",
-                                       "--pause-reps", "15", "--cli-reps", "4", "--vms", "1"],
+                                       "--pause-reps", "15", "--cli-reps", "4", "--vms", "1,3"],
                   "file"),
     "state": (["--with-libvirt"], ["--reps", "1", "--quick"], "file"),
     "guest": ([], ["--reps", "1", "--exec-reps", "10", "--mib", "2"], "file"),
