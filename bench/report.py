@@ -34,6 +34,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -312,7 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     m["load"] = "{:.1f} / {:.1f} / {:.1f}".format(*os.getloadavg())
     plots = plot_all(results, placement, m, args.out / "benchmarks")
     seconds = time.monotonic() - t0
-    m["times"] = times_table(results, series_times, seconds)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    m["times"] = (times_table(results, series_times, seconds) + f"\nthis report's own process: "
+                  f"{own.ru_utime + own.ru_stime:.1f} s CPU (the /proc sampling, the plots)")
     saved.write_text(json.dumps({"results": results, "placement": placement, "machine": m,
                                  "quick": args.quick, "seconds": seconds}))
     path = write_markdown(results, plots, m, args.quick, seconds, args.out)
