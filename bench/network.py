@@ -56,7 +56,10 @@ PORT = 5001
 RECEIVER = ("rm -f {out}; (sleep 600 | {bb}nc -l -p {port} | {{ "
             "{bb}dd bs=1 count=1 >/dev/null 2>&1; a=$({clock}); n=$({bb}wc -c); b=$({clock}); "
             "echo \"$a $b $n\" >{out}; }}) >/dev/null 2>&1 </dev/null &")
-SENDER = "{bb}dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null | {bb}nc {ip} {port}"
+# retried while the listener is not up yet (a loaded host can take longer than the pause)
+SENDER = ("for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do "
+          "{bb}dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null | {bb}nc {ip} {port} "
+          "&& break; sleep 0.5; done")
 GUEST = {"bb": "", "clock": "cut -d' ' -f1 /proc/uptime", "out": "/tmp/rx"}
 
 Run = Callable[[str], str]  # run a shell script on one end, return its output

@@ -38,8 +38,9 @@ CORRAL = str(Path(sys.executable).parent / "corral")
 
 
 @contextlib.contextmanager
-def daemon(policy: str, slots: int) -> Iterator[Client]:
-    home = Path(tempfile.mkdtemp(prefix="crb-"))
+def daemon(policy: str, slots: int, home: Path, keep: bool) -> Iterator[Client]:
+    """A daemon with this policy on ``home``; ``keep``: the golden VM and its snapshot stay
+    for the next policy's daemon (one boot and one snapshot for all the policies)."""
     env = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_HOST_CPUS": str(slots),
            "CORRAL_CPU_RATIO": "1", "CORRAL_QUEUE_POLICY": policy,
            "CORRAL_SOCKET": str(home / "corral.sock")}
@@ -52,15 +53,21 @@ def daemon(policy: str, slots: int) -> Iterator[Client]:
                 client.host_info()
                 break
             time.sleep(0.05)
-        yield client
+        try:
+            yield client
+        except BaseException:
+            keep = False  # a failed run leaves nothing behind
+            raise
     finally:
         with contextlib.suppress(CorralError):
             for vm in client.list():
-                client.destroy(vm["name"])
+                if not (keep and vm["name"] == "gold"):
+                    client.destroy(vm["name"])
         client.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
-        shutil.rmtree(home, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def p95(values: Sequence[float]) -> float:
@@ -68,11 +75,12 @@ def p95(values: Sequence[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
-def run_policy(policy: str, slots: int) -> dict[str, Any]:
-    with daemon(policy, slots) as c:
-        c.create("gold", start=True, wait=True)
-        c.snapshot_create("gold", "ready", memory=True)
-        c.stop("gold")
+def run_policy(policy: str, slots: int, home: Path, last: bool) -> dict[str, Any]:
+    with daemon(policy, slots, home, keep=not last) as c:
+        if not any(vm["name"] == "gold" for vm in c.list()):
+            c.create("gold", start=True, wait=True)
+            c.snapshot_create("gold", "ready", memory=True)
+            c.stop("gold")
         c.batch(["true"], from_snapshot="gold:ready")  # builds the template, unmeasured
 
         def job(i: int, seconds: float) -> None:
@@ -104,7 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--slots", type=int, default=3)
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = p.parse_args(argv)
-    rows = [run_policy(policy, args.slots) for policy in args.policies.split(",")]
+    home = Path(tempfile.mkdtemp(prefix="crb-"))
+    try:
+        policies = args.policies.split(",")
+        rows = [run_policy(policy, args.slots, home, i == len(policies) - 1)
+                for i, policy in enumerate(policies)]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     print(f"{len(RUNTIMES)} batch jobs (warm starts) on {args.slots} slots; seconds; "
