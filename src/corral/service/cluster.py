@@ -80,6 +80,7 @@ class Member(ClusterView):
         self._work = asyncio.Event()  # set when work for this host was written
         self._done = asyncio.Event()  # replaced each time a request of this host finishes
         self._listener: Listener | None = None
+        self._loop_of: asyncio.AbstractEventLoop | None = None
         #: run after each heartbeat (the cluster's networks follow their hosts)
         self.on_beat: list[Callable[[], Awaitable[None]]] = []
         #: live migrations from here (:class:`.clustermigrate.Departure`), by VM
@@ -106,14 +107,22 @@ class Member(ClusterView):
                                 float(settings.value("cluster.max_skew")))
         self._last_beat = time.monotonic()
         await self._settle_claimed()
-        loop = asyncio.get_running_loop()
+        loop = self._loop_of = asyncio.get_running_loop()
 
         def wake(kind: str) -> None:
             loop.call_soon_threadsafe(self._woken, kind)
 
         self._listener = Listener(self.cs, wake)
         self._listener.start()
+        self.rt.db.listeners.append(self._freed)
         self._task = asyncio.create_task(self._loop(), name="cluster")
+
+    def _freed(self, ev: dict[str, Any]) -> None:
+        """(The store's writer thread) a VM here is gone: the room it held is told to the
+        cluster in the next round, not the next heartbeat, so a placement right after its
+        removal sees it."""
+        if ev["kind"] == "destroyed" and self._loop_of is not None:
+            self._loop_of.call_soon_threadsafe(self._woken, "freed")
 
     @property
     def store_ok(self) -> bool:
@@ -135,6 +144,9 @@ class Member(ClusterView):
 
     def _woken(self, kind: str) -> None:
         if kind == "work":
+            self._work.set()
+        elif kind == "freed":
+            self._last_beat = 0.0  # beat in this round
             self._work.set()
         elif kind == "nets":  # a reservation of a network homed here changed: follow now
             self.rt.background(self._after_beat())
@@ -166,6 +178,8 @@ class Member(ClusterView):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._freed in self.rt.db.listeners:
+            self.rt.db.listeners.remove(self._freed)
         if self._listener is not None:
             await asyncio.to_thread(self._listener.stop)
         self.lock.drop()
