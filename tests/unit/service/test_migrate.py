@@ -91,6 +91,8 @@ async def pair(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
         await asyncio.sleep(0.01)
         await ms.close()
         await mt.close()
+        # the target's fake machines outlive it too (the conftest clears only the source's)
+        shutil.rmtree(Paths(other).outside, ignore_errors=True)
 
 
 def calls(t: Host, log: list[str]) -> clustermigrate.PeerCall:
