@@ -317,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     m["times"] = (times_table(results, series_times, seconds) + f"\nthis report's own process: "
                   f"{own.ru_utime + own.ru_stime:.1f} s CPU (the /proc sampling, the plots)")
     saved.write_text(json.dumps({"results": results, "placement": placement, "machine": m,
-                                 "quick": args.quick, "seconds": seconds}))
+                                 "quick": args.quick, "seconds": seconds})
+                     .replace(str(ROOT) + "/", "").replace(str(ROOT), "."))  # no local paths
     path = write_markdown(results, plots, m, args.quick, seconds, args.out)
     print(m["times"])
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} with "
