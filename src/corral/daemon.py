@@ -98,6 +98,7 @@ async def _serve_api(paths: Paths, sock: socket.socket, tls: socket.socket | Non
     """Serve the unix socket (and the TCP listeners) until told to stop: at once, with the
     service opening in the background and the API loaded once it is open
     (:mod:`corral.api.front`)."""
+    from corral.api.fastlane import Lane
     from corral.api.front import Front, Loader
     from corral.api.opening import Opening
     from corral.service.manager import Manager
@@ -125,8 +126,9 @@ async def _serve_api(paths: Paths, sock: socket.socket, tls: socket.socket | Non
         return apps
 
     loader = Loader(build, failed)
+    lane = Lane(manager, lambda: loader.done.is_set() and loader.error is None)
     server = _server_class()(_config(Front(manager, opening, loader, 0, lane=True, owner=True),
-                                     lifespan="on"), manager)
+                                     lifespan="on", lane=lane), manager)
     extra = [_serve_tls(server, manager, Front(manager, opening, loader, 1), paths, tls,
                         listen)] if tls else []
     if tcp is not None:  # the page's loopback listener: same-origin requests only
@@ -144,17 +146,19 @@ async def _serve_api(paths: Paths, sock: socket.socket, tls: socket.socket | Non
 
 
 def _config(app: Any, lifespan: Literal["on", "off"] = "off",
-            tls: tuple[str, str] | None = None) -> Any:
+            tls: tuple[str, str] | None = None, lane: Any = None) -> Any:
     """The uvicorn configuration of one listener (``lifespan`` "on": the one that opens
     and closes the service; ``tls``: its certificate and key files); without the headers
     and proxy handling nobody here uses. A TCP listener's graceful shutdown is bounded:
     closing a TLS connection waits for the peer's close_notify, which an idle kept-alive
-    client (another host's forwarding pool) never sends."""
+    client (another host's forwarding pool) never sends. ``lane``: the hot requests its
+    protocol answers itself (:class:`corral.api.fastlane.Lane`; the unix socket's)."""
     import uvicorn
 
     from corral.api.onepiece import OnePieceHttp
 
-    return uvicorn.Config(app, loop="none", http=OnePieceHttp, lifespan=lifespan,
+    http = OnePieceHttp if lane is None else type("LaneHttp", (OnePieceHttp,), {"lane": lane})
+    return uvicorn.Config(app, loop="none", http=http, lifespan=lifespan,
                           log_level="warning", access_log=False, ws=cast(Any, _websocket),
                           proxy_headers=False, server_header=False, date_header=False,
                           ssl_certfile=tls[0] if tls else None,

@@ -261,10 +261,17 @@ class Guard:
 
     def _audit(self, who: access.Principal, method: str, route: str | None,
                params: dict[str, Any], status: int, result: str, made: Any) -> None:
-        resource = str(next(iter(params.values()), None) or made or "")
-        self.manager.tokens.audit(who, resource, {
-            "role": who.role, "action": f"{method} {route or '?'}", "status": status,
-            "result": result, **{k: str(v) for k, v in params.items()}})
+        audit(self.manager, who, method, route, params, status, result, made)
+
+
+def audit(manager: Manager, who: access.Principal, method: str, route: str | None,
+          params: dict[str, Any], status: int, result: str, made: Any) -> None:
+    """Record the request ``method route`` (its path ``params``) that ``who`` made, its
+    ``status`` and ``result`` (``ok`` or the error's kind), and the name of what it ``made``."""
+    resource = str(next(iter(params.values()), None) or made or "")
+    manager.tokens.audit(who, resource, {
+        "role": who.role, "action": f"{method} {route or '?'}", "status": status,
+        "result": result, **{k: str(v) for k, v in params.items()}})
 
 
 def _decoded(body: bytes) -> dict[str, Any]:

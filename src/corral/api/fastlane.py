@@ -4,6 +4,15 @@ services call in loops, and where the daemon's own overhead shows beside the mil
 QEMU takes; FastAPI's routing, dependency solving and middleware stack cost about as much as
 the pause itself.
 
+On the unix socket the lane sits lower still (:class:`Lane`): inside the daemon's HTTP
+protocol (:mod:`corral.api.onepiece`), a hot request of the local admin (no token, no
+project picked; the unix socket's requests act as ``local``, see :mod:`corral.api.auth`)
+that arrives whole in one read is answered without uvicorn's request cycle and the nine
+ASGI layers above the lane, which cost a pause a third of a millisecond. It does what those
+layers would do for it: the request is counted in the metrics under its route and audited
+as :class:`corral.api.auth.Guard` audits it. Anything else (a token, a project, a body, a
+request in pieces, a cluster, whose VMs may be another host's) goes up the usual way.
+
 The routes stay declared in FastAPI (their OpenAPI documentation, and any request the lane
 does not take: a query string, a body, a name that needs checking) and answer exactly what
 the lane answers: the same service call, the same JSON (a list's first page and its
@@ -18,13 +27,17 @@ under the route's template.
 
 from __future__ import annotations
 
+import http
 import json
 import logging
 import re
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from corral.api.names import API, MAX_PAGE, NAME_PATTERN
-from corral.errors import as_corral_error
+from corral.errors import CorralError, as_corral_error
+from corral.service import access
 
 if TYPE_CHECKING:
     from corral.service.manager import Manager
@@ -33,6 +46,27 @@ log = logging.getLogger(__name__)
 _VERB = re.compile(r"^" + re.escape(API) + r"/vms/(" + NAME_PATTERN.strip("^$") +
                    r")/(pause|resume)$")
 _JSON = [(b"content-type", b"application/json")]
+LIST = API + "/vms"
+Call = Callable[[], Any]  # the service call: a list, or an awaitable of a dict
+Headers = list[tuple[bytes, bytes]]
+# the headers a request the protocol's lane answers may carry (any other: the usual way)
+_PLAIN = frozenset({b"host", b"user-agent", b"accept", b"accept-encoding"})
+
+
+def hot(m: Manager, method: str, path: str) -> tuple[Call, str, dict[str, str]] | None:
+    """The service call of a hot route, the route's template and its path parameters; None
+    when ``method path`` is not one (a query string included)."""
+    if method == "GET" and path == LIST:
+        cluster = m.cluster
+        return (m.vms.list if cluster is None else (lambda: cluster.list_vms(None))), LIST, {}
+    if method != "POST":
+        return None
+    match = _VERB.match(path)
+    if match is None:
+        return None
+    name, verb = match.groups()
+    call = (lambda: m.vms.pause(name)) if verb == "pause" else (lambda: m.vms.resume(name))
+    return call, f"{API}/vms/{{name}}/{verb}", {"name": name}
 
 
 class FastLane:
@@ -45,29 +79,22 @@ class FastLane:
         self.endpoints = {(method, route.path): route.endpoint for route in routes
                           for method in getattr(route, "methods", None) or ()}
 
-    def _call(self, scope: dict[str, Any]) -> Any:
+    def _call(self, scope: dict[str, Any]) -> Call | None:
         """The service call for this request, or None to let FastAPI take it."""
         if scope["type"] != "http" or scope.get("query_string"):
             return None
-        method, path = scope["method"], scope["path"]
-        if method == "GET" and path == API + "/vms":
-            scope["endpoint"] = self.endpoints.get(("GET", path))
-            cluster = self.m.cluster
-            return self.m.vms.list if cluster is None else (lambda: cluster.list_vms(None))
-        if method != "POST":
+        method = scope["method"]
+        if method == "POST":
+            for key, value in scope.get("headers", ()):
+                if key == b"content-length" and value != b"0":
+                    return None
+                if key == b"transfer-encoding":
+                    return None
+        found = hot(self.m, method, scope["path"])
+        if found is None:
             return None
-        for key, value in scope.get("headers", ()):
-            if key == b"content-length" and value != b"0":
-                return None
-            if key == b"transfer-encoding":
-                return None
-        match = _VERB.match(path)
-        if match is None:
-            return None
-        name, verb = match.groups()
-        scope["endpoint"] = self.endpoints.get(("POST", API + "/vms/{name}/" + verb))
-        return (lambda: self.m.vms.pause(name)) if verb == "pause" \
-            else (lambda: self.m.vms.resume(name))
+        scope["endpoint"] = self.endpoints.get((method, found[1]))
+        return found[0]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         call = self._call(scope)
@@ -77,24 +104,79 @@ class FastLane:
         await answer(call, scope, send)
 
 
-async def answer(call: Any, scope: dict[str, Any], send: Any) -> None:
-    """Answer the request with what the service ``call`` returns (its error in Corral's
-    shape); a list as ``GET /v1/vms`` answers it: its first page and its ``X-Total-Count``."""
-    status, headers = 200, _JSON
+async def result(call: Call, method: str, path: str) -> tuple[int, Headers, bytes, str]:
+    """What the service ``call`` returns as an answer: its status, headers (but its length),
+    body, and ``ok`` or the error's kind (an error in Corral's shape, as every route answers
+    it); a list as ``GET /v1/vms`` answers it: its first page and its ``X-Total-Count``."""
     try:
-        result = call()
-        if not isinstance(result, list):
-            result = await result
-        if isinstance(result, list):  # the first page, as GET /v1/vms answers it
-            headers = [*_JSON, (b"x-total-count", str(len(result)).encode())]
-            result = result[:MAX_PAGE]
-        body = json.dumps(result).encode()
+        found = call()
+        if not isinstance(found, list):
+            found = await found
+        headers = _JSON
+        if isinstance(found, list):  # the first page, as GET /v1/vms answers it
+            headers = [*_JSON, (b"x-total-count", str(len(found)).encode())]
+            found = found[:MAX_PAGE]
+        return 200, headers, json.dumps(found).encode(), "ok"
     except Exception as err:  # answered as every route answers it
         if not hasattr(err, "status"):
-            log.exception("internal error in %s %s", scope["method"], scope["path"])
+            log.exception("internal error in %s %s", method, path)
         error = as_corral_error(err)
-        status, body = error.status, json.dumps(error.to_dict()).encode()
-        headers = _JSON
+        return error.status, _JSON, json.dumps(error.to_dict()).encode(), error.kind
+
+
+async def answer(call: Call, scope: dict[str, Any], send: Any) -> None:
+    """Answer the request with what the service ``call`` returns (see :func:`result`)."""
+    status, headers, body, _ = await result(call, scope["method"], scope["path"])
     await send({"type": "http.response.start", "status": status,
                 "headers": [*headers, (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+class Lane:
+    """The hot routes answered inside the unix socket's HTTP protocol (see the module doc),
+    once ``ready()`` says the API is loaded (until then requests wait for it the usual way)."""
+
+    def __init__(self, manager: Manager, ready: Callable[[], bool]) -> None:
+        self.m = manager
+        self.ready = ready
+
+    def take(self, data: bytes) -> tuple[Call, str, dict[str, str], str] | None:
+        """The request in ``data`` if it is a hot one the lane answers, and all of it (one
+        request, no body): its service call, route template, path parameters and method."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end + 4 != len(data) or self.m.cluster is not None or not self.ready():
+            return None
+        lines = data[:end].split(b"\r\n")
+        line = lines[0].split(b" ")
+        if len(line) != 3 or line[2] != b"HTTP/1.1":
+            return None
+        for header in lines[1:]:
+            name, sep, value = header.partition(b":")
+            name = name.lower()
+            if not sep or (name not in _PLAIN and (name != b"content-length" or
+                                                   value.strip() != b"0")):
+                return None
+        method = line[0].decode("latin-1")
+        found = hot(self.m, method, line[1].decode("latin-1"))
+        return None if found is None else (*found, method)
+
+    async def serve(self, request: tuple[Call, str, dict[str, str], str],
+                    write: Callable[[bytes], None]) -> None:
+        """Answer ``request`` (from :meth:`take`) through ``write``, then count it in the
+        metrics and, if it acts, audit it as the local admin's."""
+        call, route, params, method = request
+        t0 = time.perf_counter()
+        with access.acting_as(access.SYSTEM):
+            status, headers, body, kind = await result(call, method, route)
+        head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}".encode()]
+        head += [b"%s: %s" % pair for pair in headers]
+        head.append(b"content-length: %d\r\n\r\n" % len(body))
+        write(b"\r\n".join(head) + body)
+        try:
+            self.m.metrics.observe_request(route, method, status, time.perf_counter() - t0)
+        except CorralError:  # the service is closing
+            return
+        if method != "GET":
+            from corral.api.auth import audit
+
+            audit(self.m, access.SYSTEM, method, route, params, status, kind, None)

@@ -8,14 +8,21 @@ protocol here holds what is written during one turn of the event loop and sends 
 end of that turn, or as soon as the answer is whole, or before the connection closes: an
 answer made at once (every JSON answer) leaves in one ``send()``; a streamed one (events,
 downloads) still leaves as it is made, at most a turn of the loop later.
+
+A protocol given a :class:`~corral.api.fastlane.Lane` (the unix socket's) lets it answer the
+hot requests it takes, between two requests uvicorn parses: a request that arrives while
+the lane answers one waits for that answer, as a pipelined request waits in uvicorn.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+if TYPE_CHECKING:
+    from corral.api.fastlane import Lane
 
 
 class _Held:
@@ -52,13 +59,77 @@ class _Held:
 
 class OnePieceHttp(HttpToolsProtocol):
     """uvicorn's httptools protocol, writing through :class:`_Held`; an answer is sent the
-    moment it is whole (not after what the request's task does next: its audit record)."""
+    moment it is whole (not after what the request's task does next: its audit record).
+    With a :attr:`lane`, the hot requests it takes are answered by it."""
+
+    lane: Lane | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.held = _Held(transport)
+        self.parsing = False  # uvicorn's parser is inside a request
+        self.hot: asyncio.Task[None] | None = None  # the lane's answer being made
+        self.later: list[bytes] = []  # what arrived meanwhile
+        self.closing = False  # close once the lane's answer is sent
         super().connection_made(self.held)  # type: ignore[arg-type]
 
     def on_response_complete(self) -> None:
         self.held.flush()
         super().on_response_complete()
+
+    def on_message_begin(self) -> None:
+        self.parsing = True
+        super().on_message_begin()
+
+    def on_message_complete(self) -> None:
+        self.parsing = False
+        super().on_message_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self.hot is not None:
+            self.later.append(data)
+            return
+        lane = self.lane
+        if lane is not None and not self.parsing and not self.pipeline and \
+                (self.cycle is None or self.cycle.response_complete):
+            request = lane.take(data)
+            if request is not None:
+                self._unset_keepalive_if_required()
+                self.hot = self.loop.create_task(self._answer(lane, request))
+                self.server_state.tasks.add(self.hot)  # a graceful shutdown waits for it
+                return
+        super().data_received(data)
+
+    async def _answer(self, lane: Lane, request: Any) -> None:
+        def write(data: bytes) -> None:
+            self.held.write(data)
+            self.held.flush()
+
+        try:
+            await lane.serve(request, write)
+        finally:
+            self.server_state.tasks.discard(self.hot)
+            self.server_state.total_requests += 1
+            self.hot = None
+            self._after()
+
+    def _after(self) -> None:
+        """After the lane's answer: close if asked meanwhile, else take what arrived meanwhile
+        or wait for the next request as uvicorn does (its keep-alive timeout)."""
+        if self.held.is_closing():
+            return
+        if self.closing:
+            self.held.close()
+        elif self.later:
+            data = b"".join(self.later)
+            self.later.clear()
+            self.data_received(data)
+        else:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def shutdown(self) -> None:
+        if self.hot is not None:  # closed once its answer is sent
+            self.closing = True
+            return
+        super().shutdown()
