@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from corral.domain.states import State
 from corral.host import procstat
+from corral.service import access
 from corral.service.events import EventHub
 from corral.service.runtime import VMRuntime
 from corral.service.scheduling import Scheduler
@@ -108,6 +109,8 @@ class _Figures(Collector):
     def _vms(self) -> Iterator[Metric]:
         g = _Families()
         for rec in self.rt.db.list_vms():
+            if not access.in_scope(rec.project):  # a token's project sees its own VMs
+                continue
             vm = rec.name
             g.gauge("vm_vcpus", "virtual CPUs", "vm").add_metric([vm], rec.spec.cpus)
             g.gauge("vm_memory_size_bytes", "guest memory size", "vm").add_metric(

@@ -166,6 +166,13 @@ async def test_fast_lane_answers_as_the_token_may_and_is_counted(
     assert audit == want
     text = (await local.get("/metrics")).text
     assert 'route="/v1/vms/{name}/pause"' in text and 'route="/v1/vms",' in text, text
+    # the local admin scrapes every VM; a project's token, its project's alone
+    scraped = {who: {line.split('vm="')[1].split('"')[0] for line in text.splitlines()
+                     if line.startswith("corral_vm_vcpus{")}
+               for who, text in (("local", text),
+                                 ("a", (await remote.get("/metrics", headers=viewer)).text),
+                                 ("b", (await remote.get("/metrics", headers=b)).text))}
+    assert scraped == {"local": {"a1", "a2", "b1"}, "a": {"a1", "a2"}, "b": {"b1"}}
     for name in ("a1", "a2", "b1"):
         assert (await local.delete(f"/v1/vms/{name}")).status_code == 204
 
