@@ -127,7 +127,7 @@ declare("scheduler.backfill", "CORRAL_BACKFILL", _bool, False,
 declare("scheduler.timeslice_slots", "CORRAL_TIMESLICE_SLOTS", _int, None,
         "time-sliced VMs running at once (one per host CPU)")
 declare("scheduler.boot_concurrency", "CORRAL_BOOT_CONCURRENCY", _int, None,
-        "cold boots at once until their guests answer (default: twice the CPUs; 0: no limit)")
+        "cold boots at once until their guests answer (default: the CPUs; KVM: twice; 0: none)")
 declare("scheduler.quantum", "CORRAL_QUANTUM", _float, 2.0,
         "the time slice of round-robin VMs, in seconds", live=True)
 # snapshots and warm starts

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,6 @@ async def test_cold_boots_take_turns_until_their_guests_answer(
         assert (await settle(m, name, "running", within=5))["name"] == name
     monkeypatch.setenv("CORRAL_BOOT_CONCURRENCY", "0")
     assert BootGate().limit == 0  # no limit
+    monkeypatch.delenv("CORRAL_BOOT_CONCURRENCY")  # the default: a boot per CPU under TCG
+    cpus = os.cpu_count() or 1
+    assert (BootGate("tcg").limit, BootGate("kvm").limit) == (cpus, 2 * cpus)
