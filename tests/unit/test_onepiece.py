@@ -45,6 +45,16 @@ async def test_what_one_turn_writes_leaves_in_one_send() -> None:
     assert held.get_extra_info("peername") == ("peer", "peername")  # the rest: the transport's
 
 
+async def test_a_whole_answer_sent_at_once_goes_with_what_is_held() -> None:
+    real = Recorder()
+    held = _Held(real)
+    held.write(b"a")
+    held.send(b"b")  # (the protocol's lane: an answer made whole)
+    assert real.sent == [b"ab"]
+    await asyncio.sleep(0)  # the turn's end finds nothing more to send
+    assert real.sent == [b"ab"]
+
+
 async def test_a_close_sends_what_is_held_first_and_a_closed_connection_gets_nothing() -> None:
     real = Recorder()
     held = _Held(real)

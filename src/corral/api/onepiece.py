@@ -42,6 +42,11 @@ class _Held:
         for data in lines:
             self.write(data)
 
+    def send(self, data: bytes) -> None:
+        """Send what is held and ``data`` at once, in one write (a whole answer)."""
+        self._held.append(data)
+        self.flush()
+
     def flush(self) -> None:
         if self._held:
             data = b"".join(self._held)
@@ -101,12 +106,8 @@ class OnePieceHttp(HttpToolsProtocol):
         super().data_received(data)
 
     async def _answer(self, lane: Lane, request: Any) -> None:
-        def write(data: bytes) -> None:
-            self.held.write(data)
-            self.held.flush()
-
         try:
-            await lane.serve(request, write)
+            await lane.serve(request, self.held.send)
         finally:
             self.server_state.tasks.discard(self.hot)
             self.server_state.total_requests += 1
