@@ -226,7 +226,7 @@ def test_drain_empties_a_host(cluster: dict[str, HostDaemon]) -> None:
     report: dict[str, Any] = json.loads(res.stdout)
     assert report["left"] == [] and len(report["moves"]) == 1, report
     move = report["moves"][0]
-    assert move["ok"] and move["from"] == src and move["to"] != src
+    assert move["ok"] and move["from"] == src and move["to"] != src, move
     assert where(h1) == move["to"]
     assert int(sh(h1, "cat /tmp/counter")) > before
     assert [h["state"] for h in h1.json("host", "list") if h["name"] == src] == ["draining"]

@@ -138,7 +138,7 @@ class Member(ClusterView):
     async def fence(self) -> None:
         """Stop this host's copies of VMs the cluster gave to other hosts (see
         :mod:`corral.service.clusterha`); the daemon does it before it adopts anything."""
-        fenced = await clusterha.fence_moved(self.rt, self.cs)
+        fenced = await clusterha.fence_moved(self.rt, self.cs, self.departures)
         if fenced:
             log.warning("fenced %s: other hosts run them now", ", ".join(fenced))
 

@@ -34,6 +34,8 @@ from corral.store.assignments import cluster_vms
 from corral.store.db import VMRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from corral.service.runtime import VMRuntime
     from corral.store.assignments import Assignments
     from corral.store.cluster import ClusterStore
@@ -43,15 +45,18 @@ GRACE = 2  # heartbeats a down host's own self-fencing gets before its VMs are r
 LIVE_STATES = {s.value for s in LIVE}
 
 
-async def fence_moved(rt: VMRuntime, cs: ClusterStore) -> list[str]:
-    """Stop and forget every VM of this host that the cluster now gives to another host.
+async def fence_moved(rt: VMRuntime, cs: ClusterStore,
+                      leaving: Collection[str] = ()) -> list[str]:
+    """Stop and forget every VM of this host that the cluster now gives to another host,
+    except those ``leaving`` by a live migration of this daemon's: the name moves to the
+    target before the source hears the outcome, and the migration lets go of its copy itself.
 
     :raises StoreUnavailable: the store cannot be read (nothing is fenced).
     """
     owned = await asyncio.to_thread(cs.owned_names)
     fenced = []
     for rec in rt.db.list_vms():
-        if rec.name in owned:
+        if rec.name in owned or rec.name in leaving:
             continue
         log.warning("fencing %s: another host runs it now", rec.name)
         await _kill(rt, rec)

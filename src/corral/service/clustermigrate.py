@@ -246,7 +246,7 @@ async def _run(member: Member, rec: VMRecord, asked: Asked, route: dict[str, Any
             raise MigrationFailed(f"host {asked.to} did not take '{name}' ({err.message}); "
                                   "it runs on here", "switch") from err
         moved = {"name": name, "host": owner}
-    await _let_go(member, name)
+    await _let_go(member, rec)
     return {**moved, "migration": {
         "from": member.name, "to": asked.to, "total_time": round(result.total_time, 3),
         "downtime": result.downtime, "transferred": result.transferred,
@@ -292,11 +292,10 @@ async def _abort(member: Member, route: dict[str, Any], call: PeerCall, url: str
     member.rt.background(later())
 
 
-async def _let_go(member: Member, name: str) -> None:
+async def _let_go(member: Member, rec: VMRecord) -> None:
     """The VM runs on the target: forget it here, end the stopped QEMU, remove its files."""
-    rt = member.rt
+    rt, name, spec = member.rt, rec.name, rec.spec
     live = rt.live.get(name)
-    spec = rt.get(name).spec
     hostmoves.forget_vm(rt.db, name)  # the name is the target's already
     if live is not None:
         live.expected_exit = "migrated"

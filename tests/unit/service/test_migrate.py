@@ -29,7 +29,7 @@ from corral.errors import (
     NoCapacity,
     NotFound,
 )
-from corral.service import clustermigrate, migratein
+from corral.service import clusterha, clustermigrate, migratein
 from corral.service.clustermigrate import Asked
 from corral.service.manager import Manager
 from tests.unit.service.conftest import vm
@@ -279,3 +279,29 @@ async def test_a_target_without_tls_takes_it_in_clear_and_says_so(
     assert moved["migration"]["encrypted"] is False
     assert moved["last_migration"]["encrypted"] is False
     assert "UNENCRYPTED" in render.vm_detail(moved)
+
+
+async def test_a_heartbeat_at_the_switch_leaves_the_leaving_vm_to_its_migration(
+        pair: tuple[Host, Host, Names]) -> None:
+    """The name moves to the target before the source hears the outcome; the source's
+    heartbeat in between (it fences the VMs other hosts own) leaves that VM to the migration,
+    which reports the move and removes what is left here."""
+    s, t, names = pair
+    await running(s, names)
+    answer = calls(t, [])
+    mine = SimpleNamespace(owned_names=lambda: {n for n, h in names.owner.items() if h == "s"})
+    fenced: list[str] = []
+
+    async def call(route: dict[str, Any], method: str, url: str, body: dict[str, Any] | None,
+                   timeout: float) -> dict[str, Any]:
+        out = await answer(route, method, url, body, timeout)
+        if url.split("?")[0].endswith("/outcome"):
+            assert names.owner["a"] == "t"
+            fenced.extend(await clusterha.fence_moved(s.rt, mine, s.departures))  # type: ignore[arg-type]
+        return out
+
+    moved = await clustermigrate.migrate(s, "a", Asked("t"), call)  # type: ignore[arg-type]
+    assert moved["host"] == "t" and moved["migration"]["from"] == "s" and fenced == []
+    assert s.rt.db.get_vm("a") is None and "a" not in s.rt.live
+    assert not s.rt.paths.vm_dir("a").exists() and not s.rt.run_dir("a").exists()
+    assert await t.rt.live["a"].machine.status() == "running"
