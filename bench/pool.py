@@ -2,8 +2,8 @@
 the memory of idle clones; and a storm of VMs requested at once.
 
     CORRAL_IMAGE_PATH=build/images .venv/bin/python bench/pool.py [--reps 8] [--clones 50]
-        [--storm 40] [--only latency|clones|storm ...] [--boot-concurrency N]
-        [--boot-first on|off] [--quick] [--json FILE]
+        [--storm 40] [--only latency|clones|storm ...] [--boot-concurrency N] [--quick]
+        [--json FILE]
 
 Everything goes through ``corral.Client`` against a ``corral serve`` this script starts with
 its own temporary ``CORRAL_HOME`` (overcommit raised so the storm is not queued). The guest
@@ -67,15 +67,12 @@ def log(msg: str) -> None:
 
 
 @contextlib.contextmanager
-def daemon(boot_concurrency: int | None = None, boot_first: str | None = None
-           ) -> Iterator[tuple[Client, Path]]:
+def daemon(boot_concurrency: int | None = None) -> Iterator[tuple[Client, Path]]:
     home = Path(tempfile.mkdtemp(prefix="crp-", dir="/tmp"))
     env = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_SOCKET": str(home / "corral.sock"),
            "CORRAL_CPU_RATIO": "40"}
     if boot_concurrency is not None:
         env["CORRAL_BOOT_CONCURRENCY"] = str(boot_concurrency)
-    if boot_first is not None:
-        env["CORRAL_BOOT_FIRST"] = boot_first
     with (home / "daemon.log").open("ab") as out:
         proc = subprocess.Popen([CORRAL, "serve"], env=env, stdout=out, stderr=out,
                                 stdin=subprocess.DEVNULL)
@@ -240,7 +237,7 @@ def storm(c: Client, home: Path, count: int) -> tuple[float, int, list[str], dic
            "host_busy": round(busy1 - busy0, 2), "host_idle": round(idle1 - idle0, 2),
            "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
            "qemu_at_ready": round(sum(at_ready), 2)}
-    panics = [n for n in (f"s{i:02d}" for i in range(count))  # or a stall (boots come first)
+    panics = [n for n in (f"s{i:02d}" for i in range(count))  # or a stall
               if TROUBLE.search((home / "vms" / n / "serial.log").read_text(errors="replace"))]
     ready = sum(1 for v in c.list() if v["name"].startswith("s") and v["ready"])
     for i in range(count):
@@ -354,8 +351,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "boots on its own")
     p.add_argument("--boot-concurrency", type=int, metavar="N",
                    help="the daemon's scheduler.boot_concurrency (default: its own)")
-    p.add_argument("--boot-first", choices=("on", "off"),
-                   help="the daemon's scheduler.boot_first (default: its own)")
     p.add_argument("--quick", action="store_true", help="2 rounds, 8 clones, a storm of 8")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = p.parse_args(argv)
@@ -363,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.reps, args.clones, args.storm = 2, 8, 8
     parts = set(args.only or PARTS)
     res: dict[str, Any] = {"boot_cpu": []}
-    with daemon(args.boot_concurrency, args.boot_first) as (c, home):
+    with daemon(args.boot_concurrency) as (c, home):
         if parts & {"latency", "clones"}:
             c.create("gold", start=True, wait=True)
             c.snapshot_create("gold", "base", memory=True, template=True)
@@ -380,8 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds, ready, problems, storm_cpu = storm(c, home, args.storm)
             res["storm"] = {"count": args.storm, "seconds": seconds, "ready": ready,
                             "problems": problems, "cpu": storm_cpu,
-                            "boot_concurrency": args.boot_concurrency,
-                            "boot_first": args.boot_first}
+                            "boot_concurrency": args.boot_concurrency}
     print(report(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))

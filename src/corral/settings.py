@@ -98,7 +98,8 @@ declare("paths.allowed", "CORRAL_ALLOWED_PATHS", _paths, [],
         "(':'-separated; empty: none)")
 declare("uploads.max_size", "CORRAL_UPLOAD_MAX", _size, 64 << 30,
         "the largest file a client may upload (kernels, images, VM exports)")
-declare("uploads.ttl", "CORRAL_UPLOAD_TTL", _float, 3600.0, "seconds an unused upload is kept")
+declare("uploads.ttl", "CORRAL_UPLOAD_TTL", _float, 3600.0,
+        "seconds an upload no request has used is kept")
 # the engine
 declare("engine.accel", "CORRAL_ACCEL", _accel, "",
         "the accelerator, kvm or tcg (default: kvm where the host really offers it)")
@@ -108,7 +109,8 @@ declare("engine.sandbox", "CORRAL_SANDBOX", _bool, True,
         "QEMU's seccomp filter (-sandbox on,obsolete,elevateprivileges,spawn,resourcecontrol=deny)")
 declare("engine.memory_overhead", "CORRAL_QEMU_MEMORY_OVERHEAD", _size, None,
         "memory a QEMU may use over its guest's RAM (1G under TCG, 256M with KVM)")
-declare("engine.pids_max", "CORRAL_QEMU_PIDS_MAX", _int, 512, "threads and processes per QEMU")
+declare("engine.pids_max", "CORRAL_QEMU_PIDS_MAX", _int, 512,
+        "processes and threads one QEMU may have")
 # the host's capacity and the scheduler
 declare("host.cpus", "CORRAL_HOST_CPUS", _int, None, "the CPUs to offer (all the host's)")
 declare("host.memory", "CORRAL_HOST_MEMORY", _size, None, "the memory to offer (all the host's)")
@@ -126,8 +128,6 @@ declare("scheduler.timeslice_slots", "CORRAL_TIMESLICE_SLOTS", _int, None,
         "time-sliced VMs running at once (one per host CPU)")
 declare("scheduler.boot_concurrency", "CORRAL_BOOT_CONCURRENCY", _int, None,
         "cold boots at once until their guests answer (default: the CPUs; KVM: twice; 0: none)")
-declare("scheduler.boot_first", "CORRAL_BOOT_FIRST", _bool, True,
-        "a guest that answers while boots go on yields to them until the last (root only)")
 declare("scheduler.quantum", "CORRAL_QUANTUM", _float, 2.0,
         "the time slice of round-robin VMs, in seconds", live=True)
 # snapshots and warm starts

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any
 from corral.domain.states import LIVE, State, allowed, from_qmp_status
 from corral.engine.driver import Machine
 from corral.errors import CorralError
-from corral.host import priority, qemu_img
+from corral.host import qemu_img
 from corral.service.runtime import Live, VMRuntime
 from corral.store.db import VMRecord
 
@@ -122,7 +121,6 @@ async def _adopt(rt: VMRuntime, rec: VMRecord) -> None:
             await machine.cancel_migration()
         status = await machine.status()
     live = rt.attach(rec, machine)
-    _unease(machine.pid)
     state = from_qmp_status(status)
     if state not in (State.RUNNING, State.PAUSED):
         state = State.PAUSED  # a save cut short: the guest is held; resume it
@@ -218,14 +216,6 @@ def pending_nodes(rec: VMRecord) -> list[str]:
     nodes = [d.node(i) for i, d in enumerate(rec.spec.disks)
              if not d.readonly and d.format == "qcow2"]
     return nodes + ([VMSTATE_NODE] if rec.spec.vmstate else [])
-
-
-def _unease(pid: int) -> None:
-    """A guest that yielded to a storm of boots its daemon did not see to the end (see
-    :class:`corral.service.lifecycle.BootGate`) gets the daemon's own priority back."""
-    own = os.getpriority(os.PRIO_PROCESS, 0)
-    if os.geteuid() == 0 and priority.nice_of(pid) == min(19, own + priority.EASE):
-        priority.renice(pid, own)
 
 
 def _sweep(rt: VMRuntime) -> None:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from corral.domain.states import State, check
 from corral.errors import AgentError, CorralError, Timeout
-from corral.host import priority
 from corral.service.runtime import READY_TIMEOUT, OnReady, VMRuntime
 
 if TYPE_CHECKING:
@@ -34,17 +33,9 @@ class BootGate:
     ``scheduler.boot_concurrency`` (default: one per host CPU under TCG, where a boot keeps
     its core busy; twice that under KVM, where boots mostly wait; 0: no limit).
 
-    Boots come first: a guest that answers while other boots still run or wait has its
-    QEMU's threads lowered by ``EASE`` nice steps until the last of them has booted (as
-    systemd's ``StartupCPUWeight``), so its own first chores (DHCP, the console's shell)
-    take the CPU the boots leave. ``scheduler.boot_first`` (default on); only a root daemon
-    does it (only root may raise a priority back), and not without a limit.
-
     A storm of 40 tiny guests on 2 cores under TCG, one after the other in one hour:
     4 at once 133 s, 3 at once 138 s, 2 at once 126 s, each QEMU's CPU at its ready 1.15x,
     1.12x and 1.02x a single boot's (``bench/pool.py --only storm --boot-concurrency N``)."""
-
-    EASE = priority.EASE
 
     def __init__(self, accel: str = "tcg") -> None:
         import os
@@ -55,45 +46,24 @@ class BootGate:
         per_cpu = 1 if accel == "tcg" else 2
         self.limit = per_cpu * (os.cpu_count() or 1) if n is None else max(0, n)
         self._slots = asyncio.Semaphore(self.limit) if self.limit else None
-        self.booting = self.waiting = 0
-        self.ease = bool(self.limit and settings.value("scheduler.boot_first")) and \
-            os.geteuid() == 0
-        self.eased: dict[int, tuple[int, int]] = {}  # pid -> (its start time, its nice)
 
     async def enter(self) -> None:
-        self.waiting += 1
-        try:
-            if self._slots is not None:
-                await self._slots.acquire()
-        finally:
-            self.waiting -= 1
-        self.booting += 1
+        if self._slots is not None:
+            await self._slots.acquire()
 
     def leave(self) -> None:
-        self.booting -= 1
         if self._slots is not None:
             self._slots.release()
-        if not (self.booting or self.waiting) and self.eased:
-            eased, self.eased = self.eased, {}
-            for pid, (start, nice) in eased.items():
-                priority.renice(pid, nice, start)
 
-    async def leave_when_booted(self, ready: asyncio.Event, exited: Any,
-                                pid: int | None = None) -> None:
+    async def leave_when_booted(self, ready: asyncio.Event, exited: Any) -> None:
         """Give the place back once ``ready`` is set, ``exited`` (an awaitable) ends, or
-        after ``BOOT_SLOT`` seconds; a guest that answered while other boots go on yields
-        to them (process ``pid``, its QEMU)."""
+        after ``BOOT_SLOT`` seconds."""
         waits = {asyncio.ensure_future(ready.wait()), asyncio.ensure_future(exited)}
         try:
             await asyncio.wait(waits, timeout=BOOT_SLOT, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waits:
                 w.cancel()
-            if self.ease and pid and ready.is_set() and (self.waiting or self.booting > 1):
-                nice = priority.nice_of(pid)
-                start = None if nice is None else priority.renice(pid, nice + self.EASE)
-                if start is not None and nice is not None:
-                    self.eased[pid] = (start, nice)
             self.leave()
 
 
@@ -188,8 +158,8 @@ class Lifecycle:
             self.gate.leave()
             raise
         if live.machine.has_agent:
-            self.rt.background(self.gate.leave_when_booted(
-                live.ready, live.machine.wait_exit(), live.machine.pid))
+            self.rt.background(self.gate.leave_when_booted(live.ready,
+                                                           live.machine.wait_exit()))
         else:
             self.gate.leave()
         for i, disk in enumerate(rec.spec.disks):

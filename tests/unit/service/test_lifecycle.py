@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -165,70 +163,3 @@ async def test_cold_boots_take_turns_until_their_guests_answer(
     monkeypatch.delenv("CORRAL_BOOT_CONCURRENCY")  # the default: a boot per CPU under TCG
     cpus = os.cpu_count() or 1
     assert (BootGate("tcg").limit, BootGate("kvm").limit) == (cpus, 2 * cpus)
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a priority back")
-async def test_a_guest_that_answers_mid_storm_yields_to_the_boots_until_the_last(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Real processes stand for the QEMUs: one with a second thread, since Linux keeps the
-    priority per thread."""
-    from corral.service.lifecycle import BootGate
-
-    monkeypatch.setenv("CORRAL_BOOT_CONCURRENCY", "1")
-    gate = BootGate()
-    code = "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start()"
-    procs = [subprocess.Popen([sys.executable, "-c", f"{code}; time.sleep(60)"])
-             for _ in range(3)]
-
-    def nices(p: subprocess.Popen[bytes]) -> set[int]:
-        return {os.getpriority(os.PRIO_PROCESS, int(t))
-                for t in os.listdir(f"/proc/{p.pid}/task")}
-
-    try:
-        for _ in range(200):  # each has its second thread
-            if all(len(os.listdir(f"/proc/{p.pid}/task")) == 2 for p in procs):
-                break
-            await asyncio.sleep(0.01)
-        own = os.getpriority(os.PRIO_PROCESS, 0)
-        ready = [asyncio.Event() for _ in procs]
-        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await gate.enter()
-        leaving = [asyncio.ensure_future(gate.leave_when_booted(ready[0], never, procs[0].pid))]
-        second = asyncio.ensure_future(gate.enter())  # waits for the first one's place
-        await asyncio.sleep(0.01)
-        ready[0].set()  # the first answers while the second waits: it yields
-        await second
-        assert nices(procs[0]) == {min(19, own + BootGate.EASE)}
-        assert nices(procs[1]) == {own}
-        leaving.append(asyncio.ensure_future(gate.leave_when_booted(ready[1], never,
-                                                                    procs[1].pid)))
-        ready[1].set()  # the last boot answers with nothing waiting: all get theirs back
-        await asyncio.gather(*leaving)
-        assert nices(procs[0]) == nices(procs[1]) == {own}
-        assert gate.eased == {} and (gate.booting, gate.waiting) == (0, 0)
-        # a process gone (its pid another's since) is never touched
-        await gate.enter()
-        third = asyncio.ensure_future(gate.enter())
-        leaving = [asyncio.ensure_future(gate.leave_when_booted(ready[2], never, procs[2].pid))]
-        ready[2].set()
-        await third
-        assert procs[2].pid in gate.eased
-        gate.eased[procs[2].pid] = (gate.eased[procs[2].pid][0] + 1, own)  # another's start
-        gate.leave()
-        await asyncio.gather(*leaving)
-        assert nices(procs[2]) == {min(19, own + BootGate.EASE)}
-        # a daemon restarted mid-storm gives such a guest its priority back when it takes
-        # it up, and leaves any other priority as it is
-        from corral.host import priority
-        from corral.service.adoption import _unease
-
-        priority.renice(procs[1].pid, own + 3)
-        for p in procs[1:]:
-            _unease(p.pid)
-        assert nices(procs[2]) == {own} and nices(procs[1]) == {own + 3}
-        monkeypatch.setenv("CORRAL_BOOT_FIRST", "no")
-        assert not BootGate().ease and BootGate().limit == 1
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
