@@ -53,6 +53,24 @@ def image_path() -> str:
     return ":".join(paths)
 
 
+# A guest process that counts 20 times a second in /tmp/counter, written aside and renamed
+# (a reader never finds it empty mid-write) and there before the command returns (a reader
+# right after starting it finds 0, however slow the guest).
+COUNTER = ("echo 0 > /tmp/counter; (i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; "
+           "mv /tmp/counter.new /tmp/counter; sleep 0.05; done) >/dev/null 2>&1 &")
+
+
+def assert_clock_is_now(d: Daemon, vm: str, margin: float = 2.0) -> None:
+    """The guest's clock reads the host's time within ``margin`` seconds: its ``date +%s``
+    (whole seconds, so up to one behind) is bracketed by the host's time before and after
+    the command, so a slow exec on a busy host is not counted as the guest's error."""
+    before = time.time()
+    res = d.client.exec(vm, ["date", "+%s"], timeout=30)
+    after = time.time()
+    guest = int(res["stdout"])
+    assert before - 1 - margin < guest < after + margin, (before, guest, after)
+
+
 def qemu_pids(marker: str) -> list[int]:
     """QEMU processes whose command line mentions ``marker`` (zombies excluded)."""
     pids = []

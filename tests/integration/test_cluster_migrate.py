@@ -21,15 +21,12 @@ import pytest
 from corral.errors import CorralError
 from tests.integration.cluster_fixture import DOWN_AFTER, HostDaemon, three_hosts
 from tests.integration.cluster_hosts import wait_for
-from tests.integration.conftest import CORRAL, qemu_pids
+from tests.integration.conftest import CORRAL, COUNTER, qemu_pids
 
 pytestmark = pytest.mark.integration
 
 VM = "mig"
 DEV = "/dev/vda"
-# written aside and renamed: a reader never sees the file truncated mid-write (empty)
-COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; "
-           "mv /tmp/counter.new /tmp/counter; sleep 0.05; done) >/dev/null 2>&1 &")
 # rewrites 48 MiB of guest RAM over and over at the lowest priority: a migration with a
 # tiny downtime limit then does not converge until it is stopped
 DIRTY = ("nice -n 19 sh -c 'while :; do dd if=/dev/zero of=/tmp/dirty bs=1M count=48 "

@@ -12,10 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import HOMES, Daemon, assert_nothing_left
-
-COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done) "
-           ">/dev/null 2>&1 &")
+from .conftest import COUNTER, HOMES, Daemon, assert_nothing_left
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ from corral.engine.driver import MigrationOptions, MigrationProgress
 from corral.engine.qemu.driver import QemuDriver, QemuMachine
 from corral.errors import MigrationFailed
 
+from .conftest import COUNTER
+
 pytestmark = pytest.mark.integration
 
 DEV = "/dev/vda"
@@ -30,9 +32,6 @@ DEV = "/dev/vda"
 # counter still get the (emulated, maybe busy) vCPU when they need it
 DIRTY = ("nice -n 19 sh -c 'while :; do dd if=/dev/zero of=/tmp/dirty bs=1M count=48 "
          "2>/dev/null; done' >/dev/null 2>&1 &")
-# written aside and renamed: a reader never sees the file truncated mid-write (empty)
-COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; "
-           "mv /tmp/counter.new /tmp/counter; sleep 0.05; done) >/dev/null 2>&1 &")
 
 
 def free_port() -> int:

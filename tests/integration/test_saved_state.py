@@ -14,10 +14,7 @@ import pytest
 
 from corral.errors import CorralError
 
-from .conftest import Daemon, qemu_pids
-
-COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done) "
-           ">/dev/null 2>&1 &")
+from .conftest import COUNTER, Daemon, qemu_pids
 
 
 def counter(d: Daemon, name: str) -> int:

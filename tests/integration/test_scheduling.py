@@ -22,10 +22,7 @@ from corral.perf.simulate import parse_trace, simulate
 from corral.scheduler.resources import Resources
 from corral.scheduler.timeslice import jain_index
 
-from .conftest import Daemon, running_daemon
-
-COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done) "
-           ">/dev/null 2>&1 &")
+from .conftest import COUNTER, Daemon, running_daemon
 
 
 def wait_state(d: Daemon, name: str, state: str, within: float = 30) -> str:

@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from .conftest import Daemon
-
-COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done) "
-           ">/dev/null 2>&1 &")
+from .conftest import COUNTER, Daemon
 
 
 def sh(d: Daemon, vm: str, script: str) -> str:

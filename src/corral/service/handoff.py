@@ -38,13 +38,20 @@ PREPARE_WITHIN = 5.0
 ERRORS = (AgentError, Timeout, CorralError)
 
 
+def seconds_now() -> int:
+    """The host's time for the guest's ``date -s @SECONDS``, which takes no fraction:
+    rounded, so the guest starts at most half a second off (truncated, up to a whole second
+    behind, and then behind again by the time the command takes to run)."""
+    return round(time.time())
+
+
 async def identity_exec(machine: Machine, name: str) -> None:
     """The host's clock and the hostname ``name`` in one short command (best effort: the
     VM runs either way): the shell writes the hostname itself and becomes ``date``, so the
     guest forks once."""
     if not machine.has_agent:
         return
-    script = f"echo {name} >/proc/sys/kernel/hostname; exec date -s @{int(time.time())}"
+    script = f"echo {name} >/proc/sys/kernel/hostname; exec date -s @{seconds_now()}"
     with contextlib.suppress(*ERRORS):
         await machine.guest_exec(["sh", "-c", script + " >/dev/null"], capture=False,
                                  timeout=5)
@@ -107,6 +114,6 @@ async def _handed(machine: Machine, name: str, pid: int, handle: int) -> bool:
     FIFO closed, which flushes it, whether the shell still runs or not: with no reader
     left the line goes nowhere)."""
     try:
-        return await machine.guest_feed(pid, handle, f"{int(time.time())} {name}\n".encode())
+        return await machine.guest_feed(pid, handle, f"{seconds_now()} {name}\n".encode())
     except ERRORS:
         return False

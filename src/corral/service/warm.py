@@ -40,7 +40,7 @@ from corral.errors import (
     Timeout,
 )
 from corral.host import qemu_img
-from corral.service import access, provision, quotas, snapshots
+from corral.service import access, handoff, provision, quotas, snapshots
 from corral.service.runtime import VMRuntime
 from corral.store.db import VMRecord
 
@@ -304,7 +304,7 @@ def _take_identity(rt: VMRuntime) -> Callable[[str, Machine], Awaitable[None]]:
         rec = rt.db.get_vm(name)
         if rec is None or not machine.has_agent:
             return
-        script = [f"date -s @{int(time.time())} >/dev/null", f"hostname {name}"]
+        script = [f"date -s @{handoff.seconds_now()} >/dev/null", f"hostname {name}"]
         for i, nic in enumerate(rec.spec.nics):
             script.append(f"ip link set dev eth{i} address {nic.mac}")
         # best effort: the VM runs either way, and 'corral exec NAME -- hostname' shows it
