@@ -176,16 +176,19 @@ def run_workload(image_path: str, policy: str,
 
 def test_real_workload_matches_the_simulator(image_path: str, tmp_path: Path) -> None:
     # Two short jobs take both slots, two long ones queue, then six shorter ones: FCFS makes
-    # the six wait behind the long ones, SJF runs them first. With each job's ~0.5 s of warm
-    # start and exit added, the simulator predicts a mean response of 5.9 s (FCFS) against
-    # 3.8 s (SJF), a 36% gap; the gap stays 2.1 s whatever that overhead, so 20% with 2 s
-    # per job on a loaded machine, 16% with 3 s. The assertion asks for 10%.
+    # the six wait behind the long ones, SJF runs them first. On a quiet host (each job's
+    # warm start and exit ~0.5 s) the simulator predicts a mean response of 5.9 s (FCFS)
+    # against 3.8 s (SJF). On a busy one the overheads grow and the arrivals spread, and the
+    # predicted gain shrinks (7.3 against 6.4 s beside two CPU hogs): so the real gain is
+    # asked to be at least half of what the simulator predicts for the same trace.
     runtimes = [1.0, 1.0, 4.0, 4.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
-    measured = {}
+    measured, predictions = {}, {}
     for policy in ("fcfs", "sjf"):
         trace, real, predicted = run_workload(image_path, policy, runtimes)
-        measured[policy] = real
+        measured[policy], predictions[policy] = real, predicted
         (tmp_path / f"{policy}.json").write_text(json.dumps(trace))
         print(f"{policy}: real mean response {real:.2f} s, simulator {predicted:.2f} s")
         assert abs(real - predicted) / predicted < 0.25, (policy, real, predicted)
-    assert measured["sjf"] < 0.9 * measured["fcfs"], measured  # as theory says
+    gain = predictions["fcfs"] - predictions["sjf"]
+    assert gain > 0, predictions  # as theory says, on the trace as it happened
+    assert measured["fcfs"] - measured["sjf"] > gain / 2, (measured, predictions)
