@@ -176,12 +176,15 @@ def run_workload(image_path: str, policy: str,
 
 def test_real_workload_matches_the_simulator(image_path: str, tmp_path: Path) -> None:
     # Two short jobs take both slots, two long ones queue, then six shorter ones: FCFS makes
-    # the six wait behind the long ones, SJF runs them first. On a quiet host (each job's
-    # warm start and exit ~0.5 s) the simulator predicts a mean response of 5.9 s (FCFS)
-    # against 3.8 s (SJF). On a busy one the overheads grow and the arrivals spread, and the
-    # predicted gain shrinks (7.3 against 6.4 s beside two CPU hogs): so the real gain is
-    # asked to be at least half of what the simulator predicts for the same trace.
-    runtimes = [1.0, 1.0, 4.0, 4.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
+    # the six wait behind the long ones, SJF runs them first. The simulator, given the trace
+    # as it happened, must predict each policy's mean response. SJF's gain over FCFS shrinks
+    # on a busy host: the short jobs' warm starts then run two at once and each takes longer
+    # (beside one CPU hog, with 4 s long jobs, the simulator predicted 5.85 against 5.36 s
+    # and the real runs took 6.45 and 6.21 s). So the long jobs last 6 s, and the real gain
+    # is asked to be at least half of the predicted one whenever that is large enough to
+    # tell from the runs' own noise (a second; real and predicted gains stayed within 0.3 s
+    # of each other beside one or two CPU hogs).
+    runtimes = [1.0, 1.0, 6.0, 6.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
     measured, predictions = {}, {}
     for policy in ("fcfs", "sjf"):
         trace, real, predicted = run_workload(image_path, policy, runtimes)
@@ -190,5 +193,7 @@ def test_real_workload_matches_the_simulator(image_path: str, tmp_path: Path) ->
         print(f"{policy}: real mean response {real:.2f} s, simulator {predicted:.2f} s")
         assert abs(real - predicted) / predicted < 0.25, (policy, real, predicted)
     gain = predictions["fcfs"] - predictions["sjf"]
+    print(f"SJF's gain: real {measured['fcfs'] - measured['sjf']:.2f} s, predicted {gain:.2f} s")
     assert gain > 0, predictions  # as theory says, on the trace as it happened
-    assert measured["fcfs"] - measured["sjf"] > gain / 2, (measured, predictions)
+    if gain >= 1.0:
+        assert measured["fcfs"] - measured["sjf"] > gain / 2, (measured, predictions)

@@ -178,12 +178,14 @@ async def _capture(rt: VMRuntime, spec: sp.VMSpec, snapshot: str, work: Path) ->
         await machine.save_state(work / "dev.state", ignore_shared=True)
         with contextlib.suppress(CorralError):
             await machine.quit()
-    finally:
-        await machine.close()
+    finally:  # its run directory goes however this ends (cancelled while it waits, say)
         machine.kill()
-        await machine.wait_exit(5)
-        rt.driver.cleanup(run_dir)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            await machine.close()
+            await machine.wait_exit(5)
+        finally:
+            rt.driver.cleanup(run_dir)
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 async def define_warm(rt: VMRuntime, name: str, source: str,
