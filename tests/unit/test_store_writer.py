@@ -1,4 +1,4 @@
-"""The store's writer: writes nobody waits for are held until the loop's turn ends and go
+"""The store's writer: writes nobody waits for are held for a moment (HOLD) and go
 together in one transaction, and every write still runs in the order it was asked for."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 
 from corral.domain.specs import VMSpec
 from corral.domain.states import State
+from corral.store import writer as writer_module
 from corral.store.db import Store, VMRecord
 from corral.store.writer import Writer
 
@@ -26,16 +27,35 @@ def recording() -> tuple[Writer, list[Any]]:
     return Writer(batch), ran
 
 
-async def test_held_writes_go_together_once_the_turn_ends_and_before_later_ones() -> None:
+async def test_held_writes_go_together_after_the_hold_and_before_later_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "HOLD", 0.01)
     writer, ran = recording()
     writer.later(lambda _conn: "a")
     writer.later(lambda _conn: "b")
-    await asyncio.sleep(0)  # the turn ends: both go, in one batch
+    for _ in range(500):  # the hold ends: both go, in one batch
+        if ran:
+            break
+        await asyncio.sleep(0.01)
     writer.later(lambda _conn: "c")
     done = writer.submit(lambda: ran.append("d"))  # asked for after c: runs after it
     await asyncio.wrap_future(done)
     writer.shutdown()
     assert ran == [["a", "b"], ["c"], "d"]
+
+
+async def test_held_writes_wait_for_the_hold_unless_a_write_is_waited_for(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "HOLD", 3600.0)
+    writer, ran = recording()
+    writer.later(lambda _conn: "a")
+    writer.later(lambda _conn: "b")
+    await asyncio.sleep(0.05)  # turns of the loop pass: still held
+    assert ran == []
+    done = writer.submit(lambda: ran.append("c"))  # sends the held ones first, in order
+    await asyncio.wrap_future(done)
+    writer.shutdown()
+    assert ran == [["a", "b"], "c"]
 
 
 async def test_writes_held_through_a_block_go_in_one_batch_at_its_end() -> None:

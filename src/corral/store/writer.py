@@ -3,12 +3,17 @@ event loop never waits for the disk unless it asks to (:meth:`Writer.submit` ret
 future to wait on).
 
 Writes that nobody waits for (:meth:`Writer.later`: a pause's new state, which QEMU can tell
-again after a crash; an audit record) are held until the event loop's current turn ends and
-then go together, in one transaction. A pause's answer is made and sent in that turn, so the
-writer thread does not compete with it for the interpreter, and the state change and the
-audit record of one request cost one commit instead of two. Anything submitted meanwhile
-goes after them, so the order of writes (and of their events) is the order they were asked
-for.
+again after a crash; an audit record) are held for :data:`HOLD` (20 ms) after the first of
+them and then go together, in one transaction: a group commit. A pause's answer is made and
+sent meanwhile, and so are the next few (a script pausing and resuming in a loop makes one
+commit every 20 ms, not one per call), so the writer thread seldom competes with an answer
+for the interpreter. Measured with two daemons side by side, pause and resume alternated
+between them: 0.10-0.14 ms less per call (2.17-2.49 against 2.30-2.58 ms) than holding them
+only to the end of the event loop's turn. Anything submitted meanwhile, and any read of the
+event log (:meth:`~corral.store.db.Store.flush`), sends them first, so the order of writes
+(and of their events) is the order they were asked for. A daemon killed outright (SIGKILL)
+within those 20 ms loses them (the window was about a millisecond before): what adoption
+reads again from QEMU, and the audit records of those calls.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from sqlalchemy import Connection
 
 log = logging.getLogger(__name__)
 Write = Callable[[Connection], None]  # one write, given the transaction's connection
+#: how long writes nobody waits for are held to go together (see the module doc)
+HOLD = 0.02
 _Job = tuple[Callable[[], Any], "Future[Any] | None"]  # None: nobody waits (failures logged)
 
 
@@ -63,9 +70,9 @@ class Writer:
         return done
 
     def later(self, write: Write) -> None:
-        """Run ``write`` in order, without waiting for it: once the event loop's current turn
-        ends, with the other writes held in that turn, in one transaction (off the loop: at
-        once). A failure is logged.
+        """Run ``write`` in order, without waiting for it: :data:`HOLD` after the first write
+        held, with the others held meanwhile, in one transaction (off the loop: at once). A
+        failure is logged.
 
         :raises RuntimeError: the writer was shut down.
         """
@@ -76,7 +83,7 @@ class Writer:
         with self._lock:
             self._check()
             if loop is not None and not self._held and not self._holding:
-                loop.call_soon(self.release)
+                loop.call_later(HOLD, self.release)
             self._held.append(write)
             if loop is None:
                 self._release()
