@@ -86,6 +86,19 @@ def reap(pid: int, timeout: float = 10.0) -> bool:
         time.sleep(0.0002)
 
 
+def qemu_pids(marker: str) -> list[int]:
+    """The QEMU processes whose command line mentions ``marker`` (a home), zombies aside."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+        except OSError:
+            continue
+        if b"qemu-system" in cmd and marker.encode() in cmd and pid_alive(int(proc.name)):
+            pids.append(int(proc.name))
+    return pids
+
+
 def kill_and_reap(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, 9)

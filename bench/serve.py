@@ -40,6 +40,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _common import kill_and_reap, qemu_pids
+
 from corral.client import Client
 from corral.errors import CorralError
 
@@ -134,12 +136,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 times[key]["full"].append(full)
                 times[key]["cpu"].append(d.cpu)
     finally:
+        c.close()
+        if d.proc is None or d.proc.poll() is not None:  # (another tree's failed to start)
+            d.proc = None
+            with contextlib.suppress(Exception):
+                c, _ = d.start("this", HERE)  # this tree's daemon removes the VMs
         with contextlib.suppress(CorralError):
             c.pool_rm("p")
-            for vm in c.list():
-                c.rm(vm["name"])
+        with contextlib.suppress(CorralError):
+            for vm in [] if d.proc is None else c.list():
+                with contextlib.suppress(CorralError):
+                    c.rm(vm["name"])
         c.close()
         d.stop()
+        for pid in qemu_pids(str(home)):  # what no daemon could remove
+            kill_and_reap(pid)
         logs = {k: d.log(k).read_text() if d.log(k).exists() else "" for k in trees}
         shutil.rmtree(home, ignore_errors=True)
     return _report(args, trees, times, logs, load)

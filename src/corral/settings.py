@@ -98,8 +98,7 @@ declare("paths.allowed", "CORRAL_ALLOWED_PATHS", _paths, [],
         "(':'-separated; empty: none)")
 declare("uploads.max_size", "CORRAL_UPLOAD_MAX", _size, 64 << 30,
         "the largest file a client may upload (kernels, images, VM exports)")
-declare("uploads.ttl", "CORRAL_UPLOAD_TTL", _float, 3600.0,
-        "seconds an upload no request has used is kept")
+declare("uploads.ttl", "CORRAL_UPLOAD_TTL", _float, 3600.0, "seconds an unused upload is kept")
 # the engine
 declare("engine.accel", "CORRAL_ACCEL", _accel, "",
         "the accelerator, kvm or tcg (default: kvm where the host really offers it)")
@@ -109,8 +108,9 @@ declare("engine.sandbox", "CORRAL_SANDBOX", _bool, True,
         "QEMU's seccomp filter (-sandbox on,obsolete,elevateprivileges,spawn,resourcecontrol=deny)")
 declare("engine.memory_overhead", "CORRAL_QEMU_MEMORY_OVERHEAD", _size, None,
         "memory a QEMU may use over its guest's RAM (1G under TCG, 256M with KVM)")
-declare("engine.pids_max", "CORRAL_QEMU_PIDS_MAX", _int, 512,
-        "processes and threads one QEMU may have")
+declare("engine.pids_max", "CORRAL_QEMU_PIDS_MAX", _int, 512, "processes and threads per QEMU")
+declare("engine.guard_linger", "CORRAL_GUARD_LINGER", _float, 30.0,
+        "seconds the host guard stays after the last QEMU ends (0: it goes at once)")
 # the host's capacity and the scheduler
 declare("host.cpus", "CORRAL_HOST_CPUS", _int, None, "the CPUs to offer (all the host's)")
 declare("host.memory", "CORRAL_HOST_MEMORY", _size, None, "the memory to offer (all the host's)")

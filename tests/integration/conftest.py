@@ -168,6 +168,12 @@ def assert_nothing_left(home: Path, run_dir: Path | None = None) -> None:
     assert not outside.exists(), f"{outside} left behind"
     vms = home / "vms"
     assert not vms.exists() or list(vms.iterdir()) == [], "VM directories left behind"
+    guard = f"table inet corral-qemu-{Paths(home).tag}"  # the host guard (once no QEMU runs)
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert guard not in tables.splitlines(), f"{guard} left behind"
+    groups = [g for depth in range(4) for g in Path("/sys/fs/cgroup").glob(
+        "*/" * depth + f"corral-{Paths(home).tag}-*")]
+    assert groups == [], f"cgroups left behind: {groups}"
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ import pytest
 from corral.config import Paths
 from corral.errors import CorralError
 
-from .conftest import HOMES, Daemon, assert_nothing_left
+from .conftest import HOMES, Daemon, assert_nothing_left, running_daemon
 from .test_networks import free_port, http_get, serve_http, sh, until
 
 GiB = 1 << 30
@@ -197,20 +197,21 @@ async def _forbidden_syscall(home: Path) -> None:
             assert time.monotonic() < deadline, vm
             await asyncio.sleep(0.05)
         assert "SIGSYS" in vm["exit_reason"] and "seccomp" in vm["exit_reason"], vm
-        assert not has_table(guard(home)), "the host guard outlived the last QEMU"
         await m.vms.rm("sys")
     finally:
         await m.close()
-    assert_nothing_left(home)
+    assert_nothing_left(home)  # the host guard too: no QEMU runs on
 
 
-def test_the_host_guard_is_there_while_a_qemu_runs(daemon: Daemon, make_vm: Any) -> None:
-    for vm in daemon.client.list():
-        daemon.client.destroy(vm["name"])
-    assert not has_table(guard(daemon.home))
-    make_vm("guarded", start=False)
-    assert not has_table(guard(daemon.home))
-    daemon.client.start("guarded")
-    assert has_table(guard(daemon.home))
-    daemon.client.stop("guarded", force=True)
-    assert not has_table(guard(daemon.home))
+def test_the_host_guard_is_there_while_a_qemu_runs_and_a_moment_after(image_path: str) -> None:
+    """Up before the first QEMU starts; after the last one ends it stays ``engine.guard_linger``
+    seconds (a VM started meanwhile pays no ``nft`` run) and then goes."""
+    with running_daemon(image_path, CORRAL_GUARD_LINGER="4") as d:
+        table = guard(d.home)
+        d.client.create("guarded")
+        assert not has_table(table)
+        d.client.start("guarded")
+        assert has_table(table)
+        d.client.stop("guarded", force=True)
+        assert has_table(table), "lowered at once, not after the linger"
+        assert until(lambda: not has_table(table), 4 + 30), "the guard outlived its linger"

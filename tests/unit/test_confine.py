@@ -15,6 +15,8 @@ import pytest
 
 from corral.config import Paths
 from corral.engine.driver import ExitStatus
+from corral.engine.qemu.confine import Confinement
+from corral.engine.qemu.driver import QemuDriver
 from corral.engine.qemu.process import reap, start_time
 from corral.engine.qemu.spawn import Jail, spawn
 from corral.host import qemu_user
@@ -151,3 +153,53 @@ def test_the_facts_of_a_running_qemu_are_read_once_and_dropped_when_it_ends(
     gone = subprocess.Popen(["true"])
     gone.wait()
     assert known.of(gone.pid, known=True) is None  # a process that is gone has no facts
+
+
+class _Guard(Confinement):
+    """A confinement whose host guard is a list of what was done to it (no nft)."""
+
+    def __init__(self, linger: float) -> None:
+        super().__init__(host_guard="corral-qemu-test", guard_linger=linger)
+        self.calls: list[str] = []
+
+    def raise_guard(self) -> None:
+        self.calls.append("up")
+        self.guard_up = True
+
+    def lower_guard(self) -> None:
+        self.calls.append("down")
+        self.guard_up = False
+
+
+async def test_the_host_guard_lingers_after_the_last_qemu_unless_another_starts() -> None:
+    conf = _Guard(linger=0.2)
+    driver = QemuDriver("tcg", confinement=conf)
+    conf.raise_guard()
+    driver.settle_guard()  # the last QEMU ended: the guard stays for the linger
+    assert conf.calls == ["up"]
+    driver.pids.add(os.getpid())  # one starts meanwhile (a live pid stands for it)
+    driver.settle_guard()
+    await asyncio.sleep(0.5)
+    assert conf.calls == ["up"], "lowered under a running QEMU"
+    driver.pids.clear()
+    driver.settle_guard()
+    for _ in range(250):
+        if conf.calls[-1] == "down":
+            break
+        await asyncio.sleep(0.02)
+    assert conf.calls == ["up", "down"]
+    driver.settle_guard()  # a guard this daemon did not raise (a killed one's): at once
+    assert conf.calls == ["up", "down", "down"]
+    conf.raise_guard()
+    driver.settle_guard()
+    driver.settle_guard(at_once=True)  # the daemon closes: now, and the pending one is gone
+    await asyncio.sleep(0.4)
+    assert conf.calls == ["up", "down", "down", "up", "down"]
+
+
+def test_without_a_loop_or_a_linger_the_host_guard_goes_at_once() -> None:
+    for conf in (_Guard(linger=30.0), _Guard(linger=0.0)):
+        driver = QemuDriver("tcg", confinement=conf)
+        conf.raise_guard()
+        driver.settle_guard()
+        assert conf.calls == ["up", "down"]

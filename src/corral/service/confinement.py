@@ -100,10 +100,12 @@ def _limits(conf: Confinement, paths: Paths, accel: str) -> None:
 def _guard_host(conf: Confinement, paths: Paths) -> None:
     """QEMU's user is to be refused every TCP connection to the host itself (a guest on
     user-mode networking reaching the API port through 10.0.2.2): the rule is in place while
-    a QEMU of this daemon runs (:meth:`Confinement.raise_guard`)."""
+    a QEMU of this daemon runs (:meth:`Confinement.raise_guard`), and ``engine.guard_linger``
+    seconds after the last one ends (:meth:`~corral.engine.qemu.driver.QemuDriver.settle_guard`)."""
     if conf.user is None:
         conf.off["host_guard"] = "QEMU does not run as a user of its own"
     elif shutil.which("nft") is None:
         conf.off["host_guard"] = "nft is not installed (apt-get install nftables)"
     else:
         conf.host_guard = f"corral-qemu-{paths.tag}"
+        conf.guard_linger = float(str(_setting("engine.guard_linger")))

@@ -170,8 +170,8 @@ class Manager:
             opened.net.overlay.close()
         opened.events.close()
         await opened.telemetry.close()
-        if self._qemu is not None and not opened.rt.live:
-            self._qemu.confinement.lower_guard()  # no QEMU of ours runs on without us
+        if self._qemu is not None:
+            self._qemu.settle_guard(at_once=True)  # unless a QEMU of ours runs on
         await opened.rt.close()
         await opened.sched.close()
         opened.rt.db.close()

@@ -39,7 +39,7 @@ from corral.errors import (
     QuotaExceeded,
     Timeout,
 )
-from corral.host import qemu_img
+from corral.host import cgroups, qemu_img
 from corral.service import access, handoff, provision, quotas, snapshots
 from corral.service.runtime import VMRuntime
 from corral.store.db import VMRecord
@@ -169,9 +169,17 @@ async def _capture(rt: VMRuntime, spec: sp.VMSpec, snapshot: str, work: Path) ->
     """Load the snapshot in a helper machine whose RAM is ``work/ram`` (shared), then write
     the device state alone to ``work/dev.state``."""
     run_dir = rt.paths.run / f".tmpl-{uuid.uuid4().hex[:8]}"
-    machine = await rt.driver.launch(spec, run_dir, work / "serial.log", lambda _e, _d: None,
-                                     LaunchOptions(hold=True, ram=RamFile(work / "ram",
-                                                                          shared=True)))
+    # named as its run directory (no VM can be): its cgroups are its own, not those of the
+    # VM the snapshot is of (which may be running, under the same memory limit), and go
+    # with it
+    helper = spec.model_copy(update={"name": run_dir.name})
+    try:
+        machine = await rt.driver.launch(
+            helper, run_dir, work / "serial.log", lambda _e, _d: None,
+            LaunchOptions(hold=True, ram=RamFile(work / "ram", shared=True)))
+    except BaseException:
+        cgroups.remove_limits(rt.paths.tag, helper.name)
+        raise
     machine.watch_exit(lambda _status: None)  # so that kill and wait_exit see it end
     try:
         await machine.snapshot_load(snapshot, VMSTATE_NODE, [VMSTATE_NODE])
@@ -186,6 +194,7 @@ async def _capture(rt: VMRuntime, spec: sp.VMSpec, snapshot: str, work: Path) ->
         finally:
             rt.driver.cleanup(run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
+            cgroups.remove_limits(rt.paths.tag, helper.name)
 
 
 async def define_warm(rt: VMRuntime, name: str, source: str,

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +50,11 @@ class Confinement:
     memory_overhead: int = 0        # bytes over guest RAM before the memory cgroup says no
     pids_max: int = 0
     host_guard: str | None = None   # the nftables table that keeps QEMU off the host's ports
+    guard_linger: float = 0.0       # seconds it stays after the last QEMU ends
     off: dict[str, str] = field(default_factory=dict)
     guard_up: bool = False
     _raising: asyncio.Future[None] | None = field(default=None, repr=False, compare=False)
+    _lowering: asyncio.TimerHandle | None = field(default=None, repr=False, compare=False)
 
     def raise_guard(self) -> None:
         """Put the host guard in place (before a QEMU starts, or when QEMUs are adopted). A
@@ -85,6 +87,26 @@ class Confinement:
             with contextlib.suppress(CorralError):
                 Nft().delete_table("inet", self.host_guard)
             self.guard_up = False
+
+    def settle(self, idle: Callable[[], bool], at_once: bool = False) -> None:
+        """Once ``idle()`` (no QEMU of ours runs or starts), lower the guard: ``guard_linger``
+        seconds later unless one starts meanwhile (a script that starts and destroys one VM
+        after another would otherwise pay two runs of ``nft``, tens of milliseconds on the
+        event loop, for each); ``at_once`` (the daemon closes), off the event loop, or for a
+        guard this daemon did not raise (one a daemon killed earlier left): now."""
+        if self._lowering is not None:
+            self._lowering.cancel()
+            self._lowering = None
+        if not idle():
+            return
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if at_once or loop is None or self.guard_linger <= 0 or not self.guard_up:
+            self.lower_guard()
+        else:  # (on the loop when it fires: a launch never races a lowering)
+            self._lowering = loop.call_later(self.guard_linger, self.settle, idle, True)
 
     def hand_over(self, paths: Iterable[str | Path]) -> None:
         """Give the QEMU user files it will open by path (a hot-plugged disk).

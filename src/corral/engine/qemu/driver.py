@@ -20,12 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.domain.specs import DiskSpec, NicSpec, VMSpec
-from corral.engine.driver import (
-    DEVICE_DELETED,
-    EventHandler,
-    ExitStatus,
-    LaunchOptions,
-)
+from corral.engine.driver import DEVICE_DELETED, EventHandler, ExitStatus, LaunchOptions
 from corral.engine.events import EventWaiters
 from corral.engine.qemu import argv as qargv
 from corral.engine.qemu import confine
@@ -292,8 +287,7 @@ class QemuDriver:
                  confinement: Confinement | None = None) -> None:
         self.accel, self.tsc_khz = accel, tsc_khz
         self.confinement = confinement or Confinement()
-        # the QEMUs started or adopted and not known to have ended, and the launches under
-        # way: the host guard stands while there is one
+        # QEMUs started or adopted, not known to have ended, and launches: the guard stands
         self.pids: set[int] = set()
         self.launching = 0
         self.known = confine.KnownFacts()  # what confines each of them (read once)
@@ -302,12 +296,14 @@ class QemuDriver:
         self.pids.discard(pid)
         self.settle_guard()
 
-    def settle_guard(self) -> None:
-        """Lower the host guard once no QEMU of ours runs or starts (gone or zombie: ended)."""
+    def settle_guard(self, at_once: bool = False) -> None:
+        """Lower the host guard once no QEMU of ours runs or starts (see Confinement.settle)."""
+        self.confinement.settle(self._idle, at_once)
+
+    def _idle(self) -> bool:
         self.pids = {pid for pid in self.pids if start_time(pid) is not None}
         self.known.keep(self.pids)
-        if not self.pids and not self.launching:
-            self.confinement.lower_guard()
+        return not self.pids and not self.launching
 
     def cleanup(self, run_dir: Path, keep_dir: bool = False, orphan: bool = False) -> None:
         if orphan:
