@@ -2,8 +2,9 @@
 
 Looked for with the system's own tools rather than with the code under test: interfaces of
 the host whose names start with ``crl-``, named network namespaces ``corral-*``, nft tables
-``corral*`` in the host's ruleset (but the host guards, ``corral-qemu-*``), and live (not zombie) dnsmasq processes whose command line
-names an interface ``crl-*``. Everything inside a leftover namespace counts through it.
+``corral*`` in the host's ruleset (but the host guards, ``corral-qemu-*``), and live (not
+zombie) dnsmasq processes whose command line names an interface ``crl-*``. Everything
+inside a leftover namespace counts through it.
 """
 
 from __future__ import annotations

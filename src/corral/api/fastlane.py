@@ -110,18 +110,34 @@ async def result(call: Call, method: str, path: str) -> tuple[int, Headers, byte
     it); a list as ``GET /v1/vms`` answers it: its first page and its ``X-Total-Count``."""
     try:
         found = call()
-        if not isinstance(found, list):
-            found = await found
-        headers = _JSON
-        if isinstance(found, list):  # the first page, as GET /v1/vms answers it
-            headers = [*_JSON, (b"x-total-count", str(len(found)).encode())]
-            found = found[:MAX_PAGE]
-        return 200, headers, json.dumps(found).encode(), "ok"
+        return _encoded(found if isinstance(found, list) else await found)
     except Exception as err:  # answered as every route answers it
-        if not hasattr(err, "status"):
-            log.exception("internal error in %s %s", method, path)
-        error = as_corral_error(err)
-        return error.status, _JSON, json.dumps(error.to_dict()).encode(), error.kind
+        return _failed(err, method, path)
+
+
+def result_now(call: Call, method: str, path: str) -> tuple[int, Headers, bytes, str]:
+    """:func:`result` of a ``call`` that answers at once (a list: ``GET``)."""
+    try:
+        found = call()
+        assert isinstance(found, list)
+        return _encoded(found)
+    except Exception as err:
+        return _failed(err, method, path)
+
+
+def _encoded(found: Any) -> tuple[int, Headers, bytes, str]:
+    headers = _JSON
+    if isinstance(found, list):  # the first page, as GET /v1/vms answers it
+        headers = [*_JSON, (b"x-total-count", str(len(found)).encode())]
+        found = found[:MAX_PAGE]
+    return 200, headers, json.dumps(found).encode(), "ok"
+
+
+def _failed(err: Exception, method: str, path: str) -> tuple[int, Headers, bytes, str]:
+    if not hasattr(err, "status"):
+        log.exception("internal error in %s %s", method, path)
+    error = as_corral_error(err)
+    return error.status, _JSON, json.dumps(error.to_dict()).encode(), error.kind
 
 
 async def answer(call: Call, scope: dict[str, Any], send: Any) -> None:
@@ -164,10 +180,31 @@ class Lane:
                     write: Callable[[bytes], None]) -> None:
         """Answer ``request`` (from :meth:`take`) through ``write``, then count it in the
         metrics and, if it acts, audit it as the local admin's."""
-        call, route, params, method = request
+        call, route, _, method = request
         t0 = time.perf_counter()
         with access.acting_as(access.SYSTEM):
-            status, headers, body, kind = await result(call, method, route)
+            answer = await result(call, method, route)
+        self._send(request, answer, t0, write)
+
+    def serve_now(self, request: tuple[Call, str, dict[str, str], str],
+                  write: Callable[[bytes], None]) -> bool:
+        """:meth:`serve` at once, for a request whose answer needs no wait (``GET``, the
+        list: a task of its own cost it another turn of the event loop); False for another
+        (nothing is done)."""
+        call, route, _, method = request
+        if method != "GET":
+            return False
+        t0 = time.perf_counter()
+        with access.acting_as(access.SYSTEM):
+            answer = result_now(call, method, route)
+        self._send(request, answer, t0, write)
+        return True
+
+    def _send(self, request: tuple[Call, str, dict[str, str], str],
+              answer: tuple[int, Headers, bytes, str], t0: float,
+              write: Callable[[bytes], None]) -> None:
+        _, route, params, method = request
+        status, headers, body, kind = answer
         head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}".encode()]
         head += [b"%s: %s" % pair for pair in headers]
         head.append(b"content-length: %d\r\n\r\n" % len(body))

@@ -100,6 +100,10 @@ class OnePieceHttp(HttpToolsProtocol):
             request = lane.take(data)
             if request is not None:
                 self._unset_keepalive_if_required()
+                if lane.serve_now(request, self.held.send):  # (a list)
+                    self.server_state.total_requests += 1
+                    self._after()
+                    return
                 self.hot = self.loop.create_task(self._answer(lane, request))
                 self.server_state.tasks.add(self.hot)  # a graceful shutdown waits for it
                 return
