@@ -32,6 +32,7 @@ from corral.client import Client
 from corral.errors import CorralError
 from corral.perf.simulate import parse_trace, simulate
 from corral.scheduler.resources import Resources
+from corral.views import TraceEntry
 
 RUNTIMES = [4.0, 1.0, 3.0, 1.0, 2.0, 4.0, 1.0, 3.0, 1.0, 2.0, 1.0, 3.0]
 CORRAL = str(Path(sys.executable).parent / "corral")
@@ -75,6 +76,14 @@ def p95(values: Sequence[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
+def ended(job: TraceEntry) -> tuple[float, float, float]:
+    """A job's arrival, end and runtime (every job of the run has ended)."""
+    end, runtime = job.get("end"), job.get("runtime")
+    if end is None or runtime is None:
+        raise RuntimeError(f"job {job['vm']} has not ended: {job}")
+    return job["arrival"], end, runtime
+
+
 def run_policy(policy: str, slots: int, home: Path, last: bool) -> dict[str, Any]:
     with daemon(policy, slots, home, keep=not last) as c:
         if not any(vm["name"] == "gold" for vm in c.list()):
@@ -96,9 +105,10 @@ def run_policy(policy: str, slots: int, home: Path, last: bool) -> dict[str, Any
         for t in threads:
             t.join(600)
         trace = [j for j in c.trace() if j["vm"].startswith("job")]
-    responses = [j["end"] - j["arrival"] for j in trace]
-    span = max(j["end"] for j in trace) - min(j["arrival"] for j in trace)
-    busy = sum(j["runtime"] for j in trace)
+    jobs = [ended(j) for j in trace]
+    responses = [end - arrival for arrival, end, _ in jobs]
+    span = max(end for _, end, _ in jobs) - min(arrival for arrival, _, _ in jobs)
+    busy = sum(runtime for _, _, runtime in jobs)
     sim = simulate(parse_trace(trace), Resources(slots, 1 << 40, 0), policy)
     return {"policy": policy, "real_mean": statistics.mean(responses), "real_p95": p95(responses),
             "real_throughput": len(trace) / span, "real_utilisation": busy / (span * slots),

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import Callable, Iterator
     from pathlib import Path
-    from typing import Any, BinaryIO
+    from typing import Any, BinaryIO, Self
 
     Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
@@ -289,7 +289,7 @@ class Connection:
             f"the Corral daemon is not running at {self.socket_path}; start it with "
             "'corral serve' (or set CORRAL_SOCKET)")
 
-    def __enter__(self) -> Connection:
+    def __enter__(self) -> Self:  # (a Client's ``with`` gives the Client)
         return self
 
     def __exit__(self, *_exc: object) -> None:

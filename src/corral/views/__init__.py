@@ -291,6 +291,7 @@ class TraceEntry(TypedDict):
     cpus: NotRequired[int]
     start: NotRequired[float | None]
     end: NotRequired[float | None]
+    runtime: NotRequired[float]  # end - start, once it ended
 
 
 class Image(TypedDict):
