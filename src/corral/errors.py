@@ -90,6 +90,13 @@ class InvalidSpec(CorralError):
         self.field = field
 
 
+def not_a_name(name: object) -> str:
+    """What is said of a name (VM, network, disk, pool …) off the rule, and the rule."""
+    shown = name if not isinstance(name, str) or len(name) <= 40 else name[:40] + "…"
+    return (f"{shown!r} is not a valid name; use 1-32 lowercase letters, digits and '-', "
+            "starting with a letter or digit")
+
+
 class PathNotAllowed(InvalidSpec):
     """A request names a host path the daemon may not open for it: outside every directory
     of the ``paths.allowed`` setting, or one it never opens for a client (a file to write).
@@ -127,9 +134,9 @@ class InvalidState(CorralError):
     fact_names: tuple[str, ...] = ("vm", "what", "operation", "state", "required")
 
     def __init__(self, vm: str, operation: str, state: str, required: Sequence[str], *,
-                 what: str = "VM") -> None:
-        need = ", ".join(required) if required else "no state"
-        super().__init__(f"cannot {operation} {what} '{vm}': it is {state} (needs {need})")
+                 what: str = "VM", because: str | None = None) -> None:
+        why = f": {because}" if because else f" (needs {', '.join(required) or 'no state'})"
+        super().__init__(f"cannot {operation} {what} '{vm}': it is {state}{why}")
         self.vm = vm
         self.what = what
         self.operation = operation
@@ -386,7 +393,7 @@ def from_dict(body: dict[str, Any], status: int = 500) -> CorralError:
 __all__ = [
     "AgentError", "AlreadyExists", "CommandFailed", "CorralError", "DaemonUnavailable",
     "DiskFull", "Forbidden", "HostUnavailable", "InUse", "InvalidSpec", "InvalidState",
-    "LaunchFailed", "MigrationFailed", "MonitorError", "NeedsRoot", "NoCapacity",
-    "NotFound", "PathNotAllowed", "QuotaExceeded", "RateLimited", "StoreUnavailable",
-    "Timeout", "TooLarge", "Unauthorized", "Untrusted", "as_corral_error", "from_dict",
+    "LaunchFailed", "MigrationFailed", "MonitorError", "NeedsRoot", "NoCapacity", "NotFound",
+    "PathNotAllowed", "QuotaExceeded", "RateLimited", "StoreUnavailable", "Timeout", "TooLarge",
+    "Unauthorized", "Untrusted", "as_corral_error", "from_dict", "not_a_name",
 ]

@@ -29,10 +29,7 @@ def seg(name: object, field: str = "name") -> str:
         raise errors.InvalidSpec(field, "give a name")
     if len(name) > 255 or name in (".", "..") or "/" in name or \
             any(ord(c) < 32 or ord(c) == 127 for c in name):
-        shown = name if len(name) <= 40 else name[:40] + "…"
-        raise errors.InvalidSpec(field, f"{shown!r} is not a valid name; use 1-32 lowercase "
-                                        "letters, digits and '-', starting with a letter or "
-                                        "digit")
+        raise errors.InvalidSpec(field, errors.not_a_name(name))
     if _UNRESERVED.issuperset(name):
         return name
     import urllib.parse

@@ -69,6 +69,25 @@ async def test_bad_specs_are_422_and_create_nothing(api: httpx.AsyncClient, tmp_
     assert not list((tmp_path / "home" / "vms").glob("*"))
 
 
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/disks", {"name": "x y", "size": "1M"}),
+    ("/v1/networks", {"name": "Bad_Net", "subnet": "10.9.0.0/24"}),
+    ("/v1/pools", {"name": "p'q", "source": "gold:base"}),
+    ("/v1/vms/Bad_Name/snapshots", {"name": "s"}),
+])
+async def test_every_name_off_the_rule_is_told_the_rule(api: httpx.AsyncClient, path: str,
+                                                         body: dict[str, object]) -> None:
+    """Not pydantic's pattern: what is wrong and what a name may be, as for a VM's name."""
+    r = await api.post(path, json=body)
+    assert r.status_code == 422, r.text
+    bad = "Bad_Name" if "Bad_Name" in path else body["name"]
+    assert r.json()["message"] == (
+        f"name: {bad!r} is not a valid name; use 1-32 lowercase letters, digits and '-', "
+        "starting with a letter or digit"), r.json()
+    long = await api.post("/v1/pools", json={"name": "p" * 25, "source": "gold:base"})
+    assert long.json()["message"] == "name: 25 characters is too long; use at most 24"
+
+
 async def test_name_taken_is_409(api: httpx.AsyncClient) -> None:
     assert (await api.post("/v1/vms", json={"name": "dup"})).status_code == 201
     r = await api.post("/v1/vms", json={"name": "dup"})

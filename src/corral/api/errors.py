@@ -17,12 +17,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from corral.api.limits import Exceeded
+from corral.api.names import NAME_PATTERN
 from corral.errors import (
     CorralError,
     InvalidSpec,
     NotFound,
     TooLarge,
     as_corral_error,
+    not_a_name,
 )
 
 _WHERE = ("body", "path", "query", "header", "cookie")
@@ -45,6 +47,11 @@ def _message(first: dict[str, object]) -> str:
     err = ctx.get("error") if isinstance(ctx, dict) else None
     if isinstance(err, CorralError):  # raised by a validator of the spec: its message
         return err.message.split(": ", 1)[-1]
+    if isinstance(ctx, dict) and ctx.get("pattern") == NAME_PATTERN:  # the rule, in words
+        return not_a_name(first.get("input"))
+    if first.get("type") == "string_too_long" and isinstance(ctx, dict):
+        given = len(str(first.get("input", "")))
+        return f"{given} characters is too long; use at most {ctx.get('max_length')}"
     return msg.removeprefix("Value error, ")
 
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from corral.domain.nics import check_nic
 from corral.domain.sizes import parse_size
-from corral.errors import InvalidSpec
+from corral.errors import InvalidSpec, not_a_name
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -35,8 +35,7 @@ MACHINES: dict[str, tuple[str, ...]] = {"x86_64": ("q35", "microvm"), "aarch64":
 def check_name(name: str, field: str = "name") -> str:
     """:raises InvalidSpec: unless ``name`` is 1-32 of a-z, 0-9 and '-', starting alnum."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidSpec(field, f"'{name}' is not a valid name; use 1-32 lowercase letters,"
-                                 " digits and '-', starting with a letter or digit")
+        raise InvalidSpec(field, not_a_name(name))
     return name
 
 

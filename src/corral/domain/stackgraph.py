@@ -19,7 +19,7 @@ from corral.domain.nics import check_nic
 from corral.domain.sizes import parse_size
 from corral.domain.specs import NAME_RE
 from corral.domain.stackfile import Loaded, Path, VMDef
-from corral.errors import InvalidSpec
+from corral.errors import InvalidSpec, not_a_name
 
 KINDS = ("network", "disk", "router", "vm", "snapshot", "forward", "rule")
 #: what a warm start takes from its snapshot, so a VM from_snapshot may not give it
@@ -91,8 +91,7 @@ class _Builder:
 
     def name(self, name: str, path: Path) -> str:
         if not NAME_RE.match(name):
-            raise self.f.error(path, f"'{name}' is not a valid name; use 1-32 lowercase "
-                                     "letters, digits and '-', starting with a letter or digit")
+            raise self.f.error(path, not_a_name(name))
         return name
 
 

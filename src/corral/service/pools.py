@@ -215,8 +215,10 @@ class Pools:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if p.drained or self.keeper.pools.get(p.name) is not p:
-                raise InvalidState(p.name, "take a VM from", "drained", ["filled"],
-                                   what="pool")
+                gone = self.keeper.pools.get(p.name) is not p
+                raise InvalidState(p.name, "take a VM from", "removed" if gone else "drained",
+                                   ["filled"], what="pool",
+                                   because=None if gone else _reason(p.note))
             clone = self._free(p)
             if clone is not None:
                 return clone
@@ -300,3 +302,8 @@ class Pools:
 
 def _pair(waiting: list[int] | None) -> tuple[int, int] | None:
     return (waiting[0], waiting[1]) if waiting and len(waiting) == 2 else None
+
+
+def _reason(note: str | None) -> str | None:
+    """Why a drained pool is drained, from its note ("drained: WHY; remove the pool …")."""
+    return note.removeprefix("drained: ") if note else None

@@ -11,7 +11,7 @@ import pytest
 
 from corral.config import Paths
 from corral.engine.fake import FakeDriver
-from corral.errors import AlreadyExists, InvalidSpec, NotFound, Timeout
+from corral.errors import AlreadyExists, InvalidSpec, InvalidState, NotFound, Timeout
 from corral.service.manager import Manager
 
 from .conftest import vm
@@ -150,6 +150,16 @@ async def test_pool_whose_snapshot_goes_is_drained(m: Manager) -> None:
     view = m.pools.get("p")
     assert view["drained"] and "drained" in view["note"] and view["free"] == 0
     assert [v["name"] for v in m.vms.list()] == ["gold"]
+    # a hand-out that may only come from the pool says why it cannot, and what to do
+    with pytest.raises(InvalidState) as refused:
+        await m.pools.take("p", "w", pool_only=True, timeout=1)
+    assert str(refused.value) == (
+        "cannot take a VM from pool 'p': it is drained: VM 'gold' has no snapshot 'base'; "
+        "see 'corral snapshot list gold'; remove the pool ('corral pool rm p')"), refused.value
+    # one that may fall back to a warm start says the snapshot is gone; both are misses
+    with pytest.raises(NotFound, match="no snapshot 'base'"):
+        await m.pools.take("p", "w", timeout=1)
+    assert m.pools.get("p")["misses"] == 2
 
 
 async def test_restart_takes_up_the_pool_and_its_clones(home: Path, driver: FakeDriver
