@@ -64,7 +64,9 @@ class Paths:
 
     @property
     def image_path(self) -> list[Path]:
-        return [self.images] + [Path(p) for p in settings.value("images.path")]
+        # absolute, as the home is: a VM's kernel found there is stored with its path
+        return [self.images] + [Path(p).expanduser().absolute()
+                                for p in settings.value("images.path")]
 
     def vm_dir(self, name: str) -> Path:
         return self.home / "vms" / name

@@ -76,6 +76,19 @@ def test_a_named_file_wins_and_home_and_socket_come_from_it(
     assert settings.value("engine.accel") == "tcg"
 
 
+def test_relative_image_directories_are_made_absolute(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VM's kernel found in an image directory is stored with its path: relative, it
+    named nothing once the daemon ran elsewhere, and a warm start from the VM's snapshot
+    refused it as a client's relative path."""
+    from corral.config import Paths
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CORRAL_IMAGE_PATH", "build/images::/abs/images")
+    home = Paths.from_env()
+    assert home.image_path == [home.images, tmp_path / "build" / "images", Path("/abs/images")]
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("[scheduler]\n\ncpu_ratoi = 2\n", ":3: unknown setting 'scheduler.cpu_ratoi' (did you "
                                        "mean scheduler.cpu_ratio?)"),
