@@ -203,3 +203,40 @@ def test_without_a_loop_or_a_linger_the_host_guard_goes_at_once() -> None:
         conf.raise_guard()
         driver.settle_guard()
         assert conf.calls == ["up", "down"]
+
+
+@root_only
+def test_a_handed_out_clones_groups_follow_it_or_go_with_it() -> None:
+    """A renamed VM's cgroups take its new name, over an empty leftover of that name (a
+    cgroup file system will not rename onto it); a group that cannot move is returned, for
+    removal with the VM, and the scheduler removes it at release."""
+    from corral.host import cgroups
+
+    if cgroups.limits_unavailable():
+        pytest.skip(f"no cgroup limits here ({cgroups.limits_unavailable()})")
+    tag = f"t{os.getpid():x}"
+    groups = [g for g in [cgroups.group_path(tag, "old")] +
+              [cgroups.limit_group(tag, "old", c) for c in cgroups.LIMITS] if g is not None]
+    leftover = cgroups.limit_group(tag, "new", "memory")
+    busy = cgroups.limit_group(tag, "busy", "pids")
+    assert leftover is not None and busy is not None
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        for group in [*groups, leftover, busy]:
+            group.mkdir(parents=True)
+        assert cgroups.rename(tag, "old", "new") == []
+        assert not any(g.exists() for g in groups)
+        moved = [g.with_name(g.name.replace("-old", "-new")) for g in groups]
+        assert all(g.is_dir() for g in moved)
+        # a group of the new name with a process in it cannot go: the old one stays
+        (busy / "cgroup.procs").write_text(str(sleeper.pid))
+        stayed = cgroups.rename(tag, "new", "busy")
+        pids = cgroups.limit_group(tag, "new", "pids")
+        assert stayed == [pids] and pids is not None and pids.is_dir()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for group in [*groups, *(g.with_name(g.name.replace("-old", "-new")) for g in groups),
+                      *(g.with_name(g.name.replace("-old", "-busy")) for g in groups), busy]:
+            cgroups.remove_group(group)
+    assert not any(g.exists() for g in [*groups, busy])

@@ -163,19 +163,28 @@ def remove_limits(tag: str, vm: str) -> None:
             remove_group(path)
 
 
-def rename(tag: str, old: str, new: str) -> None:
+def rename(tag: str, old: str, new: str) -> list[Path]:
     """VM ``old`` is now called ``new`` (a pool's clone handed out): its groups follow it,
-    with the process in them, so that they go when it does. A group that cannot be moved
-    stays where it is (logged): the process keeps its limits either way."""
+    with the process in them, so that they go when it does. An empty group already called
+    ``new`` (a leftover: a cgroup file system refuses to rename onto it) is removed first.
+    A group that cannot be moved stays where it is (logged; the process keeps its limits
+    either way): those are returned, for their owner to remove with the VM."""
     moves: list[tuple[Path | None, Path | None]] = [(group_path(tag, old), group_path(tag, new))]
     moves += [(limit_group(tag, old, c), limit_group(tag, new, c)) for c in LIMITS]
+    stayed = []
     for src, dst in moves:
         if src is None or dst is None or not src.is_dir():
             continue
         try:
-            os.rename(src, dst)
+            try:
+                os.rename(src, dst)
+            except OSError:
+                remove_group(dst)
+                os.rename(src, dst)
         except OSError as err:
             log.warning("cannot rename cgroup %s to %s: %s", src, dst, err.strerror)
+            stayed.append(src)
+    return stayed
 
 
 def limits_of(pid: int) -> dict[str, dict[str, Any]]:

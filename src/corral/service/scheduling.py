@@ -115,6 +115,7 @@ class Scheduler:
         self._slice_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.sliced_out: set[str] = set()  # time-sliced VMs the slicer holds paused
+        self.old_groups: dict[str, list[Path]] = {}  # VM -> its groups left under a name before
 
     # ----- restart -----
     def load(self) -> None:
@@ -225,6 +226,8 @@ class Scheduler:
         """The VM's QEMU is gone: free its capacity and cgroups, start whoever now fits."""
         cgroups.remove_group(cgroups.group_path(self.rt.paths.tag, name))
         cgroups.remove_limits(self.rt.paths.tag, name)
+        for group in self.old_groups.pop(name, ()):
+            cgroups.remove_group(group)
         self.sliced_out.discard(name)
         if self.inventory.release(name) is not None:
             self.dispatch()
@@ -232,7 +235,10 @@ class Scheduler:
 
     def renamed(self, old: str, new: str) -> None:
         """A live VM was renamed: its reservation and its cgroups go with it."""
-        cgroups.rename(self.rt.paths.tag, old, new)
+        # groups that could not follow go when the VM does, under whichever name it then has
+        stayed = self.old_groups.pop(old, []) + cgroups.rename(self.rt.paths.tag, old, new)
+        if stayed:
+            self.old_groups[new] = stayed
         held = self.inventory.release(old)
         if held is not None:
             self.inventory.reserve(dataclasses.replace(held, vm=new))
