@@ -5,12 +5,13 @@ with ``autosize``, sizes the pool from the requests it sees (:mod:`corral.perf.p
 A clone is a warm start of the pool's snapshot (:mod:`.warm`), started *without* queueing:
 a pool never takes capacity that a queued request is waiting for (unless it was made
 ``ahead_of_queue``: its refills then take what fits even with requests waiting), and on a
-full host it holds what fits and says so in its ``note``. Once its guest agent answers (and
-it has taken its own name, MAC and hostname) it gets ready for its hand-out: it starts the
-shell that will set its clock and hostname then (:mod:`.handoff`), and lists its interfaces
-once (the usual first question to a new VM: under TCG its guest code is then translated
-before the clone waits); then it is paused, its agent channel open and in step, and from
-then on it is free to hand out.
+full host it holds what fits and says so in its ``note``. Nor does it keep what it holds
+from a VM that waits in the queue: free clones go, one at a time, until the VM starts.
+Once its guest agent answers (and it has taken its own name, MAC and hostname) it gets
+ready for its hand-out: it starts the shell that will set its clock and hostname then
+(:mod:`.handoff`), and lists its interfaces once (the usual first question to a new VM:
+under TCG its guest code is then translated before the clone waits); then it is paused,
+its agent channel open and in step, and from then on it is free to hand out.
 
 A pool belongs to a project like a VM (:mod:`.access`): its clones are VMs of that project,
 made as the daemon working in it, so they count against its quotas (a refill over a quota
@@ -53,6 +54,7 @@ BACKOFF = 2.0       # seconds before a refill that failed is tried again
 AUTOSIZE_WINDOW = 60.0
 CLONE_READY = 120.0
 IDENTITY_WAIT = 10.0
+GIVE_WAY = 0.1      # seconds between clones removed for VMs waiting in the queue
 
 
 @dataclass
@@ -176,6 +178,20 @@ class Keeper:
                             getattr(self.rt.db.get_vm(clone), "state", "gone"))
             await self.remove(clone)
 
+    async def give_way(self, p: Pool) -> bool:
+        """A VM waits in the admission queue while free clones hold the capacity: one of
+        them goes (the newest), unless the pool was made ``ahead_of_queue``; a refill then
+        waits until nobody does. Whether one went."""
+        waiting = len(self.vms.sched.queue)
+        if p.ahead_of_queue or not waiting or not p.clones:
+            return False
+        clone = p.clones.pop()
+        self._note(p, f"holds {len(p.clones)} of {p.size}: gave way to "
+                      f"{waiting} VM{'s' if waiting > 1 else ''} waiting in the queue")
+        self.save()
+        await self.remove(clone)
+        return True
+
     async def _keep(self, name: str) -> None:
         while name in self.pools:
             p = self.pools[name]
@@ -203,6 +219,8 @@ class Keeper:
         await self.settle(p)
         if p.autosize:
             self.autosize(p)
+        if await self.give_way(p):
+            return GIVE_WAY
         if p.drained or len(p.clones) >= p.size:
             return IDLE_CHECK
         return None if await self.refill(p) else BACKOFF

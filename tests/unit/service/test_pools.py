@@ -261,6 +261,29 @@ async def test_refills_wait_behind_the_queue_unless_ahead_of_queue(m: Manager) -
     assert (await m.vms.get("waiter"))["state"] == "running"
 
 
+async def test_free_clones_give_way_to_a_vm_queued_after_the_pool_filled(m: Manager) -> None:
+    """Idle clones are not kept from a VM someone asked for: they go, one at a time, until
+    it starts, and the pool says so; it fills again once nobody waits."""
+    await golden(m)
+    for i in range(6):  # 7 of the 12 vCPUs taken
+        await m.vms.create(vm(f"big{i}"), start=True, timeout=5)
+    await m.pools.create("p", "gold:base", 5)
+    await filled(m, "p", 5)  # the host is full
+    waiting = await m.vms.create(vm("waiter", cpus=3), start=True, timeout=5)
+    assert waiting["state"] == "queued"
+    deadline = time.monotonic() + 10
+    while (await m.vms.get("waiter"))["state"] != "running" and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert (await m.vms.get("waiter"))["state"] == "running"
+    view = m.pools.get("p")
+    assert view["free"] == 2 and "gave way to 1 VM waiting in the queue" in view["note"], view
+    await m.vms.rm("waiter")
+    view = await filled(m, "p", 5)
+    assert view["note"] is None, view
+    for i in range(6):  # the pool's own VMs were not touched
+        assert (await m.vms.get(f"big{i}"))["state"] == "running"
+
+
 async def test_no_background_template_where_the_disk_cannot_hold_it(
         m: Manager, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from corral.service import warm
