@@ -4,6 +4,7 @@ configuration file, uncommented, is a setting the daemon accepts."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -35,6 +36,8 @@ def test_the_unit_verifies(tmp_path: Path) -> None:
 
 def test_every_line_of_the_default_file_is_a_setting(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("CORRAL_")]:  # they win over a file
+        monkeypatch.delenv(name)
     text = (PACKAGING / "corral.toml").read_text()
     uncommented = re.sub(r"(?m)^# (\w+ = .*)$", r"\1", text)
     assert uncommented != text
