@@ -176,9 +176,14 @@ def raw_pair(ws: Path, images: str) -> Iterator[Ends]:
             pids.append(int(run.pidfile.read_text()))
             runs.append(run.dir)
         ends = [raw_end(run_dir / "qga.sock") for run_dir in runs]
-        for i, end in enumerate(ends):  # no DHCP server here: stop the client, then by hand
+        # no DHCP server here: stop the client, then by hand. Only once the client is gone:
+        # a TERM that lands while it runs its script's 'deconfig' is seen after it, and that
+        # flushed an address added meanwhile (the first transfer then never arrived)
+        for i, end in enumerate(ends):
             end("while [ ! -s /run/udhcpc.eth0.pid ]; do sleep 0.1; done; "
-                f"kill $(cat /run/udhcpc.eth0.pid); ip addr add 10.251.0.{i + 1}/24 dev eth0")
+                "p=$(cat /run/udhcpc.eth0.pid); kill $p; "
+                "while kill -0 $p 2>/dev/null; do sleep 0.1; done; "
+                f"ip addr add 10.251.0.{i + 1}/24 dev eth0")
         yield ends[1], ends[0], "10.251.0.2", lambda: ends[1]("cat /tmp/rx 2>/dev/null")
     finally:
         for pid in pids:
@@ -245,7 +250,8 @@ def interleaved(paths: dict[str, tuple[Ends, dict[str, str]]], mb: int, reps: in
     """``reps`` transfers on each path, the paths taking turns (the order rotating each
     round) so that a change in the host's load falls on all of them alike."""
     rates: dict[str, list[float]] = {name: [] for name in paths}
-    for (rx, tx, ip, read), names in paths.values():
+    for name, ((rx, tx, ip, read), names) in paths.items():
+        log(f"{name}: warm-up")
         transfer(rx, tx, ip, min(mb, 4), read, names)  # warm-up: ARP, TCP, caches
     order = list(paths)
     for rep in range(reps):
