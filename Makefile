@@ -3,9 +3,9 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := qemu-system-x86 qemu-system-arm qemu-utils busybox-static cpio lz4 iproute2 \
-	dnsmasq-base nftables debootstrap e2fsprogs chromium prometheus systemd postgresql
+	dnsmasq-base dnsmasq-utils nftables debootstrap e2fsprogs chromium prometheus systemd postgresql
 # binaries whose presence proves the packages above are installed
-APT_PROBES := qemu-system-x86_64 qemu-system-aarch64 qemu-img busybox cpio lz4 ip dnsmasq nft \
+APT_PROBES := qemu-system-x86_64 qemu-system-aarch64 qemu-img busybox cpio lz4 ip dnsmasq dhcp_release nft \
 	debootstrap mkfs.ext4 chromium promtool systemd-analyze /usr/lib/postgresql/15/bin/initdb
 IMAGES := build/images
 # the guest images the tests boot (tiny also writes tiny-disk beside it)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from corral.host.network.dnsmasq import Dnsmasq, hosts_text, names_text
 from corral.host.network.ipam import Port, plan_network
 
@@ -29,3 +31,25 @@ def test_reservations_and_names() -> None:
                                         "52:54:00:00:00:02,10.20.0.11\n")
     assert names_text([WEB0, WEB1]) == "10.20.0.10 web.corral web\n"
     assert hosts_text([]) == names_text([]) == ""
+
+
+def test_leases_no_nic_holds_are_released(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease of a NIC that went, or of a NIC now given another address, is released
+    (dnsmasq would give that address to no other MAC until it expired); the NICs' own
+    stay."""
+    from corral.host.network import dnsmasq
+
+    server = Dnsmasq.of(plan_network("lan", "10.20.0.0/24", existing={}), tmp_path)
+    (tmp_path / "leases").write_text(
+        "1796307820 52:54:00:00:00:01 10.20.0.10 web 01:52:54:00:00:00:01\n"
+        "1796307820 52:54:00:00:00:09 10.20.0.12 gone *\n"
+        "1796307820 52:54:00:00:00:02 10.20.0.13 web *\n")
+    ran: list[list[str]] = []
+    monkeypatch.setattr(dnsmasq, "run", lambda argv, **_kw: ran.append(list(argv)))
+    assert dnsmasq.release_stale(server, [WEB0, WEB1]) == ["10.20.0.12", "10.20.0.13"]
+    assert ran == [
+        ["ip", "netns", "exec", "corral-nlan", "dhcp_release", "crl-vdlan", "10.20.0.12",
+         "52:54:00:00:00:09"],
+        ["ip", "netns", "exec", "corral-nlan", "dhcp_release", "crl-vdlan", "10.20.0.13",
+         "52:54:00:00:00:02"]]

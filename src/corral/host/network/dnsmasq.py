@@ -30,6 +30,7 @@ not. The daemon keeps these files outside its home, which may then be private.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -43,6 +44,7 @@ from corral.host.network import names
 from corral.host.network.ipam import NetworkPlan, Port
 from corral.host.runner import run
 
+log = logging.getLogger(__name__)
 DOMAIN = "corral"
 LEASE_TIME = "1h"
 MARK = f"--interface={names.PREFIXES['dhcp']}"  # on the command line of every dnsmasq of ours
@@ -156,10 +158,34 @@ def _make_searchable(dir: Path) -> None:
 
 def reload(d: Dnsmasq, ports: Iterable[Port]) -> None:
     """Rewrite the hosts and names files; if they changed, have dnsmasq read them again
-    (SIGHUP)."""
+    (SIGHUP). Then release the leases no NIC holds any more (:func:`release_stale`)."""
+    ports = list(ports)
     pid = running(d.pidfile)
     if write_hosts(d, ports) and pid is not None:
         os.kill(pid, signal.SIGHUP)
+    if pid is not None:
+        release_stale(d, ports)
+
+
+def release_stale(d: Dnsmasq, ports: Iterable[Port]) -> list[str]:
+    """Release each lease that is not a NIC's of ``ports`` (its MAC with its address): the
+    lease of a NIC that went (its VM destroyed, the NIC detached) lives on until it expires,
+    and dnsmasq gives a reserved address to no other MAC meanwhile, so the next VM given
+    that address got no lease for an hour. ``dhcp_release`` (dnsmasq-utils) sends dnsmasq
+    the DHCPRELEASE the guest never sent, as OpenStack's DHCP agent does. Best effort
+    (logged); the released addresses."""
+    held = {(p.mac, p.ip) for p in ports}
+    released = []
+    for mac, ip in leases(d).items():
+        if (mac, ip) in held:
+            continue
+        try:
+            run(["ip", "netns", "exec", d.netns, "dhcp_release", d.interface, ip, mac],
+                timeout=10, what=f"the release of {ip}'s lease in {d.netns}")
+            released.append(ip)
+        except CorralError as err:
+            log.warning("%s", err.message)
+    return released
 
 
 def running(pidfile: Path) -> int | None:
