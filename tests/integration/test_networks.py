@@ -204,6 +204,35 @@ def test_a_forged_source_address_is_dropped(world: Daemon) -> None:
     assert "forged=1" in out and "own=0" in out, out
 
 
+def test_warm_starts_of_a_vm_on_a_network_get_addresses_of_their_own(world: Daemon) -> None:
+    """A memory snapshot of a running VM on a network makes its template (the helper QEMU
+    takes a tap of its own, the VM holding its own), and each warm start of it is ready
+    with its own MAC and lease: not the source's address, which the switch drops from it.
+    An address freed by a destroyed VM is leased again at once."""
+    d, c = world, world.client
+    ok(d, "snapshot", "create", "a", "warm", "--memory", "--template")
+    for name in ("w1", "w2"):
+        ok(d, "run", name, "--from-snapshot", "a:warm")
+    nics = {name: c.get(name)["nics"][0] for name in ("a", "w1", "w2")}
+    assert len({n["ip"] for n in nics.values()}) == 3, nics
+    for name in ("w1", "w2"):
+        shown = sh(d, name, "ip -4 -o addr show dev eth0; cat /sys/class/net/eth0/address")[1]
+        assert nics[name]["ip"] in shown and nics[name]["mac"] in shown, shown
+        assert nics["a"]["ip"] not in shown, shown
+    assert pings(d, "w1", "w2.corral") and pings(d, "w2", "a.corral")
+    # the lowest free address goes to the next NIC: w1's lease was released with it (dnsmasq
+    # gives a reserved address to no other MAC while a lease on it lives)
+    c.rm("w1")
+    ok(d, "run", "w3", "--from-snapshot", "a:warm")
+    assert c.get("w3")["nics"][0]["ip"] == nics["w1"]["ip"]
+    assert nics["w1"]["ip"] in guest_ips(d, "w3")
+    c.rm("w2")
+    c.rm("w3")
+    c.snapshot_rm("a", "warm")
+    taps = {link for link in links_and_dnsmasqs() if link.startswith("crl-t")}
+    assert taps == {n["ifname"] for v in c.list() for n in c.get(v["name"])["nics"]}, taps
+
+
 def test_a_hot_plugged_nic_works_and_goes(world: Daemon) -> None:
     d, c = world, world.client
     vm = json.loads(ok(d, "attach-nic", "c", "lan", "--json"))

@@ -15,6 +15,7 @@ host's clock, its own hostname and MAC.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -40,12 +41,14 @@ from corral.errors import (
     Timeout,
 )
 from corral.host import cgroups, qemu_img
+from corral.host.network import names
 from corral.service import access, handoff, provision, quotas, snapshots
 from corral.service.runtime import VMRuntime
 from corral.store.db import VMRecord
 
 log = logging.getLogger(__name__)
 DISK_RESERVE = 1 << 30  # a background template leaves at least this much of the disk free
+READDRESS_WITHIN = 10.0  # seconds a clone's NICs on networks have to get their leases
 
 
 async def ensure_template(rt: VMRuntime, src: str, snapshot: str, memory: bool = True) -> Path:
@@ -171,8 +174,13 @@ async def _capture(rt: VMRuntime, spec: sp.VMSpec, snapshot: str, work: Path) ->
     run_dir = rt.paths.run / f".tmpl-{uuid.uuid4().hex[:8]}"
     # named as its run directory (no VM can be): its cgroups are its own, not those of the
     # VM the snapshot is of (which may be running, under the same memory limit), and go
-    # with it
-    helper = spec.model_copy(update={"name": run_dir.name})
+    # with it. A NIC on a network gets a tap of its own, on no bridge (the VM's own is held
+    # by the VM's QEMU while it runs): made when it is opened, gone when QEMU and the
+    # daemon have closed it; a tap still, since the device state holds what the guest
+    # agreed with one (virtio-net headers)
+    nics = [nic.model_copy(update={"ifname": names.make("tap", run_dir.name, i)})
+            if nic.mode == "network" else nic for i, nic in enumerate(spec.nics)]
+    helper = spec.model_copy(update={"name": run_dir.name, "nics": nics})
     try:
         machine = await rt.driver.launch(
             helper, run_dir, work / "serial.log", lambda _e, _d: None,
@@ -294,7 +302,10 @@ async def resume_template(rt: VMRuntime, rec: VMRecord) -> None:
     booting it; the template is used once."""
     assert rec.spec.warm_template is not None
     tdir = Path(rec.spec.warm_template)
-    running = bool(json.loads((tdir / "template.json").read_text())["running"])
+    meta = json.loads((tdir / "template.json").read_text())
+    running = bool(meta["running"])
+    macs = [(str(old["mac"]), nic)
+            for old, nic in zip(meta["spec"]["nics"], rec.spec.nics, strict=False)]
     live = await rt.spawn(rec, LaunchOptions(incoming=True,
                                              ram=RamFile(tdir / "ram", shared=False)))
     await live.machine.load_state(tdir / "dev.state", ignore_shared=True)
@@ -304,20 +315,61 @@ async def resume_template(rt: VMRuntime, rec: VMRecord) -> None:
     rec.spec.warm_template = None  # from now on it boots, saves and restores as itself
     rt.set_state(rec, State.RUNNING if running else State.PAUSED, "warm_started",
                  template=str(tdir))
-    rt.watch_ready(rec.name, live, then=_take_identity(rt))
+    on_networks = [(old, nic) for old, nic in macs if nic.mode == "network"]
+    rt.watch_ready(rec.name, live, on_ready=_readdress(on_networks) if on_networks else None,
+                   then=_take_identity(rt))
+
+
+def _find_nic(old_mac: str) -> str:
+    """Shell: ``$d`` is the guest's interface that has ``old_mac`` (the template's)."""
+    return (f'd=; for f in /sys/class/net/*; do [ "$(cat "$f/address")" = {old_mac} ] && '
+            'd=${f##*/} && break; done')
+
+
+def _readdress(nics: list[tuple[str, sp.NicSpec]]) -> Callable[[str, Machine], Awaitable[None]]:
+    async def readdress(name: str, machine: Machine) -> None:
+        """The clone's NICs on networks still have the template's MACs and addresses (on
+        the network, another VM's: its switch drops what they send). Before the clone is
+        marked ready, each takes its MAC and a lease of its own, its DHCP client started
+        again: busybox's udhcpc (the tiny images), waited for until it has its lease, or
+        systemd-networkd's (``networkctl reconfigure``). Best effort (logged)."""
+        pidfile = "/run/udhcpc.$d.pid"
+        script = [
+            f'{_find_nic(old)}; if [ -n "$d" ]; then ip link set dev $d address {nic.mac}; '
+            f'if [ -s {pidfile} ]; then p=$(cat {pidfile}); kill "$p"; '
+            'while kill -0 "$p" 2>/dev/null; do sleep 0.05; done; '
+            "udhcpc -i $d -s /usr/share/udhcpc/default.script -t 4 -T 1 -A 1 -b "
+            f"-p {pidfile} -x hostname:{name} >>/run/udhcpc.log 2>&1; "
+            "elif command -v networkctl >/dev/null; then networkctl reconfigure $d; fi; fi"
+            for old, nic in nics]
+        try:
+            pid = await machine.guest_exec(["sh", "-c", "; ".join(script)], capture=False,
+                                           timeout=5)
+            deadline = time.monotonic() + READDRESS_WITHIN
+            while not (await machine.guest_exec_status(pid)).exited:
+                if time.monotonic() > deadline:
+                    raise Timeout(f"no lease within {READDRESS_WITHIN:g} s")
+                await asyncio.sleep(0.02)
+        except (AgentError, Timeout, CorralError) as err:
+            log.warning("clone %s kept its template's network addresses: %s", name, err)
+
+    return readdress
 
 
 def _take_identity(rt: VMRuntime) -> Callable[[str, Machine], Awaitable[None]]:
     async def take(name: str, machine: Machine) -> None:
-        """The clone wakes up as its template: give it the host's time, its name and MACs,
-        in one short exec just after it is marked ready (``guest-set-time`` would also write
-        the RTC through ``hwclock``, which costs a just-restored guest over 100 ms)."""
+        """The clone wakes up as its template: give it the host's time, its name and the
+        MACs of its user-mode NICs (``ethN``; those on networks took theirs before it was
+        ready), in one short exec just after it is marked ready (``guest-set-time`` would
+        also write the RTC through ``hwclock``, which costs a just-restored guest over
+        100 ms)."""
         rec = rt.db.get_vm(name)
         if rec is None or not machine.has_agent:
             return
         script = [f"date -s @{handoff.seconds_now()} >/dev/null", f"hostname {name}"]
         for i, nic in enumerate(rec.spec.nics):
-            script.append(f"ip link set dev eth{i} address {nic.mac}")
+            if nic.mode != "network":
+                script.append(f"ip link set dev eth{i} address {nic.mac}")
         # best effort: the VM runs either way, and 'corral exec NAME -- hostname' shows it
         with contextlib.suppress(AgentError, Timeout, CorralError):
             await machine.guest_exec(["sh", "-c", "; ".join(script)], capture=False,
