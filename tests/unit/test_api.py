@@ -88,6 +88,20 @@ async def test_every_name_off_the_rule_is_told_the_rule(api: httpx.AsyncClient, 
     assert long.json()["message"] == "name: 25 characters is too long; use at most 24"
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    ({"arrival_rate": 0, "runtime": 30, "target_wait": 0.05},
+     "arrival_rate: 0 is too small; give more than 0"),
+    ({"arrival_rate": 2, "runtime": -1.5, "target_wait": 0.05},
+     "runtime: -1.5 is too small; give more than 0"),
+])
+async def test_a_number_out_of_bounds_is_told_the_bound(api: httpx.AsyncClient,
+                                                        body: dict[str, object],
+                                                        message: str) -> None:
+    """Not pydantic's 'Input should be greater than 0': the value, and what to give."""
+    r = await api.post("/v1/pools/recommend", json=body)
+    assert r.status_code == 422 and r.json()["message"] == message, r.json()
+
+
 async def test_name_taken_is_409(api: httpx.AsyncClient) -> None:
     assert (await api.post("/v1/vms", json={"name": "dup"})).status_code == 201
     r = await api.post("/v1/vms", json={"name": "dup"})

@@ -52,7 +52,21 @@ def _message(first: dict[str, object]) -> str:
     if first.get("type") == "string_too_long" and isinstance(ctx, dict):
         given = len(str(first.get("input", "")))
         return f"{given} characters is too long; use at most {ctx.get('max_length')}"
+    bound = _BOUNDS.get(str(first.get("type")))
+    if bound is not None and isinstance(ctx, dict) and bound[0] in ctx:
+        key, what, give = bound
+        shown, limit = str(first.get("input")), ctx[key]
+        shown = shown if len(shown) <= 40 else shown[:40] + "…"
+        limit = f"{limit:g}" if isinstance(limit, float) else limit
+        return f"{shown} is too {what}; give {give} {limit}"
     return msg.removeprefix("Value error, ")
+
+
+# pydantic's bounds on a number, in words: its context key, "too ...", "give ..."
+_BOUNDS = {"greater_than": ("gt", "small", "more than"),
+           "greater_than_equal": ("ge", "small", "at least"),
+           "less_than": ("lt", "large", "less than"),
+           "less_than_equal": ("le", "large", "at most")}
 
 
 def invalid_request(err: RequestValidationError) -> InvalidSpec:
