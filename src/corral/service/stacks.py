@@ -80,6 +80,7 @@ class Stacks:
     async def _existing(self, doc: dict[str, Any]) -> stackgraph.Existing:
         """What the daemon has now, named as stacks name it."""
         from corral.domain import stackgraph
+        from corral.images import catalog
 
         views = self.runner.vms.list()
         vms = [v["name"] for v in views]
@@ -87,7 +88,11 @@ class Stacks:
         rule_ids = {r["id"] for r in self.runner.networks.rules()["rules"]}
         rules = {r["name"] for r in doc["resources"].values()
                  if r["kind"] == "rule" and r.get("extra", {}).get("rule_id") in rule_ids}
-        return stackgraph.Existing({
+        # the images built here, so that an unknown one stops the plan before anything is
+        # made (in a cluster, the host a VM is placed on may have images this one has not)
+        images = ({"image": {i.name for i in catalog.list_images(self.rt.paths)}}
+                  if self.rt.db.host is None else {})
+        return stackgraph.Existing({**images,
             "network": {n["name"] for n in self.runner.networks.list()},
             "disk": {d["name"] for d in await self.runner.disks.list()},
             "router": {r["name"] for r in self.runner.routers.list()},

@@ -120,11 +120,12 @@ async def test_memory_needs_a_restart_a_forward_is_added_live_and_removal(m: Man
 
 
 async def test_a_failure_stops_says_which_and_the_next_apply_continues(m: Manager) -> None:
-    text = LAB.replace("  web:\n    count: 2\n", "  web:\n    count: 2\n    image: nope\n")
+    # more memory than the host has: known only when the VM is made
+    text = LAB.replace("  web:\n    count: 2\n", "  web:\n    count: 2\n    memory: 64T\n")
     events = await apply(m, text)
     end = events[-1]
     assert not end["ok"] and end["failed"] in ("vm/web-1", "vm/web-2")
-    assert "nope" in end["error"]["message"] and end["error"]["message"].startswith("vm/web-")
+    assert "memory" in end["error"]["message"] and end["error"]["message"].startswith("vm/web-")
     assert not {v["name"] for v in m.vms.list()} & {"web-1", "web-2"}  # nothing half-made
     shown = m.stacks.get("lab")
     made = {r["id"] for r in shown["resources"] if r["state"] == "made"}
@@ -174,6 +175,8 @@ async def test_a_second_apply_of_the_same_stack_is_refused(m: Manager) -> None:
     ("vms:\n  a: {from_snapshot: 'b:s'}\n  b: {from_snapshot: 'a:t'}\nsnapshots:\n"
      "  s: {vm: b}\n  t: {vm: a}\n", "a cycle: "),
     ("vms:\n  a:\n    memory: lots\n", "lab.yaml:3: vms.a.memory:"),
+    ("networks:\n  n: {subnet: 10.9.0.0/24}\nvms:\n  a:\n    image: nope\n",
+     "lab.yaml:5: vms.a.image: no image 'nope'; see 'corral image list'"),
     ("vms: [1, 2\n", "lab.yaml:2: (file): not YAML"),
 ])
 async def test_bad_files_are_refused_with_their_line(m: Manager, text: str,
@@ -181,7 +184,7 @@ async def test_bad_files_are_refused_with_their_line(m: Manager, text: str,
     with pytest.raises(InvalidSpec) as err:
         await m.stacks.plan(text, "lab.yaml")
     assert message in err.value.message
-    assert m.vms.list() == [] and m.stacks.list() == []
+    assert m.vms.list() == [] and m.stacks.list() == [] and m.networks.list() == []
 
 
 async def test_a_name_taken_outside_the_stack_is_refused(m: Manager) -> None:
