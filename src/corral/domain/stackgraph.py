@@ -29,8 +29,7 @@ WARM_GIVES = frozenset({"image", "cpus", "memory", "machine", "arch", "cmdline",
 
 class Existing:
     """What the daemon has now, by kind: names (``snapshot``: ``VM:NAME``; ``forward``:
-    ``ROUTER:PROTO:PORT``; ``rule``: the rule's stack name; ``image``: the images built,
-    when known: a VM still to make on an image not among them is refused at plan time)."""
+    ``ROUTER:PROTO:PORT``; ``rule``: the rule's stack name)."""
 
     def __init__(self, names: dict[str, set[str]] | None = None,
                  vm_states: dict[str, str] | None = None) -> None:
@@ -195,11 +194,7 @@ def _vm(b: _Builder, name: str, vm: VMDef, index: int, path: Path,
         deps |= _snapshot_ref(b, vm.from_snapshot, (*path, "from_snapshot"))
         return Resource("vm", name, spec, path, deps)
     memory = _size(b.f, (*path, "memory"), vm.memory)
-    image = vm.image or "tiny"
-    built = b.existing.names.get("image")  # None: not known here (a cluster's host has them)
-    if built is not None and image not in built and name not in b.existing.names["vm"]:
-        raise b.f.error((*path, "image"), f"no image '{image}'; see 'corral image list'")
-    spec.update(cpus=vm.cpus, memory=human_size(memory), image=image)
+    spec.update(cpus=vm.cpus, memory=human_size(memory), image=vm.image or "tiny")
     return Resource("vm", name, spec, path, deps)
 
 

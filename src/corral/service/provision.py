@@ -33,6 +33,19 @@ async def make_root(image_disk: Path, vm_dir: Path, bus: str, boot: bool) -> Dis
                     bus="nvme" if bus == "nvme" else "virtio", boot=boot)
 
 
+def seed_user_data(req: VMCreate) -> str:
+    """The user-data of the VM's seed: its own, checked, else the default one.
+
+    :raises InvalidSpec: user-data or a hostname cloud-init would not accept.
+    """
+    from corral.images import cloudinit
+
+    if req.user_data is None:
+        return cloudinit.default_user_data(req.hostname or req.name, req.ssh_keys or [])
+    cloudinit.check_user_data(req.user_data)
+    return req.user_data
+
+
 def make_seed(vm_dir: Path, req: VMCreate) -> DiskSpec:
     """A cloud-init NoCloud seed (``cidata``) for the VM, attached read-only. Without
     user-data, a default one sets the hostname and makes user ``corral`` with the keys.
@@ -43,11 +56,7 @@ def make_seed(vm_dir: Path, req: VMCreate) -> DiskSpec:
 
     hostname = req.hostname or req.name
     keys = req.ssh_keys or []
-    user_data = req.user_data
-    if user_data is None:
-        user_data = cloudinit.default_user_data(hostname, keys)
-    else:
-        cloudinit.check_user_data(user_data)
+    user_data = seed_user_data(req)
     meta: dict[str, object] = {"instance-id": f"{req.name}-{uuid.uuid4().hex[:8]}",
                                "local-hostname": hostname}
     if keys:

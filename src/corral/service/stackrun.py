@@ -80,11 +80,18 @@ class Runner:
             await self.routers.attach(name, network)
         return {}
 
-    async def create_vm(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def vm_body(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """The request that creates the stack's VM ``name`` of ``spec``."""
         body: dict[str, Any] = {"name": name, **{k: spec[k] for k in VM_FIELDS if k in spec}}
         body["nics"] = spec["nics"] or None
         if spec.get("from_snapshot"):
             body.pop("ssh_keys", None)  # written by the agent: cloud-init ran before
+        return body
+
+    async def create_vm(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = self.vm_body(name, spec)
+        if spec.get("from_snapshot"):
             # the first warm start of a snapshot makes its template: the others wait for it
             lock = self._templates.setdefault(spec["from_snapshot"], asyncio.Lock())
             async with lock:

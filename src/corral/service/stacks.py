@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from corral.errors import CorralError, InvalidState, NotFound
+from corral.errors import CorralError, InvalidSpec, InvalidState, NotFound
 from corral.service.stackrun import Runner
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ class Stacks:
         doc = self.rt.db.get_doc(DOC + stack) or _new_doc(stack, file)
         existing = await self._existing(doc)
         desired = stackgraph.build(loaded, existing)
+        self._check_vms(loaded, desired, existing)
         try:
             changes = stackplan.plan(desired, doc["resources"], existing, loaded.line)
         except stackplan.Conflict as err:
@@ -77,10 +78,27 @@ class Stacks:
         return {"stack": stack, "file": file, "changes": changes, "summary": summary,
                 "noop": summary["keep"] == len(changes)}
 
+    def _check_vms(self, loaded: stackfile.Loaded, desired: dict[str, stackgraph.Resource],
+                   existing: stackgraph.Existing) -> None:
+        """Refuse the VMs still to make as their creation would, so that a wrong value
+        stops the plan before anything is made (against this host only when it is not one
+        of a cluster's: another host may have more memory, or images this one has not).
+
+        :raises InvalidSpec: naming the file's line and field.
+        """
+        for res in desired.values():
+            if res.kind == "vm" and not existing.has(res.id):
+                try:
+                    self.runner.vms.check(self.runner.vm_body(res.name, res.spec),
+                                          host=self.rt.db.host is None)
+                except InvalidSpec as err:
+                    field = tuple(int(p) if p.isdigit() else p for p in err.field.split("."))
+                    raise loaded.error((*res.path, *field),
+                                       err.message.removeprefix(f"{err.field}: ")) from err
+
     async def _existing(self, doc: dict[str, Any]) -> stackgraph.Existing:
         """What the daemon has now, named as stacks name it."""
         from corral.domain import stackgraph
-        from corral.images import catalog
 
         views = self.runner.vms.list()
         vms = [v["name"] for v in views]
@@ -88,11 +106,7 @@ class Stacks:
         rule_ids = {r["id"] for r in self.runner.networks.rules()["rules"]}
         rules = {r["name"] for r in doc["resources"].values()
                  if r["kind"] == "rule" and r.get("extra", {}).get("rule_id") in rule_ids}
-        # the images built here, so that an unknown one stops the plan before anything is
-        # made (in a cluster, the host a VM is placed on may have images this one has not)
-        images = ({"image": {i.name for i in catalog.list_images(self.rt.paths)}}
-                  if self.rt.db.host is None else {})
-        return stackgraph.Existing({**images,
+        return stackgraph.Existing({
             "network": {n["name"] for n in self.runner.networks.list()},
             "disk": {d["name"] for d in await self.runner.disks.list()},
             "router": {r["name"] for r in self.runner.routers.list()},

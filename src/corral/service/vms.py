@@ -72,6 +72,22 @@ class VMs:
                 await self.rm(rec.name)
             raise
 
+    def check(self, body: dict[str, Any], *, host: bool = True) -> None:
+        """Refuse ``body`` as :meth:`create` would before it makes anything, making nothing
+        (a stack's plan asks); ``host``: also against this host (its memory, CPUs, images).
+
+        :raises InvalidSpec: naming the field.
+        """
+        req = sp.parse_create(body)
+        if not host:
+            return
+        facts = hostfacts.facts()
+        sp.scheduling(req, facts)
+        if body.get("from_snapshot") is None:
+            _resolve(self.rt, req, sp.validate_against_host(req, facts))
+            if req.user_data is not None or req.ssh_keys or req.hostname:
+                provision.seed_user_data(req)
+
     async def define(self, body: dict[str, Any]) -> VMRecord:
         """Make a VM's record and its disks; nothing boots. A failure leaves nothing (the
         uploads it names are used up either way)."""
