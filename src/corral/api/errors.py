@@ -17,15 +17,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from corral.api.limits import Exceeded
-from corral.api.names import NAME_PATTERN
-from corral.errors import (
-    CorralError,
-    InvalidSpec,
-    NotFound,
-    TooLarge,
-    as_corral_error,
-    not_a_name,
-)
+from corral.domain import complaints
+from corral.errors import CorralError, InvalidSpec, NotFound, TooLarge, as_corral_error
 
 _WHERE = ("body", "path", "query", "header", "cookie")
 
@@ -41,34 +34,6 @@ def _field(loc: tuple[object, ...] | list[object]) -> str:
     return ".".join(p for p in parts if not _UNION_MEMBER.search(p)) or "body"
 
 
-def _message(first: dict[str, object]) -> str:
-    msg = str(first.get("msg", "invalid"))
-    ctx = first.get("ctx")
-    err = ctx.get("error") if isinstance(ctx, dict) else None
-    if isinstance(err, CorralError):  # raised by a validator of the spec: its message
-        return err.message.split(": ", 1)[-1]
-    if isinstance(ctx, dict) and ctx.get("pattern") == NAME_PATTERN:  # the rule, in words
-        return not_a_name(first.get("input"))
-    if first.get("type") == "string_too_long" and isinstance(ctx, dict):
-        given = len(str(first.get("input", "")))
-        return f"{given} characters is too long; use at most {ctx.get('max_length')}"
-    bound = _BOUNDS.get(str(first.get("type")))
-    if bound is not None and isinstance(ctx, dict) and bound[0] in ctx:
-        key, what, give = bound
-        shown, limit = str(first.get("input")), ctx[key]
-        shown = shown if len(shown) <= 40 else shown[:40] + "…"
-        limit = f"{limit:g}" if isinstance(limit, float) else limit
-        return f"{shown} is too {what}; give {give} {limit}"
-    return msg.removeprefix("Value error, ")
-
-
-# pydantic's bounds on a number, in words: its context key, "too ...", "give ..."
-_BOUNDS = {"greater_than": ("gt", "small", "more than"),
-           "greater_than_equal": ("ge", "small", "at least"),
-           "less_than": ("lt", "large", "less than"),
-           "less_than_equal": ("le", "large", "at most")}
-
-
 def invalid_request(err: RequestValidationError) -> InvalidSpec:
     """The first problem FastAPI found, as an :class:`InvalidSpec` naming its field."""
     problems = err.errors()
@@ -79,7 +44,7 @@ def invalid_request(err: RequestValidationError) -> InvalidSpec:
         ctx = first.get("ctx")
         why = ctx.get("error") if isinstance(ctx, dict) else None
         return InvalidSpec("body", f"not valid JSON ({why})" if why else "not valid JSON")
-    return InvalidSpec(_field(first.get("loc", ())), _message(first))
+    return InvalidSpec(_field(first.get("loc", ())), complaints.reason(first))
 
 
 def install(app: FastAPI) -> None:

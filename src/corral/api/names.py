@@ -4,6 +4,7 @@ before FastAPI is loaded; the routes take them from here too."""
 
 from __future__ import annotations
 
+from corral.domain.complaints import NAME_PATTERN as NAME_PATTERN
+
 API = "/v1"
-NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 MAX_PAGE = 1000  # items per answer of a list at most

@@ -17,11 +17,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from corral.domain import complaints
+from corral.domain.complaints import NAME_PATTERN
 from corral.domain.nics import check_nic
 from corral.domain.sizes import parse_size
 from corral.errors import InvalidSpec, not_a_name
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+NAME_RE = re.compile(NAME_PATTERN)
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 DEFAULT_IMAGE = "tiny"
 DEFAULT_MEMORY = 256 << 20
@@ -216,8 +218,8 @@ def parse_create(body: object) -> VMCreate:
         field = ".".join(str(p) for p in first["loc"]) or "body"
         cause = first.get("ctx", {}).get("error")
         if isinstance(cause, InvalidSpec):
-            raise InvalidSpec(cause.field, cause.message.split(": ", 1)[-1]) from err
-        raise InvalidSpec(field, first["msg"]) from err
+            field = cause.field
+        raise InvalidSpec(field, complaints.reason(first)) from err
 
 
 def validate_against_host(req: VMCreate, host: HostFacts) -> int:

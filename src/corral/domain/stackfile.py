@@ -14,11 +14,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from corral.domain import complaints
+from corral.domain.complaints import NAME_PATTERN
 from corral.errors import InvalidSpec
 
 Path = tuple[str | int, ...]
 MAX_COUNT = 100
-NAME = r"^[a-z0-9][a-z0-9-]{0,31}$"
+NAME = NAME_PATTERN
 
 
 class _Strict(BaseModel):
@@ -229,13 +231,5 @@ def load(text: str, file: str) -> Loaded:
         more = len(err.errors()) - 1
         tail = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
         loaded = Loaded(file, StackFile.model_construct(), lines)
-        raise loaded.error(path, _reason(first) + tail) from err
+        raise loaded.error(path, complaints.reason(first) + tail) from err
     return Loaded(file, stack, lines)
-
-
-def _reason(err: Any) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown field"
-    if err["type"] == "missing":
-        return "required field missing"
-    return str(err["msg"])
