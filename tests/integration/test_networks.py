@@ -208,7 +208,8 @@ def test_warm_starts_of_a_vm_on_a_network_get_addresses_of_their_own(world: Daem
     """A memory snapshot of a running VM on a network makes its template (the helper QEMU
     takes a tap of its own, the VM holding its own), and each warm start of it is ready
     with its own MAC and lease: not the source's address, which the switch drops from it.
-    An address freed by a destroyed VM is leased again at once."""
+    An address freed by a destroyed VM is leased again at once. A warm pool of it hands out
+    VMs that answer to their new names in DNS, and leave no tap behind."""
     d, c = world, world.client
     ok(d, "snapshot", "create", "a", "warm", "--memory", "--template")
     for name in ("w1", "w2"):
@@ -228,6 +229,27 @@ def test_warm_starts_of_a_vm_on_a_network_get_addresses_of_their_own(world: Daem
     assert nics["w1"]["ip"] in guest_ips(d, "w3")
     c.rm("w2")
     c.rm("w3")
+    # a pool of it: the VM handed out has the clone's own address and its new name in DNS
+    ok(d, "pool", "create", "p", "--from-snapshot", "a:warm", "--size", "1")
+    assert until(lambda: c.pool_show("p")["free"] == 1, within=60), c.pool_show("p")
+    clone = c.pool_show("p")["clones"][0]
+    ok(d, "run", "job", "--pool", "p")
+    job = c.get("job")["nics"][0]
+    assert job["ip"] != nics["a"]["ip"] and job["ip"] in guest_ips(d, "job")
+    assert until(lambda: pings(d, "a", "job.corral")), "job's name did not follow it"
+    assert sh(d, "job", "hostname")[1].strip() == "job"
+    assert not pings(d, "a", f"{clone}.corral")
+    # a batch command through it sees its VM's name and the host's clock at once, not those
+    # its clone slept with (paused in the pool these 4 seconds)
+    assert until(lambda: c.pool_show("p")["free"] == 1, within=60), c.pool_show("p")
+    time.sleep(4)
+    before = time.time()
+    batch = d.cli("run", "--rm", "--pool", "p", "--", "sh", "-c", "hostname; date +%s")
+    after = time.time()
+    name, clock = batch.stdout.split()
+    assert name.startswith("batch-") and before - 2 < int(clock) < after + 1, batch.stdout
+    ok(d, "pool", "rm", "p")
+    c.rm("job")
     c.snapshot_rm("a", "warm")
     taps = {link for link in links_and_dnsmasqs() if link.startswith("crl-t")}
     assert taps == {n["ifname"] for v in c.list() for n in c.get(v["name"])["nics"]}, taps

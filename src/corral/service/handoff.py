@@ -10,7 +10,10 @@ write of a few bytes into it neither, so the agent can never hang on it). The FI
 unlinked as soon as both ends are open: nothing is left in the guest. At the hand-out
 (:func:`apply`) the agent checks the shell still waits, writes the time and the name into
 the FIFO and closes it, three requests sent at once and none of them a fork; the shell
-writes the hostname and becomes ``date``.
+writes the hostname and becomes ``date``. The agent is held until that process ended
+(:func:`_ended`): the first request of the VM's user (a batch command sent at once, say)
+sees the host's clock and the new name, not the ones it slept with in the pool (a clone that
+waited an hour was an hour behind).
 
 A clone without a waiting shell (a guest without ``mkfifo``, a clone of an older daemon, a
 shell that died) gets one short command instead (:func:`identity_exec`).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -34,7 +38,9 @@ FIFO = "/tmp/.corral-identity-"  # + the shell's pid
 WAITER = (f'f={FIFO}$$; mkfifo -m 600 "$f" || exit 1; exec 3<"$f"; '
           'rm -f "$f"; read -r t n <&3 || exit 0; [ -n "$n" ] || exit 0; '
           'echo "$n" >/proc/sys/kernel/hostname; exec date -s "@$t" >/dev/null')
+log = logging.getLogger(__name__)
 PREPARE_WITHIN = 5.0
+APPLIED_WITHIN = 2.0  # seconds the hand-out waits for the clock and the name to be set
 ERRORS = (AgentError, Timeout, CorralError)
 
 
@@ -53,8 +59,20 @@ async def identity_exec(machine: Machine, name: str) -> None:
         return
     script = f"echo {name} >/proc/sys/kernel/hostname; exec date -s @{seconds_now()}"
     with contextlib.suppress(*ERRORS):
-        await machine.guest_exec(["sh", "-c", script + " >/dev/null"], capture=False,
-                                 timeout=5)
+        await _ended(machine, await machine.guest_exec(["sh", "-c", script + " >/dev/null"],
+                                                       capture=False, timeout=5))
+
+
+async def _ended(machine: Machine, pid: int) -> None:
+    """Wait until the guest's process ``pid`` ended (it set the clock: every request after
+    this sees it), for at most :data:`APPLIED_WITHIN` (then logged)."""
+    deadline = time.monotonic() + APPLIED_WITHIN
+    while not (await machine.guest_exec_status(pid)).exited:
+        if time.monotonic() > deadline:
+            log.warning("%s: the clock and hostname were not set within %g s",
+                        machine.name, APPLIED_WITHIN)
+            return
+        await asyncio.sleep(0.005)  # the guest's one vCPU runs the agent and the shell
 
 
 async def prepare(machine: Machine) -> tuple[int, int] | None:
@@ -114,6 +132,9 @@ async def _handed(machine: Machine, name: str, pid: int, handle: int) -> bool:
     FIFO closed, which flushes it, whether the shell still runs or not: with no reader
     left the line goes nowhere)."""
     try:
-        return await machine.guest_feed(pid, handle, f"{seconds_now()} {name}\n".encode())
+        if not await machine.guest_feed(pid, handle, f"{seconds_now()} {name}\n".encode()):
+            return False
+        await _ended(machine, pid)
+        return True
     except ERRORS:
         return False

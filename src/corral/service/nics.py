@@ -176,6 +176,28 @@ def unplug(net: Networks, name: str) -> None:
     net.db.drop_records(f"vm:{name}")
 
 
+def renamed(net: Networks, old: str, new: str) -> list[str]:
+    """VM ``old`` is ``new`` now (:mod:`.renaming`: the store moved its taps' records with
+    it): the cache follows. The networks whose DHCP and DNS entries must take the new name
+    (:func:`rename_in_dns`)."""
+    net.db.owner_renamed(f"vm:{old}", f"vm:{new}")
+    rec = net.rt.db.get_vm(new)
+    return sorted({str(n.network) for n in (rec.spec.nics if rec else [])
+                   if n.network and n.planned_for == new and n.network in net.db.networks})
+
+
+async def rename_in_dns(net: Networks, networks: list[str]) -> None:
+    """Bring ``networks``' DHCP and DNS entries in line with their VMs' names (a failure is
+    logged: the VM works on, under its old name in DNS)."""
+    try:
+        async with net.lock:
+            for network in networks:
+                if network in net.db.networks:
+                    await net.apply(network)
+    except CorralError as err:
+        log.warning("could not give %s the new names: %s", ", ".join(networks), err)
+
+
 async def forget(net: Networks, name: str, spec: VMSpec) -> None:
     """After VM ``name`` is destroyed: remove its taps, its DHCP entries and anti-spoofing
     rules, the forwards to it and the firewall rules for it (a failure is logged: the VM is

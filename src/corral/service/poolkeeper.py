@@ -69,6 +69,9 @@ class Pool:
     target_wait: float = 0.05
     ahead_of_queue: bool = False      # refills may take capacity queued requests wait for
     clones: list[str] = field(default_factory=list)   # free: paused, ready, in order
+    # the clone being made: still named here when its making was cut short (the pool
+    # removed, the daemon stopped), for whoever removes it (Pools.rm, the next settle)
+    filling: str | None = None
     # a free clone's identity shell: its pid, the agent's handle on its FIFO (.handoff)
     waiting: dict[str, list[int]] = field(default_factory=dict)
     handouts: int = 0
@@ -109,7 +112,6 @@ class Keeper:
         self.vms = vms
         self.guest = guest
         self.pools: dict[str, Pool] = {}
-        self.filling: dict[str, str | None] = {}   # the clone each pool is making now
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
 
@@ -163,8 +165,12 @@ class Keeper:
             await self.vms.rm(clone)
 
     async def settle(self, p: Pool) -> None:
-        """Drop clones that are gone or crashed (counted), and the extra ones of a pool that
-        shrank."""
+        """Drop clones that are gone or crashed (counted), the extra ones of a pool that
+        shrank, and one left half made by a daemon that stopped while making it."""
+        if p.filling is not None:  # a clone whose making a daemon stop cut short
+            left, p.filling = p.filling, None
+            self.save()
+            await self.remove(left)
         dead = [c for c in p.clones if not self.is_free(c) and not self.rt.busy(c)]
         extra = p.clones[p.size:] if len(p.clones) > p.size else []
         if not dead and not extra:
@@ -228,7 +234,8 @@ class Keeper:
     async def refill(self, p: Pool) -> bool:
         """Make one clone; False (with the pool's note saying why) when it could not."""
         clone = f"{p.name}-{secrets.token_hex(3)}"
-        self.filling[p.name] = clone
+        p.filling = clone
+        self.save()
         t0 = time.monotonic()
         try:
             await self.vms.create({"name": clone, "from_snapshot": p.source}, start=True,
@@ -258,7 +265,9 @@ class Keeper:
                           f"{err.message}")
             return False
         finally:
-            self.filling[p.name] = None
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():  # else it stays named (above)
+                p.filling = None
         if self.pools.get(p.name) is not p:  # removed meanwhile
             await self.remove(clone)
             return False

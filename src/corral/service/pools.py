@@ -38,7 +38,7 @@ from corral.errors import (
     NotFound,
     Timeout,
 )
-from corral.service import access, handoff, renaming
+from corral.service import access, handoff, nics, overlaynets, renaming
 from corral.service.poolkeeper import DOC, Keeper, Pool
 
 if TYPE_CHECKING:
@@ -72,6 +72,8 @@ class Pools:
         self.guest = guest
         self.sched = sched
         self.keeper = Keeper(rt, vms, guest)
+        # VMs just handed out, taking the host's clock and their names
+        self._settling: dict[str, asyncio.Task[None]] = {}
 
     def load(self) -> None:
         self.keeper.load()
@@ -90,7 +92,7 @@ class Pools:
         handout = sorted(p.handout_seconds)
         return {"name": p.name, "project": p.project, "source": p.source, "size": p.size,
                 "max": p.max_size, "free": len(p.clones), "clones": list(p.clones),
-                "filling": self.keeper.filling.get(p.name), "autosize": p.autosize,
+                "filling": p.filling, "autosize": p.autosize,
                 "target_wait": p.target_wait, "ahead_of_queue": p.ahead_of_queue,
                 "handouts": p.handouts, "misses": p.misses,
                 "replaced": p.replaced,
@@ -122,9 +124,12 @@ class Pools:
         src, sep, snapshot = source.partition(":")
         if not sep or not src or not snapshot:
             raise InvalidSpec("from_snapshot", f"'{source}' is not VM:SNAPSHOT")
-        if any(n.mode == "network" for n in self.rt.get(src).spec.nics):
-            raise InvalidSpec("from_snapshot", f"'{src}' has NICs on virtual networks; pools "
-                                               "hold VMs with user-mode NICs only")
+        spanning = [n.network for n in self.rt.get(src).spec.nics
+                    if n.network and overlaynets.cluster_network(self.vms.net, n.network)]
+        if spanning:
+            raise InvalidSpec("from_snapshot", f"'{src}' has a NIC on '{spanning[0]}', a "
+                                               "network that spans hosts; pools hold VMs on "
+                                               "this host's networks only")
         await warm.ensure_template(self.rt, src, snapshot)
         p = Pool(name, source, size, top, autosize, target_wait, ahead_of_queue,
                  project=access.project_for_new())
@@ -165,8 +170,7 @@ class Pools:
         await self.keeper.stop(name)
         del self.keeper.pools[name]
         self.keeper.save()
-        filling = self.keeper.filling.pop(name, None)
-        for clone in p.clones + ([filling] if filling else []):
+        for clone in p.clones + ([p.filling] if p.filling else []):  # (cut short)
             await self.keeper.remove(clone)
         return p.clones
 
@@ -241,13 +245,26 @@ class Pools:
                     p.waiting[clone] = waiting
                 raise
             self.sched.renamed(clone, name)
+            networks = nics.renamed(self.vms.net, clone, name)
             live = rt.machine(rec)
             await live.machine.cont()
             rt.set_state(rec, State.RUNNING, "resumed", wait=False)
-            rt.background(self._settle_in(p, live.machine, name, _pair(waiting)))
+            settling = rt.background(self._settle_in(p, live.machine, name, _pair(waiting)))
+            self._settling[name] = settling
+            settling.add_done_callback(lambda _: self._settling.pop(name, None))
+            if networks:  # its name in DNS follows, while it settles in
+                rt.background(nics.rename_in_dns(self.vms.net, networks))
             view = rt.view(rec)
         rt.forget(clone)
         return view
+
+    async def settled(self, name: str) -> None:
+        """Wait until VM ``name``, if just handed out, has the host's clock and its name (a
+        request to its agent made later waits behind that anyway; one made in the same
+        turn of the loop as the hand-out may not)."""
+        settling = self._settling.get(name)
+        if settling is not None:
+            await asyncio.shield(settling)
 
     async def _settle_in(self, p: Pool, machine: Machine, name: str,
                          waiting: tuple[int, int] | None) -> None:
@@ -270,6 +287,7 @@ class Pools:
         t0 = time.monotonic()
         try:
             taken = await self.take(pool, name, pool_only, timeout=min(timeout, 600.0))
+            await self.settled(name)  # the command sees the host's clock and the VM's name
             t1 = time.monotonic()
             result = await self.guest.exec(name, argv, timeout)
         finally:

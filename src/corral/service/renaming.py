@@ -52,6 +52,9 @@ def rename(rt: VMRuntime, old: str, new: str, kind: str = "renamed",
     spec.disks = [d.model_copy(update={"path": _moved_path(d.path, vm_old, vm_new)})
                   for d in spec.disks]
     spec.vmstate = _moved_path(spec.vmstate, vm_old, vm_new)
+    for nic in spec.nics:  # its ports on networks (and its name in their DNS) follow it
+        if nic.planned_for == old:
+            nic.planned_for = new
     if live is not None:
         spec.launched_as = spec.launched_as or old
     moved: list[tuple[Path, Path]] = []

@@ -188,10 +188,11 @@ class VMRuntime:
             live.machine.kill()
             await live.machine.wait_exit(5)
 
-    def background(self, coro: Awaitable[None]) -> None:
+    def background(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task = access.detached(coro)  # as the daemon, not as the request that set it going
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _close(self, live: Live) -> None:
         if live.ready_task:

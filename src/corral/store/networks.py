@@ -216,6 +216,12 @@ class NetStore:
     def owners(self) -> list[str]:
         return list(self._records)
 
+    def owner_renamed(self, old: str, new: str) -> None:
+        """The records of ``old`` are ``new``'s: the store wrote it (a VM renamed,
+        :func:`corral.store.renames.rename_vm`); this cache follows."""
+        if old in self._records:
+            self._records[new] = self._records.pop(old)
+
     def set_records(self, owner: str, records: Iterable[Record]) -> None:
         """Replace the records of ``owner`` with ``records``."""
         records = list(records)

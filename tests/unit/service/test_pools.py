@@ -297,3 +297,37 @@ async def test_no_background_template_where_the_disk_cannot_hold_it(
     assert not (home / "vms" / "gold" / "templates" / "base").exists()
     view = await m.vms.create({"name": "w", "from_snapshot": "gold:base"}, start=True)
     assert view["state"] == "running"  # the first warm start makes it as before
+
+
+async def _making(m: Manager, pool: str) -> str:
+    """The clone ``pool`` is making, once it runs (it then waits for its guest agent)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        making = m.pools.get(pool)["filling"]
+        if making is not None and {"name": making, "state": "running"} in [
+                {"name": v["name"], "state": v["state"]} for v in m.vms.list()]:
+            return str(making)
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"pool {pool} made no clone: {m.pools.get(pool)}")
+
+
+async def test_a_clone_cut_short_by_a_daemon_stop_or_a_pool_removal_goes(
+        home: Path, driver: FakeDriver) -> None:
+    first = Manager(Paths(home), driver=driver)
+    await first.open()
+    await golden(first)
+    await first.pools.create("p", "gold:base", 1)
+    cut = await _making(first, "p")
+    await first.close()  # while it makes the clone: the next daemon removes it
+    second = Manager(Paths(home), driver=driver)
+    await second.open()
+    try:
+        view = await filled(second, "p", 1)
+        assert {v["name"] for v in second.vms.list()} == {"gold", *view["clones"]} and \
+            cut not in view["clones"]
+        await second.pools.take("p", "job")
+        cut = await _making(second, "p")  # the replacement
+        assert await second.pools.rm("p") == []
+        assert {v["name"] for v in second.vms.list()} == {"gold", "job"}
+    finally:
+        await second.close()
