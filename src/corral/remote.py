@@ -137,7 +137,14 @@ class Remote:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        raw = self._raw(timeout)
+        try:
+            raw = self._raw(timeout)
+        except ConnectionRefusedError as err:
+            raise errors.DaemonUnavailable(f"no Corral daemon answers at {self.url}; is it "
+                                           "serving with --listen?") from err
+        except TimeoutError as err:
+            raise errors.DaemonUnavailable(f"{self.url} did not answer in {timeout:g} s; is "
+                                           "the address right?") from err
         try:
             with ctx.wrap_socket(raw, server_hostname=self.host) as sock:
                 return _sha256(sock.getpeercert(binary_form=True) or b"")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,16 @@ def test_run_accepts_wait_and_export_live() -> None:
     args = build_parser("run").parse_args(["run", "web", "--wait"])
     assert args.wait and not args.no_wait
     assert build_parser("export").parse_args(["export", "web", "f", "--live"]).live
+
+
+def test_adding_a_remote_nobody_serves_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["remote", "add", "lab", f"https://127.0.0.1:{port}", "--token", "t"])
+    err = capsys.readouterr().err
+    assert code == 8 and err == (f"corral: error: no Corral daemon answers at "
+                                 f"https://127.0.0.1:{port}; is it serving with --listen?\n")
+    assert not (tmp_path / "corral" / "remotes.json").exists()
