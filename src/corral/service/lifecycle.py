@@ -251,6 +251,7 @@ class Lifecycle:
         """
         rt = self.rt
         if not force and rt.get(name).state != State.QUEUED:
+            check(name, "stop", rt.get(name).state)  # refused as a stop, not a shutdown
             return await self.shutdown(name, timeout)
         async with rt.lock(name):
             rec = rt.get(name)
