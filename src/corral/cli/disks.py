@@ -25,7 +25,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_resize(args: argparse.Namespace) -> int:
     disk = client(args).disk_resize(args.name, args.size)
-    return out(args, disk, f"disk {disk['name']} is now {(disk['size_bytes'] or 0) >> 20} MiB")
+    size = render.human_bytes(disk["size_bytes"] or 0)
+    return out(args, disk, f"disk {disk['name']} is now {size}")
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

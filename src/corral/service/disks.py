@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from corral.domain.sizes import parse_size
+from corral.domain.sizes import format_size, parse_size
 from corral.domain.specs import DiskSpec, check_name
 from corral.domain.states import LIVE, State
 from corral.engine.qemu.argv import HOTPLUG_PORTS
@@ -92,13 +92,15 @@ async def resize(rt: VMRuntime, name: str, size: str) -> dict[str, Any]:
     """Grow a disk (``block_resize`` when its VM runs, else ``qemu-img resize``).
 
     :raises InvalidSpec: a size smaller than the disk (shrinking loses data).
+    :raises QuotaExceeded: the disk's project has no room for the difference.
     """
     row = _row(rt, name)
     new = parse_size("size", size, default_unit="G")
     current = (await qemu_img.ainfo(row["path"])).virtual_size
     if new < current:
-        raise InvalidSpec("size", f"{size} is smaller than the disk ({current >> 20} MiB); "
+        raise InvalidSpec("size", f"{size} is smaller than the disk ({format_size(current)}); "
                                   "disks only grow")
+    await quotas.check_disk(rt, row["project"], new - current)  # growing counts like making
     vm = rt.db.get_vm(row["vm"]) if row["vm"] else None
     if vm is not None and vm.state in LIVE:
         machine = rt.machine(vm).machine

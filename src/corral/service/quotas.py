@@ -47,17 +47,18 @@ def _refuse(project: str, quota: str, limit: int, requested: int, what: str) -> 
                         project=project, quota=quota, limit=limit, requested=requested)
 
 
-def check_vm(rt: VMRuntime, project: str, cpus: int, memory: int) -> None:
-    """:raises QuotaExceeded: one more VM of ``cpus`` and ``memory`` bytes does not fit."""
+def check_vm(rt: VMRuntime, project: str, cpus: int, memory: int, vms: int = 1) -> None:
+    """:raises QuotaExceeded: one more VM of ``cpus`` and ``memory`` bytes does not fit
+    (with ``vms=0``: a VM that grows by that much)."""
     row = rt.db.access.projects.get(project)
     if row is None:
         return
     used = usage(rt, project)
-    if row.max_vms is not None and used["vms"] + 1 > row.max_vms:
-        _refuse(project, "max_vms", row.max_vms, used["vms"] + 1, str(row.max_vms))
-    if row.max_cpus is not None and used["cpus"] + cpus > row.max_cpus:
+    if row.max_vms is not None and vms and used["vms"] + vms > row.max_vms:
+        _refuse(project, "max_vms", row.max_vms, used["vms"] + vms, str(row.max_vms))
+    if row.max_cpus is not None and cpus > 0 and used["cpus"] + cpus > row.max_cpus:
         _refuse(project, "max_cpus", row.max_cpus, used["cpus"] + cpus, str(row.max_cpus))
-    if row.max_memory is not None and used["memory"] + memory > row.max_memory:
+    if row.max_memory is not None and memory > 0 and used["memory"] + memory > row.max_memory:
         _refuse(project, "max_memory", row.max_memory, used["memory"] + memory,
                 format_size(row.max_memory))
 

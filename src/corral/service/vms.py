@@ -248,6 +248,7 @@ class VMs:
 
         :raises InvalidState: it runs, is queued or saved.
         :raises InvalidSpec: a value the host cannot give.
+        :raises QuotaExceeded: its project has no room for what it grows by.
         """
         rt = self.rt
         async with rt.lock(name):
@@ -260,6 +261,8 @@ class VMs:
                     "memory": f"{rec.spec.memory_bytes >> 20}M" if memory is None else memory}
             req = sp.parse_create(body)
             new_memory = sp.validate_against_host(req, hostfacts.facts())
+            quotas.check_vm(rt, rec.project, req.cpus - rec.spec.cpus,
+                            new_memory - rec.spec.memory_bytes, vms=0)
             old = {"cpus": rec.spec.cpus, "memory_bytes": rec.spec.memory_bytes}
             rec.spec.cpus, rec.spec.memory_bytes = req.cpus, new_memory
             rt.db.update_vm(rec, "hardware_changed", {"old": old, "cpus": req.cpus,

@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 
 from corral.api.app import create_app
 from corral.api.auth import required
+from corral.errors import QuotaExceeded
 from corral.service.manager import Manager
 
 from .conftest import vm
@@ -198,6 +199,14 @@ async def test_quotas_refuse_naming_the_quota(
         assert r.json()["facts"]["quota"] == quota and quota in r.json()["message"]
     r = await remote.post("/v1/disks", json={"name": "big", "size": "2G"}, headers=q)
     assert r.json()["facts"]["quota"] == "max_disk", r.text
+    # nor does a disk made small grow past it
+    r = await remote.post("/v1/disks", json={"name": "small", "size": "64M"}, headers=q)
+    assert r.status_code == 201, r.text
+    r = await remote.post("/v1/disks/small/resize", params={"size": "2G"}, headers=q)
+    assert r.status_code == 409 and r.json()["facts"]["quota"] == "max_disk", r.text
+    r = await remote.post("/v1/disks/small/resize", params={"size": "128M"}, headers=q)
+    assert r.status_code == 200 and r.json()["size_bytes"] == 128 << 20, r.text
+    assert (await remote.delete("/v1/disks/small", headers=q)).status_code == 204
     assert (await remote.post("/v1/vms", json=vm("q2"), headers=q)).status_code == 201
     r = await remote.post("/v1/vms", json=vm("q3"), headers=q)
     assert r.json()["facts"]["quota"] == "max_vms", r.text
@@ -207,6 +216,10 @@ async def test_quotas_refuse_naming_the_quota(
     r = await local.patch("/v1/projects/q", json={"max_vms": 3})
     assert r.json()["quotas"] == {"max_vms": 3, "max_cpus": 2, "max_memory": 512 << 20,
                                   "max_disk": 1 << 30}
+    # a VM that grows (a stack's new hardware) counts its growth
+    with pytest.raises(QuotaExceeded, match="max_cpus"):
+        await m.vms.set_hardware("q1", cpus=2)
+    assert (await m.vms.set_hardware("q1", memory="128M"))["memory_bytes"] == 128 << 20
     for name in ("q1", "q2"):
         await local.delete(f"/v1/vms/{name}")
 
