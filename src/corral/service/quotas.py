@@ -63,6 +63,12 @@ def check_vm(rt: VMRuntime, project: str, cpus: int, memory: int, vms: int = 1) 
                 format_size(row.max_memory))
 
 
+def limits_disk(rt: VMRuntime, project: str) -> bool:
+    """Whether ``project`` has a disk quota (what it asks for costs a look at each disk)."""
+    row = rt.db.access.projects.get(project)
+    return row is not None and row.max_disk is not None
+
+
 async def check_disk(rt: VMRuntime, project: str, more: int) -> None:
     """:raises QuotaExceeded: ``more`` bytes of new virtual disk do not fit."""
     row = rt.db.access.projects.get(project)

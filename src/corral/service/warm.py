@@ -233,6 +233,11 @@ async def _define_clone(rt: VMRuntime, name: str, base: sp.VMSpec, full: bool,
                         sched: sp.Scheduling | None = None) -> VMRecord:
     """Define ``name`` with ``base``'s hardware, its own MACs, and disks that are overlays on
     ``base``'s (linked) or copies of them (``full``, from ``snapshot`` if given)."""
+    project = access.project_for_new()
+    quotas.check_vm(rt, project, base.cpus, base.memory_bytes)
+    if quotas.limits_disk(rt, project):  # its disks are as large as the ones they copy
+        await quotas.check_disk(rt, project, sum([(await qemu_img.ainfo(d.path)).virtual_size
+                                                  for d in base.disks if not d.readonly]))
     vm_dir = rt.paths.vm_dir(name)
     vm_dir.mkdir(parents=True)
     try:
@@ -255,8 +260,7 @@ async def _define_clone(rt: VMRuntime, name: str, base: sp.VMSpec, full: bool,
             "name": name, "disks": disks, "vmstate": await provision.make_vmstate(vm_dir),
             "nics": [n.model_copy(update={"mac": sp.new_mac()}) for n in base.nics],
             "sched": sched or sp.Scheduling(), "warm_template": None, "migrated": None})
-        project = access.project_for_new()
-        quotas.check_vm(rt, project, spec.cpus, spec.memory_bytes)
+        quotas.check_vm(rt, project, spec.cpus, spec.memory_bytes)  # others meanwhile
         rec = VMRecord(name=name, uid=str(uuid.uuid4()), spec=spec, state=State.DEFINED,
                        project=project)
         rt.db.add_vm(rec)

@@ -220,6 +220,14 @@ async def test_quotas_refuse_naming_the_quota(
     with pytest.raises(QuotaExceeded, match="max_cpus"):
         await m.vms.set_hardware("q1", cpus=2)
     assert (await m.vms.set_hardware("q1", memory="128M"))["memory_bytes"] == 128 << 20
+    # and a clone counts the disks it copies
+    await local.patch("/v1/projects/q", json={"max_cpus": 4, "max_memory": "1G"})
+    await local.delete("/v1/vms/q2")
+    r = await remote.post("/v1/vms", json=vm("q2", disks=[{"size": "600M"}]), headers=q)
+    assert r.status_code == 201, r.text
+    r = await remote.post("/v1/vms/q2/clone", params={"new": "q3"}, headers=q)
+    assert r.status_code == 409 and r.json()["facts"]["quota"] == "max_disk", r.text
+    assert {v["name"] for v in (await local.get("/v1/vms")).json()} == {"q1", "q2"}
     for name in ("q1", "q2"):
         await local.delete(f"/v1/vms/{name}")
 
