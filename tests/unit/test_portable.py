@@ -19,7 +19,7 @@ import pytest
 
 from corral.config import Paths
 from corral.domain.states import State
-from corral.errors import InvalidSpec, InvalidState, NotFound
+from corral.errors import InvalidSpec, InvalidState, NotFound, QuotaExceeded
 from corral.service import portable
 from corral.service.manager import Manager
 
@@ -237,3 +237,14 @@ async def test_a_cold_move_is_imported_like_a_clients_export(
     vm = await clustermove.receive(view, "moved", "h1", warm)  # type: ignore[arg-type]
     assert vm["host"] == "h2" and vm["state"] == "stopped"
     assert m.runtime.get("moved").spec.warm_template is None
+
+
+async def test_an_import_over_the_disk_quota_is_refused_and_leaves_nothing(
+        manager: tuple[Manager, Paused]) -> None:
+    m, _ = manager
+    _, data = await export_bytes(m, "web")
+    await m.projects.set_quotas("default", {"max_disk": "1M"})  # web's 1M disk fills it
+    with pytest.raises(QuotaExceeded, match="max_disk"):
+        await m.vms.import_(upload=await upload(m, data), name="web2")
+    assert [v["name"] for v in m.vms.list()] == ["web"]
+    assert not m.runtime.paths.vm_dir("web2").exists()

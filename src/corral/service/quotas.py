@@ -69,10 +69,11 @@ def limits_disk(rt: VMRuntime, project: str) -> bool:
     return row is not None and row.max_disk is not None
 
 
-async def check_disk(rt: VMRuntime, project: str, more: int) -> None:
-    """:raises QuotaExceeded: ``more`` bytes of new virtual disk do not fit."""
+async def check_disk(rt: VMRuntime, project: str, more: int, counted: bool = False) -> None:
+    """:raises QuotaExceeded: ``more`` bytes of new virtual disk do not fit (``counted``:
+    the disks just made are the project's already, and must fit)."""
     row = rt.db.access.projects.get(project)
-    if row is None or row.max_disk is None or more <= 0:
+    if row is None or row.max_disk is None or (more <= 0 and not counted):
         return
     used = await disk_usage(rt, project)
     if used + more > row.max_disk:

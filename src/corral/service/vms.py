@@ -342,11 +342,17 @@ class VMs:
         path = (Uploads(self.rt.paths.home).path(upload) if upload is not None
                 else hostpaths.check("file", str(file), self.rt.paths))
         try:
-            return await asyncio.to_thread(portable.import_vm, self.rt, path, name,
+            view = await asyncio.to_thread(portable.import_vm, self.rt, path, name,
                                            "upload" if upload else None)
         finally:
             if upload is not None:
                 path.unlink(missing_ok=True)
+        try:  # its disks' sizes are known once unpacked: over the quota, it goes again
+            await quotas.check_disk(self.rt, view["project"], 0, counted=True)
+        except CorralError:
+            await self.rm(view["name"])
+            raise
+        return view
 
 
 def _resolve(rt: VMRuntime, req: sp.VMCreate, memory: int) -> sp.VMSpec:
