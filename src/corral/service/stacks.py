@@ -80,17 +80,19 @@ class Stacks:
 
     def _check_vms(self, loaded: stackfile.Loaded, desired: dict[str, stackgraph.Resource],
                    existing: stackgraph.Existing) -> None:
-        """Refuse the VMs still to make as their creation would, so that a wrong value
-        stops the plan before anything is made (against this host only when it is not one
-        of a cluster's: another host may have more memory, or images this one has not).
+        """Refuse the VMs still to make as their creation would (and new hardware of those
+        that exist), so that a wrong value stops the plan before anything is made (against
+        this host only when it is not one of a cluster's: another host may have more
+        memory, or images this one has not).
 
         :raises InvalidSpec: naming the file's line and field.
         """
         for res in desired.values():
-            if res.kind == "vm" and not existing.has(res.id):
+            if res.kind == "vm":
                 try:
                     self.runner.vms.check(self.runner.vm_body(res.name, res.spec),
-                                          host=self.rt.db.host is None)
+                                          host=self.rt.db.host is None,
+                                          exists=existing.has(res.id))
                 except InvalidSpec as err:
                     field = tuple(int(p) if p.isdigit() else p for p in err.field.split("."))
                     raise loaded.error((*res.path, *field),

@@ -72,9 +72,11 @@ class VMs:
                 await self.rm(rec.name)
             raise
 
-    def check(self, body: dict[str, Any], *, host: bool = True) -> None:
+    def check(self, body: dict[str, Any], *, host: bool = True, exists: bool = False
+              ) -> None:
         """Refuse ``body`` as :meth:`create` would before it makes anything, making nothing
-        (a stack's plan asks); ``host``: also against this host (its memory, CPUs, images).
+        (a stack's plan asks); ``host``: also against this host (its memory, CPUs, images);
+        ``exists``: only what a VM that exists may change (its hardware, its scheduling).
 
         :raises InvalidSpec: naming the field.
         """
@@ -84,8 +86,9 @@ class VMs:
         facts = hostfacts.facts()
         sp.scheduling(req, facts)
         if body.get("from_snapshot") is None:
-            _resolve(self.rt, req, sp.validate_against_host(req, facts))
-            if req.user_data is not None or req.ssh_keys or req.hostname:
+            memory = sp.validate_against_host(req, facts)
+            if not exists:
+                _resolve(self.rt, req, memory)
                 provision.seed_user_data(req)
 
     async def define(self, body: dict[str, Any]) -> VMRecord:

@@ -268,3 +268,11 @@ async def test_a_warm_start_takes_its_hardware_from_the_snapshot(m: Manager) -> 
            "  s: {vm: a}\n"
     with pytest.raises(InvalidSpec, match=r"lab\.yaml:5: vms\.b\.memory: a warm start"):
         await m.stacks.plan(text, "lab.yaml")
+
+
+async def test_new_hardware_the_host_cannot_give_is_refused_at_plan_time(m: Manager) -> None:
+    assert (await apply(m, LAB))[-1]["ok"]
+    with pytest.raises(InvalidSpec, match=r"^lab\.yaml:14: vms\.db\.memory: 64T is more than"):
+        await m.stacks.plan(LAB.replace("memory: 256M", "memory: 64T"), "lab.yaml")
+    assert (await m.vms.get("db"))["memory_bytes"] == 256 << 20
+    await _drain(await m.stacks.rm("lab"))
