@@ -106,7 +106,7 @@ def test_cli_import_stays_lean() -> None:
 def test_rm_keeps_its_old_names(alias: str) -> None:
     args = build_parser(alias).parse_args([alias, "web"])
     assert args.func is build_parser("rm").parse_args(["rm", "web"]).func
-    assert args.name == "web"
+    assert args.name == ["web"]
 
 
 def test_run_accepts_wait_and_export_live() -> None:

@@ -71,7 +71,10 @@ def test_the_lean_path_imports_no_argparse() -> None:
 def test_the_quick_path_takes_what_the_lean_one_takes(argv: list[str]) -> None:
     word, name, as_json = quick.command(argv) or ("", None, False)
     args = lean(argv)
-    assert (word, name, as_json) == (args.command, getattr(args, "name", None), args.json)
+    lean_name = getattr(args, "name", None)
+    if isinstance(lean_name, list):  # pause and resume take one or more names
+        [lean_name] = lean_name
+    assert (word, name, as_json) == (args.command, lean_name, args.json)
 
 
 @pytest.mark.parametrize("argv", [
@@ -159,6 +162,32 @@ def test_the_quick_path_answers_as_the_full_one(
     assert fast == full
     if fast[0]:
         assert fast[2].startswith("corral: error: ") and fast[2].count("\n") == 1
+
+
+def test_verbs_take_several_names_and_go_on_past_an_error(
+        daemon: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    """``corral rm a nope b`` removes a and b, says what was wrong with nope in one line, and
+    exits with its status; with --json, the list of what was done."""
+    sock = ["--socket", str(daemon.socket)]
+    with Client(daemon.socket) as c:
+        for name in ("many-a", "many-b", "many-c"):
+            c.create(name)
+    assert main(["pause", "many-a", "many-b", *sock]) == 5  # defined: not running
+    _, err = capsys.readouterr()
+    assert err.splitlines() == [f"corral: error: cannot pause VM '{name}': it is defined "
+                                "(needs running)" for name in ("many-a", "many-b")]
+    assert main(["rm", "many-a", "nope", "many-b", "many-a", *sock]) == 3
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["destroyed many-a", "destroyed many-b"]
+    assert err.count("\n") == 1 and "nope" in err
+    assert main(["rm", "many-c", "--json", *sock]) == 0  # one name: one object, as before
+    assert json.loads(capsys.readouterr().out) == {"name": "many-c", "destroyed": True}
+    with Client(daemon.socket) as c:
+        c.create("many-d")
+    assert main(["rm", "many-d", "nope", "--json", *sock]) == 3
+    assert json.loads(capsys.readouterr().out) == [{"name": "many-d", "destroyed": True}]
+    with Client(daemon.socket) as c:
+        assert not {"many-a", "many-b", "many-c", "many-d"} & {v["name"] for v in c.list()}
 
 
 def test_no_daemon_is_reported_by_the_full_path(tmp_path: Path,

@@ -53,6 +53,36 @@ def out(args: argparse.Namespace, data: Any, human: str | None = None) -> int:
     return 0
 
 
+def each(args: argparse.Namespace, act: Any, say: Any) -> int:
+    """Run ``act(name)`` for each NAME of a ``many`` command, in order (a name given twice:
+    once), printing ``say(result)`` for each, or with ``--json`` the result (several names:
+    a list of those that succeeded). With several names, a failure is printed as an error
+    line and the others still run; the exit status is the first failure's. One name fails
+    as any command does."""
+    from corral import errors
+
+    names = list(dict.fromkeys(args.name if isinstance(args.name, list) else [args.name]))
+    if len(names) == 1:
+        data = act(names[0])
+        return out(args, data, say(data))
+    done: list[Any] = []
+    code = 0
+    for name in names:
+        try:
+            data = act(name)
+        except errors.CorralError as err:
+            sys.stdout.flush()
+            print(f"corral: error: {err.message}", file=sys.stderr)
+            code = code or err.exit_code
+            continue
+        done.append(data)
+        if not getattr(args, "json", False):
+            print(say(data))
+    if getattr(args, "json", False):
+        out(args, done)
+    return code
+
+
 def exit_status(res: dict[str, Any]) -> int:
     """A guest command's exit status as a shell gives it: 128+N when killed by signal N."""
     if res.get("signal"):
@@ -101,15 +131,20 @@ class Parents:
 
 
 def command(sub: Any, parents: Parents, name: str, func: Any, help_: str, desc: str = "",
-            *, js: bool = True, vm: bool = True, aliases: tuple[str, ...] = ()
-            ) -> argparse.ArgumentParser:
-    """Add command ``name`` running ``func``; ``vm``: it takes the VM's NAME."""
+            *, js: bool = True, vm: bool = True, aliases: tuple[str, ...] = (),
+            many: bool = False) -> argparse.ArgumentParser:
+    """Add command ``name`` running ``func``; ``vm``: it takes the VM's NAME (``many``: one
+    or more NAMEs, a list; see :func:`each`)."""
     from corral.cli.formatter import Formatter
 
     p: argparse.ArgumentParser = sub.add_parser(
         name, help=help_, description=desc or help_, formatter_class=Formatter,
         parents=[parents.common, *([parents.js] if js else [])], aliases=list(aliases))
-    if vm:
+    if vm and many:
+        p.add_argument("name", metavar="NAME", nargs="+",
+                       help="the VM's name (several: each in turn; an error for one does not "
+                            "stop the others, and the exit status is the first error's)")
+    elif vm:
         p.add_argument("name", metavar="NAME", help="the VM's name")
     p.set_defaults(func=func)
     return p

@@ -87,6 +87,7 @@ LEAN: dict[str, tuple[str, str, bool, dict[str, Any]]] = {
     "resume": ("vms", "cmd_resume", True, {}),
     "show": ("vms", "cmd_show", True, {"explain": False}),
 }
+MANY = frozenset({"pause", "resume"})  # LEAN commands whose NAME is one or more (a list)
 
 
 class _Null:
@@ -186,7 +187,7 @@ def lean(argv: list[str]) -> Any:
         command=words[0], socket=None, remote=None, project=None, json="--json" in argv,
         func=getattr(importlib.import_module(f"corral.cli.{module}"), func), **extra)
     if named:
-        args.name = words[1]
+        args.name = [words[1]] if words[0] in MANY else words[1]
     return args
 
 

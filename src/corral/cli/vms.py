@@ -13,6 +13,7 @@ from corral.cli.common import (
     client,
     command,
     command_result,
+    each,
     out,
     transfer_progress,
 )
@@ -75,25 +76,32 @@ def _run_batch(args: argparse.Namespace) -> int:
     return command_result(args, res)
 
 
+def _said(vm: Any) -> str:
+    return f"{vm['name']} is {render.state(vm)}"
+
+
 def cmd_start(args: argparse.Namespace) -> int:
-    return _state(args, client(args).start(args.name, wait=args.wait, timeout=args.timeout,
-                                           queue=not args.no_queue))
+    c = client(args)
+    return each(args, lambda name: c.start(name, wait=args.wait, timeout=args.timeout,
+                                           queue=not args.no_queue), _said)
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    return _state(args, client(args).pause(args.name))
+    return each(args, client(args).pause, _said)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    return _state(args, client(args).resume(args.name))
+    return each(args, client(args).resume, _said)
 
 
 def cmd_shutdown(args: argparse.Namespace) -> int:
-    return _state(args, client(args).shutdown(args.name, timeout=args.timeout))
+    c = client(args)
+    return each(args, lambda name: c.shutdown(name, timeout=args.timeout), _said)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    return _state(args, client(args).stop(args.name, force=args.force, timeout=args.timeout))
+    c = client(args)
+    return each(args, lambda name: c.stop(name, force=args.force, timeout=args.timeout), _said)
 
 
 def cmd_reboot(args: argparse.Namespace) -> int:
@@ -110,8 +118,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    client(args).rm(args.name)
-    return out(args, {"name": args.name, "destroyed": True}, f"destroyed {args.name}")
+    c = client(args)
+
+    def rm(name: str) -> dict[str, Any]:
+        c.rm(name)
+        return {"name": name, "destroyed": True}
+    return each(args, rm, lambda done: f"destroyed {done['name']}")
 
 
 def cmd_move(args: argparse.Namespace) -> int:
@@ -215,22 +227,22 @@ def _lifecycle(sub: Any, pa: Parents) -> None:
                    help="with --pool: wait for the pool's next VM instead of a warm start")
     _timeout(p)
     p = command(sub, pa, "start", cmd_start,
-                "boot a defined or stopped VM (queued if the host is full)")
+                "boot a defined or stopped VM (queued if the host is full)", many=True)
     p.add_argument("--no-queue", action="store_true",
                    help="fail at once when the host is full instead of waiting")
     p.add_argument("--wait", action="store_true",
                    help="return when the guest is ready (its agent answered)")
     _timeout(p)
-    command(sub, pa, "pause", cmd_pause, "freeze a running VM's vCPUs")
-    command(sub, pa, "resume", cmd_resume, "let a paused VM run again")
+    command(sub, pa, "pause", cmd_pause, "freeze a running VM's vCPUs", many=True)
+    command(sub, pa, "resume", cmd_resume, "let a paused VM run again", many=True)
     p = command(sub, pa, "shutdown", cmd_shutdown, "power a VM off gracefully",
                 "Ask the guest to power off through its agent (or the ACPI power button when "
-                "it has none); force it off after --timeout seconds.")
+                "it has none); force it off after --timeout seconds.", many=True)
     _timeout(p, "seconds before forcing (60)")
     p = command(
         sub, pa,
         name="stop",
-        func=cmd_stop, help_="stop a VM (--force: at once, like pulling the plug)")
+        func=cmd_stop, help_="stop a VM (--force: at once, like pulling the plug)", many=True)
     p.add_argument("--force", action="store_true", help="stop at once instead of shutting down")
     _timeout(p, "without --force: seconds before forcing (60)")
     p = command(sub, pa, "reboot", cmd_reboot, "reboot a VM (agent, else hard reset)")
@@ -276,7 +288,7 @@ def register(sub: Any, pa: Parents) -> None:
     _lifecycle(sub, pa)
     _state_and_copies(sub, pa)
     command(sub, pa, "rm", cmd_rm, "stop a VM if it runs and remove all it owns",
-            aliases=("destroy", "delete"))
+            aliases=("destroy", "delete"), many=True)
     p = command(sub, pa, "move", cmd_move, "move a VM that does not run to another host",
                 "Move a defined, stopped, saved or crashed VM to another host of the "
                 "cluster: its disks, snapshots and saved state are copied over the hosts' "
