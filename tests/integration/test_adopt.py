@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 
@@ -94,3 +95,31 @@ def test_daemon_killed_mid_start_leaves_a_consistent_store(daemon: Daemon) -> No
     if vm["state"] == "running":
         assert vm["pid"] and vm["qemu_status"] == "running"
     daemon.client.destroy("mid")
+
+
+def test_a_home_removed_while_its_vms_ran_leaves_no_qemu(daemon: Daemon) -> None:
+    """``rm -rf`` of the home while a VM ran (its store gone): the next daemon of that home
+    ends the QEMU no record owns and removes its cgroups, and a VM made again under the same
+    name runs once, in a group of its own."""
+    from corral.config import Paths
+    from corral.engine.qemu.process import start_time
+    from corral.host import cgroups
+
+    c = daemon.client
+    pid = c.create("wiped", start=True)["pid"]
+    tag = Paths(daemon.home).tag
+    assert "wiped" in cgroups.groups_of(tag)
+    daemon.stop()
+    shutil.rmtree(daemon.home)
+    daemon.home.mkdir()
+    daemon.start()
+    assert daemon.client.list() == []
+    deadline = time.monotonic() + 10  # (a zombie until the host's init reaps it)
+    while start_time(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert start_time(pid) is None
+    assert cgroups.groups_of(tag) == {}
+    assert "no record of this daemon's home owns it" in (daemon.home / "daemon.log").read_text()
+    again = daemon.client.create("wiped", start=True)["pid"]
+    assert {p for g in cgroups.groups_of(tag)["wiped"] for p in cgroups.members(g)} == {again}
+    daemon.client.destroy("wiped")

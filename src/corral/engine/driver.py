@@ -264,6 +264,9 @@ class Driver(Protocol):
     def cleanup(self, run_dir: Path, keep_dir: bool = False, orphan: bool = False) -> None:
         """Remove the sockets and pidfile a machine left in ``run_dir``; with ``orphan``,
         first end the machine still running there that no record owns."""
+    def end_stray(self, pid: int) -> bool:
+        """End process ``pid``, found in a cgroup of this daemon's home that no record owns,
+        if it is one of this engine's machines; whether it was."""
     def confinement_of(self, pid: int | None) -> dict[str, Any] | None:
         """What confines the machine whose process is ``pid`` (None: gone), or with None
         the confinement the driver applies to every machine it starts."""

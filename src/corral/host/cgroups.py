@@ -215,3 +215,25 @@ def _limit(group: Path, controller: str) -> int | None:
     if text == "max" or int(text) >= 1 << 62:
         return None
     return int(text)
+
+
+def groups_of(tag: str) -> dict[str, list[Path]]:
+    """Every group of the daemon whose home has tag ``tag`` (CPU groups and limit groups), by
+    VM name."""
+    prefix = f"corral-{tag}-"
+    tops = {group_path(tag, "_").parent} | {b for c in LIMITS if (b := _base(c)) is not None}
+    found: dict[str, list[Path]] = {}
+    for top in tops:
+        with contextlib.suppress(OSError):
+            for group in top.glob(prefix + "*"):
+                if group.is_dir():
+                    found.setdefault(group.name[len(prefix):], []).append(group)
+    return found
+
+
+def members(group: Path) -> list[int]:
+    """The processes in ``group`` (none when it is gone)."""
+    try:
+        return [int(p) for p in (group / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []

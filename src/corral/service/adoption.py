@@ -37,7 +37,7 @@ from typing import Any
 from corral.domain.states import LIVE, State, allowed, from_qmp_status
 from corral.engine.driver import Machine
 from corral.errors import CorralError
-from corral.host import qemu_img
+from corral.host import cgroups, qemu_img
 from corral.service.runtime import Live, VMRuntime
 from corral.store.db import VMRecord
 
@@ -241,6 +241,7 @@ def _sweep(rt: VMRuntime) -> None:
             if templates.is_dir():
                 for work in templates.glob(".*.tmp-*"):
                     shutil.rmtree(work, ignore_errors=True)
+    _end_strays(rt, names)
     run = rt.paths.run
     if run.is_dir():  # run directories of VMs (a pidfile or sockets) that are gone
         for child in run.iterdir():
@@ -249,3 +250,25 @@ def _sweep(rt: VMRuntime) -> None:
             if child.is_dir() and ours and child.name not in names:
                 rt.driver.cleanup(child, orphan=True)  # a QEMU waiting for a migration
                 shutil.rmtree(child, ignore_errors=True)
+
+
+def _end_strays(rt: VMRuntime, names: set[str]) -> None:
+    """End the QEMUs in this home's cgroups that no record owns (in the group of a VM with no
+    record, or beside the QEMU a VM's record names), and remove the groups of VMs with no
+    record: a home removed while its VMs ran leaves them running, holding their taps (a VM
+    made again under the same name could not open its tap, or ran twice)."""
+    stray = []
+    for vm, groups in cgroups.groups_of(rt.paths.tag).items():
+        live = rt.live.get(vm)
+        own = live.machine.pid if live is not None else None
+        for pid in sorted({pid for g in groups for pid in cgroups.members(g)} - {own}):
+            if rt.driver.end_stray(pid):
+                log.warning("ended QEMU %d in the cgroups of VM '%s': no record of this "
+                            "daemon's home owns it (the home was removed while it ran?)", pid, vm)
+        if vm not in names:
+            stray += groups
+    deadline = time.monotonic() + 5.0  # a killed QEMU is gone in milliseconds
+    while any(cgroups.members(g) for g in stray) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for group in stray:
+        cgroups.remove_group(group)

@@ -68,6 +68,9 @@ class FakeDriver:
             self.orphans_ended.append(run_dir.name)
         qargv.RunPaths(run_dir).remove(keep_dir)
 
+    def end_stray(self, pid: int) -> bool:
+        return False  # a fake machine is no process: none is in a cgroup
+
     def confinement_of(self, pid: int | None) -> dict[str, Any] | None:
         """The fake engine confines nothing (its machines are no processes)."""
         return None

@@ -80,6 +80,19 @@ def end_orphan(run: RunPaths) -> int | None:
     return pid
 
 
+def end_stray(pid: int) -> bool:
+    """Kill ``pid`` if it is a QEMU (its program is ``qemu-system-*``); whether it was."""
+    try:
+        program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+    except OSError:
+        return False
+    if not os.path.basename(program).startswith(b"qemu-system-"):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
 Exit = ExitStatus  # how a QEMU ended
 
 
