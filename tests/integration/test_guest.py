@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -82,6 +83,14 @@ def test_five_mib_binary_round_trip(daemon: Daemon, vm: str, tmp_path: Path) -> 
     assert res.returncode == 0, res.stderr
     assert (back / "blob.bin").read_bytes() == data
     assert [p.name for p in back.iterdir()] == ["blob.bin"]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)  # the mode cp gives a new file (it was 0600), and keeps a replaced one's
+    assert stat.S_IMODE((back / "blob.bin").stat().st_mode) == 0o666 & ~umask
+    (back / "pw").write_bytes(b"")
+    (back / "pw").chmod(0o640)
+    assert daemon.cli("cp", f"{vm}:/etc/passwd", str(back / "pw")).returncode == 0
+    assert stat.S_IMODE((back / "pw").stat().st_mode) == 0o640
+    assert b"root" in (back / "pw").read_bytes()
 
 
 def test_missing_guest_path_is_a_clear_error(daemon: Daemon, vm: str, tmp_path: Path) -> None:

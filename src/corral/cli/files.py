@@ -19,6 +19,15 @@ def _split(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
+def _mode_for(target: Path) -> int:
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def copy(client: Any, src: str, dest: str, as_json: bool) -> int:
     """:raises InvalidSpec: when neither or both sides name a VM, or a local path is wrong."""
     src_vm, src_path = _split(src)
@@ -53,6 +62,9 @@ def copy(client: Any, src: str, dest: str, as_json: bool) -> int:
         except OSError as err:
             raise InvalidSpec("cp", f"cannot write in {target.parent}: {err.strerror}") from err
         try:
+            # the mode cp gives: the file's own when it is replaced, else 0666 less the umask
+            # (mkstemp makes it 0600: nobody else could read a file copied out)
+            os.fchmod(fd, _mode_for(target))
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, target)
