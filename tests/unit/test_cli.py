@@ -126,3 +126,20 @@ def test_adding_a_remote_nobody_serves_is_one_line(tmp_path: Path, monkeypatch: 
     assert code == 8 and err == (f"corral: error: no Corral daemon answers at "
                                  f"https://127.0.0.1:{port}; is it serving with --listen?\n")
     assert not (tmp_path / "corral" / "remotes.json").exists()
+
+
+@pytest.mark.parametrize(("argv", "usage"), [
+    (["disk", "resize", "d1", "--size", "1G"], "usage: corral disk resize "),
+    (["pause", "web", "--bogus"], "usage: corral pause "),
+    (["list", "extra"], "usage: corral list "),
+    (["--remote", "lab", "snapshot", "create", "web", "s", "--zz"],
+     "usage: corral snapshot create "),
+])
+def test_an_unknown_argument_shows_its_commands_usage(argv: list[str], usage: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Not corral's whole usage line, which says nothing of the command's arguments."""
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage) and "error: unrecognized arguments: " in err

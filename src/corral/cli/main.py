@@ -200,7 +200,9 @@ def parsed(argv: list[str]) -> argparse.Namespace:
     if "--" in argv:  # everything after '--' belongs to the guest command, options included
         cut = argv.index("--")
         argv, tail = argv[:cut], argv[cut + 1:]
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's own parser, with its usage (not corral's whole one)
+        _innermost(parser, argv).error(f"unrecognized arguments: {' '.join(extra)}")
     for key, value in leading.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -209,6 +211,20 @@ def parsed(argv: list[str]) -> argparse.Namespace:
             parser.error("'--' is only for 'corral exec NAME -- CMD' and 'corral run --rm'")
         args.command_argv = tail
     return args
+
+
+def _innermost(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the (sub)command ``argv`` names: ``corral disk resize``'s for
+    ``disk resize d1 --size 1G``."""
+    import argparse
+
+    for word in (a for a in argv if not a.startswith("-")):
+        subs = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)),
+                    None)
+        if subs is None:
+            break
+        parser = subs.choices.get(word, parser)
+    return parser
 
 
 def _site() -> None:
