@@ -28,15 +28,8 @@ from corral.engine.qemu.confine import Confinement
 from corral.engine.qemu.guest_agent import GuestAgent
 from corral.engine.qemu.guest_ops import GuestOps
 from corral.engine.qemu.migration import LiveMigration
-from corral.engine.qemu.process import (
-    Process,
-    end_orphan,
-    end_stray,
-    launch,
-    log_tail,
-    reap,
-    start_time,
-)
+from corral.engine.qemu.process import Process, end_orphan, launch, log_tail, reap, start_time
+from corral.engine.qemu.process import end_stray as _end_stray
 from corral.engine.qemu.qmp import Monitor
 from corral.engine.qemu.spawn import listening, opened_taps
 from corral.errors import CorralError, LaunchFailed, MonitorError, Timeout
@@ -319,7 +312,7 @@ class QemuDriver:
         qargv.RunPaths(run_dir).remove(keep_dir)
 
     def end_stray(self, pid: int) -> bool:
-        return end_stray(pid)
+        return _end_stray(pid)
 
     def confinement_of(self, pid: int | None) -> dict[str, Any] | None:
         """What confines the QEMU ``pid`` (the kernel's view); None: the daemon's settings."""
