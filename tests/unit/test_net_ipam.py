@@ -42,6 +42,10 @@ def test_a_network_plan() -> None:
     ("lan", "not an IPv4 network"),
     ("10.20.128.0/17", "overlaps network dmz"),
     ("10.255.3.0/24", "overlaps the uplink transfer pool"),
+    ("127.0.0.0/24", "in loopback space"),
+    ("224.1.0.0/16", "in multicast space"),
+    ("240.0.0.0/24", "in reserved space"),
+    ("0.0.0.0/0", "in 'this network' space"),
 ])
 def test_bad_subnets_are_refused(subnet: str, message: str) -> None:
     with pytest.raises(InvalidSpec, match=message) as err:
