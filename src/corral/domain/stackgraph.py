@@ -19,6 +19,7 @@ from corral.domain.nics import check_nic
 from corral.domain.sizes import parse_size
 from corral.domain.specs import NAME_RE
 from corral.domain.stackfile import Loaded, Path, VMDef
+from corral.domain.subnets import parse_subnet
 from corral.errors import InvalidSpec, not_a_name
 
 KINDS = ("network", "disk", "router", "vm", "snapshot", "forward", "rule")
@@ -106,11 +107,10 @@ def build(loaded: Loaded, existing: Existing) -> dict[str, Resource]:
     subnets: dict[str, IPv4Network] = {}
     for name, net in st.networks.items():
         path: Path = ("networks", name)
-        try:
-            subnets[name] = IPv4Network(net.subnet)
-        except ValueError as err:
-            raise loaded.error((*path, "subnet"), f"'{net.subnet}' is not an IPv4 subnet "
-                                                  "(e.g. 10.20.0.0/24)") from err
+        try:  # as creating the network checks it: an apply would stop half-way on it
+            subnets[name] = parse_subnet(net.subnet)
+        except InvalidSpec as err:
+            raise loaded.error((*path, "subnet"), err.message.partition(": ")[2]) from err
         b.add(Resource("network", b.name(name, path), {
             "subnet": str(subnets[name]), "dhcp": net.dhcp, "isolated": net.isolated}, path))
     for name, disk in st.disks.items():

@@ -187,6 +187,10 @@ async def test_a_second_apply_of_the_same_stack_is_refused(m: Manager) -> None:
      "lab.yaml:3: vms.a.hostname: 'a b' is not a valid host name"),
     ("vms:\n  a:\n    pin: [999]\n", "lab.yaml:3: vms.a.pin: [999] names CPUs"),
     ("vms: [1, 2\n", "lab.yaml:2: (file): not YAML"),
+    ("networks:\n  n: {subnet: 10.9.0.0/30}\n",  # creating it would refuse it
+     "lab.yaml:2: networks.n.subnet: 10.9.0.0/30 is too small; use /29 or larger"),
+    ("networks:\n  n: {subnet: 127.9.0.0/24}\n",
+     "lab.yaml:2: networks.n.subnet: 127.9.0.0/24 is in loopback space"),
 ])
 async def test_bad_files_are_refused_with_their_line(m: Manager, text: str,
                                                      message: str) -> None:

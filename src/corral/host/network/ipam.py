@@ -29,16 +29,11 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
+from corral.domain.subnets import parse_subnet
 from corral.errors import InvalidSpec
 from corral.host.network import names
 
 TRANSFER_POOL = IPv4Network("10.255.0.0/16")
-MAX_PREFIX = 29  # gateway, DHCP server and four NICs
-# ranges no switch can carry: Linux drops them as martians, or they are not unicast
-UNUSABLE = {IPv4Network("0.0.0.0/8"): "'this network' space (0.0.0.0/8)",
-            IPv4Network("127.0.0.0/8"): "loopback space",
-            IPv4Network("224.0.0.0/4"): "multicast space",
-            IPv4Network("240.0.0.0/4"): "reserved space (240.0.0.0/4)"}
 QEMU_DEFAULT_MAC = "52:54:00:12:34:56"  # every unconfigured QEMU NIC has it
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -105,25 +100,6 @@ def plan_network(name: str, subnet: str, *, existing: Mapping[str, IPv4Network],
         bridge=names.make("bridge", name, taken=taken),
         netns=names.make("network", name, taken=taken),
         veth=names.make("dhcp", name, taken=taken))
-
-
-def parse_subnet(subnet: str) -> IPv4Network:
-    """``subnet`` as an IPv4 network of at least /29.
-
-    :raises InvalidSpec: (field ``subnet``) when it is not one.
-    """
-    try:
-        net = IPv4Network(subnet, strict=True)
-    except ValueError as err:
-        raise InvalidSpec("subnet", f"'{subnet}' is not an IPv4 network: {err}") from err
-    if net.prefixlen > MAX_PREFIX:
-        raise InvalidSpec("subnet", f"{net} is too small; use /{MAX_PREFIX} or larger")
-    for space, what in UNUSABLE.items():
-        if net.overlaps(space):
-            raise InvalidSpec("subnet", f"{net} is in {what}, which no network can carry; use "
-                                        "a private range (10.0.0.0/8, 172.16.0.0/12 or "
-                                        "192.168.0.0/16)")
-    return net
 
 
 def plan_port(plan: NetworkPlan, vm: str, index: int, *, ports: Iterable[Port],
