@@ -69,6 +69,7 @@ class Stacks:
         doc = self.rt.db.get_doc(DOC + stack) or _new_doc(stack, file)
         existing = await self._existing(doc)
         desired = stackgraph.build(loaded, existing)
+        self._check_networks(loaded, desired, existing)
         self._check_vms(loaded, desired, existing)
         try:
             changes = stackplan.plan(desired, doc["resources"], existing, loaded.line)
@@ -77,6 +78,32 @@ class Stacks:
         summary = stackplan.summary(changes)
         return {"stack": stack, "file": file, "changes": changes, "summary": summary,
                 "noop": summary["keep"] == len(changes)}
+
+    def _check_networks(self, loaded: stackfile.Loaded,
+                        desired: dict[str, stackgraph.Resource],
+                        existing: stackgraph.Existing) -> None:
+        """Refuse a network still to make whose subnet overlaps another's (the stack's, or
+        one the daemon has), as its creation would half-way through the apply.
+
+        :raises InvalidSpec: naming the file's line and field.
+        """
+        from ipaddress import IPv4Network
+
+        from corral.host.network.ipam import TRANSFER_POOL
+
+        nets = [r for r in desired.values() if r.kind == "network"]
+        mine = {r.name for r in nets}
+        others = {f"network '{n['name']}'": IPv4Network(n["subnet"])
+                  for n in self.runner.networks.list() if n["name"] not in mine}
+        others["the uplink transfer pool"] = TRANSFER_POOL
+        for res in nets:
+            subnet = IPv4Network(res.spec["subnet"])
+            if not existing.has(res.id):
+                for what, other in others.items():
+                    if subnet.overlaps(other):
+                        raise loaded.error((*res.path, "subnet"),
+                                           f"{subnet} overlaps {what} ({other})")
+            others[f"network '{res.name}'"] = subnet
 
     def _check_vms(self, loaded: stackfile.Loaded, desired: dict[str, stackgraph.Resource],
                    existing: stackgraph.Existing) -> None:

@@ -191,6 +191,8 @@ async def test_a_second_apply_of_the_same_stack_is_refused(m: Manager) -> None:
      "lab.yaml:2: networks.n.subnet: 10.9.0.0/30 is too small; use /29 or larger"),
     ("networks:\n  n: {subnet: 127.9.0.0/24}\n",
      "lab.yaml:2: networks.n.subnet: 127.9.0.0/24 is in loopback space"),
+    ("networks:\n  n: {subnet: 10.9.0.0/24}\n  o: {subnet: 10.9.0.128/25}\n",
+     "lab.yaml:3: networks.o.subnet: 10.9.0.128/25 overlaps network 'n' (10.9.0.0/24)"),
 ])
 async def test_bad_files_are_refused_with_their_line(m: Manager, text: str,
                                                      message: str) -> None:
@@ -280,3 +282,12 @@ async def test_new_hardware_the_host_cannot_give_is_refused_at_plan_time(m: Mana
         await m.stacks.plan(LAB.replace("memory: 256M", "memory: 64T"), "lab.yaml")
     assert (await m.vms.get("db"))["memory_bytes"] == 256 << 20
     await _drain(await m.stacks.rm("lab"))
+
+
+async def test_a_subnet_overlapping_a_network_of_the_daemon_is_refused(m: Manager) -> None:
+    await m.networks.create("outside", "10.9.0.0/24")
+    with pytest.raises(InvalidSpec) as err:
+        await m.stacks.plan("networks:\n  n: {subnet: 10.9.0.0/25}\n", "lab.yaml")
+    assert err.value.message == ("lab.yaml:2: networks.n.subnet: 10.9.0.0/25 overlaps "
+                                 "network 'outside' (10.9.0.0/24)")
+    await m.networks.rm("outside")
