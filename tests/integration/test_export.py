@@ -85,6 +85,7 @@ def test_damaged_exports_are_refused_whole(daemon: Daemon, second: Daemon,
         res = second.cli("import", str(tmp_path / name))
         assert res.returncode == 2, (name, res.stderr)
         assert "is not a Corral export" in res.stderr and res.stderr.count("\n") == 1
+        assert "the uploaded file" in res.stderr and str(second.home) not in res.stderr
         assert second.client.list() == []
         assert list((second.home / "vms").iterdir()) == [] if (second.home / "vms").exists() \
             else True

@@ -39,6 +39,8 @@ def test_image_import_and_removal(daemon: Daemon, tmp_path: Path) -> None:
     junk.write_bytes(os.urandom(1 << 20))
     res = d.cli("image", "import", "junk", str(junk))
     assert res.returncode == 2 and "not a disk image" in res.stderr
+    # the file as its user knows it, not the daemon's upload under its home
+    assert "the uploaded file" in res.stderr and str(d.home) not in res.stderr
     broken = tmp_path / "broken.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(broken), "64M"], check=True)
     broken.write_bytes(broken.read_bytes()[:1024])  # header only: the tables are gone

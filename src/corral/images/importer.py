@@ -20,28 +20,30 @@ from corral.errors import AlreadyExists, CommandFailed, InvalidSpec
 from corral.host import qemu_img
 
 
-def inspect(file: Path) -> qemu_img.ImageInfo:
-    """``qemu-img info`` of ``file``.
+def inspect(file: Path, shown: str | None = None) -> qemu_img.ImageInfo:
+    """``qemu-img info`` of ``file``, called ``shown`` in errors (an upload's own path means
+    nothing to its user).
 
     :raises InvalidSpec: not a file, not a disk image, or a damaged qcow2.
     """
+    what = shown or str(file)
     if not file.is_file():
-        raise InvalidSpec("file", f"no file '{file}'")
+        raise InvalidSpec("file", f"no file '{what}'")
     try:
         info = qemu_img.info(file, force_share=False)
     except (CommandFailed, ValueError) as err:
-        raise InvalidSpec("file", f"{file} is not a disk image qemu-img can read") from err
+        raise InvalidSpec("file", f"{what} is not a disk image qemu-img can read") from err
     fmt = info.format
     if fmt not in ("qcow2", "raw"):
-        raise InvalidSpec("file", f"{file} is a {fmt} image; import qcow2 or raw")
+        raise InvalidSpec("file", f"{what} is a {fmt} image; import qcow2 or raw")
     if fmt == "raw" and not _looks_like_a_disk(file):
-        raise InvalidSpec("file", f"{file} has no partition table or file system: it is not "
+        raise InvalidSpec("file", f"{what} has no partition table or file system: it is not "
                                   "a disk image")
     if info.backing_file or info.data_file:  # files QEMU would open on the image's behalf
-        raise InvalidSpec("file", f"{file} names a backing file or an external data file; "
+        raise InvalidSpec("file", f"{what} names a backing file or an external data file; "
                                   "import a standalone image (qemu-img convert makes one)")
     if fmt == "qcow2" and not qemu_img.check_intact(file):
-        raise InvalidSpec("file", f"{file} is a damaged qcow2 (qemu-img check failed)")
+        raise InvalidSpec("file", f"{what} is a damaged qcow2 (qemu-img check failed)")
     return info
 
 
@@ -58,9 +60,10 @@ def _looks_like_a_disk(file: Path) -> bool:
 def import_image(root: Path, name: str, file: Path, *, agent: bool = False,
                  arch: str = "x86_64", root_device: str = "virtio",
                  progress: Callable[[str, float], None] | None = None,
-                 source_name: str | None = None) -> Path:
+                 source_name: str | None = None, shown: str | None = None) -> Path:
     """Import ``file`` as image ``name`` under ``root``; ``source_name`` is what the
-    manifest records as its source (default: ``file``).
+    manifest records as its source (default: ``file``), ``shown`` what errors call the file
+    (default: its path).
 
     :raises InvalidSpec: a bad name or file. :raises AlreadyExists: the name is taken.
     """
@@ -68,7 +71,7 @@ def import_image(root: Path, name: str, file: Path, *, agent: bool = False,
     dest = root / name
     if dest.exists():
         raise AlreadyExists(f"an image named '{name}' exists; 'corral image rm {name}' first")
-    info = inspect(file)
+    info = inspect(file, shown)
     work = root / f".{name}.tmp-import"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -47,7 +47,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _refuse(file: Path, why: str) -> CorralError:
+def _refuse(file: str, why: str) -> CorralError:
     return InvalidSpec("file", f"{file} is not a Corral export: {why}")
 
 
@@ -61,36 +61,37 @@ def import_vm(rt: VMRuntime, path: Path, new_name: str | None = None,
     """
     if not path.is_file():
         raise InvalidSpec("file", f"no file '{path}'")
+    shown = "the uploaded file" if source == "upload" else str(path)  # (not its path here)
     try:
         tar = tarfile.open(path, "r:")  # noqa: SIM115 (closed by the with below)
     except (tarfile.TarError, OSError) as err:
-        raise _refuse(path, "not a tar archive") from err
+        raise _refuse(shown, "not a tar archive") from err
     with tar:
         try:
             first = tar.next()
             if first is None or first.name != MANIFEST:
-                raise _refuse(path, f"it does not start with {MANIFEST}")
+                raise _refuse(shown, f"it does not start with {MANIFEST}")
             raw = tar.extractfile(first)
             manifest = json.loads(raw.read() if raw else b"")
         except (tarfile.TarError, ValueError, OSError) as err:
-            raise _refuse(path, "its manifest cannot be read") from err
+            raise _refuse(shown, "its manifest cannot be read") from err
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise _refuse(path, "unknown format")
+            raise _refuse(shown, "unknown format")
         name = sp.check_name(new_name or str(manifest.get("name", "")))
         if rt.db.get_vm(name) is not None:
             raise AlreadyExists(f"a VM named '{name}' exists; import it with --name NEW")
         try:
             spec = sp.VMSpec.model_validate(manifest["spec"])
         except Exception as err:
-            raise _refuse(path, "its spec is not valid") from err
+            raise _refuse(shown, "its spec is not valid") from err
         expected: dict[str, str] = dict(manifest.get("files", {}))
         vm_dir = rt.paths.vm_dir(name)
         work = vm_dir.with_name(f".import-{uuid.uuid4().hex[:8]}")
         work.mkdir(parents=True)
         try:
-            _unpack(tar, path, work, expected)
+            _unpack(tar, shown, work, expected)
             rec = _record(rt, manifest, spec, name, new_name is not None, vm_dir, work.name)
-            _standalone(rt, path, work, rec.spec)
+            _standalone(rt, shown, work, rec.spec)
             work.rename(vm_dir)
             rt.db.add_vm(rec)
             for snap in manifest.get("snapshots", []):
@@ -107,26 +108,26 @@ def import_vm(rt: VMRuntime, path: Path, new_name: str | None = None,
     return rt.view(rt.get(name))
 
 
-def _unpack(tar: tarfile.TarFile, path: Path, work: Path, expected: dict[str, str]) -> None:
+def _unpack(tar: tarfile.TarFile, shown: str, work: Path, expected: dict[str, str]) -> None:
     seen = set()
     try:
         for member in tar:
             if member.name == MANIFEST:
                 continue
             if member.name not in expected or not member.isfile():
-                raise _refuse(path, f"unexpected member '{member.name}'")
+                raise _refuse(shown, f"unexpected member '{member.name}'")
             tar.extract(member, work, filter="data")
             if _sha256(work / member.name) != expected[member.name]:
-                raise _refuse(path, f"'{member.name}' is damaged (checksum mismatch)")
+                raise _refuse(shown, f"'{member.name}' is damaged (checksum mismatch)")
             seen.add(member.name)
     except (tarfile.TarError, EOFError, OSError) as err:
-        raise _refuse(path, f"it is truncated or damaged ({err})") from err
+        raise _refuse(shown, f"it is truncated or damaged ({err})") from err
     missing = set(expected) - seen
     if missing:
-        raise _refuse(path, f"it is truncated: {', '.join(sorted(missing))} missing")
+        raise _refuse(shown, f"it is truncated: {', '.join(sorted(missing))} missing")
 
 
-def _standalone(rt: VMRuntime, file: Path, work: Path, spec: sp.VMSpec) -> None:
+def _standalone(rt: VMRuntime, shown: str, work: Path, spec: sp.VMSpec) -> None:
     """:raises InvalidSpec: a qcow2 member names a file outside the VM (a backing file other
     than this host's image under the root disk, or an external data file)."""
     image = catalog.find(rt.paths, spec.image) if spec.image else None
@@ -138,11 +139,11 @@ def _standalone(rt: VMRuntime, file: Path, work: Path, spec: sp.VMSpec) -> None:
         try:
             info = qemu_img.info(work / member)
         except (CommandFailed, ValueError) as err:
-            raise _refuse(file, f"'{member}' is not a qcow2 image") from err
+            raise _refuse(shown, f"'{member}' is not a qcow2 image") from err
         root = bool(spec.disks) and member == Path(spec.disks[0].path).name \
             and spec.disks[0].id == "root"
         if info.data_file or (info.backing_file and not (root and info.backing_path == base)):
-            raise _refuse(file, f"'{member}' names a file outside the VM")
+            raise _refuse(shown, f"'{member}' names a file outside the VM")
 
 
 def _record(rt: VMRuntime, manifest: dict[str, Any], spec: sp.VMSpec, name: str, renamed: bool,

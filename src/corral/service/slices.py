@@ -140,7 +140,8 @@ class Images(_Slice):
         try:
             path = await asyncio.to_thread(
                 import_image, self.rt.paths.images, name, source, agent=agent,
-                root_device=root_device, source_name="upload" if upload else str(source))
+                root_device=root_device, source_name="upload" if upload else str(source),
+                shown="the uploaded file" if upload else None)
         finally:
             if upload is not None:
                 source.unlink(missing_ok=True)
