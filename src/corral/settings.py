@@ -98,7 +98,7 @@ declare("paths.allowed", "CORRAL_ALLOWED_PATHS", _paths, [],
         "(':'-separated; empty: none)")
 declare("uploads.max_size", "CORRAL_UPLOAD_MAX", _size, 64 << 30,
         "the largest file a client may upload (kernels, images, VM exports)")
-declare("uploads.ttl", "CORRAL_UPLOAD_TTL", _float, 3600.0, "seconds an unused upload is kept")
+declare("uploads.ttl", "CORRAL_UPLOAD_TTL", _float(1, 1e6), 3600.0, "seconds unused uploads last")
 # the engine
 declare("engine.accel", "CORRAL_ACCEL", _accel, "",
         "the accelerator, kvm or tcg (default: kvm where the host really offers it)")
@@ -108,27 +108,27 @@ declare("engine.sandbox", "CORRAL_SANDBOX", _bool, True,
         "QEMU's seccomp filter (-sandbox on,obsolete,elevateprivileges,spawn,resourcecontrol=deny)")
 declare("engine.memory_overhead", "CORRAL_QEMU_MEMORY_OVERHEAD", _size, None,
         "memory a QEMU may use over its guest's RAM (1G under TCG, 256M with KVM)")
-declare("engine.pids_max", "CORRAL_QEMU_PIDS_MAX", _int, 512, "processes and threads per QEMU")
-declare("engine.guard_linger", "CORRAL_GUARD_LINGER", _float, 30.0,
+declare("engine.pids_max", "CORRAL_QEMU_PIDS_MAX", _int(32, 99999), 512, "threads per QEMU")
+declare("engine.guard_linger", "CORRAL_GUARD_LINGER", _float(0, 86400), 30.0,
         "seconds the host guard stays after the last QEMU ends (0: it goes at once)")
 # the host's capacity and the scheduler
-declare("host.cpus", "CORRAL_HOST_CPUS", _int, None, "the CPUs to offer (all the host's)")
+declare("host.cpus", "CORRAL_HOST_CPUS", _int(1, 4096), None, "the CPUs to offer (all the host's)")
 declare("host.memory", "CORRAL_HOST_MEMORY", _size, None, "the memory to offer (all the host's)")
-declare("scheduler.cpu_ratio", "CORRAL_CPU_RATIO", _float, 4.0,
+declare("scheduler.cpu_ratio", "CORRAL_CPU_RATIO", _float(0.01, 1000), 4.0,
         "vCPUs allowed per host CPU", live=True)
-declare("scheduler.memory_ratio", "CORRAL_MEMORY_RATIO", _float, 1.0,
+declare("scheduler.memory_ratio", "CORRAL_MEMORY_RATIO", _float(0.01, 1000), 1.0,
         "guest memory allowed per byte of host memory", live=True)
-declare("scheduler.disk_ratio", "CORRAL_DISK_RATIO", _float, 1.0,
+declare("scheduler.disk_ratio", "CORRAL_DISK_RATIO", _float(0.01, 1000), 1.0,
         "virtual disk bytes allowed per byte of host disk", live=True)
 declare("scheduler.queue_policy", "CORRAL_QUEUE_POLICY", _choice("fcfs", "sjf", "priority", "fair"),
         "fcfs", "the admission queue's order: fcfs, sjf, priority or fair", live=True)
 declare("scheduler.backfill", "CORRAL_BACKFILL", _bool, False,
         "let smaller requests pass a head of the queue that does not fit", live=True)
-declare("scheduler.timeslice_slots", "CORRAL_TIMESLICE_SLOTS", _int, None,
+declare("scheduler.timeslice_slots", "CORRAL_TIMESLICE_SLOTS", _int(1, 4096), None,
         "time-sliced VMs running at once (one per host CPU)")
-declare("scheduler.boot_concurrency", "CORRAL_BOOT_CONCURRENCY", _int, None,
+declare("scheduler.boot_concurrency", "CORRAL_BOOT_CONCURRENCY", _int(0, 4096), None,
         "cold boots at once until their guests answer (default: the CPUs; KVM: twice; 0: none)")
-declare("scheduler.quantum", "CORRAL_QUANTUM", _float, 2.0,
+declare("scheduler.quantum", "CORRAL_QUANTUM", _float(0.05, 3600), 2.0,
         "the time slice of round-robin VMs, in seconds", live=True)
 # snapshots and warm starts
 declare("snapshots.background_template", "CORRAL_BACKGROUND_TEMPLATE", _bool, True,
@@ -137,9 +137,9 @@ declare("snapshots.background_template", "CORRAL_BACKGROUND_TEMPLATE", _bool, Tr
 # the web page, metrics and the event stream
 declare("web.listen", "CORRAL_WEB_LISTEN", _listen, None,
         "also serve the API and the web page on this loopback HOST:PORT (off by default)")
-declare("events.queue", "CORRAL_EVENTS_QUEUE", _int, 1000,
+declare("events.queue", "CORRAL_EVENTS_QUEUE", _int(1, 1000000), 1000,
         "events a stream client may fall behind before it is dropped (it then resumes)")
-declare("metrics.interval", "CORRAL_METRICS_INTERVAL", _float, 2.0,
+declare("metrics.interval", "CORRAL_METRICS_INTERVAL", _float(0.1, 3600), 2.0,
         "seconds between two gatherings of every VM's figures (CPU, memory, IO)")
 declare("scheduler.weigher", "CORRAL_WEIGHER", _choice("spread", "pack"), "spread",
         "where placement puts a VM among the hosts that fit: spread (most free memory) or "
@@ -156,15 +156,15 @@ declare("cluster.labels", "CORRAL_HOST_LABELS", _labels, {},
         "this host's labels, key=value,key=value (placement's --on)")
 declare("cluster.token", "CORRAL_JOIN_TOKEN", _str, "",
         "the join token (corral cluster token) a host needs to join a cluster that has hosts")
-declare("cluster.heartbeat", "CORRAL_HEARTBEAT", _float, 1.0,
+declare("cluster.heartbeat", "CORRAL_HEARTBEAT", _float(0.05, 60), 1.0,
         "seconds between a host's heartbeats (and the leader's rounds)")
-declare("cluster.down_after", "CORRAL_DOWN_AFTER", _float, 6.0,
+declare("cluster.down_after", "CORRAL_DOWN_AFTER", _float(0.5, 3600), 6.0,
         "seconds without a heartbeat after which a host is down")
 declare("cluster.migrate_tls", "CORRAL_MIGRATE_TLS", _bool, True, "encrypt live migrations "
         "with QEMU TLS (a CA each) when both hosts have it on; else in clear, and show says so")
 declare("cluster.shared", "CORRAL_SHARED_DIR", _str, "",
         "a directory every host mounts (NFS, Ceph…): --ha VMs keep their files there")
-declare("cluster.max_skew", "CORRAL_MAX_CLOCK_SKEW", _float, 30.0, "how far (seconds) a "
+declare("cluster.max_skew", "CORRAL_MAX_CLOCK_SKEW", _float(0, 86400), 30.0, "how far (seconds) a "
         "joining host's clock may be from the store's")
 # the remote API (TLS beside the unix socket) and its clients
 declare("api.listen", "CORRAL_LISTEN", _str, "",
@@ -173,9 +173,9 @@ declare("api.tls_cert", "CORRAL_TLS_CERT", _str, "",
         "the server's certificate (PEM); empty: HOME/tls/server.crt, made on first start")
 declare("api.tls_key", "CORRAL_TLS_KEY", _str, "",
         "the server certificate's private key (PEM); empty: HOME/tls/server.key")
-declare("api.rate", "CORRAL_API_RATE", _float, 50.0,
+declare("api.rate", "CORRAL_API_RATE", _float(0.01, 1000000), 50.0,
         "requests per second one token may make (sustained); more are answered 429")
-declare("api.burst", "CORRAL_API_BURST", _int, 100,
+declare("api.burst", "CORRAL_API_BURST", _int(1, 1000000), 100,
         "requests one token may make at once before the rate applies")
 declare("client.url", "CORRAL_URL", _str, "",
         "the CLI and Client: a remote daemon's https://HOST:PORT instead of the socket")

@@ -9,12 +9,31 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-def _float(text: str) -> float:
-    return float(text)
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    """A number from ``lo`` to ``hi`` (a quantum of 0 s, or a ratio of 1e308 that overflowed
+    the capacity sums, were taken before)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"'{text}' is not a number") from None
+        if not lo <= value <= hi:  # (nan is neither)
+            raise ValueError(f"{text} is out of range; give {lo:g} to {hi:g}")
+        return value
+    return parse
 
 
-def _int(text: str) -> int:
-    return int(text)
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    """A whole number from ``lo`` to ``hi``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"'{text}' is not a whole number") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"{text} is out of range; give {lo} to {hi}")
+        return value
+    return parse
 
 
 def _bool(text: str) -> bool:

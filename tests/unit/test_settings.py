@@ -98,6 +98,13 @@ def test_relative_image_directories_are_made_absolute(
     ("[scheduler]\ncpu_ratio = \"much\"\n", ":2: scheduler.cpu_ratio = 'much'"),
     ("[scheduler]\nbackfill = [1]\n", ":2: scheduler.backfill: a list is not a value"),
     ("[scheduler\ncpu_ratio = 1\n", ":1: "),
+    ("[scheduler]\ncpu_ratio = \"much\"\n", "'much' is not a number"),
+    ("[scheduler]\nquantum = 0\n", ":2: scheduler.quantum = '0': 0 is out of range; give 0.05 "
+                                   "to 3600"),
+    ("[scheduler]\ncpu_ratio = 1e308\n", "out of range"),  # overflowed the capacity sums
+    ("[metrics]\ninterval = nan\n", "out of range"),
+    ("[engine]\npids_max = 2.5\n", "'2.5' is not a whole number"),
+    ("[api]\nburst = -1\n", "-1 is out of range; give 1 to 1000000"),
 ])
 def test_file_errors_name_the_file_and_line(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path / "bad.toml", text)
