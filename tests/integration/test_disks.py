@@ -52,6 +52,10 @@ def test_hotplug_detach_reattach_resize(daemon: Daemon) -> None:
     assert wait_for(d, "hp", "cat /sys/block/vda/size", str((128 << 20) // 512)) == str(
         (128 << 20) // 512)
 
+    c.pause("hp")  # a paused guest cannot let go of it: refused at once, not after 30 s
+    res = d.cli("detach-disk", "hp", "d1")
+    assert res.returncode == 5 and "resume it first" in res.stderr, res.stderr
+    c.resume("hp")
     assert d.cli("detach-disk", "hp", "d1").returncode == 0
     assert wait_for(d, "hp", "ls /dev/vd* 2>/dev/null || true", "") == ""
     c.attach_disk("other", "d1")  # free again: another VM may take it

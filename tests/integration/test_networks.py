@@ -267,6 +267,10 @@ def test_a_hot_plugged_nic_works_and_goes(world: Daemon) -> None:
     assert nic["ifname"] not in links_and_dnsmasqs()
     c.start("c", wait=True)
     assert until(lambda: nic["ip"] in guest_ips(d, "c")), "the NIC did not come back"
+    c.pause("c")  # a paused guest cannot let go of it: refused at once, not after 30 s
+    res = d.cli("detach-nic", "c", "nic1")
+    assert res.returncode == 5 and "resume it first" in res.stderr, res.stderr
+    c.resume("c")
     ok(d, "detach-nic", "c", "nic1")
     assert until(lambda: "eth1" not in sh(d, "c", "ip -o link")[1])
     assert nic["ifname"] not in links_and_dnsmasqs()

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from corral.store.db import VMRecord
 
 ATTACHABLE = (State.DEFINED, State.STOPPED, State.CRASHED, State.RUNNING, State.PAUSED)
+UNPLUG_PAUSED = "a paused guest cannot let go of a device; resume it first"
 
 
 def _row(rt: VMRuntime, name: str) -> dict[str, Any]:
@@ -202,6 +203,9 @@ async def detach(rt: VMRuntime, vm: str, name: str, timeout: float = 30.0) -> di
         rec = rt.get(vm)
         index, disk = _find(rec, name)
         node = disk.node(index)
+        if rec.state == State.PAUSED:
+            raise InvalidState(vm, f"detach disk '{name}' from", "paused", [],
+                               because=UNPLUG_PAUSED)
         if rec.state in LIVE:
             await rt.machine(rec).machine.remove_disk(node, timeout)
         rec.spec.disks.pop(index)

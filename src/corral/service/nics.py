@@ -316,6 +316,9 @@ async def detach(net: Networks, vm: str, ref: str, timeout: float = 30.0) -> dic
         if using:
             raise InUse("NIC", f"{vm}/{nic.device(index)}", "detach", using)
         live = rec.state in LIVE
+        if rec.state == State.PAUSED:
+            raise InvalidState(vm, f"detach {nic.device(index)} from", "paused", [],
+                               because=disks.UNPLUG_PAUSED)
         if live and nic.port is None:
             raise InvalidState(vm, f"hot-unplug {nic.device(index)} of", "running",
                                ["stopped (NICs present at boot cannot be hot-unplugged)"])

@@ -39,8 +39,8 @@ UNLIMITED = 1 << 40  # bytes per second: no cap
 STATE_FD = "corral-state"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync(path: Path, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -149,14 +149,10 @@ class QemuMachine(GuestOps, LiveMigration):
             await self.monitor.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
             await self.monitor.execute("migrate", {"uri": f"fd:{STATE_FD}"})
             await self.monitor.wait_migration()
-            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(tmp)
             size = tmp.stat().st_size
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            _fsync(target.parent, os.O_DIRECTORY)
             return size
         except BaseException as err:
             tmp.unlink(missing_ok=True)
@@ -221,7 +217,12 @@ class QemuMachine(GuestOps, LiveMigration):
 
     async def _unplug(self, device: str, timeout: float) -> None:
         gone = self.watch_event(DEVICE_DELETED, lambda d: d.get("device") == device)
-        await self.monitor.execute("device_del", {"id": device})
+        try:
+            await self.monitor.execute("device_del", {"id": device})
+        except MonitorError as err:  # none: the guest let go after an earlier request timed out
+            if err.error_class == "DeviceNotFound":
+                return
+            raise
         try:
             await asyncio.wait_for(gone, timeout)
         except TimeoutError as err:
@@ -311,8 +312,7 @@ class QemuDriver:
             end_orphan(qargv.RunPaths(run_dir))
         qargv.RunPaths(run_dir).remove(keep_dir)
 
-    def end_stray(self, pid: int) -> bool:
-        return _end_stray(pid)
+    end_stray = staticmethod(_end_stray)
 
     def confinement_of(self, pid: int | None) -> dict[str, Any] | None:
         """What confines the QEMU ``pid`` (the kernel's view); None: the daemon's settings."""
