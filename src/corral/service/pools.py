@@ -249,11 +249,10 @@ class Pools:
             live = rt.machine(rec)
             await live.machine.cont()
             rt.set_state(rec, State.RUNNING, "resumed", wait=False)
-            settling = rt.background(self._settle_in(p, live.machine, name, _pair(waiting)))
+            settling = rt.background(self._settle_in(p, live.machine, name, _pair(waiting),
+                                                     networks))
             self._settling[name] = settling
             settling.add_done_callback(lambda _: self._settling.pop(name, None))
-            if networks:  # its name in DNS follows, while it settles in
-                rt.background(nics.rename_in_dns(self.vms.net, networks))
             view = rt.view(rec)
         rt.forget(clone)
         return view
@@ -267,12 +266,16 @@ class Pools:
             await asyncio.shield(settling)
 
     async def _settle_in(self, p: Pool, machine: Machine, name: str,
-                         waiting: tuple[int, int] | None) -> None:
+                         waiting: tuple[int, int] | None, networks: builtins.list[str]) -> None:
         """A VM just handed out takes the host's clock and its name; then, a moment later,
         the pool makes a replacement: a warm start takes the CPU for a few tenths of a
         second, which the new VM's first requests (its agent's first answers) need more."""
         try:
+            if networks:  # its name in DNS, in the same task: a batch VM removed at once
+                dns = asyncio.ensure_future(nics.rename_in_dns(self.vms.net, networks))
             await handoff.apply(machine, name, waiting)
+            if networks:  # (awaited by settled(): else it put the removed VM's tap back)
+                await dns
         finally:
             asyncio.get_running_loop().call_later(REFILL_AFTER, self.keeper.poke, p.name)
 
